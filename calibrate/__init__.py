@@ -1,0 +1,1 @@
+"""Calibration against a real vLLM: serve, profile, fit, check (in progress)."""

@@ -1,0 +1,1 @@
+"""Real time: emulator, gateway, load generator, validation (in progress)."""

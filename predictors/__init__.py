@@ -1,0 +1,1 @@
+"""Latency predictors over a shared feature schema (in progress)."""

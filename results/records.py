@@ -1,0 +1,247 @@
+"""One record per request, simulated or live (house rule 2), stored as Parquet.
+
+Every request a run was asked to send ends as exactly one row, whatever happened
+to it: ``ok``, ``error``, ``timeout``, ``rejected`` (no backend would take it) or
+``unfinished`` (still in flight when the run ended). Metric code reads these rows
+only, so the simulator and live mode are analysed by the same functions.
+
+Inter-token latency is stored as *arithmetic runs*: a request's token-chunk gaps
+``g_0, g_1, ...`` are cut into maximal runs where consecutive gaps differ by a
+constant step, and each run is stored as (start, step, count). This is exact (the
+gaps are recovered bit for bit up to float rounding) and compact for the
+simulator, whose decode steps lengthen by a constant amount while the batch does
+not change; live runs, whose gaps are noisy, degrade gracefully to runs of two.
+Storing every gap of a million-request run (~250M floats) would not fit the
+simulator's memory budget; the runs do.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+#: Bump when a column is added, removed or changes meaning.
+SCHEMA_VERSION = 1
+
+STATUSES = ("ok", "error", "timeout", "rejected", "unfinished")
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One request's life. Times are seconds from the run's start; NaN if not reached.
+
+    ``arrival_s`` is when the client sent it (vllm bench's TTFT starts here),
+    ``dispatch_s`` when the router forwarded it, ``first_token_s`` and
+    ``last_token_s`` when the client received the first and last token chunks,
+    ``finish_s`` when the response ended (success or failure).
+
+    The ``router_*`` fields are what the router saw of the chosen backend at
+    decision time: the features a latency predictor is trained on.
+    """
+
+    experiment_id: str
+    point_id: str
+    strategy: str
+    seed: int
+    request_id: int
+    conversation_id: str
+    turn: int
+    backend: int  # -1 when never dispatched
+    arrival_s: float
+    dispatch_s: float
+    first_token_s: float
+    last_token_s: float
+    finish_s: float
+    input_len: int
+    cached_tokens: int  # prefix-cache hit at the backend (its own count)
+    output_len: int  # tokens actually received
+    requested_output_len: int  # max_tokens sent
+    num_preemptions: int
+    status: str
+    error: str = ""
+    itl_start: list[float] = field(default_factory=list)
+    itl_step: list[float] = field(default_factory=list)
+    itl_count: list[int] = field(default_factory=list)
+    router_inflight_requests: int = 0
+    router_inflight_tokens: int = 0
+    router_running: float = math.nan
+    router_waiting: float = math.nan
+    router_kv_usage: float = math.nan
+    router_scrape_age_s: float = math.nan
+    router_prefix_hit_tokens: int = 0
+
+
+_F64 = pa.float64()
+_I64 = pa.int64()
+_I32 = pa.int32()
+
+SCHEMA = pa.schema(
+    [
+        ("experiment_id", pa.string()),
+        ("point_id", pa.string()),
+        ("strategy", pa.string()),
+        ("seed", _I64),
+        ("request_id", _I64),
+        ("conversation_id", pa.string()),
+        ("turn", _I32),
+        ("backend", _I32),
+        ("arrival_s", _F64),
+        ("dispatch_s", _F64),
+        ("first_token_s", _F64),
+        ("last_token_s", _F64),
+        ("finish_s", _F64),
+        ("input_len", _I32),
+        ("cached_tokens", _I32),
+        ("output_len", _I32),
+        ("requested_output_len", _I32),
+        ("num_preemptions", _I32),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("itl_start", pa.list_(_F64)),
+        ("itl_step", pa.list_(_F64)),
+        ("itl_count", pa.list_(_I32)),
+        ("router_inflight_requests", _I32),
+        ("router_inflight_tokens", _I64),
+        ("router_running", _F64),
+        ("router_waiting", _F64),
+        ("router_kv_usage", _F64),
+        ("router_scrape_age_s", _F64),
+        ("router_prefix_hit_tokens", _I32),
+    ],
+    metadata={b"vllm_routing_lab.records.schema_version": str(SCHEMA_VERSION).encode()},
+)
+
+COLUMNS = [f.name for f in fields(RequestRecord)]
+assert COLUMNS == SCHEMA.names, "RequestRecord and SCHEMA must list the same columns"
+
+
+class RecordSchemaError(ValueError):
+    """A file is not a record table of this schema version."""
+
+
+def to_table(records: Iterable[RequestRecord]) -> pa.Table:
+    """Records to an Arrow table with the versioned schema."""
+    cols: dict[str, list] = {name: [] for name in COLUMNS}
+    for r in records:
+        for name in COLUMNS:
+            cols[name].append(getattr(r, name))
+    return pa.table(cols, schema=SCHEMA)
+
+
+def write_records(path: str | Path, records: Iterable[RequestRecord] | pa.Table) -> Path:
+    """Write atomically (temp file + rename) so a crash never leaves half a file."""
+    path = Path(path)
+    table = records if isinstance(records, pa.Table) else to_table(records)
+    if table.schema.remove_metadata() != SCHEMA.remove_metadata():
+        raise RecordSchemaError("table does not match the record schema")
+    table = table.replace_schema_metadata(SCHEMA.metadata)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    tmp.replace(path)
+    return path
+
+
+def check_schema(schema: pa.Schema, source: str = "table") -> None:
+    """Raise ``RecordSchemaError`` with what is wrong and what to do."""
+    meta = schema.metadata or {}
+    version = meta.get(b"vllm_routing_lab.records.schema_version")
+    if version is None:
+        raise RecordSchemaError(
+            f"{source} is not a vllm-routing-lab record file (no schema version in its metadata)"
+        )
+    if int(version) != SCHEMA_VERSION:
+        raise RecordSchemaError(
+            f"{source} has record schema version {int(version)}, this version reads "
+            f"{SCHEMA_VERSION}; re-run the experiment or use the matching release"
+        )
+    missing = [n for n in SCHEMA.names if n not in schema.names]
+    if missing:
+        raise RecordSchemaError(f"{source} lacks record columns: {', '.join(missing)}")
+
+
+def read_records(paths: str | Path | Sequence[str | Path]) -> pa.Table:
+    """Read one or more record files, checking each one's schema."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    tables = []
+    for p in paths:
+        try:
+            schema = pq.read_schema(p)
+        except (OSError, pa.ArrowInvalid) as exc:
+            raise RecordSchemaError(f"{p} is not a readable Parquet file: {exc}") from exc
+        check_schema(schema, str(p))
+        tables.append(pq.read_table(p, schema=SCHEMA))
+    if not tables:
+        return SCHEMA.empty_table()
+    return pa.concat_tables(tables)
+
+
+class ItlEncoder:
+    """Builds a request's ITL arithmetic runs incrementally.
+
+    ``add(gap)`` extends the current run when ``gap`` continues its progression
+    (within a relative tolerance that absorbs float rounding), else starts a new
+    run; ``add_run`` appends a whole progression at once, merging with the
+    current run when it continues it. The simulator's exact and fast modes
+    therefore produce the same runs.
+    """
+
+    __slots__ = ("start", "step", "count")
+    RTOL = 1e-9
+
+    def __init__(self) -> None:
+        self.start: list[float] = []
+        self.step: list[float] = []
+        self.count: list[int] = []
+
+    def add(self, gap: float) -> None:
+        self.add_run(gap, 0.0, 1)
+
+    def add_run(self, start: float, step: float, count: int) -> None:
+        """Append ``start, start+step, ...`` (``count`` gaps).
+
+        The result is the same as calling ``add`` on each gap in turn (runs are
+        greedy from the left), so how the gaps arrive never changes the encoding.
+        """
+        while count > 0:
+            if not self.count:
+                self._new(start, step, count)
+                return
+            c, s0 = self.count[-1], self.start[-1]
+            if c == 1:
+                # The next gap fixes the current run's step.
+                self.step[-1] = start - s0
+                self.count[-1] = 2
+            elif _close(start, s0 + c * self.step[-1]):
+                if count > 1 and _close(step, self.step[-1]):
+                    self.count[-1] = c + count
+                    return
+                self.count[-1] = c + 1
+            else:
+                self._new(start, step, count)
+                return
+            start, count = start + step, count - 1
+
+    def _new(self, start: float, step: float, count: int) -> None:
+        self.start.append(start)
+        self.step.append(step if count > 1 else 0.0)
+        self.count.append(count)
+
+    def gaps(self) -> np.ndarray:
+        return expand_itl(self.start, self.step, self.count)
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= ItlEncoder.RTOL * max(abs(a), abs(b), 1e-12)
+
+
+def expand_itl(start: Sequence[float], step: Sequence[float], count: Sequence[int]) -> np.ndarray:
+    """Every gap of one request's runs, in order."""
+    parts = [s + st * np.arange(c, dtype=np.float64) for s, st, c in zip(start, step, count)]
+    return np.concatenate(parts) if parts else np.zeros(0)

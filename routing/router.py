@@ -1,0 +1,180 @@
+"""Router-side state shared by the simulator and the gateway.
+
+The ``Router`` owns what a real router keeps between decisions: its in-flight
+counts per backend, the latest scrape of each backend with its time, health, and
+an index of the prompt blocks it has sent to each backend (to estimate prefix-cache
+hits). Both modes call ``dispatch``/``finish`` with an injected ``now``, so the
+snapshots a strategy sees are built by the same code in both (house rule 1).
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from routing.base import Strategy
+from routing.types import BackendSnapshot, Outcome, RequestInfo, ScrapedMetrics
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    name: str
+    group: str = "default"
+    #: Capacity of the router's estimate of this backend's prefix cache, in blocks.
+    prefix_index_blocks: int = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The chosen backend and what the router saw of it (predictor features)."""
+
+    backend: int
+    inflight_requests: int
+    inflight_tokens: int
+    running: float
+    waiting: float
+    kv_usage: float
+    scrape_age_s: float
+    prefix_hit_tokens: int
+
+
+class PrefixIndex:
+    """An LRU set of block hashes the router has sent to one backend.
+
+    It approximates the backend's prefix cache from the router's side (the real
+    cache also evicts under memory pressure, which the router cannot see).
+    """
+
+    __slots__ = ("capacity", "_blocks")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._blocks: OrderedDict[int, None] = OrderedDict()
+
+    def hit_blocks(self, hashes: np.ndarray) -> int:
+        n = 0
+        blocks = self._blocks
+        for h in hashes.tolist():
+            if h not in blocks:
+                break
+            n += 1
+        return n
+
+    def add(self, hashes: np.ndarray) -> None:
+        blocks = self._blocks
+        for h in hashes.tolist():
+            if h in blocks:
+                blocks.move_to_end(h)
+            else:
+                blocks[h] = None
+        while len(blocks) > self.capacity:
+            blocks.popitem(last=False)
+
+
+class NoHealthyBackend(RuntimeError):
+    """Every backend is marked unhealthy: the request is rejected, not dropped."""
+
+
+class Router:
+    """Dispatch bookkeeping around one ``Strategy`` for a fixed list of backends."""
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        backends: Sequence[BackendSpec],
+        *,
+        block_size: int = 16,
+        track_prefix: bool = True,
+    ) -> None:
+        if not backends:
+            raise ValueError("a router needs at least one backend")
+        self.strategy = strategy
+        self.block_size = block_size
+        self.snapshots = [
+            BackendSnapshot(index=i, name=b.name, group=b.group) for i, b in enumerate(backends)
+        ]
+        self._scraped_at = [math.nan] * len(backends)
+        self._inflight: dict[int, tuple[int, int]] = {}
+        self._track_prefix = track_prefix or strategy.needs_prefix_estimate
+        self._prefix = [PrefixIndex(b.prefix_index_blocks) for b in backends]
+        self._all_healthy = True
+
+    # --- observations -------------------------------------------------------
+    def record_scrape(self, index: int, metrics: ScrapedMetrics, scraped_at: float) -> None:
+        self.snapshots[index].apply_scrape(metrics)
+        self._scraped_at[index] = scraped_at
+
+    def last_scrape_time(self, index: int) -> float:
+        return self._scraped_at[index]
+
+    def set_healthy(self, index: int, healthy: bool) -> None:
+        self.snapshots[index].healthy = healthy
+        self._all_healthy = all(s.healthy for s in self.snapshots)
+
+    # --- decisions ------------------------------------------------------------
+    def dispatch(self, request: RequestInfo, now: float) -> Decision:
+        """Choose a backend for ``request`` and count it in flight there."""
+        snaps = self.snapshots
+        if self.strategy.needs_scrape:
+            for s, t in zip(snaps, self._scraped_at):
+                s.scrape_age_s = now - t if t == t else math.inf
+        candidates = snaps if self._all_healthy else [s for s in snaps if s.healthy]
+        if not candidates:
+            raise NoHealthyBackend("no healthy backend to route to")
+        if self.strategy.needs_prefix_estimate:
+            for s in candidates:
+                s.prefix_hit_tokens = self._estimate_hit(s.index, request)
+        pos = self.strategy.choose(request, candidates)
+        if not 0 <= pos < len(candidates):
+            raise IndexError(
+                f"strategy {self.strategy.name!r} returned {pos} for {len(candidates)} backends"
+            )
+        chosen = candidates[pos]
+        b = chosen.index
+        hit = (
+            chosen.prefix_hit_tokens
+            if self.strategy.needs_prefix_estimate
+            else (self._estimate_hit(b, request) if self._track_prefix else 0)
+        )
+        t = self._scraped_at[b]
+        decision = Decision(
+            backend=b,
+            inflight_requests=chosen.inflight_requests,
+            inflight_tokens=chosen.inflight_tokens,
+            running=chosen.running,
+            waiting=chosen.waiting,
+            kv_usage=chosen.kv_usage,
+            scrape_age_s=now - t if t == t else math.inf,
+            prefix_hit_tokens=hit,
+        )
+        chosen.inflight_requests += 1
+        chosen.inflight_tokens += request.input_len
+        self._inflight[request.request_id] = (b, request.input_len)
+        if self._track_prefix:
+            self._prefix[b].add(request.block_hashes)
+        return decision
+
+    def finish(self, outcome: Outcome) -> None:
+        """Count a dispatched request out and let the strategy learn from it."""
+        entry = self._inflight.pop(outcome.request_id, None)
+        if entry is None:
+            raise KeyError(f"request {outcome.request_id} is not in flight")
+        b, tokens = entry
+        snap = self.snapshots[b]
+        snap.inflight_requests -= 1
+        snap.inflight_tokens -= tokens
+        self.strategy.observe(outcome)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def _estimate_hit(self, index: int, request: RequestInfo) -> int:
+        blocks = self._prefix[index].hit_blocks(request.block_hashes)
+        # vLLM always recomputes at least the last prompt token, so a hit covers
+        # at most the full blocks inside the first input_len - 1 tokens.
+        max_blocks = max(request.input_len - 1, 0) // self.block_size
+        return min(blocks, max_blocks) * self.block_size

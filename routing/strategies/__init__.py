@@ -1,0 +1,2 @@
+"""Built-in strategies; importing this package registers them."""
+from routing.strategies import heuristics  # noqa: F401

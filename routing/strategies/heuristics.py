@@ -1,0 +1,105 @@
+"""Load-balancing heuristics: the baselines every learned policy must beat.
+
+Ties are broken by a seeded random choice, not by position, so that a fleet of
+identical idle backends is not always filled from index 0 (which would make the
+heuristics look worse than they are in production routers).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from routing.base import Strategy, register
+from routing.types import BackendSnapshot, RequestInfo
+
+
+def _argmin_random_tie(values: Sequence[float], rng) -> int:
+    best = min(values)
+    ties = [i for i, v in enumerate(values) if v == best]
+    return ties[0] if len(ties) == 1 else ties[rng.randrange(len(ties))]
+
+
+@register
+class RoundRobin(Strategy):
+    """Cycle through the backends in order (vLLM production-stack's default)."""
+
+    name = "round_robin"
+
+    def __init__(self, *, seed: int = 0) -> None:
+        super().__init__(seed=seed)
+        self._next = 0
+
+    def choose(self, request: RequestInfo, backends: Sequence[BackendSnapshot]) -> int:
+        pos = self._next % len(backends)
+        self._next = pos + 1
+        return pos
+
+
+@register
+class Random(Strategy):
+    """Uniformly random backend, from the strategy's own seeded generator."""
+
+    name = "random"
+
+    def choose(self, request: RequestInfo, backends: Sequence[BackendSnapshot]) -> int:
+        return self.rng.randrange(len(backends))
+
+
+@register
+class LeastLoad(Strategy):
+    """Fewest requests in flight from this router (join-shortest-queue)."""
+
+    name = "least_load"
+
+    def choose(self, request: RequestInfo, backends: Sequence[BackendSnapshot]) -> int:
+        return _argmin_random_tie([b.inflight_requests for b in backends], self.rng)
+
+
+@register
+class LeastTokens(Strategy):
+    """Fewest prompt tokens in flight from this router: weighs long prompts."""
+
+    name = "least_tokens"
+
+    def choose(self, request: RequestInfo, backends: Sequence[BackendSnapshot]) -> int:
+        return _argmin_random_tie([b.inflight_tokens for b in backends], self.rng)
+
+
+@register
+class PowerOfTwo(Strategy):
+    """Sample two distinct backends, send to the one with fewer in flight.
+
+    Mitzenmacher's power of two choices: near join-shortest-queue balance with
+    two probes instead of all.
+    """
+
+    name = "power_of_two"
+
+    def choose(self, request: RequestInfo, backends: Sequence[BackendSnapshot]) -> int:
+        n = len(backends)
+        if n == 1:
+            return 0
+        a, b = self.rng.sample(range(n), 2)
+        ia, ib = backends[a].inflight_requests, backends[b].inflight_requests
+        if ia != ib:
+            return a if ia < ib else b
+        return a if self.rng.random() < 0.5 else b
+
+
+@register
+class LeastKV(Strategy):
+    """Lowest scraped ``vllm:kv_cache_usage_perc``; unscraped backends count as empty.
+
+    Scrapes are stale by up to the scrape interval, so ties on the same scraped
+    value fall back to fewer requests in flight from this router.
+    """
+
+    name = "least_kv"
+    needs_scrape = True
+
+    def choose(self, request: RequestInfo, backends: Sequence[BackendSnapshot]) -> int:
+        keys = [
+            (0.0 if math.isnan(b.kv_usage) else b.kv_usage, b.inflight_requests)
+            for b in backends
+        ]
+        return _argmin_random_tie(keys, self.rng)

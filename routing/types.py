@@ -1,0 +1,106 @@
+"""What a router can know, identically in simulation and live.
+
+These types are the whole interface between a routing policy and the world: the
+simulator and the gateway both fill them from what a real router can observe (its
+own in-flight bookkeeping plus scraped ``vllm:*`` metrics that may be stale), so a
+policy cannot behave differently in the two modes except through what it sees.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+_EMPTY_HASHES = np.zeros(0, dtype=np.uint64)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    """A request as the router sees it at dispatch.
+
+    Never carries the true output length: a real router does not know it.
+    ``block_hashes`` is the hash chain of the prompt's full KV blocks (see
+    ``workload.hashing``), the same values the engine's prefix cache keys on.
+    """
+
+    request_id: int
+    input_len: int
+    arrival_s: float
+    block_hashes: np.ndarray = field(default_factory=lambda: _EMPTY_HASHES)
+    session_id: str = ""
+    turn: int = 0
+
+
+@dataclass(slots=True)
+class ScrapedMetrics:
+    """One scrape of a backend's ``/metrics`` (vLLM metric names in comments).
+
+    Counters are cumulative totals since the backend started, as Prometheus
+    exports them; a router differences them itself if it wants rates.
+    """
+
+    running: float  # vllm:num_requests_running
+    waiting: float  # vllm:num_requests_waiting
+    kv_usage: float  # vllm:kv_cache_usage_perc, a fraction in [0, 1]
+    prefix_queries: float = 0.0  # vllm:prefix_cache_queries_total (tokens)
+    prefix_hits: float = 0.0  # vllm:prefix_cache_hits_total (tokens)
+    preemptions: float = 0.0  # vllm:num_preemptions_total
+
+
+@dataclass(slots=True)
+class BackendSnapshot:
+    """What the router can see of one backend when it decides.
+
+    ``inflight_*`` are the router's own exact counts (requests it dispatched there
+    that have not finished). The scraped fields are NaN until the first scrape and
+    are ``scrape_age_s`` seconds old. ``prefix_hit_tokens`` is the router's
+    estimate of the prefix-cache hit the current request would get there, filled
+    only for strategies that declare ``needs_prefix_estimate``.
+    """
+
+    index: int
+    name: str
+    group: str = "default"
+    inflight_requests: int = 0
+    inflight_tokens: int = 0
+    running: float = math.nan
+    waiting: float = math.nan
+    kv_usage: float = math.nan
+    prefix_queries: float = math.nan
+    prefix_hits: float = math.nan
+    scrape_age_s: float = math.inf
+    healthy: bool = True
+    prefix_hit_tokens: int = 0
+
+    def apply_scrape(self, metrics: ScrapedMetrics) -> None:
+        self.running = metrics.running
+        self.waiting = metrics.waiting
+        self.kv_usage = metrics.kv_usage
+        self.prefix_queries = metrics.prefix_queries
+        self.prefix_hits = metrics.prefix_hits
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a dispatched request ended, fed back to ``Strategy.observe``.
+
+    Times are seconds; NaN where the request never got that far (an error before
+    the first token, for instance). ``ok`` is False for errors, timeouts and
+    rejections.
+    """
+
+    request_id: int
+    backend_index: int
+    ok: bool
+    input_len: int
+    output_len: int
+    ttft_s: float
+    e2el_s: float
+
+    @property
+    def tpot_s(self) -> float:
+        """``vllm bench serve``'s TPOT: (E2EL - TTFT) / (output_len - 1)."""
+        if self.output_len <= 1 or not self.ok:
+            return math.nan
+        return (self.e2el_s - self.ttft_s) / (self.output_len - 1)

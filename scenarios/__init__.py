@@ -1,0 +1,1 @@
+"""Typed, validated TOML scenarios and their grid expansion."""

@@ -1,0 +1,1 @@
+"""The vLLM engine model, latency model, SimPy cluster and sweeps."""

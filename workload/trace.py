@@ -1,0 +1,79 @@
+"""``Trace``: a workload as columns (numpy arrays), not a list of dicts.
+
+One row per request. Prompts are kept as their block hash chains (CSR: one flat
+``uint64`` array plus offsets), which is everything the simulator's prefix cache
+and a cache-aware router need, at a sixteenth of the size of the token ids. Live
+mode turns a hash chain back into concrete token ids with the same sharing
+structure (``workload.tokens.prompt_token_ids``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Trace:
+    """Requests in dispatch order. ``arrival_s`` is NaN until arrivals are assigned."""
+
+    request_id: np.ndarray  # int64, unique
+    conversation_id: np.ndarray  # str (object) array
+    turn: np.ndarray  # int32, 0-based user turn within the conversation
+    input_len: np.ndarray  # int32, prompt tokens (the conversation so far)
+    output_len: np.ndarray  # int32, tokens of the real reply (what the request generates)
+    arrival_s: np.ndarray  # float64 seconds from the start of the run
+    timestamp_s: np.ndarray  # float64 dataset timestamps (epoch seconds), NaN if none
+    hash_offsets: np.ndarray  # int64, len n+1: request i's hashes are block_hashes[o[i]:o[i+1]]
+    block_hashes: np.ndarray  # uint64
+    block_size: int = 16
+    meta: dict[str, Any] = field(default_factory=dict)  # source, tokenizer, filters...
+
+    def __post_init__(self) -> None:
+        n = len(self.request_id)
+        for name in ("conversation_id", "turn", "input_len", "output_len", "arrival_s", "timestamp_s"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"Trace column {name} has {len(getattr(self, name))} rows, expected {n}")
+        if len(self.hash_offsets) != n + 1:
+            raise ValueError("Trace.hash_offsets must have one more entry than there are requests")
+
+    def __len__(self) -> int:
+        return len(self.request_id)
+
+    def hashes(self, i: int) -> np.ndarray:
+        """Request ``i``'s block hash chain (a view, no copy)."""
+        return self.block_hashes[self.hash_offsets[i] : self.hash_offsets[i + 1]]
+
+    def take(self, idx: np.ndarray | list[int]) -> Trace:
+        """Rows ``idx`` in that order (hashes are re-packed)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        starts = self.hash_offsets[idx]
+        lens = self.hash_offsets[idx + 1] - starts
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        if len(idx) and offsets[-1]:
+            gather = np.repeat(starts - offsets[:-1], lens) + np.arange(offsets[-1])
+            hashes = self.block_hashes[gather]
+        else:
+            hashes = np.zeros(0, dtype=np.uint64)
+        return replace(
+            self,
+            request_id=self.request_id[idx],
+            conversation_id=self.conversation_id[idx],
+            turn=self.turn[idx],
+            input_len=self.input_len[idx],
+            output_len=self.output_len[idx],
+            arrival_s=self.arrival_s[idx],
+            timestamp_s=self.timestamp_s[idx],
+            hash_offsets=offsets,
+            block_hashes=hashes,
+        )
+
+    def with_arrivals(self, arrival_s: np.ndarray) -> Trace:
+        arrival_s = np.asarray(arrival_s, dtype=np.float64)
+        if len(arrival_s) != len(self):
+            raise ValueError(f"{len(arrival_s)} arrival times for {len(self)} requests")
+        if len(arrival_s) > 1 and np.any(np.diff(arrival_s) < 0):
+            raise ValueError("arrival times must be non-decreasing")
+        return replace(self, arrival_s=arrival_s)
