@@ -1,0 +1,324 @@
+"""Pooled inter-token-latency statistics over arithmetic runs, without expanding them.
+
+Records store each request's token-chunk gaps as arithmetic runs ``(start, step,
+count)`` (see ``results.records``); gap ``k`` of a run is ``start + step * k``,
+computed exactly as ``results.records.expand_itl`` computes it. ``vllm bench
+serve`` pools every gap of every successful request into one list and takes
+``np.mean``, ``np.std`` and ``np.percentile`` (linear interpolation) of it.
+
+A 100k-request simulated run has ~25M gaps: expanding them costs 200 MB and a
+sort. So this module works in two regimes:
+
+* at most ``expand_limit`` gaps: expand and call numpy (bit-identical to vLLM's
+  computation);
+* more: the mean and standard deviation come from closed-form sums over each
+  run, and each needed order statistic is *selected* exactly: a strided sample
+  of the gaps brackets the wanted rank, one vectorised counting pass per bracket
+  end verifies the bracket (how many gaps are <= v is computed per run from the
+  run's formula, then corrected so it counts the same floats ``expand_itl``
+  would produce), and only the gaps inside the bracket are expanded (a few
+  hundred thousand at most). A bracket that fails verification is narrowed by
+  bisection on the floats' ordered bit patterns, which always terminates.
+  Memory stays bounded by the number of runs plus ``candidate_limit``, and the
+  order statistics are the very floats numpy would pick, interpolated with
+  numpy's own formula.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Up to this many gaps, expand and let numpy do it (fast and bit-identical).
+EXPAND_LIMIT = 2_000_000
+#: Gaps inside a bracket are expanded once the bracket holds at most this many.
+CANDIDATE_LIMIT = 500_000
+_SAMPLE_SIZE = 1 << 17
+
+
+@dataclass(frozen=True, slots=True)
+class PooledStats:
+    """Mean, population std (``np.std``) and percentiles of the pooled gaps, seconds."""
+
+    n: int
+    mean: float
+    std: float
+    percentiles: dict[float, float]
+
+
+def pooled_itl_stats(
+    start: np.ndarray,
+    step: np.ndarray,
+    count: np.ndarray,
+    percentiles: Sequence[float] = (50, 90, 95, 99),
+    *,
+    expand_limit: int = EXPAND_LIMIT,
+    candidate_limit: int = CANDIDATE_LIMIT,
+) -> PooledStats:
+    """Statistics of the union of the runs ``start[i] + step[i] * k``, ``k < count[i]``.
+
+    Runs with ``count <= 0`` or a non-finite start/step are ignored. With no gap
+    at all every statistic is NaN.
+    """
+    runs = _Runs.build(start, step, count)
+    nan_pct = {float(p): math.nan for p in percentiles}
+    if runs.total == 0:
+        return PooledStats(0, math.nan, math.nan, nan_pct)
+    if runs.total <= expand_limit:
+        gaps = runs.expand_all()
+        pct = np.percentile(gaps, list(percentiles)) if len(percentiles) else []
+        return PooledStats(
+            runs.total, float(np.mean(gaps)), float(np.std(gaps)),
+            {float(p): float(v) for p, v in zip(percentiles, pct)},
+        )
+    mean, std = runs.mean_std()
+    selector = _Selector(runs, candidate_limit)
+    return PooledStats(
+        runs.total, mean, std,
+        {float(p): selector.percentile(float(p)) for p in percentiles},
+    )
+
+
+def order_statistics(
+    start: np.ndarray, step: np.ndarray, count: np.ndarray, ranks: Sequence[int],
+    *, candidate_limit: int = CANDIDATE_LIMIT,
+) -> list[float]:
+    """The ``ranks``-th smallest gaps (0-based) without expanding every run."""
+    runs = _Runs.build(start, step, count)
+    selector = _Selector(runs, candidate_limit)
+    out = []
+    for k in ranks:
+        if not 0 <= k < runs.total:
+            raise IndexError(f"rank {k} is outside 0..{runs.total - 1}")
+        out.append(selector.select(int(k)))
+    return out
+
+
+# --- runs ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Runs:
+    s: np.ndarray  # float64
+    d: np.ndarray  # float64
+    c: np.ndarray  # int64
+    total: int
+    rmin: np.ndarray  # each run's smallest and largest gap
+    rmax: np.ndarray
+
+    @classmethod
+    def build(cls, start, step, count) -> _Runs:
+        s = np.asarray(start, dtype=np.float64).ravel()
+        d = np.asarray(step, dtype=np.float64).ravel()
+        c = np.asarray(count, dtype=np.int64).ravel()
+        if not (len(s) == len(d) == len(c)):
+            raise ValueError(
+                f"itl_start, itl_step and itl_count must have equal lengths, got "
+                f"{len(s)}, {len(d)}, {len(c)}"
+            )
+        keep = (c > 0) & np.isfinite(s) & np.isfinite(d)
+        if not keep.all():
+            s, d, c = s[keep], d[keep], c[keep]
+        # A single gap's step never matters; zero it so it joins the flat group.
+        d = np.where(c == 1, 0.0, d)
+        last = s + d * (c - 1).astype(np.float64)
+        return cls(s, d, c, int(c.sum()), np.minimum(s, last), np.maximum(s, last))
+
+    def terms(self, idx: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Gap ``k`` of run ``idx``, computed exactly as ``expand_itl`` does."""
+        return self.s[idx] + self.d[idx] * k.astype(np.float64)
+
+    def expand(self, idx: np.ndarray, first: np.ndarray, stop: np.ndarray) -> np.ndarray:
+        """Gaps with index ``first[i] <= k < stop[i]`` of the runs ``idx[i]``."""
+        lens = stop - first
+        keep = lens > 0
+        idx, first, lens = idx[keep], first[keep], lens[keep]
+        if len(idx) == 0:
+            return np.zeros(0)
+        pos = np.repeat(np.arange(len(idx)), lens)
+        offsets = np.cumsum(lens) - lens
+        k = first[pos] + (np.arange(int(lens.sum())) - offsets[pos])
+        return self.terms(idx[pos], k)
+
+    def expand_all(self) -> np.ndarray:
+        return self.expand(np.arange(len(self.c)), np.zeros_like(self.c), self.c)
+
+    def mean_std(self) -> tuple[float, float]:
+        """Closed-form pooled mean and population std (numpy's ``ddof=0``)."""
+        c = self.c.astype(np.float64)
+        tri = c * (c - 1) / 2  # sum of k
+        mean = float(np.sum(c * self.s + self.d * tri) / self.total)
+        a = self.s - mean  # centre first: sums of squares of centred terms
+        sq = c * a * a + 2 * a * self.d * tri + self.d * self.d * (c - 1) * c * (2 * c - 1) / 6
+        var = float(np.sum(sq) / self.total)
+        return mean, math.sqrt(max(var, 0.0))
+
+    def count_le(self, v: float) -> np.ndarray:
+        """Per run, how many of its (float) gaps are <= ``v``."""
+        n = np.where(self.rmax <= v, self.c, 0)
+        # Only runs that straddle v need their formula (flat runs never do).
+        straddle = np.flatnonzero((self.rmin <= v) & (self.rmax > v))
+        if len(straddle):
+            up = self.d[straddle] > 0
+            asc, desc = straddle[up], straddle[~up]
+            if len(asc):
+                n[asc] = self._count_asc(asc, v)
+            if len(desc):
+                n[desc] = self.c[desc] - self._first_le_desc(desc, v)
+        return n
+
+    def _count_asc(self, idx: np.ndarray, v: float) -> np.ndarray:
+        c = self.c[idx]
+        with np.errstate(invalid="ignore", over="ignore"):
+            est = np.floor((v - self.s[idx]) / self.d[idx]) + 1
+        n = np.clip(np.nan_to_num(est, nan=0.0), 0, c).astype(np.int64)
+        # The estimate is off by at most a rounding; walk to the exact count
+        # (the float terms are monotone in k, so this converges).
+        while True:
+            up = n < c
+            up[up] = self.terms(idx[up], n[up]) <= v
+            down = n > 0
+            down[down] = self.terms(idx[down], n[down] - 1) > v
+            if not (up.any() or down.any()):
+                return n
+            n += up.astype(np.int64) - down.astype(np.int64)
+
+    def _first_le_desc(self, idx: np.ndarray, v: float) -> np.ndarray:
+        c = self.c[idx]
+        with np.errstate(invalid="ignore", over="ignore"):
+            est = np.ceil((v - self.s[idx]) / self.d[idx])
+        f = np.clip(np.nan_to_num(est, nan=0.0), 0, c).astype(np.int64)
+        while True:
+            back = f > 0
+            back[back] = self.terms(idx[back], f[back] - 1) <= v
+            fwd = f < c
+            fwd[fwd] = self.terms(idx[fwd], f[fwd]) > v
+            if not (back.any() or fwd.any()):
+                return f
+            f += fwd.astype(np.int64) - back.astype(np.int64)
+
+    def between(self, n_lo: np.ndarray, n_hi: np.ndarray) -> np.ndarray:
+        """Every gap in ``(lo, hi]``, given each run's counts at lo and hi."""
+        idx = np.flatnonzero(n_hi != n_lo)
+        lo, hi, c = n_lo[idx], n_hi[idx], self.c[idx]
+        desc = self.d[idx] < 0  # a falling run's smallest gaps are its last ones
+        return self.expand(idx, np.where(desc, c - hi, lo), np.where(desc, c - lo, hi))
+
+    def sample(self, size: int) -> np.ndarray:
+        """A deterministic, evenly strided, sorted sample of the gaps."""
+        size = min(size, self.total)
+        j = ((np.arange(size) + 0.5) * (self.total / size)).astype(np.int64)
+        j = np.minimum(j, self.total - 1)
+        ends = np.cumsum(self.c)
+        run = np.searchsorted(ends, j, side="right")
+        k = j - (ends[run] - self.c[run])
+        return np.sort(self.terms(run, k))
+
+
+# --- selection ----------------------------------------------------------------
+
+
+class _Selector:
+    """Exact order statistics of the pooled gaps (see the module docstring)."""
+
+    def __init__(self, runs: _Runs, candidate_limit: int) -> None:
+        self.runs = runs
+        self.limit = max(1, candidate_limit)
+        self._sample: np.ndarray | None = None
+        self._cache: dict[int, float] = {}
+        # Sorted candidate windows already expanded: (rank of their first, values).
+        self._windows: list[tuple[int, np.ndarray]] = []
+
+    def percentile(self, p: float) -> float:
+        """``np.percentile(gaps, p)`` with numpy's 'linear' method, bit for bit."""
+        n = self.runs.total
+        q = np.true_divide(p, 100)
+        vi = (n - 1) * q
+        if vi >= n - 1:
+            return self.select(n - 1)
+        prev = math.floor(vi)
+        if vi < 0:
+            return self.select(0)
+        a, b = self.select(prev), self.select(prev + 1)
+        return float(_lerp(a, b, vi - prev))
+
+    def select(self, k: int) -> float:
+        if k not in self._cache:
+            for first, values in self._windows:
+                if first <= k < first + len(values):
+                    self._cache[k] = float(values[k - first])
+                    break
+            else:
+                self._cache[k] = self._select(k)
+        return self._cache[k]
+
+    def _select(self, k: int) -> float:
+        runs = self.runs
+        if self._sample is None:
+            self._sample = runs.sample(_SAMPLE_SIZE)
+        sample = self._sample
+        m = len(sample)
+        margin = int(4 * math.sqrt(m)) + 2
+        est = k * m / runs.total
+        lo_i, hi_i = math.floor(est) - margin, math.ceil(est) + margin
+        lo = float(sample[lo_i]) if lo_i >= 0 else -math.inf
+        hi = float(sample[hi_i]) if hi_i < m else math.inf
+        n_lo, n_hi = self._counts(lo), self._counts(hi)
+        # Repair a bracket the sample got wrong: widen to the whole range.
+        if n_lo.sum() > k:
+            lo, n_lo = -math.inf, np.zeros_like(runs.c)
+        if n_hi.sum() <= k:
+            hi, n_hi = math.inf, runs.c.copy()
+        # Invariant: count(<= lo) <= k < count(<= hi), so lo < x_k <= hi.
+        while True:
+            inside = int(n_hi.sum() - n_lo.sum())
+            if inside <= self.limit:
+                cand = np.sort(runs.between(n_lo, n_hi))
+                first = int(n_lo.sum())
+                self._windows.append((first, cand))
+                return float(cand[k - first])
+            mid = _mid_float(lo, hi)
+            if mid is None:  # lo and hi are adjacent floats: every candidate is hi
+                return hi
+            n_mid = self._counts(mid)
+            if n_mid.sum() > k:
+                hi, n_hi = mid, n_mid
+            else:
+                lo, n_lo = mid, n_mid
+
+    def _counts(self, v: float) -> np.ndarray:
+        if v == -math.inf:
+            return np.zeros_like(self.runs.c)
+        if v == math.inf:
+            return self.runs.c.copy()
+        return self.runs.count_le(v)
+
+
+def _lerp(a: float, b: float, t: float) -> float:
+    """numpy's ``_lerp`` (the 'linear' percentile method), same operation order."""
+    a64, b64, t64 = np.float64(a), np.float64(b), np.float64(t)
+    diff = b64 - a64
+    if t64 >= 0.5:
+        return b64 - diff * (1 - t64)
+    return a64 + diff * t64
+
+
+def _ordered(x: float) -> int:
+    (bits,) = struct.unpack("<q", struct.pack("<d", x))
+    return bits if bits >= 0 else -(bits & 0x7FFF_FFFF_FFFF_FFFF) - 1
+
+
+def _unordered(i: int) -> float:
+    bits = i if i >= 0 else (-(i + 1)) | -0x8000_0000_0000_0000
+    return struct.unpack("<d", struct.pack("<q", bits))[0]
+
+
+def _mid_float(lo: float, hi: float) -> float | None:
+    """A float strictly between ``lo`` and ``hi`` (halving their bit-pattern distance)."""
+    a, b = _ordered(lo), _ordered(hi)
+    if b - a <= 1:
+        return None
+    return _unordered(a + (b - a) // 2)

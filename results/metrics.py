@@ -1,0 +1,399 @@
+"""Per-unit metrics, defined as ``vllm bench serve`` defines them.
+
+Reference: vLLM ``vllm/benchmarks/serve.py`` (``calculate_metrics``) and
+``vllm/benchmarks/lib/endpoint_request_func.py`` (how one request is timed).
+In vLLM's client a request is timed from the moment it is sent (``st``):
+``ttft`` is the first chunk's arrival minus ``st``, ``itl`` is the list of gaps
+between consecutive chunks, and ``latency`` (E2EL) is the *last chunk's* arrival
+minus ``st``. ``calculate_metrics`` then pools these over the successful
+requests only. Here the same quantities come from a record's times:
+
+=========  =====================================================================
+TTFT       ``first_token_s - arrival_s``                      (ok requests)
+E2EL       ``last_token_s - arrival_s``                       (ok requests)
+TPOT       ``(E2EL - TTFT) / (output_len - 1)`` when ``output_len > 1``
+ITL        every chunk gap of every ok request, pooled (exact; see ``itl_stats``)
+duration   ``max(finish_s) - min(arrival_s)`` over *all* requests: first send to
+           the last response's end, as vLLM's benchmark clock spans the sends
+           and ``asyncio.gather`` of every request, failed ones included
+goodput    ok requests meeting every SLO given (``ttft``, ``tpot``, ``e2el``;
+           metric <= SLO; TPOT counts as 0 when ``output_len <= 1``) / duration
+=========  =====================================================================
+
+Each latency gets mean, median, std (population, ``np.std``), p90, p95 and p99
+(``np.percentile``, linear interpolation), reported in milliseconds under vLLM's
+result-file names (``mean_ttft_ms``, ``median_ttft_ms``, ``p99_ttft_ms``...).
+Throughputs: ``request_throughput = completed / duration``,
+``output_throughput = output tokens of ok requests / duration``,
+``total_token_throughput = (input + output tokens of ok requests) / duration``.
+
+Deliberate differences from vLLM, all documented in ``docs/results-format.md``:
+a latency with no ok request is NaN (vLLM prints 0, which would rank a
+strategy that served nothing as the fastest); failures are split by status
+(error, timeout, rejected, unfinished) instead of one ``failed`` count; and
+``slo_attainment`` (good requests / all requests sent) is added so a strategy
+cannot look good by failing requests.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from results.itl_stats import pooled_itl_stats
+from results.records import STATUSES, RequestRecord, to_table
+
+#: Percentiles reported for every latency, besides the median.
+PERCENTILES = (90, 95, 99)
+LATENCIES = ("ttft", "tpot", "itl", "e2el")
+STATS = ("mean", "median", "std") + tuple(f"p{p}" for p in PERCENTILES)
+#: SLO keys accepted (milliseconds), as in ``vllm bench serve --goodput ttft:500``.
+SLO_KEYS = ("ttft", "tpot", "e2el")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricInfo:
+    """What a metric means for tables, charts and ranking."""
+
+    label: str
+    unit: str
+    #: "lower" or "higher" is better; None for counts that are not a quality.
+    better: str | None
+
+
+def _latency_infos() -> dict[str, MetricInfo]:
+    out = {}
+    for lat in LATENCIES:
+        for stat in STATS:
+            name = "median" if stat == "median" else stat
+            out[f"{stat}_{lat}_ms"] = MetricInfo(
+                f"{lat.upper()} {name}", "ms", None if stat == "std" else "lower"
+            )
+    return out
+
+
+#: Every scalar metric ``unit_metrics`` returns, in display order.
+METRICS: dict[str, MetricInfo] = {
+    **_latency_infos(),
+    "request_throughput": MetricInfo("request throughput", "req/s", "higher"),
+    "request_goodput": MetricInfo("goodput", "req/s", "higher"),
+    "slo_attainment": MetricInfo("SLO attainment", "fraction", "higher"),
+    "output_throughput": MetricInfo("output token throughput", "tok/s", "higher"),
+    "total_token_throughput": MetricInfo("total token throughput", "tok/s", "higher"),
+    "duration": MetricInfo("duration", "s", None),
+    "offered_rate": MetricInfo("offered load (measured)", "req/s", None),
+    "num_requests": MetricInfo("requests", "count", None),
+    "completed": MetricInfo("ok", "count", "higher"),
+    "failed": MetricInfo("not ok", "count", "lower"),
+    "num_error": MetricInfo("errors", "count", "lower"),
+    "num_timeout": MetricInfo("timeouts", "count", "lower"),
+    "num_rejected": MetricInfo("rejected", "count", "lower"),
+    "num_unfinished": MetricInfo("unfinished", "count", "lower"),
+    "total_input_tokens": MetricInfo("input tokens (ok)", "tokens", None),
+    "total_output_tokens": MetricInfo("output tokens (ok)", "tokens", None),
+    "prefix_hit_rate": MetricInfo("prefix-cache hit rate", "fraction", "higher"),
+    "mean_preemptions": MetricInfo("preemptions per ok request", "count", "lower"),
+    "max_backend_share": MetricInfo("largest backend share", "fraction", "lower"),
+    "load_imbalance": MetricInfo("load imbalance (max/mean requests)", "ratio", "lower"),
+    "peak_inflight": MetricInfo("peak in-flight on one backend", "requests", "lower"),
+}
+
+_NEEDED = (
+    "status", "backend", "arrival_s", "dispatch_s", "first_token_s", "last_token_s",
+    "finish_s", "input_len", "cached_tokens", "output_len", "num_preemptions",
+    "itl_start", "itl_step", "itl_count",
+)
+
+
+def parse_slo(slo: Mapping[str, Any] | None) -> dict[str, float]:
+    """Normalise an SLO mapping to ``{"ttft"|"tpot"|"e2el": milliseconds}``.
+
+    Accepts the manifest's ``ttft_ms`` form and vLLM's bare ``ttft`` form;
+    ``None`` values mean "not given".
+    """
+    out: dict[str, float] = {}
+    for key, value in (slo or {}).items():
+        name = key[:-3] if key.endswith("_ms") else key
+        if name not in SLO_KEYS:
+            allowed = ", ".join(f"{k}_ms" for k in SLO_KEYS)
+            raise ValueError(f"unknown SLO key {key!r}; allowed keys: {allowed}")
+        if value is None:
+            continue
+        v = float(value)
+        if not v > 0:
+            raise ValueError(f"SLO {key} must be a positive number of milliseconds, got {value!r}")
+        out[name] = v
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class UnitMetrics:
+    """Metrics of one unit (grid point x strategy x seed).
+
+    ``values`` holds every scalar in ``METRICS`` (NaN where undefined);
+    ``backends`` one row per backend of the fleet.
+    """
+
+    values: dict[str, float]
+    backends: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metrics": dict(self.values), "backends": [dict(b) for b in self.backends]}
+
+
+def unit_metrics(
+    records: pa.Table | pd.DataFrame | Sequence[RequestRecord],
+    slo: Mapping[str, Any] | None = None,
+    *,
+    backend_names: Sequence[str] | None = None,
+) -> UnitMetrics:
+    """All metrics of one unit's records (one row per request, every status).
+
+    ``slo`` in milliseconds (``{"ttft_ms": 500, "tpot_ms": 50}``; missing keys are
+    not checked); with no SLO, goodput and attainment are NaN. ``backend_names``
+    lists the fleet (index = ``record.backend``) so a backend that got nothing
+    still counts in the load balance.
+    """
+    cols = _Columns.of(records)
+    slo_ms = parse_slo(slo)
+    status = cols.scalar("status")
+    unknown = sorted(set(np.unique(status).tolist()) - set(STATUSES))
+    if unknown:
+        raise ValueError(f"unknown record status {unknown[0]!r}; allowed: {', '.join(STATUSES)}")
+    ok = status == "ok"
+    v: dict[str, float] = {}
+
+    arrival = cols.scalar("arrival_s").astype(np.float64)
+    first = cols.scalar("first_token_s").astype(np.float64)
+    last = cols.scalar("last_token_s").astype(np.float64)
+    out_len = cols.scalar("output_len").astype(np.int64)
+    ttft = (first - arrival)[ok]
+    e2el = (last - arrival)[ok]
+    bad = ~np.isfinite(ttft) | ~np.isfinite(e2el)
+    if bad.any():
+        ids = cols.scalar("request_id")[ok][bad][:5].tolist() if cols.has("request_id") else []
+        raise ValueError(
+            "records with status 'ok' must have finite arrival_s, first_token_s and "
+            f"last_token_s; request ids {ids} do not"
+        )
+    ok_len = out_len[ok]
+    multi = ok_len > 1
+    tpot = (e2el[multi] - ttft[multi]) / (ok_len[multi] - 1)
+
+    _put_stats(v, "ttft", ttft)
+    _put_stats(v, "tpot", tpot)
+    _put_stats(v, "e2el", e2el)
+    starts, steps, counts = cols.itl(ok)
+    itl = pooled_itl_stats(starts, steps, counts, (50,) + PERCENTILES)
+    v["mean_itl_ms"] = itl.mean * 1000
+    v["median_itl_ms"] = itl.percentiles[50.0] * 1000
+    v["std_itl_ms"] = itl.std * 1000
+    for p in PERCENTILES:
+        v[f"p{p}_itl_ms"] = itl.percentiles[float(p)] * 1000
+
+    n = len(status)
+    completed = int(ok.sum())
+    finish = cols.scalar("finish_s").astype(np.float64)
+    duration = _span(arrival, finish)
+    in_len = cols.scalar("input_len").astype(np.int64)
+    total_in, total_out = int(in_len[ok].sum()), int(ok_len.sum())
+    v["num_requests"] = n
+    v["completed"] = completed
+    v["failed"] = n - completed
+    for s in STATUSES[1:]:
+        v[f"num_{s}"] = int((status == s).sum())
+    v["total_input_tokens"] = total_in
+    v["total_output_tokens"] = total_out
+    v["duration"] = duration
+    v["request_throughput"] = _per(completed, duration)
+    v["output_throughput"] = _per(total_out, duration)
+    v["total_token_throughput"] = _per(total_in + total_out, duration)
+    v["offered_rate"] = _offered_rate(arrival)
+
+    if slo_ms:
+        good = _good_requests(slo_ms, ttft, e2el, ok_len)
+        v["request_goodput"] = _per(good, duration)
+        v["slo_attainment"] = good / n if n else math.nan
+    else:
+        v["request_goodput"] = math.nan
+        v["slo_attainment"] = math.nan
+
+    cached = cols.scalar("cached_tokens").astype(np.int64)[ok]
+    v["prefix_hit_rate"] = float(cached.sum() / total_in) if total_in else math.nan
+    pre = cols.scalar("num_preemptions").astype(np.int64)[ok]
+    v["mean_preemptions"] = float(pre.mean()) if completed else math.nan
+
+    backends = _backend_rows(cols, backend_names)
+    shares = np.array([b["share"] for b in backends], dtype=np.float64)
+    dispatched = sum(b["requests"] for b in backends)
+    if backends and dispatched:
+        v["max_backend_share"] = float(shares.max())
+        v["load_imbalance"] = float(shares.max() / shares.mean())
+        v["peak_inflight"] = float(max(b["peak_inflight"] for b in backends))
+    else:
+        v["max_backend_share"] = v["load_imbalance"] = v["peak_inflight"] = math.nan
+    ordered = {k: float(v[k]) for k in METRICS}
+    return UnitMetrics(ordered, backends)
+
+
+def _put_stats(v: dict[str, float], name: str, x: np.ndarray) -> None:
+    if len(x) == 0:
+        for stat in STATS:
+            v[f"{stat}_{name}_ms"] = math.nan
+        return
+    v[f"mean_{name}_ms"] = float(np.mean(x)) * 1000
+    v[f"median_{name}_ms"] = float(np.median(x)) * 1000
+    v[f"std_{name}_ms"] = float(np.std(x)) * 1000
+    for p, q in zip(PERCENTILES, np.percentile(x, PERCENTILES)):
+        v[f"p{p}_{name}_ms"] = float(q) * 1000
+
+
+def _good_requests(
+    slo_ms: Mapping[str, float], ttft: np.ndarray, e2el: np.ndarray, out_len: np.ndarray
+) -> int:
+    """vLLM's rule: compare in seconds, ``slo / 1000 >= metric``; TPOT is 0 below 2 tokens."""
+    good = np.ones(len(ttft), dtype=bool)
+    if "ttft" in slo_ms:
+        good &= ttft <= slo_ms["ttft"] / 1000
+    if "tpot" in slo_ms:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tpot = np.where(out_len > 1, (e2el - ttft) / np.maximum(out_len - 1, 1), 0.0)
+        good &= tpot <= slo_ms["tpot"] / 1000
+    if "e2el" in slo_ms:
+        good &= e2el <= slo_ms["e2el"] / 1000
+    return int(good.sum())
+
+
+def _span(arrival: np.ndarray, finish: np.ndarray) -> float:
+    if len(arrival) == 0 or not np.isfinite(arrival).any() or not np.isfinite(finish).any():
+        return math.nan
+    return float(np.nanmax(finish) - np.nanmin(arrival))
+
+
+def _per(amount: float, duration: float) -> float:
+    return amount / duration if duration > 0 else math.nan
+
+
+def _offered_rate(arrival: np.ndarray) -> float:
+    """Measured arrival rate: ``(n - 1) / (last send - first send)``."""
+    a = arrival[np.isfinite(arrival)]
+    if len(a) < 2:
+        return math.nan
+    span = float(a.max() - a.min())
+    return (len(a) - 1) / span if span > 0 else math.nan
+
+
+# --- backends -----------------------------------------------------------------
+
+
+def _backend_rows(cols: _Columns, names: Sequence[str] | None) -> list[dict[str, Any]]:
+    backend = cols.scalar("backend").astype(np.int64)
+    dispatch = cols.scalar("dispatch_s").astype(np.float64)
+    finish = cols.scalar("finish_s").astype(np.float64)
+    seen = int(backend.max()) + 1 if len(backend) else 0
+    if names is not None and seen > len(names):
+        raise ValueError(
+            f"records name backend index {seen - 1} but the fleet has {len(names)} "
+            f"backends ({', '.join(names)})"
+        )
+    size = len(names) if names is not None else seen
+    sent = backend >= 0
+    counts = np.bincount(backend[sent], minlength=size)
+    total = int(counts.sum())
+    rows = []
+    for b in range(size):
+        mine = backend == b
+        rows.append({
+            "backend": b,
+            "name": names[b] if names is not None else f"backend-{b}",
+            "requests": int(counts[b]),
+            "share": float(counts[b] / total) if total else math.nan,
+            "peak_inflight": peak_concurrency(dispatch[mine], finish[mine]),
+        })
+    return rows
+
+
+def peak_concurrency(start: np.ndarray, end: np.ndarray) -> int:
+    """Most intervals ``[start, end)`` open at once (an end before a start at ties)."""
+    times, deltas = _events(start, end)
+    return int(np.cumsum(deltas).max()) if len(deltas) else 0
+
+
+def inflight_series(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The in-flight count as a step function: after ``times[i]`` it is ``level[i]``."""
+    times, deltas = _events(start, end)
+    if len(times) == 0:
+        return times, deltas
+    level = np.cumsum(deltas)
+    # Keep the last event at each instant (the level after all of them).
+    last = np.r_[times[1:] != times[:-1], True]
+    return times[last], level[last]
+
+
+def _events(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    start = np.asarray(start, dtype=np.float64)
+    end = np.asarray(end, dtype=np.float64)
+    keep = np.isfinite(start) & np.isfinite(end)
+    start, end = start[keep], end[keep]
+    times = np.concatenate([start, end])
+    deltas = np.concatenate([np.ones(len(start), np.int64), -np.ones(len(end), np.int64)])
+    order = np.lexsort((deltas, times))  # by time, then -1 before +1
+    return times[order], deltas[order]
+
+
+# --- column access --------------------------------------------------------------
+
+
+class _Columns:
+    """Uniform numpy access to records given as Arrow, pandas or dataclasses."""
+
+    def __init__(self, table: pa.Table | None, frame: pd.DataFrame | None) -> None:
+        self.table, self.frame = table, frame
+
+    @classmethod
+    def of(cls, records: Any) -> _Columns:
+        if isinstance(records, pa.Table):
+            obj: Any = records
+        elif isinstance(records, pd.DataFrame):
+            obj = records
+        else:
+            obj = to_table(records)
+        names = obj.column_names if isinstance(obj, pa.Table) else list(obj.columns)
+        missing = [c for c in _NEEDED if c not in names]
+        if missing:
+            raise ValueError(f"records lack columns: {', '.join(missing)}")
+        if isinstance(obj, pa.Table):
+            return cls(obj, None)
+        return cls(None, obj)
+
+    def has(self, name: str) -> bool:
+        if self.table is not None:
+            return name in self.table.column_names
+        return name in self.frame.columns
+
+    def scalar(self, name: str) -> np.ndarray:
+        if self.table is not None:
+            col = self.table.column(name)
+            if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+                return col.to_numpy(zero_copy_only=False)
+            return col.to_numpy()
+        return self.frame[name].to_numpy()
+
+    def itl(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ITL runs of the rows in ``mask``, flattened."""
+        if self.table is not None:
+            sub = self.table.select(["itl_start", "itl_step", "itl_count"]).filter(pa.array(mask))
+            return tuple(  # type: ignore[return-value]
+                pc.list_flatten(sub.column(c)).to_numpy() for c in ("itl_start", "itl_step", "itl_count")
+            )
+        out = []
+        for c in ("itl_start", "itl_step", "itl_count"):
+            parts = [np.asarray(x) for x in self.frame[c].to_numpy()[mask] if x is not None and len(x)]
+            out.append(np.concatenate(parts) if parts else np.zeros(0))
+        return out[0], out[1], out[2]
