@@ -185,11 +185,12 @@ def read_records(paths: str | Path | Sequence[str | Path]) -> pa.Table:
 class ItlEncoder:
     """Builds a request's ITL arithmetic runs incrementally.
 
-    ``add(gap)`` extends the current run when ``gap`` continues its progression
-    (within a relative tolerance that absorbs float rounding), else starts a new
-    run; ``add_run`` appends a whole progression at once, merging with the
-    current run when it continues it. The simulator's exact and fast modes
-    therefore produce the same runs.
+    ``add(gap)`` appends one gap; ``add_run(start, step, count)`` appends a whole
+    progression. Either extends the last run when the new gaps continue its
+    progression (within a relative tolerance that absorbs float rounding), so a
+    steady decode stays one run. The encoding is exact but not unique: the same
+    gaps delivered in different pieces may be cut into runs differently, so
+    compare runs through ``gaps()``.
     """
 
     __slots__ = ("start", "step", "count")
@@ -204,41 +205,31 @@ class ItlEncoder:
         self.add_run(gap, 0.0, 1)
 
     def add_run(self, start: float, step: float, count: int) -> None:
-        """Append ``start, start+step, ...`` (``count`` gaps).
-
-        The result is the same as calling ``add`` on each gap in turn (runs are
-        greedy from the left), so how the gaps arrive never changes the encoding.
-        """
-        while count > 0:
-            if not self.count:
-                self._new(start, step, count)
-                return
-            c, s0 = self.count[-1], self.start[-1]
+        """Append ``start, start+step, ...`` (``count`` gaps)."""
+        if count <= 0:
+            return
+        counts = self.count
+        if counts:
+            c = counts[-1]
+            s0 = self.start[-1]
+            tol = self.RTOL * (abs(start) + abs(s0) + 1e-12)
             if c == 1:
-                # The next gap fixes the current run's step.
-                self.step[-1] = start - s0
-                self.count[-1] = 2
-            elif _close(start, s0 + c * self.step[-1]):
-                if count > 1 and _close(step, self.step[-1]):
-                    self.count[-1] = c + count
+                new_step = start - s0
+                if count == 1 or abs(step - new_step) <= tol:
+                    self.step[-1] = new_step
+                    counts[-1] = c + count
                     return
-                self.count[-1] = c + 1
             else:
-                self._new(start, step, count)
-                return
-            start, count = start + step, count - 1
-
-    def _new(self, start: float, step: float, count: int) -> None:
+                st = self.step[-1]
+                if abs(start - (s0 + c * st)) <= tol and (count == 1 or abs(step - st) <= tol):
+                    counts[-1] = c + count
+                    return
         self.start.append(start)
         self.step.append(step if count > 1 else 0.0)
-        self.count.append(count)
+        counts.append(count)
 
     def gaps(self) -> np.ndarray:
         return expand_itl(self.start, self.step, self.count)
-
-
-def _close(a: float, b: float) -> bool:
-    return abs(a - b) <= ItlEncoder.RTOL * max(abs(a), abs(b), 1e-12)
 
 
 def expand_itl(start: Sequence[float], step: Sequence[float], count: Sequence[int]) -> np.ndarray:

@@ -1,0 +1,186 @@
+"""Altair charts of a run: latency and goodput vs offered load, CDFs, in-flight, SLO attainment.
+
+Every function returns an ``alt.Chart`` (or layered/faceted chart) built from
+plain DataFrames, so the same spec is embedded interactively in the HTML report
+and rendered to PNG/SVG by vl-convert for papers. Charts tolerate a single grid
+point, a single seed (no interval: only the mean is drawn) and strategies with
+no successful request (their latency rows are NaN and are simply not drawn).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from results.metrics import METRICS, inflight_series
+
+WIDTH, HEIGHT = 340, 220
+#: Charts of latency / goodput against offered load: (file name, metric, title).
+LOAD_CHARTS = [
+    ("load_ttft_p50", "median_ttft_ms", "TTFT p50 vs offered load"),
+    ("load_ttft_p99", "p99_ttft_ms", "TTFT p99 vs offered load"),
+    ("load_tpot_p99", "p99_tpot_ms", "TPOT p99 vs offered load"),
+    ("load_goodput", "request_goodput", "Goodput vs offered load"),
+]
+#: Grid axes taken as the offered load (first match wins), else the measured rate.
+RATE_AXIS_SUFFIXES = ("request_rate", "rate", "qps", "rps")
+CDF_QUANTILES = np.unique(np.r_[np.linspace(0, 0.98, 99), np.linspace(0.98, 1, 41)])
+
+
+def strategy_scale(strategies: Sequence[str]) -> alt.Scale:
+    """One colour per strategy, the same in every chart."""
+    return alt.Scale(domain=list(strategies), scheme="tableau10")
+
+
+def rate_axis(manifest: dict[str, Any]) -> str | None:
+    """The grid axis that is the arrival rate, if the scenario sweeps one."""
+    axes: list[str] = []
+    for p in manifest.get("points") or []:
+        for a in (p.get("axes") or {}):
+            if a not in axes:
+                axes.append(a)
+    for suffix in RATE_AXIS_SUFFIXES:
+        for a in axes:
+            if a.lower().replace("-", "_").split(".")[-1].endswith(suffix):
+                return a
+    return None
+
+
+def point_table(manifest: dict[str, Any], agg: pd.DataFrame) -> pd.DataFrame:
+    """Per grid point: label, offered load (x of the load charts) and the other axes."""
+    axis = rate_axis(manifest)
+    measured = agg[agg["metric"] == "offered_rate"].groupby("point_id", sort=False)["mean"].mean()
+    rows = []
+    points = manifest.get("points") or [{"point_id": p} for p in agg["point_id"].unique()]
+    for p in points:
+        pid = str(p["point_id"])
+        axes = p.get("axes") or {}
+        others = {k: v for k, v in axes.items() if k != axis}
+        load = axes.get(axis) if axis else None
+        rows.append({
+            "point_id": pid,
+            "point": str(p.get("label") or pid),
+            "offered_load": float(load) if load is not None else float(measured.get(pid, math.nan)),
+            "config": ", ".join(f"{k}={v}" for k, v in others.items()) or "all",
+        })
+    df = pd.DataFrame(rows, columns=["point_id", "point", "offered_load", "config"])
+    df.attrs["load_title"] = f"offered load ({axis}, req/s)" if axis else "offered load (measured, req/s)"
+    return df
+
+
+def load_chart(agg: pd.DataFrame, points: pd.DataFrame, metric: str, title: str,
+               strategies: Sequence[str]) -> alt.TopLevelMixin:
+    """Mean of ``metric`` vs offered load per strategy, with a 95% CI band and bars."""
+    info = METRICS[metric]
+    data = agg[agg["metric"] == metric].merge(points, on="point_id", how="inner")
+    data = data[["strategy", "point", "config", "offered_load", "mean", "ci_low", "ci_high", "n"]]
+    y_title = f"{info.label} ({info.unit})"
+    x = alt.X("offered_load:Q", title=points.attrs.get("load_title", "offered load"),
+              scale=alt.Scale(zero=False))
+    color = alt.Color("strategy:N", scale=strategy_scale(strategies), title="strategy")
+    tooltip = ["strategy:N", "point:N", alt.Tooltip("offered_load:Q", format=".3g"),
+               alt.Tooltip("mean:Q", format=".4g"), alt.Tooltip("ci_low:Q", format=".4g"),
+               alt.Tooltip("ci_high:Q", format=".4g"), "n:Q"]
+    base = alt.Chart().encode(x=x, color=color)
+    band = base.mark_area(opacity=0.18).encode(y="ci_low:Q", y2="ci_high:Q")
+    bars = base.mark_rule().encode(y="ci_low:Q", y2="ci_high:Q")
+    line = base.mark_line(point=True).encode(y=alt.Y("mean:Q", title=y_title), tooltip=tooltip)
+    layered = alt.layer(band, bars, line, data=data).properties(width=WIDTH, height=HEIGHT)
+    if data["config"].nunique() > 1:  # other grid axes: one panel per configuration
+        return layered.facet(column=alt.Column("config:N", title=None), title=title)
+    return layered.properties(title=title).interactive()
+
+
+def cdf_rows(values_ms: np.ndarray) -> pd.DataFrame:
+    """An empirical CDF reduced to fixed quantiles (keeps the report small)."""
+    v = np.asarray(values_ms, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return pd.DataFrame(columns=["value_ms", "cdf"])
+    q = CDF_QUANTILES
+    return pd.DataFrame({"value_ms": np.quantile(v, q), "cdf": q})
+
+
+def cdf_chart(cdfs: pd.DataFrame, metric: str, strategies: Sequence[str]) -> alt.TopLevelMixin:
+    """CDF of a latency per strategy, one panel per grid point (seeds pooled).
+
+    ``cdfs`` has ``point, strategy, value_ms, cdf`` rows (see ``cdf_rows``).
+    """
+    chart = alt.Chart(cdfs).mark_line(interpolate="step-after").encode(
+        x=alt.X("value_ms:Q", title=f"{metric} (ms)"),
+        y=alt.Y("cdf:Q", title="fraction of ok requests", scale=alt.Scale(domain=[0, 1])),
+        color=alt.Color("strategy:N", scale=strategy_scale(strategies)),
+        tooltip=["point:N", "strategy:N", alt.Tooltip("value_ms:Q", format=".4g"),
+                 alt.Tooltip("cdf:Q", format=".3f")],
+    ).properties(width=WIDTH - 80, height=HEIGHT - 40)
+    title = f"CDF of {metric} (ok requests, seeds pooled)"
+    if cdfs["point"].nunique() > 1:
+        return chart.facet(facet=alt.Facet("point:N", title=None, sort=None), columns=3,
+                           title=title)
+    return chart.properties(title=title).interactive()
+
+
+def inflight_rows(dispatch: np.ndarray, finish: np.ndarray, backend: np.ndarray,
+                  names: Sequence[str], bins: int = 300) -> pd.DataFrame:
+    """Per backend, the peak in-flight count in each of ``bins`` time bins.
+
+    In-flight = dispatched and not yet finished ([dispatch_s, finish_s)); the
+    peak per bin keeps short spikes visible while bounding the chart's size.
+    """
+    dispatch = np.asarray(dispatch, dtype=np.float64)
+    finish = np.asarray(finish, dtype=np.float64)
+    ok = np.isfinite(dispatch) & np.isfinite(finish) & (backend >= 0)
+    if not ok.any():
+        return pd.DataFrame(columns=["backend", "time_s", "inflight"])
+    t0, t1 = float(dispatch[ok].min()), float(finish[ok].max())
+    edges = np.linspace(t0, t1 if t1 > t0 else t0 + 1.0, bins + 1)
+    frames = []
+    for b, name in enumerate(names):
+        mine = ok & (backend == b)
+        times, level = inflight_series(dispatch[mine], finish[mine])
+        # Level at each bin start, then the max with every event inside the bin.
+        before = np.searchsorted(times, edges[:-1], side="right") - 1
+        peak = np.where(before >= 0, level[np.maximum(before, 0)], 0) if len(times) else np.zeros(bins)
+        if len(times):
+            which = np.clip(np.searchsorted(edges, times, side="right") - 1, 0, bins - 1)
+            np.maximum.at(peak, which, level)
+        frames.append(pd.DataFrame({"backend": name, "time_s": edges[:-1], "inflight": peak}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def inflight_chart(rows: pd.DataFrame, title: str, strategies: Sequence[str]) -> alt.TopLevelMixin:
+    """Per-backend in-flight requests over time, one row per strategy."""
+    chart = alt.Chart(rows).mark_line(interpolate="step-after").encode(
+        x=alt.X("time_s:Q", title="time since start (s)"),
+        y=alt.Y("inflight:Q", title="in flight (peak per bin)"),
+        color=alt.Color("backend:N", title="backend"),
+        tooltip=["strategy:N", "backend:N", alt.Tooltip("time_s:Q", format=".1f"), "inflight:Q"],
+    ).properties(width=WIDTH * 2, height=110)
+    return chart.facet(row=alt.Row("strategy:N", title=None, sort=list(strategies)), title=title)
+
+
+def slo_chart(agg: pd.DataFrame, points: pd.DataFrame, strategies: Sequence[str],
+              slo_text: str) -> alt.TopLevelMixin:
+    """SLO attainment (fraction of all requests meeting every SLO) per strategy, with CIs."""
+    data = agg[agg["metric"] == "slo_attainment"].merge(points, on="point_id", how="inner")
+    data = data[["strategy", "point", "mean", "ci_low", "ci_high", "n"]]
+    color = alt.Color("strategy:N", scale=strategy_scale(strategies), legend=None)
+    x = alt.X("strategy:N", sort=list(strategies), title=None)
+    bars = alt.Chart().mark_bar().encode(
+        x=x, color=color,
+        y=alt.Y("mean:Q", title="SLO attainment", scale=alt.Scale(domain=[0, 1])),
+        tooltip=["point:N", "strategy:N", alt.Tooltip("mean:Q", format=".3f"),
+                 alt.Tooltip("ci_low:Q", format=".3f"), alt.Tooltip("ci_high:Q", format=".3f"), "n:Q"],
+    )
+    rules = alt.Chart().mark_rule(color="black", clip=True).encode(x=x, y="ci_low:Q", y2="ci_high:Q")
+    layered = alt.layer(bars, rules, data=data).properties(width=max(120, 36 * len(strategies)),
+                                                            height=HEIGHT - 40)
+    title = f"SLO attainment ({slo_text})"
+    if data["point"].nunique() > 1:
+        return layered.facet(facet=alt.Facet("point:N", title=None, sort=None), columns=4,
+                             title=title)
+    return layered.properties(title=title)

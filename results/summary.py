@@ -1,0 +1,214 @@
+"""A run's summary: metrics per unit, across seeds, rankings; ``summary.json``; the terminal table.
+
+The simulator calls ``unit_metrics`` per unit as it finishes and ``build_summary``
+at the end; ``summarize_run`` does both from a run directory on disk (reading
+one record file at a time, so memory is bounded by the largest unit).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+from tqdm import tqdm
+
+from results.metrics import METRICS, UnitMetrics, unit_metrics
+from results.records import read_records
+from results.rundir import RunDir, Unit
+from results.stats import aggregate, rank_strategies
+
+SUMMARY_VERSION = 1
+
+
+@dataclass(slots=True)
+class RunSummary:
+    """Everything the terminal table, ``summary.json`` and the report show."""
+
+    manifest: dict[str, Any]
+    units: pd.DataFrame  # one row per unit: point_id, strategy, seed, every metric
+    backends: pd.DataFrame  # one row per unit x backend
+    aggregate: pd.DataFrame  # long: point_id, strategy, metric, n, mean, std, ci_low, ci_high
+    ranking: pd.DataFrame  # per point, strategies best first (see stats.rank_strategies)
+
+    @property
+    def objective(self) -> str:
+        return str(self.ranking["objective"].iloc[0]) if len(self.ranking) else ""
+
+    @property
+    def seeds(self) -> int:
+        return int(self.units.groupby(["point_id", "strategy"]).size().max()) if len(self.units) else 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``summary.json`` document (NaN written as null)."""
+        def rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+            return [{k: _clean(v) for k, v in r.items()} for r in df.to_dict("records")]
+
+        return {
+            "summary_version": SUMMARY_VERSION,
+            "experiment_id": self.manifest.get("experiment_id"),
+            "objective": self.objective,
+            "units": rows(self.units),
+            "backends": rows(self.backends),
+            "aggregate": rows(self.aggregate),
+            "ranking": rows(self.ranking),
+        }
+
+
+def point_backends(manifest: dict[str, Any]) -> dict[str, list[str]]:
+    """Backend names per grid point, from the manifest (empty if it lists none)."""
+    out = {}
+    for p in manifest.get("points") or []:
+        names = [b.get("name", f"backend-{i}") for i, b in enumerate(p.get("backends") or [])]
+        if names:
+            out[str(p["point_id"])] = names
+    return out
+
+
+def build_summary(
+    manifest: dict[str, Any],
+    results: Iterable[tuple[Unit, UnitMetrics]],
+    objective: str | None = None,
+) -> RunSummary:
+    """Combine per-unit metrics into the run's summary, ordered as the manifest orders them."""
+    unit_rows, backend_rows = [], []
+    for unit, m in results:
+        key = {"point_id": unit.point_id, "strategy": unit.strategy, "seed": unit.seed}
+        unit_rows.append({**key, **m.values})
+        backend_rows.extend({**key, **b} for b in m.backends)
+    units = pd.DataFrame(unit_rows, columns=["point_id", "strategy", "seed", *METRICS])
+    units = _manifest_order(units, manifest)
+    backends = pd.DataFrame(backend_rows, columns=[
+        "point_id", "strategy", "seed", "backend", "name", "requests", "share", "peak_inflight"])
+    agg = aggregate(units)
+    ranking = rank_strategies(agg, objective) if len(agg) else pd.DataFrame()
+    return RunSummary(manifest, units, backends, agg, ranking)
+
+
+def summarize_run(
+    path: str | Path,
+    *,
+    objective: str | None = None,
+    on_unit: Callable[[Unit, pa.Table], None] | None = None,
+    progress: bool = True,
+    write: bool = True,
+) -> RunSummary:
+    """Read every unit of a run, compute its metrics, and (by default) write ``summary.json``.
+
+    ``on_unit(unit, table)`` sees each unit's records while they are loaded
+    (the report collects chart data this way, in the same single pass).
+    """
+    run = RunDir.open(path)
+    manifest = run.manifest
+    files = run.record_files()
+    if not files:
+        raise read_records_error(run)
+    slo = manifest.get("slo") or {}
+    names = point_backends(manifest)
+    results = []
+    for f in tqdm(files, desc="units", unit="unit", disable=not progress, leave=False):
+        table = read_records(f)
+        unit = unit_of(f, table)
+        if on_unit is not None:
+            on_unit(unit, table)
+        results.append((unit, unit_metrics(table, slo, backend_names=names.get(unit.point_id))))
+    summary = build_summary(manifest, results, objective)
+    if write:
+        run.write_summary(summary.to_json())
+    return summary
+
+
+def read_records_error(run: RunDir) -> Exception:
+    from results.records import RecordSchemaError
+
+    return RecordSchemaError(
+        f"{run.path} has no record files (records/point=*/strategy=*/seed=*.parquet); "
+        "the run has not finished any unit yet"
+    )
+
+
+def unit_of(path: Path, table: pa.Table) -> Unit:
+    """The unit a record file holds: from its rows, else from its hive path."""
+    if table.num_rows:
+        row = table.slice(0, 1).select(["point_id", "strategy", "seed"]).to_pylist()[0]
+        return Unit(str(row["point_id"]), str(row["strategy"]), int(row["seed"]))
+    parts = {p.split("=", 1)[0]: p.split("=", 1)[1] for p in path.parts if "=" in p}
+    return Unit(parts.get("point", "?"), parts.get("strategy", "?"), int(path.stem.split("=")[-1]))
+
+
+def _manifest_order(units: pd.DataFrame, manifest: dict[str, Any]) -> pd.DataFrame:
+    points = [str(p["point_id"]) for p in manifest.get("points") or []]
+    strategies = [str(s.get("label", s.get("name"))) for s in manifest.get("strategies") or []]
+
+    def order(values: pd.Series, known: list[str]) -> pd.Series:
+        pos = {v: i for i, v in enumerate(known)}
+        return values.map(lambda v: pos.get(v, len(known)))
+
+    if units.empty:
+        return units
+    units = units.assign(_p=order(units["point_id"], points), _s=order(units["strategy"], strategies))
+    units = units.sort_values(["_p", "point_id", "_s", "strategy", "seed"], kind="stable")
+    return units.drop(columns=["_p", "_s"]).reset_index(drop=True)
+
+
+def _clean(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+# --- terminal table -------------------------------------------------------------
+
+TABLE_COLUMNS = [
+    ("median_ttft_ms", "TTFT p50 ms"),
+    ("p99_ttft_ms", "TTFT p99 ms"),
+    ("median_tpot_ms", "TPOT p50 ms"),
+    ("p99_tpot_ms", "TPOT p99 ms"),
+    ("median_e2el_ms", "E2EL p50 ms"),
+    ("request_throughput", "req/s"),
+    ("request_goodput", "goodput req/s"),
+    ("failed", "not ok"),
+]
+
+
+def format_value(mean: float, low: float = math.nan, high: float = math.nan) -> str:
+    """``12.3`` or ``12.3 ±0.4`` (half the 95% interval); ``-`` for NaN."""
+    if not math.isfinite(mean):
+        return "-"
+    digits = 0 if abs(mean) >= 1000 else 1 if abs(mean) >= 10 else 2
+    text = f"{mean:.{digits}f}"
+    if math.isfinite(low) and math.isfinite(high):
+        text += f" ±{(high - low) / 2:.{digits}f}"
+    return text
+
+
+def format_table(summary: RunSummary) -> str:
+    """The per point x strategy table printed after a run (CIs when several seeds)."""
+    agg = summary.aggregate.set_index(["point_id", "strategy", "metric"])
+    rank = {(r.point_id, r.strategy): r for r in summary.ranking.itertuples(index=False)}
+    header = ["point", "strategy", "rank"] + [label for _, label in TABLE_COLUMNS]
+    lines = []
+    keys = summary.units[["point_id", "strategy"]].drop_duplicates().itertuples(index=False)
+    for point, strategy in keys:
+        r = rank.get((point, strategy))
+        mark = "" if r is None else f"{r.rank}{'=' if r.tied_with_best and r.rank > 1 else ''}"
+        row = [str(point), str(strategy), mark]
+        for metric, _ in TABLE_COLUMNS:
+            a = agg.loc[(point, strategy, metric)]
+            row.append(format_value(a["mean"], a["ci_low"], a["ci_high"]))
+        lines.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(header)]
+    fmt = lambda cells: "  ".join(  # noqa: E731
+        c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    out = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in lines]
+    seeds = summary.seeds
+    note = (f"mean ±half-width of the 95% t-interval over {seeds} seeds" if seeds > 1
+            else "one seed: no confidence intervals")
+    out.append(f"ranked by {summary.objective} per point; '=' marks a tie with the best "
+               f"(overlapping intervals); {note}")
+    return "\n".join(out)
