@@ -46,32 +46,62 @@ class PrefixIndex:
 
     It approximates the backend's prefix cache from the router's side (the real
     cache also evicts under memory pressure, which the router cannot see).
+    Capacity counts blocks. A request's blocks beyond ``shareable`` (hashes no
+    other request has, see ``RequestInfo.num_shareable_blocks``) can never match
+    anyone, so they are kept as one counted entry: same evictions, less work.
     """
 
-    __slots__ = ("capacity", "_blocks")
+    __slots__ = ("capacity", "_blocks", "_size", "_next_extent")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._blocks: OrderedDict[int, None] = OrderedDict()
+        #: hash -> 1, or a negative extent key -> its block count; oldest first.
+        self._blocks: OrderedDict[int, int] = OrderedDict()
+        self._size = 0
+        self._next_extent = -1
 
-    def hit_blocks(self, hashes: np.ndarray) -> int:
+    def hit_blocks(self, hashes: np.ndarray | list[int]) -> int:
         n = 0
         blocks = self._blocks
-        for h in hashes.tolist():
+        for h in _as_list(hashes):
             if h not in blocks:
                 break
             n += 1
         return n
 
-    def add(self, hashes: np.ndarray) -> None:
+    def add(self, hashes: np.ndarray | list[int], shareable: int = -1) -> None:
+        hashes = _as_list(hashes)
+        k = len(hashes) if shareable < 0 else min(shareable, len(hashes))
         blocks = self._blocks
-        for h in hashes.tolist():
+        for i in range(k):
+            h = hashes[i]
             if h in blocks:
                 blocks.move_to_end(h)
             else:
-                blocks[h] = None
-        while len(blocks) > self.capacity:
-            blocks.popitem(last=False)
+                blocks[h] = 1
+                self._size += 1
+        rest = len(hashes) - k
+        if rest:
+            blocks[self._next_extent] = rest
+            self._next_extent -= 1
+            self._size += rest
+        while self._size > self.capacity:
+            key, count = blocks.popitem(last=False)
+            over = self._size - self.capacity
+            if count > over:
+                blocks[key] = count - over
+                blocks.move_to_end(key, last=False)
+                self._size -= over
+            else:
+                self._size -= count
+
+    def __len__(self) -> int:
+        return self._size
+
+
+def _as_list(hashes: np.ndarray | list[int]) -> list[int]:
+    # Python ints hash and compare much faster than numpy scalars.
+    return hashes.tolist() if isinstance(hashes, np.ndarray) else hashes
 
 
 class NoHealthyBackend(RuntimeError):
@@ -154,7 +184,7 @@ class Router:
         chosen.inflight_tokens += request.input_len
         self._inflight[request.request_id] = (b, request.input_len)
         if self._track_prefix:
-            self._prefix[b].add(request.block_hashes)
+            self._prefix[b].add(request.block_hashes, request.num_shareable_blocks)
         return decision
 
     def finish(self, outcome: Outcome) -> None:

@@ -21,15 +21,20 @@ class RequestInfo:
 
     Never carries the true output length: a real router does not know it.
     ``block_hashes`` is the hash chain of the prompt's full KV blocks (see
-    ``workload.hashing``), the same values the engine's prefix cache keys on.
+    ``workload.hashing``), the same values the engine's prefix cache keys on: a
+    uint64 array, or a list of ints (the simulator converts once and shares it).
+    ``num_shareable_blocks`` says how many leading blocks other requests may share
+    (-1: unknown, treat all as shareable); it only speeds up bookkeeping and never
+    changes a decision.
     """
 
     request_id: int
     input_len: int
     arrival_s: float
-    block_hashes: np.ndarray = field(default_factory=lambda: _EMPTY_HASHES)
+    block_hashes: np.ndarray | list[int] = field(default_factory=lambda: _EMPTY_HASHES)
     session_id: str = ""
     turn: int = 0
+    num_shareable_blocks: int = -1
 
 
 @dataclass(slots=True)

@@ -70,6 +70,24 @@ class Trace:
             block_hashes=hashes,
         )
 
+    def shareable_blocks(self) -> np.ndarray:
+        """Per request, how many leading blocks have a hash that another request also has.
+
+        In a hash chain a block's hash fixes every block before it, so the requests
+        sharing block j are a subset of those sharing block j-1: the shared blocks
+        of a request are always a leading run, and everything after it is unique to
+        the request. The simulator uses this to keep unique blocks as counts.
+        """
+        n = len(self)
+        out = np.zeros(n, dtype=np.int64)
+        if n == 0 or len(self.block_hashes) == 0:
+            return out
+        _, inverse, counts = np.unique(self.block_hashes, return_inverse=True, return_counts=True)
+        shared = (counts[inverse] > 1).astype(np.int64)
+        csum = np.concatenate([[0], np.cumsum(shared)])
+        out[:] = csum[self.hash_offsets[1:]] - csum[self.hash_offsets[:-1]]
+        return out
+
     def with_arrivals(self, arrival_s: np.ndarray) -> Trace:
         arrival_s = np.asarray(arrival_s, dtype=np.float64)
         if len(arrival_s) != len(self):

@@ -1,0 +1,513 @@
+"""The simulated fleet on SimPy: arrivals -> router -> one engine process per backend.
+
+Every request of the trace ends as exactly one ``RequestRecord`` (house rule 2).
+The router is ``routing.Router`` around a ``routing`` strategy, the very object the
+gateway uses; it sees the router's own in-flight counts and each backend's
+metrics as of its latest scrape.
+
+Scrapes are exact but lazy. A real router scrapes backend ``b`` at times
+``phase_b + k * interval``; what it holds at decision time ``t`` is the engine's
+published state at the latest such tick. Rather than wake every backend at every
+tick, a backend driver computes that state only when a decision asks for it (or
+when a completed step is about to overwrite it), which gives the same values as
+scraping eagerly at every tick.
+
+Decode runs (see ``sim.engine``) are one SimPy event. When something must change
+the batch mid-run (an arrival that can be admitted, a timeout), the driver is
+interrupted, applies the steps that already ended, and lets the step in progress
+finish before the batch changes: the same outcome as stepping one by one.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import simpy
+
+from results.records import RequestRecord
+from routing import BackendSpec, Decision, Outcome, RequestInfo, Router, ScrapedMetrics, Strategy
+from routing.router import NoHealthyBackend
+from sim.engine import Engine, EngineConfig, EngineMetrics, Plan, RequestTooLong, StepOutput
+from sim.latency import LatencyProfile
+from sim.request import EngineRequest, Status
+from workload.trace import Trace
+
+#: Upper bound on the length of one decode run (a run is cut earlier by any event).
+MAX_RUN_STEPS = 1 << 20
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    name: str
+    group: str
+    profile: LatencyProfile
+    engine: EngineConfig
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    backends: list[BackendConfig]
+    scrape_interval_s: float = 0.5
+    network_delay_s: float = 0.0
+    timeout_s: float = 0.0  # 0 = no client timeout
+    mode: str = "fast"  # "fast": decode runs in closed form; "exact": one event per step
+    drain_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not self.backends:
+            raise ValueError("a cluster needs at least one backend")
+        if self.mode not in ("fast", "exact"):
+            raise ValueError(f"mode must be 'fast' or 'exact', got {self.mode!r}")
+        if self.scrape_interval_s <= 0:
+            raise ValueError("scrape_interval_s must be > 0")
+
+
+@dataclass(frozen=True)
+class RunLabels:
+    """What identifies this simulation in its records."""
+
+    experiment_id: str = ""
+    point_id: str = ""
+    strategy: str = ""
+    seed: int = 0
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Router-side facts about a dispatched request, until its record is written."""
+
+    index: int  # row in the trace
+    decision: Decision
+    dispatch_s: float
+    deadline_hit: bool = False
+
+
+@dataclass
+class SimResult:
+    records: list[RequestRecord]
+    end_time: float
+    engine_metrics: list[EngineMetrics] = field(default_factory=list)
+
+
+def to_scraped(m: EngineMetrics) -> ScrapedMetrics:
+    return ScrapedMetrics(
+        running=float(m.running),
+        waiting=float(m.waiting),
+        kv_usage=m.kv_usage,
+        prefix_queries=float(m.prefix_queries),
+        prefix_hits=float(m.prefix_hits),
+        preemptions=float(m.preemptions),
+    )
+
+
+class BackendDriver:
+    """Steps one ``Engine`` on SimPy's clock."""
+
+    def __init__(self, cluster: ClusterSim, index: int, engine: Engine, phase: float) -> None:
+        self.cluster = cluster
+        self.env = cluster.env
+        self.index = index
+        self.engine = engine
+        self.phase = phase
+        self.max_steps = MAX_RUN_STEPS if cluster.config.mode == "fast" else 1
+        self.plan: Plan | None = None
+        self.plan_start = 0.0
+        self.published_at = 0.0
+        self.interruptible = False
+        self.wake: simpy.Event | None = None
+        self.pending_aborts: list[int] = []
+        #: When requests reached the engine during the current plan (to publish cut runs).
+        self.submits_during_plan: list[float] = []
+        self.tick_time = math.nan
+        self.tick_metrics: EngineMetrics = engine.published
+        self.proc = self.env.process(self._run())
+
+    # --- arrivals and aborts ------------------------------------------------------------
+    def submit(self, req: EngineRequest) -> None:
+        eng = self.engine
+        if req.payload.deadline_hit:
+            self.cluster.timed_out(req)  # the client gave up while it was on the network
+            return
+        try:
+            eng.add_request(req)
+        except RequestTooLong as exc:
+            self.cluster.reject(req, str(exc))
+            return
+        if self.plan is not None:
+            self.submits_during_plan.append(self.env.now)
+        if self.wake is not None:
+            wake, self.wake = self.wake, None
+            wake.succeed()
+        elif self.interruptible and eng.can_admit_next():
+            self.interruptible = False
+            self.proc.interrupt()
+
+    def abort(self, request_id: int) -> None:
+        """Abort at the current time, after applying the decode steps that ended."""
+        req = self.engine.requests.get(request_id)
+        if req is not None and req.status == Status.RUNNING and self.interruptible:
+            self.pending_aborts.append(request_id)
+            self.interruptible = False
+            self.proc.interrupt()
+        else:
+            self._apply_abort(request_id)
+
+    def _apply_abort(self, request_id: int) -> None:
+        eng = self.engine
+        req = eng.abort(request_id)
+        if req is not None:
+            self.cluster.timed_out(req)
+            # A queued request leaving may unblock the queue head.
+            if self.interruptible and eng.can_admit_next():
+                self.interruptible = False
+                self.proc.interrupt()
+
+    # --- the engine process -----------------------------------------------------------
+    def _run(self):
+        env, eng = self.env, self.engine
+        while True:
+            if not eng.has_work:
+                self.wake = env.event()
+                yield self.wake
+                continue
+            plan = eng.plan(self.max_steps)
+            start = env.now
+            self.plan, self.plan_start = plan, start
+            self.submits_during_plan.clear()
+            while True:
+                self.interruptible = plan.is_run and plan.steps > 1
+                try:
+                    yield env.timeout(start + plan.duration - env.now)
+                    break
+                except simpy.Interrupt:
+                    self.interruptible = False
+                    done = plan.steps_done_by(env.now - start)
+                    if done >= 1:
+                        end_done = start + plan.time_of(done)
+                        # Requests that arrived after those steps ended were not
+                        # waiting yet when their metrics were published.
+                        late = sum(1 for t in self.submits_during_plan if t > end_done)
+                        self._complete(plan, done, start, end_done, late_arrivals=late)
+                        plan = _tail_step(plan, done, eng)
+                        start = end_done
+                        self.plan, self.plan_start = plan, start
+                    else:
+                        plan = _tail_step(plan, 0, eng)
+                        self.plan = plan
+                    for rid in self.pending_aborts:
+                        self._apply_abort(rid)
+                    self.pending_aborts.clear()
+            self._complete(plan, plan.steps, start, start + plan.duration)
+            self.plan = None
+
+    def _complete(self, plan: Plan, steps: int, start: float, end: float,
+                  late_arrivals: int = 0) -> None:
+        self._remember_tick_before(end, plan, start)
+        out = self.engine.complete(plan, steps, start)
+        if late_arrivals:
+            self.engine.published.waiting -= late_arrivals
+        self.published_at = end
+        self.cluster.on_output(self, out)
+
+    def finalize(self, now: float) -> None:
+        """At the horizon: apply the decode steps of an unfinished run that ended."""
+        plan = self.plan
+        if plan is not None and plan.is_run:
+            done = plan.steps_done_by(now - self.plan_start)
+            if done >= 1:
+                self._complete(plan, done, self.plan_start, self.plan_start + plan.time_of(done))
+        self.plan = None
+
+    # --- scrapes -------------------------------------------------------------------------
+    def latest_tick(self, now: float) -> float:
+        """The time of the router's latest scrape of this backend at ``now`` (NaN: none yet)."""
+        interval = self.cluster.config.scrape_interval_s
+        if now < self.phase:
+            return math.nan
+        return self.phase + math.floor((now - self.phase) / interval) * interval
+
+    def metrics_at_tick(self, tick: float) -> EngineMetrics:
+        if tick == self.tick_time:
+            return self.tick_metrics
+        plan = self.plan
+        if plan is not None and tick >= self.plan_start:
+            m = self._metrics_in_plan(plan, self.plan_start, tick)
+        elif tick >= self.published_at:
+            m = self.engine.published
+        else:  # pragma: no cover - guarded by _remember_tick_before
+            raise AssertionError("scrape state for a past tick was not kept")
+        self.tick_time, self.tick_metrics = tick, m
+        return m
+
+    def _remember_tick_before(self, end: float, plan: Plan, start: float) -> None:
+        """Keep the state at the latest tick before ``end`` before a step overwrites it."""
+        tick = self.latest_tick(end)
+        if tick != tick or tick == self.tick_time or tick >= end or tick < self.published_at:
+            return
+        if tick >= start:
+            m = self._metrics_in_plan(plan, start, tick)
+        else:
+            m = self.engine.published
+        self.tick_time, self.tick_metrics = tick, m
+
+    def _metrics_in_plan(self, plan: Plan, start: float, t: float) -> EngineMetrics:
+        """Published metrics at ``t`` inside ``plan`` (which started at ``start``)."""
+        m = self.engine.metrics_during(plan, t - start)
+        if plan.is_run and m is not self.engine.published:
+            # Requests queued during the run are published after the next step ends.
+            last_end = start + plan.time_of(plan.steps_done_by(t - start))
+            m.waiting += sum(1 for s in self.submits_during_plan if s <= last_end)
+        return m
+
+
+def _tail_step(plan: Plan, done: int, engine: Engine) -> Plan:
+    """The step of ``plan`` in progress after ``done`` steps, as a one-step plan.
+
+    vLLM allocated that step's KV blocks when it scheduled it, which is before
+    anything that cut the run (an abort frees blocks only after), so allocate them
+    now: the free queue then sees the same order of events as in exact mode.
+    """
+    if plan.is_run:
+        kv = engine.kv
+        for req, _ in plan.scheduled:
+            if req.status == Status.RUNNING:
+                kv.grow(req, req.num_computed + 1)
+    return Plan(plan.scheduled, 1, plan.first + done * plan.delta, 0.0, plan.is_run,
+                engine.kv.num_used)
+
+
+class ClusterSim:
+    """One simulation: a trace through a router onto a fleet of engines."""
+
+    def __init__(self, trace: Trace, strategy: Strategy, config: ClusterConfig, *,
+                 labels: RunLabels = RunLabels(), seed: int = 0, share_analysis: bool = True) -> None:
+        self.trace = trace
+        self.config = config
+        self.labels = labels
+        self.env = simpy.Environment()
+        block_sizes = {b.engine.block_size for b in config.backends}
+        if block_sizes != {trace.block_size}:
+            raise ValueError(
+                f"the trace's block size {trace.block_size} must equal every backend's "
+                f"block_size (got {sorted(block_sizes)}): prefix hashes are per block"
+            )
+        self.router = Router(
+            strategy,
+            [BackendSpec(b.name, b.group, b.engine.num_kv_blocks) for b in config.backends],
+            block_size=trace.block_size,
+        )
+        n = len(config.backends)
+        self.drivers = [
+            BackendDriver(
+                self,
+                i,
+                Engine(b.engine, b.profile.model, jitter_cv=b.profile.jitter_cv, seed=seed * 1009 + i),
+                phase=config.scrape_interval_s * i / n,
+            )
+            for i, b in enumerate(config.backends)
+        ]
+        self.records: list[RequestRecord | None] = [None] * len(trace)
+        self._pending: dict[int, _Pending] = {}
+        self._written = 0
+        self._all_done = self.env.event()
+        #: Exact speed-up, see ``sim.kv_cache``: unique blocks are tracked as counts.
+        self.shareable = trace.shareable_blocks().tolist() if share_analysis else None
+        self.on_record: Callable[[RequestRecord], None] | None = None
+
+    # --- running -------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        env = self.env
+        n = len(self.trace)
+        if n == 0:
+            return SimResult([], 0.0)
+        arrivals = self.trace.arrival_s
+        if not (arrivals == arrivals).all():
+            raise ValueError("the trace has no arrival times (NaN); assign arrivals first")
+        horizon = float(arrivals[-1]) + self.config.drain_s
+        env.process(self._arrivals())
+        env.timeout(horizon).callbacks.append(self._stop)
+        env.run(until=self._all_done)
+        end = env.now
+        for d in self.drivers:
+            d.finalize(end)
+        for rid in list(self._pending):
+            self._write_unfinished(rid, end)
+        records = self.records
+        assert all(r is not None for r in records), "every request must end as one record"
+        return SimResult(records, end, [d.engine.published for d in self.drivers])  # type: ignore[arg-type]
+
+    def _stop(self, _event) -> None:
+        if not self._all_done.triggered:
+            self._all_done.succeed()
+
+    def _arrivals(self):
+        env = self.env
+        trace = self.trace
+        times = trace.arrival_s.tolist()
+        for i, t in enumerate(times):
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            self._dispatch(i)
+
+    def _dispatch(self, i: int) -> None:
+        env, trace = self.env, self.trace
+        now = env.now
+        rid = int(trace.request_id[i])
+        hashes = trace.hashes(i).tolist()
+        shareable = self.shareable[i] if self.shareable is not None else -1
+        info = RequestInfo(
+            request_id=rid,
+            input_len=int(trace.input_len[i]),
+            arrival_s=now,
+            block_hashes=hashes,
+            session_id=str(trace.conversation_id[i]),
+            turn=int(trace.turn[i]),
+            num_shareable_blocks=shareable,
+        )
+        self._refresh_scrapes(now)
+        try:
+            decision = self.router.dispatch(info, now)
+        except NoHealthyBackend as exc:  # pragma: no cover - the simulator keeps all backends up
+            self._write(i, self._record(i, None, None, now, status="rejected", error=str(exc), end=now))
+            return
+        pending = _Pending(i, decision, now)
+        self._pending[rid] = pending
+        req = EngineRequest(rid, info.input_len, int(trace.output_len[i]), hashes, arrival=now,
+                            payload=pending, num_shareable=shareable)
+        driver = self.drivers[decision.backend]
+        delay = self.config.network_delay_s
+        if delay > 0:
+            env.timeout(delay).callbacks.append(lambda _e, d=driver, r=req: d.submit(r))
+        else:
+            driver.submit(req)
+        if self.config.timeout_s > 0:
+            env.timeout(self.config.timeout_s).callbacks.append(
+                lambda _e, d=driver, r=rid: self._deadline(d, r))
+
+    def _refresh_scrapes(self, now: float) -> None:
+        router = self.router
+        for d in self.drivers:
+            tick = d.latest_tick(now)
+            if tick == tick and tick != router.last_scrape_time(d.index):
+                router.record_scrape(d.index, to_scraped(d.metrics_at_tick(tick)), tick)
+
+    def _deadline(self, driver: BackendDriver, rid: int) -> None:
+        pending = self._pending.get(rid)
+        if pending is None:
+            return  # finished in time
+        pending.deadline_hit = True
+        if rid in driver.engine.requests:
+            driver.abort(rid)
+        # else: still on the network; ``submit`` records the timeout when it lands.
+
+    # --- outcomes ------------------------------------------------------------------------
+    def on_output(self, driver: BackendDriver, out: StepOutput) -> None:
+        delay = self.config.network_delay_s
+        for req in out.finished:
+            self._finish(req.id, req, "ok", req.last_token_time + delay)
+
+    def reject(self, req: EngineRequest, reason: str) -> None:
+        self._finish(req.id, None, "rejected", self.env.now, error=reason)
+
+    def timed_out(self, req: EngineRequest) -> None:
+        self._finish(req.id, req, "timeout", self.env.now,
+                     error=f"no complete response within {self.config.timeout_s:g} s")
+
+    def _write_unfinished(self, rid: int, end: float) -> None:
+        pending = self._pending[rid]
+        req = None
+        for d in self.drivers:
+            req = d.engine.requests.get(rid)
+            if req is not None:
+                break
+        self._finish(rid, req, "unfinished", end, error="still in flight when the run ended",
+                     observe=False)
+
+    def _finish(self, rid: int, req: EngineRequest | None, status: str, end: float, *,
+                error: str = "", observe: bool = True) -> None:
+        pending = self._pending.pop(rid)
+        rec = self._record(pending.index, req, pending.decision, pending.dispatch_s,
+                           status=status, end=end, error=error)
+        self._write(pending.index, rec)
+        if observe:
+            self.router.finish(Outcome(
+                request_id=rid,
+                backend_index=pending.decision.backend,
+                ok=rec.status == "ok",
+                input_len=rec.input_len,
+                output_len=rec.output_len,
+                ttft_s=rec.first_token_s - rec.arrival_s,
+                e2el_s=rec.last_token_s - rec.arrival_s,
+            ))
+
+    def _write(self, row: int, rec: RequestRecord) -> None:
+        if self.records[row] is not None:
+            raise AssertionError(f"request {rec.request_id} recorded twice")
+        self.records[row] = rec
+        self._written += 1
+        if self.on_record is not None:
+            self.on_record(rec)
+        if self._written == len(self.records) and not self._all_done.triggered:
+            self._all_done.succeed()
+
+    def _record(self, i: int, req: EngineRequest | None, decision: Decision | None,
+                dispatch_s: float, *, status: str, end: float, error: str = "") -> RequestRecord:
+        trace = self.trace
+        labels = self.labels
+        delay = self.config.network_delay_s
+        if req is not None:
+            first = req.first_token_time + delay
+            last = req.last_token_time + delay
+            out_len = req.num_output
+            cached = max(req.num_cached, 0)
+            preemptions = req.num_preemptions
+            itl = req.itl
+            itl_start, itl_step, itl_count = itl.start, itl.step, itl.count
+        else:
+            first = last = math.nan
+            out_len = cached = preemptions = 0
+            itl_start, itl_step, itl_count = [], [], []
+        return RequestRecord(
+            experiment_id=labels.experiment_id,
+            point_id=labels.point_id,
+            strategy=labels.strategy,
+            seed=labels.seed,
+            request_id=int(trace.request_id[i]),
+            conversation_id=str(trace.conversation_id[i]),
+            turn=int(trace.turn[i]),
+            backend=decision.backend if decision is not None else -1,
+            arrival_s=float(trace.arrival_s[i]),
+            dispatch_s=dispatch_s,
+            first_token_s=first,
+            last_token_s=last,
+            finish_s=end,
+            input_len=int(trace.input_len[i]),
+            cached_tokens=cached,
+            output_len=out_len,
+            requested_output_len=int(trace.output_len[i]),
+            num_preemptions=preemptions,
+            status=status,
+            error=error,
+            itl_start=itl_start,
+            itl_step=itl_step,
+            itl_count=itl_count,
+            router_inflight_requests=decision.inflight_requests if decision else 0,
+            router_inflight_tokens=decision.inflight_tokens if decision else 0,
+            router_running=decision.running if decision else math.nan,
+            router_waiting=decision.waiting if decision else math.nan,
+            router_kv_usage=decision.kv_usage if decision else math.nan,
+            router_scrape_age_s=decision.scrape_age_s if decision else math.nan,
+            router_prefix_hit_tokens=decision.prefix_hit_tokens if decision else 0,
+        )
+
+
+def simulate(trace: Trace, strategy: Strategy, config: ClusterConfig, *,
+             labels: RunLabels = RunLabels(), seed: int = 0, share_analysis: bool = True) -> SimResult:
+    """Run one (trace, strategy, fleet) simulation to completion or the drain horizon.
+
+    ``share_analysis=False`` tracks every prompt block individually (the way a
+    live engine must); results are identical, only slower. Tests compare the two.
+    """
+    return ClusterSim(trace, strategy, config, labels=labels, seed=seed,
+                      share_analysis=share_analysis).run()

@@ -1,0 +1,227 @@
+"""Step time from batch composition, and the latency profiles that parameterise it.
+
+One engine step runs the model once over every token the scheduler picked. Its
+duration is modelled as
+
+    t = step_s                                  fixed cost (launch, sampling, scheduler)
+      + token_s        * T                      weight matmuls, per scheduled token
+      + seq_s          * S                      per scheduled sequence
+      + prefill_attn_s * sum_prefill n*(p + (n+1)/2)   attention of prefill chunks
+      + decode_attn_s  * sum_decode  (p + 1)           attention of decodes over their context
+
+where T is the number of scheduled tokens, S the number of scheduled sequences,
+and for each request n is its chunk of new tokens and p the tokens it already had
+computed (cached or earlier chunks). The prefill term is the number of (query,
+key) pairs of causal attention over the chunk; the decode term is each decode's
+context length. This is the decomposition Vidur and BLIS use (linear in tokens,
+quadratic attention for prefill, linear attention for decode), with the few
+coefficients a profile can fit from measurements.
+
+A decode-only batch that does not change lengthens by ``decode_attn_s * S`` per
+step, so k steps take ``k*t0 + decode_attn_s*S*k*(k-1)/2`` in closed form: the
+simulator's fast mode jumps over such runs in one event.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+PROFILE_SCHEMA_VERSION = 1
+COEFFICIENTS = ("step_s", "token_s", "seq_s", "prefill_attn_s", "decode_attn_s")
+
+
+class ProfileError(ValueError):
+    """A latency profile is missing, malformed or of another schema version."""
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyModel:
+    """The five coefficients, in seconds. See the module docstring for the formula."""
+
+    step_s: float
+    token_s: float
+    seq_s: float = 0.0
+    prefill_attn_s: float = 0.0
+    decode_attn_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in COEFFICIENTS:
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ProfileError(f"latency coefficient {name} must be a finite number >= 0, got {v!r}")
+        if self.step_s + self.token_s <= 0:
+            raise ProfileError("a latency model needs step_s or token_s > 0 (steps must take time)")
+
+    def step_time(
+        self,
+        num_tokens: int,
+        num_seqs: int,
+        prefill_attn_work: float,
+        decode_context: int,
+    ) -> float:
+        """Duration of one step from its aggregate composition."""
+        return (
+            self.step_s
+            + self.token_s * num_tokens
+            + self.seq_s * num_seqs
+            + self.prefill_attn_s * prefill_attn_work
+            + self.decode_attn_s * decode_context
+        )
+
+    def prefill_work(self, new_tokens: int, computed: int) -> float:
+        """Causal attention pairs for a chunk of ``new_tokens`` after ``computed`` tokens."""
+        return new_tokens * (computed + (new_tokens + 1) / 2.0)
+
+    def decode_run(self, num_seqs: int, context_sum: int, steps: int) -> tuple[float, float, float]:
+        """First step's duration, per-step increase, and total time of ``steps`` decode steps.
+
+        The batch is ``num_seqs`` decodes whose contexts sum to ``context_sum`` at
+        the first step; each step adds one token to each context.
+        """
+        first = self.step_time(num_seqs, num_seqs, 0.0, context_sum)
+        delta = self.decode_attn_s * num_seqs
+        total = steps * first + delta * steps * (steps - 1) / 2.0
+        return first, delta, total
+
+    def single_request(self, input_len: int, output_len: int, cached: int = 0,
+                       max_num_batched_tokens: int = 1 << 30) -> tuple[float, float]:
+        """Closed-form TTFT and TPOT of one request alone on an idle engine.
+
+        The prompt (minus cached tokens) is prefilled in chunks of at most
+        ``max_num_batched_tokens``; the step finishing the prompt emits the first
+        token; each later token takes one decode step over a growing context.
+        Used by tests and as a sanity check in calibration.
+        """
+        remaining = input_len - cached
+        computed = cached
+        ttft = 0.0
+        while remaining > 0:
+            n = min(remaining, max_num_batched_tokens)
+            ttft += self.step_time(n, 1, self.prefill_work(n, computed), 0)
+            computed += n
+            remaining -= n
+        if output_len <= 1:
+            return ttft, math.nan
+        _, _, total = self.decode_run(1, input_len + 1, output_len - 1)
+        return ttft, total / (output_len - 1)
+
+
+@dataclass(frozen=True)
+class EngineDefaults:
+    """Engine limits a profile's hardware implies (a scenario may override them)."""
+
+    num_kv_blocks: int
+    block_size: int = 16
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 2048
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """A named, versioned latency model with where its numbers came from."""
+
+    name: str
+    model: LatencyModel
+    engine: EngineDefaults
+    description: str = ""
+    hardware: str = ""
+    served_model: str = ""
+    provisional: bool = False
+    jitter_cv: float = 0.0
+    source: dict[str, Any] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        doc = {
+            "schema_version": PROFILE_SCHEMA_VERSION,
+            "name": self.name,
+            "description": self.description,
+            "hardware": self.hardware,
+            "served_model": self.served_model,
+            "provisional": self.provisional,
+            "coefficients": asdict(self.model),
+            "jitter_cv": self.jitter_cv,
+            "engine": asdict(self.engine),
+            "source": self.source,
+            "fit": self.fit,
+        }
+        return json.dumps(doc, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, origin: str = "<string>") -> LatencyProfile:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ProfileError(f"{origin}: not valid JSON ({exc})") from exc
+        if not isinstance(doc, dict):
+            raise ProfileError(f"{origin}: a latency profile is a JSON object")
+        version = doc.get("schema_version")
+        if version != PROFILE_SCHEMA_VERSION:
+            raise ProfileError(
+                f"{origin}: latency profile schema version {version!r}, this version reads "
+                f"{PROFILE_SCHEMA_VERSION}"
+            )
+        for key in ("name", "coefficients", "engine"):
+            if key not in doc:
+                raise ProfileError(f"{origin}: latency profile lacks {key!r}")
+        coeffs = doc["coefficients"]
+        unknown = set(coeffs) - set(COEFFICIENTS)
+        if unknown:
+            raise ProfileError(
+                f"{origin}: unknown coefficient(s) {sorted(unknown)}; allowed: {', '.join(COEFFICIENTS)}"
+            )
+        try:
+            engine = EngineDefaults(**doc["engine"])
+        except TypeError as exc:
+            raise ProfileError(f"{origin}: bad 'engine' section ({exc})") from exc
+        jitter = float(doc.get("jitter_cv", 0.0))
+        if not (0.0 <= jitter < 1.0):
+            raise ProfileError(f"{origin}: jitter_cv must be in [0, 1), got {jitter}")
+        return cls(
+            name=str(doc["name"]),
+            model=LatencyModel(**coeffs),
+            engine=engine,
+            description=doc.get("description", ""),
+            hardware=doc.get("hardware", ""),
+            served_model=doc.get("served_model", ""),
+            provisional=bool(doc.get("provisional", False)),
+            jitter_cv=jitter,
+            source=doc.get("source", {}),
+            fit=doc.get("fit", {}),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json())
+        return path
+
+
+PROFILE_DIR = "profiles"
+
+
+def shipped_profiles() -> list[str]:
+    """Names of the profiles that ship with the simulator."""
+    folder = resources.files("sim") / PROFILE_DIR
+    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_profile(name_or_path: str | Path) -> LatencyProfile:
+    """A shipped profile by name, or a profile JSON file by path."""
+    text_name = str(name_or_path)
+    if text_name.endswith(".json") or "/" in text_name or Path(text_name).is_file():
+        path = Path(text_name)
+        if not path.is_file():
+            raise ProfileError(f"latency profile file {path} does not exist")
+        return LatencyProfile.from_json(path.read_text(), str(path))
+    resource = resources.files("sim") / PROFILE_DIR / f"{text_name}.json"
+    if not resource.is_file():
+        raise ProfileError(
+            f"unknown latency profile {text_name!r}; shipped profiles: {', '.join(shipped_profiles())} "
+            "(or give a path to a profile .json)"
+        )
+    return LatencyProfile.from_json(resource.read_text(), f"profile {text_name}")
