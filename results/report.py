@@ -458,11 +458,13 @@ def _environment_html(s: RunSummary, run: RunDir) -> str:
 
 
 def _point_labels(s: RunSummary) -> dict[str, str]:
+    """A readable name per grid point: its label, else its axes, else its id."""
     out = {}
     for p in s.manifest.get("points") or []:
+        pid = str(p["point_id"])
         axes = ", ".join(f"{k}={v}" for k, v in (p.get("axes") or {}).items())
-        label = str(p.get("label") or p["point_id"])
-        out[str(p["point_id"])] = f"{label} ({axes})" if axes and axes not in label else label
+        label = str(p.get("label") or "")
+        out[pid] = label if label and label != pid else axes or pid
     return out
 
 

@@ -1,0 +1,196 @@
+"""Per-unit metrics on hand-computed examples (every expected number worked out by hand)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from results.metrics import inflight_series, parse_slo, peak_concurrency, unit_metrics
+from results.records import RequestRecord, to_table
+
+NAN = math.nan
+
+
+def rec(rid, status, backend, arrival, dispatch, first, last, finish, out_len, input_len=0,
+        cached=0, itl=((), (), ()), preempt=0):
+    return RequestRecord(
+        experiment_id="e", point_id="p", strategy="s", seed=0, request_id=rid,
+        conversation_id=f"c{rid}", turn=0, backend=backend, arrival_s=arrival,
+        dispatch_s=dispatch, first_token_s=first, last_token_s=last, finish_s=finish,
+        input_len=input_len, cached_tokens=cached, output_len=out_len,
+        requested_output_len=64, num_preemptions=preempt, status=status,
+        itl_start=list(itl[0]), itl_step=list(itl[1]), itl_count=list(itl[2]))
+
+
+def example():
+    """Seven requests, one of each failure kind, two ok with several tokens, one with one."""
+    return [
+        # ok, 5 tokens, TTFT 0.5, E2EL 1.5, gaps 0.25 x4
+        rec(1, "ok", 0, 0.0, 0.1, 0.5, 1.5, 1.6, 5, 100, 20, ((0.25,), (0.0,), (4,)), preempt=1),
+        # ok, a single token: TTFT 0.2 = E2EL, no TPOT, no gap
+        rec(2, "ok", 1, 1.0, 1.0, 1.2, 1.2, 1.25, 1, 50),
+        # error after 3 tokens: latency not counted, counted as error
+        rec(3, "error", 0, 2.0, 2.0, 2.2, 2.4, 2.5, 3, 70),
+        rec(4, "timeout", 1, 2.5, 2.6, NAN, NAN, 4.0, 0, 60),
+        rec(5, "rejected", -1, 3.0, NAN, NAN, NAN, 3.0, 0, 40),
+        # still in flight when the run stopped at 5.0
+        rec(6, "unfinished", 0, 3.5, 3.5, 3.9, 4.1, 5.0, 2, 30),
+        # ok, 3 tokens, TTFT 0.3, E2EL 2.3, gaps 0.5 then 1.5 (one run: start 0.5 step 1.0)
+        rec(7, "ok", 1, 0.5, 0.5, 0.8, 2.8, 2.9, 3, 80, 10, ((0.5,), (1.0,), (2,))),
+    ]
+
+
+SLO = {"ttft_ms": 400, "tpot_ms": 300}
+
+
+@pytest.fixture(params=["arrow", "pandas", "records"])
+def metrics(request):
+    recs = example()
+    data = {"arrow": to_table(recs), "pandas": to_table(recs).to_pandas(), "records": recs}
+    return unit_metrics(data[request.param], SLO, backend_names=["a", "b", "c"])
+
+
+def test_ttft_from_the_send(metrics):
+    v = metrics.values
+    # ok TTFTs: 500, 200, 300 ms
+    assert v["mean_ttft_ms"] == pytest.approx(1000 / 3)
+    assert v["median_ttft_ms"] == pytest.approx(300)
+    assert v["std_ttft_ms"] == pytest.approx(math.sqrt((166.6667**2 + 133.3333**2 + 33.3333**2) / 3), rel=1e-5)
+    # sorted 200, 300, 500; index 2*q: p90 -> 1.8 -> 300 + 0.8*200
+    assert v["p90_ttft_ms"] == pytest.approx(460)
+    assert v["p95_ttft_ms"] == pytest.approx(480)
+    assert v["p99_ttft_ms"] == pytest.approx(496)
+
+
+def test_tpot_only_when_more_than_one_token(metrics):
+    v = metrics.values
+    # request 1: (1.5 - 0.5) / 4 = 250 ms; request 7: (2.3 - 0.3) / 2 = 1000 ms; request 2 has 1 token
+    assert v["mean_tpot_ms"] == pytest.approx(625)
+    assert v["median_tpot_ms"] == pytest.approx(625)
+    assert v["std_tpot_ms"] == pytest.approx(375)
+    assert v["p90_tpot_ms"] == pytest.approx(250 + 0.9 * 750)
+
+
+def test_itl_pools_every_gap_of_ok_requests(metrics):
+    v = metrics.values
+    # gaps: 250 x4, 500, 1500 (the error's and the unfinished request's gaps are not there)
+    assert v["mean_itl_ms"] == pytest.approx(500)
+    assert v["median_itl_ms"] == pytest.approx(250)  # index 2.5 between 250 and 250
+    assert v["p90_itl_ms"] == pytest.approx(1000)  # index 4.5 between 500 and 1500
+    assert v["p99_itl_ms"] == pytest.approx(1450)
+
+
+def test_e2el_to_the_last_token(metrics):
+    v = metrics.values
+    # 1500, 200, 2300 ms (finish_s is later than the last token and is not used)
+    assert v["mean_e2el_ms"] == pytest.approx(4000 / 3)
+    assert v["median_e2el_ms"] == pytest.approx(1500)
+
+
+def test_counts_never_drop_a_request(metrics):
+    v = metrics.values
+    assert (v["num_requests"], v["completed"], v["failed"]) == (7, 3, 4)
+    assert (v["num_error"], v["num_timeout"], v["num_rejected"], v["num_unfinished"]) == (1, 1, 1, 1)
+
+
+def test_duration_and_throughput(metrics):
+    v = metrics.values
+    # first send 0.0, last end 5.0 (the unfinished request, cut when the run stopped)
+    assert v["duration"] == pytest.approx(5.0)
+    assert v["request_throughput"] == pytest.approx(3 / 5)
+    # tokens of ok requests only: out 5 + 1 + 3, in 100 + 50 + 80
+    assert v["total_output_tokens"] == 9
+    assert v["total_input_tokens"] == 230
+    assert v["output_throughput"] == pytest.approx(9 / 5)
+    assert v["total_token_throughput"] == pytest.approx(239 / 5)
+    assert v["offered_rate"] == pytest.approx(6 / 3.5)  # 7 sends over 3.5 s
+
+
+def test_goodput_and_attainment(metrics):
+    v = metrics.values
+    # SLO TTFT 400, TPOT 300: req 1 misses TTFT (500), req 7 misses TPOT (1000),
+    # req 2 meets both (its TPOT counts as 0): one good request in 5 s, 1 of 7 sent.
+    assert v["request_goodput"] == pytest.approx(1 / 5)
+    assert v["slo_attainment"] == pytest.approx(1 / 7)
+
+
+def test_prefix_hits_and_preemptions(metrics):
+    v = metrics.values
+    assert v["prefix_hit_rate"] == pytest.approx(30 / 230)
+    assert v["mean_preemptions"] == pytest.approx(1 / 3)
+
+
+def test_backend_share_and_peak_inflight(metrics):
+    rows = {b["name"]: b for b in metrics.backends}
+    assert [rows[n]["requests"] for n in "abc"] == [3, 3, 0]
+    assert rows["a"]["share"] == pytest.approx(0.5)
+    # a: [0.1,1.6) [2.0,2.5) [3.5,5.0) never overlap; b: [0.5,2.9) overlaps [1.0,1.25) and [2.6,4.0)
+    assert rows["a"]["peak_inflight"] == 1
+    assert rows["b"]["peak_inflight"] == 2
+    assert rows["c"]["peak_inflight"] == 0
+    v = metrics.values
+    assert v["max_backend_share"] == pytest.approx(0.5)
+    assert v["load_imbalance"] == pytest.approx(0.5 / (1 / 3))
+    assert v["peak_inflight"] == 2
+
+
+def test_no_slo_means_no_goodput():
+    v = unit_metrics(example()).values
+    assert math.isnan(v["request_goodput"]) and math.isnan(v["slo_attainment"])
+
+
+def test_slo_on_e2el_only():
+    # E2ELs 1500, 200, 2300 ms: two meet 2000 ms
+    v = unit_metrics(example(), {"e2el_ms": 2000}).values
+    assert v["request_goodput"] == pytest.approx(2 / 5)
+
+
+def test_slo_boundary_is_inclusive():
+    # vLLM counts a request good when slo >= metric: TTFT exactly 200 ms meets 200 ms
+    v = unit_metrics(example(), {"ttft_ms": 200}).values
+    assert v["request_goodput"] == pytest.approx(1 / 5)
+
+
+def test_no_ok_request_gives_nan_latencies_and_zero_throughput():
+    recs = [r for r in example() if r.status != "ok"]
+    v = unit_metrics(recs, SLO).values
+    for k in ("mean_ttft_ms", "p99_tpot_ms", "median_itl_ms", "std_e2el_ms"):
+        assert math.isnan(v[k]), k
+    assert v["request_throughput"] == 0
+    assert v["request_goodput"] == 0
+    assert v["completed"] == 0 and v["failed"] == 4
+
+
+def test_empty_unit():
+    v = unit_metrics([]).values
+    assert v["num_requests"] == 0
+    assert math.isnan(v["duration"]) and math.isnan(v["request_throughput"])
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(ValueError, match="unknown SLO key 'latency'.*ttft_ms"):
+        parse_slo({"latency": 3})
+    with pytest.raises(ValueError, match="positive"):
+        parse_slo({"ttft_ms": -1})
+    assert parse_slo({"ttft": 5, "tpot_ms": None}) == {"ttft": 5.0}
+    bad = example()
+    bad[0].status = "lost"
+    with pytest.raises(ValueError, match="unknown record status 'lost'"):
+        unit_metrics(bad)
+    bad = example()
+    bad[0].first_token_s = NAN
+    with pytest.raises(ValueError, match=r"request ids \[1\]"):
+        unit_metrics(bad)
+    with pytest.raises(ValueError, match="backend index 1 but the fleet has 1"):
+        unit_metrics(example(), backend_names=["only"])
+
+
+def test_peak_concurrency_half_open_intervals():
+    # [0,1) and [1,2) touch but never overlap; [0,1] and [0.5,2] do
+    assert peak_concurrency(np.array([0.0, 1.0]), np.array([1.0, 2.0])) == 1
+    assert peak_concurrency(np.array([0.0, 0.5]), np.array([1.0, 2.0])) == 2
+    assert peak_concurrency(np.array([0.0, 0.0, 0.0]), np.array([3.0, 2.0, 1.0])) == 3
+    times, level = inflight_series(np.array([0.0, 0.5]), np.array([1.0, 2.0]))
+    assert times.tolist() == [0.0, 0.5, 1.0, 2.0]
+    assert level.tolist() == [1, 2, 1, 0]
