@@ -95,7 +95,7 @@ def strategy_class(name: str) -> type[Strategy]:
 
 
 def validate(name: str, params: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming the bad parameter and the allowed ones."""
+    """Raise ``ValueError`` naming a bad or missing parameter and the allowed ones."""
     allowed = parameters(name)
     for key in params:
         if key not in allowed:
@@ -103,6 +103,21 @@ def validate(name: str, params: dict[str, Any]) -> None:
             raise ValueError(
                 f"strategy {name!r} has no parameter {key!r}; allowed: {allowed_txt}"
             )
+    missing = [key for key in required_parameters(name) if key not in params]
+    if missing:
+        raise ValueError(f"strategy {name!r} needs parameter(s) {', '.join(missing)}")
+
+
+def required_parameters(name: str) -> list[str]:
+    """Parameters without a default: a scenario must give them."""
+    init = strategy_class(name).__init__
+    return [
+        p.name
+        for p in inspect.signature(init).parameters.values()
+        if p.name not in ("self", "seed")
+        and p.default is inspect.Parameter.empty
+        and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    ]
 
 
 def build(name: str, *, seed: int = 0, **params: Any) -> Strategy:

@@ -147,6 +147,9 @@ class Router:
     # --- decisions ------------------------------------------------------------
     def dispatch(self, request: RequestInfo, now: float) -> Decision:
         """Choose a backend for ``request`` and count it in flight there."""
+        if request.request_id in self._inflight:
+            # Counting it twice would leave one copy in flight forever.
+            raise ValueError(f"request {request.request_id} is already in flight")
         snaps = self.snapshots
         if self.strategy.needs_scrape:
             for s, t in zip(snaps, self._scraped_at):

@@ -31,7 +31,9 @@ class RequestInfo:
     request_id: int
     input_len: int
     arrival_s: float
-    block_hashes: np.ndarray | list[int] = field(default_factory=lambda: _EMPTY_HASHES)
+    # Not compared: an array has no single truth value, so comparing it would make
+    # ``==`` raise and the frozen class unhashable; ``request_id`` identifies a request.
+    block_hashes: np.ndarray | list[int] = field(default_factory=lambda: _EMPTY_HASHES, compare=False)
     session_id: str = ""
     turn: int = 0
     num_shareable_blocks: int = -1

@@ -103,6 +103,24 @@ def test_strategy_params_are_kept_and_checked_against_the_registry(monkeypatch):
         parse_scenario(text.replace("alpha = 2", "beta = 1"))
 
 
+def test_missing_required_strategy_parameter_fails_at_load(monkeypatch):
+    class NeedsModel(routing.Strategy):
+        name = "test_needs_model"
+
+        def __init__(self, *, model: str, seed: int = 0) -> None:
+            super().__init__(seed=seed)
+
+        def choose(self, request, backends):
+            return 0
+
+    monkeypatch.setitem(routing.base._REGISTRY, NeedsModel.name, NeedsModel)
+    text = MINIMAL.replace('strategies = ["round_robin"]', 'strategies = ["test_needs_model"]')
+    with pytest.raises(ScenarioError, match=r"router\.strategies\[0\]: strategy 'test_needs_model' needs parameter\(s\) model"):
+        parse_scenario(text)
+    text = text.replace('["test_needs_model"]', '[{ name = "test_needs_model", model = "m.json" }]')
+    assert parse_scenario(text).router.strategies[0].params == {"model": "m.json"}
+
+
 def test_synthetic_distributions_are_validated_and_kept_as_tables():
     text = MINIMAL.replace('source = "sharegpt"', (
         'source = "synthetic"\n[workload.synthetic]\n'
