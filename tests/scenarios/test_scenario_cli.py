@@ -18,7 +18,7 @@ def test_check_prints_points_strategies_seeds_and_units(capsys):
     out = capsys.readouterr().out
     assert "OK  scenario 'burst'" in out
     assert "2 point(s) x 6 strategies x 3 seeds = 36 units" in out
-    assert "peak_rate=24" in out and "peak_rate=40" in out
+    assert "peak_rate=30" in out and "peak_rate=60" in out
     assert "round_robin" in out and "least_kv" in out
     assert "[8 backends]" in out
 
@@ -29,8 +29,8 @@ def test_check_applies_overrides(capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "6 point(s) x 6 strategies x 1 seeds = 36 units" in out
-    assert "h100.count=6, peak_rate=40" not in out  # axes are listed in expansion order
-    assert "peak_rate=40, h100.count=6  [6 backends]" in out
+    assert "h100.count=6, peak_rate=60" not in out  # axes are listed in expansion order
+    assert "peak_rate=60, h100.count=6  [6 backends]" in out
 
 
 def test_check_reports_bad_files_and_fails(tmp_path, capsys):
