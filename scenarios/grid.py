@@ -45,6 +45,18 @@ class GridPoint:
             return "single point"
         return ", ".join(f"{short_axis(k)}={_show(v)}" for k, v in self.axes.items())
 
+    def describe(self) -> dict[str, Any]:
+        """This point as a run manifest lists it: id, label, axes and backends."""
+        return {
+            "point_id": self.point_id,
+            "label": self.label,
+            "axes": dict(self.axes),
+            "backends": [
+                {"name": name, "group": group.name, "profile": group.profile}
+                for name, group in self.scenario.backends()
+            ],
+        }
+
 
 def expand_grid(scenario: Scenario) -> list[GridPoint]:
     """Every grid point of ``scenario``, in a deterministic order."""

@@ -157,7 +157,11 @@ class SloSpec:
 
 @dataclass(frozen=True)
 class Scenario:
-    """A whole scenario file, validated. See the module docstring about grid axes."""
+    """A whole scenario file, validated. See the module docstring about grid axes.
+
+    At least one of ``num_requests`` and ``duration_s`` is set; when both are,
+    ``workload.build_trace`` sends ``num_requests`` requests.
+    """
 
     name: str
     workload: WorkloadSpec

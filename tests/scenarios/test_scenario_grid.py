@@ -69,6 +69,22 @@ def test_axes_of_every_kind_resolve():
         assert p.scenario.workload.max_output_len == p.axes["workload.max_output_len"]
 
 
+def test_describe_gives_the_manifest_entry():
+    sc = parse_scenario(TWO_GROUPS, overrides={"cluster.groups.a100.count": [2]})
+    (point,) = expand_grid(sc)
+    assert point.describe() == {
+        "point_id": point.point_id,
+        "label": "a100.count=2",
+        "axes": {"cluster.groups.a100.count": 2},
+        "backends": [
+            {"name": "h100-0", "group": "h100", "profile": "h100-llama2-70b-tp4"},
+            {"name": "h100-1", "group": "h100", "profile": "h100-llama2-70b-tp4"},
+            {"name": "a100-0", "group": "a100", "profile": "a100-llama2-70b-tp4"},
+            {"name": "a100-1", "group": "a100", "profile": "a100-llama2-70b-tp4"},
+        ],
+    }
+
+
 def test_point_ids_are_stable_readable_and_safe():
     sc = parse_scenario(TWO_GROUPS, overrides={"arrivals.rate": [4, 0.5], "cluster.groups.h100.profile": ["x/y z", "b"]})
     first = [p.point_id for p in expand_grid(sc)]
