@@ -55,7 +55,7 @@ class SyntheticSpec:
     min=a, max=b}`` or ``{dist="lognormal", mean=m, sigma=s, min=?, max=?}``.
     """
 
-    input: dict[str, Any] = field(default_factory=lambda: _fixed(512))
+    input: dict[str, Any] = field(default_factory=lambda: _fixed(1024))
     output: dict[str, Any] = field(default_factory=lambda: _fixed(128))
     prefix_groups: int = 0
     prefix_len: int = 0

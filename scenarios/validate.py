@@ -152,8 +152,7 @@ def _check_seeds(seeds: list[int]) -> None:
 def _workload(raw: dict[str, Any]) -> WorkloadSpec:
     values = read_table(raw, WorkloadSpec, WORKLOAD_RULES, "workload", extra=("synthetic",))
     for low, high in (("min_input_len", "max_input_len"), ("min_output_len", "max_output_len")):
-        highs = values[high] if isinstance(values[high], list) else [values[high]]
-        for h in highs:
+        for h in _values(values[high]):
             if h and h < values[low]:
                 raise ScenarioError(
                     join("workload", high),
@@ -181,6 +180,8 @@ def _synthetic(raw: dict[str, Any]) -> SyntheticSpec:
             values[key] = distribution(raw[key], join(path, key))
     if values["prefix_groups"] and not values["prefix_len"]:
         raise ScenarioError(join(path, "prefix_len"), "is 0 but prefix_groups > 0; expected the shared prefix length in tokens (>= 1)")
+    if values["prefix_len"] and not values["prefix_groups"]:
+        raise ScenarioError(join(path, "prefix_groups"), "is 0 but prefix_len > 0; expected how many distinct shared prefixes (>= 1)")
     return SyntheticSpec(**values)
 
 
@@ -309,13 +310,22 @@ def _check_param_type(name: str, key: str, value: Any, default: Any, path: str) 
 
 
 def _cross_checks(sc: Scenario) -> None:
-    patterns = sc.arrivals.pattern if isinstance(sc.arrivals.pattern, list) else [sc.arrivals.pattern]
+    patterns = _values(sc.arrivals.pattern)
     if "replay" in patterns and sc.workload.source not in REPLAY_SOURCES:
         raise ScenarioError(
             "arrivals.pattern",
             f"'replay' replays the dataset's own timestamps, but workload.source = "
             f"{sc.workload.source!r} has none; use a source with timestamps "
             f"({', '.join(REPLAY_SOURCES)}) or another pattern ({', '.join(p for p in PATTERNS if p != 'replay')})",
+        )
+    a = sc.arrivals
+    if "replay" in patterns and any(r > 0 for r in _values(a.target_rate)) and any(
+        t != 1.0 for t in _values(a.time_scale)
+    ):
+        raise ScenarioError(
+            "arrivals.target_rate",
+            "replay speed is set twice: give time_scale (a speed-up factor) or target_rate "
+            "(a mean rate in req/s), not both; leave the other at its default (1.0 / 0)",
         )
     for i, g in enumerate(sc.cluster.groups):
         if g.block_size != sc.workload.block_size:
@@ -324,3 +334,8 @@ def _cross_checks(sc: Scenario) -> None:
                 f"{g.block_size} differs from workload.block_size = {sc.workload.block_size}; "
                 "prompts are hashed per KV block, so both must be equal",
             )
+
+
+def _values(value: Any) -> list[Any]:
+    """An axis' values, or a scalar as a one-element list."""
+    return value if isinstance(value, list) else [value]

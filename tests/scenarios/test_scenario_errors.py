@@ -230,6 +230,15 @@ CASES = {
         SYNTHETIC.replace("value = 7 }", "value = 7 }\nprefix_groups = 4"), "workload.synthetic.prefix_len",
         ["prefix_groups > 0"],
     ),
+    "prefix length without groups": (
+        SYNTHETIC.replace("value = 7 }", "value = 7 }\nprefix_len = 64"), "workload.synthetic.prefix_groups",
+        ["prefix_len > 0"],
+    ),
+    "replay speed set twice": (
+        MINIMAL.replace('source = "sharegpt"', 'source = "azure"')
+        + '\n[arrivals]\npattern = "replay"\ntime_scale = 2.0\ntarget_rate = [0, 5]\n',
+        "arrivals.target_rate", ["give time_scale", "or target_rate", "not both"],
+    ),
     "replay without timestamps": (
         with_table('[arrivals]\npattern = ["poisson", "replay"]'), "arrivals.pattern",
         ["workload.source = 'sharegpt' has none", "azure, wildchat"],

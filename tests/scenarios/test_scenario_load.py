@@ -234,3 +234,13 @@ def test_workload_builder_accepts_the_spec_when_present():
     )
     assert len(trace) == 20
     assert (trace.input_len == 64).all()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_points_pass_the_workload_packages_own_validation(name):
+    config = pytest.importorskip("workload.config")
+    if not hasattr(config.WorkloadSpec, "from_mapping"):
+        pytest.skip("workload.config has no from_mapping validation")
+    for point in expand_grid(load_scenario(shipped_scenarios()[name])):
+        config.WorkloadSpec.from_mapping(dataclasses.asdict(point.scenario.workload))
+        config.ArrivalSpec.from_mapping(dataclasses.asdict(point.scenario.arrivals))
