@@ -85,10 +85,12 @@ def load_chart(agg: pd.DataFrame, points: pd.DataFrame, metric: str, title: str,
     tooltip = ["strategy:N", "point:N", alt.Tooltip("offered_load:Q", format=".3g"),
                alt.Tooltip("mean:Q", format=".4g"), alt.Tooltip("ci_low:Q", format=".4g"),
                alt.Tooltip("ci_high:Q", format=".4g"), "n:Q"]
-    base = alt.Chart().encode(x=x, color=color)
-    band = base.mark_area(opacity=0.18).encode(y="ci_low:Q", y2="ci_high:Q")
-    bars = base.mark_rule().encode(y="ci_low:Q", y2="ci_high:Q")
-    line = base.mark_line(point=True).encode(y=alt.Y("mean:Q", title=y_title), tooltip=tooltip)
+    quiet = alt.Color("strategy:N", scale=strategy_scale(strategies), legend=None)
+    base = alt.Chart().encode(x=x)
+    band = base.mark_area(opacity=0.18).encode(y="ci_low:Q", y2="ci_high:Q", color=quiet)
+    bars = base.mark_rule().encode(y="ci_low:Q", y2="ci_high:Q", color=quiet)
+    line = base.mark_line(point=True).encode(y=alt.Y("mean:Q", title=y_title), color=color,
+                                             tooltip=tooltip)
     layered = alt.layer(band, bars, line, data=data).properties(width=WIDTH, height=HEIGHT)
     if data["config"].nunique() > 1:  # other grid axes: one panel per configuration
         return layered.facet(column=alt.Column("config:N", title=None), title=title)

@@ -35,7 +35,7 @@ import numpy as np
 #: Up to this many gaps, expand and let numpy do it (fast and bit-identical).
 EXPAND_LIMIT = 2_000_000
 #: Gaps inside a bracket are expanded once the bracket holds at most this many.
-CANDIDATE_LIMIT = 500_000
+CANDIDATE_LIMIT = 1_000_000
 _SAMPLE_SIZE = 1 << 17
 
 
@@ -229,8 +229,6 @@ class _Selector:
         self.limit = max(1, candidate_limit)
         self._sample: np.ndarray | None = None
         self._cache: dict[int, float] = {}
-        # Sorted candidate windows already expanded: (rank of their first, values).
-        self._windows: list[tuple[int, np.ndarray]] = []
 
     def percentile(self, p: float) -> float:
         """``np.percentile(gaps, p)`` with numpy's 'linear' method, bit for bit."""
@@ -247,21 +245,17 @@ class _Selector:
 
     def select(self, k: int) -> float:
         if k not in self._cache:
-            for first, values in self._windows:
-                if first <= k < first + len(values):
-                    self._cache[k] = float(values[k - first])
-                    break
-            else:
-                self._cache[k] = self._select(k)
+            self._select(k)
         return self._cache[k]
 
-    def _select(self, k: int) -> float:
+    def _select(self, k: int) -> None:
+        """Find gap ``k`` (and ``k + 1`` when it is in the same window) into the cache."""
         runs = self.runs
         if self._sample is None:
             self._sample = runs.sample(_SAMPLE_SIZE)
         sample = self._sample
         m = len(sample)
-        margin = int(4 * math.sqrt(m)) + 2
+        margin = int(3 * math.sqrt(m)) + 2  # the sample rank's sd is <= sqrt(m) / 2
         est = k * m / runs.total
         lo_i, hi_i = math.floor(est) - margin, math.ceil(est) + margin
         lo = float(sample[lo_i]) if lo_i >= 0 else -math.inf
@@ -276,13 +270,17 @@ class _Selector:
         while True:
             inside = int(n_hi.sum() - n_lo.sum())
             if inside <= self.limit:
-                cand = np.sort(runs.between(n_lo, n_hi))
-                first = int(n_lo.sum())
-                self._windows.append((first, cand))
-                return float(cand[k - first])
+                cand = runs.between(n_lo, n_hi)
+                r = k - int(n_lo.sum())
+                wanted = [r, r + 1] if r + 1 < len(cand) else [r]
+                part = np.partition(cand, wanted)
+                for w in wanted:
+                    self._cache[k + w - r] = float(part[w])
+                return
             mid = _mid_float(lo, hi)
             if mid is None:  # lo and hi are adjacent floats: every candidate is hi
-                return hi
+                self._cache[k] = hi
+                return
             n_mid = self._counts(mid)
             if n_mid.sum() > k:
                 hi, n_hi = mid, n_mid

@@ -182,7 +182,7 @@ def format_value(mean: float, low: float = math.nan, high: float = math.nan) -> 
         return "-"
     digits = 0 if abs(mean) >= 1000 else 1 if abs(mean) >= 10 else 2
     text = f"{mean:.{digits}f}"
-    if math.isfinite(low) and math.isfinite(high):
+    if math.isfinite(low) and math.isfinite(high) and high > low:
         text += f" ±{(high - low) / 2:.{digits}f}"
     return text
 
