@@ -50,6 +50,14 @@ def rate_axis(manifest: dict[str, Any]) -> str | None:
     return None
 
 
+def point_label(point: dict[str, Any]) -> str:
+    """A readable name for a grid point: its label, else its axes, else its id."""
+    pid = str(point["point_id"])
+    axes = ", ".join(f"{k}={v}" for k, v in (point.get("axes") or {}).items())
+    label = str(point.get("label") or "")
+    return label if label and label != pid else axes or pid
+
+
 def point_table(manifest: dict[str, Any], agg: pd.DataFrame) -> pd.DataFrame:
     """Per grid point: label, offered load (x of the load charts) and the other axes."""
     axis = rate_axis(manifest)
@@ -63,7 +71,7 @@ def point_table(manifest: dict[str, Any], agg: pd.DataFrame) -> pd.DataFrame:
         load = axes.get(axis) if axis else None
         rows.append({
             "point_id": pid,
-            "point": str(p.get("label") or pid),
+            "point": point_label(p),
             "offered_load": float(load) if load is not None else float(measured.get(pid, math.nan)),
             "config": ", ".join(f"{k}={v}" for k, v in others.items()) or "all",
         })

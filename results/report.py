@@ -458,14 +458,7 @@ def _environment_html(s: RunSummary, run: RunDir) -> str:
 
 
 def _point_labels(s: RunSummary) -> dict[str, str]:
-    """A readable name per grid point: its label, else its axes, else its id."""
-    out = {}
-    for p in s.manifest.get("points") or []:
-        pid = str(p["point_id"])
-        axes = ", ".join(f"{k}={v}" for k, v in (p.get("axes") or {}).items())
-        label = str(p.get("label") or "")
-        out[pid] = label if label and label != pid else axes or pid
-    return out
+    return {str(p["point_id"]): charts.point_label(p) for p in s.manifest.get("points") or []}
 
 
 def _json_html(doc: Any) -> str:

@@ -155,3 +155,20 @@ def _values(spec):
         return spec["data"]["values"]
     name = spec["data"]["name"]
     return spec["datasets"][name]
+
+
+def test_two_grid_axes_make_panels_and_pick_the_highest_rate(make_run):
+    path = make_run("two", rates=(2.0, 6.0), seeds=(0,), strategies=("round_robin", "random"))
+    run = RunDir(path)
+    points = run.manifest["points"]
+    for p, burst in zip(points, (0.5, 2.0)):
+        p["axes"]["arrivals.burstiness"] = burst
+        p["label"] = p["point_id"]  # no label: the report falls back to the axes
+    run.update_manifest(points=points)
+    report = build_report(path, static=False, progress=False)
+    spec = report.charts["load_ttft_p99"]
+    assert spec["facet"]["column"]["field"] == "config"
+    assert "<svg" in vlc.vegalite_to_svg(spec)
+    html = report.html_path.read_text()
+    assert ">rate=6<" not in html and "<h3>arrivals.rate=6.0, arrivals.burstiness=2.0</h3>" in html
+    assert "at arrivals.rate=6.0, arrivals.burstiness=2.0" in json.dumps(report.charts["inflight"])
