@@ -244,3 +244,12 @@ def test_shipped_points_pass_the_workload_packages_own_validation(name):
     for point in expand_grid(load_scenario(shipped_scenarios()[name])):
         config.WorkloadSpec.from_mapping(dataclasses.asdict(point.scenario.workload))
         config.ArrivalSpec.from_mapping(dataclasses.asdict(point.scenario.arrivals))
+
+
+def test_shipped_scenarios_name_profiles_the_simulator_ships():
+    latency = pytest.importorskip("sim.latency")
+    profiles = set(latency.shipped_profiles())
+    for name, path in shipped_scenarios().items():
+        for point in expand_grid(load_scenario(path)):
+            for _, group in point.scenario.backends():
+                assert group.profile in profiles, f"{name}: unknown profile {group.profile!r}"
