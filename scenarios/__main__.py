@@ -89,7 +89,9 @@ def _print_summary(sc: Scenario) -> None:
     )
     print(f"  strategies: {strategies}")
     print(f"  seeds:      {', '.join(map(str, sc.seeds))}")
-    slo = ", ".join(f"{k} <= {getattr(sc.slo, k):g}" for k in ("ttft_ms", "tpot_ms", "e2el_ms") if getattr(sc.slo, k))
+    slo = ", ".join(
+        f"{k} <= {getattr(sc.slo, k):g}" for k in ("ttft_ms", "tpot_ms", "e2el_ms") if getattr(sc.slo, k)
+    )
     print(f"  slo:        {slo or '(none: goodput not computed)'}")
     print(
         f"  grid:       {len(points)} point(s) x {len(sc.router.strategies)} strategies x "

@@ -31,7 +31,6 @@ class Rule:
     gt: float | None = None  # value > gt
     choices: tuple[str, ...] = ()
     axis: bool = False  # may be a list of values (a grid axis)
-    optional: bool = False  # may be absent (None)
     nonempty: bool = False  # strings: must not be empty
 
     def allowed(self) -> str:
@@ -76,11 +75,15 @@ def check(rule: Rule, value: Any, path: str) -> Any:
                 f"these keys may be lists (grid axes): {', '.join(AXES)}",
             )
         if not value:
-            raise ScenarioError(path, f"an empty list gives no grid points; give {rule.allowed()} or a non-empty list of them")
+            raise ScenarioError(
+                path, f"an empty list gives no grid points; give {rule.allowed()} or a non-empty list of them"
+            )
         items = [_check_scalar(rule, v, f"{path}[{i}]") for i, v in enumerate(value)]
         for i, v in enumerate(items):
             if v in items[:i]:
-                raise ScenarioError(f"{path}[{i}]", f"value {v!r} appears twice in the list; each grid value must be distinct")
+                raise ScenarioError(
+                    f"{path}[{i}]", f"value {v!r} appears twice in the list; each grid value must be distinct"
+                )
         return items
     return _check_scalar(rule, value, path)
 
@@ -139,7 +142,9 @@ def reject_unknown(raw: Mapping[str, Any], allowed: list[str], path: str) -> Non
 
 def require_table(value: Any, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise ScenarioError(path, f"got {describe(value)}; expected a table (e.g. [{path}] or {{ key = value }})")
+        raise ScenarioError(
+            path, f"got {describe(value)}; expected a table (e.g. [{path}] or {{ key = value }})"
+        )
     return value
 
 

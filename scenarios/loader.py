@@ -26,7 +26,9 @@ def load_scenario(path: str | Path, overrides: Mapping[str, Any] | None = None) 
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ScenarioError("", "scenario file not found (run `python -m scenarios list` for the shipped ones)", str(path)) from None
+        raise ScenarioError(
+            "", "scenario file not found (`python -m scenarios list` shows the shipped ones)", str(path)
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ScenarioError("", f"cannot read the scenario file: {exc}", str(path)) from None
     return parse_scenario(text, source=str(path), overrides=overrides, source_path=path)

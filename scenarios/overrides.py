@@ -89,7 +89,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     except tomllib.TOMLDecodeError:
         if raw and all(c.isalnum() or c in "-_./+" for c in raw):
             return key, raw  # a bare word: take it as a string
-        raise ScenarioError(key, f"value {raw!r} is not a TOML value (quote strings: \"text\"; lists: [1, 2])") from None
+        raise ScenarioError(
+            key, f'value {raw!r} is not a TOML value (quote strings: "text"; lists: [1, 2])'
+        ) from None
 
 
 def overridden(error_key: str, origins: Mapping[str, str]) -> str | None:

@@ -32,8 +32,8 @@ TOP_RULES = {
     "name": Rule("str", nonempty=True),
     "description": Rule("str"),
     "seeds": Rule("int_list"),
-    "duration_s": Rule("float", gt=0, optional=True),
-    "num_requests": Rule("int", ge=1, optional=True),
+    "duration_s": Rule("float", gt=0),
+    "num_requests": Rule("int", ge=1),
     "drain_s": _NONNEG,
 }
 SECTIONS = ("workload", "arrivals", "cluster", "router", "slo")
@@ -98,14 +98,16 @@ ROUTER_RULES = {
     "timeout_s": _NONNEG,
     "mode": Rule("str", choices=MODES),
 }
-SLO_RULES = {key: Rule("float", gt=0, optional=True) for key in ("ttft_ms", "tpot_ms", "e2el_ms")}
+SLO_RULES = {key: Rule("float", gt=0) for key in ("ttft_ms", "tpot_ms", "e2el_ms")}
 
 assert all(WORKLOAD_RULES[k].axis for k in SECTION_AXES["workload"])
 assert all(ARRIVAL_RULES[k].axis for k in SECTION_AXES["arrivals"])
 assert all(GROUP_RULES[k].axis for k in GROUP_AXES)
 
 
-def build_scenario(doc: dict[str, Any], source_path: Path | None = None, source_text: str = "") -> Scenario:
+def build_scenario(
+    doc: dict[str, Any], source_path: Path | None = None, source_text: str = ""
+) -> Scenario:
     """Validate a parsed document. Raises ``ScenarioError`` (without the file name)."""
     reject_unknown(doc, list(TOP_RULES) + list(SECTIONS), "")
     for section in ("workload", "cluster", "router"):
@@ -116,7 +118,9 @@ def build_scenario(doc: dict[str, Any], source_path: Path | None = None, source_
     if not name:
         raise ScenarioError("name", "missing required key; expected a non-empty string")
     if not _SAFE_NAME.match(name):
-        raise ScenarioError("name", f"got {name!r}; expected letters, digits, '_', '+' or '-' (it names run folders)")
+        raise ScenarioError(
+            "name", f"got {name!r}; expected letters, digits, '_', '+' or '-' (it names run folders)"
+        )
     seeds = top.get("seeds", [0])
     _check_seeds(seeds)
     if top.get("duration_s") is None and top.get("num_requests") is None:
@@ -125,10 +129,12 @@ def build_scenario(doc: dict[str, Any], source_path: Path | None = None, source_
             "arrivals), or both; neither is set",
         )
     workload = _workload(require_table(doc["workload"], "workload"))
-    arrivals = ArrivalSpec(**read_table(require_table(doc.get("arrivals", {}), "arrivals"), ArrivalSpec, ARRIVAL_RULES, "arrivals"))
+    arrivals_raw = require_table(doc.get("arrivals", {}), "arrivals")
+    arrivals = ArrivalSpec(**read_table(arrivals_raw, ArrivalSpec, ARRIVAL_RULES, "arrivals"))
     cluster = _cluster(require_table(doc["cluster"], "cluster"))
     router = _router(require_table(doc["router"], "router"))
-    slo = SloSpec(**read_table(require_table(doc.get("slo", {}), "slo"), SloSpec, SLO_RULES, "slo"))
+    slo_raw = require_table(doc.get("slo", {}), "slo")
+    slo = SloSpec(**read_table(slo_raw, SloSpec, SLO_RULES, "slo"))
     scenario = Scenario(
         name=name, description=top.get("description", ""), seeds=seeds,
         duration_s=top.get("duration_s"), num_requests=top.get("num_requests"),
@@ -141,7 +147,9 @@ def build_scenario(doc: dict[str, Any], source_path: Path | None = None, source_
 
 def _check_seeds(seeds: list[int]) -> None:
     if not seeds:
-        raise ScenarioError("seeds", "empty list; expected at least one integer seed, e.g. seeds = [0, 1, 2]")
+        raise ScenarioError(
+            "seeds", "empty list; expected at least one integer seed, e.g. seeds = [0, 1, 2]"
+        )
     for i, s in enumerate(seeds):
         if s < 0:
             raise ScenarioError(f"seeds[{i}]", f"got {s}; seeds must be integers >= 0")
@@ -156,11 +164,14 @@ def _workload(raw: dict[str, Any]) -> WorkloadSpec:
             if h and h < values[low]:
                 raise ScenarioError(
                     join("workload", high),
-                    f"{h} is below {low} = {values[low]}; expected 0 (no limit) or a value >= {values[low]}",
+                    f"{h} is below {low} = {values[low]}; expected 0 (no limit) or a value "
+                    f">= {values[low]}",
                 )
     synthetic_raw = raw.get("synthetic")
     if values["source"] == "synthetic":
-        synthetic_raw = require_table(synthetic_raw if synthetic_raw is not None else {}, "workload.synthetic")
+        if synthetic_raw is None:
+            synthetic_raw = {}
+        synthetic_raw = require_table(synthetic_raw, "workload.synthetic")
         for key in ("input", "output"):
             if key not in synthetic_raw:
                 raise ScenarioError(
@@ -168,7 +179,9 @@ def _workload(raw: dict[str, Any]) -> WorkloadSpec:
                     'missing required key with source = "synthetic"; expected a distribution '
                     'table, e.g. { dist = "lognormal", mean = 512, sigma = 0.8 }',
                 )
-    synthetic = _synthetic(require_table(synthetic_raw, "workload.synthetic")) if synthetic_raw is not None else SyntheticSpec()
+    synthetic = SyntheticSpec()
+    if synthetic_raw is not None:
+        synthetic = _synthetic(require_table(synthetic_raw, "workload.synthetic"))
     return WorkloadSpec(**values, synthetic=synthetic)
 
 
@@ -179,9 +192,15 @@ def _synthetic(raw: dict[str, Any]) -> SyntheticSpec:
         if key in raw:
             values[key] = distribution(raw[key], join(path, key))
     if values["prefix_groups"] and not values["prefix_len"]:
-        raise ScenarioError(join(path, "prefix_len"), "is 0 but prefix_groups > 0; expected the shared prefix length in tokens (>= 1)")
+        raise ScenarioError(
+            join(path, "prefix_len"),
+            "is 0 but prefix_groups > 0; expected the shared prefix length in tokens (>= 1)",
+        )
     if values["prefix_len"] and not values["prefix_groups"]:
-        raise ScenarioError(join(path, "prefix_groups"), "is 0 but prefix_len > 0; expected how many distinct shared prefixes (>= 1)")
+        raise ScenarioError(
+            join(path, "prefix_groups"),
+            "is 0 but prefix_len > 0; expected how many distinct shared prefixes (>= 1)",
+        )
     return SyntheticSpec(**values)
 
 
@@ -189,19 +208,27 @@ def distribution(raw: Any, path: str) -> dict[str, Any]:
     """A validated length distribution table (plain dict, numbers normalised)."""
     table = require_table(raw, path)
     if "dist" not in table:
-        raise ScenarioError(join(path, "dist"), f"missing required key; expected one of {', '.join(map(repr, DISTRIBUTIONS))}")
+        raise ScenarioError(
+            join(path, "dist"),
+            f"missing required key; expected one of {', '.join(map(repr, DISTRIBUTIONS))}",
+        )
     dist = check(Rule("str", choices=DISTRIBUTIONS), table["dist"], join(path, "dist"))
     required, optional = DIST_KEYS[dist]
     reject_unknown(table, ["dist", *required, *optional], path)
     out: dict[str, Any] = {"dist": dist}
     for key in required:
         if key not in table:
-            raise ScenarioError(join(path, key), f"missing required key for dist = {dist!r}; expected {DIST_RULES[key].allowed()}")
+            raise ScenarioError(
+                join(path, key),
+                f"missing required key for dist = {dist!r}; expected {DIST_RULES[key].allowed()}",
+            )
     for key in (*required, *optional):
         if key in table:
             out[key] = check(DIST_RULES[key], table[key], join(path, key))
     if "min" in out and "max" in out and out["min"] > out["max"]:
-        raise ScenarioError(join(path, "max"), f"{out['max']} is below min = {out['min']}; expected max >= min")
+        raise ScenarioError(
+            join(path, "max"), f"{out['max']} is below min = {out['min']}; expected max >= min"
+        )
     return out
 
 
@@ -222,11 +249,16 @@ def _cluster(raw: dict[str, Any]) -> ClusterSpec:
         if not _SAFE_NAME.match(values["name"]):
             raise ScenarioError(
                 join(path, "name"),
-                f"got {values['name']!r}; expected letters, digits, '_', '+' or '-' (it names backends and grid axes)",
+                f"got {values['name']!r}; expected letters, digits, '_', '+' or '-' (it names "
+                "backends and grid axes)",
             )
         for j, other in enumerate(groups):
             if other.name == values["name"]:
-                raise ScenarioError(join(path, "name"), f"{values['name']!r} is already the name of cluster.groups[{j}]; group names must be unique")
+                raise ScenarioError(
+                    join(path, "name"),
+                    f"{values['name']!r} is already the name of cluster.groups[{j}]; group names "
+                    "must be unique",
+                )
         groups.append(GroupSpec(**values))
     return ClusterSpec(groups=groups)
 
@@ -241,7 +273,10 @@ def _router(raw: dict[str, Any]) -> RouterSpec:
         )
     entries = raw["strategies"]
     if not isinstance(entries, list) or not entries:
-        raise ScenarioError("router.strategies", f"got {describe(entries)}; expected a non-empty list of strategy names or tables")
+        raise ScenarioError(
+            "router.strategies",
+            f"got {describe(entries)}; expected a non-empty list of strategy names or tables",
+        )
     strategies: list[StrategySpec] = []
     for i, entry in enumerate(entries):
         spec = strategy(entry, f"router.strategies[{i}]")
@@ -265,7 +300,11 @@ def strategy(entry: Any, path: str) -> StrategySpec:
         table = entry
         name_path = join(path, "name")
     else:
-        raise ScenarioError(path, f"got {describe(entry)}; expected a strategy name or a table {{ name = \"...\", label = \"...\", <parameters> }}")
+        raise ScenarioError(
+            path,
+            f"got {describe(entry)}; expected a strategy name or a table "
+            '{ name = "...", label = "...", <parameters> }',
+        )
     available = routing.available()
     if "name" not in table:
         raise ScenarioError(name_path, f"missing required key; expected one of {', '.join(available)}")
@@ -284,7 +323,9 @@ def strategy(entry: Any, path: str) -> StrategySpec:
     for key, value in params.items():
         if key not in allowed:
             shown = ", ".join(sorted(allowed)) or "(none)"
-            raise ScenarioError(join(path, key), f"strategy {name!r} has no parameter {key!r}; its parameters: {shown}")
+            raise ScenarioError(
+                join(path, key), f"strategy {name!r} has no parameter {key!r}; its parameters: {shown}"
+            )
         _check_param_type(name, key, value, allowed[key], join(path, key))
     try:  # the registry's own check, in case it grows beyond names
         routing.validate(name, params)
@@ -316,7 +357,8 @@ def _cross_checks(sc: Scenario) -> None:
             "arrivals.pattern",
             f"'replay' replays the dataset's own timestamps, but workload.source = "
             f"{sc.workload.source!r} has none; use a source with timestamps "
-            f"({', '.join(REPLAY_SOURCES)}) or another pattern ({', '.join(p for p in PATTERNS if p != 'replay')})",
+            f"({', '.join(REPLAY_SOURCES)}) or another pattern "
+            f"({', '.join(p for p in PATTERNS if p != 'replay')})",
         )
     a = sc.arrivals
     if "replay" in patterns and any(r > 0 for r in _values(a.target_rate)) and any(
