@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,8 +108,20 @@ class NoHealthyBackend(RuntimeError):
     """Every backend is marked unhealthy: the request is rejected, not dropped."""
 
 
+#: ``scrape_source(index, now)`` -> the backend's latest scrape and its time, or None
+#: if the router already holds it.
+ScrapeSource = Callable[[int, float], "tuple[ScrapedMetrics, float] | None"]
+
+
 class Router:
-    """Dispatch bookkeeping around one ``Strategy`` for a fixed list of backends."""
+    """Dispatch bookkeeping around one ``Strategy`` for a fixed list of backends.
+
+    Scrapes arrive either pushed (``record_scrape``, the gateway's scraper task)
+    or pulled at decision time from a ``scrape_source`` (the simulator, which
+    computes what a scrape at the latest tick would have returned). Pulls happen
+    for every backend when the strategy reads scraped metrics, and otherwise only
+    for the chosen backend, whose values are recorded as decision features.
+    """
 
     def __init__(
         self,
@@ -118,6 +130,7 @@ class Router:
         *,
         block_size: int = 16,
         track_prefix: bool = True,
+        scrape_source: ScrapeSource | None = None,
     ) -> None:
         if not backends:
             raise ValueError("a router needs at least one backend")
@@ -131,6 +144,7 @@ class Router:
         self._track_prefix = track_prefix or strategy.needs_prefix_estimate
         self._prefix = [PrefixIndex(b.prefix_index_blocks) for b in backends]
         self._all_healthy = True
+        self._scrape_source = scrape_source
 
     # --- observations -------------------------------------------------------
     def record_scrape(self, index: int, metrics: ScrapedMetrics, scraped_at: float) -> None:
@@ -151,7 +165,11 @@ class Router:
             # Counting it twice would leave one copy in flight forever.
             raise ValueError(f"request {request.request_id} is already in flight")
         snaps = self.snapshots
+        source = self._scrape_source
         if self.strategy.needs_scrape:
+            if source is not None:
+                for i in range(len(snaps)):
+                    self._pull(source, i, now)
             for s, t in zip(snaps, self._scraped_at):
                 s.scrape_age_s = now - t if t == t else math.inf
         candidates = snaps if self._all_healthy else [s for s in snaps if s.healthy]
@@ -167,6 +185,8 @@ class Router:
             )
         chosen = candidates[pos]
         b = chosen.index
+        if source is not None and not self.strategy.needs_scrape:
+            self._pull(source, b, now)
         hit = (
             chosen.prefix_hit_tokens
             if self.strategy.needs_prefix_estimate
@@ -189,6 +209,11 @@ class Router:
         if self._track_prefix:
             self._prefix[b].add(request.block_hashes, request.num_shareable_blocks)
         return decision
+
+    def _pull(self, source: ScrapeSource, index: int, now: float) -> None:
+        got = source(index, now)
+        if got is not None:
+            self.record_scrape(index, got[0], got[1])
 
     def finish(self, outcome: Outcome) -> None:
         """Count a dispatched request out and let the strategy learn from it."""

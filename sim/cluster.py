@@ -296,6 +296,7 @@ class ClusterSim:
             strategy,
             [BackendSpec(b.name, b.group, b.engine.num_kv_blocks) for b in config.backends],
             block_size=trace.block_size,
+            scrape_source=self._scrape,
         )
         n = len(config.backends)
         self.drivers = [
@@ -365,7 +366,6 @@ class ClusterSim:
             turn=int(trace.turn[i]),
             num_shareable_blocks=shareable,
         )
-        self._refresh_scrapes(now)
         try:
             decision = self.router.dispatch(info, now)
         except NoHealthyBackend as exc:  # pragma: no cover - the simulator keeps all backends up
@@ -385,12 +385,13 @@ class ClusterSim:
             env.timeout(self.config.timeout_s).callbacks.append(
                 lambda _e, d=driver, r=rid: self._deadline(d, r))
 
-    def _refresh_scrapes(self, now: float) -> None:
-        router = self.router
-        for d in self.drivers:
-            tick = d.latest_tick(now)
-            if tick == tick and tick != router.last_scrape_time(d.index):
-                router.record_scrape(d.index, to_scraped(d.metrics_at_tick(tick)), tick)
+    def _scrape(self, index: int, now: float) -> tuple[ScrapedMetrics, float] | None:
+        """What the router's latest scrape of backend ``index`` returned (None: has it)."""
+        d = self.drivers[index]
+        tick = d.latest_tick(now)
+        if tick != tick or tick == self.router.last_scrape_time(index):
+            return None
+        return to_scraped(d.metrics_at_tick(tick)), tick
 
     def _deadline(self, driver: BackendDriver, rid: int) -> None:
         pending = self._pending.get(rid)

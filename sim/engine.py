@@ -31,6 +31,7 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass
+from itertools import repeat
 
 from sim.kv_cache import KVCache
 from sim.latency import LatencyModel
@@ -147,8 +148,10 @@ class Engine:
             # Lognormal with mean 1 and the given coefficient of variation.
             self._jitter_sigma = math.sqrt(math.log1p(jitter_cv * jitter_cv))
         self._max_tokens_total = config.num_kv_blocks * config.block_size
-        #: Published metrics: vLLM updates them after each step.
-        self.published = self._current_metrics()
+        #: Published metrics, as of the last completed step (vLLM updates them after
+        #: each step); kept as a tuple and turned into ``EngineMetrics`` on demand.
+        self._published_state = self._state()
+        self._published: EngineMetrics | None = None
 
     # --- requests -----------------------------------------------------------------
     def add_request(self, request: EngineRequest) -> None:
@@ -306,7 +309,7 @@ class Engine:
             factor = self._jitter()
             first *= factor
             delta *= factor
-        return Plan([(r, 1) for r in running], steps, first, delta, True, kv.num_used)
+        return Plan(list(zip(running, repeat(1))), steps, first, delta, True, kv.num_used)
 
     def _steps_kv_allows(self, steps: int) -> int:
         """Largest m <= steps such that m decode steps need at most the free blocks."""
@@ -359,7 +362,8 @@ class Engine:
             out = self._complete_run(plan, steps, start)
         else:
             out = self._complete_step(plan, start)
-        self.published = self._current_metrics()
+        self._published_state = self._state()
+        self._published = None
         return out
 
     def _complete_step(self, plan: Plan, start: float) -> StepOutput:
@@ -428,16 +432,18 @@ class Engine:
         del self.requests[req.id]
 
     # --- metrics --------------------------------------------------------------------
-    def _current_metrics(self) -> EngineMetrics:
-        return EngineMetrics(
-            running=len(self.running),
-            waiting=len(self.waiting),
-            kv_used_blocks=self.kv.num_used,
-            num_kv_blocks=self.config.num_kv_blocks,
-            prefix_queries=self.prefix_queries,
-            prefix_hits=self.prefix_hits,
-            preemptions=self.preemptions,
-        )
+    def _state(self) -> tuple:
+        return (len(self.running), len(self.waiting), self.kv.num_used, self.prefix_queries,
+                self.prefix_hits, self.preemptions)
+
+    @property
+    def published(self) -> EngineMetrics:
+        """What ``/metrics`` shows now: the state after the last completed step."""
+        m = self._published
+        if m is None:
+            r, w, used, pq, ph, pre = self._published_state
+            m = self._published = EngineMetrics(r, w, used, self.config.num_kv_blocks, pq, ph, pre)
+        return m
 
     def metrics_during(self, plan: Plan, elapsed: float) -> EngineMetrics:
         """Published metrics ``elapsed`` seconds into an uncompleted ``plan``.

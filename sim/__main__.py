@@ -1,0 +1,4 @@
+"""``python -m sim``: see ``sim.cli``."""
+from sim.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""``python -m sim SCENARIO.toml``: simulate every grid point x strategy x seed."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  python -m sim scenarios/burst.toml
+  python -m sim scenarios/heterogeneous.toml --seeds 0,1,2,3,4 --workers 2
+  python -m sim scenarios/poisson.toml --set arrivals.rate=[4,8,16] --out runs/rates
+  python -m sim scenarios/poisson.toml --out runs/rates --resume      # after Ctrl-C or a crash
+  python -m sim --list-profiles
+
+The run directory holds manifest.json, scenario.toml, one records Parquet file per
+(point, strategy, seed), failures/ and summary.json; `python -m results DIR` turns
+it into report.html with charts.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sim",
+        description="Simulate a fleet of vLLM replicas behind each routing strategy of a "
+                    "scenario, for every grid point and seed, and compare them.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("scenario", nargs="?", help="scenario TOML file (see scenarios/*.toml)")
+    p.add_argument("--out", metavar="DIR",
+                   help="run directory (default: runs/<name>-<time>-<hash>); with --resume, "
+                        "the run to continue")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: finished units are not redone (the "
+                        "scenario must be unchanged); without --out, the newest matching run "
+                        "under runs/")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="parallel worker processes (default: all cores)")
+    p.add_argument("--seeds", metavar="LIST",
+                   help="comma-separated seeds, replacing the scenario's (e.g. 0,1,2)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario key with a TOML value, e.g. arrivals.rate=[2,4] "
+                        "or router.timeout_s=30 (repeatable)")
+    p.add_argument("--mode", choices=("fast", "exact"),
+                   help="decode stepping: 'fast' jumps over unchanging decode batches in closed "
+                        "form, 'exact' simulates every step (same results, slower)")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run units on a Ray cluster: 'auto', an address, or 'local' (needs the "
+                        "[ray] extra)")
+    p.add_argument("--objective", default=None,
+                   help="metric to rank strategies by (default: request_goodput when the "
+                        "scenario has SLOs, else request_throughput)")
+    p.add_argument("--runs-dir", default="runs", metavar="DIR",
+                   help="where new run directories go (default: runs)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--list-profiles", action="store_true",
+                   help="list the shipped latency profiles and exit")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_profiles:
+        return _list_profiles()
+    if not args.scenario:
+        parser.error("a scenario file is required (or --list-profiles)")
+    try:
+        return _run(args)
+    except _UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+class _UserError(Exception):
+    pass
+
+
+def _list_profiles() -> int:
+    from sim.latency import load_profile, shipped_profiles
+
+    for name in shipped_profiles():
+        p = load_profile(name)
+        tag = " (provisional)" if p.provisional else ""
+        print(f"{name:24s} {p.hardware:18s} kv_blocks={p.engine.num_kv_blocks:<7d} {p.description}{tag}")
+    return 0
+
+
+def _load(args):
+    from scenarios import ScenarioError, expand_grid, load_scenario, parse_assignment
+
+    overrides: dict = {}
+    try:
+        for item in args.overrides:
+            key, value = parse_assignment(item)
+            overrides[key] = value
+    except (ScenarioError, ValueError) as exc:
+        raise _UserError(str(exc)) from None
+    if args.seeds:
+        try:
+            overrides["seeds"] = [int(s) for s in args.seeds.replace(" ", "").split(",") if s]
+        except ValueError:
+            raise _UserError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+    if args.mode:
+        overrides["router.mode"] = args.mode
+    try:
+        scenario = load_scenario(args.scenario, overrides or None)
+        points = expand_grid(scenario)
+    except ScenarioError as exc:
+        raise _UserError(str(exc)) from None
+    return scenario, points
+
+
+def _check_fleets(points) -> None:
+    from sim.fleet import FleetError, cluster_config
+
+    for p in points:
+        try:
+            cluster_config(p.scenario)
+        except FleetError as exc:
+            raise _UserError(f"{p.scenario.source_path or 'scenario'}: {exc}") from None
+
+
+def _open_run(args, scenario, points):
+    from results.rundir import RunDir
+    from sim.sweep import build_manifest, new_experiment_id, scenario_digest
+
+    digest = scenario_digest(scenario)
+    if args.resume:
+        path = Path(args.out) if args.out else _latest_run(Path(args.runs_dir), scenario.name, digest)
+        try:
+            run = RunDir.open(path)
+        except FileNotFoundError as exc:
+            raise _UserError(f"cannot resume: {exc}") from None
+        if run.manifest.get("scenario_sha256") != digest:
+            raise _UserError(
+                f"cannot resume {path}: the scenario (or --set/--seeds/--mode) differs from the "
+                "one that run started with; start a new run instead (drop --resume)")
+        return run, True
+    experiment_id = new_experiment_id(scenario, digest)
+    path = Path(args.out) if args.out else Path(args.runs_dir) / experiment_id
+    if (path / "manifest.json").exists():
+        raise _UserError(f"{path} already holds a run; use --resume to continue it, or another --out")
+    text = scenario.source_text if getattr(scenario, "source_text", None) else None
+    manifest = build_manifest(scenario, points, experiment_id, digest)
+    return RunDir.create(path, manifest, text), False
+
+
+def _latest_run(root: Path, name: str, digest: str) -> Path:
+    import json
+
+    candidates = []
+    for m in root.glob(f"{name}-*/manifest.json"):
+        try:
+            if json.loads(m.read_text()).get("scenario_sha256") == digest:
+                candidates.append(m.parent)
+        except (OSError, ValueError):
+            continue
+    if not candidates:
+        raise _UserError(f"no run of this scenario under {root}/ to resume; give --out DIR")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def _warm_workloads(points, seeds, quiet: bool) -> None:
+    """Load and tokenize each distinct workload once, here, before workers start.
+
+    The workload package caches the result on disk, so workers read it instead of
+    tokenizing in parallel; and a missing dataset fails now, before anything runs.
+    """
+    from workload import build_trace
+
+    seen = set()
+    for p in points:
+        sc = p.scenario
+        key = repr((asdict(sc.workload), asdict(sc.arrivals), sc.num_requests, sc.duration_s))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            build_trace(asdict(sc.workload), asdict(sc.arrivals), seed=int(seeds[0]),
+                        num_requests=sc.num_requests, duration_s=sc.duration_s, progress=not quiet)
+        except (OSError, ValueError, RuntimeError, ImportError) as exc:
+            raise _UserError(f"workload of point {p.point_id}: {exc}") from None
+
+
+def _run(args) -> int:
+    from tqdm import tqdm
+
+    from results.summary import format_table
+    from sim.sweep import run_sweep
+
+    scenario, points = _load(args)
+    _check_fleets(points)
+    seeds = list(scenario.seeds)
+    strategies = list(scenario.router.strategies)
+    run, resumed = _open_run(args, scenario, points)
+    total = len(points) * len(strategies) * len(seeds)
+    print(f"{scenario.name}: {len(points)} grid point(s) x {len(strategies)} strategies x "
+          f"{len(seeds)} seed(s) = {total} simulations -> {run.path}"
+          + (" (resuming)" if resumed else ""))
+    _warm_workloads(points, seeds, args.quiet)
+
+    started = time.perf_counter()
+    totals = {"requests": 0, "busy": 0.0, "sim": 0.0}
+    bar = tqdm(total=total, desc="simulating", unit="run", disable=args.quiet)
+
+    def on_outcome(o) -> None:
+        bar.update(1)
+        totals["requests"] += o.num_requests
+        totals["busy"] += o.wall_s
+        totals["sim"] += o.sim_time_s
+        if o.error:
+            bar.write(f"FAILED {o.unit.key}: {o.error.strip().splitlines()[-1]}")
+
+    result = None
+    try:
+        from sim.sweep import plan_tasks
+
+        _, already = plan_tasks(run, points, seeds, strategies)
+        bar.update(already)
+        result = run_sweep(run, points, seeds, strategies, workers=args.workers,
+                           ray_address=args.ray, on_outcome=on_outcome, objective=args.objective)
+    finally:
+        bar.close()
+    wall = time.perf_counter() - started
+    if result.summary is not None:
+        print()
+        print(format_table(result.summary))
+    if totals["busy"] > 0:
+        print(f"\nsimulated {totals['requests']:,} requests in {wall:.1f} s wall "
+              f"({totals['requests'] / totals['busy']:,.0f} requests per busy worker-second, "
+              f"{totals['sim'] / totals['busy']:,.0f}x real time per worker)")
+    if result.skipped:
+        print(f"{result.skipped} unit(s) were already done and not rerun")
+    resume_hint = f"python -m sim {args.scenario} --out {run.path} --resume"
+    if result.failures:
+        print(f"\n{len(result.failures)} unit(s) failed; errors in {run.path / 'failures'}. "
+              f"After fixing the cause: {resume_hint}", file=sys.stderr)
+    if result.interrupted:
+        print(f"\ninterrupted; finished units are kept. Continue with: {resume_hint}", file=sys.stderr)
+        return 130
+    print(f"\nrun directory: {run.path}\nreport:        python -m results {run.path}")
+    return 1 if result.failures else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

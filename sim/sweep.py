@@ -1,0 +1,294 @@
+"""Sweeps: every grid point x strategy x seed of a scenario, in parallel, resumable.
+
+The unit of work and of resumption is one (grid point, strategy, seed): it is done
+exactly when its record file exists in the run directory (written atomically).
+Work is handed out per (grid point, seed) so a worker builds that trace once and
+runs every strategy on the same requests and arrivals (common random numbers make
+strategy comparisons sharper). A unit that raises is recorded in ``failures/`` and
+the sweep goes on; Ctrl-C or a killed worker leaves finished units in place for
+``--resume``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import routing
+from results.metrics import UnitMetrics, unit_metrics
+from results.records import read_records
+from results.rundir import RunDir, Unit
+from results.summary import RunSummary, build_summary
+from sim.cluster import RunLabels, simulate
+from sim.fleet import cluster_config, fleet_manifest
+
+#: Bump when the manifest's meaning changes.
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class Task:
+    """One (grid point, seed) and the strategies still to run on it."""
+
+    point: Any  # scenarios.GridPoint
+    seed: int
+    strategies: list[Any]  # scenarios.StrategySpec
+
+
+@dataclass
+class UnitOutcome:
+    unit: Unit
+    metrics: dict[str, Any] | None = None
+    error: str | None = None
+    wall_s: float = 0.0
+    num_requests: int = 0
+    sim_time_s: float = 0.0
+
+
+@dataclass
+class SweepResult:
+    run: RunDir
+    summary: RunSummary | None
+    outcomes: list[UnitOutcome] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+    skipped: int = 0
+
+
+# --- building a run ---------------------------------------------------------------------
+def scenario_digest(scenario) -> str:
+    """What makes two runs the same experiment: the resolved scenario, not file bytes."""
+    def default(o: Any) -> Any:
+        return str(o)
+
+    resolved = {k: v for k, v in asdict(scenario).items() if k not in ("source_path", "source_text")}
+    text = json.dumps(resolved, sort_keys=True, default=default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def new_experiment_id(scenario, digest: str, now: datetime | None = None) -> str:
+    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
+    return f"{scenario.name}-{stamp}-{digest[:6]}"
+
+
+def build_manifest(scenario, points, experiment_id: str, digest: str, *, mode: str = "sim") -> dict[str, Any]:
+    slo = {k: v for k, v in asdict(scenario.slo).items() if v is not None}
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "experiment_id": experiment_id,
+        "mode": mode,
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "scenario_path": str(scenario.source_path) if scenario.source_path else None,
+        "scenario_sha256": digest,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seeds": list(scenario.seeds),
+        "strategies": [{"label": s.label, "name": s.name, "params": dict(s.params)}
+                       for s in scenario.router.strategies],
+        "points": [{"point_id": p.point_id, "label": p.label, "axes": dict(p.axes),
+                    "backends": fleet_manifest(cluster_config(p.scenario))} for p in points],
+        "slo": slo,
+        "duration_s": scenario.duration_s,
+        "num_requests": scenario.num_requests,
+        "sim": {"mode": scenario.router.mode},
+    }
+
+
+def plan_tasks(run: RunDir, points, seeds: Sequence[int], strategies) -> tuple[list[Task], int]:
+    """Tasks for the units not yet done, and how many units were already done."""
+    tasks, done = [], 0
+    for p in points:
+        for seed in seeds:
+            todo = [s for s in strategies if not run.is_done(Unit(p.point_id, s.label, int(seed)))]
+            done += len(strategies) - len(todo)
+            if todo:
+                tasks.append(Task(p, int(seed), todo))
+    return tasks, done
+
+
+# --- running one task (in a worker process) --------------------------------------------------
+_TRACES: dict[str, Any] = {}
+
+
+def _trace_for(point, seed: int):
+    """The trace of a (point, seed), built once per worker (two kept)."""
+    from workload import build_trace
+
+    sc = point.scenario
+    key = json.dumps([asdict(sc.workload), asdict(sc.arrivals), seed, sc.num_requests,
+                      sc.duration_s], sort_keys=True, default=str)
+    trace = _TRACES.get(key)
+    if trace is None:
+        trace = build_trace(asdict(sc.workload), asdict(sc.arrivals), seed=seed,
+                            num_requests=sc.num_requests, duration_s=sc.duration_s)
+        if len(_TRACES) >= 2:
+            _TRACES.pop(next(iter(_TRACES)))
+        _TRACES[key] = trace
+    return trace
+
+
+def run_task(run_path: str, experiment_id: str, task: Task) -> list[UnitOutcome]:
+    """Simulate every strategy of ``task``, writing each unit's records as it finishes."""
+    run = RunDir(run_path)
+    sc = task.point.scenario
+    outcomes = []
+    try:
+        trace = _trace_for(task.point, task.seed)
+        config = cluster_config(sc)
+    except Exception:  # noqa: BLE001 - reported per unit, the sweep goes on
+        err = traceback.format_exc()
+        for s in task.strategies:
+            unit = Unit(task.point.point_id, s.label, task.seed)
+            run.record_failure(unit, err)
+            outcomes.append(UnitOutcome(unit, error=err))
+        return outcomes
+    names = [b.name for b in config.backends]
+    slo = {k: v for k, v in asdict(sc.slo).items() if v is not None}
+    for s in task.strategies:
+        unit = Unit(task.point.point_id, s.label, task.seed)
+        t0 = time.perf_counter()
+        try:
+            strategy = routing.build(s.name, seed=task.seed, **s.params)
+            labels = RunLabels(experiment_id, unit.point_id, unit.strategy, unit.seed)
+            result = simulate(trace, strategy, config, labels=labels, seed=task.seed)
+            run.write_unit(unit, result.records)
+            metrics = unit_metrics(result.records, slo, backend_names=names)
+            outcomes.append(UnitOutcome(unit, metrics.to_dict(), wall_s=time.perf_counter() - t0,
+                                        num_requests=len(result.records),
+                                        sim_time_s=result.end_time))
+        except Exception:  # noqa: BLE001
+            err = traceback.format_exc()
+            run.record_failure(unit, err)
+            outcomes.append(UnitOutcome(unit, error=err, wall_s=time.perf_counter() - t0))
+    return outcomes
+
+
+# --- the sweep ----------------------------------------------------------------------------------
+def _metrics_from_disk(run: RunDir, unit: Unit, slo: dict, names: list[str]) -> UnitMetrics:
+    return unit_metrics(read_records(run.unit_path(unit)), slo, backend_names=names)
+
+
+def _executor(workers: int):
+    import multiprocessing as mp
+
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
+
+
+def run_sweep(
+    run: RunDir,
+    points,
+    seeds: Sequence[int],
+    strategies,
+    *,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    on_outcome: Callable[[UnitOutcome], None] | None = None,
+    objective: str | None = None,
+) -> SweepResult:
+    """Run the units not yet done; summarise every unit of the run."""
+    manifest = run.manifest
+    tasks, skipped = plan_tasks(run, points, seeds, strategies)
+    experiment_id = manifest["experiment_id"]
+    outcomes: list[UnitOutcome] = []
+    interrupted = False
+
+    def collect(batch: Iterable[UnitOutcome]) -> None:
+        for o in batch:
+            outcomes.append(o)
+            if on_outcome is not None:
+                on_outcome(o)
+
+    workers = workers or os.cpu_count() or 1
+    try:
+        if ray_address is not None:
+            _run_on_ray(ray_address, str(run.path), experiment_id, tasks, collect)
+        elif workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                collect(run_task(str(run.path), experiment_id, task))
+        else:
+            _run_in_processes(min(workers, len(tasks)), str(run.path), experiment_id, tasks, collect)
+    except KeyboardInterrupt:
+        interrupted = True
+    except BrokenProcessPool as exc:
+        interrupted = True
+        for task in tasks:
+            for s in task.strategies:
+                unit = Unit(task.point.point_id, s.label, task.seed)
+                if not run.is_done(unit) and all(o.unit != unit for o in outcomes):
+                    run.record_failure(unit, f"a worker process died: {exc}")
+    summary = summarize(run, points, objective=objective, fresh=outcomes)
+    return SweepResult(run, summary, outcomes, run.failures(), interrupted, skipped)
+
+
+def _run_in_processes(workers: int, run_path: str, experiment_id: str, tasks: list[Task], collect) -> None:
+    pool = _executor(workers)
+    try:
+        pending = {pool.submit(run_task, run_path, experiment_id, t) for t in tasks}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                collect(fut.result())
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _run_on_ray(address: str, run_path: str, experiment_id: str, tasks: list[Task], collect) -> None:
+    """Distribute tasks over a Ray cluster (``auto``, an address, or ``local``)."""
+    try:
+        import ray
+    except ImportError:
+        raise SystemExit("--ray needs Ray: pip install 'vllm-routing-lab[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        if address == "local":
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    remote = ray.remote(run_task)
+    try:
+        refs = [remote.remote(run_path, experiment_id, t) for t in tasks]
+        while refs:
+            ready, refs = ray.wait(refs, num_returns=1)
+            for r in ready:
+                collect(ray.get(r))
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def summarize(run: RunDir, points=None, *, objective: str | None = None,
+              fresh: Sequence[UnitOutcome] = ()) -> RunSummary | None:
+    """The run's summary over every finished unit; writes ``summary.json``."""
+    manifest = run.manifest
+    slo = manifest.get("slo") or {}
+    names = {p["point_id"]: [b["name"] for b in p["backends"]] for p in manifest["points"]}
+    known = {o.unit: o.metrics for o in fresh if o.metrics is not None}
+    units = {run.unit_path(u): u for u in (
+        Unit(p["point_id"], s["label"], int(seed))
+        for p in manifest["points"] for s in manifest["strategies"] for seed in manifest["seeds"])}
+    results = []
+    for path in run.record_files():
+        unit = units.get(path)
+        if unit is None:
+            continue  # a file this manifest does not list (left by hand): ignored
+        m = known.get(unit)
+        metrics = (UnitMetrics(m["metrics"], m["backends"]) if m is not None
+                   else _metrics_from_disk(run, unit, slo, names.get(unit.point_id, [])))
+        results.append((unit, metrics))
+    if not results:
+        return None
+    summary = build_summary(manifest, results, objective)
+    run.write_summary(summary.to_json())
+    return summary
