@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from results.stats import rank_agreement, ranking_of
-from results.summary import RunSummary, format_value
+from results.summary import RunSummary, format_value, json_rows, text_table
 
 DEFAULT_METRICS = (
     "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "median_e2el_ms",
@@ -68,7 +68,7 @@ def format_comparison(c: Comparison, name_a: str = "A", name_b: str = "B") -> st
     for r in c.metrics.itertuples(index=False):
         rel = f"{r.rel_diff:+.1%}" if math.isfinite(r.rel_diff) else "-"
         body.append([r.point_id, r.strategy, r.metric, format_value(r.a), format_value(r.b), rel])
-    lines += _table(header, body)
+    lines += text_table(header, body)
     lines.append("")
     if c.agreement.empty:
         lines.append("no grid point in common: no rank agreement")
@@ -76,7 +76,7 @@ def format_comparison(c: Comparison, name_a: str = "A", name_b: str = "B") -> st
         body = [[r.point_id, str(r.n), "-" if not math.isfinite(r.tau) else f"{r.tau:+.3f}",
                  "yes" if r.top1 else "no", r.best_a, r.best_b] for r in c.agreement.itertuples(index=False)]
         lines.append(f"rank agreement by {c.agreement['objective'].iloc[0]} (Kendall tau-b, top-1):")
-        lines += _table(["point", "strategies", "tau-b", "top-1", "best in A", "best in B"], body)
+        lines += text_table(["point", "strategies", "tau-b", "top-1", "best in A", "best in B"], body)
     for name, only in (("A", c.only_a), ("B", c.only_b)):
         if only:
             lines.append(f"only in {name}: {', '.join(only)}")
@@ -84,17 +84,5 @@ def format_comparison(c: Comparison, name_a: str = "A", name_b: str = "B") -> st
 
 
 def to_json(c: Comparison) -> dict[str, Any]:
-    def rows(df: pd.DataFrame) -> list[dict[str, Any]]:
-        return [{k: (None if isinstance(v, float) and not math.isfinite(v) else
-                     v.item() if hasattr(v, "item") else v) for k, v in r.items()}
-                for r in df.to_dict("records")]
-
-    return {"metrics": rows(c.metrics), "agreement": rows(c.agreement),
+    return {"metrics": json_rows(c.metrics), "agreement": json_rows(c.agreement),
             "only_a": c.only_a, "only_b": c.only_b}
-
-
-def _table(header: list[str], body: list[list[str]]) -> list[str]:
-    widths = [max(len(h), *(len(str(r[i])) for r in body)) if body else len(h)
-              for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in body]

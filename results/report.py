@@ -13,6 +13,7 @@ as a table (a flat object) or as formatted JSON.
 """
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
@@ -259,9 +260,6 @@ def render_html(
     chart_dir: str | None = "charts",
 ) -> str:
     """The report page (a pure function of its inputs, apart from the vl-convert bundle)."""
-    import vl_convert as vlc
-    from altair.utils._importers import vl_version_for_vl_convert
-
     m = summary.manifest
     title = f"Routing report: {m.get('experiment_id') or run.path.name}"
     body = [f"<h1>{_e(title)}</h1>", _meta_html(summary, run)]
@@ -276,7 +274,7 @@ def render_html(
              _scenario_html(run), _environment_html(summary, run)]
     for i, s in enumerate(sections):
         body.append(f'<h2 id="extra-{i}">{_e(s.title)}</h2>\n{s.html}')
-    bundle = vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())
+    bundle = _vega_bundle()
     spec_tags = "\n".join(
         f'<script type="application/json" id="spec-{_e(name)}">{_json_script(spec)}</script>'
         for name, spec in specs.items())
@@ -307,6 +305,15 @@ for (const name of {names}) {{
 </script>
 </body></html>
 """
+
+
+@functools.lru_cache(maxsize=1)
+def _vega_bundle() -> str:
+    """Vega + Vega-Lite + vega-embed as one script, matching altair's Vega-Lite version."""
+    import vl_convert as vlc
+    from altair.utils._importers import vl_version_for_vl_convert
+
+    return vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())
 
 
 def _meta_html(s: RunSummary, run: RunDir) -> str:

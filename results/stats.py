@@ -33,10 +33,14 @@ FALLBACK_OBJECTIVE = "request_throughput"
 
 
 def t_quantile(df: int, level: float = 0.95) -> float:
-    """Two-sided Student-t critical value (``scipy.stats.t.ppf``)."""
-    from scipy.stats import t  # imported lazily: scipy is slow to import
+    """Two-sided Student-t critical value: ``t.ppf(0.5 + level / 2, df)``.
 
-    return float(t.ppf(0.5 + level / 2, df))
+    ``scipy.special.stdtrit`` is the same inverse CDF as ``scipy.stats.t.ppf``
+    without importing ``scipy.stats`` (about 1 s, paid by every simulator run).
+    """
+    from scipy.special import stdtrit
+
+    return float(stdtrit(df, 0.5 + level / 2))
 
 
 def confidence_interval(values: Sequence[float], level: float = 0.95) -> dict[str, float]:

@@ -44,9 +44,7 @@ class RunSummary:
 
     def to_json(self) -> dict[str, Any]:
         """The ``summary.json`` document (NaN written as null)."""
-        def rows(df: pd.DataFrame) -> list[dict[str, Any]]:
-            return [{k: _clean(v) for k, v in r.items()} for r in df.to_dict("records")]
-
+        rows = json_rows
         return {
             "summary_version": SUMMARY_VERSION,
             "experiment_id": self.manifest.get("experiment_id"),
@@ -154,6 +152,11 @@ def _manifest_order(units: pd.DataFrame, manifest: dict[str, Any]) -> pd.DataFra
     return units.drop(columns=["_p", "_s"]).reset_index(drop=True)
 
 
+def json_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """DataFrame rows as JSON-ready dicts: numpy scalars unwrapped, NaN as None."""
+    return [{k: _clean(v) for k, v in r.items()} for r in df.to_dict("records")]
+
+
 def _clean(v: Any) -> Any:
     if hasattr(v, "item"):
         v = v.item()
@@ -202,13 +205,22 @@ def format_table(summary: RunSummary) -> str:
             a = agg.loc[(point, strategy, metric)]
             row.append(format_value(a["mean"], a["ci_low"], a["ci_high"]))
         lines.append(row)
-    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(header)]
-    fmt = lambda cells: "  ".join(  # noqa: E731
-        c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    out = [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in lines]
+    out = text_table(header, lines, left=2)
     seeds = summary.seeds
     note = (f"mean ±half-width of the 95% t-interval over {seeds} seeds" if seeds > 1
             else "one seed: no confidence intervals")
     out.append(f"ranked by {summary.objective} per point; '=' marks a tie with the best "
                f"(overlapping intervals); {note}")
     return "\n".join(out)
+
+
+def text_table(header: list[str], rows: list[list[str]], left: int | None = None) -> list[str]:
+    """Aligned plain-text lines; the first ``left`` columns left-aligned (all when None)."""
+    left = len(header) if left is None else left
+    widths = [max([len(h)] + [len(str(r[i])) for r in rows]) for i, h in enumerate(header)]
+
+    def fmt(cells: list[str]) -> str:
+        return "  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from results.stats import (
-    aggregate, confidence_interval, kendall_tau_b, rank_agreement, rank_strategies,
+    aggregate, confidence_interval, kendall_tau_b, rank_agreement, rank_strategies, t_quantile,
 )
 
 T_975_DF2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (tables)
@@ -23,6 +23,14 @@ def test_interval_by_hand():
     assert ci["n"] == 3 and ci["mean"] == 2 and ci["std"] == pytest.approx(1.0)
     assert ci["ci_low"] == pytest.approx(2 - T_975_DF2 / math.sqrt(3))
     assert ci["ci_high"] == pytest.approx(2 + T_975_DF2 / math.sqrt(3))
+
+
+@pytest.mark.parametrize("df", [1, 2, 5, 30, 1000])
+def test_t_quantile_is_scipys(df):
+    from scipy.stats import t
+
+    assert t_quantile(df) == pytest.approx(t.ppf(0.975, df), rel=1e-12)
+    assert t_quantile(df, 0.9) == pytest.approx(t.ppf(0.95, df), rel=1e-12)
 
 
 def test_one_seed_has_no_interval_and_nans_are_left_out():
