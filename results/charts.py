@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from results.metrics import METRICS, inflight_series
+from results.summary import point_label
 
 WIDTH, HEIGHT = 340, 220
 #: Charts of latency / goodput against offered load: (file name, metric, title).
@@ -48,14 +49,6 @@ def rate_axis(manifest: dict[str, Any]) -> str | None:
             if a.lower().replace("-", "_").split(".")[-1].endswith(suffix):
                 return a
     return None
-
-
-def point_label(point: dict[str, Any]) -> str:
-    """A readable name for a grid point: its label, else its axes, else its id."""
-    pid = str(point["point_id"])
-    axes = ", ".join(f"{k}={v}" for k, v in (point.get("axes") or {}).items())
-    label = str(point.get("label") or "")
-    return label if label and label != pid else axes or pid
 
 
 def point_table(manifest: dict[str, Any], agg: pd.DataFrame) -> pd.DataFrame:

@@ -83,6 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NotARunDirectory, RecordSchemaError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.stderr.close()
+        return 0
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ from results import charts
 from results.metrics import METRICS, parse_slo
 from results.rundir import RunDir, Unit
 from results.summary import (
-    TABLE_COLUMNS, RunSummary, format_value, point_backends, summarize_run,
+    TABLE_COLUMNS, RunSummary, format_value, point_backends, point_label, summarize_run,
 )
 
 VALIDATION_DIR = "validation"
@@ -465,7 +465,7 @@ def _environment_html(s: RunSummary, run: RunDir) -> str:
 
 
 def _point_labels(s: RunSummary) -> dict[str, str]:
-    return {str(p["point_id"]): charts.point_label(p) for p in s.manifest.get("points") or []}
+    return {str(p["point_id"]): point_label(p) for p in s.manifest.get("points") or []}
 
 
 def _json_html(doc: Any) -> str:

@@ -56,6 +56,14 @@ class RunSummary:
         }
 
 
+def point_label(point: dict[str, Any]) -> str:
+    """A readable name for a grid point: its label, else its axes, else its id."""
+    pid = str(point["point_id"])
+    axes = ", ".join(f"{k}={v}" for k, v in (point.get("axes") or {}).items())
+    label = str(point.get("label") or "")
+    return label if label and label != pid else axes or pid
+
+
 def point_backends(manifest: dict[str, Any]) -> dict[str, list[str]]:
     """Backend names per grid point, from the manifest (empty if it lists none)."""
     out = {}
@@ -194,13 +202,14 @@ def format_table(summary: RunSummary) -> str:
     """The per point x strategy table printed after a run (CIs when several seeds)."""
     agg = summary.aggregate.set_index(["point_id", "strategy", "metric"])
     rank = {(r.point_id, r.strategy): r for r in summary.ranking.itertuples(index=False)}
+    labels = {str(p["point_id"]): point_label(p) for p in summary.manifest.get("points") or []}
     header = ["point", "strategy", "rank"] + [label for _, label in TABLE_COLUMNS]
     lines = []
     keys = summary.units[["point_id", "strategy"]].drop_duplicates().itertuples(index=False)
     for point, strategy in keys:
         r = rank.get((point, strategy))
         mark = "" if r is None else f"{r.rank}{'=' if r.tied_with_best and r.rank > 1 else ''}"
-        row = [str(point), str(strategy), mark]
+        row = [labels.get(point, str(point)), str(strategy), mark]
         for metric, _ in TABLE_COLUMNS:
             a = agg.loc[(point, strategy, metric)]
             row.append(format_value(a["mean"], a["ci_low"], a["ci_high"]))

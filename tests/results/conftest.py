@@ -5,11 +5,12 @@ file per unit) from a tiny queueing model: requests arrive as a Poisson process,
 a strategy picks one of three backends, and latency grows with the backend's
 in-flight count. It exercises every status (ok, error, timeout, rejected,
 unfinished) and can add a strategy whose requests all fail. It is test data, not
-a simulator; the lead swaps the report fixture for a real ``python -m sim`` run.
+a simulator; the browser test also opens the report of a real ``python -m sim`` run.
 """
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -120,8 +121,28 @@ def make_run(tmp_path):
     return make
 
 
-@pytest.fixture(scope="session")
-def report_run_dir(tmp_path_factory) -> Path:
-    """The run whose report the browser test opens. Swap for a real simulator run here."""
-    return write_run(tmp_path_factory.mktemp("report") / "synthetic",
+def simulator_run(path: Path) -> Path:
+    """A small real run: ``python -m sim`` on the shipped Poisson scenario (about 4 s)."""
+    from sim.cli import main as sim_main
+
+    args = ["scenarios/poisson.toml", "--set", "num_requests=200", "--set", "arrivals.rate=[4,12]",
+            "--seeds", "0,1", "--workers", "1", "--out", str(path), "--quiet"]
+    root = Path(__file__).resolve().parents[2]
+    cwd = Path.cwd()
+    try:
+        os.chdir(root)
+        assert sim_main(args) == 0
+    finally:
+        os.chdir(cwd)
+    return path
+
+
+@pytest.fixture(scope="session", params=["simulator", "synthetic-edge-cases"])
+def report_run_dir(request, tmp_path_factory) -> Path:
+    """The runs whose reports the browser test opens: a real simulator run, and
+    synthetic records with every status and a strategy that never succeeds."""
+    folder = tmp_path_factory.mktemp("report")
+    if request.param == "simulator":
+        return simulator_run(folder / "sim")
+    return write_run(folder / "synthetic",
                      strategies=("round_robin", "random", "least_load", "always_fail"))

@@ -22,13 +22,19 @@ def run_cli(*args):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_help_on_every_command():
+def test_help_on_every_command(capsys):
     for args in ([], ["report"], ["compare"]):
-        res = run_cli(*args, "--help")
-        assert res.returncode == 0, res.stderr
-        assert res.stdout.startswith("usage: python -m results")
-    assert "--objective" in run_cli("report", "--help").stdout
-    assert "--json" in run_cli("compare", "--help").stdout
+        with pytest.raises(SystemExit) as exit_:
+            main([*args, "--help"])
+        assert exit_.value.code == 0
+        assert capsys.readouterr().out.startswith("usage: python -m results")
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    assert "--objective" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    assert "--json" in capsys.readouterr().out
+    assert run_cli("--help").returncode == 0  # and as a module
 
 
 @pytest.mark.parametrize("case", ["missing", "not_a_run", "no_records", "wrong_version", "not_parquet"])
