@@ -111,7 +111,7 @@ def summarize_run(
     manifest = run.manifest
     files = run.record_files()
     if not files:
-        raise read_records_error(run)
+        raise _no_records_error(run)
     slo = manifest.get("slo") or {}
     names = point_backends(manifest)
     results = []
@@ -127,7 +127,7 @@ def summarize_run(
     return summary
 
 
-def read_records_error(run: RunDir) -> Exception:
+def _no_records_error(run: RunDir) -> Exception:
     from results.records import RecordSchemaError
 
     return RecordSchemaError(
