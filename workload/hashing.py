@@ -27,17 +27,17 @@ def block_hash_chain(
         raise ValueError(f"block_size must be positive, got {block_size}")
     tokens = np.asarray(token_ids, dtype=np.int64)
     n_full = len(tokens) // block_size
-    out = np.empty(n_full, dtype=np.uint64)
     raw = tokens[: n_full * block_size].astype("<i8").tobytes()
     step = block_size * 8
-    h = int(parent)
-    for i in range(n_full):
-        digest = hashlib.blake2b(
-            h.to_bytes(8, "little") + raw[i * step : (i + 1) * step], digest_size=8
-        ).digest()
-        h = int.from_bytes(digest, "little")
-        out[i] = h
-    return out
+    # Each block hashes (parent hash as 8 little-endian bytes) + its token ids as
+    # little-endian int64; the 8-byte digest, read little-endian, is its hash.
+    # Keeping the digests as bytes avoids int conversions in the loop.
+    h = int(parent).to_bytes(8, "little")
+    digests = []
+    for start in range(0, n_full * step, step):
+        h = hashlib.blake2b(h + raw[start : start + step], digest_size=8).digest()
+        digests.append(h)
+    return np.frombuffer(b"".join(digests), dtype="<u8").astype(np.uint64)
 
 
 def extend_chain(
@@ -50,3 +50,60 @@ def extend_chain(
     """
     parent = int(chain[-1]) if len(chain) else ROOT_HASH
     return np.concatenate([chain, block_hash_chain(token_ids, block_size, parent)])
+
+
+def continue_chain(
+    chain: np.ndarray, token_ids: Sequence[int] | np.ndarray, block_size: int = 16
+) -> np.ndarray:
+    """Hashes of every full block of ``token_ids`` when ``chain`` already covers its first blocks.
+
+    ``chain`` must be the chain of ``token_ids[: len(chain) * block_size]`` (for
+    instance the previous turn's prompt, which is a prefix of this one). Only the
+    new blocks are hashed, so growing a conversation turn by turn costs time in
+    proportion to its new tokens, not to its whole length.
+    """
+    chain = np.asarray(chain, dtype=np.uint64)
+    tokens = np.asarray(token_ids, dtype=np.int64)
+    if len(chain) * block_size > len(tokens):
+        raise ValueError(
+            f"chain has {len(chain)} blocks but token_ids has only {len(tokens)} tokens "
+            f"(block_size {block_size})"
+        )
+    parent = int(chain[-1]) if len(chain) else ROOT_HASH
+    tail = block_hash_chain(tokens[len(chain) * block_size :], block_size, parent)
+    return np.concatenate([chain, tail])
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def mix64(values: np.ndarray | int, salt: int = 0) -> np.ndarray:
+    """SplitMix64 finaliser, vectorised: a fast bijective scramble of 64-bit values.
+
+    Used where many pseudo-random numbers must be a pure function of a key
+    (token ids derived from a block hash, re-salting hashes of a repeated pass),
+    without a stateful generator. ``salt`` selects an independent permutation.
+    """
+    x = np.asarray(values).astype(np.uint64, copy=True)
+    with np.errstate(over="ignore"):
+        x += _GOLDEN * np.uint64((salt + 1) & 0xFFFFFFFFFFFFFFFF)
+        x ^= x >> np.uint64(30)
+        x *= _MIX1
+        x ^= x >> np.uint64(27)
+        x *= _MIX2
+        x ^= x >> np.uint64(31)
+    return x
+
+
+def keyed_stream(key: int, length: int, salt: int = 0) -> np.ndarray:
+    """``length`` pseudo-random ``uint64`` values that are a pure function of ``(key, salt)``.
+
+    Counter-based, so any request's synthetic tokens can be regenerated from its
+    key alone, in any order, with no generator state to carry around.
+    """
+    base = mix64(np.uint64(int(key) & 0xFFFFFFFFFFFFFFFF), salt)
+    with np.errstate(over="ignore"):
+        counter = base + np.arange(length, dtype=np.uint64)
+    return mix64(counter, salt)

@@ -1,0 +1,6 @@
+"""``python -m workload``: see ``workload.cli``."""
+import sys
+
+from workload.cli import main
+
+sys.exit(main())

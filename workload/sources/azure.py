@@ -1,0 +1,77 @@
+"""The Azure LLM inference trace (``TIMESTAMP,ContextTokens,GeneratedTokens``).
+
+Azure Public Dataset, from "Splitwise: Efficient Generative LLM Inference Using
+Phase Splitting" (Patel et al., ISCA 2024), CC-BY-4.0. A copy of the conversation
+trace ships in ``workload/data``. The trace has no text, so each request gets
+token ids generated from its row number alone: every request has its own block
+hash chain (no prefix sharing, as nothing in the trace says what is shared).
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workload.config import Filters
+from workload.hashing import block_hash_chain, keyed_stream
+from workload.pool import PoolBuilder, RequestPool
+
+COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+PACKAGED_FILE = "azure_llm_inference_conv_2023.csv.gz"
+TOKEN_SPACE = 100_000  # synthetic token ids are drawn from [0, TOKEN_SPACE)
+_TOKEN_SALT = 0xA2E
+
+
+def packaged_trace_path() -> Path:
+    return Path(str(resources.files("workload").joinpath("data", PACKAGED_FILE)))
+
+
+def azure_path(path: str) -> Path:
+    p = Path(path).expanduser() if path else packaged_trace_path()
+    if not p.is_file():
+        raise FileNotFoundError(f"[workload].path: Azure trace CSV {str(p)!r} does not exist")
+    return p
+
+
+def synthetic_token_ids(row: int, length: int) -> np.ndarray:
+    """Deterministic token ids for trace row ``row`` (a pure function of row and position)."""
+    return (keyed_stream(row, length, _TOKEN_SALT) % np.uint64(TOKEN_SPACE)).astype(np.int64)
+
+
+def read_trace(path: Path) -> dict[str, np.ndarray]:
+    import pandas as pd
+
+    df = pd.read_csv(path)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column(s) {', '.join(missing)}; an Azure LLM inference trace has "
+            f"{', '.join(COLUMNS)} (found {', '.join(map(str, df.columns))})"
+        )
+    try:  # naive timestamps are UTC
+        stamps = pd.to_datetime(df["TIMESTAMP"], utc=True)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: column TIMESTAMP is not a date-time column ({exc})") from exc
+    epoch = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    return {
+        "timestamp_s": epoch.to_numpy(dtype=np.float64),
+        "input_len": df["ContextTokens"].to_numpy(dtype=np.int64),
+        "output_len": df["GeneratedTokens"].to_numpy(dtype=np.int64),
+    }
+
+
+def azure_pool(path: Path, block_size: int, filters: Filters, meta: dict[str, Any]) -> RequestPool:
+    cols = read_trace(path)
+    builder = PoolBuilder(block_size)
+    dropped = 0
+    for row, (inp, out, ts) in enumerate(
+        zip(cols["input_len"], cols["output_len"], cols["timestamp_s"])
+    ):
+        if not filters.keep_lengths(int(inp), int(out)):
+            dropped += 1
+            continue
+        chain = block_hash_chain(synthetic_token_ids(row, int(inp)), block_size)
+        builder.add_conversation(f"azure-{row}", [(0, int(inp), int(out), float(ts))], chain)
+    return builder.build({**meta, "rows": len(cols["input_len"]), "rows_filtered_length": dropped})
