@@ -1,0 +1,6 @@
+"""``python -m predictors``: see ``predictors.cli``."""
+import sys
+
+from predictors.cli import main
+
+sys.exit(main())
