@@ -1,0 +1,121 @@
+"""``python -m live.emulator``: serve one emulated vLLM replica on loopback.
+
+A STAND-IN for a real vLLM where none runs; the real path is ``python -m
+calibrate serve`` (a real vLLM-CPU). Prints ``READY <url>`` on stdout once its
+socket listens (``--port 0`` picks a free port), then serves until SIGINT/SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from live.asgi import bind_socket, serve
+from live.emulator.faults import Faults
+from live.emulator.server import DEFAULT_MAX_BODY_BYTES, EmulatorApp
+from sim.engine import EngineConfig
+from sim.latency import ProfileError, load_profile, shipped_profiles
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m live.emulator",
+        description=(
+            "A vLLM-compatible server that runs the simulator's engine model on the wall clock. "
+            "It is a STAND-IN for a real vLLM (tests, CI, quick experiments): tokens are filler "
+            "text streamed at the modelled step times, and /metrics exports vLLM 0.33's metric "
+            "names. For a real engine use `python -m calibrate serve` (vLLM-CPU)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--profile", required=True,
+                   help=f"latency profile: a shipped name ({', '.join(shipped_profiles())}) or a "
+                        "path to a profile .json")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (loopback by default; 0.0.0.0 exposes it to the network)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one")
+    p.add_argument("--model", default=None,
+                   help="model id served on /v1/models and expected in requests "
+                        "(default: the profile name)")
+    p.add_argument("--max-model-len", type=int, default=0,
+                   help="longest prompt + output accepted, as vLLM's --max-model-len "
+                        "(0: the KV cache's capacity in tokens)")
+    p.add_argument("--num-kv-blocks", type=int, default=0,
+                   help="KV cache blocks (0: the profile's default)")
+    p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    p.add_argument("--max-num-seqs", type=int, default=0,
+                   help="most requests running at once (0: the profile's default)")
+    p.add_argument("--max-num-batched-tokens", type=int, default=0,
+                   help="token budget of one step (0: the profile's default)")
+    p.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
+    p.add_argument("--seed", type=int, default=0, help="seed of step-time jitter and fault draws")
+    p.add_argument("--tokenizer", default="deepseek",
+                   help="tokenizer for text prompts (token-id prompts are used as given)")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help="largest request body accepted (413 beyond)")
+    f = p.add_argument_group("fault injection (for reliability tests; all off by default)")
+    f.add_argument("--error-rate", type=float, default=0.0,
+                   help="probability that a request is answered at once with --error-status")
+    f.add_argument("--error-status", type=int, default=500, help="HTTP status of injected errors")
+    f.add_argument("--hang-rate", type=float, default=0.0,
+                   help="probability that a request is accepted and never answered")
+    f.add_argument("--hang-after", type=int, default=0,
+                   help="every request after the N-th hangs (0: never)")
+    f.add_argument("--crash-after", type=int, default=0,
+                   help="exit abruptly when request N+1 arrives, cutting open streams (0: never)")
+    f.add_argument("--slowdown", type=float, default=1.0,
+                   help="multiply every engine step's duration by this factor")
+    p.add_argument("--log-level", default="warning",
+                   choices=["critical", "error", "warning", "info", "debug"],
+                   help="uvicorn log level")
+    return p
+
+
+def build_app(args: argparse.Namespace) -> EmulatorApp:
+    """The app for parsed arguments; ``ValueError`` naming the bad option."""
+    try:
+        profile = load_profile(args.profile)
+    except ProfileError as exc:
+        raise ValueError(f"--profile: {exc}") from None
+    d = profile.engine
+    for name in ("num_kv_blocks", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    config = EngineConfig(
+        num_kv_blocks=args.num_kv_blocks or d.num_kv_blocks,
+        block_size=args.block_size,
+        max_num_seqs=args.max_num_seqs or d.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens or d.max_num_batched_tokens,
+        enable_prefix_caching=not args.no_prefix_caching,
+    )
+    faults = Faults(error_rate=args.error_rate, error_status=args.error_status,
+                    hang_rate=args.hang_rate, hang_after=args.hang_after,
+                    crash_after=args.crash_after, slowdown=args.slowdown, seed=args.seed)
+    capacity = config.num_kv_blocks * config.block_size
+    return EmulatorApp(
+        profile, config, model=args.model or profile.name,
+        max_model_len=min(args.max_model_len, capacity) if args.max_model_len else capacity,
+        faults=faults, seed=args.seed, tokenizer=args.tokenizer,
+        max_body_bytes=args.max_body_bytes,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        app = build_app(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        sock = bind_socket(args.host, args.port)
+    except OSError as exc:
+        parser.error(f"cannot listen on {args.host}:{args.port}: {exc}")
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"READY http://{shown}:{port}", flush=True)
+    serve(app, sock, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

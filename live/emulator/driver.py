@@ -1,0 +1,231 @@
+"""The simulator's engine, stepped on the wall clock by one asyncio task.
+
+``EngineDriver`` owns a ``sim.engine.Engine`` (the very class the simulator
+steps on SimPy's clock, house rule 3) and runs it one step at a time: plan the
+step, sleep until the step's end, complete it, hand each request its new tokens.
+Steps are timed against absolute deadlines, so timer lateness does not add up
+over a long decode: step k+1 starts when step k was due to end, not when the
+sleep happened to return (unless the loop fell behind by more than
+``RESYNC_S``, in which case it restarts from now: an overloaded emulator is a
+slow one, as a real server would be).
+
+Requests arriving during a step join at the next one, as in vLLM. Aborting a
+request (its client went away) frees its KV blocks at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from sim.engine import Engine, EngineConfig, EngineMetrics
+from sim.latency import LatencyProfile
+from sim.request import EngineRequest, Status
+from workload.hashing import block_hash_chain
+
+#: How far behind schedule the stepping loop may fall before it stops catching up.
+RESYNC_S = 0.05
+
+
+class RequestState:
+    """Driver-side view of one request: its token deliveries and timings (seconds).
+
+    ``queue`` receives the number of new tokens after each step that produced
+    some, then ``None`` when the request finished. Times are on the driver's
+    clock (``EngineDriver.now``).
+    """
+
+    __slots__ = ("engine_req", "queue", "arrival", "scheduled", "first_token", "last_token",
+                 "finished_at", "output", "stop_at", "cached")
+
+    def __init__(self, engine_req: EngineRequest, stop_at: int, arrival: float) -> None:
+        self.engine_req = engine_req
+        self.queue: asyncio.Queue[int | None] = asyncio.Queue()
+        self.arrival = arrival
+        self.scheduled = math.nan
+        self.first_token = math.nan
+        self.last_token = math.nan
+        self.finished_at = math.nan
+        self.output = 0
+        #: The number of tokens after which the request stops (max_tokens or pseudo-EOS).
+        self.stop_at = stop_at
+        self.cached = 0
+
+    @property
+    def id(self) -> int:
+        return self.engine_req.id
+
+
+@dataclass
+class StepObserver:
+    """Callbacks for metrics; the driver calls them after each completed step."""
+
+    on_first_token: Callable[[RequestState, float], None] = lambda s, t: None
+    on_token: Callable[[RequestState, float, int], None] = lambda s, t, n: None
+    on_finish: Callable[[RequestState, float], None] = lambda s, t: None
+    on_step: Callable[[int, int], None] = lambda prompt_tokens, gen_tokens: None
+
+
+def scaled_profile(profile: LatencyProfile, slowdown: float) -> LatencyProfile:
+    """The profile with every step time multiplied by ``slowdown`` (fault injection)."""
+    if slowdown == 1.0:
+        return profile
+    m = profile.model
+    model = replace(m, step_s=m.step_s * slowdown, token_s=m.token_s * slowdown,
+                    seq_s=m.seq_s * slowdown, prefill_attn_s=m.prefill_attn_s * slowdown,
+                    decode_attn_s=m.decode_attn_s * slowdown)
+    return replace(profile, model=model)
+
+
+class EngineDriver:
+    """Steps one ``Engine`` in real time and delivers tokens to request queues."""
+
+    def __init__(self, profile: LatencyProfile, config: EngineConfig, *, seed: int = 0,
+                 slowdown: float = 1.0, observer: StepObserver | None = None,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        if not slowdown > 0:
+            raise ValueError(f"slowdown must be > 0, got {slowdown}")
+        self.base_profile = profile
+        self.profile = scaled_profile(profile, slowdown)
+        self.config = config
+        self.engine = Engine(config, self.profile.model, jitter_cv=profile.jitter_cv, seed=seed)
+        self.observer = observer or StepObserver()
+        self._clock = clock
+        self._t0 = clock()
+        self._next_id = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.steps = 0
+        #: Seconds the loop woke up after a step's due end, summed (a health figure).
+        self.total_lateness = 0.0
+
+    def now(self) -> float:
+        """Seconds since the driver was made (the engine's clock)."""
+        return self._clock() - self._t0
+
+    @property
+    def block_size(self) -> int:
+        return self.config.block_size
+
+    @property
+    def max_tokens_total(self) -> int:
+        """KV capacity in tokens: no prompt plus output may exceed it."""
+        return self.config.num_kv_blocks * self.config.block_size
+
+    # --- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def set_slowdown(self, slowdown: float) -> None:
+        """Scale step times from the next step on (fault injection at run time)."""
+        if not slowdown > 0:
+            raise ValueError(f"slowdown must be > 0, got {slowdown}")
+        self.profile = scaled_profile(self.base_profile, slowdown)
+        self.engine.latency = self.profile.model
+
+    # --- requests ----------------------------------------------------------------
+    def submit(self, token_ids: list[int], max_tokens: int, stop_at: int | None = None) -> RequestState:
+        """Queue a request; raises ``sim.engine.RequestTooLong`` if it can never fit."""
+        rid = self._next_id
+        self._next_id += 1
+        hashes = block_hash_chain(token_ids, self.config.block_size)
+        req = EngineRequest(rid, len(token_ids), max_tokens, prompt_hashes=hashes,
+                            arrival=self.now())
+        state = RequestState(req, max_tokens if stop_at is None else stop_at, req.arrival)
+        req.payload = state
+        self.engine.add_request(req)
+        self._wake.set()
+        return state
+
+    def abort(self, state: RequestState) -> bool:
+        """Remove a request that has not finished (frees its KV blocks)."""
+        if self.engine.abort(state.id) is None:
+            return False
+        self._publish()
+        return True
+
+    def _publish(self) -> None:
+        """Refresh the published metrics after a change outside a step (an abort).
+
+        vLLM's gauges drop when a request is aborted even if no step follows; the
+        engine only republishes after a step, so the driver does it here.
+        """
+        e = self.engine
+        e.published = EngineMetrics(
+            running=len(e.running), waiting=len(e.waiting), kv_used_blocks=e.kv.num_used,
+            num_kv_blocks=e.config.num_kv_blocks, prefix_queries=e.prefix_queries,
+            prefix_hits=e.prefix_hits, preemptions=e.preemptions,
+        )
+
+    # --- the stepping loop ---------------------------------------------------------
+    async def _run(self) -> None:
+        engine = self.engine
+        obs = self.observer
+        due: float | None = None  # when the previous step was due to end
+        eos = False
+        while True:
+            if not engine.has_work:
+                self._wake.clear()
+                await self._wake.wait()
+                due = None
+            now = self.now()
+            start = due if due is not None and now - due < RESYNC_S else now
+            plan = engine.plan(1)
+            if plan is None:
+                continue
+            for req, _ in plan.scheduled:
+                st = req.payload
+                if st.scheduled != st.scheduled:  # NaN: first time scheduled
+                    st.scheduled = start
+            end = start + plan.duration
+            delay = end - self.now()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            woke = self.now()
+            self.total_lateness += max(0.0, woke - end)
+            out = engine.complete(plan, 1, start)
+            self.steps += 1
+            due = end
+            prompt_tokens = 0
+            for req in out.emitted:
+                st = req.payload
+                if st.output == 0:
+                    st.first_token = woke
+                    st.cached = max(req.num_cached, 0)
+                    prompt_tokens += req.prompt_len
+                    obs.on_first_token(st, woke)
+                else:
+                    obs.on_token(st, woke, 1)
+                st.output = req.num_output
+                st.last_token = woke
+                if req.status == Status.FINISHED:  # reached max_tokens
+                    self._finish(st, woke)
+                elif st.output >= st.stop_at:
+                    # Pseudo-EOS before max_tokens: free it as vLLM does on EOS.
+                    engine.abort(req.id)
+                    eos = True
+                    self._finish(st, woke)
+                else:
+                    st.queue.put_nowait(1)
+            if eos:
+                self._publish()
+                eos = False
+            obs.on_step(prompt_tokens, len(out.emitted))
+
+    def _finish(self, st: RequestState, t: float) -> None:
+        st.finished_at = t
+        st.queue.put_nowait(1)
+        st.queue.put_nowait(None)
+        self.observer.on_finish(st, t)

@@ -1,0 +1,5 @@
+import sys
+
+from live.gateway.cli import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""The gateway's own ``/metrics``: decisions, in-flight, latency, retries, errors, health.
+
+Per-backend series carry a ``backend`` label (the backend's name). Values that the
+fleet already keeps (in-flight counts, health, ejections, scrape errors) are read
+from it at scrape time rather than mirrored, so they cannot drift.
+"""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from live.fleet import LiveFleet
+from live.prometheus import REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS
+
+#: Routing work inside the gateway is sub-millisecond; these edges resolve it.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,
+                    0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+ERROR_KINDS = ("connect", "status", "timeout", "midstream")
+
+
+class _FleetCollector:
+    def __init__(self, fleet: LiveFleet, names: list[str]) -> None:
+        self.fleet = fleet
+        self.names = names
+
+    def collect(self):
+        fleet = self.fleet
+        snaps = fleet.router.snapshots
+        inflight = GaugeMetricFamily("gateway_inflight_requests",
+                                     "Requests the gateway has routed to a backend and not finished.",
+                                     labels=["backend"])
+        tokens = GaugeMetricFamily("gateway_inflight_prompt_tokens",
+                                   "Prompt tokens of the gateway's in-flight requests per backend.",
+                                   labels=["backend"])
+        healthy = GaugeMetricFamily("gateway_backend_healthy",
+                                    "1 if the backend takes traffic, 0 while it is ejected.",
+                                    labels=["backend"])
+        ejections = CounterMetricFamily("gateway_backend_ejections",
+                                        "Times the backend was taken out after consecutive failures.",
+                                        labels=["backend"])
+        scrape_errors = CounterMetricFamily("gateway_scrape_errors",
+                                            "Failed scrapes of the backend's /metrics.",
+                                            labels=["backend"])
+        for i, name in enumerate(self.names):
+            inflight.add_metric([name], snaps[i].inflight_requests)
+            tokens.add_metric([name], snaps[i].inflight_tokens)
+            healthy.add_metric([name], 1.0 if snaps[i].healthy else 0.0)
+            ejections.add_metric([name], fleet.ejections[i])
+            scrape_errors.add_metric([name], fleet.scrape_errors[i])
+        yield from (inflight, tokens, healthy, ejections, scrape_errors)
+
+
+class GatewayMetrics:
+    """Counters and histograms the request path updates; label children resolved once."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.registry = reg = CollectorRegistry(auto_describe=False)
+        self.names = names
+        decisions = Counter("gateway_decisions", "Routing decisions per chosen backend.",
+                            ["backend"], registry=reg)
+        retries = Counter("gateway_retries",
+                          "Failovers away from a backend that failed before the first byte.",
+                          ["backend"], registry=reg)
+        errors = Counter("gateway_upstream_errors",
+                         "Upstream failures by kind: connect, status (5xx), timeout, midstream.",
+                         ["backend", "kind"], registry=reg)
+        self.responses = Counter("gateway_responses", "Responses sent, by HTTP status.",
+                                 ["code"], registry=reg)
+        self.client_disconnects = Counter("gateway_client_disconnects",
+                                          "Requests whose client went away (upstream cancelled).",
+                                          registry=reg)
+        self.rejected = Counter("gateway_no_backend",
+                                "Requests refused with 503 because no backend was healthy.",
+                                registry=reg)
+        self.decisions = [decisions.labels(n) for n in names]
+        self.retries = [retries.labels(n) for n in names]
+        self.errors = [{k: errors.labels(n, k) for k in ERROR_KINDS} for n in names]
+        self.ttft = Histogram("gateway_time_to_first_token_seconds",
+                              "From the request's arrival at the gateway to its first streamed byte.",
+                              buckets=TTFT_BUCKETS, registry=reg)
+        self.e2e = Histogram("gateway_e2e_request_latency_seconds",
+                             "From the request's arrival at the gateway to the end of its response.",
+                             buckets=REQUEST_LATENCY_BUCKETS, registry=reg)
+        self.overhead = Histogram("gateway_routing_overhead_seconds",
+                                  "From the request's arrival to the upstream send (read, parse, "
+                                  "hash, decide).", buckets=OVERHEAD_BUCKETS, registry=reg)
+        self._codes: dict[int, object] = {}
+
+    def attach(self, fleet: LiveFleet) -> None:
+        self.registry.register(_FleetCollector(fleet, self.names))
+
+    def response(self, code: int) -> None:
+        child = self._codes.get(code)
+        if child is None:
+            child = self._codes[code] = self.responses.labels(str(code))
+        child.inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
