@@ -1,0 +1,278 @@
+"""``python -m calibrate {serve,profile,fit,check}``: real vLLM, profiling, fitting, fidelity."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+from calibrate.backend import BackendError, check_url
+from calibrate.modeldir import SHAPES
+
+EXAMPLES = """\
+examples:
+  python -m calibrate serve --shape tiny --port 8000 --cores 0
+  python -m calibrate profile --backend http://127.0.0.1:8000 --out profiling_data.csv
+  python -m calibrate fit --data profiling_data.csv --name cpu-tiny --out sim/profiles/cpu-tiny.json
+  python -m calibrate check --profile sim/profiles/cpu-tiny.json --backend http://127.0.0.1:8000
+"""
+
+
+def _csv_ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _csv_floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def _url(text: str) -> str:
+    try:
+        return check_url(text)
+    except BackendError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m calibrate",
+        description="Calibrate the simulator against a real vLLM: launch one, profile it, fit a "
+                    "latency profile, and check the simulator's fidelity on unseen load.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="launch a local real vLLM and keep it running until Ctrl-C",
+                       description="Launch vLLM's OpenAI API server. CPU: a Llama-shaped model of "
+                       "--shape with random weights (the model directory is written under --model-root); "
+                       "GPU: the regular vLLM serving --model. Prints the URL when healthy; Ctrl-C stops "
+                       "it and every process it started. Arguments after `--` go to vLLM unchanged.")
+    s.add_argument("--shape", default="tiny", choices=sorted(SHAPES),
+                   help="model shape served with random weights on CPU (default: tiny)")
+    s.add_argument("--model", default=None,
+                   help="serve this model name or path instead of a random-weight shape (GPU machines)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    s.add_argument("--cores", default=None,
+                   help="CPU cores to pin vLLM's compute threads to, e.g. 0 or 0-3 "
+                        "(VLLM_CPU_OMP_THREADS_BIND; default: vLLM's own choice)")
+    s.add_argument("--kv-cache-gib", type=float, default=1.0,
+                   help="CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE; default: 1)")
+    s.add_argument("--max-num-seqs", type=int, default=256, help="vLLM --max-num-seqs (default: 256)")
+    s.add_argument("--max-num-batched-tokens", type=int, default=2048,
+                   help="vLLM --max-num-batched-tokens, the per-step token budget (default: 2048)")
+    s.add_argument("--max-model-len", type=int, default=4096, help="vLLM --max-model-len (default: 4096)")
+    s.add_argument("--block-size", type=int, default=None,
+                   help="KV block size in tokens (default: 32 on CPU, whose attention needs a multiple "
+                        "of 32; 16 on GPU)")
+    s.add_argument("--dtype", default="float32", help="CPU weight dtype (default: float32)")
+    s.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
+                   help="cpu or gpu; auto: gpu where nvidia-smi exists (default: auto)")
+    s.add_argument("--vllm-python", default=None,
+                   help="Python interpreter that has vLLM (default: $VLLM_PYTHON, else .vllm/venv/bin/python "
+                        "from scripts/install-vllm-cpu.sh, else this one)")
+    s.add_argument("--model-root", default=None, help="folder for generated model directories (default: .vllm/models)")
+    s.add_argument("--log", default=None, help="vLLM's log file (default: .vllm/logs/vllm-<model>-<port>.log)")
+    s.add_argument("--startup-timeout", type=float, default=300.0,
+                   help="seconds to wait for /health before giving up (default: 300)")
+    s.add_argument("--print-command", action="store_true",
+                   help="print the command and environment that would run, and exit")
+    s.add_argument("vllm_args", nargs=argparse.REMAINDER, help="extra vLLM arguments after `--`")
+
+    pr = sub.add_parser("profile", help="profile one backend into profiling_data.csv",
+                        description="The Phase 2 sweep: idle requests over prompt-length buckets, prefix-reuse "
+                        "probes, closed-loop concurrency levels and Poisson rates up to overload. One row per "
+                        "request (feature schema + labels); provenance in <out>.meta.json. Resumable.")
+    pr.add_argument("--backend", required=True, type=_url, help="base URL of the vLLM server, e.g. http://127.0.0.1:8000")
+    pr.add_argument("--out", default="profiling_data.csv", help="CSV to write (default: profiling_data.csv)")
+    pr.add_argument("--budget-s", type=float, default=900.0,
+                    help="time budget in seconds; phases are capped at shares of it (default: 900)")
+    pr.add_argument("--resume", action="store_true", help="continue an interrupted run: skip finished units")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    pr.add_argument("--phases", default="idle,prefix,concurrency,poisson",
+                    help="comma-separated phases to run (default: all: idle,prefix,concurrency,poisson)")
+    pr.add_argument("--buckets", type=_csv_ints, default=None,
+                    help="prompt-length buckets in tokens (default: 32,128,512,1024,2048)")
+    pr.add_argument("--concurrency", type=_csv_ints, default=None,
+                    help="closed-loop concurrency levels (default: 2,4,8,16,32,64)")
+    pr.add_argument("--poisson-fractions", type=_csv_floats, default=None,
+                    help="Poisson rates as fractions of measured capacity (default: 0.3,0.6,0.9,1.2)")
+    pr.add_argument("--group", default="", help="group name written in the rows (default: the served model)")
+    pr.add_argument("--max-num-seqs", type=int, default=256,
+                    help="the server's --max-num-seqs, recorded for the fit (default: 256)")
+    pr.add_argument("--max-num-batched-tokens", type=int, default=2048,
+                    help="the server's --max-num-batched-tokens, recorded for the fit (default: 2048)")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the request plan (default: 0)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    f = sub.add_parser("fit", help="fit a latency profile to profiling data",
+                       description="Closed-form start on idle requests, then scipy least squares matching "
+                       "simulated to measured TTFT/TPOT of every request replayed through the engine model. "
+                       "Writes the profile JSON with provenance and per-unit/per-bucket diagnostics.")
+    f.add_argument("--data", required=True, help="profiling CSV from `python -m calibrate profile`")
+    f.add_argument("--name", required=True, help="profile name, e.g. cpu-tiny")
+    f.add_argument("--out", default=None, help="profile JSON to write (default: <name>.json)")
+    f.add_argument("--description", default="", help="profile description (default: generated)")
+    f.add_argument("--max-nfev", type=int, default=80,
+                   help="most least-squares evaluations, each one simulation of all units (default: 80)")
+    f.add_argument("--num-kv-blocks", type=int, default=None,
+                   help="engine KV blocks (default: what the server exported while profiling)")
+    f.add_argument("--block-size", type=int, default=None, help="KV block size (default: from profiling)")
+    f.add_argument("--max-num-seqs", type=int, default=None, help="default: from profiling")
+    f.add_argument("--max-num-batched-tokens", type=int, default=None, help="default: from profiling")
+    f.add_argument("--rows-out", default=None,
+                   help="also write the rows with their simulated TTFT/TPOT/E2EL to this CSV")
+
+    c = sub.add_parser("check", help="replay an unseen workload on the backend and in the simulator",
+                       description="Poisson at 50%% and 80%% of capacity and a burst, with a prompt mix the "
+                       "fit never saw; prints and saves the relative error of TTFT p50/p90, TPOT p50/p90 and "
+                       "E2EL p50 (simulated vs real) and the largest of them. Exit code 0 either way; "
+                       "see max_abs_err in check.json.")
+    c.add_argument("--profile", required=True, help="a latency profile name or JSON path")
+    c.add_argument("--backend", required=True, type=_url, help="base URL of the vLLM server the profile describes")
+    c.add_argument("--out", default=None, help="folder for check.json and check_requests.csv "
+                                               "(default: runs/calibrate-check/<profile>)")
+    c.add_argument("--loads", type=_csv_floats, default=(0.5, 0.8),
+                   help="Poisson rates as fractions of capacity (default: 0.5,0.8)")
+    c.add_argument("--requests-per-level", type=int, default=120, help="requests per Poisson level (default: 120)")
+    c.add_argument("--burst", type=int, default=32, help="requests sent at once in the burst (default: 32)")
+    c.add_argument("--capacity-rps", type=float, default=0.0,
+                   help="capacity in requests/s (default: simulated from the profile)")
+    c.add_argument("--seed", type=int, default=1234, help="seed of the held-out workload (default: 1234)")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _serve(args) -> int:
+    from calibrate.serve import ServeSpec, VllmServer, build_command
+
+    extra = [a for a in args.vllm_args if a != "--"]
+    spec = ServeSpec(shape=args.shape, model=args.model, host=args.host, port=args.port, cores=args.cores,
+                     kv_cache_gib=args.kv_cache_gib, max_num_seqs=args.max_num_seqs,
+                     max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+                     block_size=args.block_size, dtype=args.dtype, device=args.device,
+                     vllm_python=args.vllm_python, log_path=Path(args.log) if args.log else None,
+                     extra_args=extra, **({"model_root": Path(args.model_root)} if args.model_root else {}))
+    server = VllmServer(spec)
+    if args.print_command:
+        argv, env, cwd = server.command()
+        keys = sorted(k for k in env if k.startswith(("VLLM_", "OMP_")))
+        print("cd", cwd)
+        print(" ".join(f"{k}={env[k]}" for k in keys), " ".join(argv))
+        return 0
+
+    def _term(signum, frame):  # SIGTERM: the same clean stop as Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
+    print(f"starting vLLM ({spec.served_name}) on port {server.port}...", file=sys.stderr, flush=True)
+    try:
+        server.start(timeout_s=args.startup_timeout)
+        print(f"vLLM is healthy after {server.startup_s:.0f} s: {server.url}  (log: {server.process.log_path})",
+              file=sys.stderr, flush=True)
+        print(server.url, flush=True)
+        while server.process.poll() is None:
+            time.sleep(0.5)
+        print(f"vLLM exited with code {server.process.poll()}; log: {server.process.log_path}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopping vLLM...", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        server.stop()
+
+
+def _profile(args) -> int:
+    from calibrate.profiling import PHASES, ProfileSettings, profile_backend
+
+    kw = {}
+    if args.buckets:
+        kw["buckets"] = args.buckets
+        # Spread the mixed phases' weights evenly over custom buckets.
+        kw["bucket_weights"] = tuple(1.0 for _ in args.buckets)
+    if args.concurrency:
+        kw["concurrency"] = args.concurrency
+    if args.poisson_fractions:
+        kw["poisson_fractions"] = args.poisson_fractions
+    phases = tuple(x.strip() for x in args.phases.split(",") if x.strip())
+    bad = [x for x in phases if x not in PHASES]
+    if bad:
+        raise ValueError(f"unknown phase(s) {', '.join(bad)}; allowed: {', '.join(PHASES)}")
+    settings = ProfileSettings(budget_s=args.budget_s, seed=args.seed, group=args.group,
+                               max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                               **kw)
+    out = asyncio.run(profile_backend(args.backend, args.out, settings, resume=args.resume,
+                                      overwrite=args.overwrite, progress=not args.quiet, phases=phases))
+    print(f"wrote {out} and {out}.meta.json")
+    return 0
+
+
+def _fit(args) -> int:
+    from calibrate.fit import fit_profile
+
+    overrides = {k: v for k, v in {"num_kv_blocks": args.num_kv_blocks, "block_size": args.block_size,
+                                   "max_num_seqs": args.max_num_seqs,
+                                   "max_num_batched_tokens": args.max_num_batched_tokens}.items() if v}
+    profile, frame = fit_profile(args.data, args.name, description=args.description, max_nfev=args.max_nfev,
+                                 engine_overrides=overrides)
+    out = Path(args.out or f"{args.name}.json")
+    profile.save(out)
+    if args.rows_out:
+        frame.to_csv(args.rows_out, index=False)
+    m, fit = profile.model, profile.fit
+    print(f"wrote {out}")
+    print("coefficients: " + ", ".join(f"{k}={getattr(m, k):.4g}" for k in ("step_s", "token_s", "seq_s",
+                                                                            "prefill_attn_s", "decode_attn_s")))
+    print(f"request overhead {fit['request_overhead_s']:.4g} s, jitter_cv {profile.jitter_cv:.3f}, "
+          f"{fit['simulations']} simulations, converged: {fit['converged']}")
+    print(f"{'unit':<20}{'n':>5}{'TTFT p50 err':>14}{'TTFT p90 err':>14}{'TPOT p50 err':>14}{'TPOT p90 err':>14}{'E2EL p50 err':>14}")
+    for unit, e in fit["per_unit"].items():
+        cells = "".join(f"{(e.get(k) or float('nan')) * 100:13.1f}%" for k in
+                        ("ttft_p50_err", "ttft_p90_err", "tpot_p50_err", "tpot_p90_err", "e2el_p50_err"))
+        print(f"{unit:<20}{e['requests']:>5}{cells}")
+    return 0
+
+
+def _check(args) -> int:
+    from calibrate.check import CheckSettings, format_table, run_check
+    from sim.latency import load_profile
+
+    profile = load_profile(args.profile)
+    settings = CheckSettings(load_fractions=args.loads, requests_per_level=args.requests_per_level,
+                             burst=args.burst, capacity_rps=args.capacity_rps, seed=args.seed)
+    out = Path(args.out or Path("runs") / "calibrate-check" / profile.name)
+    report = asyncio.run(run_check(profile, args.backend, out, settings, progress=not args.quiet))
+    print(f"profile {profile.name} vs {args.backend}; capacity {report['capacity_rps']:.2f} req/s; "
+          f"failed requests: {report['failed_requests']}")
+    print(format_table(report["results"]))
+    verdict = "meets" if report["max_abs_err"] <= report["target"] else "misses"
+    print(f"largest error {report['max_abs_err'] * 100:.1f}% ({verdict} the {report['target'] * 100:.0f}% target); "
+          f"wrote {out / 'check.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"serve": _serve, "profile": _profile, "fit": _fit, "check": _check}[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (BackendError, ValueError, RuntimeError, FileNotFoundError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

