@@ -29,14 +29,14 @@ def pinball_loss(y: np.ndarray, pred: np.ndarray, quantile: float) -> float:
 
 
 def regression_metrics(y: np.ndarray, pred: np.ndarray, quantile: float | None = None) -> dict[str, float]:
-    """MAE (s), MAPE (%, over rows with y > 0), R2; plus pinball and coverage for quantiles."""
+    """MAE (s), MAPE (%, over rows with y > 1e-12 s), R2; plus pinball and coverage for quantiles."""
     y = np.asarray(y, dtype=np.float64)
     pred = np.asarray(pred, dtype=np.float64)
     err = pred - y
     out: dict[str, float] = {"n": float(len(y))}
     if len(y) == 0:
         return out | {"mae": np.nan, "mape_pct": np.nan, "r2": np.nan}
-    positive = y > 0
+    positive = y > 1e-12
     ss_tot = float(np.sum((y - y.mean()) ** 2))
     out["mae"] = float(np.mean(np.abs(err)))
     out["mape_pct"] = float(100.0 * np.mean(np.abs(err[positive]) / y[positive])) if positive.any() else np.nan
