@@ -91,6 +91,8 @@ class CompletionResult:
     text: str = ""
     error: str = ""
     timed_out: bool = False
+    #: The backend a gateway routed to (its ``x-gateway-backend`` header), if any.
+    routed_to: str = ""
 
     @property
     def itl_s(self) -> list[float]:
@@ -169,15 +171,21 @@ async def post_stream(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     headers: dict[str, str] | None = None,
     keep_text: bool = False,
+    result: CompletionResult | None = None,
 ) -> CompletionResult:
-    """POST an already-encoded streaming body (completions or chat) and time its SSE chunks."""
+    """POST an already-encoded streaming body (completions or chat) and time its SSE chunks.
+
+    Pass ``result`` to have it filled in place: if the calling task is cancelled
+    (a run's time bound), what arrived until then is still in it.
+    """
     hdrs = _JSON_HEADERS if not headers else {**_JSON_HEADERS, **headers}
     clock = time.perf_counter
-    start = clock()
-    res = CompletionResult(ok=False, status=0, start=start)
+    res = result if result is not None else CompletionResult(ok=False, status=0, start=math.nan)
+    res.start = start = clock()
     try:
         async with session.post(url, data=body, headers=hdrs, timeout=_limit(timeout_s)) as resp:
             res.status = resp.status
+            res.routed_to = resp.headers.get("x-gateway-backend", "")
             if resp.status != 200:
                 raw = await resp.read()
                 res.error = _error_text(resp.status, raw)

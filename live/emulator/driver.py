@@ -90,6 +90,7 @@ class EngineDriver:
         self.base_profile = profile
         self.profile = scaled_profile(profile, slowdown)
         self.config = config
+        self.seed = seed
         self.engine = Engine(config, self.profile.model, jitter_cv=profile.jitter_cv, seed=seed)
         self.observer = observer or StepObserver()
         self._clock = clock
@@ -135,6 +136,19 @@ class EngineDriver:
         self.profile = scaled_profile(self.base_profile, slowdown)
         self.engine.latency = self.profile.model
 
+    def reset(self) -> None:
+        """Start over with an empty engine (cold prefix cache, zero counters).
+
+        Only while idle: runs of different strategies against the same emulators
+        each start from the same state. Raises ``RuntimeError`` with work in hand.
+        """
+        if self.engine.has_work:
+            raise RuntimeError(
+                f"cannot reset: {len(self.engine.running)} running and "
+                f"{len(self.engine.waiting)} waiting requests")
+        self.engine = Engine(self.config, self.profile.model,
+                             jitter_cv=self.base_profile.jitter_cv, seed=self.seed)
+
     # --- requests ----------------------------------------------------------------
     def submit(self, token_ids: list[int], max_tokens: int, stop_at: int | None = None) -> RequestState:
         """Queue a request; raises ``sim.engine.RequestTooLong`` if it can never fit."""
@@ -171,15 +185,15 @@ class EngineDriver:
 
     # --- the stepping loop ---------------------------------------------------------
     async def _run(self) -> None:
-        engine = self.engine
         obs = self.observer
         due: float | None = None  # when the previous step was due to end
         eos = False
         while True:
-            if not engine.has_work:
+            if not self.engine.has_work:
                 self._wake.clear()
                 await self._wake.wait()
                 due = None
+            engine = self.engine  # after a wait: reset() may have replaced it
             now = self.now()
             start = due if due is not None and now - due < RESYNC_S else now
             plan = engine.plan(1)

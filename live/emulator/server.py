@@ -108,6 +108,12 @@ class EmulatorApp:
                 await self._generate(scope, receive, send, chat=path == "/v1/chat/completions")
             elif path == "/_emulator/faults" and method == "POST":
                 await self._update_faults(scope, receive, send)
+            elif path == "/_emulator/reset" and method == "POST":
+                try:
+                    self.driver.reset()
+                except RuntimeError as exc:
+                    raise HttpError(409, str(exc)) from None
+                await asgi.send_json(send, 200, self._state())
             elif method not in ("GET", "HEAD"):
                 raise HttpError(405 if path in _GET_PATHS else 404,
                                 f"{method} {path} is not served" if path in _GET_PATHS

@@ -115,6 +115,7 @@ class GatewayApp:
         self.config = config
         self._clock = clock
         self.names = config.names or [f"backend-{i}" for i in range(len(config.backends))]
+        self._name_bytes = [n.encode() for n in self.names]
         self.strategy = routing.build(config.strategy, seed=config.seed, **config.params)
         self.fleet = LiveFleet(
             config.backends, self.strategy, names=self.names, block_size=config.block_size,
@@ -311,6 +312,7 @@ class GatewayApp:
                     self.fleet.report(b, True)
                     watcher.stop()
                     self.metrics.response(status)
+                    headers.append((b"x-gateway-backend", self._name_bytes[b]))
                     await asgi.send_bytes(send, status, payload, headers)
                     return
                 await self._relay(send, resp, headers, attempt, arrived, watcher)
@@ -333,6 +335,7 @@ class GatewayApp:
         clock = self._clock
         attempt.first_byte = clock()
         self.metrics.ttft.observe(attempt.first_byte - arrived)
+        headers.append((b"x-gateway-backend", self._name_bytes[attempt.backend]))
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         chunks = first.count(b'"choices":[{')
         usage_piece = first if b'"usage":{' in first else b""

@@ -1,0 +1,164 @@
+"""``python -m live SCENARIO.toml``: run a scenario against live backends."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  python -m live scenarios/poisson.toml --emulate 4 --max-duration 30
+  python -m live scenarios/burst.toml --set cluster.groups.h100.count=2 \\
+      --backends http://127.0.0.1:8001,http://127.0.0.1:8002 --gateway
+  python -m live scenarios/poisson.toml --emulate 4 --out runs/live-a --resume
+
+--emulate N starts N emulators (stand-ins for vLLM running the simulator's engine
+model) with the scenario's latency profiles, and stops them afterwards. The run
+directory has the simulator's layout; `python -m results DIR` reports on it.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m live",
+        description="Replay a scenario's traffic against live backends (real vLLM or emulators), "
+                    "routing with each of its strategies, for every grid point and seed, and "
+                    "write the same run directory as the simulator.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("scenario", nargs="?", help="scenario TOML file (see scenarios/*.toml)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--backends", metavar="URL,...",
+                       help="comma-separated base URLs of running backends, one per backend of "
+                            "the scenario's fleet, in its order")
+    where.add_argument("--emulate", type=int, metavar="N",
+                       help="start N local emulators with the scenario's backend profiles (N "
+                            "must equal the fleet size; a one-group fleet is resized to N)")
+    p.add_argument("--gateway", action="store_true",
+                   help="send everything through a gateway process (python -m live.gateway) "
+                        "running the strategy, instead of routing in the load generator")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="run directory (default: <runs-dir>/<name>-live-<time>-<hash>)")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
+                   help="where new run directories go")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out: units already written are not rerun")
+    p.add_argument("--seeds", metavar="LIST", help="comma-separated seeds, replacing the scenario's")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario key with a TOML value (repeatable), e.g. "
+                        "arrivals.rate=4 or cluster.groups.h100.count=2")
+    p.add_argument("--max-duration", type=float, metavar="S",
+                   help="bound each unit to S seconds of wall time: later arrivals are not sent "
+                        "and requests still running then are recorded as unfinished")
+    p.add_argument("--max-requests", type=int, metavar="N",
+                   help="send at most the first N requests of each trace")
+    p.add_argument("--concurrency", type=int, default=256,
+                   help="keep-alive connections per backend (the most requests open at once)")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds a request may take before it is recorded as a timeout "
+                        "(the scenario's router.timeout_s wins when set)")
+    p.add_argument("--vocab-size", type=int, default=32000,
+                   help="prompt token ids are drawn below this (the served model's vocabulary)")
+    p.add_argument("--model", default=None,
+                   help="model name sent in requests (default: none; vLLM then serves its only model)")
+    p.add_argument("--api-key", default=None, help="bearer token sent with every request")
+    p.add_argument("--validate", metavar="SIM_RUN",
+                   help="rerun the best points of a simulator run live and compare rankings "
+                        "(not implemented yet: issue 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.validate:
+        # Extension point for issue 8: live.run.run_unit reruns one (strategy, seed, trace).
+        print("error: --validate is not implemented yet (issue 8)", file=sys.stderr)
+        return 2
+    if not args.scenario:
+        parser.error("a scenario file is required")
+    if not args.backends and not args.emulate:
+        parser.error("give --backends URL,... or --emulate N")
+    try:
+        return _run(args)
+    except _UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+class _UserError(Exception):
+    pass
+
+
+def _load(args):
+    from scenarios import ScenarioError, expand_grid, load_scenario, parse_assignment
+
+    overrides: dict = {}
+    try:
+        for item in args.overrides:
+            key, value = parse_assignment(item)
+            overrides[key] = value
+        if args.seeds:
+            overrides["seeds"] = [int(s) for s in args.seeds.replace(" ", "").split(",") if s]
+        scenario = load_scenario(args.scenario, overrides or None)
+        if args.emulate and len(scenario.cluster.groups) == 1:
+            g = scenario.cluster.groups[0]
+            if g.count != args.emulate:
+                print(f"note: fleet resized to --emulate {args.emulate} "
+                      f"(cluster.groups.{g.name}.count was {g.count})")
+                overrides[f"cluster.groups.{g.name}.count"] = args.emulate
+                scenario = load_scenario(args.scenario, overrides)
+        return scenario, expand_grid(scenario)
+    except (ScenarioError, ValueError) as exc:
+        raise _UserError(str(exc)) from None
+
+
+def _run(args) -> int:
+    from live.loadgen import LoadOptions
+    from live.run import LiveSettings, open_run, run_scenario
+    from results.summary import format_table, summarize_run
+
+    scenario, points = _load(args)
+    urls = [u.strip().rstrip("/") for u in args.backends.split(",")] if args.backends else None
+    load = LoadOptions(concurrency=args.concurrency, timeout_s=args.timeout,
+                       vocab_size=args.vocab_size, model=args.model, api_key=args.api_key,
+                       progress=not args.quiet)
+    settings = LiveSettings(backends=urls, emulate=args.emulate or 0, gateway=args.gateway,
+                            max_duration_s=args.max_duration, max_requests=args.max_requests,
+                            load=load)
+    try:
+        settings.validate()
+        run, resumed = open_run(args.out, args.runs_dir, scenario, points, settings, args.resume)
+    except (ValueError, FileNotFoundError) as exc:
+        raise _UserError(str(exc)) from None
+    total = len(points) * len(scenario.router.strategies) * len(scenario.seeds)
+    print(f"{scenario.name} (live{', via gateway' if args.gateway else ''}): {len(points)} grid "
+          f"point(s) x {len(scenario.router.strategies)} strategies x {len(scenario.seeds)} "
+          f"seed(s) = {total} runs -> {run.path}" + (" (resuming)" if resumed else ""))
+
+    def on_unit(rep) -> None:
+        if rep.error:
+            print(f"FAILED {rep.unit.key}: {rep.error}", file=sys.stderr)
+        else:
+            print(f"{rep.unit.key}: {rep.ok}/{rep.requests} ok in {rep.wall_s:.1f} s "
+                  f"(send lag p99 {rep.lag_p99_ms:.2f} ms)")
+
+    try:
+        reports = run_scenario(run, scenario, points, settings, on_unit=on_unit)
+    except ValueError as exc:
+        raise _UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; finished units are kept. Continue with: python -m live "
+              f"{args.scenario} ... --out {run.path} --resume", file=sys.stderr)
+        return 130
+    failed = [r for r in reports if r.error]
+    if run.record_files():
+        summary = summarize_run(run.path, progress=not args.quiet)
+        print()
+        print(format_table(summary))
+    print(f"\nrun directory: {run.path}\nreport:        python -m results {run.path}")
+    if failed:
+        print(f"{len(failed)} unit(s) failed; errors in {run.path / 'failures'}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,300 @@
+"""Run a scenario live: every grid point x strategy x seed against real HTTP backends.
+
+The run directory is the simulator's (``results.rundir.RunDir``): the same
+manifest keys (``mode = "live"``), one record file per unit, resumable, so
+``python -m results runs/<id>`` reads it unchanged. Backends are given URLs or
+emulators started per grid point with the point's latency profiles (``--emulate``).
+Between units the backends are reset when they allow it (emulators:
+``POST /_emulator/reset``; vLLM: ``POST /reset_prefix_cache``, served when vLLM
+runs with ``VLLM_SERVER_DEV_MODE=1``), so each strategy starts from a cold
+prefix cache as in the simulator.
+
+``run_unit`` is the reusable piece (one strategy, one seed, one trace, given
+backends): ``--validate`` (issue 8) reruns simulated units through it.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import routing
+from live.emulator.spawn import EmulatorSpec, spawn_specs
+from live.fleet import LiveFleet
+from live.gateway.spawn import start_gateway
+from live.loadgen import LoadOptions, ReplayResult, RunLabels, replay
+from results.rundir import RunDir, Unit
+from workload import build_trace
+from workload.trace import Trace
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class LiveSettings:
+    """How a scenario runs live (the command line's options)."""
+
+    backends: list[str] | None = None  # URLs, or None with ``emulate``
+    emulate: int = 0
+    gateway: bool = False
+    max_duration_s: float | None = None
+    max_requests: int | None = None
+    load: LoadOptions | None = None
+
+    def validate(self) -> None:
+        if bool(self.backends) == bool(self.emulate):
+            raise ValueError("give exactly one of --backends URL,... or --emulate N")
+        if self.emulate < 0:
+            raise ValueError(f"--emulate must be >= 1, got {self.emulate}")
+        if self.max_duration_s is not None and not self.max_duration_s > 0:
+            raise ValueError(f"--max-duration must be > 0, got {self.max_duration_s}")
+        if self.max_requests is not None and self.max_requests < 1:
+            raise ValueError(f"--max-requests must be >= 1, got {self.max_requests}")
+
+
+# --- manifest ----------------------------------------------------------------------------
+def scenario_digest(scenario) -> str:
+    """What makes two runs the same experiment: the resolved scenario, not file bytes."""
+    resolved = {k: v for k, v in asdict(scenario).items() if k not in ("source_path", "source_text")}
+    text = json.dumps(resolved, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def build_manifest(scenario, points, experiment_id: str, digest: str,
+                   settings: LiveSettings) -> dict[str, Any]:
+    slo = {k: v for k, v in asdict(scenario.slo).items() if v is not None}
+    load = settings.load or LoadOptions()
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "experiment_id": experiment_id,
+        "mode": "live",
+        "scenario": scenario.name,
+        "description": scenario.description,
+        "scenario_path": str(scenario.source_path) if scenario.source_path else None,
+        "scenario_sha256": digest,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seeds": list(scenario.seeds),
+        "strategies": [{"label": s.label, "name": s.name, "params": dict(s.params)}
+                       for s in scenario.router.strategies],
+        "points": [p.describe() for p in points],
+        "slo": slo,
+        "duration_s": scenario.duration_s,
+        "num_requests": scenario.num_requests,
+        "live": {
+            "backends": settings.backends or f"{settings.emulate} emulators (stand-ins for vLLM)",
+            "emulated": bool(settings.emulate),
+            "gateway": settings.gateway,
+            "max_duration_s": settings.max_duration_s,
+            "max_requests": settings.max_requests,
+            "concurrency": load.concurrency,
+            "timeout_s": load.timeout_s,
+        },
+    }
+
+
+def new_experiment_id(scenario, digest: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{scenario.name}-live-{stamp}-{digest[:6]}"
+
+
+# --- backends ------------------------------------------------------------------------------
+def emulator_specs(point, seed: int = 0) -> list[EmulatorSpec]:
+    """One emulator per backend of a grid point, with its group's profile and engine limits."""
+    specs = []
+    for i, (_, group) in enumerate(point.scenario.backends()):
+        args = ["--block-size", str(group.block_size), "--seed", str(seed + i)]
+        for flag, value in (("--num-kv-blocks", group.num_kv_blocks),
+                            ("--max-num-seqs", group.max_num_seqs),
+                            ("--max-num-batched-tokens", group.max_num_batched_tokens)):
+            if value:
+                args += [flag, str(value)]
+        if not group.enable_prefix_caching:
+            args.append("--no-prefix-caching")
+        specs.append(EmulatorSpec(str(group.profile), tuple(args)))
+    return specs
+
+
+@contextlib.contextmanager
+def point_backends(point, settings: LiveSettings) -> Iterator[list[str]]:
+    """The URLs serving a grid point: the given ones, or emulators started for it."""
+    n = len(point.scenario.backends())
+    if settings.backends:
+        if len(settings.backends) != n:
+            raise ValueError(
+                f"grid point {point.point_id} has {n} backends "
+                f"({', '.join(b for b, _ in point.scenario.backend_names())}) but --backends gives "
+                f"{len(settings.backends)} URLs; match the scenario with --set "
+                f"cluster.groups.<name>.count=N")
+        yield list(settings.backends)
+        return
+    if settings.emulate != n:
+        raise ValueError(f"grid point {point.point_id} has {n} backends but --emulate is "
+                         f"{settings.emulate}; use --emulate {n} or --set cluster.groups.<name>.count=N")
+    with spawn_specs(emulator_specs(point)) as children:
+        yield [c.url for c in children]
+
+
+def reset_backends(urls: Sequence[str], emulated: bool, timeout_s: float = 15.0) -> None:
+    """Cold caches before a unit: emulators must reset; vLLM resets if it serves the endpoint."""
+    path = "/_emulator/reset" if emulated else "/reset_prefix_cache"
+    for url in urls:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                req = urllib.request.Request(url + path, data=b"", method="POST")
+                with urllib.request.urlopen(req, timeout=5.0):
+                    break
+            except urllib.error.HTTPError as exc:
+                # 409: the emulator still aborts the last unit's requests; try again.
+                if emulated and exc.code == 409 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                if emulated:
+                    raise RuntimeError(f"cannot reset emulator {url}: HTTP {exc.code}") from None
+                break  # a vLLM without the dev endpoint: warm caches, noted in docs
+            except (urllib.error.URLError, OSError) as exc:
+                if emulated:
+                    raise RuntimeError(f"cannot reset emulator {url}: {exc}") from None
+                break
+
+
+# --- one unit --------------------------------------------------------------------------------
+def run_async(coro):
+    """Run a coroutine on uvloop when installed (tighter timers), else asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is in the [live] extra
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def run_unit(
+    trace: Trace, urls: Sequence[str], names: Sequence[str], groups: Sequence[str],
+    strategy_name: str, params: dict[str, Any], seed: int, *, labels: RunLabels,
+    scrape_interval_s: float, block_size: int, gateway: bool, load: LoadOptions,
+) -> ReplayResult:
+    """Replay ``trace`` with one strategy: client-side through a ``LiveFleet``, or via a gateway."""
+    if gateway:
+        with start_gateway(urls, strategy_name, params=params, seed=seed, names=names,
+                           scrape_interval_s=scrape_interval_s) as url:
+            return await replay(trace, gateway_url=url, backend_names=names, labels=labels,
+                                options=load)
+    strategy = routing.build(strategy_name, seed=seed, **params)
+    fleet = LiveFleet(urls, strategy, names=names, groups=groups, block_size=block_size,
+                      scrape_interval_s=scrape_interval_s, scrape=True, track_prefix=True)
+    return await replay(trace, fleet=fleet, labels=labels, options=load)
+
+
+def point_trace(point, seed: int, settings: LiveSettings) -> Trace:
+    """The trace of a (point, seed), cut to ``--max-requests`` and ``--max-duration``."""
+    sc = point.scenario
+    num = sc.num_requests
+    if settings.max_requests is not None and num is not None:
+        num = min(num, settings.max_requests)
+    trace = build_trace(asdict(sc.workload), asdict(sc.arrivals), seed=seed, num_requests=num,
+                        duration_s=sc.duration_s)
+    keep = len(trace)
+    if settings.max_requests is not None:
+        keep = min(keep, settings.max_requests)
+    if settings.max_duration_s is not None:
+        keep = min(keep, int((trace.arrival_s <= settings.max_duration_s).sum()))
+    if keep < len(trace):
+        trace = trace.take(list(range(keep)))
+    if len(trace) == 0:
+        raise ValueError(f"grid point {point.point_id}: no request arrives within "
+                         f"--max-duration {settings.max_duration_s}")
+    return trace
+
+
+@dataclass
+class UnitReport:
+    unit: Unit
+    requests: int
+    ok: int
+    wall_s: float
+    lag_p99_ms: float
+    error: str = ""
+
+
+def run_scenario(
+    run: RunDir, scenario, points, settings: LiveSettings, *,
+    on_unit: Callable[[UnitReport], None] | None = None,
+) -> list[UnitReport]:
+    """Run every unit not yet done; write records; return a report per unit run."""
+    import numpy as np
+
+    manifest = run.manifest
+    experiment_id = manifest["experiment_id"]
+    load = settings.load or LoadOptions()
+    reports: list[UnitReport] = []
+    for point in points:
+        todo = [(seed, s) for seed in scenario.seeds for s in scenario.router.strategies
+                if not run.is_done(Unit(point.point_id, s.label, int(seed)))]
+        if not todo:
+            continue
+        sc = point.scenario
+        names = [n for n, _ in sc.backend_names()]
+        groups = [g for _, g in sc.backend_names()]
+        timeout = sc.router.timeout_s or load.timeout_s
+        unit_load = replace(load, timeout_s=timeout, max_duration_s=settings.max_duration_s,
+                            drain_s=min(load.drain_s, sc.drain_s))
+        with point_backends(point, settings) as urls:
+            traces: dict[int, Trace] = {}
+            for seed, strat in todo:
+                unit = Unit(point.point_id, strat.label, int(seed))
+                started = time.perf_counter()
+                try:
+                    trace = traces.get(seed)
+                    if trace is None:
+                        trace = traces[seed] = point_trace(point, int(seed), settings)
+                    reset_backends(urls, emulated=bool(settings.emulate))
+                    labels = RunLabels(experiment_id, point.point_id, strat.label, int(seed))
+                    result = run_async(run_unit(
+                        trace, urls, names, groups, strat.name, dict(strat.params), int(seed),
+                        labels=labels, scrape_interval_s=float(sc.router.scrape_interval_s),
+                        block_size=sc.workload.block_size, gateway=settings.gateway,
+                        load=unit_load))
+                    run.write_unit(unit, result.records)
+                    ok = sum(r.status == "ok" for r in result.records)
+                    lag = float(np.percentile(result.send_lag_s, 99) * 1e3) if len(
+                        result.send_lag_s) else float("nan")
+                    rep = UnitReport(unit, len(result.records), ok, time.perf_counter() - started, lag)
+                except Exception as exc:  # noqa: BLE001 - recorded per unit, the run goes on
+                    import traceback
+
+                    run.record_failure(unit, traceback.format_exc())
+                    rep = UnitReport(unit, 0, 0, time.perf_counter() - started, float("nan"),
+                                     error=f"{type(exc).__name__}: {exc}")
+                reports.append(rep)
+                if on_unit:
+                    on_unit(rep)
+    return reports
+
+
+def open_run(path: Path | None, runs_dir: Path, scenario, points, settings: LiveSettings,
+             resume: bool) -> tuple[RunDir, bool]:
+    """A new run directory, or the one ``--resume`` continues (same scenario only)."""
+    digest = scenario_digest(scenario)
+    if resume:
+        if path is None:
+            raise ValueError("--resume needs --out DIR (the run to continue)")
+        run = RunDir.open(path)
+        if run.manifest.get("scenario_sha256") != digest:
+            raise ValueError(f"cannot resume {path}: the scenario (or --set/--seeds) differs from "
+                             "the one that run started with")
+        return run, True
+    experiment_id = new_experiment_id(scenario, digest)
+    path = path or runs_dir / experiment_id
+    if (path / "manifest.json").exists():
+        raise ValueError(f"{path} already holds a run; use --resume to continue it, or another --out")
+    manifest = build_manifest(scenario, points, experiment_id, digest, settings)
+    return RunDir.create(path, manifest, scenario.source_text or None), False
