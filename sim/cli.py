@@ -116,14 +116,22 @@ def _load(args):
     return scenario, points
 
 
-def _check_fleets(points) -> None:
+def _preflight(points) -> None:
+    """Fail before anything runs: every fleet resolves and every strategy builds."""
+    import routing
     from sim.fleet import FleetError, cluster_config
 
     for p in points:
+        where = p.scenario.source_path or "scenario"
         try:
             cluster_config(p.scenario)
         except FleetError as exc:
-            raise _UserError(f"{p.scenario.source_path or 'scenario'}: {exc}") from None
+            raise _UserError(f"{where}: {exc}") from None
+    for i, s in enumerate(points[0].scenario.router.strategies):
+        try:
+            routing.build(s.name, seed=0, **s.params)
+        except Exception as exc:  # noqa: BLE001 - any construction error is the user's input
+            raise _UserError(f"{where}: router.strategies[{i}] ({s.label}): {exc}") from None
 
 
 def _open_run(args, scenario, points):
@@ -195,7 +203,7 @@ def _run(args) -> int:
     from sim.sweep import run_sweep
 
     scenario, points = _load(args)
-    _check_fleets(points)
+    _preflight(points)
     seeds = list(scenario.seeds)
     strategies = list(scenario.router.strategies)
     run, resumed = _open_run(args, scenario, points)

@@ -1,0 +1,117 @@
+"""Latency profiles (format, errors) and the Splitwise-fitted GPU profiles."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sim.latency import (
+    EngineDefaults, LatencyModel, LatencyProfile, ProfileError, load_profile, shipped_profiles,
+)
+from sim.splitwise import broken_configurations, build_profiles, design_rows, kv_blocks, main
+
+SPLITWISE = Path(__file__).resolve().parents[3] / "shared" / "data" / "splitwise_perf_model.csv"
+needs_data = pytest.mark.skipif(not SPLITWISE.exists(), reason="shared Splitwise CSV not present")
+
+
+def test_profile_round_trips_through_json(tmp_path):
+    p = LatencyProfile("x", LatencyModel(0.01, 1e-4, 1e-3, 1e-8, 1e-6), EngineDefaults(123, 16, 64, 512),
+                       description="d", provisional=True, jitter_cv=0.05, source={"kind": "test"})
+    path = p.save(tmp_path / "x.json")
+    q = load_profile(str(path))
+    assert q == p
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d.update(schema_version=99), "schema version"),
+    (lambda d: d["coefficients"].update(warp_s=1.0), "unknown coefficient"),
+    (lambda d: d["coefficients"].update(step_s=-1.0), "step_s"),
+    (lambda d: d.pop("engine"), "lacks 'engine'"),
+    (lambda d: d.update(jitter_cv=2.0), "jitter_cv"),
+])
+def test_bad_profiles_fail_with_the_reason(tmp_path, mutate, message):
+    doc = json.loads(load_profile("h100-llama2-70b-tp4").to_json())
+    mutate(doc)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ProfileError, match=message):
+        load_profile(str(path))
+
+
+def test_unknown_profile_names_the_shipped_ones():
+    with pytest.raises(ProfileError) as exc:
+        load_profile("tpu-imaginary")
+    for name in shipped_profiles():
+        assert name in str(exc.value)
+
+
+def test_every_shipped_profile_loads_and_says_where_it_came_from():
+    names = shipped_profiles()
+    assert {"h100-llama2-70b-tp4", "a100-llama2-70b-tp4", "cpu-tiny", "cpu-small"} <= set(names)
+    for name in names:
+        p = load_profile(name)
+        assert p.name == name and p.source, name
+        assert p.engine.num_kv_blocks > 0
+        # a step always takes time, and a bigger batch never takes less
+        small = p.model.step_time(1, 1, 0.0, 100)
+        big = p.model.step_time(64, 64, 0.0, 64 * 1000)
+        assert 0 < small <= big
+
+
+def test_decode_run_closed_form_sums_its_steps():
+    m = LatencyModel(0.02, 1e-4, 1e-3, 1e-8, 2e-6)
+    first, delta, total = m.decode_run(num_seqs=7, context_sum=7000, steps=25)
+    steps = [m.step_time(7, 7, 0.0, 7000 + 7 * k) for k in range(25)]
+    assert first == pytest.approx(steps[0])
+    assert delta == pytest.approx(steps[1] - steps[0])
+    assert total == pytest.approx(sum(steps))
+
+
+@needs_data
+def test_splitwise_fit_reproduces_the_measurements():
+    profiles = {p.name: p for p in build_profiles(SPLITWISE)}
+    assert set(profiles) == {f"{hw}-llama2-70b-tp{tp}" for hw in ("a100", "h100") for tp in (2, 4, 8)}
+    data = pd.read_csv(SPLITWISE)
+    for name, p in profiles.items():
+        hw, tp = {"a100": "a100-80gb", "h100": "h100-80gb"}[name[:4]], int(name[-1])
+        rows = data[(data.hardware == hw) & (data.tensor_parallel == tp) & (data.model == "llama2-70b")]
+        x, y, kind = design_rows(rows)
+        c = np.array([p.model.step_s, p.model.token_s, p.model.seq_s, p.model.prefill_attn_s,
+                      p.model.decode_attn_s])
+        rel = np.abs(x @ c - y) / y
+        # decode steps within 10% (median), prefills within 20%: what the model can express
+        assert np.median(rel[kind == "decode"]) < 0.10, name
+        assert np.median(rel[kind == "prefill"]) < 0.20, name
+    # H100 is faster than A100 at the same parallelism, per decode step
+    for tp in (4, 8):
+        h = profiles[f"h100-llama2-70b-tp{tp}"].model.step_time(16, 16, 0, 16 * 1024)
+        a = profiles[f"a100-llama2-70b-tp{tp}"].model.step_time(16, 16, 0, 16 * 1024)
+        assert h < a
+
+
+def test_broken_configurations_are_detected():
+    # A batch of 64 prompts reported 10x faster than a batch of 32 (as in Splitwise's
+    # TP2 tables) is dropped; a consistent table drops nothing.
+    rows = []
+    for b, t in ((1, 60.0), (2, 100.0), (32, 1700.0), (64, 170.0)):
+        rows.append(dict(prompt_size=512, batch_size=b, token_size=128, prompt_time=t, token_time=30.0 + b))
+    bad = broken_configurations(pd.DataFrame(rows))
+    assert [(d["kind"], d["batch_size"]) for d in bad] == [("prefill", 64)]
+    rows[-1]["prompt_time"] = 3500.0
+    assert broken_configurations(pd.DataFrame(rows)) == []
+
+
+def test_kv_blocks_follow_memory_arithmetic():
+    # TP4: 4 x (80 x 0.95 - 1) GB - 140 GB weights = 160 GB of KV at 320 KiB per token.
+    assert kv_blocks("llama2-70b", 4) == int(160e9 / (80 * 2 * 8 * 128 * 2) // 16)
+    assert kv_blocks("llama2-70b", 8) > kv_blocks("llama2-70b", 4) > kv_blocks("llama2-70b", 2) > 0
+
+
+def test_cli_reports_a_wrong_file(tmp_path, capsys):
+    bad = tmp_path / "x.csv"
+    bad.write_text("a,b\n1,2\n")
+    assert main([str(bad), "--out", str(tmp_path)]) == 2
+    assert "missing columns" in capsys.readouterr().err
