@@ -135,7 +135,7 @@ def prepare(args: argparse.Namespace) -> int:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     print(
         f"{len(t)} requests from {pool.n_conversations} conversations "
-        f"(source {spec.source}, tokenizer {pool.meta.get('tokenizer')}, block size "
+        f"(source {spec.source}, tokenizer {pool.meta.get('tokenizer') or 'none (no text)'}, block size "
         f"{spec.block_size}, cache {pool.meta.get('cache')}) -> {args.out}"
     )
     if pool.meta.get("file_truncated"):

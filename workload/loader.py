@@ -72,7 +72,9 @@ def load_pool(
 
     if spec.source == "synthetic":  # cheap and seed-dependent: not cached
         meta.update(synthetic=spec.as_dict()["synthetic"], seed=seed, cache="off")
-        return synthetic.synthetic_pool(spec.synthetic, spec.block_size, spec.filters, seed, meta)
+        return synthetic.synthetic_pool(
+            spec.synthetic, spec.block_size, spec.filters, seed, meta, progress=progress
+        )
 
     if spec.source == "azure":
         path = azure.azure_path(spec.path)
@@ -81,7 +83,7 @@ def load_pool(
             spec,
             {"file": _file_identity(path), "tokens": "keyed_stream-v1"},
             cache_dir,
-            lambda: azure.azure_pool(path, spec.block_size, spec.filters, meta),
+            lambda: azure.azure_pool(path, spec.block_size, spec.filters, meta, progress=progress),
         )
 
     tok_identity = tok.tokenizer_identity(spec.tokenizer)

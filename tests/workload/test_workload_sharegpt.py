@@ -79,7 +79,10 @@ def test_chains_are_the_hashes_of_the_real_prompt_tokens(tmp_path, deepseek):
     path = write_sharegpt(tmp_path / "sg.json", convs)
     pool = load_pool(WorkloadSpec.from_mapping({"source": "sharegpt", "path": str(path), "block_size": 4}),
                      cache_dir=False)
-    enc = lambda s: deepseek.encode_batch([s])[0]  # noqa: E731
+
+    def enc(text):
+        return deepseek.encode_batch([text])[0]
+
     h, end = {r: enc(x) for r, x in HEADERS.items()}, enc(END_OF_MESSAGE)
     (_, u0), (_, a0), (_, u1), _ = convs[0]
     p0 = h["user"] + enc(u0) + end + h["assistant"]

@@ -144,3 +144,40 @@ def test_offline_mode_without_a_cached_copy_fails_fast_with_advice(tmp_path):
     assert "DatasetUnavailable" in proc.stderr and "offline mode is on (HF_HUB_OFFLINE=1)" in proc.stderr
     assert "set [workload] path" in proc.stderr
     assert elapsed < 60  # no minute-long retry loop (imports alone take a few seconds)
+
+
+def test_a_pool_built_from_the_hub_is_reused_offline(tmp_path, monkeypatch):
+    """The cache key of a Hub dataset holds no revision, so an online build serves offline runs."""
+    from workload.sources import wildchat
+
+    records = _raw()
+    monkeypatch.setattr(wildchat, "open_records", lambda path, dataset, split: iter(records))
+    spec = WorkloadSpec.from_mapping({"source": "wildchat"})
+    online = load_pool(spec, cache_dir=tmp_path)
+    assert online.meta["cache"] == "miss" and online.meta["dataset"] == "allenai/WildChat-1M"
+
+    def offline(path, dataset, split):
+        raise DatasetUnavailable("offline")
+
+    monkeypatch.setattr(wildchat, "open_records", offline)
+    again = load_pool(spec, cache_dir=tmp_path)
+    assert again.meta["cache"] == "hit" and np.array_equal(again.trace.block_hashes, online.trace.block_hashes)
+    with pytest.raises(DatasetUnavailable):
+        load_pool(WorkloadSpec.from_mapping({"source": "wildchat", "split": "test"}), cache_dir=tmp_path)
+
+
+def test_timestamp_forms():
+    from datetime import datetime, timezone
+
+    from workload.conversation import to_epoch_seconds
+
+    aware = datetime(2023, 4, 9, 0, 2, 53, tzinfo=timezone.utc)
+    assert to_epoch_seconds(aware) == aware.timestamp() == 1680998573.0
+    assert to_epoch_seconds(datetime(2023, 4, 9, 0, 2, 53)) == 1680998573.0  # naive = UTC
+    assert to_epoch_seconds("2023-04-09T00:02:53Z") == 1680998573.0
+    assert to_epoch_seconds("2023-04-09T02:02:53+02:00") == 1680998573.0
+    assert to_epoch_seconds(1680998573000) == 1680998573.0  # milliseconds
+    assert to_epoch_seconds(1680998573.5) == 1680998573.5
+    assert np.isnan(to_epoch_seconds(None)) and np.isnan(to_epoch_seconds(""))
+    with pytest.raises(ValueError, match="not an ISO-8601 timestamp: 'yesterday'"):
+        to_epoch_seconds("yesterday")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from workload.config import Filters
 from workload.hashing import block_hash_chain, keyed_stream
@@ -62,12 +63,16 @@ def read_trace(path: Path) -> dict[str, np.ndarray]:
     }
 
 
-def azure_pool(path: Path, block_size: int, filters: Filters, meta: dict[str, Any]) -> RequestPool:
+def azure_pool(
+    path: Path, block_size: int, filters: Filters, meta: dict[str, Any], progress: bool = False
+) -> RequestPool:
     cols = read_trace(path)
     builder = PoolBuilder(block_size)
     dropped = 0
+    rows = zip(cols["input_len"], cols["output_len"], cols["timestamp_s"])
+    total = len(cols["input_len"])
     for row, (inp, out, ts) in enumerate(
-        zip(cols["input_len"], cols["output_len"], cols["timestamp_s"])
+        tqdm(rows, total=total, desc="hashing azure", unit="req", disable=not progress)
     ):
         if not filters.keep_lengths(int(inp), int(out)):
             dropped += 1

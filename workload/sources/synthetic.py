@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from workload.config import Filters, LengthDist, SyntheticSpec
 from workload.hashing import block_hash_chain, continue_chain, keyed_stream
@@ -39,7 +40,12 @@ def _tokens(key: int, length: int, salt: int) -> np.ndarray:
 
 
 def synthetic_pool(
-    spec: SyntheticSpec, block_size: int, filters: Filters, seed: int, meta: dict[str, Any]
+    spec: SyntheticSpec,
+    block_size: int,
+    filters: Filters,
+    seed: int,
+    meta: dict[str, Any],
+    progress: bool = False,
 ) -> RequestPool:
     rng = np.random.default_rng([seed, 0x5E])
     n = spec.num_requests
@@ -53,7 +59,7 @@ def synthetic_pool(
     prefix_chains = [block_hash_chain(p, block_size) for p in prefixes]
     builder = PoolBuilder(block_size)
     dropped = 0
-    for i in range(n):
+    for i in tqdm(range(n), desc="generating synthetic", unit="req", disable=not progress):
         inp = spec.prefix_len + int(own[i])
         if not filters.keep_lengths(inp, int(out[i])):
             dropped += 1

@@ -63,6 +63,8 @@ def wildchat_identity(path: str, dataset: str, split: str) -> dict[str, Any]:
                 for f in files
             ],
         }
+    # No Hub revision in the key: a pool built online must still be found offline.
+    # WildChat-1M is a fixed release; delete the cache file to pick up a changed copy.
     return {"hub": dataset, "split": split}
 
 
