@@ -15,3 +15,9 @@ def deepseek():
     from workload.tokenizer import load_tokenizer
 
     return load_tokenizer("deepseek")
+
+
+@pytest.fixture(scope="session")
+def session_cache(tmp_path_factory):
+    """One pool cache for the whole session, so each real dataset is tokenized once."""
+    return tmp_path_factory.mktemp("session-cache")

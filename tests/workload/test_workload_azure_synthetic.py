@@ -16,9 +16,9 @@ from workload_helpers import AZURE_CSV
 
 
 @pytest.fixture(scope="module")
-def azure_pool(tmp_path_factory):
-    spec = WorkloadSpec.from_mapping({"source": "azure", "path": str(AZURE_CSV), "min_output_len": 0, "min_input_len": 0})
-    return load_pool(spec, cache_dir=tmp_path_factory.mktemp("cache"))
+def azure_pool(session_cache):
+    # default filters keep every row: the trace's minimum lengths are 2 and 7 tokens
+    return load_pool(WorkloadSpec.from_mapping({"source": "azure", "path": str(AZURE_CSV)}), cache_dir=session_cache)
 
 
 def test_azure_rows_lengths_and_timestamps(azure_pool):
@@ -53,11 +53,11 @@ def test_packaged_copy_is_the_shared_csv():
 
 
 def test_azure_default_path_and_length_filters():
-    pool = load_pool(WorkloadSpec.from_mapping({"source": "azure", "max_input_len": 1000, "min_output_len": 100}),
+    pool = load_pool(WorkloadSpec.from_mapping({"source": "azure", "max_input_len": 300, "min_output_len": 100}),
                      cache_dir=False)
     t = pool.trace
     df = pd.read_csv(AZURE_CSV)
-    keep = (df["ContextTokens"] <= 1000) & (df["GeneratedTokens"] >= 100)
+    keep = (df["ContextTokens"] <= 300) & (df["GeneratedTokens"] >= 100)
     assert len(t) == int(keep.sum()) == len(df) - pool.meta["rows_filtered_length"]
     assert pool.meta["path"].endswith("azure_llm_inference_conv_2023.csv.gz")
 

@@ -11,15 +11,15 @@ from workload.config import WorkloadSpec
 from workload.loader import load_pool
 from workload_helpers import AZURE_CSV, WILDCHAT_PARQUET
 
-SHAREGPT = {"source": "sharegpt", "max_conversations": 60}
+SHAREGPT = {"source": "sharegpt", "max_conversations": 40}
 AZURE = {"source": "azure", "path": str(AZURE_CSV)}
 COLUMNS = ("request_id", "conversation_id", "turn", "input_len", "output_len", "arrival_s",
            "timestamp_s", "hash_offsets", "block_hashes")
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("trace-cache")
+def cache(session_cache):
+    return session_cache
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +41,16 @@ def test_same_seed_same_trace_other_seed_other_trace(cache):
     assert not np.array_equal(a.conversation_id, c.conversation_id)
 
 
-def test_shape_of_a_trace(cache):
-    t = build_trace(SHAREGPT, {"pattern": "poisson", "rate": 2.0}, seed=0, num_requests=150, cache_dir=cache)
-    assert len(t) == 150 and t.request_id.tolist() == list(range(150))
+def test_shape_of_a_trace(pool, cache):
+    n = len(pool) - 1
+    t = build_trace(SHAREGPT, {"pattern": "poisson", "rate": 2.0}, seed=0, num_requests=n, cache_dir=cache)
+    assert len(t) == n and t.request_id.tolist() == list(range(n))
     assert np.all(np.diff(t.arrival_s) >= 0) and t.arrival_s[0] > 0
     assert np.array_equal(np.diff(t.hash_offsets), t.input_len // t.block_size)
     for key in ("source", "tokenizer", "block_size", "filters", "pool_size", "arrivals", "seed"):
         assert key in t.meta, key
-    assert t.meta["tokenizer"] == "deepseek" and t.meta["passes"] == 1
+    assert t.meta["tokenizer"] == "deepseek" and t.meta["passes"] == 1 and "cycled" not in t.meta
+    assert t.meta["pool_size"] == len(pool) and t.meta["pool_conversations"] == pool.n_conversations
 
 
 def _check_turn_order(t):

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from workload.buckets import bucket_labels
-from workload.cli import build_parser
+from workload.cli import build_parser, main
 from workload_helpers import REPO, WILDCHAT_JSONL
 
 
@@ -73,6 +73,7 @@ def test_prepare_wildchat_with_filters(tmp_path):
         (["--source", "azure", "--path", "/nonexistent.csv"], "does not exist"),
     ],
 )
-def test_prepare_errors_are_one_clear_line(tmp_path, args, fragment):
-    proc = _run("prepare", "--out", str(tmp_path / "x.jsonl"), *args, tmp_path=tmp_path)
-    assert proc.returncode == 2 and fragment in proc.stderr and "Traceback" not in proc.stderr
+def test_prepare_errors_are_one_clear_line(tmp_path, capsys, args, fragment):
+    code = main(["prepare", "--out", str(tmp_path / "x.jsonl"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and fragment in err and "Traceback" not in err

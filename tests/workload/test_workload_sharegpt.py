@@ -17,9 +17,9 @@ N_SAMPLE = 40
 
 
 @pytest.fixture(scope="module")
-def sample_pool(tmp_path_factory):
+def sample_pool(session_cache):
     spec = WorkloadSpec.from_mapping({"source": "sharegpt", "max_conversations": N_SAMPLE})
-    return load_pool(spec, cache_dir=tmp_path_factory.mktemp("cache"))
+    return load_pool(spec, cache_dir=session_cache)
 
 
 @pytest.fixture(scope="module")

@@ -20,9 +20,9 @@ SYNTH = {
 
 
 @pytest.fixture(scope="module")
-def traces(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("tok-cache")
-    chat = build_trace({"source": "sharegpt", "max_conversations": 25}, {}, seed=5, num_requests=120,
+def traces(session_cache):
+    cache = session_cache
+    chat = build_trace({"source": "sharegpt", "max_conversations": 40}, {}, seed=5, num_requests=120,
                        cache_dir=cache)
     synth = build_trace(SYNTH, {}, seed=5, num_requests=150, cache_dir=cache)
     return {"chat": chat, "synthetic": synth}
