@@ -218,3 +218,35 @@ def serve(app: Any, sock: socket.socket, *, log_level: str = "warning") -> None:
         backlog=2048, ws="none",
     )
     uvicorn.Server(config).run(sockets=[sock])
+
+
+@contextlib.asynccontextmanager
+async def running(app: Any, host: str = "127.0.0.1", port: int = 0):
+    """Serve ``app`` inside the current event loop; yield its base URL.
+
+    For tests and in-process tools: the server shares the caller's loop, so the
+    app's state can be inspected between requests. Stops the server on exit.
+    """
+    import uvicorn
+
+    sock = bind_socket(host, port)
+    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False,
+                            http="httptools", ws="none", timeout_graceful_shutdown=1)
+    server = uvicorn.Server(config)
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # the caller's signals
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # raises the startup error
+                raise RuntimeError("server stopped during startup")
+            await asyncio.sleep(0.005)
+        h, p = sock.getsockname()[:2]
+        yield f"http://{h}:{p}"
+    finally:
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(task, timeout=5)
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            task.cancel()
+        sock.close()

@@ -71,7 +71,7 @@ def iter_samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
     Handles escaped quotes and braces inside label values, ``NaN``/``+Inf``, and
     an optional trailing timestamp. Raises ``MetricsParseError`` naming the line.
     """
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): "\x1e" is data
         if not line or line[0] == "#" or line.isspace():
             continue
         name, label_text, rest = _split_line(line, lineno)
@@ -86,7 +86,7 @@ def sum_by_name(text: str, names: Iterable[str] | None = None) -> dict[str, tupl
     """
     wanted = None if names is None else frozenset(names)
     out: dict[str, tuple[float, int]] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line or line[0] == "#" or line.isspace():
             continue
         name, _, rest = _split_line(line, lineno)

@@ -18,7 +18,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from sim.engine import Engine, EngineConfig, EngineMetrics
 from sim.latency import LatencyProfile
@@ -58,14 +58,20 @@ class RequestState:
         return self.engine_req.id
 
 
-@dataclass
 class StepObserver:
-    """Callbacks for metrics; the driver calls them after each completed step."""
+    """Hooks the driver calls after each completed step (metrics subclass it)."""
 
-    on_first_token: Callable[[RequestState, float], None] = lambda s, t: None
-    on_token: Callable[[RequestState, float, int], None] = lambda s, t, n: None
-    on_finish: Callable[[RequestState, float], None] = lambda s, t: None
-    on_step: Callable[[int, int], None] = lambda prompt_tokens, gen_tokens: None
+    def on_first_token(self, state: RequestState, t: float) -> None:
+        """``state`` got its first token at ``t`` (before ``state.last_token`` moves)."""
+
+    def on_token(self, state: RequestState, t: float, n: int) -> None:
+        """``state`` got ``n`` more tokens at ``t`` (``state.last_token`` is the previous time)."""
+
+    def on_finish(self, state: RequestState, t: float) -> None:
+        """``state`` finished (max_tokens or pseudo-EOS) at ``t``."""
+
+    def on_step(self, prompt_tokens: int, gen_tokens: int) -> None:
+        """A step completed: prompt tokens of requests that got their first token, tokens out."""
 
 
 def scaled_profile(profile: LatencyProfile, slowdown: float) -> LatencyProfile:
@@ -98,6 +104,7 @@ class EngineDriver:
         self._next_id = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._after_abort: EngineMetrics | None = None
         self.steps = 0
         #: Seconds the loop woke up after a step's due end, summed (a health figure).
         self.total_lateness = 0.0
@@ -148,6 +155,7 @@ class EngineDriver:
                 f"{len(self.engine.waiting)} waiting requests")
         self.engine = Engine(self.config, self.profile.model,
                              jitter_cv=self.base_profile.jitter_cv, seed=self.seed)
+        self._after_abort = None
 
     # --- requests ----------------------------------------------------------------
     def submit(self, token_ids: list[int], max_tokens: int, stop_at: int | None = None) -> RequestState:
@@ -170,14 +178,20 @@ class EngineDriver:
         self._publish()
         return True
 
+    @property
+    def published(self) -> EngineMetrics:
+        """What ``/metrics`` shows: the engine's state after its last step or abort."""
+        return self._after_abort if self._after_abort is not None else self.engine.published
+
     def _publish(self) -> None:
-        """Refresh the published metrics after a change outside a step (an abort).
+        """Publish the state after a change outside a step (an abort).
 
         vLLM's gauges drop when a request is aborted even if no step follows; the
-        engine only republishes after a step, so the driver does it here.
+        engine publishes only when a step completes, so the driver keeps this view
+        until the next one.
         """
         e = self.engine
-        e.published = EngineMetrics(
+        self._after_abort = EngineMetrics(
             running=len(e.running), waiting=len(e.waiting), kv_used_blocks=e.kv.num_used,
             num_kv_blocks=e.config.num_kv_blocks, prefix_queries=e.prefix_queries,
             prefix_hits=e.prefix_hits, preemptions=e.preemptions,
@@ -210,6 +224,7 @@ class EngineDriver:
             woke = self.now()
             self.total_lateness += max(0.0, woke - end)
             out = engine.complete(plan, 1, start)
+            self._after_abort = None
             self.steps += 1
             due = end
             prompt_tokens = 0

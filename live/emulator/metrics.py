@@ -30,7 +30,7 @@ class _EngineCollector:
         self.cache_info = cache_info
 
     def collect(self):
-        m = self.driver.engine.published
+        m = self.driver.published
         lv = self.labels
         for name, doc, value in (
             ("vllm:num_requests_running", "Number of requests in model execution batches.", m.running),
@@ -61,7 +61,6 @@ class EmulatorMetrics(StepObserver):
     """Observes the driver's steps into vLLM-named Prometheus series."""
 
     def __init__(self, model_name: str, max_model_len: int) -> None:
-        super().__init__()
         self.registry = CollectorRegistry(auto_describe=False)
         self.model_name = model_name
         self.max_model_len = max_model_len

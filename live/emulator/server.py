@@ -156,7 +156,7 @@ class EmulatorApp:
 
     def _state(self) -> dict[str, Any]:
         d = self.driver
-        m = d.engine.published
+        m = d.published
         return {
             "profile": self.profile.name, "model": self.model, "requests_seen": self.requests_seen,
             "running": m.running, "waiting": m.waiting, "kv_used_blocks": m.kv_used_blocks,
