@@ -53,6 +53,11 @@ def _replay(
     span = float(rel[-1])
     gap = span / (len(rel) - 1) if len(rel) > 1 else 1.0
     period = span + gap  # a repeated pass starts one mean gap after the previous one ends
+    if period <= 0 and num_requests is None:
+        raise ValueError(
+            "pattern 'replay' with duration_s needs timestamps that are not all equal "
+            "(every request would arrive at 0 s, without end); give num_requests instead"
+        )
     parts_rows, parts_t, parts_pass, have, p = [], [], [], 0, 0
     while True:
         t = rel + p * period

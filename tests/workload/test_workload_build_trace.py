@@ -163,3 +163,13 @@ def test_trace_invariants(pool, cache, seed, n, order, sessions, pattern):
     assert t.request_id.tolist() == list(range(n))
     _check_turn_order(t)
     assert _same(t, build_trace(wl, {"pattern": pattern, "rate": 3.0}, seed=seed, num_requests=n, cache_dir=cache))
+
+
+def test_replay_of_simultaneous_timestamps(tmp_path):
+    csv = tmp_path / "same.csv"
+    csv.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n" + "2023-11-16 18:15:46.0,40,5\n" * 3)
+    wl = {"source": "azure", "path": str(csv)}
+    t = build_trace(wl, {"pattern": "replay"}, seed=0, num_requests=7, cache_dir=False)
+    assert len(t) == 7 and (t.arrival_s == 0).all() and t.meta["passes"] == 3
+    with pytest.raises(ValueError, match="timestamps that are not all equal"):
+        build_trace(wl, {"pattern": "replay"}, seed=0, duration_s=5.0, cache_dir=False)
