@@ -421,6 +421,7 @@ class ClusterSim:
         for d in self.drivers:
             req = d.engine.requests.get(rid)
             if req is not None:
+                d.engine.close_itl(req)
                 break
         self._finish(rid, req, "unfinished", end, error="still in flight when the run ended",
                      observe=False)

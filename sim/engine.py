@@ -36,6 +36,7 @@ from itertools import repeat
 from sim.kv_cache import KVCache
 from sim.latency import LatencyModel
 from sim.request import EngineRequest, Status
+from sim.timeline import Timeline
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +140,7 @@ class Engine:
         self.waiting: deque[EngineRequest] = deque()
         self.running: list[EngineRequest] = []
         self.requests: dict[int, EngineRequest] = {}
+        self.timeline = Timeline()
         self.prefix_queries = 0
         self.prefix_hits = 0
         self.preemptions = 0
@@ -178,7 +180,14 @@ class Engine:
         else:
             self.waiting.remove(req)
         req.status = Status.ABORTED
+        self.close_itl(req)
         return req
+
+    def close_itl(self, req: EngineRequest) -> None:
+        """Copy the gaps of the request's current token streak into its ITL runs."""
+        if req.last_tick > req.streak_start:
+            self.timeline.copy_gaps(req.streak_start, req.last_tick, req.itl)
+        req.streak_start = req.last_tick
 
     @property
     def has_work(self) -> bool:
@@ -368,24 +377,33 @@ class Engine:
 
     def _complete_step(self, plan: Plan, start: float) -> StepOutput:
         end = start + plan.first
+        tick = self.timeline.append(plan.first, 0.0, 1)
         emitted: list[EngineRequest] = []
         finished: list[EngineRequest] = []
         first_tokens: list[EngineRequest] = []
+        running_status = Status.RUNNING
         for req, n in plan.scheduled:
-            if req.status != Status.RUNNING:
+            if req.status != running_status:
                 continue  # aborted while the step ran
-            req.num_computed += n
-            if req.num_computed < req.num_tokens:
+            computed = req.num_computed + n
+            req.num_computed = computed
+            if computed < req.prompt_len + req.num_output:
                 continue  # a prefill chunk: no token yet
-            req.num_output += 1
-            if req.num_output == 1:
+            out = req.num_output + 1
+            req.num_output = out
+            if out == 1:
                 req.first_token_time = end
+                req.streak_start = tick
                 first_tokens.append(req)
-            else:
+            elif req.last_tick != tick - 1:
+                # The streak broke (preempted or not scheduled): close it, add the jump.
+                self.close_itl(req)
                 req.itl.add(end - req.last_token_time)
+                req.streak_start = tick
+            req.last_tick = tick
             req.last_token_time = end
             emitted.append(req)
-            if req.num_output >= req.max_tokens:
+            if out >= req.max_tokens:
                 finished.append(req)
         for req in finished:
             self._finish(req)
@@ -395,9 +413,10 @@ class Engine:
         # The simulator's hottest loop: one pass per running request per run.
         kv = self.kv
         bs = self.config.block_size
-        first, delta = plan.first, plan.delta
+        first = plan.first
         end = start + plan.time_of(steps)
-        tol = 1e-9 * first
+        last = self.timeline.append(first, plan.delta, steps)
+        before = last - steps  # the tick just before this run
         running_status = Status.RUNNING
         emitted: list[EngineRequest] = []
         finished: list[EngineRequest] = []
@@ -408,14 +427,11 @@ class Engine:
             if computed > (len(req.shared_blocks) + req.num_private) * bs:
                 kv.grow(req, computed)  # decode blocks are private: nothing to register
             req.num_computed = computed
-            gap0 = start + first - req.last_token_time
-            itl = req.itl
-            if abs(gap0 - first) <= tol:
-                itl.add_run(first, delta, steps)
-            else:
-                itl.add_run(gap0, 0.0, 1)
-                if steps > 1:
-                    itl.add_run(first + delta, delta, steps - 1)
+            if req.last_tick != before:
+                self.close_itl(req)
+                req.itl.add(start + first - req.last_token_time)
+                req.streak_start = before + 1
+            req.last_tick = last
             req.num_output += steps
             req.last_token_time = end
             emitted.append(req)
@@ -430,6 +446,7 @@ class Engine:
         self.kv.free(req, keep_for_recompute=False)
         req.status = Status.FINISHED
         del self.requests[req.id]
+        self.close_itl(req)
 
     # --- metrics --------------------------------------------------------------------
     def _state(self) -> tuple:

@@ -30,7 +30,7 @@ class EngineRequest:
         "id", "prompt_len", "max_tokens", "prompt_hashes", "num_shareable", "num_computed",
         "num_output", "shared_blocks", "num_private", "num_registered", "freed_extent",
         "num_cached", "num_preemptions", "status", "arrival", "first_token_time",
-        "last_token_time", "itl", "payload",
+        "last_token_time", "itl", "streak_start", "last_tick", "payload",
     )
 
     def __init__(
@@ -77,6 +77,10 @@ class EngineRequest:
         self.first_token_time = math.nan
         self.last_token_time = math.nan
         self.itl = ItlEncoder()
+        #: The engine's ticks (see ``sim.timeline``) of the first and last token of the
+        #: current streak of consecutive tokens; their gaps are read from the timeline.
+        self.streak_start = -1
+        self.last_tick = -1
         #: Opaque data of whoever drives the engine (the simulator's record fields).
         self.payload = payload
 
