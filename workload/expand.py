@@ -105,7 +105,7 @@ def expand_conversation(
         needed = input_len
     if not requests:
         return requests, np.zeros(0, dtype=np.uint64)
-    stream += template.generation_prompt  # the last kept prompt may end with it
+    # Each kept prompt ends with the header of the reply that follows it in the stream.
     chain = block_hash_chain(np.asarray(stream[:needed], dtype=np.int64), block_size)
     return requests, chain
 

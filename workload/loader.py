@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import warnings
 from typing import Any
 
 from workload import cache as pool_cache
@@ -56,7 +57,11 @@ def _cached(
             return pool
     pool = build()
     if path is not None:
-        pool_cache.save_pool(path, pool)
+        try:
+            pool_cache.save_pool(path, pool)
+        except OSError as exc:  # a read-only home, a full disk: run on, uncached
+            warnings.warn(f"could not write the workload cache {path} ({exc})", stacklevel=3)
+            path = None
     pool.meta.update(cache="miss" if path else "off", cache_file=str(path) if path else None)
     pool.trace.meta.update(cache=pool.meta["cache"], cache_file=pool.meta["cache_file"])
     return pool

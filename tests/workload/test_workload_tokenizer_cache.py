@@ -152,3 +152,12 @@ def test_default_location_and_switching_the_cache_off(tmp_path, monkeypatch):
     assert len(list((tmp_path / "root" / "workload").glob("*.npz"))) == 1
     monkeypatch.delenv("VLLM_LAB_CACHE")
     assert default_cache_dir() == default_cache_dir().home() / ".cache" / "vllm-routing-lab" / "workload"
+
+
+def test_an_unwritable_cache_warns_and_runs_on(tmp_path):
+    path = _sharegpt_file(tmp_path)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should be")
+    with pytest.warns(UserWarning, match="could not write the workload cache"):
+        pool = load_pool(_spec(path), cache_dir=blocker / "sub")
+    assert len(pool) == 3 and pool.meta["cache"] == "off"
