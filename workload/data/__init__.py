@@ -1,0 +1,1 @@
+"""Data files shipped with ``workload`` (see README.md here for sources and licenses)."""
