@@ -156,6 +156,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise ValueError("compare needs held-out rows: use a --test-fraction above 0")
     Xtr, Xte = X.iloc[train].reset_index(drop=True), X.iloc[test].reset_index(drop=True)
     rows16 = Xte.iloc[:16]
+    _import_training_libraries(kinds)  # so that fit_s times fitting, not imports
     # The teacher is trained inside `distill`: report that one rather than train it twice.
     order = [k for k in kinds if k != "transformer"] if "distill" in kinds else kinds
     table = []
@@ -232,6 +233,22 @@ def _per_kind_params(items: list[str] | None, kinds: list[str]) -> dict[str, dic
     return params
 
 
+def _import_training_libraries(kinds: list[str]) -> None:
+    import sklearn.linear_model  # noqa: F401
+    import sklearn.tree  # noqa: F401
+
+    if {"mlp", "transformer", "distill"} & set(kinds):
+        import torch  # noqa: F401
+
+
+def _param_help() -> str:
+    lines = []
+    for kind in MODEL_KINDS:
+        defaults = make_model(kind).get_params()
+        lines.append(f"  {kind}: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in defaults.items()))
+    return "\n".join(lines)
+
+
 def _versions() -> dict[str, str]:
     out = {}
     for mod in ("numpy", "pandas", "sklearn", "torch"):
@@ -265,7 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fraction of rows held out for evaluation"
                        + ("; default: the model's own" if default_fraction is None else f"; default {default_fraction}"))
 
-    p = sub.add_parser("train", help="train one model and save it", description="Train a model on the train split of --data, print held-out metrics, save it.")
+    p = sub.add_parser(
+        "train", help="train one model and save it", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a model on the train split of --data, print held-out metrics, save it.\n\n"
+        "Hyperparameters (--param KEY=VALUE) and their defaults:\n" + _param_help(),
+    )
     data_arg(p)
     p.add_argument("--model", required=True, choices=list(MODEL_KINDS), metavar="KIND", help=f"model family: {kinds}")
     p.add_argument("--target", default="ttft", choices=list(TARGETS), help="what to predict: ttft, tpot (the plan's TBT) or e2el; default ttft")

@@ -214,6 +214,11 @@ class FeatureEncoder:
             return raw, tail
         return self._impute(raw, tail.copy())
 
+    @property
+    def shared_tail(self) -> np.ndarray:
+        """The cached flag/group block ``split_rows`` returns when nothing was imputed."""
+        return self._last_tail
+
     def encode_rows(self, rows: Sequence[Sequence[float]], groups: Sequence[str]) -> np.ndarray:
         """``split_rows`` as one matrix (columns as in ``names``)."""
         return np.hstack(self.split_rows(rows, groups))

@@ -27,7 +27,7 @@ class LinearPredictor(Predictor):
         quantile: float | None = None,
         seed: int = 0,
         alpha: float = 1e-6,
-        max_quantile_rows: int = 20000,
+        max_quantile_rows: int = 10000,
     ) -> None:
         super().__init__(target=target, quantile=quantile, seed=seed)
         self.alpha = float(alpha)

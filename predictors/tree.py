@@ -2,10 +2,12 @@
 
 scikit-learn grows the tree; ``CompactTree`` keeps only what prediction needs
 (children, split feature, threshold, leaf value) as JSON-able arrays. Its
-predictions equal sklearn's bit for bit: like sklearn it compares the feature
-rounded to float32 with the float64 threshold. For a handful of rows (one per
-backend) a plain Python walk beats numpy's per-call overhead; for many rows the
-walk is vectorised level by level.
+predictions equal sklearn's bit for bit. sklearn compares the feature *rounded
+to float32* with a float64 threshold; rounding is monotonic, so that test equals
+``x <= cut`` for one float64 ``cut`` per node (``float64_cuts``), and the walk
+compares the caller's float64 (or int) values directly, with no conversion. For
+a handful of rows (one per backend) a plain Python walk beats numpy's per-call
+overhead; for many rows the walk is vectorised level by level.
 
 Quantile trees keep CART's squared-error splits and store, in each leaf, the
 requested quantile of the training targets that fell there (the leaf-quantile
@@ -23,12 +25,32 @@ from predictors.base import Predictor
 
 #: Below this many rows the Python walk is faster than the vectorised one.
 _PY_ROWS = 48
+_HALF_ULP_OF_MAX_FLOAT32 = 2.0**103
+
+
+def float64_cuts(threshold: np.ndarray) -> np.ndarray:
+    """Per threshold ``t``: the largest float64 ``c`` with ``float32(x) <= t  <=>  x <= c``.
+
+    ``a`` is the largest float32 not above ``t``; every float64 below the midpoint
+    between ``a`` and the next float32 rounds to ``a`` or lower, and the midpoint
+    itself rounds to whichever of the two is even (round-half-to-even).
+    """
+    t = np.asarray(threshold, dtype=np.float64)
+    a = t.astype(np.float32)
+    over = a.astype(np.float64) > t
+    a[over] = np.nextafter(a[over], np.float32(-np.inf))
+    a64 = a.astype(np.float64)
+    b64 = np.nextafter(a, np.float32(np.inf)).astype(np.float64)
+    half = np.where(np.isinf(b64), _HALF_ULP_OF_MAX_FLOAT32, (b64 - a64) / 2)
+    mid = a64 + half  # exact: float32 neighbours and their midpoint fit in float64
+    even = (a.view(np.uint32) & 1) == 0
+    return np.where(even, mid, np.nextafter(mid, -np.inf))
 
 
 class CompactTree:
     """A fitted binary regression tree as flat arrays (leaves have ``left == -1``)."""
 
-    __slots__ = ("left", "right", "feature", "threshold", "value", "_lists", "_nodes")
+    __slots__ = ("left", "right", "feature", "threshold", "value", "cut", "_lists", "_nodes")
 
     def __init__(self, left, right, feature, threshold, value) -> None:
         self.left = np.asarray(left, dtype=np.int64)
@@ -52,11 +74,11 @@ class CompactTree:
             self.left.tolist(), self.right.tolist(), self.feature.tolist(),
             self.threshold.tolist(), self.value.tolist(),
         )
-        left, right, feature, threshold, _ = self._lists
-        # For the Python walk: (feature, threshold, left, right) per split, None per leaf.
-        self._nodes = [
-            (feature[i], threshold[i], left[i], right[i]) if left[i] >= 0 else None for i in range(n)
-        ]
+        self.cut = float64_cuts(self.threshold)
+        left, right, feature, _, _ = self._lists
+        cut = self.cut.tolist()
+        # For the Python walk: (feature, cut, left, right) per split, None per leaf.
+        self._nodes = [(feature[i], cut[i], left[i], right[i]) if left[i] >= 0 else None for i in range(n)]
 
     @classmethod
     def from_sklearn(cls, estimator: Any, leaf_values: np.ndarray | None = None) -> CompactTree:
@@ -78,39 +100,28 @@ class CompactTree:
 
     def apply(self, Z: np.ndarray) -> np.ndarray:
         """The leaf each row lands in (same ids as sklearn's ``apply``)."""
-        Z32 = np.asarray(Z, dtype=np.float32)
-        n = Z32.shape[0]
+        Z = np.asarray(Z, dtype=np.float64)
+        n = Z.shape[0]
         if n <= _PY_ROWS:
-            return np.array(self._walk(Z32.tolist(), leaves=True), dtype=np.int64)
-        left, right, feature, threshold = self.left, self.right, self.feature, self.threshold
+            return np.array(self.walk(Z.tolist(), leaves=True), dtype=np.int64)
+        left, right, feature, cut = self.left, self.right, self.feature, self.cut
         node = np.zeros(n, dtype=np.int64)
         rows = np.nonzero(left[node] >= 0)[0]
         while len(rows):
             nd = node[rows]
-            go_left = Z32[rows, feature[nd]] <= threshold[nd]
+            go_left = Z[rows, feature[nd]] <= cut[nd]
             node[rows] = np.where(go_left, left[nd], right[nd])
             rows = rows[left[node[rows]] >= 0]
         return node
 
     def predict(self, Z: np.ndarray) -> np.ndarray:
-        Z32 = np.asarray(Z, dtype=np.float32)
-        if Z32.shape[0] <= _PY_ROWS:
-            return np.array(self._walk(Z32.tolist(), leaves=False), dtype=np.float64)
-        return self.value[self.apply(Z32)]
+        Z = np.asarray(Z, dtype=np.float64)
+        if Z.shape[0] <= _PY_ROWS:
+            return np.array(self.walk(Z.tolist(), leaves=False), dtype=np.float64)
+        return self.value[self.apply(Z)]
 
-    def predict_split(self, raw: np.ndarray, tail: np.ndarray, tail_rows: list | None = None) -> np.ndarray:
-        """``predict`` on the column blocks of ``FeatureEncoder.split_rows``.
-
-        ``tail_rows`` is ``tail.tolist()`` when the caller has it cached.
-        """
-        if raw.shape[0] > _PY_ROWS:
-            return self.predict(np.hstack([raw, tail]))
-        # float32 rounding as sklearn does, then float64: its tolist() is the fast one.
-        head = raw.astype(np.float32).astype(np.float64).tolist()
-        tails = tail.tolist() if tail_rows is None else tail_rows
-        return np.array(self._walk([a + b for a, b in zip(head, tails)], leaves=False))
-
-    def _walk(self, rows: list[list[float]], *, leaves: bool) -> list:
+    def walk(self, rows: list, *, leaves: bool = False) -> list:
+        """Leaf values (or ids) of rows given as Python sequences of encoded columns."""
         nodes = self._nodes
         root = nodes[0]
         leaf_ids = []
@@ -181,16 +192,24 @@ class TreeModel(Predictor):
 
     tree: CompactTree | None
     _tail_src: np.ndarray | None = None
-    _tail_rows: list | None = None
+    _tail_rows: list = []
 
     def predict_encoded(self, Z: np.ndarray) -> np.ndarray:
         return self.tree.predict(Z)
 
-    def predict_split(self, raw: np.ndarray, tail: np.ndarray) -> np.ndarray:
-        # The encoder hands back the same cached tail while the backends stay the same.
-        if tail is not self._tail_src:
-            self._tail_src, self._tail_rows = tail, tail.tolist()
-        return self.tree.predict_split(raw, tail, self._tail_rows)
+    def predict_rows(self, rows, groups) -> np.ndarray:
+        """Walk the caller's own rows when nothing had to be imputed (no array round trip)."""
+        enc = self._fitted_encoder()
+        raw, tail = enc.split_rows(rows, groups)
+        if len(rows) > _PY_ROWS or not len(rows):
+            return self.predict_split(raw, tail)
+        if tail is not self._tail_src:  # the encoder's cached block, while the backends stay
+            self._tail_src, self._tail_rows = tail, [tuple(r) for r in tail.tolist()]
+        if tail is enc.shared_tail and type(rows[0]) is tuple:
+            head = rows
+        else:
+            head = [tuple(r) for r in raw.tolist()]
+        return np.array(self.tree.walk([a + b for a, b in zip(head, self._tail_rows)]))
 
 
 class TreePredictor(TreeModel):

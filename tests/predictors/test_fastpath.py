@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from predictor_helpers import fitted, known_rows
 
-from predictors.tree import CompactTree, fit_tree
+from predictors.tree import CompactTree, fit_tree, float64_cuts
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +49,28 @@ def test_compact_tree_equals_sklearn_on_any_rows(sk_tree, rows):
     compact, est, _ = sk_tree
     expected = est.predict(rows)
     assert np.array_equal(compact.predict(rows), expected)
-    raw, tail = rows[:, :3], rows[:, 3:]
-    assert np.array_equal(compact.predict_split(raw, tail), expected)
+    assert compact.walk([tuple(r) for r in rows.tolist()]) == expected.tolist()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(-1e30, 1e30, allow_nan=False, width=64),
+    st.integers(-4, 4),
+    st.floats(-1.0, 1.0),
+)
+def test_float64_cut_decides_like_sklearns_float32_comparison(t, steps, frac):
+    """float32(x) <= t  <=>  x <= cut(t), tried at and around the float32 grid near t."""
+    cut = float(float64_cuts(np.array([t]))[0])
+    base = np.float32(t)
+    for k in range(abs(steps) + 1):
+        neighbour = base
+        for _ in range(k):
+            neighbour = np.nextafter(neighbour, np.float32(np.sign(steps) or 1) * np.float32(np.inf))
+        lo = float(neighbour)
+        hi = float(np.nextafter(neighbour, np.float32(np.inf)))
+        for x in (lo, hi, (lo + hi) / 2, np.nextafter((lo + hi) / 2, -np.inf),
+                  np.nextafter((lo + hi) / 2, np.inf), lo + frac * (hi - lo), t):
+            assert (float(np.float32(x)) <= t) == (x <= cut), (t, x, cut)
 
 
 def test_tree_model_fast_path_equals_sklearn_on_encoded_rows():
@@ -89,3 +109,18 @@ def test_corrupt_tree_arrays_are_refused():
         CompactTree([1, 0, -1], [2, -1, -1], [0, 0, 0], [0.5, 0.0, 0.0], [0.0, 1.0, 2.0])
     with pytest.raises(ValueError, match="one entry per node"):
         CompactTree([-1], [-1, -1], [0], [0.0], [1.0])
+
+
+@pytest.mark.parametrize("kind", ["tree", "distill"])
+def test_tree_fast_path_on_scraped_rows_walks_the_callers_values(kind):
+    from predictor_helpers import fast_rows
+
+    model = fitted(kind)
+    frame = known_rows(200, seed=12)
+    frame = frame[np.isfinite(frame["scrape_age_s"])].iloc[:16]
+    rows, groups = fast_rows(frame)
+    expected = model.predict(frame)
+    assert np.array_equal(model.predict_rows(rows, groups), expected)  # the callers' tuples
+    assert np.array_equal(model.predict_rows([list(r) for r in rows], groups), expected)
+    ints = [(int(r[0]), int(r[1]), int(r[2]), int(r[3])) + r[4:] for r in rows]  # as a router builds them
+    assert np.array_equal(model.predict_rows(ints, groups), expected)
