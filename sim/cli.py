@@ -31,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("scenario", nargs="?", help="scenario TOML file (see scenarios/*.toml)")
+    p.add_argument("scenario", nargs="?",
+                   help="scenario TOML file, or the name of a shipped one (burst, poisson, ...; "
+                        "`python -m scenarios list`)")
     p.add_argument("--out", metavar="DIR",
                    help="run directory (default: runs/<name>-<time>-<hash>); with --resume, "
                         "the run to continue")
@@ -92,7 +94,7 @@ def _list_profiles() -> int:
 
 
 def _load(args):
-    from scenarios import ScenarioError, expand_grid, load_scenario, parse_assignment
+    from scenarios import ScenarioError, expand_grid, load_scenario, parse_assignment, scenario_path
 
     overrides: dict = {}
     try:
@@ -109,7 +111,7 @@ def _load(args):
     if args.mode:
         overrides["router.mode"] = args.mode
     try:
-        scenario = load_scenario(args.scenario, overrides or None)
+        scenario = load_scenario(scenario_path(args.scenario), overrides or None)
         points = expand_grid(scenario)
     except ScenarioError as exc:
         raise _UserError(str(exc)) from None
@@ -206,12 +208,12 @@ def _run(args) -> int:
     _preflight(points)
     seeds = list(scenario.seeds)
     strategies = list(scenario.router.strategies)
+    _warm_workloads(points, seeds, args.quiet)
     run, resumed = _open_run(args, scenario, points)
     total = len(points) * len(strategies) * len(seeds)
     print(f"{scenario.name}: {len(points)} grid point(s) x {len(strategies)} strategies x "
           f"{len(seeds)} seed(s) = {total} simulations -> {run.path}"
           + (" (resuming)" if resumed else ""))
-    _warm_workloads(points, seeds, args.quiet)
 
     started = time.perf_counter()
     totals = {"requests": 0, "busy": 0.0, "sim": 0.0}
