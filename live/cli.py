@@ -116,7 +116,7 @@ def _load(args):
 
 def _run(args) -> int:
     from live.loadgen import LoadOptions
-    from live.run import LiveSettings, open_run, run_scenario
+    from live.run import LiveSettings, check_fleet_sizes, open_run, run_scenario
     from results.summary import format_table, summarize_run
 
     scenario, points = _load(args)
@@ -129,6 +129,7 @@ def _run(args) -> int:
                             load=load)
     try:
         settings.validate()
+        check_fleet_sizes(points, settings)
         run, resumed = open_run(args.out, args.runs_dir, scenario, points, settings, args.resume)
     except (ValueError, FileNotFoundError) as exc:
         raise _UserError(str(exc)) from None

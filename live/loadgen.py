@@ -146,6 +146,8 @@ async def replay(
                                   headers=headers, result=res)
                 status = "ok" if res.ok else ("timeout" if res.timed_out else "error")
             finally:
+                if status == "unfinished":
+                    res.error = "still in flight when the run's time bound hit (cancelled)"
                 lags[i] = res.start - scheduled
                 records[i] = _record(trace, i, res, status, decision, t0, labels, target)
                 if decision is not None:

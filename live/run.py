@@ -123,22 +123,25 @@ def emulator_specs(point, seed: int = 0) -> list[EmulatorSpec]:
     return specs
 
 
+def check_fleet_sizes(points, settings: LiveSettings) -> None:
+    """``ValueError`` unless every grid point has as many backends as were given."""
+    given = len(settings.backends) if settings.backends else settings.emulate
+    flag = "--backends gives" if settings.backends else "--emulate is"
+    for point in points:
+        names = [b for b, _ in point.scenario.backend_names()]
+        if len(names) != given:
+            raise ValueError(
+                f"grid point {point.point_id} has {len(names)} backends ({', '.join(names)}) but "
+                f"{flag} {given}; match them, e.g. with --set cluster.groups.<name>.count=N")
+
+
 @contextlib.contextmanager
 def point_backends(point, settings: LiveSettings) -> Iterator[list[str]]:
     """The URLs serving a grid point: the given ones, or emulators started for it."""
-    n = len(point.scenario.backends())
+    check_fleet_sizes([point], settings)
     if settings.backends:
-        if len(settings.backends) != n:
-            raise ValueError(
-                f"grid point {point.point_id} has {n} backends "
-                f"({', '.join(b for b, _ in point.scenario.backend_names())}) but --backends gives "
-                f"{len(settings.backends)} URLs; match the scenario with --set "
-                f"cluster.groups.<name>.count=N")
         yield list(settings.backends)
         return
-    if settings.emulate != n:
-        raise ValueError(f"grid point {point.point_id} has {n} backends but --emulate is "
-                         f"{settings.emulate}; use --emulate {n} or --set cluster.groups.<name>.count=N")
     with spawn_specs(emulator_specs(point)) as children:
         yield [c.url for c in children]
 

@@ -140,13 +140,12 @@ class GatewayApp:
                                          ttl_dns_cache=None, keepalive_timeout=60.0)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
                                              skip_auto_headers=("User-Agent",))
+        # Text prompts need the tokenizer (about a second to load). Load it before
+        # serving: loading it beside live traffic would stall streams (the GIL).
+        await ensure_tokenizer(self.config.tokenizer)
         await self.fleet.start(self.session)
-        # Text prompts need the tokenizer (about a second to load): load it off the
-        # request path now rather than on the first text request.
-        self._preload = asyncio.create_task(ensure_tokenizer(self.config.tokenizer))
 
     async def shutdown(self) -> None:
-        self._preload.cancel()
         await self.fleet.stop()
         if self.session is not None:
             await self.session.close()
