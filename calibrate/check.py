@@ -113,7 +113,7 @@ def _pct(v: np.ndarray, q: float) -> float:
 def compare(frame: pd.DataFrame) -> dict:
     """Errors per unit and pooled: {scope: {stat: {real, sim, err}}, ..., max_abs_err}."""
     out = {}
-    scopes = [(str(k), g) for k, g in frame.groupby("unit", sort=False)] + [("all", frame)]
+    scopes = [(str(k), g) for k, g in frame.groupby("load", sort=False)] + [("all", frame)]
     for name, g in scopes:
         entry = {}
         for metric, q in STATS:

@@ -127,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--name", required=True, help="profile name, e.g. cpu-tiny")
     f.add_argument("--out", default=None, help="profile JSON to write (default: <name>.json)")
     f.add_argument("--description", default="", help="profile description (default: generated)")
-    f.add_argument("--max-nfev", type=int, default=80,
-                   help="most least-squares evaluations, each one simulation of all units (default: 80)")
+    f.add_argument("--max-iter", type=int, default=30,
+                   help="most replay/solve iterations (each replays every unit once; default: 30)")
+    f.add_argument("--polish-nfev", type=int, default=40,
+                   help="most replays of the final least-squares polish (0: none; default: 40)")
     f.add_argument("--num-kv-blocks", type=int, default=None,
                    help="engine KV blocks (default: what the server exported while profiling)")
     f.add_argument("--block-size", type=int, default=None, help="KV block size (default: from profiling)")
@@ -179,6 +181,8 @@ def _serve(args) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _term)
+    # A shell starts background jobs with SIGINT ignored; `kill -INT` must still stop us cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(f"starting vLLM ({spec.served_name}) on port {server.port}...", file=sys.stderr, flush=True)
     try:
         server.start(timeout_s=args.startup_timeout)
@@ -227,7 +231,7 @@ def _fit(args) -> int:
     overrides = {k: v for k, v in {"num_kv_blocks": args.num_kv_blocks, "block_size": args.block_size,
                                    "max_num_seqs": args.max_num_seqs,
                                    "max_num_batched_tokens": args.max_num_batched_tokens}.items() if v}
-    profile, frame = fit_profile(args.data, args.name, description=args.description, max_nfev=args.max_nfev,
+    profile, frame = fit_profile(args.data, args.name, description=args.description, max_iter=args.max_iter, polish_nfev=args.polish_nfev,
                                  engine_overrides=overrides)
     out = Path(args.out or f"{args.name}.json")
     profile.save(out)
@@ -238,7 +242,7 @@ def _fit(args) -> int:
     print("coefficients: " + ", ".join(f"{k}={getattr(m, k):.4g}" for k in ("step_s", "token_s", "seq_s",
                                                                             "prefill_attn_s", "decode_attn_s")))
     print(f"request overhead {fit['request_overhead_s']:.4g} s, jitter_cv {profile.jitter_cv:.3f}, "
-          f"{fit['simulations']} simulations, converged: {fit['converged']}")
+          f"{fit['replays']} replays, converged: {fit['converged']}")
     print(f"{'unit':<20}{'n':>5}{'TTFT p50 err':>14}{'TTFT p90 err':>14}{'TPOT p50 err':>14}{'TPOT p90 err':>14}{'E2EL p50 err':>14}")
     for unit, e in fit["per_unit"].items():
         cells = "".join(f"{(e.get(k) or float('nan')) * 100:13.1f}%" for k in

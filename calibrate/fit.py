@@ -1,6 +1,6 @@
 """Fit a latency profile to profiling data: closed form on idle requests, then replay.
 
-Two stages:
+Three stages:
 
 1. **Closed form (idle phase).** A request alone on an idle engine has
    ``TTFT = overhead + step + seq + token*n + prefill_attn*n(n+1)/2`` (one
@@ -9,11 +9,19 @@ Two stages:
    ``LatencyModel.single_request``). Non-negative least squares on relative
    errors gives every coefficient but the split of ``step + seq``.
 2. **Replay (every phase).** Each measured unit is replayed through the engine
-   model (``calibrate.replay``) with the candidate coefficients, and
-   ``scipy.optimize.least_squares`` minimises the log-ratio of simulated to
-   measured TTFT and TPOT of the same requests, each unit weighted equally and
-   with a soft-L1 loss so a request slowed by a noisy neighbour cannot drag the
-   fit. Batched phases are what separate the per-step from the per-sequence cost.
+   model (``calibrate.replay``) with the current coefficients. For the schedule
+   that replay produced, every request's simulated TTFT and TPOT is *linear* in
+   the coefficients (a sum of the step times it waited through), so the relative
+   errors against the measured values of the same requests are minimised by
+   bounded linear least squares (``scipy.optimize.lsq_linear``, Huber-weighted so
+   a request slowed by a noisy neighbour cannot drag the fit, each unit weighted
+   equally). Replay again with the new coefficients; repeat until the schedule
+   stops changing. Batched phases are what separate per-step from per-sequence
+   cost.
+3. **Polish.** The schedule-linearised fixed point ignores that the
+   coefficients also move the schedule (longer steps batch more arrivals), so
+   ``scipy.optimize.least_squares`` with wide finite differences finishes on
+   the replayed residuals themselves.
 
 The result is a ``sim.latency.LatencyProfile`` with provenance (``source``) and
 diagnostics (``fit``: residuals per unit, per phase and per prompt-length bucket).
@@ -27,18 +35,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import least_squares, nnls
+from scipy.optimize import least_squares, lsq_linear, nnls
 
 from calibrate.jsonsafe import json_safe
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.profiling import meta_path
-from calibrate.replay import PreparedUnit, prepare_units, simulate_units
+from calibrate.replay import Linearized, linearize_units, prepare_units, simulate_units
 from sim.latency import COEFFICIENTS, EngineDefaults, LatencyModel, LatencyProfile
 
 #: Fitted parameters: the five step-time coefficients, then the per-request overhead.
 PARAMS = COEFFICIENTS + ("overhead_s",)
-#: Smallest value each parameter may take in the log-space search (seconds).
-_FLOOR = np.array([1e-5, 1e-8, 1e-7, 1e-13, 1e-11, 1e-5])
 
 
 class FitError(ValueError):
@@ -113,10 +119,9 @@ def closed_form_init(data: pd.DataFrame, max_num_batched_tokens: int) -> tuple[L
     scale = np.maximum(np.abs(A).max(axis=0), 1e-300)
     x, _ = nnls(A / scale, b)
     c0, token, pa, da, overhead = x / scale
-    model = LatencyModel(step_s=max(0.8 * c0, _FLOOR[0]), token_s=max(token, _FLOOR[1]),
-                         seq_s=max(0.2 * c0, _FLOOR[2]), prefill_attn_s=max(pa, _FLOOR[3]),
-                         decode_attn_s=max(da, _FLOOR[4]))
-    return model, max(float(overhead), _FLOOR[5])
+    model = LatencyModel(step_s=float(0.8 * c0), token_s=float(token), seq_s=float(0.2 * c0),
+                         prefill_attn_s=float(pa), decode_attn_s=float(da))
+    return model, float(overhead)
 
 
 def _vector(model: LatencyModel, overhead: float) -> np.ndarray:
@@ -127,60 +132,124 @@ def _unpack(theta: np.ndarray) -> tuple[LatencyModel, float]:
     return LatencyModel(**{c: float(v) for c, v in zip(COEFFICIENTS, theta[:5])}), float(theta[5])
 
 
-class _Objective:
-    """Log-ratio residuals of simulated vs measured TTFT and TPOT, units weighted equally."""
+def effect_scales(data: pd.DataFrame, engine: EngineDefaults) -> np.ndarray:
+    """Per parameter, the value at which it adds about one typical step time to a step.
 
-    def __init__(self, data: pd.DataFrame, units: list[PreparedUnit], engine: EngineDefaults) -> None:
-        self.units, self.engine, self.n = units, engine, len(data)
-        self.ttft = data["ttft_s"].to_numpy(float)
-        self.tpot = data["tpot_s"].to_numpy(float)
-        counts = data.groupby("unit")["unit"].transform("size").to_numpy(float)
-        self.w = 1.0 / np.sqrt(counts)
-        self.has_tpot = np.isfinite(self.tpot) & (self.tpot > 0)
-        self.calls = 0
-
-    def simulate(self, theta: np.ndarray):
-        model, overhead = _unpack(theta)
-        return simulate_units(self.units, self.n, model, self.engine, overhead)
-
-    def __call__(self, z: np.ndarray) -> np.ndarray:
-        self.calls += 1
-        s_ttft, s_tpot, _ = self.simulate(np.exp(z))
-        r_t = np.log(np.maximum(s_ttft, 1e-9) / self.ttft)
-        r_p = np.log(np.maximum(s_tpot[self.has_tpot], 1e-9) / self.tpot[self.has_tpot])
-        r_t = np.where(np.isfinite(r_t), r_t, 5.0)  # an unfinished simulated request: a large miss
-        r_p = np.where(np.isfinite(r_p), r_p, 5.0)
-        return np.concatenate([r_t * self.w, r_p * self.w[self.has_tpot]])
+    The search runs on ``theta / scale``, so every variable is O(1) where it
+    matters and a coefficient that starts at 0 can still grow to its share: the
+    step-time model is linear in the coefficients, and so, for a fixed schedule,
+    are the simulated latencies.
+    """
+    tpot = data["tpot_s"].to_numpy(float)
+    typical = float(np.nanmedian(tpot[np.isfinite(tpot)])) if np.isfinite(tpot).any() else 0.02
+    n = data["input_len"].to_numpy(float)
+    longest = float(max(n.max(), 1.0))
+    chunk = min(longest, engine.max_num_batched_tokens)
+    seqs = float(max(data.get("inflight_requests", pd.Series([0])).max() + 1, 8))
+    return np.array([
+        typical,                          # step_s
+        typical / chunk,                  # token_s: a full chunk of tokens
+        typical / seqs,                   # seq_s: the largest batch seen
+        typical / (chunk * chunk / 2.0),  # prefill_attn_s: a full chunk's causal pairs
+        typical / (longest * seqs),       # decode_attn_s: the largest batch at the longest context
+        typical,                          # overhead_s
+    ])
 
 
-def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_nfev: int = 80,
-               init: tuple[LatencyModel, float] | None = None, fixed_zero: tuple[str, ...] = ()) -> FitResult:
-    """Stage 1 then stage 2 (see the module docstring)."""
+def _weighted_system(data: pd.DataFrame, lin: Linearized, scale: np.ndarray):
+    """Rows of ``(sim - measured) / measured`` as ``M @ (theta / scale) - v``, units weighted equally."""
+    ttft = data["ttft_s"].to_numpy(float)
+    tpot = data["tpot_s"].to_numpy(float)
+    counts = data.groupby("unit")["unit"].transform("size").to_numpy(float)
+    w = 1.0 / np.sqrt(counts)
+    use_t = np.isfinite(ttft) & (ttft > 0) & np.isfinite(lin.ttft_const)
+    use_p = np.isfinite(tpot) & (tpot > 0) & np.all(np.isfinite(lin.tpot_design), axis=1)
+    m_t = lin.ttft_design[use_t] * scale * (w[use_t] / ttft[use_t])[:, None]
+    v_t = (ttft[use_t] - lin.ttft_const[use_t]) * w[use_t] / ttft[use_t]
+    m_p = lin.tpot_design[use_p] * scale * (w[use_p] / tpot[use_p])[:, None]
+    v_p = w[use_p]
+    return np.vstack([m_t, m_p]), np.concatenate([v_t, v_p]), np.concatenate([w[use_t], w[use_p]])
+
+
+def _robust_solve(M: np.ndarray, v: np.ndarray, w: np.ndarray, delta: float, rounds: int = 4) -> np.ndarray:
+    """Non-negative least squares with Huber weights on relative errors (IRLS)."""
+    h = np.ones(len(v))
+    x = np.zeros(M.shape[1])
+    for _ in range(rounds):
+        sq = np.sqrt(h)
+        x = lsq_linear(M * sq[:, None], v * sq, bounds=(0.0, np.inf), method="bvls").x
+        rel = np.abs(M @ x - v) / w  # each row's relative error, unweighted
+        h = np.where(rel <= delta, 1.0, delta / np.maximum(rel, 1e-12))
+    return x
+
+
+def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30, polish_nfev: int = 40,
+               init: tuple[LatencyModel, float] | None = None, huber_delta: float = 0.1) -> FitResult:
+    """Stage 1, then stage 2 in two parts (see the module docstring).
+
+    2a. Alternate two exact steps: replay every unit through the engine model
+    with the current coefficients and record the schedule (which steps each
+    request waited through, and each step's composition: then every latency is
+    linear in the coefficients); solve the bounded linear least squares
+    (``scipy.optimize.lsq_linear``) on relative TTFT and TPOT errors, robustly
+    (Huber). Repeat until the coefficients stop changing.
+
+    2b. That fixed point ignores how the coefficients move the schedule itself
+    (slower steps batch more arrivals together), so polish with
+    ``scipy.optimize.least_squares`` on the replayed residuals, with finite
+    differences wide enough (10%) to average over schedule changes.
+    """
     model0, overhead0 = init or closed_form_init(data, engine.max_num_batched_tokens)
     units = prepare_units(data, engine.block_size)
-    obj = _Objective(data, units, engine)
-    theta0 = np.maximum(_vector(model0, overhead0), _FLOOR)
-    z0 = np.log(theta0)
-    lower = np.log(_FLOOR) - 1e-9
-    upper = np.full(len(z0), np.log(10.0))
-    z0 = np.clip(z0, lower + 1e-6, upper - 1e-6)
-    res = least_squares(obj, z0, bounds=(lower, upper), loss="soft_l1", f_scale=0.1,
-                        diff_step=0.05, x_scale=1.0, max_nfev=max_nfev, xtol=1e-4, ftol=1e-6)
-    theta = np.exp(res.x)
-    # Coefficients pinned at the search floor are not supported by the data: report them as 0.
-    theta = np.where(res.x <= np.log(_FLOOR) + 1e-6, 0.0, theta)
-    for name in fixed_zero:
-        theta[PARAMS.index(name)] = 0.0
-    model, overhead = _unpack(theta)
-    return FitResult(model, overhead, dict(zip(PARAMS, map(float, theta0))), float(res.cost), int(obj.calls),
-                     bool(res.success), str(res.message))
+    scale = effect_scales(data, engine)
+    evaluations = 0
+
+    def residuals(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        nonlocal evaluations
+        evaluations += 1
+        theta = np.maximum(x, 0.0) * scale
+        if theta[0] + theta[1] <= 0:
+            theta[0] = 1e-9
+        model, overhead = _unpack(theta)
+        lin = linearize_units(units, len(data), model, engine, overhead)
+        M, v, w = _weighted_system(data, lin, scale)
+        return M @ (theta / scale) - v, M, v, w
+
+    def cost(r: np.ndarray, w: np.ndarray) -> float:
+        a = np.abs(r) / w
+        return float(np.sum(w ** 2 * np.where(a <= huber_delta, a ** 2, 2 * huber_delta * a - huber_delta ** 2)))
+
+    x = _vector(model0, overhead0) / scale
+    best_x, best_cost, history = x, math.inf, []
+    for _ in range(max_iter):
+        r, M, v, w = residuals(x)
+        c = cost(r, w)
+        history.append(c)
+        if c < best_cost:
+            best_x, best_cost = x, c
+        new = _robust_solve(M, v, w, huber_delta)
+        change = np.max(np.abs(new - x) / np.maximum(np.abs(x), 1e-3))
+        x = new
+        if change < 1e-4:
+            break
+    if polish_nfev > 0:
+        res = least_squares(lambda z: residuals(z)[0], best_x, bounds=(0.0, np.inf), diff_step=0.1,
+                            loss="soft_l1", f_scale=huber_delta, max_nfev=polish_nfev, xtol=1e-4)
+        r, _, _, w = residuals(res.x)
+        c = cost(r, w)
+        history.append(c)
+        if c < best_cost:
+            best_x, best_cost = res.x, c
+    model, overhead = _unpack(np.maximum(best_x, 0.0) * scale)
+    return FitResult(model, overhead, dict(zip(PARAMS, map(float, _vector(model0, overhead0)))), best_cost,
+                     evaluations, True, "costs by iteration: " + ", ".join(f"{c:.4g}" for c in history))
 
 
 def _rel(sim: float, real: float) -> float:
     return float((sim - real) / real) if real and math.isfinite(real) and math.isfinite(sim) else math.nan
 
 
-def diagnostics(data: pd.DataFrame, units: list[PreparedUnit], engine: EngineDefaults,
+def diagnostics(data: pd.DataFrame, units: list, engine: EngineDefaults,
                 model: LatencyModel, overhead: float) -> dict:
     """Measured vs simulated percentiles per unit, and median residuals per phase and bucket."""
     s_ttft, s_tpot, s_e2el = simulate_units(units, len(data), model, engine, overhead)
@@ -256,12 +325,13 @@ def engine_defaults(meta: dict, *, num_kv_blocks: int | None = None, block_size:
     )
 
 
-def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_nfev: int = 80,
+def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_iter: int = 30,
+                polish_nfev: int = 40,
                 engine_overrides: dict | None = None) -> tuple[LatencyProfile, pd.DataFrame]:
     """Fit ``data_path`` into a named profile; also return the rows with simulated values."""
     data, meta = load_data(data_path)
     engine = engine_defaults(meta, **(engine_overrides or {}))
-    result = fit_replay(data, engine, max_nfev=max_nfev)
+    result = fit_replay(data, engine, max_iter=max_iter, polish_nfev=polish_nfev)
     units = prepare_units(data, engine.block_size)
     diag = diagnostics(data, units, engine, result.model, result.overhead_s)
     frame = diag.pop("_frame")
@@ -291,12 +361,14 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
             "fit_loadavg": loadavg(),
         }),
         fit=json_safe({
-            "method": "closed-form NNLS on idle requests, then least squares on log TTFT/TPOT "
-                      "of every request replayed through sim.engine (soft-L1, units weighted equally)",
+            "method": "closed-form NNLS on idle requests, then iterated bounded linear least squares "
+                      "on relative TTFT/TPOT errors of every request replayed through sim.engine "
+                      "(schedule-linearised, Huber, units weighted equally), polished by least_squares on the "
+                      "replayed residuals",
             "request_overhead_s": result.overhead_s,
             "init": result.init,
             "cost": result.cost,
-            "simulations": result.nfev,
+            "replays": result.nfev,
             "converged": result.success,
             "message": result.message,
             **diag,

@@ -29,6 +29,8 @@ from live.client import scrape_metrics, stream_completion
 from workload.hashing import block_hash_chain
 
 MODES = ("sequential", "closed", "open")
+#: Resends of a request whose connection failed before any response (status 0).
+RETRIES = 1
 
 
 @dataclass
@@ -144,9 +146,14 @@ class Runner:
         self.inflight_requests += 1
         self.inflight_tokens += req.input_len
         try:
-            res = await stream_completion(self.session, self.url, prompt=toks.tolist(),
-                                          max_tokens=req.output_len, ignore_eos=True, model=self.model,
-                                          timeout_s=self.timeout_s)
+            for attempt in range(RETRIES + 1):
+                res = await stream_completion(self.session, self.url, prompt=toks.tolist(),
+                                              max_tokens=req.output_len, ignore_eos=True, model=self.model,
+                                              timeout_s=self.timeout_s)
+                # A pooled keep-alive connection the server had just closed fails before
+                # anything is sent (status 0, no chunk): safe to send again, timed afresh.
+                if res.ok or res.status != 0 or res.chunk_times_s or res.timed_out:
+                    break
         finally:
             self.inflight_requests -= 1
             self.inflight_tokens -= req.input_len

@@ -88,3 +88,110 @@ def simulate_units(units: list[PreparedUnit], n_rows: int, model: LatencyModel, 
             p = np.where(n_out > 1, (e - t) / (n_out - 1), np.nan)
         ttft[unit.rows], tpot[unit.rows], e2el[unit.rows] = t, p, e
     return ttft, tpot, e2el
+
+
+class _RecordingLatency:
+    """Wraps a ``LatencyModel`` and records each step's composition as the engine plans it."""
+
+    def __init__(self, model: LatencyModel) -> None:
+        self.model = model
+        self.steps: list[tuple[int, int, float, int]] = []
+
+    def step_time(self, num_tokens: int, num_seqs: int, prefill_attn_work: float, decode_context: int) -> float:
+        self.steps.append((num_tokens, num_seqs, prefill_attn_work, decode_context))
+        return self.model.step_time(num_tokens, num_seqs, prefill_attn_work, decode_context)
+
+    def decode_run(self, *args):  # pragma: no cover - the linearizer plans one step at a time
+        raise AssertionError("the schedule recorder steps one step at a time")
+
+
+@dataclass
+class Linearized:
+    """Per measured row, latency = ``const + design @ [step, token, seq, prefill_attn, decode_attn, overhead]``.
+
+    Exact for the schedule (which requests share which steps) the engine model
+    produced under the coefficients it was built with; NaN rows were not replayed.
+    """
+
+    ttft_design: np.ndarray  # (rows, 6)
+    ttft_const: np.ndarray  # (rows,)
+    tpot_design: np.ndarray  # (rows, 6)
+    e2el_design: np.ndarray  # (rows, 6)
+    e2el_const: np.ndarray  # (rows,)
+    steps: int
+
+
+def linearize_units(units: list[PreparedUnit], n_rows: int, model: LatencyModel, engine: EngineDefaults,
+                    overhead_s: float = 0.0) -> Linearized:
+    """Step ``sim.engine.Engine`` through every unit one step at a time and record the schedule.
+
+    A request's TTFT is the time from its arrival to the end of the step that
+    emitted its first token: the idle-to-busy start of that busy period, plus
+    the durations of every step since, each ``[1, tokens, seqs, prefill work,
+    decode context] @ coefficients``; the overhead adds to TTFT and E2EL (half
+    of it delays the arrival, as ``network_delay_s`` does in the cluster).
+    """
+    from sim.engine import Engine
+    from sim.request import EngineRequest
+
+    nan6 = np.full((n_rows, 6), np.nan)
+    lin = Linearized(nan6.copy(), np.full(n_rows, np.nan), nan6.copy(), nan6.copy(), np.full(n_rows, np.nan), 0)
+    cfg = EngineConfig(num_kv_blocks=engine.num_kv_blocks, block_size=engine.block_size,
+                       max_num_seqs=engine.max_num_seqs, max_num_batched_tokens=engine.max_num_batched_tokens)
+    half = max(overhead_s, 0.0) / 2.0
+    for unit in units:
+        trace = unit.trace
+        rec = _RecordingLatency(model)
+        eng = Engine(cfg, rec)  # duck-typed latency: records every planned step
+        shareable = trace.shareable_blocks().tolist()
+        arrivals = trace.arrival_s
+        n = len(trace)
+        first_step = np.full(n, -1)
+        last_step = np.full(n, -1)
+        busy_of_step: list[int] = []  # per step: the index of its busy period
+        busy_start: list[float] = []  # per busy period: its start (original arrival time)
+        busy_first: list[int] = []  # per busy period: its first step
+        t, i, k = 0.0, 0, 0
+        while i < n or eng.has_work:
+            if not eng.has_work:
+                t = max(t, float(arrivals[i]) + half)
+                busy_start.append(float(arrivals[i]))
+                busy_first.append(k)
+            while i < n and arrivals[i] + half <= t:
+                eng.add_request(EngineRequest(i, int(trace.input_len[i]), int(trace.output_len[i]),
+                                              trace.hashes(i), arrival=t, num_shareable=shareable[i]))
+                i += 1
+            plan = eng.plan(1)
+            out = eng.complete(plan, 1, t)
+            t += plan.first
+            for r in out.first_tokens:
+                first_step[r.id] = k
+            for r in out.finished:
+                last_step[r.id] = k
+            busy_of_step.append(len(busy_start) - 1)
+            k += 1
+        phi = np.zeros((k, 6))
+        phi[:, 0] = 1.0
+        if k:
+            phi[:, 1:5] = np.asarray(rec.steps, dtype=float)
+        cum = np.vstack([np.zeros((1, 6)), np.cumsum(phi, axis=0)])  # cum[j] = sum of steps < j
+        ok = (first_step >= 0) & (last_step >= 0)
+        idx = np.flatnonzero(ok)
+        f, l = first_step[idx], last_step[idx]
+        b = np.asarray(busy_of_step)[f]
+        b0 = np.asarray(busy_first)[b]
+        const = np.asarray(busy_start)[b] - arrivals[idx]
+        ttft = cum[f + 1] - cum[b0]
+        ttft[:, 5] = 1.0
+        e2el = cum[l + 1] - cum[b0]
+        e2el[:, 5] = 1.0
+        nout = trace.output_len[idx].astype(float)
+        tpot = np.full((len(idx), 6), np.nan)
+        multi = nout > 1
+        tpot[multi] = (cum[l[multi] + 1] - cum[f[multi] + 1]) / (nout[multi] - 1)[:, None]
+        rows = unit.rows[idx]
+        lin.ttft_design[rows], lin.ttft_const[rows] = ttft, const
+        lin.e2el_design[rows], lin.e2el_const[rows] = e2el, const
+        lin.tpot_design[rows] = tpot
+        lin.steps += k
+    return lin

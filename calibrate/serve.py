@@ -78,6 +78,9 @@ class ServeSpec:
     host: str = "127.0.0.1"
     port: int = 0  # 0: pick a free port
     cores: str | None = None  # CPU: cores to pin to, e.g. "0" or "0-1"; None: no pinning
+    #: CPU: confine every vLLM process (API server, engine core, worker) to ``cores``,
+    #: not only the model's compute threads, so one instance is fully contained on them.
+    pin_all: bool = False
     kv_cache_gib: float = 1.0
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
@@ -235,7 +238,10 @@ class VllmServer:
             )
         name = self.spec.served_name.replace("/", "_")
         log = self.spec.log_path or DEFAULT_LOG_DIR / f"vllm-{name}-{self.port}.log"
-        self.process = ManagedProcess(argv, env=env, cwd=cwd, log_path=log)
+        affinity = None
+        if self.spec.cores is not None and self.spec.pin_all and self.spec.resolved_device() == "cpu":
+            affinity = parse_cores(self.spec.cores)
+        self.process = ManagedProcess(argv, env=env, cwd=cwd, log_path=log, cpu_affinity=affinity)
         self._t0 = time.monotonic()
         self.process.start()
         return self

@@ -1,0 +1,51 @@
+"""The model directory writer: shapes, config.json, tokenizer files."""
+import json
+
+import pytest
+from tokenizers import Tokenizer
+
+from calibrate.modeldir import SHAPES, TOKENIZER_FILES, get_shape, llama_config, tokenizer_source, write_model_dir
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_written_directory_is_a_consistent_llama(tmp_path, name):
+    out = write_model_dir(name, tmp_path)
+    cfg = json.loads((out / "config.json").read_text())
+    shape = SHAPES[name]
+    assert cfg["architectures"] == ["LlamaForCausalLM"]
+    assert cfg["num_hidden_layers"] == shape.num_hidden_layers
+    assert cfg["hidden_size"] == cfg["num_attention_heads"] * cfg["head_dim"]
+    assert cfg["num_attention_heads"] % cfg["num_key_value_heads"] == 0
+    # The vocabulary must cover every id the shipped tokenizer can produce.
+    tok = Tokenizer.from_file(str(out / "tokenizer.json"))
+    assert cfg["vocab_size"] == tok.get_vocab_size(with_added_tokens=True)
+    for f in TOKENIZER_FILES:
+        assert (out / f).read_bytes() == (tokenizer_source() / f).read_bytes()
+
+
+def test_rewriting_replaces_a_stale_config(tmp_path):
+    out = write_model_dir("tiny", tmp_path)
+    (out / "config.json").write_text("{}")
+    write_model_dir("tiny", tmp_path)
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == SHAPES["tiny"].hidden_size
+
+
+def test_small_costs_more_per_token_than_tiny():
+    def per_token_weights(s):
+        kv = s.num_key_value_heads * s.head_dim
+        return s.num_hidden_layers * (2 * s.hidden_size ** 2 + 2 * s.hidden_size * kv + 3 * s.hidden_size * s.intermediate_size)
+    assert per_token_weights(SHAPES["small"]) > 4 * per_token_weights(SHAPES["tiny"])
+
+
+def test_kv_bytes_per_token_counts_keys_and_values_of_every_layer():
+    s = SHAPES["tiny"]
+    assert s.kv_bytes_per_token(4) == 2 * s.num_hidden_layers * s.num_key_value_heads * s.head_dim * 4
+
+
+def test_unknown_shape_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="huge.*allowed: .*tiny"):
+        get_shape("huge")
+
+
+def test_config_dtype_is_recorded():
+    assert llama_config(SHAPES["tiny"], "bfloat16")["torch_dtype"] == "bfloat16"

