@@ -139,11 +139,13 @@ class FeatureEncoder:
         groups = sorted({str(g) for g in frame[GROUP_FEATURE]})
         return cls(groups=groups, fill=fill, onehot_always=onehot_always)
 
-    def add_group(self, group: str) -> None:
-        """Append a group (for learners that meet groups as they go)."""
-        if group not in self._index:
-            self.groups.append(str(group))
-            self._refresh()
+    def add_group(self, group: str) -> bool:
+        """Append a group (for learners that meet groups as they go); False if known."""
+        if group in self._index:
+            return False
+        self.groups.append(str(group))
+        self._refresh()
+        return True
 
     @property
     def names(self) -> list[str]:
@@ -202,21 +204,20 @@ class FeatureEncoder:
             raise FeatureError(f"a fast-path row has {_N_NUM} values ({', '.join(NUMERIC_FEATURES)})")
         raw = np.fromiter(chain.from_iterable(rows), dtype=np.float64, count=n * _N_NUM)
         raw = raw.reshape(n, _N_NUM)
-        if groups != self._last_groups:
-            tail = np.zeros((n, self.width - _N_NUM))
-            if self._onehot:
-                tail[:, len(NULLABLE_FEATURES) :] = self._eye[self.group_positions(groups)]
-            tail.flags.writeable = False
-            self._last_tail, self._last_groups = tail, list(groups)
-        tail = self._last_tail
+        tail = self.group_tail(groups)
         # One reduction tells whether anything is NaN or infinite (the usual answer: no).
         if math.isfinite(raw.sum()):
             return raw, tail
         return self._impute(raw, tail.copy())
 
-    @property
-    def shared_tail(self) -> np.ndarray:
-        """The cached flag/group block ``split_rows`` returns when nothing was imputed."""
+    def group_tail(self, groups: Sequence[str]) -> np.ndarray:
+        """The flag/group block of rows with nothing missing (cached for the last groups, read-only)."""
+        if groups != self._last_groups:
+            tail = np.zeros((len(groups), self.width - _N_NUM))
+            if self._onehot:
+                tail[:, len(NULLABLE_FEATURES) :] = self._eye[self.group_positions(groups)]
+            tail.flags.writeable = False
+            self._last_tail, self._last_groups = tail, list(groups)
         return self._last_tail
 
     def encode_rows(self, rows: Sequence[Sequence[float]], groups: Sequence[str]) -> np.ndarray:

@@ -16,12 +16,15 @@ order statistic so that small leaves do not undercover.
 """
 from __future__ import annotations
 
+import math
+from itertools import chain
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from predictors.base import Predictor
+from predictors.features import NUMERIC_FEATURES
 
 #: Below this many rows the Python walk is faster than the vectorised one.
 _PY_ROWS = 48
@@ -198,18 +201,16 @@ class TreeModel(Predictor):
         return self.tree.predict(Z)
 
     def predict_rows(self, rows, groups) -> np.ndarray:
-        """Walk the caller's own rows when nothing had to be imputed (no array round trip)."""
-        enc = self._fitted_encoder()
-        raw, tail = enc.split_rows(rows, groups)
-        if len(rows) > _PY_ROWS or not len(rows):
-            return self.predict_split(raw, tail)
-        if tail is not self._tail_src:  # the encoder's cached block, while the backends stay
-            self._tail_src, self._tail_rows = tail, [tuple(r) for r in tail.tolist()]
-        if tail is enc.shared_tail and type(rows[0]) is tuple:
-            head = rows
-        else:
-            head = [tuple(r) for r in raw.tolist()]
-        return np.array(self.tree.walk([a + b for a, b in zip(head, self._tail_rows)]))
+        """Walk the caller's own rows when nothing is missing: no array round trip."""
+        n = len(rows)
+        # Python's sum runs in C; NaN or inf anywhere makes it non-finite.
+        if 0 < n <= _PY_ROWS and type(rows[0]) is tuple and len(rows[0]) == len(NUMERIC_FEATURES) \
+                and math.isfinite(sum(chain.from_iterable(rows))):
+            tail = self._fitted_encoder().group_tail(groups)
+            if tail is not self._tail_src:  # the encoder's cached block, while the backends stay
+                self._tail_src, self._tail_rows = tail, [tuple(r) for r in tail.tolist()]
+            return np.array(self.tree.walk([a + b for a, b in zip(rows, self._tail_rows)]))
+        return super().predict_rows(rows, groups)
 
 
 class TreePredictor(TreeModel):
