@@ -66,12 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None,
                    help="serve this model name or path instead of a random-weight shape (GPU machines)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    s.add_argument("--pin-all", action="store_true",
+                   help="confine every vLLM process (API server, engine core, worker) to --cores, not only "
+                        "the model's threads (measured 2x slower on one core: the front end then competes "
+                        "with the model)")
     s.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     s.add_argument("--cores", default=None,
                    help="CPU cores to pin vLLM's compute threads to, e.g. 0 or 0-3 "
                         "(VLLM_CPU_OMP_THREADS_BIND; default: vLLM's own choice)")
-    s.add_argument("--kv-cache-gib", type=float, default=1.0,
-                   help="CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE; default: 1)")
+    s.add_argument("--kv-cache-gib", type=int, default=1,
+                   help="CPU KV-cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE; default: 1)")
     s.add_argument("--max-num-seqs", type=int, default=256, help="vLLM --max-num-seqs (default: 256)")
     s.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="vLLM --max-num-batched-tokens, the per-step token budget (default: 2048)")
@@ -166,7 +170,7 @@ def _serve(args) -> int:
     spec = ServeSpec(shape=args.shape, model=args.model, host=args.host, port=args.port, cores=args.cores,
                      kv_cache_gib=args.kv_cache_gib, max_num_seqs=args.max_num_seqs,
                      max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-                     block_size=args.block_size, dtype=args.dtype, device=args.device,
+                     block_size=args.block_size, dtype=args.dtype, pin_all=args.pin_all, device=args.device,
                      vllm_python=args.vllm_python, log_path=Path(args.log) if args.log else None,
                      extra_args=extra, **({"model_root": Path(args.model_root)} if args.model_root else {}))
     server = VllmServer(spec)

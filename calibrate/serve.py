@@ -81,7 +81,7 @@ class ServeSpec:
     #: CPU: confine every vLLM process (API server, engine core, worker) to ``cores``,
     #: not only the model's compute threads, so one instance is fully contained on them.
     pin_all: bool = False
-    kv_cache_gib: float = 1.0
+    kv_cache_gib: int = 1  # whole GiB: vLLM-CPU parses VLLM_CPU_KVCACHE_SPACE as an integer
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     max_model_len: int = 4096
@@ -102,8 +102,9 @@ class ServeSpec:
         for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.kv_cache_gib > 0:
-            raise ValueError(f"kv_cache_gib must be > 0, got {self.kv_cache_gib}")
+        if isinstance(self.kv_cache_gib, bool) or not isinstance(self.kv_cache_gib, int) or self.kv_cache_gib < 1:
+            raise ValueError(f"kv_cache_gib must be a whole number of GiB >= 1 (vLLM-CPU reads "
+                             f"VLLM_CPU_KVCACHE_SPACE as an integer), got {self.kv_cache_gib!r}")
         if not 0 <= int(self.port) < 65536:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.cores is not None:
@@ -168,7 +169,7 @@ def build_command(spec: ServeSpec, model_path: str, port: int) -> tuple[list[str
         argv += ["--dtype", spec.dtype, "--enforce-eager"]
         if spec.model is None:
             argv += ["--load-format", "dummy", "--tokenizer", model_path]
-        env["VLLM_CPU_KVCACHE_SPACE"] = f"{spec.kv_cache_gib:g}"
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(spec.kv_cache_gib)
         if spec.cores is not None:
             cores = parse_cores(spec.cores)
             env["VLLM_CPU_OMP_THREADS_BIND"] = spec.cores

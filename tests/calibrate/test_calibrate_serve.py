@@ -98,6 +98,8 @@ def test_bad_spec_values_are_named():
         ServeSpec(device="tpu")
     with pytest.raises(ValueError, match="max_num_seqs must be >= 1"):
         ServeSpec(max_num_seqs=0)
+    with pytest.raises(ValueError, match="kv_cache_gib must be a whole number of GiB"):
+        ServeSpec(kv_cache_gib=0.5)
 
 
 def test_missing_vllm_python_says_how_to_install(tmp_path):

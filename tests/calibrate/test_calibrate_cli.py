@@ -1,0 +1,85 @@
+"""``python -m calibrate``: help, clear errors on bad input, the fit and serve commands."""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from calibrate.cli import build_parser, main
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "cpu-tiny-profiling.csv"
+
+
+def _subparsers(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices
+    return {}
+
+
+def test_every_option_of_every_command_is_explained():
+    subs = _subparsers(build_parser())
+    assert set(subs) == {"serve", "profile", "fit", "check"}
+    for name, sub in subs.items():
+        for action in sub._actions:
+            if action.dest != "help":
+                assert action.help and len(action.help) > 10, f"{name} {action.dest} lacks help"
+
+
+def test_module_help_runs():
+    out = subprocess.run([sys.executable, "-m", "calibrate", "profile", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--budget-s" in out.stdout and "--resume" in out.stdout
+
+
+def test_unreachable_backend_is_a_clear_error(tmp_path, capsys):
+    assert main(["profile", "--backend", "http://127.0.0.1:9", "--out", str(tmp_path / "p.csv"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:9" in err and "unreachable" in err and "calibrate serve" in err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_bad_url_is_rejected_by_name(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["check", "--profile", "cpu-tiny", "--backend", "localhost:8000"])
+    assert exc.value.code == 2
+    assert "bad backend URL 'localhost:8000'" in capsys.readouterr().err
+
+
+def test_unknown_phase_names_the_allowed_ones(tmp_path, capsys):
+    assert main(["profile", "--backend", "http://127.0.0.1:9", "--phases", "idle,warmup",
+                 "--out", str(tmp_path / "p.csv")]) == 2
+    assert "warmup" in capsys.readouterr().err
+
+
+def test_unknown_profile_names_the_shipped_ones(capsys):
+    assert main(["check", "--profile", "no-such-profile", "--backend", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-profile" in err and "cpu-tiny" in err
+
+
+def test_fit_missing_data_file(tmp_path, capsys):
+    assert main(["fit", "--data", str(tmp_path / "none.csv"), "--name", "x"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_fit_writes_a_loadable_profile_and_prints_residuals(tmp_path, capsys):
+    out = tmp_path / "cpu-tiny-test.json"
+    rows = tmp_path / "rows.csv"
+    assert main(["fit", "--data", str(DATA), "--name", "cpu-tiny-test", "--out", str(out), "--max-iter", "3",
+                 "--polish-nfev", "0", "--rows-out", str(rows)]) == 0
+    text = capsys.readouterr().out
+    assert "idle/idle" in text and "TTFT p50 err" in text
+    doc = json.loads(out.read_text())
+    assert doc["name"] == "cpu-tiny-test" and doc["provisional"] is False
+    assert "sim_ttft_s" in rows.read_text().splitlines()[0]
+
+
+def test_serve_print_command_shows_the_cpu_settings(tmp_path, capsys):
+    assert main(["serve", "--print-command", "--cores", "1", "--kv-cache-gib", "3", "--port", "8123",
+                 "--model-root", str(tmp_path), "--device", "cpu", "--", "--max-logprobs", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "VLLM_CPU_OMP_THREADS_BIND=1" in out and "VLLM_CPU_KVCACHE_SPACE=3" in out
+    assert "VLLM_HOST_IP=127.0.0.1" in out and "--port 8123" in out and out.rstrip().endswith("--max-logprobs 5")
+    assert (tmp_path / "llama-tiny" / "config.json").exists()
