@@ -129,14 +129,23 @@ def compare(frame: pd.DataFrame) -> dict:
 
 
 def format_table(result: dict) -> str:
-    head = f"{'unit':<14}{'n':>5}" + "".join(f"{m.upper()} p{q}".rjust(22) for m, q in STATS) + f"{'max|err|':>10}"
-    lines = [head, " " * 19 + "".join("real ms / sim ms / err".rjust(22) for _ in STATS)]
+    head = f"{'unit':<14}{'n':>5}" + "".join(f"{m.upper()} p{q}".rjust(25) for m, q in STATS) + f"{'max|err|':>10}"
+    lines = [head, " " * 19 + "".join("real ms / sim ms / err".rjust(25) for _ in STATS)]
     for name, e in result.items():
         cells = "".join(
-            f"{e[f'{m}_p{q}']['real_s'] * 1e3:7.1f}/{e[f'{m}_p{q}']['sim_s'] * 1e3:7.1f}/{e[f'{m}_p{q}']['err'] * 100:+5.1f}%".rjust(22)
+            f"{e[f'{m}_p{q}']['real_s'] * 1e3:7.1f} /{e[f'{m}_p{q}']['sim_s'] * 1e3:7.1f} /{e[f'{m}_p{q}']['err'] * 100:+6.1f}%".rjust(25)
             for m, q in STATS)
         lines.append(f"{name:<14}{e['requests']:>5}{cells}{e['max_abs_err'] * 100:9.1f}%")
     return "\n".join(lines)
+
+
+def replay_check(profile: LatencyProfile, measured: pd.DataFrame, vocab_size: int = TOKENIZER_VOCAB_SIZE) -> pd.DataFrame:
+    """The measured ok rows with the simulator's TTFT/TPOT/E2EL of the same requests under ``profile``."""
+    ok = measured[measured["ok"].astype(str).str.lower().isin(("true", "1"))].reset_index(drop=True)
+    units = prepare_units(ok, profile.engine.block_size, vocab_size)
+    overhead = float(profile.fit.get("request_overhead_s") or 0.0)
+    s_ttft, s_tpot, s_e2el = simulate_units(units, len(ok), profile.model, profile.engine, overhead)
+    return ok.assign(sim_ttft_s=s_ttft, sim_tpot_s=s_tpot, sim_e2el_s=s_e2el)
 
 
 async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
@@ -166,12 +175,8 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
             await scraper.stop()
             bar.close()
     real = pd.DataFrame(rows)
-    ok = real[real["ok"].astype(bool)].reset_index(drop=True)
-    failed = int(len(real) - len(ok))
-    replay = prepare_units(ok, profile.engine.block_size, s.vocab_size)
-    overhead = float(profile.fit.get("request_overhead_s") or 0.0)
-    s_ttft, s_tpot, s_e2el = simulate_units(replay, len(ok), profile.model, profile.engine, overhead)
-    frame = ok.assign(sim_ttft_s=s_ttft, sim_tpot_s=s_tpot, sim_e2el_s=s_e2el)
+    frame = replay_check(profile, real, s.vocab_size)
+    failed = int(len(real) - len(frame))
     result = compare(frame)
     frame.to_csv(out_dir / "check_requests.csv", index=False)
     report = {

@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--capacity-rps", type=float, default=0.0,
                    help="capacity in requests/s (default: simulated from the profile)")
     c.add_argument("--seed", type=int, default=1234, help="seed of the held-out workload (default: 1234)")
+    c.add_argument("--replay", default=None, metavar="CHECK_REQUESTS_CSV",
+                   help="send nothing: re-evaluate the profile on the requests an earlier check measured "
+                        "(its check_requests.csv); --backend is then only recorded")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -260,6 +263,17 @@ def _check(args) -> int:
     from sim.latency import load_profile
 
     profile = load_profile(args.profile)
+    if args.replay:
+        import pandas as pd
+
+        from calibrate.check import compare, replay_check
+
+        frame = replay_check(profile, pd.read_csv(args.replay))
+        result = compare(frame)
+        print(f"profile {profile.name} replayed on {len(frame)} measured requests of {args.replay}")
+        print(format_table(result))
+        print(f"largest error {max(e['max_abs_err'] for e in result.values()) * 100:.1f}%")
+        return 0
     settings = CheckSettings(load_fractions=args.loads, requests_per_level=args.requests_per_level,
                              burst=args.burst, capacity_rps=args.capacity_rps, seed=args.seed)
     out = Path(args.out or Path("runs") / "calibrate-check" / profile.name)
