@@ -17,7 +17,15 @@ from tqdm.auto import tqdm
 from predictors.base import Predictor
 from predictors.dataset import RunDataError, run_rows
 from predictors.evaluate import evaluation_report, format_table, regression_metrics, split_indices
-from predictors.features import FEATURE_SCHEMA_VERSION, FEATURES, TARGETS, FeatureError, training_rows
+from predictors.features import (
+    FEATURE_SCHEMA_VERSION,
+    FEATURES,
+    NUMERIC_FEATURES,
+    TARGETS,
+    FeatureError,
+    target_name,
+    training_rows,
+)
 from predictors.modelfile import ModelFileError, load_model, read_header, save_model
 from predictors.registry import MODEL_KINDS, make_model, parse_params
 from predictors.synthetic import synthetic_rows
@@ -150,7 +158,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown model kind(s) {', '.join(unknown)}; available: {', '.join(MODEL_KINDS)}")
     params = _per_kind_params(args.param, kinds)
-    target = make_model("linear", target=args.target).target
+    target = target_name(args.target)
     X, y, dropped, train, test = _split(frame, target, args.seed, args.test_fraction)
     if len(test) == 0:
         raise ValueError("compare needs held-out rows: use a --test-fraction above 0")
@@ -194,7 +202,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def decision_cost_us(model: Predictor, rows: pd.DataFrame, repeats: int = 200) -> float:
     """Median microseconds of ``predict_rows`` on these rows (the routing fast path)."""
-    raw = rows[[f for f in FEATURES if f != "group"]].to_numpy(np.float64).tolist()
+    raw = [tuple(r) for r in rows[list(NUMERIC_FEATURES)].to_numpy(np.float64).tolist()]
     groups = rows["group"].astype(str).tolist()
     model.predict_rows(raw, groups)  # warm up caches
     times = []

@@ -58,7 +58,7 @@ class DistilledTreePredictor(TreeModel):
         target: str = "ttft",
         quantile: float | None = None,
         seed: int = 0,
-        max_depth: int = 10,
+        max_depth: int = 8,
         min_samples_leaf: int = 10,
         augment: float = 2.0,
         teacher_epochs: int = 40,

@@ -35,6 +35,7 @@ class LinearPredictor(Predictor):
         self.max_quantile_rows = int(max_quantile_rows)
         self.coef = np.zeros(0)
         self.intercept = 0.0
+        self._tail_src: np.ndarray | None = None
 
     def _fit_encoded(self, Z: np.ndarray, y: np.ndarray) -> None:
         mean, scale = column_scaling(Z)
@@ -45,6 +46,7 @@ class LinearPredictor(Predictor):
             w, b = self._pinball_fit(S, y)
         self.coef = w / scale
         self.intercept = float(b - np.dot(self.coef, mean))
+        self._tail_src = None
 
     def _pinball_fit(self, S: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
         from sklearn.linear_model import QuantileRegressor
@@ -62,7 +64,10 @@ class LinearPredictor(Predictor):
 
     def predict_split(self, raw: np.ndarray, tail: np.ndarray) -> np.ndarray:
         k = raw.shape[1]
-        return raw @ self.coef[:k] + tail @ self.coef[k:] + self.intercept
+        if tail is not self._tail_src:  # the encoder's cached block, while the backends stay
+            self._tail_src, self._tail_part = tail, tail @ self.coef[k:] + self.intercept
+            self._head = self.coef[:k].copy()
+        return raw @ self._head + self._tail_part
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         names = self._fitted_encoder().names
@@ -76,6 +81,7 @@ class LinearPredictor(Predictor):
             raise ValueError(f"linear model file lacks coefficients for {', '.join(missing)}")
         self.coef = np.array([coef[n] for n in names], dtype=np.float64)
         self.intercept = float(state["intercept"])
+        self._tail_src = None
 
 
 def _ridge(S: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:

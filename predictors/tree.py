@@ -224,7 +224,7 @@ class TreePredictor(TreeModel):
         target: str = "ttft",
         quantile: float | None = None,
         seed: int = 0,
-        max_depth: int = 10,
+        max_depth: int = 8,
         min_samples_leaf: int = 20,
     ) -> None:
         super().__init__(target=target, quantile=quantile, seed=seed)

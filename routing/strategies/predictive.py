@@ -12,7 +12,7 @@ SLO headroom (``objective="slo_headroom"``): a backend's headroom is ``slo_ms``
 minus the model's prediction (in ms; use a quantile model, e.g. p90, so the SLO
 is compared with the tail). Among backends with headroom >= 0, ``headroom="least"``
 packs (picks the smallest non-negative headroom, keeping roomier backends free for
-later requests, as llm-d's SLO scorer does by default) and ``"most"`` spreads; when
+later requests; llm-d's SLO scorer offers the same choice) and ``"most"`` spreads; when
 no backend is predicted to meet the SLO, the one with the most headroom (the
 smallest predicted violation) is chosen.
 """
@@ -118,11 +118,13 @@ class OnlineLinear(Strategy):
     """The plan's GlobalDynamicLinear: predicts with an online linear model and learns in ``observe``.
 
     Cold start (no ``model``): every prediction is 0 until the first outcomes
-    arrive, so early choices are seeded random ties. A warm-start ``model`` file
-    (``python -m predictors train --model online_linear``) brings its target,
-    quantile and forgetting factor. ``explore`` is the probability of a uniformly
-    random choice (seeded), for fleets where the model would otherwise never
-    see some backends under load.
+    arrive, so early choices are seeded random ties; ``quantile`` and
+    ``forgetting`` (default 0.998) configure the new model. A warm-start ``model``
+    file (``python -m predictors train --model online_linear``) brings its target,
+    quantile and forgetting factor (``forgetting``, if given, replaces the
+    latter). ``explore`` is the probability of a uniformly random choice
+    (seeded), for fleets where the model would otherwise never see some backends
+    under load.
     """
 
     name = "online_linear"
@@ -136,7 +138,7 @@ class OnlineLinear(Strategy):
         model: str | None = None,
         objective: str = "ttft",
         quantile: float | None = None,
-        forgetting: float = 0.999,
+        forgetting: float | None = None,
         explore: float = 0.0,
     ) -> None:
         super().__init__(seed=seed)
@@ -151,9 +153,17 @@ class OnlineLinear(Strategy):
                     f"objective {self.objective!r} needs a model of target {self.objective!r}; "
                     f"{model} predicts {self.model.target!r}"
                 )
+            if quantile is not None and quantile != self.model.quantile:
+                raise ValueError(
+                    f"quantile {quantile!r} differs from the warm-start file's {self.model.quantile!r}; "
+                    "leave it out or train another file"
+                )
+            if forgetting is not None:
+                self.model.forgetting = float(forgetting)  # adapt faster or slower from here on
         else:
             self.model = OnlineLinearPredictor(
-                target=self.objective, quantile=quantile, forgetting=forgetting, seed=seed
+                target=self.objective, quantile=quantile, seed=seed,
+                **({} if forgetting is None else {"forgetting": forgetting}),
             )
         self._pending: dict[int, np.ndarray] = {}
 

@@ -191,6 +191,9 @@ def test_online_linear_warm_start_file(tmp_path):
     assert strategy.model.n_updates == 1500
     with pytest.raises(ValueError, match="objective 'ttft' needs a model of target 'ttft'"):
         routing.build("online_linear", model=str(path))
+    assert routing.build("online_linear", model=str(path), objective="e2el", forgetting=0.9).model.forgetting == 0.9
+    with pytest.raises(ValueError, match="quantile 0.9 differs from the warm-start file's None"):
+        routing.build("online_linear", model=str(path), objective="e2el", quantile=0.9)
     with pytest.raises(ValueError, match="explore must be in"):
         routing.build("online_linear", explore=1.5)
 
