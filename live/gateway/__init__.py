@@ -2,9 +2,10 @@
 
 ``python -m live.gateway --backends URL,URL --strategy least_load`` serves
 ``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``, ``/health`` and its
-own ``/metrics``. ``GatewayApp(GatewayConfig(...))`` is the ASGI app for running
-it in-process; ``start_gateway`` runs one as a child process.
+own ``/metrics``. In-process: ``async with serve_gateway(GatewayConfig(...)) as gw``
+(``gw.url``, ``gw.fleet``, ``gw.metrics``); as a child process:
+``live.gateway.spawn.start_gateway``.
 """
-from live.gateway.server import GatewayApp, GatewayConfig
+from live.gateway.server import Gateway, GatewayConfig, serve_gateway
 
-__all__ = ["GatewayApp", "GatewayConfig"]
+__all__ = ["Gateway", "GatewayConfig", "serve_gateway"]

@@ -7,8 +7,8 @@ import sys
 from typing import Any
 
 import routing
-from live.asgi import bind_socket, serve
-from live.gateway.server import GatewayApp, GatewayConfig
+from live.asgi import bind_socket
+from live.gateway.server import Gateway, GatewayConfig
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -90,8 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "before the first byte this fails over")
     p.add_argument("--max-connections", type=int, default=1024,
                    help="keep-alive connections per backend")
-    p.add_argument("--log-level", default="warning",
-                   choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level")
     return p
 
 
@@ -112,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        app = GatewayApp(config_from_args(args))
+        gateway = Gateway(config_from_args(args))
     except ValueError as exc:
         parser.error(str(exc))
     try:
@@ -122,8 +120,35 @@ def main(argv: list[str] | None = None) -> int:
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"READY http://{shown}:{port}", flush=True)
-    serve(app, sock, log_level=args.log_level)
+    _run_until_signalled(gateway, sock)
     return 0
+
+
+async def _serve(gateway: Gateway, sock) -> None:
+    import asyncio
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await gateway.start(sock)
+    try:
+        await stop.wait()
+    finally:
+        await gateway.stop()
+
+
+def _run_until_signalled(gateway: Gateway, sock) -> None:
+    """Serve until SIGINT/SIGTERM, on uvloop when installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is in the [live] extra
+        import asyncio
+
+        asyncio.run(_serve(gateway, sock))
+        return
+    uvloop.run(_serve(gateway, sock))
 
 
 if __name__ == "__main__":  # pragma: no cover

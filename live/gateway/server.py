@@ -4,20 +4,26 @@ Every generation request is routed by a ``routing`` strategy through
 ``live.fleet.LiveFleet`` (the same ``Router`` and strategy objects the simulator
 runs) and forwarded unchanged; the response streams back chunk by chunk as the
 backend sends it (nothing is buffered). Until the first byte has gone to the
-client, a connection error, a 5xx or a stream that dies early fails over to
-another backend (at most ``max_retries`` times); after that the request ends
-with an SSE error event. Every routed attempt ends in exactly one
+client, a refused connection, a 5xx, a timeout or a stream that dies early fails
+over to another backend (at most ``max_retries`` times); after that the request
+ends with an SSE error event. Every routed attempt ends in exactly one
 ``Router.finish`` (failures included), so in-flight counts never leak. A client
-that disconnects cancels the upstream request (its connection is closed, which
-makes vLLM abort it and free its KV cache).
+that disconnects closes the upstream connection, which makes vLLM abort the
+request and free its KV cache.
+
+The HTTP layer is ``live.gateway.http`` (asyncio protocols + httptools); this
+module is the routing logic on top of it.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import math
+import socket
 import time
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,18 +32,23 @@ import numpy as np
 import orjson
 
 import routing
-from live import asgi
-from live.asgi import HttpError
+from live.asgi import (
+    JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, TEXT_HEADERS, HttpError, error_body,
+    parse_json_object, sse_event,
+)
 from live.fleet import LiveFleet
+from live.gateway.http import (
+    CHUNK_END, Request, ServerConnection, UpstreamConnection, UpstreamPool, chunk, response_head,
+)
 from live.gateway.metrics import GatewayMetrics
-from live.prompts import ensure_tokenizer, needs_tokenizer, prompt_token_ids
+from live.prompts import ensure_tokenizer, prompt_token_ids
 from routing import NoHealthyBackend, Outcome, RequestInfo
 from workload.hashing import block_hash_chain
 
 _NO_HASHES = np.zeros(0, dtype=np.uint64)
-_GEN_PATHS = ("/v1/completions", "/v1/chat/completions")
-_HOP_HEADERS = frozenset({b"connection", b"keep-alive", b"transfer-encoding", b"content-length",
-                          b"server", b"date"})
+_GEN_PATHS = {"/v1/completions": False, "/v1/chat/completions": True}
+_GET_PATHS = ("/health", "/metrics", "/v1/models")
+_PASS_HEADERS = frozenset({b"content-type", b"cache-control"})
 
 
 @dataclass
@@ -66,14 +77,15 @@ class GatewayConfig:
         if not self.backends:
             raise ValueError("--backends: give at least one backend URL")
         for url in self.backends:
-            if not url.startswith(("http://", "https://")):
-                raise ValueError(f"--backends: {url!r} is not an http(s) URL")
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme != "http" or not parts.hostname:
+                raise ValueError(f"--backends: {url!r} is not an http://host:port URL "
+                                 "(TLS to backends is not supported; terminate it in front)")
         if self.names is not None and len(self.names) != len(self.backends):
             raise ValueError(f"--names: {len(self.names)} names for {len(self.backends)} backends")
         routing.validate(self.strategy, self.params)
-        for name in ("max_retries",):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
         for name in ("eject_after", "max_body_bytes", "block_size", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -97,25 +109,15 @@ class _Attempt:
         self.finished = False
 
 
-class _Failover(Exception):
-    """The attempt failed before any byte reached the client: try another backend."""
-
-    def __init__(self, kind: str, status: int, body: bytes) -> None:
-        super().__init__(kind)
-        self.kind = kind
-        self.status = status
-        self.body = body
-
-
-class GatewayApp:
-    """ASGI app of the gateway. Build with a validated ``GatewayConfig``."""
+class Gateway:
+    """The gateway's state and request handling; ``start`` listens, ``stop`` ends it."""
 
     def __init__(self, config: GatewayConfig, *, clock: Callable[[], float] = time.perf_counter) -> None:
         config.validate()
         self.config = config
-        self._clock = clock
+        self.clock = clock
         self.names = config.names or [f"backend-{i}" for i in range(len(config.backends))]
-        self._name_bytes = [n.encode() for n in self.names]
+        self.name_bytes = [n.encode() for n in self.names]
         self.strategy = routing.build(config.strategy, seed=config.seed, **config.params)
         self.fleet = LiveFleet(
             config.backends, self.strategy, names=self.names, block_size=config.block_size,
@@ -124,249 +126,421 @@ class GatewayApp:
         )
         self.metrics = GatewayMetrics(self.names)
         self.metrics.attach(self.fleet)
-        self.session: aiohttp.ClientSession | None = None
-        self._next_id = 0
-        self._timeout = aiohttp.ClientTimeout(
-            total=config.request_timeout_s, sock_connect=min(config.request_timeout_s, 10.0),
-            sock_read=config.read_timeout_s or None)
-        self._upstream_headers = {"Content-Type": "application/json"}
-        if config.backend_api_key:
-            self._upstream_headers["Authorization"] = f"Bearer {config.backend_api_key}"
+        self.pools: list[UpstreamPool] = []
+        self.request_heads: list[tuple[bytes, bytes]] = []  # per backend: before/after the path
+        auth = (b"authorization: Bearer " + config.backend_api_key.encode() + b"\r\n"
+                if config.backend_api_key else b"")
+        for url in self.fleet.urls:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port or 80
+            self.pools.append(UpstreamPool(parts.hostname, port, config.max_connections))
+            self.request_heads.append((b"POST " + parts.path.rstrip("/").encode(),
+                                       b" HTTP/1.1\r\nhost: %s:%d\r\ncontent-type: application/json"
+                                       b"\r\n%bcontent-length: " % (parts.hostname.encode(), port, auth)))
         self._auth = (b"Bearer " + config.api_key.encode()) if config.api_key else None
+        self._next_id = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[ServerConnection] = set()
+        self.session: aiohttp.ClientSession | None = None
+        self.url = ""
 
     # --- lifecycle ----------------------------------------------------------------------
-    async def startup(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self.config.max_connections,
-                                         ttl_dns_cache=None, keepalive_timeout=60.0)
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                             skip_auto_headers=("User-Agent",))
-        # Text prompts need the tokenizer (about a second to load). Load it before
-        # serving: loading it beside live traffic would stall streams (the GIL).
-        await ensure_tokenizer(self.config.tokenizer)
-        await self.fleet.start(self.session)
+    async def start(self, sock: socket.socket) -> str:
+        """Load the tokenizer, start scraping and probing, and serve on ``sock``.
 
-    async def shutdown(self) -> None:
+        The tokenizer (about a second to load) is loaded before serving: loading
+        it beside live traffic would stall streams (the GIL).
+        """
+        await ensure_tokenizer(self.config.tokenizer)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None), auto_decompress=False)
+        await self.fleet.start(self.session)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ServerConnection(self._handle, self.config.max_body_bytes, self._connections),
+            sock=sock, backlog=2048)
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.transport.abort()
+        for pool in self.pools:
+            pool.close_all()
         await self.fleet.stop()
         if self.session is not None:
             await self.session.close()
 
-    # --- ASGI -----------------------------------------------------------------------------
-    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
-        kind = scope["type"]
-        if kind == "lifespan":
-            await asgi.lifespan(receive, send, self.startup, self.shutdown)
-            return
-        if kind != "http":
-            return
-        path, method = scope["path"], scope["method"]
+    # --- requests --------------------------------------------------------------------------
+    def _handle(self, conn: ServerConnection, req: Request) -> None:
+        """Answer one request (synchronously, or by starting an exchange)."""
         try:
-            if path in _GEN_PATHS:
-                if method != "POST":
-                    raise HttpError(405, f"{path} accepts POST, not {method}")
-                self._check_auth(scope)
-                await self._route(scope, receive, send, path, path == "/v1/chat/completions")
+            if req.too_large:
+                raise HttpError(413, f"request body exceeds the limit of "
+                                     f"{self.config.max_body_bytes} bytes")
+            chat = _GEN_PATHS.get(req.path)
+            if chat is not None:
+                if req.method != "POST":
+                    raise HttpError(405, f"{req.path} accepts POST, not {req.method}")
+                self._check_auth(req)
+                self._generate(conn, req, chat)
                 return
-            if method not in ("GET", "HEAD"):
-                raise HttpError(405 if path in ("/health", "/metrics", "/v1/models") else 404,
-                                f"{method} {path} is not served")
-            if path == "/health":
+            if req.method not in ("GET", "HEAD"):
+                raise HttpError(405 if req.path in _GET_PATHS else 404,
+                                f"{req.method} {req.path} is not served")
+            if req.path == "/health":
                 ok = any(s.healthy for s in self.fleet.router.snapshots)
-                await asgi.send_bytes(send, 200 if ok else 503, b"", asgi.TEXT_HEADERS)
-            elif path == "/metrics":
-                await asgi.send_bytes(send, 200, self.metrics.exposition(), asgi.PROMETHEUS_HEADERS)
-            elif path == "/v1/models":
-                self._check_auth(scope)
-                await self._models(send)
+                self._reply(conn, req, 200 if ok else 503, b"", TEXT_HEADERS)
+            elif req.path == "/metrics":
+                self._reply(conn, req, 200, self.metrics.exposition(), PROMETHEUS_HEADERS)
+            elif req.path == "/v1/models":
+                self._check_auth(req)
+                asyncio.ensure_future(self._models(conn, req))
             else:
-                raise HttpError(404, f"no route {path}")
+                raise HttpError(404, f"no route {req.path}")
         except HttpError as exc:
-            self.metrics.response(exc.status)
-            extra = [(b"www-authenticate", b"Bearer")] if exc.status == 401 else None
-            await asgi.send_error(send, exc.status, exc.message, exc.param, extra)
-        except asgi.ClientGone:
-            self.metrics.client_disconnects.inc()
+            self._error(conn, req, exc)
 
-    def _check_auth(self, scope: asgi.Scope) -> None:
+    def _reply(self, conn: ServerConnection, req: Request, status: int, body: bytes,
+               headers: list[tuple[bytes, bytes]]) -> None:
+        self.metrics.response(status)
+        if req.method == "HEAD":
+            conn.write(response_head(status, headers, chunked=False, length=len(body),
+                                     keep_alive=req.keep_alive))
+            conn.finish_response(req.keep_alive)
+        else:
+            conn.send_simple(status, body, headers, req.keep_alive)
+
+    def _error(self, conn: ServerConnection, req: Request, exc: HttpError) -> None:
+        headers = JSON_HEADERS + ([(b"www-authenticate", b"Bearer")] if exc.status == 401 else [])
+        self._reply(conn, req, exc.status, error_body(exc.status, exc.message, exc.param), headers)
+
+    def _check_auth(self, req: Request) -> None:
         if self._auth is None:
             return
-        given = asgi.header(scope, b"authorization") or b""
-        if not hmac.compare_digest(given, self._auth):
+        if not hmac.compare_digest(req.headers.get(b"authorization", b""), self._auth):
             raise HttpError(401, "missing or wrong API key: send 'Authorization: Bearer <key>'")
 
-    async def _models(self, send: asgi.Send) -> None:
+    async def _models(self, conn: ServerConnection, req: Request) -> None:
         """The first healthy backend's model list (replicas serve the same model)."""
         last = "no healthy backend"
+        headers = ({"Authorization": f"Bearer {self.config.backend_api_key}"}
+                   if self.config.backend_api_key else None)
         for i, url in enumerate(self.fleet.urls):
             if not self.fleet.healthy(i):
                 continue
             try:
-                async with self.session.get(url + "/v1/models", timeout=self._timeout,
-                                            headers=self._upstream_headers) as resp:
+                async with self.session.get(url + "/v1/models", headers=headers,
+                                            timeout=aiohttp.ClientTimeout(total=10)) as resp:
                     body = await resp.read()
                     if resp.status == 200:
-                        self.metrics.response(200)
-                        await asgi.send_bytes(send, 200, body)
+                        self._reply(conn, req, 200, body, JSON_HEADERS)
                         return
                     last = f"{self.names[i]} answered HTTP {resp.status}"
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 last = f"{self.names[i]}: {type(exc).__name__}: {exc}"
-        raise HttpError(503, f"no backend listed its models ({last})")
+        self._error(conn, req, HttpError(503, f"no backend listed its models ({last})"))
 
-    # --- generation ---------------------------------------------------------------------------
-    async def _route(self, scope, receive, send, path: str, chat: bool) -> None:
-        clock = self._clock
-        arrived = clock()
-        body = await asgi.read_body(receive, self.config.max_body_bytes, scope)
-        doc = asgi.parse_json_object(body)
+    def _generate(self, conn: ServerConnection, req: Request, chat: bool) -> None:
+        arrived = self.clock()
+        body = bytes(req.body)
+        doc = parse_json_object(body)
         stream = doc.get("stream", False)
         if not isinstance(stream, bool):
             raise HttpError(400, f"stream must be true or false, got {stream!r}", "stream")
-        if needs_tokenizer(doc, chat):
-            await ensure_tokenizer(self.config.tokenizer)
         ids = prompt_token_ids(doc, chat, self.config.tokenizer)
         fleet = self.fleet
         hashes = block_hash_chain(ids, self.config.block_size) if fleet.track_prefix else _NO_HASHES
         rid = self._next_id
         self._next_id += 1
-        session_id = asgi.header(scope, b"x-session-id")
+        session_id = req.headers.get(b"x-session-id")
         user = doc.get("user")
         info = RequestInfo(rid, len(ids), fleet.now(), hashes,
                            session_id=session_id.decode("latin-1") if session_id
                            else (user if isinstance(user, str) else ""))
-        watcher = asgi.DisconnectWatcher(receive)
-        tried: list[int] = []
-        failure: _Failover | None = None
-        attempt: _Attempt | None = None
+        Exchange(self, conn, req, info, body, stream, arrived).start()
+
+
+class Exchange:
+    """One routed request, from dispatch to the end of its response (with failovers)."""
+
+    __slots__ = ("gw", "conn", "req", "info", "body", "stream", "arrived", "attempt", "tried",
+                 "failure", "upstream", "status", "up_headers", "buf", "sent_head", "chunks",
+                 "usage_piece", "prev", "done", "reused", "connect_task", "timer", "read_timer",
+                 "stale_retry")
+
+    def __init__(self, gw: Gateway, conn: ServerConnection, req: Request, info: RequestInfo,
+                 body: bytes, stream: bool, arrived: float) -> None:
+        self.gw = gw
+        self.conn = conn
+        self.req = req
+        self.info = info
+        self.body = body
+        self.stream = stream
+        self.arrived = arrived
+        self.attempt: _Attempt | None = None
+        self.tried: list[int] = []
+        self.failure: tuple[str, int, bytes, int] | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.done = False
+        self.connect_task: asyncio.Task | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.read_timer: asyncio.TimerHandle | None = None
+        self.stale_retry = False
+
+    def start(self) -> None:
+        self.conn.on_lost = self.client_gone
+        self.conn.on_drain = self._client_drain
+        self._dispatch()
+
+    # --- attempts ------------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        gw = self.gw
         try:
-            for _ in range(self.config.max_retries + 1):
-                try:
-                    decision = fleet.dispatch(info, tried)
-                except NoHealthyBackend:
-                    break
-                attempt = _Attempt(decision.backend)
-                self.metrics.decisions[decision.backend].inc()
-                if not tried:
-                    self.metrics.overhead.observe(clock() - arrived)
-                try:
-                    await self._forward(send, path, body, stream, attempt, arrived, watcher)
-                    return
-                except _Failover as exc:
-                    failure = exc
-                    b = attempt.backend
-                    self.metrics.errors[b][exc.kind].inc()
-                    self.metrics.retries[b].inc()
-                    self._finish(info, attempt, arrived)
-                    fleet.report(b, False)
-                    tried.append(b)
-            # Out of backends or retries: answer with what went wrong.
-            watcher.stop()
-            if failure is None:
-                self.metrics.rejected.inc()
-                raise HttpError(503, "no healthy backend to route to")
-            if failure.status >= 500 and failure.body:
-                self.metrics.response(failure.status)
-                await asgi.send_bytes(send, failure.status, failure.body)
-                return
-            raise HttpError(502, f"every attempt failed; last: {failure.kind} "
-                                 f"(backend {self.names[tried[-1]]})")
-        except asyncio.CancelledError:
-            if not watcher.fired:
-                raise
-            watcher.absorb()
-            self.metrics.client_disconnects.inc()
-        finally:
-            watcher.stop()
-            if attempt is not None and not attempt.finished:
-                self._finish(info, attempt, arrived)
+            decision = gw.fleet.dispatch(self.info, self.tried)
+        except NoHealthyBackend:
+            self._give_up()
+            return
+        b = decision.backend
+        self.attempt = _Attempt(b)
+        gw.metrics.decisions[b].inc()
+        if not self.tried:
+            gw.metrics.overhead.observe(gw.clock() - self.arrived)
+        self.stale_retry = False
+        self._reset_response()
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(gw.config.request_timeout_s, self._on_timeout)
+        self._open(b)
 
-    def _finish(self, info: RequestInfo, attempt: _Attempt, arrived: float) -> None:
-        attempt.finished = True
-        now = self._clock()
-        self.fleet.finish(Outcome(
-            request_id=info.request_id, backend_index=attempt.backend, ok=attempt.ok,
-            input_len=info.input_len, output_len=attempt.output_tokens,
-            ttft_s=attempt.first_byte - arrived, e2el_s=now - arrived))
-        if attempt.ok:
-            self.metrics.e2e.observe(now - arrived)
+    def _reset_response(self) -> None:
+        self.status = 0
+        self.up_headers: list[tuple[bytes, bytes]] = []
+        self.buf = bytearray()
+        self.sent_head = False
+        self.chunks = 0
+        self.usage_piece = b""
+        self.prev = b""
 
-    async def _forward(self, send, path: str, body: bytes, stream: bool, attempt: _Attempt,
-                       arrived: float, watcher: asgi.DisconnectWatcher) -> None:
-        """Send to ``attempt.backend`` and relay the answer; ``_Failover`` before the first byte."""
-        b = attempt.backend
-        url = self.fleet.urls[b] + path
+    def _open(self, b: int) -> None:
+        conn = self.gw.pools[b].take_idle()
+        if conn is not None:
+            self.reused = True
+            self._send(conn)
+        else:
+            self.reused = False
+            self.connect_task = asyncio.ensure_future(self._connect(b))
+
+    async def _connect(self, b: int) -> None:
         try:
-            async with self.session.post(url, data=body, headers=self._upstream_headers,
-                                         timeout=self._timeout) as resp:
-                status = resp.status
-                if status >= 500:
-                    raise _Failover("status", status, await resp.read())
-                headers = [(k.lower(), v) for k, v in resp.raw_headers
-                           if k.lower() not in _HOP_HEADERS]
-                if not stream or status != 200:
-                    payload = await resp.read()
-                    attempt.first_byte = self._clock()
-                    if status == 200:
-                        attempt.output_tokens = _completion_tokens(payload)
-                        attempt.ok = True
-                    self.fleet.report(b, True)
-                    watcher.stop()
-                    self.metrics.response(status)
-                    headers.append((b"x-gateway-backend", self._name_bytes[b]))
-                    await asgi.send_bytes(send, status, payload, headers)
-                    return
-                await self._relay(send, resp, headers, attempt, arrived, watcher)
-        except asyncio.TimeoutError:  # before ClientError: aiohttp's timeouts are both
-            if attempt.first_byte != attempt.first_byte:  # NaN: nothing sent yet
-                raise _Failover("timeout", 0, b"") from None
-            await self._abort_stream(send, attempt, watcher, "upstream timed out mid-stream")
-        except (aiohttp.ClientError, OSError) as exc:
-            if attempt.first_byte != attempt.first_byte:
-                raise _Failover("connect", 0, b"") from None
-            await self._abort_stream(send, attempt, watcher, f"upstream stream broke: {exc}")
+            conn = await self.gw.pools[b].connect()
+        except OSError:
+            self.connect_task = None
+            if not self.done:
+                self._attempt_failed("connect", 0, b"")
+            return
+        self.connect_task = None
+        if self.done:
+            self.gw.pools[b].release(conn)
+            return
+        self._send(conn)
 
-    async def _relay(self, send, resp: aiohttp.ClientResponse, headers, attempt: _Attempt,
-                     arrived: float, watcher: asgi.DisconnectWatcher) -> None:
-        """Pass an SSE stream through chunk by chunk; count its tokens for the router."""
-        content = resp.content
-        first = await content.readany()
-        if not first:
-            raise aiohttp.ClientPayloadError("backend closed the stream before the first byte")
-        clock = self._clock
-        attempt.first_byte = clock()
-        self.metrics.ttft.observe(attempt.first_byte - arrived)
-        headers.append((b"x-gateway-backend", self._name_bytes[attempt.backend]))
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        chunks = first.count(b'"choices":[{')
-        usage_piece = first if b'"usage":{' in first else b""
-        prev = first
-        await send({"type": "http.response.body", "body": first, "more_body": True})
-        while True:
-            data = await content.readany()
-            if not data:
-                break
-            chunks += data.count(b'"choices":[{')
-            if b'"usage":{' in data:
-                usage_piece = prev[-256:] + data
-            prev = data
-            await send({"type": "http.response.body", "body": data, "more_body": True})
-        attempt.output_tokens = _usage_tokens(usage_piece) if usage_piece else chunks
-        attempt.ok = True
-        self.fleet.report(attempt.backend, True)
-        self.metrics.response(200)
-        watcher.stop()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    def _send(self, conn: UpstreamConnection) -> None:
+        self.upstream = conn
+        before, after = self.gw.request_heads[self.attempt.backend]
+        path = self.req.path.encode()
+        conn.send(self, b"%b%b%b%d\r\n\r\n%b" % (before, path, after, len(self.body), self.body))
+        if self.gw.config.read_timeout_s:
+            self._arm_read_timer()
 
-    async def _abort_stream(self, send, attempt: _Attempt, watcher: asgi.DisconnectWatcher,
-                            message: str) -> None:
+    # --- upstream callbacks -------------------------------------------------------------------
+    def on_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        self.up_headers = headers
+
+    def on_data(self, data: bytes) -> None:
+        if self.read_timer is not None:
+            self._arm_read_timer()
+        if self.status >= 500 or not self.stream or self.status != 200:
+            self.buf += data
+            return
+        gw = self.gw
+        self.chunks += data.count(b'"choices":[{')
+        if b'"usage":{' in data:
+            self.usage_piece = self.prev[-256:] + data
+        self.prev = data
+        if self.sent_head:
+            self.conn.write(chunk(data))
+            return
+        self.sent_head = True
+        a = self.attempt
+        a.first_byte = gw.clock()
+        gw.metrics.ttft.observe(a.first_byte - self.arrived)
+        self.conn.write(response_head(200, self._client_headers(), chunked=True,
+                                      keep_alive=self.req.keep_alive) + chunk(data))
+
+    def on_done(self) -> None:
+        self.upstream = None
+        if self.done:
+            return
+        gw, a = self.gw, self.attempt
+        if self.status >= 500:
+            self._attempt_failed("status", self.status, bytes(self.buf))
+            return
+        gw.fleet.report(a.backend, True)
+        gw.metrics.response(self.status)
+        if self.stream and self.status == 200:
+            if not self.sent_head:  # an empty stream: still a well-formed response
+                a.first_byte = gw.clock()
+                self.conn.write(response_head(200, self._client_headers(), chunked=True,
+                                              keep_alive=self.req.keep_alive))
+            a.output_tokens = _usage_tokens(self.usage_piece) if self.usage_piece else self.chunks
+            a.ok = True
+            self.conn.write(CHUNK_END)
+        else:
+            a.first_byte = gw.clock()
+            payload = bytes(self.buf)
+            if self.status == 200:
+                a.output_tokens = _completion_tokens(payload)
+                a.ok = True
+            self.conn.write(response_head(self.status, self._client_headers(), chunked=False,
+                                          length=len(payload), keep_alive=self.req.keep_alive)
+                            + payload)
+        self._complete()
+
+    def on_failed(self, message: str, got_bytes: bool) -> None:
+        """The upstream connection broke (or sent garbage)."""
+        self.upstream = None
+        if self.done:
+            return
+        if self.sent_head:
+            self._abort_stream(f"upstream stream broke: {message}")
+        elif self.reused and not got_bytes and not self.stale_retry:
+            # A keep-alive connection the backend had just closed: not the backend's
+            # fault; send again on a fresh connection.
+            self.stale_retry = True
+            self.reused = False
+            self.connect_task = asyncio.ensure_future(self._connect(self.attempt.backend))
+        else:
+            self._attempt_failed("connect", 0, b"")
+
+    # --- endings --------------------------------------------------------------------------------
+    def _attempt_failed(self, kind: str, status: int, body: bytes) -> None:
+        gw, a = self.gw, self.attempt
+        b = a.backend
+        self._cancel_timers()
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        gw.metrics.errors[b][kind].inc()
+        gw.metrics.retries[b].inc()
+        self._finish_attempt()
+        gw.fleet.report(b, False)
+        self.tried.append(b)
+        self.failure = (kind, status, body, b)
+        if len(self.tried) <= gw.config.max_retries:
+            self._dispatch()
+        else:
+            self._give_up()
+
+    def _give_up(self) -> None:
+        gw = self.gw
+        if self.failure is None:
+            gw.metrics.rejected.inc()
+            status, body = 503, error_body(503, "no healthy backend to route to")
+        else:
+            kind, fstatus, fbody, b = self.failure
+            if fstatus >= 500 and fbody:
+                status, body = fstatus, fbody
+            else:
+                status, body = 502, error_body(502, f"every attempt failed; last: {kind} "
+                                                    f"(backend {gw.names[b]})")
+        gw.metrics.response(status)
+        self.conn.write(response_head(status, JSON_HEADERS, chunked=False, length=len(body),
+                                      keep_alive=self.req.keep_alive) + body)
+        self._complete()
+
+    def _abort_stream(self, message: str) -> None:
         """End a stream that broke after its first byte: an SSE error event, then [DONE]."""
-        b = attempt.backend
-        self.metrics.errors[b]["midstream"].inc()
-        self.fleet.report(b, False)
-        self.metrics.response(502)
-        watcher.stop()
+        gw, b = self.gw, self.attempt.backend
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        gw.metrics.errors[b]["midstream"].inc()
+        gw.fleet.report(b, False)
+        gw.metrics.response(502)
         err = {"error": {"message": message, "type": "BadGatewayError", "param": None, "code": 502}}
-        await send({"type": "http.response.body", "body": asgi.sse_event(err) + asgi.SSE_DONE,
-                    "more_body": False})
+        self.conn.write(chunk(sse_event(err) + SSE_DONE) + CHUNK_END)
+        self._complete()
+
+    def client_gone(self) -> None:
+        """The client disconnected: cancel upstream (the backend aborts the request)."""
+        if self.done:
+            return
+        self.gw.metrics.client_disconnects.inc()
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        self._complete(keep_alive=False)
+
+    def _complete(self, keep_alive: bool | None = None) -> None:
+        self.done = True
+        self._cancel_timers()
+        self._finish_attempt()
+        self.conn.finish_response(self.req.keep_alive if keep_alive is None else keep_alive)
+
+    def _finish_attempt(self) -> None:
+        a = self.attempt
+        if a is None or a.finished:
+            return
+        a.finished = True
+        now = self.gw.clock()
+        self.gw.fleet.finish(Outcome(
+            request_id=self.info.request_id, backend_index=a.backend, ok=a.ok,
+            input_len=self.info.input_len, output_len=a.output_tokens,
+            ttft_s=a.first_byte - self.arrived, e2el_s=now - self.arrived))
+        if a.ok:
+            self.gw.metrics.e2e.observe(now - self.arrived)
+
+    # --- timers and flow control ------------------------------------------------------------
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        if self.sent_head:
+            self._abort_stream("upstream timed out mid-stream")
+        else:
+            self._attempt_failed("timeout", 0, b"")
+
+    def _arm_read_timer(self) -> None:
+        if self.read_timer is not None:
+            self.read_timer.cancel()
+        self.read_timer = asyncio.get_running_loop().call_later(
+            self.gw.config.read_timeout_s, self._on_timeout)
+
+    def _cancel_timers(self) -> None:
+        for t in (self.timer, self.read_timer):
+            if t is not None:
+                t.cancel()
+        self.timer = self.read_timer = None
+
+    def _client_drain(self, writable: bool) -> None:
+        """A slow client: stop reading the backend until the client catches up."""
+        up = self.upstream
+        if up is not None and not up.closed:
+            if writable:
+                up.transport.resume_reading()
+            else:
+                up.transport.pause_reading()
+
+    def _client_headers(self) -> list[tuple[bytes, bytes]]:
+        headers = [(k, v) for k, v in self.up_headers if k in _PASS_HEADERS]
+        headers.append((b"x-gateway-backend", self.gw.name_bytes[self.attempt.backend]))
+        return headers
 
 
 def _usage_tokens(piece: bytes) -> int:
@@ -386,3 +560,19 @@ def _completion_tokens(payload: bytes) -> int:
         return int(orjson.loads(payload)["usage"]["completion_tokens"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return 0
+
+
+@contextlib.asynccontextmanager
+async def serve_gateway(config: GatewayConfig, host: str = "127.0.0.1", port: int = 0,
+                        **kwargs: Any) -> AsyncIterator[Gateway]:
+    """Run a gateway inside the current event loop; yield it (``.url``, ``.fleet``, ...)."""
+    from live.asgi import bind_socket
+
+    gateway = Gateway(config, **kwargs)
+    sock = bind_socket(host, port)
+    try:
+        await gateway.start(sock)
+        yield gateway
+    finally:
+        await gateway.stop()
+        sock.close()

@@ -11,10 +11,9 @@ import openai
 import pytest
 from live_helpers import TINY, arun, get_json, post_json
 
-from live.asgi import running
 from live.client import make_session, stream_completion
 from live.emulator import spawn
-from live.gateway import GatewayApp, GatewayConfig
+from live.gateway import Gateway, GatewayConfig, serve_gateway
 from live.prometheus import iter_samples, sum_by_name
 from sim.latency import load_profile
 
@@ -33,12 +32,11 @@ def dead_url() -> str:
 @contextlib.asynccontextmanager
 async def gateway(backends, **kwargs):
     kwargs.setdefault("strategy", "round_robin")
-    app = GatewayApp(GatewayConfig(backends=list(backends), **kwargs))
-    async with running(app) as url:
-        yield app, url
+    async with serve_gateway(GatewayConfig(backends=list(backends), **kwargs)) as gw:
+        yield gw, gw.url
 
 
-def assert_no_leak(app: GatewayApp) -> None:
+def assert_no_leak(app: Gateway) -> None:
     assert app.fleet.router.inflight == 0
     assert all(s.inflight_requests == 0 and s.inflight_tokens == 0
                for s in app.fleet.router.snapshots)

@@ -8,10 +8,9 @@ import pytest
 from live_helpers import TINY, arun
 
 import routing
-from live.asgi import running
 from live.emulator import spawn
 from live.fleet import LiveFleet
-from live.gateway import GatewayApp, GatewayConfig
+from live.gateway import GatewayConfig, serve_gateway
 from live.loadgen import LoadOptions, RunLabels, replay
 from results.records import expand_itl, to_table
 from results.metrics import unit_metrics
@@ -113,9 +112,8 @@ def test_through_a_gateway_the_backend_comes_from_its_header(two_emulators):
     trace = small_trace(12, rate=30.0)
 
     async def main():
-        app = GatewayApp(GatewayConfig(backends=two_emulators, names=["x", "y"]))
-        async with running(app) as url:
-            return await replay(trace, gateway_url=url, backend_names=["x", "y"])
+        async with serve_gateway(GatewayConfig(backends=two_emulators, names=["x", "y"])) as gw:
+            return await replay(trace, gateway_url=gw.url, backend_names=["x", "y"])
 
     result = arun(main())
     check_one_record_per_request(trace, result.records)
