@@ -14,7 +14,6 @@ TPOT p50/p90 and E2EL p50, and the largest of them.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from dataclasses import dataclass

@@ -6,7 +6,8 @@ stopping signals the whole group: SIGTERM first (vLLM shuts down cleanly), then
 SIGKILL to whatever is left after a grace period. On Linux the leader also gets
 PR_SET_PDEATHSIG, so it is told to stop even if this Python process is killed
 with SIGKILL and never runs its cleanup. An optional CPU affinity confines the
-whole group (every process inherits it) to some cores.
+whole group (every process inherits it) to some cores, and an optional nice
+value raises or lowers its scheduling priority.
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 
 
-def _child_setup(affinity: list[int] | None) -> None:  # pragma: no cover - runs in the child
+def _child_setup(affinity: list[int] | None, nice: int) -> None:  # pragma: no cover - runs in the child
     if affinity:
         os.sched_setaffinity(0, affinity)  # inherited by every process vLLM starts
+    if nice:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)  # inherited too
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -63,12 +66,13 @@ class ManagedProcess:
 
     def __init__(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                  cwd: str | Path | None = None, log_path: str | Path | None = None,
-                 cpu_affinity: list[int] | None = None) -> None:
+                 cpu_affinity: list[int] | None = None, nice: int = 0) -> None:
         self.argv = [str(a) for a in argv]
         self.env = dict(env) if env is not None else None
         self.cwd = str(cwd) if cwd is not None else None
         self.log_path = Path(log_path) if log_path is not None else None
         self.cpu_affinity = list(cpu_affinity) if cpu_affinity else None
+        self.nice = int(nice)
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -90,7 +94,7 @@ class ManagedProcess:
         self.proc = subprocess.Popen(
             self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=out,
             stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=lambda: _child_setup(self.cpu_affinity),
+            preexec_fn=lambda: _child_setup(self.cpu_affinity, self.nice),
         )
         return self
 

@@ -21,10 +21,8 @@ so ``--resume`` continues with the first unfinished unit.
 """
 from __future__ import annotations
 
-import asyncio
 import json
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np

@@ -81,6 +81,8 @@ class ServeSpec:
     #: CPU: confine every vLLM process (API server, engine core, worker) to ``cores``,
     #: not only the model's compute threads, so one instance is fully contained on them.
     pin_all: bool = False
+    #: Scheduling priority of every vLLM process (negative: ahead of other work; needs root).
+    nice: int = 0
     kv_cache_gib: int = 1  # whole GiB: vLLM-CPU parses VLLM_CPU_KVCACHE_SPACE as an integer
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
@@ -105,6 +107,8 @@ class ServeSpec:
         if isinstance(self.kv_cache_gib, bool) or not isinstance(self.kv_cache_gib, int) or self.kv_cache_gib < 1:
             raise ValueError(f"kv_cache_gib must be a whole number of GiB >= 1 (vLLM-CPU reads "
                              f"VLLM_CPU_KVCACHE_SPACE as an integer), got {self.kv_cache_gib!r}")
+        if not -20 <= int(self.nice) <= 19:
+            raise ValueError(f"nice must be in -20..19, got {self.nice}")
         if not 0 <= int(self.port) < 65536:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.cores is not None:
@@ -242,7 +246,8 @@ class VllmServer:
         affinity = None
         if self.spec.cores is not None and self.spec.pin_all and self.spec.resolved_device() == "cpu":
             affinity = parse_cores(self.spec.cores)
-        self.process = ManagedProcess(argv, env=env, cwd=cwd, log_path=log, cpu_affinity=affinity)
+        self.process = ManagedProcess(argv, env=env, cwd=cwd, log_path=log, cpu_affinity=affinity,
+                                      nice=self.spec.nice)
         self._t0 = time.monotonic()
         self.process.start()
         return self

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 
 from calibrate.profiling import ProfileSettings, _Ids, _mixed, plan_idle, plan_prefix
-from calibrate.prompts import build_trace, hit_tokens, prompt_tokens
+from calibrate.prompts import hit_tokens, prompt_tokens
 from calibrate.replay import prepare_units, simulate_units
 from sim.latency import EngineDefaults, LatencyModel
 from workload.hashing import block_hash_chain

@@ -1,6 +1,4 @@
 """Fitting: parameter recovery on engine-generated data, and fitting recorded real vLLM data."""
-import json
-import math
 from pathlib import Path
 
 import numpy as np

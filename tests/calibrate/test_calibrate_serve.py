@@ -100,6 +100,19 @@ def test_bad_spec_values_are_named():
         ServeSpec(max_num_seqs=0)
     with pytest.raises(ValueError, match="kv_cache_gib must be a whole number of GiB"):
         ServeSpec(kv_cache_gib=0.5)
+    with pytest.raises(ValueError, match="nice must be in -20..19"):
+        ServeSpec(nice=40)
+
+
+def test_affinity_and_priority_reach_every_process_of_the_group(tmp_path):
+    script = tmp_path / "fake_vllm.py"
+    script.write_text(FAKE_SERVER)
+    proc = ManagedProcess([sys.executable, str(script), "0", str(tmp_path / "pids"), "serve"],
+                          cpu_affinity=[0], nice=5)
+    with proc:
+        for pid in _pids(tmp_path / "pids"):
+            assert os.sched_getaffinity(pid) == {0}
+            assert os.getpriority(os.PRIO_PROCESS, pid) == 5
 
 
 def test_missing_vllm_python_says_how_to_install(tmp_path):
