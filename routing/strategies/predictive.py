@@ -9,12 +9,20 @@ generator, so a run is reproducible in the simulator and identical in the
 gateway.
 
 SLO headroom (``objective="slo_headroom"``): a backend's headroom is ``slo_ms``
-minus the model's prediction (in ms; use a quantile model, e.g. p90, so the SLO
-is compared with the tail). Among backends with headroom >= 0, ``headroom="least"``
-packs (picks the smallest non-negative headroom, keeping roomier backends free for
-later requests; llm-d's SLO scorer offers the same choice) and ``"most"`` spreads; when
-no backend is predicted to meet the SLO, the one with the most headroom (the
-smallest predicted violation) is chosen.
+minus the model's prediction (use a quantile model, e.g. p90, so the SLO is
+compared with the tail). Among backends with headroom >= 0 the choice is a
+seeded weighted draw, as in llm-d's SLO scorer: headrooms are normalised to
+[0, 1] within that set and weighted 1 + 99 * h for ``headroom="most"`` (the
+default: spread) or 1 + 99 * (1 - h) for ``"least"`` (pack onto backends closest
+to the SLO, keeping roomier ones free; llm-d's default, which pays off when idle
+replicas can be scaled in, not on the lab's fixed fleets). A draw rather than
+the extreme, because always packing onto the tightest backend piles requests on
+one replica whenever the model does not foresee the queue it builds (a tree
+never predicts beyond its largest leaf). In a 600-request simulation of
+``heterogeneous.toml`` at 24 req/s with a p90 tree and a 2.5 s SLO, TTFT p99 was
+0.58 s with ``"most"``, 6.2 s with ``"least"`` and 80 s with a deterministic
+tightest pick (least_load: 0.76 s). When no backend is predicted to meet the
+SLO, the one with the most headroom (the smallest predicted violation) is chosen.
 """
 from __future__ import annotations
 
@@ -53,6 +61,17 @@ def pick_lowest(values: list[float], rng) -> int:
     return ties[rng.randrange(len(ties))]
 
 
+def weighted_draw(headroom: list[float], favour_least: bool, rng) -> int:
+    """Draw a position with weight 1 + 99 * (1 - h) (or 1 + 99 * h), h the headroom in [0, 1]."""
+    if len(headroom) == 1:
+        return 0
+    lo, hi = min(headroom), max(headroom)
+    span = hi - lo
+    norm = [(h - lo) / span for h in headroom] if span > 0 else [0.5] * len(headroom)
+    weights = [1.0 + 99.0 * ((1.0 - h) if favour_least else h) for h in norm]
+    return rng.choices(range(len(weights)), weights=weights)[0]
+
+
 def _choice(name: str, value: str, allowed: Sequence[str]) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
@@ -74,7 +93,7 @@ class Predictive(Strategy):
         seed: int = 0,
         objective: str = "ttft",
         slo_ms: float | None = None,
-        headroom: str = "least",
+        headroom: str = "most",
     ) -> None:
         super().__init__(seed=seed)
         self.objective = _choice("objective", objective, OBJECTIVES)
@@ -106,11 +125,10 @@ class Predictive(Strategy):
         if self.objective != "slo_headroom":
             return pick_lowest(pred, self.rng)
         slo = self._slo_s
-        meets = [p <= slo for p in pred]
-        if any(meets) and self.headroom == "least":
-            # Smallest non-negative headroom = largest prediction still within the SLO.
-            return pick_lowest([-p if ok else math.inf for p, ok in zip(pred, meets)], self.rng)
-        return pick_lowest(pred, self.rng)
+        within = [i for i, p in enumerate(pred) if p <= slo]
+        if not within:
+            return pick_lowest(pred, self.rng)
+        return within[weighted_draw([slo - pred[i] for i in within], self.headroom == "least", self.rng)]
 
 
 @register

@@ -80,20 +80,27 @@ def test_same_seed_same_choices_and_ties_are_seeded(tree_file):
     assert len(set(run(1))) > 8
 
 
-def test_slo_headroom_packs_or_spreads_within_the_slo(tmp_path):
+def test_slo_headroom_draws_by_headroom_among_backends_within_the_slo(tmp_path):
     path = law_file(tmp_path, lambda f: 0.01 * f["inflight_requests"].to_numpy(float))
     snaps = [BackendSnapshot(index=i, name=f"b{i}", group="a100", inflight_requests=n, running=1.0,
                              waiting=0.0, kv_usage=0.1, scrape_age_s=0.1)
              for i, n in enumerate([20, 1, 9, 5])]  # predicted 200, 10, 90, 50 ms
-    request = RequestInfo(request_id=0, input_len=100, arrival_s=0.0)
 
-    def pick(**params):
-        return routing.build("predictive", model=str(path), objective="slo_headroom", **params).choose(request, snaps)
+    def picks(seed=0, **params):
+        s = routing.build("predictive", model=str(path), objective="slo_headroom", seed=seed, **params)
+        return [s.choose(RequestInfo(request_id=k, input_len=100, arrival_s=0.0), snaps) for k in range(3000)]
 
-    assert pick(slo_ms=100) == 2  # least headroom still within the SLO: 90 ms
-    assert pick(slo_ms=100, headroom="most") == 1
-    assert pick(slo_ms=60) == 3
-    assert pick(slo_ms=5) == 1  # nobody meets it: the smallest predicted violation
+    # Within a 100 ms SLO: headroom 90, 10, 50 ms -> normalised 1, 0, 0.5 -> weights 1, 100, 50.5.
+    least = np.bincount(picks(slo_ms=100, headroom="least"), minlength=4) / 3000
+    assert least[0] == 0  # predicted over the SLO: never while others meet it
+    assert least[2] == pytest.approx(100 / 151.5, abs=0.03)
+    assert least[3] == pytest.approx(50.5 / 151.5, abs=0.03)
+    assert least[1] == pytest.approx(1 / 151.5, abs=0.01)
+    most = np.bincount(picks(slo_ms=100), minlength=4) / 3000  # "most" is the default
+    assert most[1] == pytest.approx(100 / 151.5, abs=0.03) and most[0] == 0
+    assert set(picks(slo_ms=5)) == {1}  # nobody meets it: the smallest predicted violation
+    assert picks(seed=4, slo_ms=100) == picks(seed=4, slo_ms=100)
+    assert picks(seed=4, slo_ms=100) != picks(seed=5, slo_ms=100)
 
 
 def test_bad_parameters_fail_clearly(tree_file, tmp_path):
