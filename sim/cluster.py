@@ -117,6 +117,8 @@ class BackendDriver:
         self.interruptible = False
         self.wake: simpy.Event | None = None
         self.pending_aborts: list[int] = []
+        #: An interrupt was sent and its handler has not run yet.
+        self.interrupt_pending = False
         #: When requests reached the engine during the current plan (to publish cut runs).
         self.submits_during_plan: list[float] = []
         self.tick_time = math.nan
@@ -140,18 +142,23 @@ class BackendDriver:
             wake, self.wake = self.wake, None
             wake.succeed()
         elif self.interruptible and eng.can_admit_next():
-            self.interruptible = False
-            self.proc.interrupt()
+            self._interrupt()
 
     def abort(self, request_id: int) -> None:
         """Abort at the current time, after applying the decode steps that ended."""
         req = self.engine.requests.get(request_id)
-        if req is not None and req.status == Status.RUNNING and self.interruptible:
+        if req is not None and req.status == Status.RUNNING and (self.interruptible or self.interrupt_pending):
+            # Apply it after the run's finished steps are applied, in the handler.
             self.pending_aborts.append(request_id)
-            self.interruptible = False
-            self.proc.interrupt()
+            if self.interruptible:
+                self._interrupt()
         else:
             self._apply_abort(request_id)
+
+    def _interrupt(self) -> None:
+        self.interruptible = False
+        self.interrupt_pending = True
+        self.proc.interrupt()
 
     def _apply_abort(self, request_id: int) -> None:
         eng = self.engine
@@ -160,8 +167,7 @@ class BackendDriver:
             self.cluster.timed_out(req)
             # A queued request leaving may unblock the queue head.
             if self.interruptible and eng.can_admit_next():
-                self.interruptible = False
-                self.proc.interrupt()
+                self._interrupt()
 
     # --- the engine process -----------------------------------------------------------
     def _run(self):
@@ -182,6 +188,7 @@ class BackendDriver:
                     break
                 except simpy.Interrupt:
                     self.interruptible = False
+                    self.interrupt_pending = False
                     done = plan.steps_done_by(env.now - start)
                     if done >= 1:
                         end_done = start + plan.time_of(done)
@@ -189,11 +196,11 @@ class BackendDriver:
                         # waiting yet when their metrics were published.
                         late = sum(1 for t in self.submits_during_plan if t > end_done)
                         self._complete(plan, done, start, end_done, late_arrivals=late)
-                        plan = _tail_step(plan, done, eng)
+                        plan = eng.tail(plan, done)
                         start = end_done
                         self.plan, self.plan_start = plan, start
                     else:
-                        plan = _tail_step(plan, 0, eng)
+                        plan = eng.tail(plan, 0)
                         self.plan = plan
                     for rid in self.pending_aborts:
                         self._apply_abort(rid)
@@ -261,27 +268,12 @@ class BackendDriver:
         return m
 
 
-def _tail_step(plan: Plan, done: int, engine: Engine) -> Plan:
-    """The step of ``plan`` in progress after ``done`` steps, as a one-step plan.
-
-    vLLM allocated that step's KV blocks when it scheduled it, which is before
-    anything that cut the run (an abort frees blocks only after), so allocate them
-    now: the free queue then sees the same order of events as in exact mode.
-    """
-    if plan.is_run:
-        kv = engine.kv
-        for req, _ in plan.scheduled:
-            if req.status == Status.RUNNING:
-                kv.grow(req, req.num_computed + 1)
-    return Plan(plan.scheduled, 1, plan.first + done * plan.delta, 0.0, plan.is_run,
-                engine.kv.num_used)
-
-
 class ClusterSim:
     """One simulation: a trace through a router onto a fleet of engines."""
 
     def __init__(self, trace: Trace, strategy: Strategy, config: ClusterConfig, *,
-                 labels: RunLabels = RunLabels(), seed: int = 0, share_analysis: bool = True) -> None:
+                 labels: RunLabels = RunLabels(), seed: int = 0, share_analysis: bool = True,
+                 decode_group: bool = True) -> None:
         self.trace = trace
         self.config = config
         self.labels = labels
@@ -303,7 +295,8 @@ class ClusterSim:
             BackendDriver(
                 self,
                 i,
-                Engine(b.engine, b.profile.model, jitter_cv=b.profile.jitter_cv, seed=seed * 1009 + i),
+                Engine(b.engine, b.profile.model, jitter_cv=b.profile.jitter_cv, seed=seed * 1009 + i,
+                       decode_group=decode_group),
                 phase=config.scrape_interval_s * i / n,
             )
             for i, b in enumerate(config.backends)
@@ -505,11 +498,13 @@ class ClusterSim:
 
 
 def simulate(trace: Trace, strategy: Strategy, config: ClusterConfig, *,
-             labels: RunLabels = RunLabels(), seed: int = 0, share_analysis: bool = True) -> SimResult:
+             labels: RunLabels = RunLabels(), seed: int = 0, share_analysis: bool = True,
+             decode_group: bool = True) -> SimResult:
     """Run one (trace, strategy, fleet) simulation to completion or the drain horizon.
 
     ``share_analysis=False`` tracks every prompt block individually (the way a
-    live engine must); results are identical, only slower. Tests compare the two.
+    live engine must) and ``decode_group=False`` schedules every running request
+    one by one; results are identical, only slower. Tests compare them.
     """
     return ClusterSim(trace, strategy, config, labels=labels, seed=seed,
-                      share_analysis=share_analysis).run()
+                      share_analysis=share_analysis, decode_group=decode_group).run()

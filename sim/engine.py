@@ -24,6 +24,14 @@ request per step, so ``plan(max_steps=k)`` returns a *decode run* whose step tim
 form an arithmetic progression. The driver waits for the whole run in one event,
 or cuts it at a step boundary when something arrives. ``complete`` then applies k
 steps at once with the same effect as k single steps.
+
+Decode group. Requests decoding steadily advance in lockstep with the engine's
+tick, so they are kept as one group with aggregate counters (``sim.decode_group``):
+a step then costs O(1) per prefilling request and per event instead of O(batch).
+Whenever the step is not regular (the token budget binds, or KV blocks run short
+and vLLM would preempt), the group is dissolved and the step is scheduled request
+by request, exactly as above. ``Engine(decode_group=False)`` always schedules
+request by request: the reference the tests compare against.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ from collections import deque
 from dataclasses import dataclass
 from itertools import repeat
 
+from sim.decode_group import DecodeGroup
 from sim.kv_cache import KVCache
 from sim.latency import LatencyModel
 from sim.request import EngineRequest, Status
@@ -74,13 +83,17 @@ class Plan:
     """The scheduled work until the next ``complete``: one step, or a decode run.
 
     Step ``m`` (1-based) of a run ends ``time_of(m)`` after the plan starts. A
-    single step is a run of length 1 with ``delta = 0``.
+    single step is a run of length 1 with ``delta = 0``. ``scheduled`` lists the
+    scheduled requests outside the decode group; ``group_size`` members of the
+    group are scheduled for one token each besides.
     """
 
-    __slots__ = ("scheduled", "steps", "first", "delta", "is_run", "used_blocks_at_plan")
+    __slots__ = ("scheduled", "steps", "first", "delta", "is_run", "used_blocks_at_plan",
+                 "group_size", "num_tokens", "tick0", "alloc0")
 
     def __init__(self, scheduled, steps: int, first: float, delta: float, is_run: bool,
-                 used_blocks_at_plan: int) -> None:
+                 used_blocks_at_plan: int, group_size: int = 0, num_tokens: int = 0,
+                 tick0: int = 0, alloc0: int = 0) -> None:
         #: (request, new tokens) pairs of the (first) step, in scheduling order.
         self.scheduled: list[tuple[EngineRequest, int]] = scheduled
         self.steps = steps
@@ -88,6 +101,11 @@ class Plan:
         self.delta = delta
         self.is_run = is_run
         self.used_blocks_at_plan = used_blocks_at_plan
+        self.group_size = group_size
+        #: Tokens scheduled per step (group members included).
+        self.num_tokens = num_tokens
+        self.tick0 = tick0
+        self.alloc0 = alloc0
 
     def time_of(self, m: int) -> float:
         """Time from the plan's start to the end of step ``m``."""
@@ -115,14 +133,31 @@ class Plan:
         return m
 
 
-@dataclass(slots=True)
 class StepOutput:
-    """What ``complete`` produced: requests that got tokens, finished, were preempted."""
+    """What ``complete`` produced: the end time, first tokens and finished requests.
 
-    end_time: float
-    emitted: list[EngineRequest]
-    finished: list[EngineRequest]
-    first_tokens: list[EngineRequest]
+    ``emitted`` (every request that got a token) is built on demand, because with
+    the decode group that costs O(batch); read it before the next ``plan``.
+    """
+
+    __slots__ = ("end_time", "finished", "first_tokens", "_emitted", "_engine")
+
+    def __init__(self, end_time: float, emitted, finished, first_tokens, engine=None) -> None:
+        self.end_time = end_time
+        self.finished: list[EngineRequest] = finished
+        self.first_tokens: list[EngineRequest] = first_tokens
+        self._emitted = emitted
+        self._engine = engine
+
+    @property
+    def emitted(self) -> list[EngineRequest]:
+        eng = self._engine
+        if eng is None or eng.group is None:
+            return self._emitted
+        members = list(eng.group.members)
+        for req in members:
+            eng._sync(req)
+        return members + self.finished
 
 
 class RequestTooLong(ValueError):
@@ -133,7 +168,7 @@ class Engine:
     """The scheduler, KV cache and latency model of one replica."""
 
     def __init__(self, config: EngineConfig, latency: LatencyModel, *, jitter_cv: float = 0.0,
-                 seed: int = 0) -> None:
+                 seed: int = 0, decode_group: bool = True) -> None:
         self.config = config
         self.latency = latency
         self.kv = KVCache(config.num_kv_blocks, config.block_size, config.enable_prefix_caching)
@@ -141,6 +176,15 @@ class Engine:
         self.running: list[EngineRequest] = []
         self.requests: dict[int, EngineRequest] = {}
         self.timeline = Timeline()
+        #: Steady decoders (None: schedule request by request, the reference path).
+        self.group = DecodeGroup(config.block_size) if decode_group else None
+        #: Running requests outside the group, in running order (with a group only).
+        self.nonmembers: list[EngineRequest] = []
+        #: Completed steps; the tick up to which members' KV blocks are allocated;
+        #: when the last completed step ended.
+        self.ticks = 0
+        self.alloc_tick = 0
+        self.last_end = 0.0
         self.prefix_queries = 0
         self.prefix_hits = 0
         self.preemptions = 0
@@ -175,6 +219,11 @@ class Engine:
         if req is None:
             return None
         if req.status == Status.RUNNING:
+            if req.in_group:
+                self._sync(req)
+                self.group.leave(req)
+            elif self.group is not None:
+                self.nonmembers.remove(req)
             self.running.remove(req)
             self.kv.free(req, keep_for_recompute=False)
         else:
@@ -183,8 +232,20 @@ class Engine:
         self.close_itl(req)
         return req
 
+    def sync_all(self) -> None:
+        """Bring every group member's own fields up to date (for observers and tests)."""
+        if self.group is not None:
+            for req in self.group.members:
+                self._sync(req)
+
+    def _sync(self, req: EngineRequest) -> None:
+        """Bring a group member's own counters up to date (see ``sim.decode_group``)."""
+        self.group.sync(req, self.ticks, self.alloc_tick, self.last_end)
+
     def close_itl(self, req: EngineRequest) -> None:
         """Copy the gaps of the request's current token streak into its ITL runs."""
+        if req.in_group:
+            self._sync(req)
         if req.last_tick > req.streak_start:
             self.timeline.copy_gaps(req.streak_start, req.last_tick, req.itl)
         req.streak_start = req.last_tick
@@ -212,14 +273,163 @@ class Engine:
         """
         if not self.running and not self.waiting:
             return None
+        if self.group is not None:
+            if max_steps > 1 and not self.nonmembers:
+                run = self._plan_group_run(max_steps)
+                if run is not None:
+                    return run
+            plan = self._plan_group_step()
+            if plan is not None:
+                return plan
+            self._dissolve()
+            plan = self._plan_step()
+            self.nonmembers = list(self.running)
+            return plan
         if max_steps > 1:
             run = self._plan_decode_run(max_steps)
             if run is not None:
                 return run
         return self._plan_step()
 
+    def _dissolve(self) -> None:
+        """Turn every group member back into an ordinary running request."""
+        group = self.group
+        for req in list(group.members):
+            self._sync(req)
+            group.leave(req)
+        self.nonmembers = list(self.running)
+
+    def _plan_group_step(self) -> Plan | None:
+        """One step scheduling every running request fully, or None if that is not possible.
+
+        Possible when the token budget covers every running request's demand and
+        the KV blocks they need are free (no preemption): then vLLM's in-order loop
+        schedules everyone, and order does not matter.
+        """
+        cfg, kv, group = self.config, self.kv, self.group
+        bs = cfg.block_size
+        budget = cfg.max_num_batched_tokens
+        demand = len(group)
+        if demand > budget:
+            return None
+        member_blocks = group.allocations(self.alloc_tick, self.ticks + 1)
+        need = member_blocks
+        chunks = []
+        for req in self.nonmembers:
+            computed = req.num_computed
+            n = req.prompt_len + req.num_output - computed
+            demand += n
+            if demand > budget:
+                return None
+            need += -(-(computed + n) // bs) - len(req.shared_blocks) - req.num_private
+            chunks.append((req, n))
+        if need > kv.num_free:
+            return None
+        if member_blocks:
+            kv.take_blocks(member_blocks)
+        self.alloc_tick = self.ticks + 1
+        caching = kv.enable_caching
+        for req, n in chunks:
+            total = req.num_computed + n
+            kv.grow(req, total)
+            if caching and req.num_registered < len(req.shared_blocks):
+                kv.register(req, total)
+        scheduled = chunks
+        budget -= demand
+        before = len(scheduled)
+        budget = self._admit_waiting(budget, scheduled)
+        self.nonmembers.extend(req for req, _ in scheduled[before:])
+        members = len(group)
+        return self._step_plan(scheduled, members, group.ctx_const + members * (self.ticks + 1))
+
+    def _step_plan(self, scheduled, members: int, member_ctx: int) -> Plan:
+        """A one-step plan with its duration from the latency model."""
+        num_tokens = members
+        prefill_work = 0.0
+        decode_ctx = member_ctx
+        for req, n in scheduled:
+            num_tokens += n
+            c = req.num_computed
+            if n == 1 and req.num_output > 0 and c == req.prompt_len + req.num_output - 1:
+                decode_ctx += c + 1
+            else:
+                prefill_work += n * (c + (n + 1) / 2.0)
+        duration = self.latency.step_time(num_tokens, members + len(scheduled), prefill_work, decode_ctx)
+        if self.jitter_cv > 0:
+            duration *= self._jitter()
+        return Plan(scheduled, 1, duration, 0.0, False, self.kv.num_used, members, num_tokens,
+                    self.ticks, self.alloc_tick)
+
+    def _plan_group_run(self, max_steps: int) -> Plan | None:
+        """A decode run of the whole group (every running request is a member)."""
+        cfg, group = self.config, self.group
+        b = len(group)
+        if b == 0 or b > cfg.max_num_batched_tokens:
+            return None
+        if b < cfg.max_num_batched_tokens and self.can_admit_next():
+            return None
+        first_finish = group.first_finish()
+        steps = min(max_steps, first_finish - self.ticks)
+        steps = self._group_steps_kv_allows(steps)
+        if steps < 2:
+            return None
+        first, delta, _ = self.latency.decode_run(b, group.ctx_const + b * (self.ticks + 1), steps)
+        if self.jitter_cv > 0:
+            factor = self._jitter()
+            first *= factor
+            delta *= factor
+        return Plan([], steps, first, delta, True, self.kv.num_used, b, b, self.ticks, self.alloc_tick)
+
+    def _group_steps_kv_allows(self, steps: int) -> int:
+        """Largest m <= steps whose block allocations fit in the free blocks."""
+        group, free, a = self.group, self.kv.num_free, self.alloc_tick
+        t = self.ticks
+        if len(group) * (-(-steps // self.config.block_size) + 1) <= free:
+            return steps
+        lo, hi = 0, steps
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if group.allocations(a, t + mid) <= free:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _admit_waiting(self, budget: int, scheduled: list) -> int:
+        """vLLM's waiting loop: FCFS admissions while budget, seats and KV last."""
+        cfg, kv = self.config, self.kv
+        bs = cfg.block_size
+        caching = kv.enable_caching
+        running = self.running
+        waiting = self.waiting
+        while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
+            req = waiting[0]
+            hits, private_hits = kv.lookup(req)
+            hit_blocks = len(hits) + private_hits
+            total_need = kv.blocks_for(req.num_tokens) - hit_blocks
+            if total_need > kv.num_free - kv.free_among(hits, private_hits):
+                break
+            waiting.popleft()
+            cached = hit_blocks * bs
+            self.prefix_queries += req.num_tokens
+            self.prefix_hits += cached
+            if req.num_cached < 0:
+                req.num_cached = cached
+            kv.admit(req, hits, private_hits)
+            req.num_computed = cached
+            n = min(req.num_tokens - cached, budget)
+            kv.grow(req, cached + n)
+            if caching:
+                kv.register(req, cached + n)
+            req.status = Status.RUNNING
+            running.append(req)
+            scheduled.append((req, n))
+            budget -= n
+        return budget
+
     def _plan_step(self) -> Plan:
-        cfg, kv, lat = self.config, self.kv, self.latency
+        """One step scheduled request by request (the reference path, and the fallback)."""
+        cfg, kv = self.config, self.kv
         budget = cfg.max_num_batched_tokens
         scheduled: list[tuple[EngineRequest, int]] = []
         preempted = False
@@ -253,44 +463,9 @@ class Engine:
             budget -= n
             i += 1
         if not preempted:
-            waiting = self.waiting
-            while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
-                req = waiting[0]
-                hits, private_hits = kv.lookup(req)
-                hit_blocks = len(hits) + private_hits
-                total_need = kv.blocks_for(req.num_tokens) - hit_blocks
-                if total_need > kv.num_free - kv.free_among(hits, private_hits):
-                    break
-                waiting.popleft()
-                cached = hit_blocks * bs
-                self.prefix_queries += req.num_tokens
-                self.prefix_hits += cached
-                if req.num_cached < 0:
-                    req.num_cached = cached
-                kv.admit(req, hits, private_hits)
-                req.num_computed = cached
-                n = min(req.num_tokens - cached, budget)
-                kv.grow(req, cached + n)
-                if caching:
-                    kv.register(req, cached + n)
-                req.status = Status.RUNNING
-                running.append(req)
-                scheduled.append((req, n))
-                budget -= n
-        num_tokens = 0
-        prefill_work = 0.0
-        decode_ctx = 0
-        for req, n in scheduled:
-            num_tokens += n
-            c = req.num_computed
-            if n == 1 and req.num_output > 0 and c == req.prompt_len + req.num_output - 1:
-                decode_ctx += c + 1
-            else:
-                prefill_work += n * (c + (n + 1) / 2.0)
-        duration = lat.step_time(num_tokens, len(scheduled), prefill_work, decode_ctx)
-        if self.jitter_cv > 0:
-            duration *= self._jitter()
-        return Plan(scheduled, 1, duration, 0.0, False, kv.num_used)
+            budget = self._admit_waiting(budget, scheduled)
+        self.alloc_tick = self.ticks + 1
+        return self._step_plan(scheduled, 0, 0)
 
     def _plan_decode_run(self, max_steps: int) -> Plan | None:
         """A run of identical decode steps, or None if the next step is not one."""
@@ -318,7 +493,8 @@ class Engine:
             factor = self._jitter()
             first *= factor
             delta *= factor
-        return Plan(list(zip(running, repeat(1))), steps, first, delta, True, kv.num_used)
+        return Plan(list(zip(running, repeat(1))), steps, first, delta, True, kv.num_used, 0, b,
+                    self.ticks, self.alloc_tick)
 
     def _steps_kv_allows(self, steps: int) -> int:
         """Largest m <= steps such that m decode steps need at most the free blocks."""
@@ -371,13 +547,40 @@ class Engine:
             out = self._complete_run(plan, steps, start)
         else:
             out = self._complete_step(plan, start)
+        if self.group is not None:
+            self.nonmembers = [r for r in self.nonmembers
+                               if r.status == Status.RUNNING and not r.in_group]
         self._published_state = self._state()
         self._published = None
         return out
 
+    def tail(self, plan: Plan, done: int) -> Plan:
+        """The step of a cut run in progress after ``done`` completed steps, as a plan.
+
+        vLLM allocated that step's KV blocks when it scheduled it, which is before
+        whatever cut the run (an abort frees blocks only after), so they are
+        allocated now: the free queue sees events in the same order as stepping
+        one step at a time.
+        """
+        if plan.is_run:
+            if self.group is not None:
+                blocks = self.group.allocations(self.alloc_tick, self.ticks + 1)
+                if blocks:
+                    self.kv.take_blocks(blocks)
+                self.alloc_tick = self.ticks + 1
+            else:
+                for req, _ in plan.scheduled:
+                    if req.status == Status.RUNNING:
+                        self.kv.grow(req, req.num_computed + 1)
+        return Plan(plan.scheduled, 1, plan.first + done * plan.delta, 0.0, plan.is_run,
+                    self.kv.num_used, plan.group_size, plan.num_tokens, self.ticks, self.alloc_tick)
+
     def _complete_step(self, plan: Plan, start: float) -> StepOutput:
         end = start + plan.first
         tick = self.timeline.append(plan.first, 0.0, 1)
+        self.ticks = tick
+        self.last_end = end
+        group = self.group
         emitted: list[EngineRequest] = []
         finished: list[EngineRequest] = []
         first_tokens: list[EngineRequest] = []
@@ -405,21 +608,46 @@ class Engine:
             emitted.append(req)
             if out >= req.max_tokens:
                 finished.append(req)
+            elif group is not None:
+                group.join(req, tick)
+        if group is not None and plan.group_size:
+            for req in group.pop_finished(tick):
+                self._sync(req)
+                group.leave(req)
+                finished.append(req)
         for req in finished:
             self._finish(req)
-        return StepOutput(end, emitted, finished, first_tokens)
+        return StepOutput(end, emitted, finished, first_tokens, self)
 
     def _complete_run(self, plan: Plan, steps: int, start: float) -> StepOutput:
-        # The simulator's hottest loop: one pass per running request per run.
+        end = start + plan.time_of(steps)
+        group = self.group
+        if group is not None:
+            blocks = group.allocations(self.alloc_tick, self.ticks + steps)
+            if blocks:
+                self.kv.take_blocks(blocks)
+            self.ticks = self.timeline.append(plan.first, plan.delta, steps)
+            self.alloc_tick = self.ticks
+            self.last_end = end
+            finished = []
+            for req in group.pop_finished(self.ticks):
+                self._sync(req)
+                group.leave(req)
+                finished.append(req)
+            for req in finished:
+                self._finish(req)
+            return StepOutput(end, [], finished, [], self)
+        # Request by request (the reference path).
         kv = self.kv
         bs = self.config.block_size
         first = plan.first
-        end = start + plan.time_of(steps)
         last = self.timeline.append(first, plan.delta, steps)
+        self.ticks = self.alloc_tick = last
+        self.last_end = end
         before = last - steps  # the tick just before this run
         running_status = Status.RUNNING
         emitted: list[EngineRequest] = []
-        finished: list[EngineRequest] = []
+        finished = []
         for req, _ in plan.scheduled:
             if req.status != running_status:
                 continue
@@ -474,9 +702,12 @@ class Engine:
         if done == 0:
             return self.published
         m = self.published
-        bs = self.config.block_size
-        extra = 0
-        for req, _ in plan.scheduled:
-            extra += -(-(req.num_computed + done) // bs) - len(req.shared_blocks) - req.num_private
+        if self.group is not None:
+            extra = self.group.allocations(plan.alloc0, plan.tick0 + done)
+        else:
+            bs = self.config.block_size
+            extra = 0
+            for req, _ in plan.scheduled:
+                extra += -(-(req.num_computed + done) // bs) - len(req.shared_blocks) - req.num_private
         return EngineMetrics(m.running, m.waiting, plan.used_blocks_at_plan + extra,
                              m.num_kv_blocks, m.prefix_queries, m.prefix_hits, m.preemptions)

@@ -199,6 +199,10 @@ class KVCache:
         req.num_private = 0
         req.num_registered = 0
 
+    def take_blocks(self, n: int) -> None:
+        """Allocate ``n`` private blocks held by the decode group (counted, not named)."""
+        self._take(n)
+
     def _take(self, n: int) -> None:
         """Pop ``n`` free blocks from the front of the queue, evicting cache entries."""
         queue, stale, ref = self._queue, self._stale, self._ref

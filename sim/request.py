@@ -30,7 +30,8 @@ class EngineRequest:
         "id", "prompt_len", "max_tokens", "prompt_hashes", "num_shareable", "num_computed",
         "num_output", "shared_blocks", "num_private", "num_registered", "freed_extent",
         "num_cached", "num_preemptions", "status", "arrival", "first_token_time",
-        "last_token_time", "itl", "streak_start", "last_tick", "payload",
+        "last_token_time", "itl", "streak_start", "last_tick", "in_group", "g_tick0",
+        "g_out0", "g_comp0", "g_finish", "payload",
     )
 
     def __init__(
@@ -81,6 +82,9 @@ class EngineRequest:
         #: current streak of consecutive tokens; their gaps are read from the timeline.
         self.streak_start = -1
         self.last_tick = -1
+        #: Decode-group membership and counters as of joining (see ``sim.decode_group``).
+        self.in_group = False
+        self.g_tick0 = self.g_out0 = self.g_comp0 = self.g_finish = 0
         #: Opaque data of whoever drives the engine (the simulator's record fields).
         self.payload = payload
 

@@ -28,16 +28,18 @@ STRATEGIES = ["round_robin", "least_load", "least_tokens", "power_of_two", "leas
     rate=st.sampled_from([10.0, 40.0]),
 )
 def test_fast_mode_and_block_extents_change_nothing(seed, strategy, blocks, budget, timeout, delay, rate):
-    """Closed-form decode runs and counted private blocks are exact optimisations:
-    the records equal those of stepping one step at a time with every block tracked."""
+    """Closed-form decode runs, counted private blocks and the decode group are exact
+    optimisations: the records equal those of stepping one step at a time, request
+    by request, with every block tracked."""
     trace = conversation_trace(40, seed=seed, rate=rate)
     kw = dict(blocks=blocks, budget=budget, timeout_s=timeout, delay_s=delay)
     ref = simulate(trace, routing.build(strategy, seed=seed), fleet(mode="exact", **kw),
-                   seed=seed, share_analysis=False)
-    for mode, share in (("exact", True), ("fast", False), ("fast", True)):
+                   seed=seed, share_analysis=False, decode_group=False)
+    for mode, share, group in (("exact", True, True), ("fast", False, False),
+                               ("fast", True, False), ("fast", True, True)):
         got = simulate(trace, routing.build(strategy, seed=seed), fleet(mode=mode, **kw),
-                       seed=seed, share_analysis=share)
-        assert record_differences(ref.records, got.records) == [], (mode, share)
+                       seed=seed, share_analysis=share, decode_group=group)
+        assert record_differences(ref.records, got.records) == [], (mode, share, group)
 
 
 def test_the_scenario_exercises_preemption_prefix_hits_and_timeouts():

@@ -40,10 +40,12 @@ def _hashes(rid, prompt_len, prefix, nblocks):
     seqs=st.integers(1, 8),
     budget=st.integers(16, 300),
     caching=st.booleans(),
+    group=st.booleans(),
 )
-def test_invariants_hold_at_every_step(ops, blocks, seqs, budget, caching):
+def test_invariants_hold_at_every_step(ops, blocks, seqs, budget, caching, group):
     eng = Engine(EngineConfig(num_kv_blocks=blocks, block_size=16, max_num_seqs=seqs,
-                              max_num_batched_tokens=budget, enable_prefix_caching=caching), LAT)
+                              max_num_batched_tokens=budget, enable_prefix_caching=caching), LAT,
+                 decode_group=group)
     added: list[int] = []
     finished: set[int] = set()
     aborted: set[int] = set()
@@ -52,6 +54,7 @@ def test_invariants_hold_at_every_step(ops, blocks, seqs, budget, caching):
     next_id = 0
 
     def check(plan=None):
+        eng.sync_all()  # decode-group members keep their counters as offsets
         live = set(eng.requests)
         running = [r.id for r in eng.running]
         waiting = [r.id for r in eng.waiting]
@@ -67,7 +70,8 @@ def test_invariants_hold_at_every_step(ops, blocks, seqs, budget, caching):
             assert r.status == Status.RUNNING
             assert r.num_blocks >= -(-r.num_computed // 16)
         if plan is not None:
-            assert sum(n for _, n in plan.scheduled) <= budget
+            assert plan.num_tokens == sum(n for _, n in plan.scheduled) + plan.group_size
+            assert plan.num_tokens <= budget
         for r in eng.running:
             if r.id not in first_admitted:
                 first_admitted.append(r.id)

@@ -6,6 +6,7 @@ and the latency formula, not taken from the code under test.
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 
@@ -18,15 +19,42 @@ from sim.request import EngineRequest, Status
 LAT = LatencyModel(step_s=0.01, token_s=1e-4, seq_s=1e-3, prefill_attn_s=1e-7, decode_attn_s=1e-5)
 
 
+@pytest.fixture(params=[True, False], ids=["decode-group", "per-request"], autouse=True)
+def group(request, monkeypatch):
+    """Every schedule holds with and without the decode group."""
+    monkeypatch.setattr(sys.modules[__name__], "GROUP", request.param)
+    return request.param
+
+
+GROUP = True
+
+
 def engine(blocks=1000, seqs=256, budget=2048, caching=True) -> Engine:
     return Engine(EngineConfig(num_kv_blocks=blocks, block_size=16, max_num_seqs=seqs,
-                               max_num_batched_tokens=budget, enable_prefix_caching=caching), LAT)
+                               max_num_batched_tokens=budget, enable_prefix_caching=caching), LAT,
+                  decode_group=GROUP)
+
+
+class Step:
+    """A planned and completed step, with every scheduled request in running order."""
+
+    def __init__(self, eng: Engine, now: float) -> None:
+        self.plan = eng.plan()
+        eng.sync_all()
+        chunk = {id(r): n for r, n in self.plan.scheduled}
+        self.scheduled = [(r, chunk.get(id(r), 1)) for r in eng.running
+                          if id(r) in chunk or r.in_group]
+        self.out = eng.complete(self.plan, 1, now)
+        eng.sync_all()
+
+    @property
+    def ids(self):
+        return [(r.id, n) for r, n in self.scheduled]
 
 
 def step(eng: Engine, now: float):
-    plan = eng.plan()
-    out = eng.complete(plan, 1, now)
-    return plan, out
+    s = Step(eng, now)
+    return s, s.out
 
 
 def chain(*ids):
@@ -38,23 +66,23 @@ def test_chunked_prefill_splits_a_long_prompt_by_the_token_budget():
     eng.add_request(EngineRequest(1, prompt_len=5000, max_tokens=3))
     # 5000 = 2048 + 2048 + 904: three prefill steps; the first token comes with the third.
     p1, o1 = step(eng, 0.0)
-    assert [(r.id, n) for r, n in p1.scheduled] == [(1, 2048)]
+    assert p1.ids == [(1, 2048)]
     assert o1.emitted == []
     # step = 0.01 + 2048*1e-4 + 1e-3 + 1e-7 * 2048*(0 + 2049/2)
-    assert p1.first == pytest.approx(0.01 + 0.2048 + 0.001 + 1e-7 * 2048 * 1024.5)
+    assert p1.plan.first == pytest.approx(0.01 + 0.2048 + 0.001 + 1e-7 * 2048 * 1024.5)
     p2, _ = step(eng, 1.0)
-    assert [n for _, n in p2.scheduled] == [2048]
+    assert [n for _, n in p2.ids] == [2048]
     # the second chunk attends to the 2048 tokens already computed
-    assert p2.first == pytest.approx(0.01 + 0.2048 + 0.001 + 1e-7 * 2048 * (2048 + 2049 / 2))
+    assert p2.plan.first == pytest.approx(0.01 + 0.2048 + 0.001 + 1e-7 * 2048 * (2048 + 2049 / 2))
     p3, o3 = step(eng, 2.0)
-    assert [n for _, n in p3.scheduled] == [904]
+    assert [n for _, n in p3.ids] == [904]
     req = o3.first_tokens[0]
     assert req.id == 1 and req.num_output == 1
-    assert req.first_token_time == pytest.approx(2.0 + p3.first)
+    assert req.first_token_time == pytest.approx(2.0 + p3.plan.first)
     # then decodes: one token per step over a context of 5001 tokens
     p4, o4 = step(eng, 3.0)
-    assert [n for _, n in p4.scheduled] == [1]
-    assert p4.first == pytest.approx(0.01 + 1e-4 + 1e-3 + 1e-5 * 5001)
+    assert [n for _, n in p4.ids] == [1]
+    assert p4.plan.first == pytest.approx(0.01 + 1e-4 + 1e-3 + 1e-5 * 5001)
     assert o4.finished == [] and req.num_output == 2
     _, o5 = step(eng, 4.0)
     assert o5.finished == [req] and req.status == Status.FINISHED
@@ -68,7 +96,7 @@ def test_running_requests_are_scheduled_before_waiting_ones_and_share_the_budget
     eng.add_request(EngineRequest(2, prompt_len=300, max_tokens=5))
     plan, _ = step(eng, 1.0)
     # request 1 decodes (1 token) first; request 2 gets the remaining 99 of the budget
-    assert [(r.id, n) for r, n in plan.scheduled] == [(1, 1), (2, 99)]
+    assert plan.ids == [(1, 1), (2, 99)]
 
 
 def test_admission_needs_room_for_the_whole_sequence_and_is_fcfs():
@@ -82,10 +110,10 @@ def test_admission_needs_room_for_the_whole_sequence_and_is_fcfs():
     eng.add_request(EngineRequest(2, prompt_len=60, max_tokens=2))
     eng.add_request(EngineRequest(3, prompt_len=10, max_tokens=2))
     plan, out = step(eng, 1.0)
-    assert [r.id for r, _ in plan.scheduled] == [1]
+    assert [i for i, _ in plan.ids] == [1]
     assert out.finished[0].id == 1  # request 1 is done: its 7 blocks are free again
     plan, _ = step(eng, 2.0)
-    assert [r.id for r, _ in plan.scheduled] == [2, 3]
+    assert [i for i, _ in plan.ids] == [2, 3]
 
 
 def test_max_num_seqs_caps_the_running_set():
@@ -93,7 +121,7 @@ def test_max_num_seqs_caps_the_running_set():
     for i in range(3):
         eng.add_request(EngineRequest(i, prompt_len=20, max_tokens=4))
     plan, _ = step(eng, 0.0)
-    assert [r.id for r, _ in plan.scheduled] == [0, 1]
+    assert [i for i, _ in plan.ids] == [0, 1]
     assert len(eng.running) == 2 and [r.id for r in eng.waiting] == [2]
 
 
@@ -108,7 +136,7 @@ def test_prefix_hit_skips_cached_blocks_but_recomputes_the_last_token():
     plan, _ = step(eng, 1.0)
     req, n = plan.scheduled[0]
     assert (req.id, n, req.num_cached) == (2, 16, 48)
-    assert plan.first == pytest.approx(0.01 + 16e-4 + 1e-3 + 1e-7 * 16 * (48 + 17 / 2))
+    assert plan.plan.first == pytest.approx(0.01 + 16e-4 + 1e-3 + 1e-7 * 16 * (48 + 17 / 2))
     # A prompt sharing the first two blocks then diverging hits exactly 2 blocks.
     eng.add_request(EngineRequest(3, prompt_len=80, max_tokens=1, prompt_hashes=chain(11, 12, 99, 98, 97)))
     plan, _ = step(eng, 2.0)
@@ -161,7 +189,7 @@ def test_preemption_evicts_the_newest_running_request_and_recomputes_it():
     assert eng.preemptions == 0 and eng.kv.num_used == 4
     plan, _ = step(eng, 17.0)
     assert eng.preemptions == 1
-    assert [(r.id, n) for r, n in plan.scheduled] == [(1, 1)]
+    assert plan.ids == [(1, 1)]
     b = eng.requests[2]
     assert b.status == Status.WAITING and eng.waiting[0] is b
     assert (b.num_computed, b.num_output, b.num_preemptions) == (0, 17, 1)
@@ -171,7 +199,7 @@ def test_preemption_evicts_the_newest_running_request_and_recomputes_it():
     # own cached ones; 2 blocks are free but touching the cached ones uses both.
     for k in (18, 19):
         plan, out = step(eng, float(k))
-        assert [r.id for r, _ in plan.scheduled] == [1]
+        assert [i for i, _ in plan.ids] == [1]
     assert out.finished and out.finished[0].id == 1
     # Now B resumes: 2 full private blocks (32 tokens) hit, 1 token is recomputed.
     plan, out = step(eng, 20.0)
@@ -214,6 +242,8 @@ def test_decode_run_matches_single_steps():
     run = b.plan(max_steps=30)
     assert run.is_run and run.steps == 30
     b.complete(run, 30, 1.0)
+    a.sync_all()
+    b.sync_all()
     assert b.running[0].last_token_time == pytest.approx(t)
     for ra, rb in zip(a.running, b.running):
         assert (ra.num_output, ra.num_computed, ra.num_blocks) == (rb.num_output, rb.num_computed, rb.num_blocks)
