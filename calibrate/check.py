@@ -127,6 +127,12 @@ def compare(frame: pd.DataFrame) -> dict:
     return out
 
 
+def max_unit_error(result: dict) -> float:
+    """The largest |error| over the load levels (the pooled ``all`` row is left out)."""
+    errs = [e["max_abs_err"] for name, e in result.items() if name != "all" and math.isfinite(e["max_abs_err"])]
+    return max(errs) if errs else math.nan
+
+
 def format_table(result: dict) -> str:
     head = f"{'unit':<14}{'n':>5}" + "".join(f"{m.upper()} p{q}".rjust(25) for m, q in STATS) + f"{'max|err|':>10}"
     lines = [head, " " * 19 + "".join("real ms / sim ms / err".rjust(25) for _ in STATS)]
@@ -185,7 +191,9 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
         "units": {u.name: {"rate_rps": u.rate, "planned": len(u.requests)} for u in units},
         "failed_requests": failed,
         "target": TARGET,
-        "max_abs_err": max(e["max_abs_err"] for e in result.values()),
+        # Per load level: a percentile pooled over a Poisson run and a burst lands on the
+        # edge between their distributions and says little; it is reported, not judged.
+        "max_abs_err": max_unit_error(result),
         "results": result,
         "machine": machine_info(),
         "loadavg_before": load_before,
