@@ -89,10 +89,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     model.fit(X.iloc[train].reset_index(drop=True), y[train])
     fit_s = time.perf_counter() - start
     heldout: dict[str, Any] = {}
+    teacher = getattr(model, "teacher", None)  # distill: report the teacher beside its student
     if len(test):
         Xt = X.iloc[test].reset_index(drop=True)
         pred = model.predict(Xt)
         heldout = regression_metrics(y[test], pred, model.quantile)
+        if teacher is not None:
+            heldout = {"student": heldout, "teacher": regression_metrics(y[test], teacher.predict(Xt), model.quantile)}
     model.provenance.update(
         {
             "data": str(args.data),
@@ -113,6 +116,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"trained {model.kind}{q} {model.target} model on {len(train)} rows in {fit_s:.1f}s -> {path}")
     if len(test):
         _print_report(f"held-out rows: {len(test)}", Xt, y[test], pred, model.quantile)
+        if teacher is not None:
+            t = heldout["teacher"]
+            print(f"teacher ({teacher.kind}, not saved) on the same rows: MAE {t['mae']:.4g}, "
+                  f"MAPE {t['mape_pct']:.4g}%, R2 {t['r2']:.4g}")
     return 0
 
 

@@ -79,6 +79,15 @@ def test_compare_prints_one_row_per_family_with_teacher_and_student(data, tmp_pa
     assert all(r["us_per_16"] > 0 and r["r2"] > 0.3 for r in rows)
 
 
+def test_train_distill_reports_its_teacher(data, tmp_path, capsys):
+    out = tmp_path / "student"
+    assert main(["train", "--data", str(data), "--model", "distill", "--param", "teacher_epochs=2",
+                 "--param", "augment=0.5", "--out", str(out)]) == 0
+    assert "teacher (transformer, not saved) on the same rows: MAE" in capsys.readouterr().out
+    heldout = json.loads((tmp_path / "student.json").read_text())["provenance"]["heldout"]
+    assert set(heldout) == {"student", "teacher"} and heldout["teacher"]["n"] == 300
+
+
 def test_info_prints_the_header_without_arrays(data, tmp_path, capsys):
     out = tmp_path / "mlp"
     main(["train", "--data", str(data), "--model", "mlp", "--param", "epochs=3", "--out", str(out)])
