@@ -23,10 +23,13 @@ from typing import Any
 import numpy as np
 
 from predictors.base import Predictor, column_scaling
+from predictors.features import NUMERIC_FEATURES
 from predictors.torchfit import one_thread, seeded_torch, train_regressor
 
 BLOCK_SIZE = 16
 SEGMENT_FEATURES = 4
+_INPUT_LEN = NUMERIC_FEATURES.index("input_len")
+_PREFIX_HIT = NUMERIC_FEATURES.index("prefix_hit_tokens")
 
 
 def prompt_segments(
@@ -114,7 +117,7 @@ class TransformerPredictor(Predictor):
         self._net = None
 
     def _inputs(self, Z: np.ndarray) -> list[np.ndarray]:
-        segs, pad = prompt_segments(Z[:, 0], Z[:, 1], self.max_segments)
+        segs, pad = prompt_segments(Z[:, _INPUT_LEN], Z[:, _PREFIX_HIT], self.max_segments)
         load = (Z - self.tensors["input_mean"]) / self.tensors["input_scale"]
         return [load, segs, pad.astype(np.float32)]
 
