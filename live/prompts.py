@@ -18,7 +18,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from live.asgi import HttpError
+from live.http import HttpError
 from workload.tokenizer import OFFLINE_DEFAULT, TextTokenizer, load_tokenizer
 
 

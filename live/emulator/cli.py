@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from live.asgi import bind_socket, serve
+from live.http import announce, bind_socket, run_until_signalled
 from live.emulator.faults import Faults
-from live.emulator.server import DEFAULT_MAX_BODY_BYTES, EmulatorApp
+from live.emulator.server import DEFAULT_MAX_BODY_BYTES, EmulatorServer
 from sim.engine import EngineConfig
 from sim.latency import ProfileError, load_profile, shipped_profiles
 
@@ -64,14 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit abruptly when request N+1 arrives, cutting open streams (0: never)")
     f.add_argument("--slowdown", type=float, default=1.0,
                    help="multiply every engine step's duration by this factor")
-    p.add_argument("--log-level", default="warning",
-                   choices=["critical", "error", "warning", "info", "debug"],
-                   help="uvicorn log level")
     return p
 
 
-def build_app(args: argparse.Namespace) -> EmulatorApp:
-    """The app for parsed arguments; ``ValueError`` naming the bad option."""
+def build_server(args: argparse.Namespace) -> EmulatorServer:
+    """The server for parsed arguments; ``ValueError`` naming the bad option."""
     try:
         profile = load_profile(args.profile)
     except ProfileError as exc:
@@ -91,7 +88,7 @@ def build_app(args: argparse.Namespace) -> EmulatorApp:
                     hang_rate=args.hang_rate, hang_after=args.hang_after,
                     crash_after=args.crash_after, slowdown=args.slowdown, seed=args.seed)
     capacity = config.num_kv_blocks * config.block_size
-    return EmulatorApp(
+    return EmulatorServer(
         profile, config, model=args.model or profile.name,
         max_model_len=min(args.max_model_len, capacity) if args.max_model_len else capacity,
         faults=faults, seed=args.seed, tokenizer=args.tokenizer,
@@ -103,17 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        app = build_app(args)
+        server = build_server(args)
     except ValueError as exc:
         parser.error(str(exc))
     try:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:
         parser.error(f"cannot listen on {args.host}:{args.port}: {exc}")
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"READY http://{shown}:{port}", flush=True)
-    serve(app, sock, log_level=args.log_level)
+    announce(sock)
+    run_until_signalled(server, sock)
     return 0
 
 

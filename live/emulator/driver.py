@@ -30,19 +30,21 @@ RESYNC_S = 0.05
 
 
 class RequestState:
-    """Driver-side view of one request: its token deliveries and timings (seconds).
+    """Driver-side view of one request: where its tokens go, and its timings (seconds).
 
-    ``queue`` receives the number of new tokens after each step that produced
-    some, then ``None`` when the request finished. Times are on the driver's
-    clock (``EngineDriver.now``).
+    After each step that gives the request a token, the driver calls
+    ``sink(state, finished)`` at once, in the stepping loop (the emulator writes
+    the SSE chunk to the client's socket right there: no queue, no task switch).
+    Times are on the driver's clock (``EngineDriver.now``).
     """
 
-    __slots__ = ("engine_req", "queue", "arrival", "scheduled", "first_token", "last_token",
+    __slots__ = ("engine_req", "sink", "arrival", "scheduled", "first_token", "last_token",
                  "finished_at", "output", "stop_at", "cached")
 
-    def __init__(self, engine_req: EngineRequest, stop_at: int, arrival: float) -> None:
+    def __init__(self, engine_req: EngineRequest, stop_at: int, arrival: float,
+                 sink: Callable[[RequestState, bool], None]) -> None:
         self.engine_req = engine_req
-        self.queue: asyncio.Queue[int | None] = asyncio.Queue()
+        self.sink = sink
         self.arrival = arrival
         self.scheduled = math.nan
         self.first_token = math.nan
@@ -86,7 +88,7 @@ def scaled_profile(profile: LatencyProfile, slowdown: float) -> LatencyProfile:
 
 
 class EngineDriver:
-    """Steps one ``Engine`` in real time and delivers tokens to request queues."""
+    """Steps one ``Engine`` in real time and hands each request its tokens as they come."""
 
     def __init__(self, profile: LatencyProfile, config: EngineConfig, *, seed: int = 0,
                  slowdown: float = 1.0, observer: StepObserver | None = None,
@@ -158,14 +160,18 @@ class EngineDriver:
         self._after_abort = None
 
     # --- requests ----------------------------------------------------------------
-    def submit(self, token_ids: list[int], max_tokens: int, stop_at: int | None = None) -> RequestState:
-        """Queue a request; raises ``sim.engine.RequestTooLong`` if it can never fit."""
+    def submit(self, token_ids: list[int], max_tokens: int,
+               sink: Callable[[RequestState, bool], None], stop_at: int | None = None) -> RequestState:
+        """Queue a request; raises ``sim.engine.RequestTooLong`` if it can never fit.
+
+        ``sink(state, finished)`` is called after every step that gives it a token.
+        """
         rid = self._next_id
         self._next_id += 1
         hashes = block_hash_chain(token_ids, self.config.block_size)
         req = EngineRequest(rid, len(token_ids), max_tokens, prompt_hashes=hashes,
                             arrival=self.now())
-        state = RequestState(req, max_tokens if stop_at is None else stop_at, req.arrival)
+        state = RequestState(req, max_tokens if stop_at is None else stop_at, req.arrival, sink)
         req.payload = state
         self.engine.add_request(req)
         self._wake.set()
@@ -247,7 +253,7 @@ class EngineDriver:
                     eos = True
                     self._finish(st, woke)
                 else:
-                    st.queue.put_nowait(1)
+                    st.sink(st, False)
             if eos:
                 self._publish()
                 eos = False
@@ -255,6 +261,5 @@ class EngineDriver:
 
     def _finish(self, st: RequestState, t: float) -> None:
         st.finished_at = t
-        st.queue.put_nowait(1)
-        st.queue.put_nowait(None)
         self.observer.on_finish(st, t)
+        st.sink(st, True)

@@ -17,23 +17,29 @@ Without ``ignore_eos``, a request stops at a deterministic pseudo-EOS: after
 ``L = max(min_tokens, 1 + H mod max_tokens)`` tokens, where ``H`` is a hash of
 its prompt token ids (the same prompt always stops at the same length), with
 ``finish_reason = "stop"`` when ``L < max_tokens``.
+
+Tokens are written to the client's socket by the driver's stepping loop itself
+(one SSE chunk per request per step), so the emulator costs little CPU per token.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import os
+import socket
 import time
 from typing import Any
 
 import numpy as np
 import orjson
 
-from live import asgi
-from live.asgi import HttpError
 from live.emulator.driver import EngineDriver, RequestState
 from live.emulator.faults import CRASH, ERROR, HANG, Faults
 from live.emulator.metrics import EmulatorMetrics
+from live.http import (
+    CHUNK_END, JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, SSE_HEADERS, TEXT_HEADERS, HttpError,
+    Request, ServerConnection, chunk, error_body, parse_json_object, response_head,
+)
 from live.prompts import ensure_tokenizer, needs_tokenizer, prompt_token_ids
 from sim.engine import EngineConfig, RequestTooLong
 from sim.latency import LatencyProfile
@@ -43,6 +49,8 @@ FILLER = (" the", " quick", " brown", " fox", " jumps", " over", " a", " lazy", 
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 #: Exit status of an injected crash (``--crash-after``).
 CRASH_EXIT_CODE = 3
+_GET_PATHS = frozenset({"/health", "/metrics", "/v1/models", "/version", "/_emulator/state",
+                        "/_emulator/faults"})
 
 
 def pseudo_eos_length(token_ids: list[int], max_tokens: int, min_tokens: int = 0) -> int:
@@ -52,8 +60,12 @@ def pseudo_eos_length(token_ids: list[int], max_tokens: int, min_tokens: int = 0
     return min(max_tokens, max(min_tokens, 1 + h % max_tokens))
 
 
-class EmulatorApp:
-    """ASGI app: one emulated vLLM replica (one engine)."""
+def filler(start: int, n: int) -> str:
+    return "".join(FILLER[(start + k) % len(FILLER)] for k in range(n))
+
+
+class EmulatorServer:
+    """One emulated vLLM replica (one engine). ``start(sock)`` serves, ``stop()`` ends."""
 
     def __init__(
         self,
@@ -78,75 +90,90 @@ class EmulatorApp:
         self.metrics = EmulatorMetrics(model, max_model_len)
         self.driver: EngineDriver | None = None
         self.requests_seen = 0
+        self.url = ""
         self._id_prefix = os.urandom(4).hex()
         self._created = int(time.time())
+        self._server: asyncio.base_events.Server | None = None
+        self._connections: set[ServerConnection] = set()
+        self._tasks: set[asyncio.Task] = set()
 
     # --- lifecycle ------------------------------------------------------------------
-    async def startup(self) -> None:
+    async def start(self, sock: socket.socket) -> str:
         self.driver = EngineDriver(self.profile, self.config, seed=self.seed,
                                    slowdown=self.faults.slowdown, observer=self.metrics)
         self.metrics.attach(self.driver)
         self.driver.start()
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ServerConnection(self._handle, self.max_body_bytes, self._connections),
+            sock=sock, backlog=2048)
+        host, port = sock.getsockname()[:2]
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        return self.url
 
-    async def shutdown(self) -> None:
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self._connections):
+            conn.transport.abort()
+        for t in list(self._tasks):
+            t.cancel()
         if self.driver is not None:
             await self.driver.stop()
 
-    # --- ASGI -------------------------------------------------------------------------
-    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
-        kind = scope["type"]
-        if kind == "lifespan":
-            await asgi.lifespan(receive, send, self.startup, self.shutdown)
-            return
-        if kind != "http":
-            return
-        path, method = scope["path"], scope["method"]
+    # --- routing ----------------------------------------------------------------------
+    def _handle(self, conn: ServerConnection, req: Request) -> None:
+        path, method = req.path, req.method
         try:
-            if path == "/v1/completions" or path == "/v1/chat/completions":
+            if req.too_large:
+                raise HttpError(413, f"request body exceeds the limit of {self.max_body_bytes} bytes")
+            if path in ("/v1/completions", "/v1/chat/completions"):
                 if method != "POST":
                     raise HttpError(405, f"{path} accepts POST, not {method}")
-                await self._generate(scope, receive, send, chat=path == "/v1/chat/completions")
+                self._generate(conn, req, chat=path == "/v1/chat/completions")
             elif path == "/_emulator/faults" and method == "POST":
-                await self._update_faults(scope, receive, send)
+                self._update_faults(conn, req)
             elif path == "/_emulator/reset" and method == "POST":
                 try:
                     self.driver.reset()
                 except RuntimeError as exc:
                     raise HttpError(409, str(exc)) from None
-                await asgi.send_json(send, 200, self._state())
+                self._json(conn, req, 200, self._state())
             elif method not in ("GET", "HEAD"):
                 raise HttpError(405 if path in _GET_PATHS else 404,
                                 f"{method} {path} is not served" if path in _GET_PATHS
                                 else f"no route {path}")
             elif path == "/health":
-                await asgi.send_bytes(send, self.faults.health_status, b"", asgi.TEXT_HEADERS)
+                conn.send_simple(self.faults.health_status, b"", TEXT_HEADERS, req.keep_alive)
             elif path == "/metrics":
-                await asgi.send_bytes(send, 200, self.metrics.exposition(), asgi.PROMETHEUS_HEADERS)
+                conn.send_simple(200, self.metrics.exposition(), PROMETHEUS_HEADERS, req.keep_alive)
             elif path == "/v1/models":
-                await asgi.send_json(send, 200, self._models())
+                self._json(conn, req, 200, self._models())
             elif path == "/version":
-                await asgi.send_json(send, 200, {"version": "emulator", "profile": self.profile.name})
+                self._json(conn, req, 200, {"version": "emulator", "profile": self.profile.name})
             elif path == "/_emulator/state":
-                await asgi.send_json(send, 200, self._state())
+                self._json(conn, req, 200, self._state())
             elif path == "/_emulator/faults":
-                await asgi.send_json(send, 200, self.faults.as_dict())
+                self._json(conn, req, 200, self.faults.as_dict())
             else:
                 raise HttpError(404, f"no route {path}")
         except HttpError as exc:
-            await asgi.send_error(send, exc.status, exc.message, exc.param)
-        except asgi.ClientGone:
-            return
+            conn.send_simple(exc.status, error_body(exc.status, exc.message, exc.param),
+                             JSON_HEADERS, req.keep_alive)
 
-    async def _update_faults(self, scope, receive, send) -> None:
+    def _json(self, conn: ServerConnection, req: Request, status: int, doc: Any) -> None:
+        conn.send_simple(status, orjson.dumps(doc), JSON_HEADERS, req.keep_alive)
+
+    def _update_faults(self, conn: ServerConnection, req: Request) -> None:
         """Change fault settings at run time (tests make a backend fail, then recover)."""
-        doc = asgi.parse_json_object(await asgi.read_body(receive, 65536, scope))
+        doc = parse_json_object(bytes(req.body))
         try:
             self.faults.update(doc)
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
         if "slowdown" in doc:
             self.driver.set_slowdown(self.faults.slowdown)
-        await asgi.send_json(send, 200, self.faults.as_dict())
+        self._json(conn, req, 200, self.faults.as_dict())
 
     def _models(self) -> dict[str, Any]:
         return {"object": "list", "data": [{
@@ -167,9 +194,8 @@ class EmulatorApp:
         }
 
     # --- generation ----------------------------------------------------------------------
-    async def _generate(self, scope, receive, send, *, chat: bool) -> None:
-        body = await asgi.read_body(receive, self.max_body_bytes, scope)
-        doc = asgi.parse_json_object(body)
+    def _generate(self, conn: ServerConnection, req: Request, *, chat: bool) -> None:
+        doc = parse_json_object(bytes(req.body))
         self.requests_seen += 1
         fate = self.faults.decide(self.requests_seen)
         if fate == CRASH:
@@ -178,18 +204,26 @@ class EmulatorApp:
             status = self.faults.error_status
             raise HttpError(status, f"injected fault: HTTP {status}")
         if fate == HANG:
-            watcher = asgi.DisconnectWatcher(receive)
-            try:
-                await asyncio.Event().wait()
-            except asyncio.CancelledError:
-                if watcher.fired:
-                    watcher.absorb()
-                    return
-                raise
+            return  # never answered; the connection stays open until the client leaves
         params = self._parse_params(doc, chat)
         if needs_tokenizer(doc, chat):
-            await ensure_tokenizer(self.tokenizer)
-        ids = prompt_token_ids(doc, chat, self.tokenizer)
+            task = asyncio.ensure_future(self._generate_text(conn, req, doc, chat, params))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._admit(conn, req, prompt_token_ids(doc, chat, self.tokenizer), chat, params)
+
+    async def _generate_text(self, conn, req, doc, chat, params) -> None:
+        """Text prompts: load the tokenizer once (off the loop), then as for token ids."""
+        await ensure_tokenizer(self.tokenizer)
+        try:
+            self._admit(conn, req, prompt_token_ids(doc, chat, self.tokenizer), chat, params)
+        except HttpError as exc:
+            conn.send_simple(exc.status, error_body(exc.status, exc.message, exc.param),
+                             JSON_HEADERS, req.keep_alive)
+
+    def _admit(self, conn: ServerConnection, req: Request, ids: list[int], chat: bool,
+               params: dict[str, Any]) -> None:
         max_tokens = params["max_tokens"]
         if max_tokens is None:
             max_tokens = self.max_model_len - len(ids)
@@ -204,25 +238,15 @@ class EmulatorApp:
                                  f"({max_tokens})", "min_tokens")
         stop_at = max_tokens if params["ignore_eos"] else pseudo_eos_length(
             ids, max_tokens, params["min_tokens"])
+        stream = _Stream(self, conn, req, chat, params) if params["stream"] else \
+            _Collect(self, conn, req, chat)
         try:
-            state = self.driver.submit(ids, max_tokens, stop_at)
+            state = self.driver.submit(ids, max_tokens, stream.on_tokens, stop_at)
         except RequestTooLong as exc:
             raise HttpError(400, f"prompt plus max_tokens can never fit in this engine's KV "
                                  f"cache: {exc}", "max_tokens") from None
-        watcher = asgi.DisconnectWatcher(receive)
-        try:
-            if params["stream"]:
-                await self._stream(send, state, chat, params["include_usage"], watcher)
-            else:
-                await self._respond(send, state, chat, watcher)
-        except asyncio.CancelledError:
-            if not watcher.fired:
-                raise
-            watcher.absorb()
-            if self.driver.abort(state):
-                self.metrics.on_abort(state, self.driver.now())
-        finally:
-            watcher.stop()
+        stream.state = state
+        conn.on_lost = stream.client_gone
 
     def _parse_params(self, doc: dict[str, Any], chat: bool) -> dict[str, Any]:
         model = doc.get("model")
@@ -260,83 +284,101 @@ class EmulatorApp:
         return {"max_tokens": max_tokens, "min_tokens": min_tokens, "stream": stream,
                 "ignore_eos": ignore_eos, "include_usage": include_usage}
 
-    def _usage(self, state: RequestState) -> dict[str, Any]:
+    def usage(self, state: RequestState) -> dict[str, Any]:
         p = state.engine_req.prompt_len
         return {"prompt_tokens": p, "total_tokens": p + state.output,
                 "completion_tokens": state.output,
                 "prompt_tokens_details": {"cached_tokens": state.cached}}
 
-    def _finish_reason(self, state: RequestState) -> str:
-        return "length" if state.output >= state.engine_req.max_tokens else "stop"
+    def response_id(self, state: RequestState, chat: bool) -> str:
+        return f"{'chatcmpl' if chat else 'cmpl'}-{self._id_prefix}{state.id}"
 
-    async def _stream(self, send, state: RequestState, chat: bool, include_usage: bool,
-                      watcher: asgi.DisconnectWatcher) -> None:
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{self._id_prefix}{state.id}"
-        created = int(time.time())
-        obj = "chat.completion.chunk" if chat else "text_completion"
-        head = orjson.dumps({"id": rid, "object": obj, "created": created, "model": self.model})[:-1]
-        await send({"type": "http.response.start", "status": 200, "headers": asgi.SSE_HEADERS})
-        queue = state.queue
-        sent = 0
-        finished = False
-        while not finished:
-            n = await queue.get()
-            if n is None:
-                break
-            # Merge whatever else is ready (the client fell behind): one chunk, several
-            # tokens. The driver queues the last token and the end marker together.
-            while not queue.empty():
-                more = queue.get_nowait()
-                if more is None:
-                    finished = True
-                    break
-                n += more
-            text = "".join(FILLER[(sent + k) % len(FILLER)] for k in range(n))
-            reason = self._finish_reason(state) if finished else None
-            parts = []
-            if chat and sent == 0:
-                parts.append(_chunk(head, {"index": 0, "delta": {"role": "assistant", "content": ""},
-                                           "logprobs": None, "finish_reason": None}))
-            choice = ({"index": 0, "delta": {"content": text}, "logprobs": None,
-                       "finish_reason": reason} if chat else
-                      {"index": 0, "text": text, "logprobs": None, "finish_reason": reason,
-                       "stop_reason": None})
-            parts.append(_chunk(head, choice))
-            sent += n
-            await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
-        tail = []
-        if include_usage:
-            tail.append(b"data: " + head + b',"choices":[],"usage":'
-                        + orjson.dumps(self._usage(state)) + b"}\n\n")
-        tail.append(asgi.SSE_DONE)
-        await send({"type": "http.response.body", "body": b"".join(tail), "more_body": True})
-        watcher.stop()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _respond(self, send, state: RequestState, chat: bool,
-                       watcher: asgi.DisconnectWatcher) -> None:
-        queue = state.queue
-        while await queue.get() is not None:
-            pass
-        text = "".join(FILLER[k % len(FILLER)] for k in range(state.output))
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{self._id_prefix}{state.id}"
-        reason = self._finish_reason(state)
-        if chat:
+def _finish_reason(state: RequestState) -> str:
+    return "length" if state.output >= state.engine_req.max_tokens else "stop"
+
+
+class _Stream:
+    """Writes one SSE chunk per step to the client, from inside the stepping loop."""
+
+    __slots__ = ("server", "conn", "req", "chat", "include_usage", "state", "sent", "head")
+
+    def __init__(self, server: EmulatorServer, conn: ServerConnection, req: Request, chat: bool,
+                 params: dict[str, Any]) -> None:
+        self.server = server
+        self.conn = conn
+        self.req = req
+        self.chat = chat
+        self.include_usage = params["include_usage"]
+        self.state: RequestState | None = None
+        self.sent = 0
+        self.head = b""
+
+    def on_tokens(self, state: RequestState, finished: bool) -> None:
+        n = state.output - self.sent
+        parts = []
+        if self.sent == 0:
+            obj = "chat.completion.chunk" if self.chat else "text_completion"
+            self.head = orjson.dumps({"id": self.server.response_id(state, self.chat), "object": obj,
+                                      "created": int(time.time()), "model": self.server.model})[:-1]
+            parts.append(response_head(200, SSE_HEADERS, chunked=True,
+                                       keep_alive=self.req.keep_alive))
+            if self.chat:
+                parts.append(chunk(self._event({"index": 0, "delta": {"role": "assistant",
+                                                                      "content": ""},
+                                                "logprobs": None, "finish_reason": None})))
+        text = filler(self.sent, n)
+        reason = _finish_reason(state) if finished else None
+        choice = ({"index": 0, "delta": {"content": text}, "logprobs": None,
+                   "finish_reason": reason} if self.chat else
+                  {"index": 0, "text": text, "logprobs": None, "finish_reason": reason,
+                   "stop_reason": None})
+        body = self._event(choice)
+        self.sent = state.output
+        if finished:
+            if self.include_usage:
+                body += (b"data: " + self.head + b',"choices":[],"usage":'
+                         + orjson.dumps(self.server.usage(state)) + b"}\n\n")
+            body += SSE_DONE
+            parts.append(chunk(body) + CHUNK_END)
+            self.conn.write(b"".join(parts))
+            self.conn.finish_response(self.req.keep_alive)
+        else:
+            parts.append(chunk(body))
+            self.conn.write(b"".join(parts))
+
+    def _event(self, choice: dict[str, Any]) -> bytes:
+        return b"data: " + self.head + b',"choices":[' + orjson.dumps(choice) + b"]}\n\n"
+
+    def client_gone(self) -> None:
+        st = self.state
+        driver = self.server.driver
+        if st is not None and driver.abort(st):
+            self.server.metrics.on_abort(st, driver.now())
+
+
+class _Collect(_Stream):
+    """A non-streaming request: answer once, with the whole text, when it finishes."""
+
+    __slots__ = ()
+
+    def __init__(self, server: EmulatorServer, conn: ServerConnection, req: Request, chat: bool) -> None:
+        super().__init__(server, conn, req, chat, {"include_usage": False})
+
+    def on_tokens(self, state: RequestState, finished: bool) -> None:
+        if not finished:
+            return
+        server = self.server
+        text = filler(0, state.output)
+        reason = _finish_reason(state)
+        if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
                       "logprobs": None, "finish_reason": reason}
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason,
                       "stop_reason": None}
-        doc = {"id": rid, "object": "chat.completion" if chat else "text_completion",
-               "created": int(time.time()), "model": self.model, "choices": [choice],
-               "usage": self._usage(state)}
-        watcher.stop()
-        await asgi.send_json(send, 200, doc)
-
-
-_GET_PATHS = frozenset({"/health", "/metrics", "/v1/models", "/version", "/_emulator/state",
-                        "/_emulator/faults"})
-
-
-def _chunk(head: bytes, choice: dict[str, Any]) -> bytes:
-    return b"data: " + head + b',"choices":[' + orjson.dumps(choice) + b"]}\n\n"
+        doc = {"id": server.response_id(state, self.chat),
+               "object": "chat.completion" if self.chat else "text_completion",
+               "created": int(time.time()), "model": server.model, "choices": [choice],
+               "usage": server.usage(state)}
+        self.conn.send_simple(200, orjson.dumps(doc), JSON_HEADERS, self.req.keep_alive)

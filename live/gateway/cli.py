@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 import routing
-from live.asgi import bind_socket
+from live.http import announce, bind_socket, run_until_signalled
 from live.gateway.server import Gateway, GatewayConfig
 
 
@@ -117,38 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         sock = bind_socket(args.host, args.port)
     except OSError as exc:
         parser.error(f"cannot listen on {args.host}:{args.port}: {exc}")
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    print(f"READY http://{shown}:{port}", flush=True)
-    _run_until_signalled(gateway, sock)
+    announce(sock)
+    run_until_signalled(gateway, sock)
     return 0
-
-
-async def _serve(gateway: Gateway, sock) -> None:
-    import asyncio
-    import signal
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await gateway.start(sock)
-    try:
-        await stop.wait()
-    finally:
-        await gateway.stop()
-
-
-def _run_until_signalled(gateway: Gateway, sock) -> None:
-    """Serve until SIGINT/SIGTERM, on uvloop when installed."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is in the [live] extra
-        import asyncio
-
-        asyncio.run(_serve(gateway, sock))
-        return
-    uvloop.run(_serve(gateway, sock))
 
 
 if __name__ == "__main__":  # pragma: no cover

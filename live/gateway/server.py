@@ -11,19 +11,18 @@ ends with an SSE error event. Every routed attempt ends in exactly one
 that disconnects closes the upstream connection, which makes vLLM abort the
 request and free its KV cache.
 
-The HTTP layer is ``live.gateway.http`` (asyncio protocols + httptools); this
+The HTTP layer is ``live.http`` (asyncio protocols + httptools); this
 module is the routing logic on top of it.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import math
 import socket
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,13 +31,11 @@ import numpy as np
 import orjson
 
 import routing
-from live.asgi import (
-    JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, TEXT_HEADERS, HttpError, error_body,
-    parse_json_object, sse_event,
-)
 from live.fleet import LiveFleet
-from live.gateway.http import (
-    CHUNK_END, Request, ServerConnection, UpstreamConnection, UpstreamPool, chunk, response_head,
+from live.http import (
+    CHUNK_END, JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, TEXT_HEADERS, HttpError, Request,
+    ServerConnection, UpstreamConnection, UpstreamPool, chunk, error_body, parse_json_object,
+    response_head, serving, sse_event,
 )
 from live.gateway.metrics import GatewayMetrics
 from live.prompts import ensure_tokenizer, prompt_token_ids
@@ -562,17 +559,7 @@ def _completion_tokens(payload: bytes) -> int:
         return 0
 
 
-@contextlib.asynccontextmanager
-async def serve_gateway(config: GatewayConfig, host: str = "127.0.0.1", port: int = 0,
-                        **kwargs: Any) -> AsyncIterator[Gateway]:
-    """Run a gateway inside the current event loop; yield it (``.url``, ``.fleet``, ...)."""
-    from live.asgi import bind_socket
-
-    gateway = Gateway(config, **kwargs)
-    sock = bind_socket(host, port)
-    try:
-        await gateway.start(sock)
-        yield gateway
-    finally:
-        await gateway.stop()
-        sock.close()
+def serve_gateway(config: GatewayConfig, host: str = "127.0.0.1", port: int = 0,
+                  **kwargs: Any) -> serving:
+    """Run a gateway inside the current event loop: ``async with serve_gateway(cfg) as gw``."""
+    return serving(Gateway(config, **kwargs), host, port)

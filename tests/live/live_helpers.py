@@ -8,7 +8,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from live.emulator import EmulatorApp, Faults
+from live.emulator import EmulatorServer, Faults
+from live.http import serving
 from sim.engine import EngineConfig
 from sim.latency import load_profile
 
@@ -51,13 +52,14 @@ def restore(url: str) -> None:
             time.sleep(0.05)
 
 
-def tiny_app(**kwargs: Any) -> EmulatorApp:
-    """An in-process emulator app on the cpu-tiny profile."""
+def tiny_emulator(**kwargs: Any) -> serving:
+    """An in-process cpu-tiny emulator: ``async with tiny_emulator() as emu: emu.url``."""
     prof = load_profile(TINY)
     d = prof.engine
     config = EngineConfig(num_kv_blocks=kwargs.pop("num_kv_blocks", d.num_kv_blocks),
                           block_size=16, max_num_seqs=d.max_num_seqs,
                           max_num_batched_tokens=d.max_num_batched_tokens)
-    return EmulatorApp(prof, config, model=kwargs.pop("model", TINY),
-                       max_model_len=kwargs.pop("max_model_len", config.num_kv_blocks * 16),
-                       **kwargs)
+    return serving(EmulatorServer(prof, config, model=kwargs.pop("model", TINY),
+                                  max_model_len=kwargs.pop("max_model_len",
+                                                           config.num_kv_blocks * 16),
+                                  **kwargs))

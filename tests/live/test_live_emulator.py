@@ -9,9 +9,8 @@ import sys
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from live_helpers import TINY, arun, tiny_app
+from live_helpers import TINY, arun, tiny_emulator
 
-from live.asgi import running
 from live.client import make_session, scrape_metrics, stream_completion
 from live.emulator import pseudo_eos_length, spawn
 from live.prometheus import iter_samples
@@ -48,7 +47,8 @@ def test_tokens_stream_at_the_modelled_step_times():
     n_in, n_out = 64, 40
 
     async def main():
-        async with running(tiny_app()) as url, make_session(2) as s:
+        async with tiny_emulator() as emu, make_session(2) as s:
+            url = emu.url
             return await stream_completion(s, url, prompt=list(range(1000, 1000 + n_in)),
                                            max_tokens=n_out)
 
@@ -72,7 +72,8 @@ def test_metrics_have_vllm_names_labels_buckets_and_counts():
     n_in, n_out = 40, 12
 
     async def main():
-        async with running(tiny_app(model="m-test")) as url, make_session(2) as s:
+        async with tiny_emulator(model="m-test") as emu, make_session(2) as s:
+            url = emu.url
             r = await stream_completion(s, url, prompt=list(range(2000, 2000 + n_in)),
                                         max_tokens=n_out)
             return r, await _metrics_text(s, url)
@@ -120,7 +121,8 @@ def test_prefix_cache_hit_is_reported_in_usage_and_metrics():
     prompt = list(range(3000, 3000 + n_in))
 
     async def main():
-        async with running(tiny_app()) as url, make_session(2) as s:
+        async with tiny_emulator() as emu, make_session(2) as s:
+            url = emu.url
             first = await stream_completion(s, url, prompt=prompt, max_tokens=4)
             second = await stream_completion(s, url, prompt=prompt, max_tokens=4)
             return first, second, await scrape_metrics(s, url)
@@ -134,7 +136,8 @@ def test_prefix_cache_hit_is_reported_in_usage_and_metrics():
 
 def test_client_disconnect_aborts_the_request_and_frees_its_kv():
     async def main():
-        async with running(tiny_app()) as url, make_session(4) as s:
+        async with tiny_emulator() as emu, make_session(4) as s:
+            url = emu.url
             body = {"prompt": list(range(5000, 5300)), "max_tokens": 5000, "stream": True,
                     "ignore_eos": True}
             async with s.post(url + "/v1/completions", json=body) as resp:
@@ -159,7 +162,8 @@ def test_client_disconnect_aborts_the_request_and_frees_its_kv():
 
 def test_completions_and_chat_shapes_streaming_and_not():
     async def main():
-        async with running(tiny_app(model="m")) as url, make_session(2) as s:
+        async with tiny_emulator(model="m") as emu, make_session(2) as s:
+            url = emu.url
             out = {}
             async with s.post(url + "/v1/completions",
                               json={"model": "m", "prompt": [5, 6, 7], "max_tokens": 3,
@@ -203,7 +207,8 @@ def test_text_prompts_use_the_workload_tokenizer():
     expected = len(load_tokenizer("deepseek").encode_batch([text])[0])
 
     async def main():
-        async with running(tiny_app()) as url, make_session(2) as s:
+        async with tiny_emulator() as emu, make_session(2) as s:
+            url = emu.url
             return await stream_completion(s, url, prompt=text, max_tokens=2)
 
     r = arun(main())
@@ -224,7 +229,8 @@ def test_without_ignore_eos_requests_stop_at_the_pseudo_eos():
     prompts = [list(range(k, k + 30)) for k in (100, 200, 300, 400)]
 
     async def main():
-        async with running(tiny_app()) as url, make_session(4) as s:
+        async with tiny_emulator() as emu, make_session(4) as s:
+            url = emu.url
             return await asyncio.gather(*(stream_completion(s, url, prompt=p, max_tokens=40,
                                                             ignore_eos=False) for p in prompts))
 
@@ -249,7 +255,8 @@ def test_without_ignore_eos_requests_stop_at_the_pseudo_eos():
 ])
 def test_bad_requests_get_openai_style_errors(body, status, needle):
     async def main():
-        async with running(tiny_app()) as url, make_session(2) as s:
+        async with tiny_emulator() as emu, make_session(2) as s:
+            url = emu.url
             async with s.post(url + "/v1/completions", data=body,
                               headers={"Content-Type": "application/json"}) as r:
                 return r.status, await r.json()
@@ -262,7 +269,8 @@ def test_bad_requests_get_openai_style_errors(body, status, needle):
 
 def test_method_path_and_size_limits():
     async def main():
-        async with running(tiny_app(max_body_bytes=1000)) as url, make_session(2) as s:
+        async with tiny_emulator(max_body_bytes=1000) as emu, make_session(2) as s:
+            url = emu.url
             out = []
             async with s.get(url + "/v1/completions") as r:
                 out.append(r.status)
@@ -277,7 +285,8 @@ def test_method_path_and_size_limits():
 
 def test_injected_errors_hangs_and_runtime_changes():
     async def main():
-        async with running(tiny_app()) as url, make_session(4) as s:
+        async with tiny_emulator() as emu, make_session(4) as s:
+            url = emu.url
             out = {}
             async with s.post(url + "/_emulator/faults",
                               json={"error_rate": 1.0, "error_status": 503}) as r:
@@ -306,7 +315,8 @@ def test_injected_errors_hangs_and_runtime_changes():
 
 def test_slowdown_multiplies_step_times():
     async def timed(slowdown):
-        async with running(tiny_app()) as url, make_session(2) as s:
+        async with tiny_emulator() as emu, make_session(2) as s:
+            url = emu.url
             async with s.post(url + "/_emulator/faults", json={"slowdown": slowdown}):
                 pass
             r = await stream_completion(s, url, prompt=list(range(64)), max_tokens=40)
@@ -319,7 +329,8 @@ def test_slowdown_multiplies_step_times():
 
 def test_reset_refuses_while_busy_then_empties_the_cache():
     async def main():
-        async with running(tiny_app()) as url, make_session(4) as s:
+        async with tiny_emulator() as emu, make_session(4) as s:
+            url = emu.url
             prompt = list(range(7000, 7100))
             await stream_completion(s, url, prompt=prompt, max_tokens=2)
             body = {"prompt": [9] * 50, "max_tokens": 3000, "stream": True, "ignore_eos": True}

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import openai
 import pytest
-from live_helpers import arun, tiny_app
+from live_helpers import arun, tiny_emulator
 
-from live.asgi import running
 from live.client import make_session, scrape_metrics, stream_completion
 from live.gateway import GatewayConfig, serve_gateway
 from live.prometheus import iter_samples
@@ -59,8 +58,8 @@ def test_emulator_exports_the_metric_names_real_vllm_does(vllm_urls):
         async with make_session(2) as s:
             async with s.get(vllm_urls[0] + "/metrics") as r:
                 real = await r.text()
-            async with running(tiny_app()) as url:
-                async with s.get(url + "/metrics") as r:
+            async with tiny_emulator() as emu:
+                async with s.get(emu.url + "/metrics") as r:
                     ours = await r.text()
         return real, ours
 

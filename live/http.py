@@ -1,26 +1,100 @@
-"""Minimal HTTP/1.1 on asyncio protocols: the gateway's client side and upstream side.
+"""Minimal HTTP/1.1 on asyncio protocols, shared by the emulator and the gateway.
 
-Why not an ASGI server and an HTTP client library: a routing gateway spends its
-time passing small SSE chunks from a backend to a client. Through ASGI and a
-client library each chunk crosses a stream reader, a task switch and an ASGI
-``send`` (about 3x the CPU of this path, measured in docs/live.md). Here each
-chunk is one callback: the upstream parser (``httptools``, the C parser uvicorn
-uses) hands the de-chunked body to ``on_body``, which writes it re-framed to the
-client's transport. No per-chunk task, queue or await.
+Why not an ASGI server and an HTTP client library: both servers spend their time
+writing small SSE chunks (the emulator one per request per engine step, the
+gateway one per chunk a backend sends). Through ASGI and a client library each
+chunk crosses a stream reader, a task switch and an ASGI ``send`` (measured in
+docs/live.md: about 2.4x the CPU of this path for the gateway). Here a chunk is
+one call: the emulator's stepping loop writes it to the client's transport, and
+the gateway's upstream parser (``httptools``, the C parser uvicorn uses) hands
+the de-chunked body to ``on_body``, which writes it re-framed to the client.
 
-``ServerConnection`` parses requests (keep-alive, pipelined requests queued) and
+``ServerConnection`` parses requests (keep-alive; pipelined requests queue) and
 hands each to a handler; ``UpstreamConnection`` is one keep-alive connection to
-a backend, owned by a ``UpstreamPool``. Both report through plain callbacks.
+a backend, owned by an ``UpstreamPool``. Also here: OpenAI-style error bodies,
+JSON body parsing, SSE framing and listening sockets.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import socket
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 import httptools
+import orjson
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+]
+TEXT_HEADERS = [(b"content-type", b"text/plain; charset=utf-8")]
+PROMETHEUS_HEADERS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
+
+#: OpenAI error ``type`` per HTTP status, as vLLM's server names them.
+ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    413: "RequestTooLargeError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    502: "BadGatewayError",
+    503: "ServiceUnavailableError",
+    504: "GatewayTimeoutError",
+}
+
+
+class HttpError(Exception):
+    """An error to answer with ``status`` and an OpenAI-style body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+
+
+def error_body(status: int, message: str, param: str | None = None) -> bytes:
+    """``{"error": {"message", "type", "param", "code"}}`` as the OpenAI API returns."""
+    return orjson.dumps({"error": {"message": message, "type": ERROR_TYPES.get(status, "Error"),
+                                   "param": param, "code": status}})
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or ``HttpError(400)`` saying what is wrong."""
+    if not body:
+        raise HttpError(400, "request body is empty; expected a JSON object")
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise HttpError(400, f"request body is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise HttpError(400, f"request body must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def sse_event(doc: Any) -> bytes:
+    return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0: the kernel picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
 
 #: Client responses are re-framed with chunked encoding.
 CHUNK_END = b"0\r\n\r\n"
@@ -177,8 +251,6 @@ class ServerConnection(asyncio.Protocol):
         self.finish_response(keep_alive)
 
     def _bad_request(self, message: str) -> None:
-        from live.asgi import JSON_HEADERS, error_body
-
         if not self.closed:
             self.transport.write(response_head(400, JSON_HEADERS, chunked=False,
                                                length=len(error_body(400, message)),
@@ -301,3 +373,61 @@ class UpstreamPool:
         for conn in list(self.idle):
             conn.close()
         self.idle.clear()
+
+
+# --- running a server object ---------------------------------------------------------------
+# A "server" here is any object with ``async start(sock) -> url`` and ``async stop()``
+# (the emulator's and the gateway's).
+
+async def _serve_until_signalled(server: Any, sock: socket.socket) -> None:
+    import signal
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start(sock)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def run_until_signalled(server: Any, sock: socket.socket) -> None:
+    """Serve on ``sock`` until SIGINT/SIGTERM, on uvloop when installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is in the [live] extra
+        asyncio.run(_serve_until_signalled(server, sock))
+        return
+    uvloop.run(_serve_until_signalled(server, sock))
+
+
+def announce(sock: socket.socket) -> str:
+    """Print ``READY <url>`` (what ``live.processes`` waits for) and return the URL."""
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    print(f"READY {url}", flush=True)
+    return url
+
+
+class serving:  # noqa: N801 - used as ``async with serving(server) as server``
+    """Run a server object in the current event loop on a fresh loopback socket."""
+
+    def __init__(self, server: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.server = server
+        self.sock = bind_socket(host, port)
+
+    async def __aenter__(self) -> Any:
+        try:
+            await self.server.start(self.sock)
+        except BaseException:
+            self.sock.close()
+            raise
+        return self.server
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await self.server.stop()
+        finally:
+            self.sock.close()
