@@ -82,14 +82,16 @@ def load_chart(agg: pd.DataFrame, points: pd.DataFrame, metric: str, title: str,
     y_title = f"{info.label} ({info.unit})"
     x = alt.X("offered_load:Q", title=points.attrs.get("load_title", "offered load"),
               scale=alt.Scale(zero=False))
-    color = alt.Color("strategy:N", scale=strategy_scale(strategies), title="strategy")
+    color = alt.Color("strategy:N", scale=strategy_scale(strategies), title="strategy",
+                      legend=alt.Legend(symbolOpacity=1, symbolType="stroke", symbolStrokeWidth=3))
     tooltip = ["strategy:N", "point:N", alt.Tooltip("offered_load:Q", format=".3g"),
                alt.Tooltip("mean:Q", format=".4g"), alt.Tooltip("ci_low:Q", format=".4g"),
                alt.Tooltip("ci_high:Q", format=".4g"), "n:Q"]
-    quiet = alt.Color("strategy:N", scale=strategy_scale(strategies), legend=None)
+    # Every layer uses the same colour encoding: a layer with legend=None on the
+    # shared scale would suppress the merged legend (the static PNGs had none).
     base = alt.Chart().encode(x=x)
-    band = base.mark_area(opacity=0.18).encode(y="ci_low:Q", y2="ci_high:Q", color=quiet)
-    bars = base.mark_rule().encode(y="ci_low:Q", y2="ci_high:Q", color=quiet)
+    band = base.mark_area(opacity=0.18).encode(y="ci_low:Q", y2="ci_high:Q", color=color)
+    bars = base.mark_rule().encode(y="ci_low:Q", y2="ci_high:Q", color=color)
     line = base.mark_line(point=True).encode(y=alt.Y("mean:Q", title=y_title), color=color,
                                              tooltip=tooltip)
     layered = alt.layer(band, bars, line, data=data).properties(width=WIDTH, height=HEIGHT)
@@ -113,8 +115,11 @@ def cdf_chart(cdfs: pd.DataFrame, metric: str, strategies: Sequence[str]) -> alt
 
     ``cdfs`` has ``point, strategy, value_ms, cdf`` rows (see ``cdf_rows``).
     """
-    chart = alt.Chart(cdfs).mark_line(interpolate="step-after").encode(
-        x=alt.X("value_ms:Q", title=f"{metric} (ms)"),
+    positive = cdfs[cdfs["value_ms"] > 0] if len(cdfs) else cdfs
+    # Latencies span orders of magnitude across strategies: a log axis keeps the
+    # fast ones apart instead of crushed against the origin.
+    chart = alt.Chart(positive).mark_line(interpolate="step-after").encode(
+        x=alt.X("value_ms:Q", title=f"{metric} (ms, log scale)", scale=alt.Scale(type="log")),
         y=alt.Y("cdf:Q", title="fraction of ok requests", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("strategy:N", scale=strategy_scale(strategies)),
         tooltip=["point:N", "strategy:N", alt.Tooltip("value_ms:Q", format=".4g"),
