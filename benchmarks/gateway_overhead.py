@@ -10,13 +10,16 @@ emulator processes, which are reset in between:
   installed in a separate venv (``python -m venv .bench-venv &&
   .bench-venv/bin/pip install vllm-router``).
 
-Added TTFT is a router's TTFT percentile minus the direct one at the same rate.
-CPU per request is the router process's user+system time over the measured
-window divided by the requests sent. The machine is shared and noisy: compare
-routers within one run (they see the same noise), not across runs.
+Each (rate, router) is measured in ``--rounds`` short segments, the three
+targets taking turns (so slow drifts of the machine's load hit all three alike);
+percentiles are over all segments' requests together. Added TTFT is a router's
+TTFT percentile minus the direct one at the same rate. CPU per request is the
+router process's user+system time over its segments divided by the requests it
+served. The machine is shared and noisy: compare routers within one run, not
+across runs.
 
-    python benchmarks/gateway_overhead.py                    # 50, 100, 200 req/s, 10 s each
-    python benchmarks/gateway_overhead.py --rates 100 --duration 20 --rounds 3
+    python benchmarks/gateway_overhead.py                    # 50, 100, 200 req/s
+    python benchmarks/gateway_overhead.py --rates 100 --duration 5 --rounds 6
 """
 from __future__ import annotations
 
@@ -64,11 +67,11 @@ def free_port() -> int:
 class VllmRouter:
     """The Rust ``vllm-router`` binary as a child process."""
 
-    def __init__(self, binary: str, urls: list[str]) -> None:
+    def __init__(self, binary: str, urls: list[str], policy: str) -> None:
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(
-            [binary, "--worker-urls", *urls, "--policy", "round_robin", "--host", "127.0.0.1",
+            [binary, "--worker-urls", *urls, "--policy", policy, "--host", "127.0.0.1",
              "--port", str(port), "--log-level", "error", "--max-concurrent-requests", "4096",
              "--queue-size", "4096"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -101,7 +104,7 @@ def measure(target: str, url: str | None, urls: list[str], trace, pid: int | Non
     c0 = cpu_seconds(pid) if pid else 0.0
     t0 = time.perf_counter()
     if url is None:
-        fleet = LiveFleet(urls, routing.build("round_robin"), scrape=False, track_prefix=False)
+        fleet = LiveFleet(urls, routing.build("round_robin"), scrape=False, track_prefix=False)  # direct
         result = run_async(replay(trace, fleet=fleet, options=opts))
     else:
         result = run_async(replay(trace, gateway_url=url, options=opts))
@@ -111,24 +114,26 @@ def measure(target: str, url: str | None, urls: list[str], trace, pid: int | Non
     ttft = np.array([r.first_token_s - r.arrival_s for r in ok]) * 1e3
     return {
         "target": target, "sent": len(result.records), "ok": len(ok),
+        "ttft_ms": ttft.tolist(),
         "ttft_p50_ms": float(np.percentile(ttft, 50)) if len(ttft) else float("nan"),
         "ttft_p99_ms": float(np.percentile(ttft, 99)) if len(ttft) else float("nan"),
         "lag_p99_ms": float(np.percentile(result.send_lag_s, 99) * 1e3),
-        "cpu_ms_per_req": cpu / len(result.records) * 1e3 if pid else float("nan"),
-        "cpu_core_pct": cpu / wall * 100 if pid else float("nan"),
+        "cpu_s": cpu, "wall_s": wall,
     }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rates", default="50,100,200", help="comma-separated request rates (req/s)")
-    p.add_argument("--duration", type=float, default=10.0, help="seconds of traffic per measurement")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="repeat each (rate, router) measurement; the median added TTFT is reported")
+    p.add_argument("--duration", type=float, default=4.0, help="seconds of traffic per segment")
+    p.add_argument("--rounds", type=int, default=4,
+                   help="segments per (rate, router), taking turns with the other targets")
     p.add_argument("--backends", type=int, default=2, help="emulator processes")
     p.add_argument("--profile", default="cpu-tiny", help="emulator latency profile")
     p.add_argument("--input-len", type=int, default=128, help="prompt tokens per request")
     p.add_argument("--output-len", type=int, default=32, help="output tokens per request (streamed)")
+    p.add_argument("--policy", default="round_robin",
+                   help="routing policy of both routers (our strategy name; vllm-router's --policy)")
     p.add_argument("--concurrency", type=int, default=512, help="client connections per host")
     p.add_argument("--vllm-router", default=str(ROOT / ".bench-venv" / "bin" / "vllm-router"),
                    help="path of the vllm-router binary (skipped if missing)")
@@ -142,9 +147,9 @@ def main() -> int:
 
     rows = []
     with spawn(args.backends, args.profile) as urls, \
-            start_gateway(urls, "round_robin") as gw_url:
+            start_gateway(urls, args.policy) as gw_url:
         gw_pid = _pid_of_listener(gw_url)
-        vr = VllmRouter(args.vllm_router, urls) if have_vr else None
+        vr = VllmRouter(args.vllm_router, urls, args.policy) if have_vr else None
         try:
             targets = [("direct", None, None), ("gateway", gw_url, gw_pid)]
             if vr:
@@ -155,13 +160,14 @@ def main() -> int:
                     warm = trace_for(rate, 1.0, args.input_len, args.output_len, seed=1000 + rnd)
                     order = targets if rnd % 2 == 0 else targets[:1] + targets[:0:-1]
                     for name, url, pid in order:
-                        reset_backends(urls, emulated=True)
-                        measure(name, url, urls, warm, None, args.concurrency)
+                        if rnd == 0:  # open connections, load code paths: not measured
+                            reset_backends(urls, emulated=True)
+                            measure(name, url, urls, warm, None, args.concurrency)
                         reset_backends(urls, emulated=True)
                         row = measure(name, url, urls, trace, pid, args.concurrency)
                         row.update(rate=rate, round=rnd)
                         rows.append(row)
-                        print(f"  {rate:>5g} req/s  round {rnd}  {name:<12} "
+                        print(f"  {rate:>5g} req/s  segment {rnd}  {name:<12} "
                               f"p50 {row['ttft_p50_ms']:7.2f} ms  p99 {row['ttft_p99_ms']:7.2f} ms  "
                               f"ok {row['ok']}/{row['sent']}", flush=True)
         finally:
@@ -171,7 +177,8 @@ def main() -> int:
     print()
     print(table)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps([{k: v for k, v in r.items() if k != "ttft_ms"}
+                                         for r in rows], indent=2))
     return 0
 
 
@@ -187,31 +194,34 @@ def summarize(rows: list[dict], rates: list[float]) -> str:
     header = (f"{'rate':>6}  {'router':<12} {'TTFT p50':>9} {'TTFT p99':>9} {'added p50':>10} "
               f"{'added p99':>10} {'CPU ms/req':>11} {'core %':>7} {'ok/sent':>11}")
     lines = [header, "-" * len(header)]
-    best = {}
-    added_p50 = {}
+    best: dict[str, float] = {}
+    added_p50: dict[tuple[float, str], float] = {}
     for rate in rates:
-        by = {}
+        pooled: dict[str, dict] = {}
         for r in rows:
-            if r["rate"] == rate:
-                by.setdefault(r["target"], []).append(r)
-        direct = by.get("direct", [])
-        for name, rs in by.items():
-            p50 = float(np.median([r["ttft_p50_ms"] for r in rs]))
-            p99 = float(np.median([r["ttft_p99_ms"] for r in rs]))
-            if name == "direct":
-                add50 = add99 = float("nan")
-            else:
-                add50 = float(np.median([r["ttft_p50_ms"] - d["ttft_p50_ms"] for r, d in zip(rs, direct)]))
-                add99 = float(np.median([r["ttft_p99_ms"] - d["ttft_p99_ms"] for r, d in zip(rs, direct)]))
+            if r["rate"] != rate:
+                continue
+            p = pooled.setdefault(r["target"], {"ttft": [], "cpu": 0.0, "wall": 0.0, "ok": 0, "sent": 0})
+            p["ttft"] += r["ttft_ms"]
+            p["cpu"] += r["cpu_s"]
+            p["wall"] += r["wall_s"]
+            p["ok"] += r["ok"]
+            p["sent"] += r["sent"]
+        base = pooled.get("direct")
+        for name, p in pooled.items():
+            t = np.asarray(p["ttft"])
+            p50, p99 = (np.percentile(t, [50, 99]) if len(t) else (float("nan"),) * 2)
+            add50 = add99 = float("nan")
+            if name != "direct" and base is not None and len(base["ttft"]):
+                b50, b99 = np.percentile(base["ttft"], [50, 99])
+                add50, add99 = p50 - b50, p99 - b99
                 added_p50[(rate, name)] = add50
                 if add99 < 10.0:
                     best[name] = max(best.get(name, 0.0), rate)
-            cpu = float(np.median([r["cpu_ms_per_req"] for r in rs]))
-            core = float(np.median([r["cpu_core_pct"] for r in rs]))
-            ok = sum(r["ok"] for r in rs)
-            sent = sum(r["sent"] for r in rs)
-            lines.append(f"{rate:>6g}  {name:<12} {p50:>9.2f} {p99:>9.2f} {_f(add50):>10} {_f(add99):>10} "
-                         f"{_f(cpu):>11} {_f(core, 1):>7} {ok:>5}/{sent:<5}")
+            cpu = p["cpu"] / p["sent"] * 1e3 if name != "direct" else float("nan")
+            core = p["cpu"] / p["wall"] * 100 if name != "direct" else float("nan")
+            lines.append(f"{rate:>6g}  {name:<12} {p50:>9.2f} {p99:>9.2f} {_f(add50):>10} "
+                         f"{_f(add99):>10} {_f(cpu):>11} {_f(core, 1):>7} {p['ok']:>5}/{p['sent']:<5}")
     lines.append("")
     for name in ("gateway", "vllm-router"):
         if any(k[1] == name for k in added_p50):
@@ -221,9 +231,8 @@ def summarize(rows: list[dict], rates: list[float]) -> str:
     for rate in rates:
         g, v = added_p50.get((rate, "gateway")), added_p50.get((rate, "vllm-router"))
         if g is not None and v is not None:
-            lines.append(f"{rate:g} req/s: gateway added p50 {g:.2f} ms vs vllm-router {v:.2f} ms "
-                         f"(ratio {g / v:.2f})" if v > 0 else
-                         f"{rate:g} req/s: gateway added p50 {g:.2f} ms vs vllm-router {v:.2f} ms")
+            ratio = f" (ratio {g / v:.2f})" if v > 0 else ""
+            lines.append(f"{rate:g} req/s: gateway added p50 {g:.2f} ms vs vllm-router {v:.2f} ms{ratio}")
     return "\n".join(lines)
 
 

@@ -188,7 +188,7 @@ async def post_stream(
             res.routed_to = resp.headers.get("x-gateway-backend", "")
             if resp.status != 200:
                 raw = await resp.read()
-                res.error = _error_text(resp.status, raw)
+                res.error = error_text(resp.status, raw)
                 res.e2el_s = clock() - start
                 return res
             await _read_sse(resp, res, start, keep_text)
@@ -207,48 +207,47 @@ async def post_stream(
 
 async def _read_sse(resp: aiohttp.ClientResponse, res: CompletionResult, start: float,
                     keep_text: bool) -> None:
-    """Consume ``data:`` lines until ``[DONE]``; fill times, usage and errors.
+    """Consume SSE events until ``[DONE]``; fill times, usage and errors.
 
-    What arrived before a failure (a timeout, a reset) is kept: the chunk times
-    and a chunk count as the output length when no usage chunk came.
+    Reads whatever bytes have arrived (not line by line: one wake-up per network
+    read, not per line) and timestamps each event with the arrival of the read
+    that completed it. What arrived before a failure (a timeout, a reset) is
+    kept: the chunk times, and a chunk count as the output length when no usage
+    event came.
     """
     clock = time.perf_counter
     times = res.chunk_times_s
     pieces: list[str] = []
     done = False
     loads = orjson.loads
+    buf = b""
     try:
-        async for line in resp.content:
-            if not line.startswith(b"data:"):
-                continue  # blank separators, SSE comments (": ping"), "event:" lines
-            now = clock()
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                done = True
+        async for data in resp.content.iter_any():
+            now = clock() - start
+            buf = buf + data if buf else data
+            while True:
+                end = buf.find(b"\n\n")
+                if end == -1:
+                    break
+                event, buf = buf[:end], buf[end + 2:]
+                for line in event.split(b"\n"):
+                    if not line.startswith(b"data:"):
+                        continue  # SSE comments (": ping"), "event:" lines
+                    payload = line[5:].strip()
+                    if payload == b"[DONE]":
+                        done = True
+                        break
+                    try:
+                        doc = loads(payload)
+                    except orjson.JSONDecodeError:
+                        res.error = f"malformed SSE data: {payload[:200]!r}"
+                        return
+                    if not apply_sse_event(res, doc, now, pieces if keep_text else None):
+                        return
+                if done:
+                    break
+            if done:
                 break
-            try:
-                data = loads(payload)
-            except orjson.JSONDecodeError:
-                res.error = f"malformed SSE data: {payload[:200]!r}"
-                return
-            choices = data.get("choices")
-            if choices:
-                if not times:
-                    res.ttft_s = now - start
-                times.append(now - start)
-                c0 = choices[0]
-                if keep_text:
-                    pieces.append(c0.get("text") or (c0.get("delta") or {}).get("content") or "")
-                reason = c0.get("finish_reason")
-                if reason:
-                    res.finish_reason = reason
-            elif "error" in data:
-                err = data["error"]
-                res.error = err.get("message", str(err)) if isinstance(err, dict) else str(err)
-                return
-            usage = data.get("usage")
-            if usage:
-                _apply_usage(res, usage)
     finally:
         if keep_text:
             res.text = "".join(pieces)
@@ -260,6 +259,30 @@ async def _read_sse(resp: aiohttp.ClientResponse, res: CompletionResult, start: 
     res.ok = True
 
 
+def apply_sse_event(res: CompletionResult, doc: dict[str, Any], now: float,
+                 pieces: list[str] | None) -> bool:
+    """Record one SSE event; False if it is an error event (the request failed)."""
+    choices = doc.get("choices")
+    if choices:
+        if not res.chunk_times_s:
+            res.ttft_s = now
+        res.chunk_times_s.append(now)
+        c0 = choices[0]
+        if pieces is not None:
+            pieces.append(c0.get("text") or (c0.get("delta") or {}).get("content") or "")
+        reason = c0.get("finish_reason")
+        if reason:
+            res.finish_reason = reason
+    elif "error" in doc:
+        err = doc["error"]
+        res.error = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+        return False
+    usage = doc.get("usage")
+    if usage:
+        _apply_usage(res, usage)
+    return True
+
+
 def _apply_usage(res: CompletionResult, usage: dict[str, Any]) -> None:
     res.output_tokens = int(usage.get("completion_tokens") or 0)
     if usage.get("prompt_tokens") is not None:
@@ -269,7 +292,7 @@ def _apply_usage(res: CompletionResult, usage: dict[str, Any]) -> None:
         res.cached_tokens = int(details["cached_tokens"])
 
 
-def _error_text(status: int, raw: bytes) -> str:
+def error_text(status: int, raw: bytes) -> str:
     """The server's OpenAI-style error message, or its raw body, with the status."""
     try:
         doc = orjson.loads(raw)

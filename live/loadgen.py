@@ -30,12 +30,17 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from live.client import CompletionResult, completion_body, make_session, post_stream
+from live.client import CompletionResult, completion_body, make_session
+from live.streamclient import StreamClient
 from live.fleet import LiveFleet
 from results.records import ItlEncoder, RequestRecord
 from routing import Decision, NoHealthyBackend, Outcome, RequestInfo
 from workload.tokens import prompt_token_ids
 from workload.trace import Trace
+
+
+#: Request bodies made before the run starts (more are made during it).
+PREPARED_BODIES = 20000
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class LoadOptions:
     vocab_size: int = 32000  # prompt token ids are drawn below this
     model: str | None = None
     api_key: str | None = None
-    spin_s: float = 0.002  # yield-wait this close to each deadline (timer granularity)
+    spin_s: float = 0.001  # yield-wait this close to each deadline (timers are ms-grained)
     start_delay_s: float = 0.05  # from the call to the first scheduled send
     progress: bool = False
 
@@ -116,8 +121,15 @@ async def replay(
     clock = time.perf_counter
     tasks: set[asyncio.Task] = set()
     stopped_early = False
+    # Request bodies (prompt token ids, JSON) cost about a millisecond each to make:
+    # make the first ones before the clock starts, the rest while waiting to send.
+    sendable = n if bound == math.inf else int(np.searchsorted(arrivals, bound, side="right"))
+    bodies = [_body(trace, i, opts) for i in range(min(sendable, PREPARED_BODIES))]
 
-    async with make_session(opts.concurrency) as session:
+    client = StreamClient(fleet.urls if fleet is not None else [target.gateway_url],
+                          opts.concurrency, headers)
+    # The aiohttp session serves the fleet's scrapes and health probes only.
+    async with make_session(8) as session:
         if fleet is not None:
             await fleet.start(session)
         t0 = clock() + opts.start_delay_s
@@ -142,8 +154,7 @@ async def replay(
                         res.error = "no healthy backend"
                         return
                     url = fleet.urls[decision.backend]
-                await post_stream(session, url + "/v1/completions", body, timeout_s=opts.timeout_s,
-                                  headers=headers, result=res)
+                await client.post(url, "/v1/completions", body, res, opts.timeout_s)
                 status = "ok" if res.ok else ("timeout" if res.timed_out else "error")
             finally:
                 if status == "unfinished":
@@ -163,9 +174,9 @@ async def replay(
                 if arrivals[i] > bound:
                     stopped_early = True
                     break
-                body = orjson.dumps(completion_body(
-                    prompt_token_ids(trace, i, opts.vocab_size), int(trace.output_len[i]),
-                    ignore_eos=True, model=opts.model))
+                body = bodies[i] if i < len(bodies) else _body(trace, i, opts)
+                if i < len(bodies):
+                    bodies[i] = b""  # sent once: free it
                 deadline = t0 + arrivals[i]
                 await _sleep_until(deadline, opts.spin_s, clock)
                 task = asyncio.ensure_future(one(i, body, deadline))
@@ -183,6 +194,7 @@ async def replay(
                 await asyncio.gather(*tasks, return_exceptions=True)
             if fleet is not None:
                 await fleet.stop()
+            client.close()
             bar.close()
         wall = clock() - t0
 
@@ -191,6 +203,12 @@ async def replay(
             records[i] = _unsent_record(trace, i, labels)
     sent = lags[np.isfinite(lags)]
     return ReplayResult(records, sent, wall, stopped_early)
+
+
+def _body(trace: Trace, i: int, opts: LoadOptions) -> bytes:
+    return orjson.dumps(completion_body(prompt_token_ids(trace, i, opts.vocab_size),
+                                        int(trace.output_len[i]), ignore_eos=True,
+                                        model=opts.model))
 
 
 async def _sleep_until(deadline: float, spin_s: float, clock) -> None:
