@@ -10,7 +10,11 @@ a router scrapes every backend; before a backend's first scrape the encoder's
 imputation path adds a few microseconds).
 
 Each strategy is timed ``--repeats`` times and the repeat with the lowest p99 is
-reported: on a shared machine other processes inflate some repeats' tails.
+reported. On a shared machine, other jobs preempt a few percent of decisions
+and the p99 then measures them, not the strategy: run it as
+``nice -n -15 python benchmarks/decision_latency.py`` (as root), which is how
+the figures in docs/predictors.md were taken (mean close to p50 says the run
+was not preempted).
 
     python benchmarks/decision_latency.py            # 16 backends, 20000 decisions
     python benchmarks/decision_latency.py --data profiling_data.csv --backends 32
