@@ -205,62 +205,81 @@ async def post_stream(
     return res
 
 
+class SseReader:
+    """Splits a response body into SSE events and records them in a ``CompletionResult``.
+
+    ``feed(data, now)`` takes whatever bytes arrived (``now``: seconds since the
+    send, the time of that read) and returns False once the stream is over:
+    ``[DONE]`` (then ``done`` is True) or an error event / malformed data (then
+    ``res.error`` says what). Used by both clients, so they measure alike.
+    """
+
+    __slots__ = ("res", "pieces", "buf", "done")
+
+    def __init__(self, res: CompletionResult, keep_text: bool = False) -> None:
+        self.res = res
+        self.pieces: list[str] | None = [] if keep_text else None
+        self.buf = b""
+        self.done = False
+
+    def feed(self, data: bytes, now: float) -> bool:
+        buf = self.buf + data if self.buf else data
+        res = self.res
+        while True:
+            end = buf.find(b"\n\n")
+            if end == -1:
+                self.buf = buf
+                return True
+            event, buf = buf[:end], buf[end + 2:]
+            for line in event.split(b"\n"):
+                if not line.startswith(b"data:"):
+                    continue  # SSE comments (": ping"), "event:" lines
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    self.done = True
+                    self.buf = b""
+                    return False
+                try:
+                    doc = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    res.error = f"malformed SSE data: {payload[:200]!r}"
+                    return False
+                if not apply_sse_event(res, doc, now, self.pieces):
+                    return False
+
+    def close(self) -> None:
+        """Settle the result: text, output count fallback, success or why not."""
+        res = self.res
+        if self.pieces is not None:
+            res.text = "".join(self.pieces)
+        if res.output_tokens == 0:
+            res.output_tokens = len(res.chunk_times_s)
+        if self.done and not res.error:
+            res.ok = True
+        elif not res.error:
+            res.error = "stream ended before [DONE]"
+
+
 async def _read_sse(resp: aiohttp.ClientResponse, res: CompletionResult, start: float,
                     keep_text: bool) -> None:
     """Consume SSE events until ``[DONE]``; fill times, usage and errors.
 
-    Reads whatever bytes have arrived (not line by line: one wake-up per network
-    read, not per line) and timestamps each event with the arrival of the read
-    that completed it. What arrived before a failure (a timeout, a reset) is
-    kept: the chunk times, and a chunk count as the output length when no usage
-    event came.
+    Reads whatever bytes have arrived (one wake-up per network read, not per
+    line) and timestamps each event with the read that completed it. What
+    arrived before a failure (a timeout, a reset) is kept.
     """
     clock = time.perf_counter
-    times = res.chunk_times_s
-    pieces: list[str] = []
-    done = False
-    loads = orjson.loads
-    buf = b""
+    reader = SseReader(res, keep_text)
     try:
         async for data in resp.content.iter_any():
-            now = clock() - start
-            buf = buf + data if buf else data
-            while True:
-                end = buf.find(b"\n\n")
-                if end == -1:
-                    break
-                event, buf = buf[:end], buf[end + 2:]
-                for line in event.split(b"\n"):
-                    if not line.startswith(b"data:"):
-                        continue  # SSE comments (": ping"), "event:" lines
-                    payload = line[5:].strip()
-                    if payload == b"[DONE]":
-                        done = True
-                        break
-                    try:
-                        doc = loads(payload)
-                    except orjson.JSONDecodeError:
-                        res.error = f"malformed SSE data: {payload[:200]!r}"
-                        return
-                    if not apply_sse_event(res, doc, now, pieces if keep_text else None):
-                        return
-                if done:
-                    break
-            if done:
+            if not reader.feed(data, clock() - start):
                 break
     finally:
-        if keep_text:
-            res.text = "".join(pieces)
-        if res.output_tokens == 0:
-            res.output_tokens = len(times)
-    if not done:
-        res.error = "stream ended before [DONE]"
-        return
-    res.ok = True
+        reader.close()
 
 
 def apply_sse_event(res: CompletionResult, doc: dict[str, Any], now: float,
-                 pieces: list[str] | None) -> bool:
+                    pieces: list[str] | None) -> bool:
     """Record one SSE event; False if it is an error event (the request failed)."""
     choices = doc.get("choices")
     if choices:

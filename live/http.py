@@ -403,12 +403,45 @@ def run_until_signalled(server: Any, sock: socket.socket) -> None:
     uvloop.run(_serve_until_signalled(server, sock))
 
 
-def announce(sock: socket.socket) -> str:
-    """Print ``READY <url>`` (what ``live.processes`` waits for) and return the URL."""
+def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    print(f"READY {url}", flush=True)
-    return url
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def main_serve(parser: Any, server: Any, host: str, port: int) -> int:
+    """A CLI's last step: listen, print ``READY <url>`` (what ``live.processes``
+    waits for), serve until SIGINT/SIGTERM."""
+    try:
+        sock = bind_socket(host, port)
+    except OSError as exc:
+        parser.error(f"cannot listen on {host}:{port}: {exc}")
+    print(f"READY {url_of(sock)}", flush=True)
+    run_until_signalled(server, sock)
+    return 0
+
+
+class Listener:
+    """The listening half of a server object: ``ServerConnection``s on a socket."""
+
+    def __init__(self, handler: Callable[[ServerConnection, Request], None], max_body: int) -> None:
+        self.handler = handler
+        self.max_body = max_body
+        self.connections: set[ServerConnection] = set()
+        self.server: asyncio.base_events.Server | None = None
+
+    async def listen(self, sock: socket.socket) -> str:
+        loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(
+            lambda: ServerConnection(self.handler, self.max_body, self.connections),
+            sock=sock, backlog=2048)
+        return url_of(sock)
+
+    def close(self) -> None:
+        """Stop accepting and drop every open connection."""
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.transport.abort()
 
 
 class serving:  # noqa: N801 - used as ``async with serving(server) as server``

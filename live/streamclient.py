@@ -15,9 +15,8 @@ import time
 import urllib.parse
 from collections.abc import Sequence
 
-import orjson
 
-from live.client import CompletionResult, apply_sse_event, error_text
+from live.client import CompletionResult, SseReader, error_text
 from live.http import UpstreamConnection, UpstreamPool
 
 
@@ -60,7 +59,7 @@ class StreamClient:
 class _Exchange:
     """One request on one upstream connection; callbacks from ``UpstreamConnection``."""
 
-    __slots__ = ("res", "pool", "data", "conn", "future", "buf", "status_body", "done",
+    __slots__ = ("res", "pool", "data", "conn", "future", "reader", "status_body", "done",
                  "reused", "stale_retry", "clock", "start")
 
     def __init__(self, res: CompletionResult, pool: UpstreamPool, data: bytes) -> None:
@@ -69,7 +68,7 @@ class _Exchange:
         self.data = data
         self.conn: UpstreamConnection | None = None
         self.future: asyncio.Future | None = None
-        self.buf = b""
+        self.reader = SseReader(res)
         self.status_body = bytearray()
         self.done = False
         self.reused = False
@@ -126,8 +125,8 @@ class _Exchange:
         res.e2el_s = self.clock() - self.start
         if error and not res.error:
             res.error = error
-        if res.output_tokens == 0:
-            res.output_tokens = len(res.chunk_times_s)
+        if res.status == 200 or not res.error:
+            self.reader.close()
         if not self.future.done():
             self.future.set_result(None)
 
@@ -146,47 +145,20 @@ class _Exchange:
                 res.routed_to = v.decode("latin-1")
 
     def on_data(self, data: bytes) -> None:
-        res = self.res
-        if res.status != 200:
+        if self.res.status != 200:
             self.status_body += data
             return
-        if self.done:
+        if self.done or self.reader.done:
             return
-        now = self.clock() - self.start
-        buf = self.buf + data if self.buf else data
-        while True:
-            end = buf.find(b"\n\n")
-            if end == -1:
-                break
-            event, buf = buf[:end], buf[end + 2:]
-            for line in event.split(b"\n"):
-                if not line.startswith(b"data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == b"[DONE]":
-                    res.ok = not res.error
-                    self.buf = b""
-                    return
-                try:
-                    doc = orjson.loads(payload)
-                except orjson.JSONDecodeError:
-                    res.error = f"malformed SSE data: {payload[:200]!r}"
-                    self._close()
-                    self._end()
-                    return
-                if not apply_sse_event(res, doc, now, None):
-                    self._close()
-                    self._end()
-                    return
-        self.buf = buf
+        if not self.reader.feed(data, self.clock() - self.start) and not self.reader.done:
+            self._close()  # an error event or malformed data: the request failed
+            self._end()
 
     def on_done(self) -> None:
         self.conn = None
         res = self.res
         if res.status != 200:
             self._end(error_text(res.status, bytes(self.status_body)))
-        elif not res.ok:
-            self._end(res.error or "stream ended before [DONE]")
         else:
             self._end()
 
@@ -200,7 +172,7 @@ class _Exchange:
             self.reused = False
             asyncio.ensure_future(self._connect())
             return
-        if self.res.ok:  # [DONE] was in hand: only the connection's end was lost
+        if self.reader.done:  # [DONE] was in hand: only the connection's end was lost
             self._end()
         else:
             self._end(self.res.error or message)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from live.http import announce, bind_socket, run_until_signalled
+from live.http import main_serve
 from live.emulator.faults import Faults
 from live.emulator.server import DEFAULT_MAX_BODY_BYTES, EmulatorServer
 from sim.engine import EngineConfig
@@ -103,13 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         server = build_server(args)
     except ValueError as exc:
         parser.error(str(exc))
-    try:
-        sock = bind_socket(args.host, args.port)
-    except OSError as exc:
-        parser.error(f"cannot listen on {args.host}:{args.port}: {exc}")
-    announce(sock)
-    run_until_signalled(server, sock)
-    return 0
+    return main_serve(parser, server, args.host, args.port)
 
 
 if __name__ == "__main__":  # pragma: no cover

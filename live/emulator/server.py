@@ -38,7 +38,7 @@ from live.emulator.faults import CRASH, ERROR, HANG, Faults
 from live.emulator.metrics import EmulatorMetrics
 from live.http import (
     CHUNK_END, JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, SSE_HEADERS, TEXT_HEADERS, HttpError,
-    Request, ServerConnection, chunk, error_body, parse_json_object, response_head,
+    Listener, Request, ServerConnection, chunk, error_body, parse_json_object, response_head,
 )
 from live.prompts import ensure_tokenizer, needs_tokenizer, prompt_token_ids
 from sim.engine import EngineConfig, RequestTooLong
@@ -93,8 +93,7 @@ class EmulatorServer:
         self.url = ""
         self._id_prefix = os.urandom(4).hex()
         self._created = int(time.time())
-        self._server: asyncio.base_events.Server | None = None
-        self._connections: set[ServerConnection] = set()
+        self._listener = Listener(self._handle, max_body_bytes)
         self._tasks: set[asyncio.Task] = set()
 
     # --- lifecycle ------------------------------------------------------------------
@@ -103,19 +102,11 @@ class EmulatorServer:
                                    slowdown=self.faults.slowdown, observer=self.metrics)
         self.metrics.attach(self.driver)
         self.driver.start()
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ServerConnection(self._handle, self.max_body_bytes, self._connections),
-            sock=sock, backlog=2048)
-        host, port = sock.getsockname()[:2]
-        self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        self.url = await self._listener.listen(sock)
         return self.url
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self._connections):
-            conn.transport.abort()
+        self._listener.close()
         for t in list(self._tasks):
             t.cancel()
         if self.driver is not None:

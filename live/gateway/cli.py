@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 import routing
-from live.http import announce, bind_socket, run_until_signalled
+from live.http import main_serve
 from live.gateway.server import Gateway, GatewayConfig
 
 
@@ -113,13 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         gateway = Gateway(config_from_args(args))
     except ValueError as exc:
         parser.error(str(exc))
-    try:
-        sock = bind_socket(args.host, args.port)
-    except OSError as exc:
-        parser.error(f"cannot listen on {args.host}:{args.port}: {exc}")
-    announce(sock)
-    run_until_signalled(gateway, sock)
-    return 0
+    return main_serve(parser, gateway, args.host, args.port)
 
 
 if __name__ == "__main__":  # pragma: no cover

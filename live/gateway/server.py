@@ -33,8 +33,8 @@ import orjson
 import routing
 from live.fleet import LiveFleet
 from live.http import (
-    CHUNK_END, JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, TEXT_HEADERS, HttpError, Request,
-    ServerConnection, UpstreamConnection, UpstreamPool, chunk, error_body, parse_json_object,
+    CHUNK_END, JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, TEXT_HEADERS, HttpError, Listener,
+    Request, ServerConnection, UpstreamConnection, UpstreamPool, chunk, error_body, parse_json_object,
     response_head, serving, sse_event,
 )
 from live.gateway.metrics import GatewayMetrics
@@ -136,8 +136,7 @@ class Gateway:
                                        b"\r\n%bcontent-length: " % (parts.hostname.encode(), port, auth)))
         self._auth = (b"Bearer " + config.api_key.encode()) if config.api_key else None
         self._next_id = 0
-        self._server: asyncio.base_events.Server | None = None
-        self._connections: set[ServerConnection] = set()
+        self._listener = Listener(self._handle, config.max_body_bytes)
         self.session: aiohttp.ClientSession | None = None
         self.url = ""
 
@@ -152,19 +151,11 @@ class Gateway:
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None), auto_decompress=False)
         await self.fleet.start(self.session)
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ServerConnection(self._handle, self.config.max_body_bytes, self._connections),
-            sock=sock, backlog=2048)
-        host, port = sock.getsockname()[:2]
-        self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        self.url = await self._listener.listen(sock)
         return self.url
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-        for conn in list(self._connections):
-            conn.transport.abort()
+        self._listener.close()
         for pool in self.pools:
             pool.close_all()
         await self.fleet.stop()

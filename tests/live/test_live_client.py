@@ -173,7 +173,7 @@ def test_models_health_metrics_and_wait():
         calls["health"] += 1
         return web.Response(status=200 if calls["health"] >= 3 else 503)
 
-    async def models(request):
+    async def model_list(request):
         return web.json_response({"object": "list", "data": [{"id": "m1", "object": "model"}]})
 
     async def metrics(request):
@@ -182,7 +182,7 @@ def test_models_health_metrics_and_wait():
     async def main():
         app = web.Application()
         app.router.add_get("/health", health)
-        app.router.add_get("/v1/models", models)
+        app.router.add_get("/v1/models", model_list)
         app.router.add_get("/metrics", metrics)
         runner = web.AppRunner(app)
         await runner.setup()
