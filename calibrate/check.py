@@ -137,14 +137,16 @@ def format_table(result: dict) -> str:
     head = f"{'unit':<14}{'n':>5}" + "".join(f"{m.upper()} p{q}".rjust(25) for m, q in STATS) + f"{'max|err|':>10}"
     lines = [head, " " * 19 + "".join("real ms / sim ms / err".rjust(25) for _ in STATS)]
     for name, e in result.items():
-        cells = "".join(
-            f"{e[f'{m}_p{q}']['real_s'] * 1e3:7.1f} /{e[f'{m}_p{q}']['sim_s'] * 1e3:7.1f} /{e[f'{m}_p{q}']['err'] * 100:+6.1f}%".rjust(25)
-            for m, q in STATS)
+        cells = ""
+        for m, q in STATS:
+            cell = e[f"{m}_p{q}"]
+            cells += f"{cell['real_s'] * 1e3:7.1f} /{cell['sim_s'] * 1e3:7.1f} /{cell['err'] * 100:+6.1f}%".rjust(25)
         lines.append(f"{name:<14}{e['requests']:>5}{cells}{e['max_abs_err'] * 100:9.1f}%")
     return "\n".join(lines)
 
 
-def replay_check(profile: LatencyProfile, measured: pd.DataFrame, vocab_size: int = TOKENIZER_VOCAB_SIZE) -> pd.DataFrame:
+def replay_check(profile: LatencyProfile, measured: pd.DataFrame,
+                 vocab_size: int = TOKENIZER_VOCAB_SIZE) -> pd.DataFrame:
     """The measured ok rows with the simulator's TTFT/TPOT/E2EL of the same requests under ``profile``."""
     ok = measured[measured["ok"].astype(str).str.lower().isin(("true", "1"))].reset_index(drop=True)
     units = prepare_units(ok, profile.engine.block_size, vocab_size)

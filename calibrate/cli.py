@@ -21,24 +21,21 @@ examples:
 """
 
 
-def _csv_ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
+def _csv(cast, what: str):
+    """An argparse type: comma-separated values of ``cast``, at least one."""
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(cast(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected at least one of the {what}")
+        return values
+    return parse
 
 
-def _csv_floats(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return values
+_csv_ints = _csv(int, "integers")
+_csv_floats = _csv(float, "numbers")
 
 
 def _url(text: str) -> str:
@@ -105,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="The Phase 2 sweep: idle requests over prompt-length buckets, prefix-reuse "
                         "probes, closed-loop concurrency levels and Poisson rates up to overload. One row per "
                         "request (feature schema + labels); provenance in <out>.meta.json. Resumable.")
-    pr.add_argument("--backend", required=True, type=_url, help="base URL of the vLLM server, e.g. http://127.0.0.1:8000")
+    pr.add_argument("--backend", required=True, type=_url,
+                    help="base URL of the vLLM server, e.g. http://127.0.0.1:8000")
     pr.add_argument("--out", default="profiling_data.csv", help="CSV to write (default: profiling_data.csv)")
     pr.add_argument("--budget-s", type=float, default=900.0,
                     help="time budget in seconds; phases are capped at shares of it (default: 900)")
@@ -134,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--data", required=True, help="profiling CSV from `python -m calibrate profile`")
     f.add_argument("--name", required=True, help="profile name, e.g. cpu-tiny")
     f.add_argument("--out", default=None, help="profile JSON to write (default: <name>.json)")
-    f.add_argument("--description", default="", help="profile description (default: generated)")
+    f.add_argument("--description", default="", help="profile description (default: generated from the model)")
+    f.add_argument("--hardware", default="",
+                   help="hardware the profile describes, e.g. '1 core of an AMD EPYC' (default: the profiled CPU)")
     f.add_argument("--max-iter", type=int, default=30,
                    help="most replay/solve iterations (each replays every unit once; default: 30)")
     f.add_argument("--polish-nfev", type=int, default=40,
@@ -177,13 +177,14 @@ def _serve(args) -> int:
     spec = ServeSpec(shape=args.shape, model=args.model, host=args.host, port=args.port, cores=args.cores,
                      kv_cache_gib=args.kv_cache_gib, max_num_seqs=args.max_num_seqs,
                      max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-                     block_size=args.block_size, dtype=args.dtype, pin_all=args.pin_all, nice=args.nice, device=args.device,
+                     block_size=args.block_size, dtype=args.dtype, pin_all=args.pin_all, nice=args.nice,
+                     device=args.device,
                      vllm_python=args.vllm_python, log_path=Path(args.log) if args.log else None,
                      extra_args=extra, **({"model_root": Path(args.model_root)} if args.model_root else {}))
     server = VllmServer(spec)
     if args.print_command:
         argv, env, cwd = server.command()
-        keys = sorted(k for k in env if k.startswith(("VLLM_", "OMP_")))
+        keys = sorted(k for k in env if k.startswith(("VLLM_", "OMP_")) or k == "LD_PRELOAD")
         print("cd", cwd)
         print(" ".join(f"{k}={env[k]}" for k in keys), " ".join(argv))
         return 0
@@ -242,8 +243,8 @@ def _fit(args) -> int:
     overrides = {k: v for k, v in {"num_kv_blocks": args.num_kv_blocks, "block_size": args.block_size,
                                    "max_num_seqs": args.max_num_seqs,
                                    "max_num_batched_tokens": args.max_num_batched_tokens}.items() if v}
-    profile, frame = fit_profile(args.data, args.name, description=args.description, max_iter=args.max_iter, polish_nfev=args.polish_nfev,
-                                 engine_overrides=overrides)
+    profile, frame = fit_profile(args.data, args.name, description=args.description, max_iter=args.max_iter,
+                                 polish_nfev=args.polish_nfev, hardware=args.hardware, engine_overrides=overrides)
     out = Path(args.out or f"{args.name}.json")
     profile.save(out)
     if args.rows_out:
@@ -254,7 +255,8 @@ def _fit(args) -> int:
                                                                             "prefill_attn_s", "decode_attn_s")))
     print(f"request overhead {fit['request_overhead_s']:.4g} s, jitter_cv {profile.jitter_cv:.3f}, "
           f"{fit['replays']} replays")
-    print(f"{'unit':<20}{'n':>5}{'TTFT p50 err':>14}{'TTFT p90 err':>14}{'TPOT p50 err':>14}{'TPOT p90 err':>14}{'E2EL p50 err':>14}")
+    print(f"{'unit':<20}{'n':>5}" + "".join(f"{h + ' err':>14}" for h in
+                                           ("TTFT p50", "TTFT p90", "TPOT p50", "TPOT p90", "E2EL p50")))
     for unit, e in fit["per_unit"].items():
         cells = "".join(f"{(e.get(k) or float('nan')) * 100:13.1f}%" for k in
                         ("ttft_p50_err", "ttft_p90_err", "tpot_p50_err", "tpot_p90_err", "e2el_p50_err"))

@@ -38,6 +38,7 @@ import pandas as pd
 from scipy.optimize import least_squares, lsq_linear
 
 from calibrate.jsonsafe import json_safe
+from calibrate.modeldir import SHAPES
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.profiling import meta_path
 from calibrate.replay import Linearized, linearize_units, prepare_units, simulate_units
@@ -346,7 +347,7 @@ def engine_defaults(meta: dict, *, num_kv_blocks: int | None = None, block_size:
 
 
 def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_iter: int = 30,
-                polish_nfev: int = 40,
+                polish_nfev: int = 40, hardware: str = "",
                 engine_overrides: dict | None = None) -> tuple[LatencyProfile, pd.DataFrame]:
     """Fit ``data_path`` into a named profile; also return the rows with simulated values."""
     data, meta = load_data(data_path)
@@ -356,19 +357,22 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
     diag = diagnostics(data, units, engine, result.model, result.overhead_s)
     frame = diag.pop("_frame")
     backend = meta.get("backend", {})
-    shape = meta.get("shape") or backend.get("model", "")
+    served = str(backend.get("model", ""))
+    shape = SHAPES.get(served[len("llama-"):]) if served.startswith("llama-") else None
+    machine = meta.get("machine", {})
     profile = LatencyProfile(
         name=name,
         model=result.model,
         engine=engine,
-        description=description or f"fitted to real vLLM {backend.get('version', '?')} serving {shape}",
-        hardware=f"{meta.get('machine', {}).get('cpu', 'unknown')} ({meta.get('settings', {}).get('cores', 'see source')})",
-        served_model=str(backend.get("model", "")),
+        description=description or (f"fitted to real vLLM {backend.get('version', '?')} serving "
+                                    f"{shape.describe() if shape else served}"),
+        hardware=hardware or f"{machine.get('cpu', 'unknown CPU')} ({machine.get('cpu_count', '?')}-core machine)",
+        served_model=served,
         provisional=False,
         jitter_cv=jitter_from_idle(frame),
         source=json_safe({
             "kind": "fitted",
-            "data_file": str(Path(data_path).name),
+            "data_file": str(data_path),
             "rows": int(len(data)),
             "profiled": meta.get("created"),
             "profile_command": meta.get("command"),

@@ -29,6 +29,8 @@ from sim.engine import EngineConfig
 from sim.latency import EngineDefaults, LatencyModel, LatencyProfile
 from workload.trace import Trace
 
+#: Gap between replayed requests of a ``sequential`` unit: far longer than any request.
+SEQUENTIAL_SPACING_S = 1000.0
 #: Columns a measured row needs to be replayed.
 REPLAY_COLUMNS = ("unit", "request_id", "input_len", "output_len", "prefix_id", "shared_len", "send_s")
 
@@ -53,6 +55,11 @@ def prepare_units(data: pd.DataFrame, block_size: int,
         g = g.sort_values("send_s", kind="stable")
         arrivals = g["send_s"].to_numpy(float)
         arrivals = arrivals - arrivals.min()
+        if "mode" in g and (g["mode"] == "sequential").all():
+            # Each was sent when the previous one had finished, to an idle engine. Replayed at
+            # the measured times, a candidate slower than reality would overlap them; spaced
+            # apart they run alone as they did (the prefix cache still keeps their blocks).
+            arrivals = np.arange(len(g), dtype=float) * SEQUENTIAL_SPACING_S
         trace = build_trace(g["request_id"].to_numpy(), g["input_len"].to_numpy(),
                             g["output_len"].to_numpy(), arrivals, g["prefix_id"].to_numpy(),
                             g["shared_len"].to_numpy(), block_size=block_size, vocab_size=vocab_size,

@@ -57,6 +57,23 @@ def default_vllm_python() -> str:
     return sys.executable
 
 
+#: Where Debian's libtcmalloc-minimal4 puts the allocator vLLM-CPU's docs recommend preloading.
+TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
+
+
+def cpu_preloads(vllm_python: str) -> list[str]:
+    """tcmalloc and Intel OpenMP (shipped in vllm-cpu's venv), where present.
+
+    vLLM-CPU warns without them: glibc's allocator fragments over a long run and
+    the server slows down as it ages, which would make a profile drift.
+    """
+    found = [p for p in TCMALLOC_PATHS if os.path.isfile(p)][:1]
+    venv_lib = Path(os.path.abspath(vllm_python)).parent.parent / "lib" / "libiomp5.so"
+    if venv_lib.is_file():
+        found.append(str(venv_lib))
+    return found
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -174,6 +191,10 @@ def build_command(spec: ServeSpec, model_path: str, port: int) -> tuple[list[str
         if spec.model is None:
             argv += ["--load-format", "dummy", "--tokenizer", model_path]
         env["VLLM_CPU_KVCACHE_SPACE"] = str(spec.kv_cache_gib)
+        if "LD_PRELOAD" not in env:
+            preloads = cpu_preloads(python)
+            if preloads:
+                env["LD_PRELOAD"] = ":".join(preloads)
         if spec.cores is not None:
             cores = parse_cores(spec.cores)
             env["VLLM_CPU_OMP_THREADS_BIND"] = spec.cores
