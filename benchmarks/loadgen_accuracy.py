@@ -40,7 +40,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rates", default="100,200,500", help="comma-separated request rates (req/s)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of traffic per rate")
-    p.add_argument("--spins", default="0,0.001,0.002", help="spin-wait windows to compare (seconds)")
+    p.add_argument("--spins", default="0,0.002", help="spin-wait windows to compare (seconds)")
     p.add_argument("--backends", type=int, default=2, help="emulator processes")
     args = p.parse_args()
     rates = [float(r) for r in args.rates.split(",")]

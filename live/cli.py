@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-requests", type=int, metavar="N",
                    help="send at most the first N requests of each trace")
     p.add_argument("--concurrency", type=int, default=256,
-                   help="keep-alive connections per backend (the most requests open at once)")
+                   help="idle keep-alive connections kept per backend (the load is open-loop: "
+                        "requests are never held back waiting for a connection)")
     p.add_argument("--timeout", type=float, default=600.0,
                    help="seconds a request may take before it is recorded as a timeout "
                         "(the scenario's router.timeout_s wins when set)")

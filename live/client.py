@@ -7,9 +7,8 @@ profiling of real vLLM) talks to a backend as a client. It measures the way
 choice, each later such chunk adds one inter-token gap, and token counts come
 from the server's ``usage`` (falling back to counting chunks).
 
-The session is an ``aiohttp.ClientSession`` (measured faster than httpx on this
-path, see docs/live.md). Create it inside a running event loop and close it when
-done::
+The session is an ``aiohttp.ClientSession``. Create it inside a running event
+loop and close it when done::
 
     async with make_session(concurrency=64) as session:
         await wait_healthy(session, "http://127.0.0.1:8000", timeout_s=60)

@@ -8,8 +8,8 @@ or ``unfinished`` (in flight, or never sent, when the run's time bound hit).
 
 Timing. Every send is scheduled at an absolute deadline ``t0 + arrival_s``
 against one ``perf_counter`` origin, so lateness never accumulates. The event
-loop's timers are millisecond-grained; to send on time, the dispatcher sleeps
-until ``spin_s`` before the deadline and then yields to the loop until the
+loop's timers are millisecond-grained; with ``spin_s`` set, the dispatcher sleeps
+until that long before the deadline and then yields to the loop until the
 deadline has passed (other requests' streams are served meanwhile). The lag
 ``actual - scheduled`` of every send is returned (``benchmarks/loadgen_accuracy.py``).
 
@@ -24,15 +24,15 @@ import asyncio
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
 from tqdm import tqdm
 
 from live.client import CompletionResult, completion_body, make_session
-from live.streamclient import StreamClient
 from live.fleet import LiveFleet
+from live.streamclient import StreamClient
 from results.records import ItlEncoder, RequestRecord
 from routing import Decision, NoHealthyBackend, Outcome, RequestInfo
 from workload.tokens import prompt_token_ids
@@ -57,14 +57,18 @@ class RunLabels:
 class LoadOptions:
     """How to send. Times in seconds; 0 or None means "no bound"."""
 
-    concurrency: int = 256  # keep-alive connections per backend (and most requests at once per host)
+    #: Idle keep-alive connections kept per backend. The load is open-loop: a request
+    #: is never held back for a free connection (that would move its send time).
+    concurrency: int = 256
     timeout_s: float = 600.0  # per request, from its send
     max_duration_s: float | None = None  # wall bound from the first scheduled send
     drain_s: float = 600.0  # after the last send, how long in-flight requests may take
     vocab_size: int = 32000  # prompt token ids are drawn below this
     model: str | None = None
     api_key: str | None = None
-    spin_s: float = 0.001  # yield-wait this close to each deadline (timers are ms-grained)
+    #: Yield-wait this close to each deadline (timers are ms-grained). Off by default:
+    #: 2 ms halves the p50 lateness but costs about twice the CPU (benchmarks/loadgen_accuracy.py).
+    spin_s: float = 0.0
     start_delay_s: float = 0.05  # from the call to the first scheduled send
     progress: bool = False
 
@@ -76,7 +80,6 @@ class ReplayResult:
     send_lag_s: np.ndarray
     wall_s: float
     stopped_early: bool = False
-    notes: list[str] = field(default_factory=list)
 
 
 class _Target:
@@ -121,10 +124,12 @@ async def replay(
     clock = time.perf_counter
     tasks: set[asyncio.Task] = set()
     stopped_early = False
-    # Request bodies (prompt token ids, JSON) cost about a millisecond each to make:
-    # make the first ones before the clock starts, the rest while waiting to send.
+    # Request bodies (prompt token ids as JSON) take a few tenths of a millisecond
+    # each: make the first ones before the clock starts, the rest while waiting.
     sendable = n if bound == math.inf else int(np.searchsorted(arrivals, bound, side="right"))
-    bodies = [_body(trace, i, opts) for i in range(min(sendable, PREPARED_BODIES))]
+    bodies = [_body(trace, i, opts) for i in tqdm(
+        range(min(sendable, PREPARED_BODIES)), desc="preparing requests", unit="req",
+        disable=not opts.progress, leave=False)]
 
     client = StreamClient(fleet.urls if fleet is not None else [target.gateway_url],
                           opts.concurrency, headers)

@@ -207,6 +207,8 @@ class EmulatorServer:
     async def _generate_text(self, conn, req, doc, chat, params) -> None:
         """Text prompts: load the tokenizer once (off the loop), then as for token ids."""
         await ensure_tokenizer(self.tokenizer)
+        if conn.closed:  # the client left while the tokenizer loaded
+            return
         try:
             self._admit(conn, req, prompt_token_ids(doc, chat, self.tokenizer), chat, params)
         except HttpError as exc:
