@@ -134,14 +134,14 @@ def max_unit_error(result: dict) -> float:
 
 
 def format_table(result: dict) -> str:
-    head = f"{'unit':<14}{'n':>5}" + "".join(f"{m.upper()} p{q}".rjust(25) for m, q in STATS) + f"{'max|err|':>10}"
-    lines = [head, " " * 19 + "".join("real ms / sim ms / err".rjust(25) for _ in STATS)]
+    head = f"{'unit':<12}{'n':>5}" + "".join(f"{m.upper()} p{q}".rjust(28) for m, q in STATS) + f"{'max|err|':>10}"
+    lines = [head, " " * 17 + "".join("real ms / sim ms / err".rjust(28) for _ in STATS)]
     for name, e in result.items():
         cells = ""
         for m, q in STATS:
             cell = e[f"{m}_p{q}"]
-            cells += f"{cell['real_s'] * 1e3:7.1f} /{cell['sim_s'] * 1e3:7.1f} /{cell['err'] * 100:+6.1f}%".rjust(25)
-        lines.append(f"{name:<14}{e['requests']:>5}{cells}{e['max_abs_err'] * 100:9.1f}%")
+            cells += f"{cell['real_s'] * 1e3:8.1f} / {cell['sim_s'] * 1e3:8.1f} / {cell['err'] * 100:+6.1f}%".rjust(28)
+        lines.append(f"{name:<12}{e['requests']:>5}{cells}{e['max_abs_err'] * 100:9.1f}%")
     return "\n".join(lines)
 
 

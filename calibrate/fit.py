@@ -261,7 +261,9 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
         history.append(c)
         if c < best_cost:
             best_x, best_cost = res.x, c
-    model, overhead = _unpack(np.maximum(best_x, 0.0) * scale)
+    # A coefficient a billionth of its effect scale changes no latency: write it as 0.
+    x_final = np.where(best_x < 1e-9, 0.0, best_x)
+    model, overhead = _unpack(x_final * scale)
     return FitResult(model, overhead, dict(zip(PARAMS, map(float, _vector(model0, overhead0)))), best_cost,
                      evaluations, "costs by iteration: " + ", ".join(f"{c:.4g}" for c in history))
 

