@@ -93,24 +93,20 @@ class _UserError(Exception):
 
 
 def _load(args):
-    from scenarios import ScenarioError, expand_grid, load_scenario, parse_assignment
+    from scenarios import ScenarioError
+    from scenarios.runs import load_for_run
 
-    overrides: dict = {}
     try:
-        for item in args.overrides:
-            key, value = parse_assignment(item)
-            overrides[key] = value
-        if args.seeds:
-            overrides["seeds"] = [int(s) for s in args.seeds.replace(" ", "").split(",") if s]
-        scenario = load_scenario(args.scenario, overrides or None)
+        scenario, points = load_for_run(args.scenario, args.overrides, args.seeds)
         if args.emulate and len(scenario.cluster.groups) == 1:
             g = scenario.cluster.groups[0]
             if g.count != args.emulate:
                 print(f"note: fleet resized to --emulate {args.emulate} "
                       f"(cluster.groups.{g.name}.count was {g.count})")
-                overrides[f"cluster.groups.{g.name}.count"] = args.emulate
-                scenario = load_scenario(args.scenario, overrides)
-        return scenario, expand_grid(scenario)
+                scenario, points = load_for_run(
+                    args.scenario, args.overrides, args.seeds,
+                    {f"cluster.groups.{g.name}.count": args.emulate})
+        return scenario, points
     except (ScenarioError, ValueError) as exc:
         raise _UserError(str(exc)) from None
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from live.client import CompletionResult, completion_body, make_session
 from live.fleet import LiveFleet
 from live.streamclient import StreamClient
-from results.records import ItlEncoder, RequestRecord
+from results.records import ItlEncoder, RequestRecord, RunLabels
 from routing import Decision, NoHealthyBackend, Outcome, RequestInfo
 from workload.tokens import prompt_token_ids
 from workload.trace import Trace
@@ -41,16 +41,6 @@ from workload.trace import Trace
 
 #: Request bodies made before the run starts (more are made during it).
 PREPARED_BODIES = 20000
-
-
-@dataclass(frozen=True)
-class RunLabels:
-    """What identifies this replay in its records."""
-
-    experiment_id: str = ""
-    point_id: str = ""
-    strategy: str = ""
-    seed: int = 0
 
 
 @dataclass

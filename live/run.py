@@ -16,14 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +28,13 @@ import routing
 from live.emulator.spawn import EmulatorSpec, spawn_specs
 from live.fleet import LiveFleet
 from live.gateway.spawn import start_gateway
-from live.loadgen import LoadOptions, ReplayResult, RunLabels, replay
+from live.loadgen import LoadOptions, ReplayResult, replay
+from results.records import RunLabels
+from scenarios.runs import base_manifest, new_experiment_id, scenario_digest
 from results.rundir import RunDir, Unit
 from workload import build_trace
 from workload.trace import Trace
 
-MANIFEST_VERSION = 1
 
 
 @dataclass
@@ -62,48 +60,21 @@ class LiveSettings:
 
 
 # --- manifest ----------------------------------------------------------------------------
-def scenario_digest(scenario) -> str:
-    """What makes two runs the same experiment: the resolved scenario, not file bytes."""
-    resolved = {k: v for k, v in asdict(scenario).items() if k not in ("source_path", "source_text")}
-    text = json.dumps(resolved, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def build_manifest(scenario, points, experiment_id: str, digest: str,
                    settings: LiveSettings) -> dict[str, Any]:
-    slo = {k: v for k, v in asdict(scenario.slo).items() if v is not None}
+    """The run's manifest: the scenario part (``scenarios.runs``) and live mode's."""
     load = settings.load or LoadOptions()
-    return {
-        "manifest_version": MANIFEST_VERSION,
-        "experiment_id": experiment_id,
-        "mode": "live",
-        "scenario": scenario.name,
-        "description": scenario.description,
-        "scenario_path": str(scenario.source_path) if scenario.source_path else None,
-        "scenario_sha256": digest,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seeds": list(scenario.seeds),
-        "strategies": [{"label": s.label, "name": s.name, "params": dict(s.params)}
-                       for s in scenario.router.strategies],
-        "points": [p.describe() for p in points],
-        "slo": slo,
-        "duration_s": scenario.duration_s,
-        "num_requests": scenario.num_requests,
-        "live": {
-            "backends": settings.backends or f"{settings.emulate} emulators (stand-ins for vLLM)",
-            "emulated": bool(settings.emulate),
-            "gateway": settings.gateway,
-            "max_duration_s": settings.max_duration_s,
-            "max_requests": settings.max_requests,
-            "concurrency": load.concurrency,
-            "timeout_s": load.timeout_s,
-        },
+    manifest = base_manifest(scenario, points, experiment_id, digest, "live")
+    manifest["live"] = {
+        "backends": settings.backends or f"{settings.emulate} emulators (stand-ins for vLLM)",
+        "emulated": bool(settings.emulate),
+        "gateway": settings.gateway,
+        "max_duration_s": settings.max_duration_s,
+        "max_requests": settings.max_requests,
+        "concurrency": load.concurrency,
+        "timeout_s": load.timeout_s,
     }
-
-
-def new_experiment_id(scenario, digest: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{scenario.name}-live-{stamp}-{digest[:6]}"
+    return manifest
 
 
 # --- backends ------------------------------------------------------------------------------
@@ -295,7 +266,7 @@ def open_run(path: Path | None, runs_dir: Path, scenario, points, settings: Live
             raise ValueError(f"cannot resume {path}: the scenario (or --set/--seeds) differs from "
                              "the one that run started with")
         return run, True
-    experiment_id = new_experiment_id(scenario, digest)
+    experiment_id = new_experiment_id(scenario, digest, tag="live")
     path = path or runs_dir / experiment_id
     if (path / "manifest.json").exists():
         raise ValueError(f"{path} already holds a run; use --resume to continue it, or another --out")

@@ -120,6 +120,16 @@ COLUMNS = [f.name for f in fields(RequestRecord)]
 assert COLUMNS == SCHEMA.names, "RequestRecord and SCHEMA must list the same columns"
 
 
+@dataclass(frozen=True)
+class RunLabels:
+    """What identifies one unit's records: experiment, grid point, strategy label, seed."""
+
+    experiment_id: str = ""
+    point_id: str = ""
+    strategy: str = ""
+    seed: int = 0
+
+
 class RecordSchemaError(ValueError):
     """A file is not a record table of this schema version."""
 

@@ -94,28 +94,14 @@ def _list_profiles() -> int:
 
 
 def _load(args):
-    from scenarios import ScenarioError, expand_grid, load_scenario, parse_assignment, scenario_path
+    from scenarios import ScenarioError
+    from scenarios.runs import load_for_run
 
-    overrides: dict = {}
     try:
-        for item in args.overrides:
-            key, value = parse_assignment(item)
-            overrides[key] = value
+        return load_for_run(args.scenario, args.overrides, args.seeds,
+                            {"router.mode": args.mode} if args.mode else None)
     except (ScenarioError, ValueError) as exc:
         raise _UserError(str(exc)) from None
-    if args.seeds:
-        try:
-            overrides["seeds"] = [int(s) for s in args.seeds.replace(" ", "").split(",") if s]
-        except ValueError:
-            raise _UserError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
-    if args.mode:
-        overrides["router.mode"] = args.mode
-    try:
-        scenario = load_scenario(scenario_path(args.scenario), overrides or None)
-        points = expand_grid(scenario)
-    except ScenarioError as exc:
-        raise _UserError(str(exc)) from None
-    return scenario, points
 
 
 def _preflight(points) -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
-from results.records import RequestRecord
+from results.records import RequestRecord, RunLabels
 from routing import BackendSpec, Decision, Outcome, RequestInfo, Router, ScrapedMetrics, Strategy
 from routing.router import NoHealthyBackend
 from sim.engine import Engine, EngineConfig, EngineMetrics, Plan, RequestTooLong, StepOutput
@@ -61,16 +61,6 @@ class ClusterConfig:
             raise ValueError(f"mode must be 'fast' or 'exact', got {self.mode!r}")
         if self.scrape_interval_s <= 0:
             raise ValueError("scrape_interval_s must be > 0")
-
-
-@dataclass(frozen=True)
-class RunLabels:
-    """What identifies this simulation in its records."""
-
-    experiment_id: str = ""
-    point_id: str = ""
-    strategy: str = ""
-    seed: int = 0
 
 
 @dataclass(slots=True)

@@ -67,8 +67,3 @@ def cluster_config(scenario, *, profiles: dict[str, LatencyProfile] | None = Non
         mode=router.mode,
         drain_s=scenario.drain_s,
     )
-
-
-def fleet_manifest(config: ClusterConfig) -> list[dict[str, str]]:
-    """Backends as the run manifest lists them (index = ``RequestRecord.backend``)."""
-    return [{"name": b.name, "group": b.group, "profile": b.profile.name} for b in config.backends]

@@ -10,7 +10,6 @@ the sweep goes on; Ctrl-C or a killed worker leaves finished units in place for
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -19,7 +18,6 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +26,10 @@ from results.metrics import UnitMetrics, unit_metrics
 from results.records import read_records
 from results.rundir import RunDir, Unit
 from results.summary import RunSummary, build_summary
-from sim.cluster import RunLabels, simulate
-from sim.fleet import cluster_config, fleet_manifest
-
-#: Bump when the manifest's meaning changes.
-MANIFEST_VERSION = 1
-
+from results.records import RunLabels
+from scenarios.runs import base_manifest, new_experiment_id, scenario_digest  # noqa: F401
+from sim.cluster import simulate
+from sim.fleet import cluster_config
 
 @dataclass
 class Task:
@@ -65,42 +61,11 @@ class SweepResult:
 
 
 # --- building a run ---------------------------------------------------------------------
-def scenario_digest(scenario) -> str:
-    """What makes two runs the same experiment: the resolved scenario, not file bytes."""
-    def default(o: Any) -> Any:
-        return str(o)
-
-    resolved = {k: v for k, v in asdict(scenario).items() if k not in ("source_path", "source_text")}
-    text = json.dumps(resolved, sort_keys=True, default=default)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def new_experiment_id(scenario, digest: str, now: datetime | None = None) -> str:
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%d-%H%M%S")
-    return f"{scenario.name}-{stamp}-{digest[:6]}"
-
-
-def build_manifest(scenario, points, experiment_id: str, digest: str, *, mode: str = "sim") -> dict[str, Any]:
-    slo = {k: v for k, v in asdict(scenario.slo).items() if v is not None}
-    return {
-        "manifest_version": MANIFEST_VERSION,
-        "experiment_id": experiment_id,
-        "mode": mode,
-        "scenario": scenario.name,
-        "description": scenario.description,
-        "scenario_path": str(scenario.source_path) if scenario.source_path else None,
-        "scenario_sha256": digest,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seeds": list(scenario.seeds),
-        "strategies": [{"label": s.label, "name": s.name, "params": dict(s.params)}
-                       for s in scenario.router.strategies],
-        "points": [{"point_id": p.point_id, "label": p.label, "axes": dict(p.axes),
-                    "backends": fleet_manifest(cluster_config(p.scenario))} for p in points],
-        "slo": slo,
-        "duration_s": scenario.duration_s,
-        "num_requests": scenario.num_requests,
-        "sim": {"mode": scenario.router.mode},
-    }
+def build_manifest(scenario, points, experiment_id: str, digest: str) -> dict[str, Any]:
+    """The run's manifest: the scenario part (``scenarios.runs``) and the simulator's."""
+    manifest = base_manifest(scenario, points, experiment_id, digest, "sim")
+    manifest["sim"] = {"mode": scenario.router.mode}
+    return manifest
 
 
 def plan_tasks(run: RunDir, points, seeds: Sequence[int], strategies) -> tuple[list[Task], int]:
