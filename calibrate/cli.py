@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most replay/solve iterations (each replays every unit once; default: 30)")
     f.add_argument("--polish-nfev", type=int, default=40,
                    help="most replays of the final least-squares polish (0: none; default: 40)")
+    f.add_argument("--anchor-weight", type=float, default=1.0,
+                   help="weight of requests sent to an idle engine (idle and prefix-probe units) relative to "
+                        "loaded ones; raise it (e.g. 3) when loaded units carry front-end or contention delays "
+                        "the step model cannot explain and the fit gives up idle accuracy (default: 1)")
     f.add_argument("--num-kv-blocks", type=int, default=None,
                    help="engine KV blocks (default: what the server exported while profiling)")
     f.add_argument("--block-size", type=int, default=None, help="KV block size (default: from profiling)")
@@ -244,7 +248,8 @@ def _fit(args) -> int:
                                    "max_num_seqs": args.max_num_seqs,
                                    "max_num_batched_tokens": args.max_num_batched_tokens}.items() if v}
     profile, frame = fit_profile(args.data, args.name, description=args.description, max_iter=args.max_iter,
-                                 polish_nfev=args.polish_nfev, hardware=args.hardware, engine_overrides=overrides)
+                                 polish_nfev=args.polish_nfev, hardware=args.hardware,
+                                 anchor_weight=args.anchor_weight, engine_overrides=overrides)
     out = Path(args.out or f"{args.name}.json")
     profile.save(out)
     if args.rows_out:

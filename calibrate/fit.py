@@ -83,6 +83,8 @@ def load_data(path: str | Path) -> tuple[pd.DataFrame, dict]:
     return data, meta
 
 
+#: Default weight of a request sent to an idle engine, relative to one of a loaded unit of the same size.
+ANCHOR_WEIGHT = 1.0
 #: A TPOT below this fraction of the idle median is a stalled stream, not a fast engine.
 STALL_FRACTION = 0.2
 
@@ -177,12 +179,17 @@ def effect_scales(data: pd.DataFrame, engine: EngineDefaults) -> np.ndarray:
     ])
 
 
-def _weighted_system(data: pd.DataFrame, lin: Linearized, scale: np.ndarray):
+def _weighted_system(data: pd.DataFrame, lin: Linearized, scale: np.ndarray,
+                     anchor_weight: float = ANCHOR_WEIGHT):
     """Rows of ``(sim - measured) / measured`` as ``M @ (theta / scale) - v``, units weighted equally."""
     ttft = data["ttft_s"].to_numpy(float)
     tpot = data["tpot_s"].to_numpy(float)
     counts = data.groupby("unit")["unit"].transform("size").to_numpy(float)
     w = 1.0 / np.sqrt(counts)
+    if "mode" in data:
+        # Requests sent alone are the measurements free of batching and front-end queueing:
+        # they anchor the coefficients.
+        w = w * np.where(data["mode"].to_numpy() == "sequential", anchor_weight, 1.0)
     use_t = np.isfinite(ttft) & (ttft > 0) & np.isfinite(lin.ttft_const)
     use_p = np.isfinite(tpot) & (tpot > 0) & np.all(np.isfinite(lin.tpot_design), axis=1)
     m_t = lin.ttft_design[use_t] * scale * (w[use_t] / ttft[use_t])[:, None]
@@ -205,7 +212,8 @@ def _robust_solve(M: np.ndarray, v: np.ndarray, w: np.ndarray, delta: float, rou
 
 
 def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30, polish_nfev: int = 40,
-               init: tuple[LatencyModel, float] | None = None, huber_delta: float = 0.1) -> FitResult:
+               init: tuple[LatencyModel, float] | None = None, huber_delta: float = 0.1,
+               anchor_weight: float = ANCHOR_WEIGHT) -> FitResult:
     """Stage 1, then stage 2 in two parts (see the module docstring).
 
     2a. Alternate two exact steps: replay every unit through the engine model
@@ -233,7 +241,7 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
             theta[0] = 1e-9
         model, overhead = _unpack(theta)
         lin = linearize_units(units, len(data), model, engine, overhead)
-        M, v, w = _weighted_system(data, lin, scale)
+        M, v, w = _weighted_system(data, lin, scale, anchor_weight)
         return M @ (theta / scale) - v, M, v, w
 
     def cost(r: np.ndarray, w: np.ndarray) -> float:
@@ -349,12 +357,12 @@ def engine_defaults(meta: dict, *, num_kv_blocks: int | None = None, block_size:
 
 
 def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_iter: int = 30,
-                polish_nfev: int = 40, hardware: str = "",
+                polish_nfev: int = 40, hardware: str = "", anchor_weight: float = ANCHOR_WEIGHT,
                 engine_overrides: dict | None = None) -> tuple[LatencyProfile, pd.DataFrame]:
     """Fit ``data_path`` into a named profile; also return the rows with simulated values."""
     data, meta = load_data(data_path)
     engine = engine_defaults(meta, **(engine_overrides or {}))
-    result = fit_replay(data, engine, max_iter=max_iter, polish_nfev=polish_nfev)
+    result = fit_replay(data, engine, max_iter=max_iter, polish_nfev=polish_nfev, anchor_weight=anchor_weight)
     units = prepare_units(data, engine.block_size)
     diag = diagnostics(data, units, engine, result.model, result.overhead_s)
     frame = diag.pop("_frame")
@@ -392,6 +400,7 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
                       "(schedule-linearised, Huber, units weighted equally), polished by least_squares on the "
                       "replayed residuals",
             "request_overhead_s": result.overhead_s,
+            "anchor_weight": anchor_weight,
             "init": result.init,
             "cost": result.cost,
             "replays": result.replays,

@@ -58,7 +58,8 @@ def default_vllm_python() -> str:
 
 
 #: Where Debian's libtcmalloc-minimal4 puts the allocator vLLM-CPU's docs recommend preloading.
-TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
+TCMALLOC_PATHS = ("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+                  "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4")
 
 
 def cpu_preloads(vllm_python: str) -> list[str]:
