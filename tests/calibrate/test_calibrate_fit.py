@@ -113,3 +113,18 @@ def test_unknown_kv_blocks_must_be_given():
     e = engine_defaults({"backend": {"num_kv_blocks": 8192, "block_size": 32},
                          "settings": {"max_num_seqs": 64, "max_num_batched_tokens": 512}})
     assert (e.num_kv_blocks, e.block_size, e.max_num_seqs, e.max_num_batched_tokens) == (8192, 32, 64, 512)
+
+
+def test_anchor_weight_scales_only_the_requests_sent_to_an_idle_engine(synth):
+    from calibrate.fit import _weighted_system, effect_scales
+
+    data = synth.assign(mode=np.where(synth["unit"].isin(["idle/idle", "prefix/probe"]), "sequential", "open"))
+    units = prepare_units(data, ENGINE.block_size)
+    lin = linearize_units(units, len(data), TRUE_MODEL, ENGINE, TRUE_OVERHEAD)
+    scale = effect_scales(data, ENGINE)
+    _, _, w1 = _weighted_system(data, lin, scale, 1.0)
+    _, _, w3 = _weighted_system(data, lin, scale, 3.0)
+    seq = (data["mode"] == "sequential").to_numpy()
+    rows = np.concatenate([seq, seq[np.isfinite(data["tpot_s"].to_numpy())]])
+    np.testing.assert_allclose(w3[rows], 3 * w1[rows])
+    np.testing.assert_allclose(w3[~rows], w1[~rows])
