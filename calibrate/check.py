@@ -81,7 +81,7 @@ def simulated_capacity(profile: LatencyProfile, s: CheckSettings, n: int = 128) 
                           "prefix_id": [r.prefix_id for r in reqs], "shared_len": [r.shared_len for r in reqs],
                           "send_s": 0.0})
     units = prepare_units(frame, profile.engine.block_size, s.vocab_size)
-    overhead = float(profile.fit.get("request_overhead_s") or 0.0)
+    overhead = profile.request_overhead_s
     _, _, e2el = simulate_units(units, len(frame), profile.model, profile.engine, overhead)
     return n / float(np.nanmax(e2el))
 
@@ -150,7 +150,7 @@ def replay_check(profile: LatencyProfile, measured: pd.DataFrame,
     """The measured ok rows with the simulator's TTFT/TPOT/E2EL of the same requests under ``profile``."""
     ok = measured[measured["ok"].astype(str).str.lower().isin(("true", "1"))].reset_index(drop=True)
     units = prepare_units(ok, profile.engine.block_size, vocab_size)
-    overhead = float(profile.fit.get("request_overhead_s") or 0.0)
+    overhead = profile.request_overhead_s
     s_ttft, s_tpot, s_e2el = simulate_units(units, len(ok), profile.model, profile.engine, overhead)
     return ok.assign(sim_ttft_s=s_ttft, sim_tpot_s=s_tpot, sim_e2el_s=s_e2el)
 

@@ -380,6 +380,7 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
         served_model=served,
         provisional=False,
         jitter_cv=jitter_from_idle(frame),
+        request_overhead_s=max(float(result.overhead_s), 0.0),
         source=json_safe({
             "kind": "fitted",
             "data_file": str(data_path),

@@ -291,6 +291,10 @@ class ClusterSim:
             )
             for i, b in enumerate(config.backends)
         ]
+        #: One-way delay per backend: the network hop plus half the profile's
+        #: per-request overhead (the other half is added on the way back).
+        self._delay = [config.network_delay_s + b.profile.request_overhead_s / 2.0
+                       for b in config.backends]
         self.records: list[RequestRecord | None] = [None] * len(trace)
         self._pending: dict[int, _Pending] = {}
         self._written = 0
@@ -359,7 +363,7 @@ class ClusterSim:
         req = EngineRequest(rid, info.input_len, int(trace.output_len[i]), hashes, arrival=now,
                             payload=pending, num_shareable=shareable)
         driver = self.drivers[decision.backend]
-        delay = self.config.network_delay_s
+        delay = self._delay[decision.backend]
         if delay > 0:
             env.timeout(delay).callbacks.append(lambda _e, d=driver, r=req: d.submit(r))
         else:
@@ -387,7 +391,7 @@ class ClusterSim:
 
     # --- outcomes ------------------------------------------------------------------------
     def on_output(self, driver: BackendDriver, out: StepOutput) -> None:
-        delay = self.config.network_delay_s
+        delay = self._delay[driver.index]
         for req in out.finished:
             self._finish(req.id, req, "ok", req.last_token_time + delay)
 
@@ -440,7 +444,7 @@ class ClusterSim:
                 dispatch_s: float, *, status: str, end: float, error: str = "") -> RequestRecord:
         trace = self.trace
         labels = self.labels
-        delay = self.config.network_delay_s
+        delay = self._delay[decision.backend] if decision is not None else 0.0
         if req is not None:
             first = req.first_token_time + delay
             last = req.last_token_time + delay

@@ -132,6 +132,10 @@ class LatencyProfile:
     served_model: str = ""
     provisional: bool = False
     jitter_cv: float = 0.0
+    #: Fixed time per request outside engine steps (HTTP, tokenization, IPC to the
+    #: engine): the simulator adds half before the request reaches the engine and
+    #: half after each token, like a network hop, so it adds to TTFT and E2EL only.
+    request_overhead_s: float = 0.0
     source: dict[str, Any] = field(default_factory=dict)
     fit: dict[str, Any] = field(default_factory=dict)
 
@@ -145,6 +149,7 @@ class LatencyProfile:
             "provisional": self.provisional,
             "coefficients": asdict(self.model),
             "jitter_cv": self.jitter_cv,
+            "request_overhead_s": self.request_overhead_s,
             "engine": asdict(self.engine),
             "source": self.source,
             "fit": self.fit,
@@ -181,6 +186,9 @@ class LatencyProfile:
         jitter = float(doc.get("jitter_cv", 0.0))
         if not (0.0 <= jitter < 1.0):
             raise ProfileError(f"{origin}: jitter_cv must be in [0, 1), got {jitter}")
+        overhead = float(doc.get("request_overhead_s", 0.0))
+        if not (0.0 <= overhead < 60.0):
+            raise ProfileError(f"{origin}: request_overhead_s must be in [0, 60) seconds, got {overhead}")
         return cls(
             name=str(doc["name"]),
             model=LatencyModel(**coeffs),
@@ -190,6 +198,7 @@ class LatencyProfile:
             served_model=doc.get("served_model", ""),
             provisional=bool(doc.get("provisional", False)),
             jitter_cv=jitter,
+            request_overhead_s=overhead,
             source=doc.get("source", {}),
             fit=doc.get("fit", {}),
         )

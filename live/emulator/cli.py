@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0: the KV cache's capacity in tokens)")
     p.add_argument("--num-kv-blocks", type=int, default=0,
                    help="KV cache blocks (0: the profile's default)")
-    p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    p.add_argument("--block-size", type=int, default=0,
+                   help="tokens per KV block (default: the profile's; vLLM-CPU uses 32); the "
+                        "profile's KV capacity in tokens is kept when this differs")
     p.add_argument("--max-num-seqs", type=int, default=0,
                    help="most requests running at once (0: the profile's default)")
     p.add_argument("--max-num-batched-tokens", type=int, default=0,
@@ -77,9 +79,12 @@ def build_server(args: argparse.Namespace) -> EmulatorServer:
     for name in ("num_kv_blocks", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.block_size < 0:
+        raise ValueError(f"--block-size must be >= 0, got {args.block_size}")
+    block_size = args.block_size or d.block_size
     config = EngineConfig(
-        num_kv_blocks=args.num_kv_blocks or d.num_kv_blocks,
-        block_size=args.block_size,
+        num_kv_blocks=args.num_kv_blocks or d.num_kv_blocks * d.block_size // block_size,
+        block_size=block_size,
         max_num_seqs=args.max_num_seqs or d.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens or d.max_num_batched_tokens,
         enable_prefix_caching=not args.no_prefix_caching,

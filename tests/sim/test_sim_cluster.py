@@ -104,6 +104,23 @@ def test_light_load_matches_the_closed_form_latency():
         assert got_tpot == pytest.approx(tpot, rel=1e-9)
 
 
+def test_profile_request_overhead_adds_to_ttft_and_e2el_only():
+    import dataclasses
+
+    from sim_helpers import profile
+
+    trace = simple_trace([0.0, 5.0], 300, 20)
+    base_cfg = fleet(n=1)
+    slow = dataclasses.replace(profile(), request_overhead_s=0.012)
+    slow_cfg = dataclasses.replace(base_cfg, backends=[dataclasses.replace(base_cfg.backends[0], profile=slow)])
+    base = simulate(trace, routing.build("round_robin"), base_cfg).records
+    over = simulate(trace, routing.build("round_robin"), slow_cfg).records
+    for x, y in zip(base, over):
+        assert (y.first_token_s - y.arrival_s) - (x.first_token_s - x.arrival_s) == pytest.approx(0.012)
+        assert (y.last_token_s - y.arrival_s) - (x.last_token_s - x.arrival_s) == pytest.approx(0.012)
+        assert y.last_token_s - y.first_token_s == pytest.approx(x.last_token_s - x.first_token_s)
+
+
 def test_network_delay_shifts_client_times():
     trace = simple_trace([0.0, 5.0], 300, 20)
     base = simulate(trace, routing.build("round_robin"), fleet(n=1)).records
