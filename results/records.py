@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -134,13 +135,83 @@ class RecordSchemaError(ValueError):
     """A file is not a record table of this schema version."""
 
 
+_LIST_COLUMNS = ("itl_start", "itl_step", "itl_count")
+
+
 def to_table(records: Iterable[RequestRecord]) -> pa.Table:
-    """Records to an Arrow table with the versioned schema."""
-    cols: dict[str, list] = {name: [] for name in COLUMNS}
-    for r in records:
-        for name in COLUMNS:
-            cols[name].append(getattr(r, name))
-    return pa.table(cols, schema=SCHEMA)
+    """Records to an Arrow table with the versioned schema.
+
+    The ITL list columns are built from flat numpy arrays and offsets rather than
+    from Python lists of lists, which is several times faster and lighter.
+    """
+    records = list(records)
+    arrays = []
+    for f in SCHEMA:
+        name = f.name
+        if name in _LIST_COLUMNS:
+            lengths = np.fromiter((len(getattr(r, name)) for r in records), np.int32, len(records))
+            offsets = np.zeros(len(records) + 1, np.int32)
+            np.cumsum(lengths, out=offsets[1:])
+            dtype = np.int32 if name == "itl_count" else np.float64
+            flat = np.fromiter(chain.from_iterable(getattr(r, name) for r in records), dtype,
+                               int(offsets[-1]))
+            arrays.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)))
+        else:
+            arrays.append(pa.array([getattr(r, name) for r in records], type=f.type))
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+
+
+class RecordWriter:
+    """Streams records into one Parquet file, a row group at a time.
+
+    Memory stays at one batch however many requests a run has; the file appears
+    under its name only when ``close`` succeeds (written to a temporary name and
+    renamed), so a crash never leaves a partial unit behind.
+    """
+
+    def __init__(self, path: str | Path, batch_rows: int = 16384) -> None:
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.batch_rows = batch_rows
+        self.rows = 0
+        self._buffer: list[RequestRecord] = []
+        self._writer: pq.ParquetWriter | None = None
+
+    def write(self, record: RequestRecord) -> None:
+        self._buffer.append(record)
+        if len(self._buffer) >= self.batch_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer and self._writer is not None:
+            return
+        table = to_table(self._buffer)
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.tmp, SCHEMA, compression="zstd")
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+        self._buffer.clear()
+
+    def close(self) -> Path:
+        self._flush()
+        self._writer.close()
+        self.tmp.replace(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self.tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def write_records(path: str | Path, records: Iterable[RequestRecord] | pa.Table) -> Path:

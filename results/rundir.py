@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from results.records import RecordSchemaError, read_records, write_records
+from results.records import RecordSchemaError, RecordWriter, read_records, write_records
 
 MANIFEST = "manifest.json"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -131,6 +131,11 @@ class RunDir:
         path = write_records(self.unit_path(unit), records)
         self.failure_path(unit).unlink(missing_ok=True)
         return path
+
+    def unit_writer(self, unit: Unit, batch_rows: int = 16384) -> RecordWriter:
+        """A streaming writer for a unit's records (the file appears when it closes)."""
+        self.failure_path(unit).unlink(missing_ok=True)
+        return RecordWriter(self.unit_path(unit), batch_rows)
 
     def record_failure(self, unit: Unit, error: str) -> None:
         path = self.failure_path(unit)

@@ -75,9 +75,10 @@ class _Pending:
 
 @dataclass
 class SimResult:
-    records: list[RequestRecord]
+    records: list[RequestRecord]  # empty when the records went to a sink
     end_time: float
     engine_metrics: list[EngineMetrics] = field(default_factory=list)
+    num_records: int = 0
 
 
 def to_scraped(m: EngineMetrics) -> ScrapedMetrics:
@@ -263,7 +264,8 @@ class ClusterSim:
 
     def __init__(self, trace: Trace, strategy: Strategy, config: ClusterConfig, *,
                  labels: RunLabels = RunLabels(), seed: int = 0, share_analysis: bool = True,
-                 decode_group: bool = True) -> None:
+                 decode_group: bool = True,
+                 sink: Callable[[RequestRecord], None] | None = None) -> None:
         self.trace = trace
         self.config = config
         self.labels = labels
@@ -295,13 +297,16 @@ class ClusterSim:
         #: per-request overhead (the other half is added on the way back).
         self._delay = [config.network_delay_s + b.profile.request_overhead_s / 2.0
                        for b in config.backends]
-        self.records: list[RequestRecord | None] = [None] * len(trace)
+        #: Without a sink every record is kept here (row = trace row); with one,
+        #: records go to the sink as requests end and only a written flag is kept.
+        self.sink = sink
+        self.records: list[RequestRecord | None] = [] if sink is not None else [None] * len(trace)
+        self._done = bytearray(len(trace))
         self._pending: dict[int, _Pending] = {}
         self._written = 0
         self._all_done = self.env.event()
         #: Exact speed-up, see ``sim.kv_cache``: unique blocks are tracked as counts.
         self.shareable = trace.shareable_blocks().tolist() if share_analysis else None
-        self.on_record: Callable[[RequestRecord], None] | None = None
 
     # --- running -------------------------------------------------------------------------
     def run(self) -> SimResult:
@@ -321,9 +326,9 @@ class ClusterSim:
             d.finalize(end)
         for rid in list(self._pending):
             self._write_unfinished(rid, end)
-        records = self.records
-        assert all(r is not None for r in records), "every request must end as one record"
-        return SimResult(records, end, [d.engine.published for d in self.drivers])  # type: ignore[arg-type]
+        assert all(self._done), "every request must end as one record"
+        return SimResult(self.records, end, [d.engine.published for d in self.drivers],
+                         num_records=self._written)  # type: ignore[arg-type]
 
     def _stop(self, _event) -> None:
         if not self._all_done.triggered:
@@ -431,13 +436,15 @@ class ClusterSim:
             ))
 
     def _write(self, row: int, rec: RequestRecord) -> None:
-        if self.records[row] is not None:
+        if self._done[row]:
             raise AssertionError(f"request {rec.request_id} recorded twice")
-        self.records[row] = rec
+        self._done[row] = 1
+        if self.sink is not None:
+            self.sink(rec)
+        else:
+            self.records[row] = rec
         self._written += 1
-        if self.on_record is not None:
-            self.on_record(rec)
-        if self._written == len(self.records) and not self._all_done.triggered:
+        if self._written == len(self._done) and not self._all_done.triggered:
             self._all_done.succeed()
 
     def _record(self, i: int, req: EngineRequest | None, decision: Decision | None,
@@ -493,12 +500,15 @@ class ClusterSim:
 
 def simulate(trace: Trace, strategy: Strategy, config: ClusterConfig, *,
              labels: RunLabels = RunLabels(), seed: int = 0, share_analysis: bool = True,
-             decode_group: bool = True) -> SimResult:
+             decode_group: bool = True,
+             sink: Callable[[RequestRecord], None] | None = None) -> SimResult:
     """Run one (trace, strategy, fleet) simulation to completion or the drain horizon.
 
     ``share_analysis=False`` tracks every prompt block individually (the way a
     live engine must) and ``decode_group=False`` schedules every running request
-    one by one; results are identical, only slower. Tests compare them.
+    one by one; results are identical, only slower. Tests compare them. With a
+    ``sink``, each record is handed to it as its request ends and none is kept,
+    so memory does not grow with the number of requests.
     """
     return ClusterSim(trace, strategy, config, labels=labels, seed=seed,
-                      share_analysis=share_analysis, decode_group=decode_group).run()
+                      share_analysis=share_analysis, decode_group=decode_group, sink=sink).run()

@@ -176,6 +176,7 @@ class Engine:
         self.running: list[EngineRequest] = []
         self.requests: dict[int, EngineRequest] = {}
         self.timeline = Timeline()
+        self._trim_at = 1 << 16
         #: Steady decoders (None: schedule request by request, the reference path).
         self.group = DecodeGroup(config.block_size) if decode_group else None
         #: Running requests outside the group, in running order (with a group only).
@@ -550,6 +551,8 @@ class Engine:
         if self.group is not None:
             self.nonmembers = [r for r in self.nonmembers
                                if r.status == Status.RUNNING and not r.in_group]
+        if len(self.timeline) > self._trim_at:
+            self._trim_timeline()
         self._published_state = self._state()
         self._published = None
         return out
@@ -668,6 +671,15 @@ class Engine:
         for req in finished:
             self._finish(req)
         return StepOutput(end, emitted, finished, [])
+
+    def _trim_timeline(self) -> None:
+        """Drop timeline entries older than every open token streak (bounded memory)."""
+        oldest = self.ticks
+        for req in self.requests.values():
+            if 0 <= req.streak_start < oldest:
+                oldest = req.streak_start
+        self.timeline.trim(oldest)
+        self._trim_at = max(1 << 16, 2 * len(self.timeline))
 
     def _finish(self, req: EngineRequest) -> None:
         self.running.remove(req)

@@ -124,11 +124,13 @@ def run_task(run_path: str, experiment_id: str, task: Task) -> list[UnitOutcome]
         try:
             strategy = routing.build(s.name, seed=task.seed, **s.params)
             labels = RunLabels(experiment_id, unit.point_id, unit.strategy, unit.seed)
-            result = simulate(trace, strategy, config, labels=labels, seed=task.seed)
-            run.write_unit(unit, result.records)
-            metrics = unit_metrics(result.records, slo, backend_names=names)
+            # Records stream to disk as requests end: memory does not grow with the run.
+            with run.unit_writer(unit) as writer:
+                result = simulate(trace, strategy, config, labels=labels, seed=task.seed,
+                                  sink=writer.write)
+            metrics = unit_metrics(read_records(run.unit_path(unit)), slo, backend_names=names)
             outcomes.append(UnitOutcome(unit, metrics.to_dict(), wall_s=time.perf_counter() - t0,
-                                        num_requests=len(result.records),
+                                        num_requests=result.num_records,
                                         sim_time_s=result.end_time))
         except Exception:  # noqa: BLE001
             err = traceback.format_exc()

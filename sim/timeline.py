@@ -40,6 +40,24 @@ class Timeline:
         self.ticks += count
         return self.ticks
 
+    def __len__(self) -> int:
+        return len(self.count)
+
+    def trim(self, before_tick: int) -> None:
+        """Forget entries no range starting at or after ``before_tick`` can need.
+
+        ``copy_gaps(after, ...)`` starts at the last entry with ``tick0 <= after``;
+        for every ``after >= before_tick`` that is at or beyond the last entry with
+        ``tick0 <= before_tick``, so everything before that entry can go.
+        """
+        k = bisect_right(self.tick0, before_tick) - 1
+        if k <= 0:
+            return
+        self.tick0 = self.tick0[k:]
+        self.start = self.start[k:]
+        self.step = self.step[k:]
+        self.count = self.count[k:]
+
     def copy_gaps(self, after: int, upto: int, itl) -> None:
         """Append the gaps of ticks ``after+1 .. upto`` to ``itl`` (an ``ItlEncoder``).
 

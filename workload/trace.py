@@ -80,12 +80,28 @@ class Trace:
         """
         n = len(self)
         out = np.zeros(n, dtype=np.int64)
-        if n == 0 or len(self.block_hashes) == 0:
+        hashes = self.block_hashes
+        if n == 0 or len(hashes) == 0:
             return out
-        _, inverse, counts = np.unique(self.block_hashes, return_inverse=True, return_counts=True)
-        shared = (counts[inverse] > 1).astype(np.int64)
-        csum = np.concatenate([[0], np.cumsum(shared)])
-        out[:] = csum[self.hash_offsets[1:]] - csum[self.hash_offsets[:-1]]
+        # Hash values that occur more than once (a sorted copy; the duplicates are few).
+        ordered = np.sort(hashes)
+        dup = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+        del ordered
+        if len(dup) == 0:
+            return out
+        # Flag shared blocks and count them per request, in bounded chunks.
+        offsets = self.hash_offsets
+        step = 1 << 22
+        shared = np.empty(len(hashes), dtype=bool)
+        for lo in range(0, len(hashes), step):
+            chunk = hashes[lo:lo + step]
+            idx = np.minimum(np.searchsorted(dup, chunk), len(dup) - 1)
+            shared[lo:lo + step] = dup[idx] == chunk
+        starts = offsets[:-1]
+        nonempty = offsets[1:] > starts
+        if nonempty.any():
+            sums = np.add.reduceat(shared, starts[nonempty], dtype=np.int64)
+            out[nonempty] = sums
         return out
 
     def with_arrivals(self, arrival_s: np.ndarray) -> Trace:

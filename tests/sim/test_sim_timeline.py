@@ -24,3 +24,20 @@ def test_copy_gaps_returns_the_gaps_of_the_range(entries, data):
     enc.add(0.5)  # gaps already recorded stay in front
     tl.copy_gaps(after, upto, enc)
     assert np.allclose(enc.gaps(), [0.5] + gaps[after:upto])
+
+
+@given(entries=st.lists(entry, min_size=2, max_size=15), data=st.data())
+def test_trim_keeps_every_range_after_the_cut(entries, data):
+    full, cut = Timeline(), Timeline()
+    for first, delta, count in entries:
+        full.append(first, delta, count)
+        cut.append(first, delta, count)
+    keep_from = data.draw(st.integers(0, full.ticks - 1))
+    cut.trim(keep_from)
+    assert len(cut) <= len(full)
+    after = data.draw(st.integers(keep_from, full.ticks - 1))
+    upto = data.draw(st.integers(after, full.ticks))
+    a, b = ItlEncoder(), ItlEncoder()
+    full.copy_gaps(after, upto, a)
+    cut.copy_gaps(after, upto, b)
+    assert np.allclose(a.gaps(), b.gaps())
