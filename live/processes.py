@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 class ChildStartError(RuntimeError):
@@ -34,18 +34,26 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 
 class ChildServer:
-    """``python -m <module> ... --port 0`` as a child; ``url`` once ``read_ready`` returned."""
+    """``python -m <module> ... --port 0`` as a child; ``url`` once ``read_ready`` returned.
 
-    def __init__(self, module: str, args: Sequence[str], *, python: str = sys.executable) -> None:
+    ``ready_prefix`` is what precedes the URL on the first line (``""`` for a
+    command that prints the bare URL, as ``python -m calibrate serve`` does);
+    ``env`` replaces the inherited environment.
+    """
+
+    def __init__(self, module: str, args: Sequence[str], *, python: str = sys.executable,
+                 ready_prefix: str = "READY ", env: Mapping[str, str] | None = None) -> None:
         self.cmd = [python, "-m", module, *args]
+        self.ready_prefix = ready_prefix
         self.proc = subprocess.Popen(
             self.cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         self.url: str | None = None
 
     def read_ready(self, deadline: float) -> str:
-        """Wait (until ``deadline``, a ``time.monotonic`` value) for ``READY <url>``."""
+        """Wait (until ``deadline``, a ``time.monotonic`` value) for ``<ready_prefix><url>``."""
         out = self.proc.stdout
         buf = b""
         while b"\n" not in buf:
@@ -61,9 +69,10 @@ class ChildServer:
                                           f"{' '.join(self.cmd)} (its stderr is above)")
                 buf += chunk
         line = buf.split(b"\n", 1)[0].decode()
-        if not line.startswith("READY "):
+        url = line[len(self.ready_prefix):].strip() if line.startswith(self.ready_prefix) else ""
+        if not url.startswith("http"):
             raise ChildStartError(f"unexpected first line {line!r} from {' '.join(self.cmd)}")
-        self.url = line.split(" ", 1)[1].strip()
+        self.url = url
         return self.url
 
     @property
@@ -111,9 +120,13 @@ def start_all(children: Sequence[ChildServer], timeout_s: float) -> list[str]:
     return urls
 
 
-def stop_all(children: Sequence[ChildServer]) -> None:
-    """Signal every child first (they shut down in parallel), then reap each."""
+def stop_all(children: Sequence[ChildServer], timeout_s: float = 5.0) -> None:
+    """Signal every child first (they shut down in parallel), then reap each.
+
+    ``timeout_s`` is each child's grace before SIGKILL (a child that itself
+    stops a process tree, such as ``calibrate serve``, needs longer).
+    """
     for c in children:
         c.terminate()
     for c in children:
-        c.stop()
+        c.stop(timeout_s)

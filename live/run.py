@@ -202,9 +202,19 @@ class UnitReport:
 def run_scenario(
     run: RunDir, scenario, points, settings: LiveSettings, *,
     on_unit: Callable[[UnitReport], None] | None = None,
+    trace_for: Callable[[Any, int], tuple[Trace, float | None]] | None = None,
 ) -> list[UnitReport]:
-    """Run every unit not yet done; write records; return a report per unit run."""
+    """Run every unit not yet done; write records; return a report per unit run.
+
+    ``trace_for(point, seed) -> (trace, wall bound in s or None)`` replaces the
+    default (``point_trace`` cut by ``--max-requests``/``--max-duration``):
+    ``--validate`` replays traces scaled to its time budget.
+    """
     import numpy as np
+
+    if trace_for is None:
+        def trace_for(point, seed: int) -> tuple[Trace, float | None]:
+            return point_trace(point, seed, settings), settings.max_duration_s
 
     manifest = run.manifest
     experiment_id = manifest["experiment_id"]
@@ -219,24 +229,23 @@ def run_scenario(
         names = [n for n, _ in sc.backend_names()]
         groups = [g for _, g in sc.backend_names()]
         timeout = sc.router.timeout_s or load.timeout_s
-        unit_load = replace(load, timeout_s=timeout, max_duration_s=settings.max_duration_s,
-                            drain_s=min(load.drain_s, sc.drain_s))
+        unit_load = replace(load, timeout_s=timeout, drain_s=min(load.drain_s, sc.drain_s))
         with point_backends(point, settings) as urls:
-            traces: dict[int, Trace] = {}
+            traces: dict[int, tuple[Trace, float | None]] = {}
             for seed, strat in todo:
                 unit = Unit(point.point_id, strat.label, int(seed))
                 started = time.perf_counter()
                 try:
-                    trace = traces.get(seed)
-                    if trace is None:
-                        trace = traces[seed] = point_trace(point, int(seed), settings)
+                    if seed not in traces:
+                        traces[seed] = trace_for(point, int(seed))
+                    trace, bound = traces[seed]
                     reset_backends(urls, emulated=bool(settings.emulate))
                     labels = RunLabels(experiment_id, point.point_id, strat.label, int(seed))
                     result = run_async(run_unit(
                         trace, urls, names, groups, strat.name, dict(strat.params), int(seed),
                         labels=labels, scrape_interval_s=float(sc.router.scrape_interval_s),
                         block_size=sc.workload.block_size, gateway=settings.gateway,
-                        load=unit_load))
+                        load=replace(unit_load, max_duration_s=bound)))
                     run.write_unit(unit, result.records)
                     ok = sum(r.status == "ok" for r in result.records)
                     lag = float(np.percentile(result.send_lag_s, 99) * 1e3) if len(

@@ -95,8 +95,8 @@ def test_user_errors_are_named(tmp_path, scenario_file):
     mismatch = live([str(scenario_file), "--backends", "http://127.0.0.1:9", "--quiet",
                      "--out", str(tmp_path / "r")], tmp_path)
     assert mismatch.returncode == 2 and "2 backends" in mismatch.stderr
-    validate = live(["--validate", "runs/x"], tmp_path)
-    assert validate.returncode == 2 and "issue 8" in validate.stderr
+    validate = live(["--validate", "runs/x", "--emulate", "2"], tmp_path)
+    assert validate.returncode == 2 and "runs/x" in validate.stderr
     bad_key = live([str(scenario_file), "--emulate", "2", "--set", "arrivals.speed=3"], tmp_path)
     assert bad_key.returncode == 2 and "speed" in bad_key.stderr
 
