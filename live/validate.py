@@ -59,8 +59,8 @@ VALIDATION_VERSION = 1
 UNIT_OVERHEAD_S = 2.0
 #: A live unit is stopped at max(FACTOR x its simulated length, that + SLACK): a safety
 #: bound for backends far slower than simulated (what is still running is "unfinished").
-LIVE_BOUND_FACTOR = 3.0
-LIVE_BOUND_SLACK_S = 30.0
+LIVE_BOUND_FACTOR = 1.5
+LIVE_BOUND_SLACK_S = 20.0
 #: Bisection steps when searching the cut time (resolution: budget / 2**steps).
 SEARCH_STEPS = 10
 #: Fewer requests per unit than this gets a warning: rankings on so few are noisy.
@@ -378,6 +378,30 @@ def plan_point(point, seeds: Sequence[int], strategies, unit_budget_s: float, ex
 
 
 # --- 4. the live side ------------------------------------------------------------------------
+#: Short requests sent to each real server before the first unit, not recorded: the first
+#: requests after vLLM starts pay one-off costs (allocations, first kernels, tokenizer).
+WARM_UP_REQUESTS = 3
+
+
+def warm_up(urls: Sequence[str], load: LoadOptions, say: Callable[[str], None]) -> None:
+    """A few requests per real server before measuring (units reset the prefix cache anyway)."""
+    body: dict[str, Any] = {"prompt": list(range(1, 129)), "max_tokens": 16, "ignore_eos": True}
+    if load.model:
+        body["model"] = load.model
+    headers = {"Content-Type": "application/json"}
+    if load.api_key:
+        headers["Authorization"] = f"Bearer {load.api_key}"
+    for url in urls:
+        try:
+            for _ in range(WARM_UP_REQUESTS):
+                req = urllib.request.Request(url + "/v1/completions", data=json.dumps(body).encode(),
+                                             headers=headers, method="POST")
+                with urllib.request.urlopen(req, timeout=120.0) as r:
+                    r.read()
+        except (urllib.error.URLError, OSError) as exc:
+            say(f"warning: warming up {url} failed ({exc}); its first unit may be slower")
+
+
 def vllm_instances(point, serve_args: Sequence[str]) -> tuple[VllmInstance, ...]:
     """One ``calibrate serve`` per backend of the point, with its profile's shape and limits."""
     out = []
@@ -409,6 +433,8 @@ def run_live(run: RunDir, scenario, plans: Sequence[PointPlan], opts: ValidateOp
     target = opts.target
     settings = LiveSettings(backends=target.backends, emulate=target.emulate, gateway=opts.gateway,
                             load=opts.load)
+    if target.backends:
+        warm_up(target.backends, opts.load, say)
     if not target.spawn_vllm:
         return run_scenario(run, scenario, [p.point for p in plans], settings, on_unit=on_unit,
                             trace_for=trace_for)
@@ -422,6 +448,7 @@ def run_live(run: RunDir, scenario, plans: Sequence[PointPlan], opts: ValidateOp
         started = time.perf_counter()
         with spawn_vllm(instances) as urls:
             say(f"vLLM ready after {time.perf_counter() - started:.0f} s: {', '.join(urls)}")
+            warm_up(urls, opts.load, say)
             run.update_manifest(live={**run.manifest["live"], "backends": urls})
             settings = replace(settings, backends=urls, emulate=0)
             reports += run_scenario(run, scenario, points, settings, on_unit=on_unit,
@@ -505,8 +532,11 @@ def validate(opts: ValidateOptions, say: Callable[[str], None] = print) -> dict[
     manifest["validation"] = scaled_section(sim, plans, opts)
     live_run = RunDir.create(out, manifest, scenario.source_text or None)
     t1 = time.perf_counter()
+    load_before = os.getloadavg()
     reports = run_live(live_run, scenario, plans, opts, say)
     t_live = time.perf_counter() - t1
+    machine = {"cpu_count": os.cpu_count(), "loadavg_before_live": list(load_before),
+               "loadavg_after_live": list(os.getloadavg())}
 
     failed = [r for r in reports if r.error]
     if not live_run.record_files():
@@ -528,6 +558,7 @@ def validate(opts: ValidateOptions, say: Callable[[str], None] = print) -> dict[
         "checks": checks,
         "failed_units": [{"unit": r.unit.key, "error": r.error} for r in failed],
         "wall_s": {"scaling_and_simulation": t_sim, "live": t_live, "total": time.perf_counter() - t0},
+        "machine": machine,
         **judge(sim_summary, live_summary, judged),
     }
     write_outputs(doc, sim.run, live_run, opts, say)

@@ -33,7 +33,7 @@ from results.summary import RunSummary, format_value, json_rows, text_table
 
 #: Reported per configuration, in this order (the issue's list).
 REPORTED = ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "median_e2el_ms",
-            "request_throughput", "request_goodput")
+            "request_throughput", "request_goodput", "failed")
 #: Judged by the metrics verdict.
 VERDICT_METRICS = ("median_ttft_ms", "median_tpot_ms", "median_e2el_ms", "request_throughput",
                    "request_goodput")
@@ -43,7 +43,7 @@ ROUGH_ERROR = 0.50
 SHORT = {"median_ttft_ms": "TTFT p50 ms", "p99_ttft_ms": "TTFT p99 ms", "median_tpot_ms": "TPOT p50 ms",
          "p99_tpot_ms": "TPOT p99 ms", "median_e2el_ms": "E2EL p50 ms",
          "request_throughput": "req/s", "request_goodput": "goodput req/s",
-         "slo_attainment": "SLO attainment"}
+         "slo_attainment": "SLO attainment", "failed": "not ok"}
 
 
 def thresholds() -> dict[str, Any]:
@@ -212,6 +212,14 @@ def _scale_note(p: dict[str, Any]) -> str:
             f"{p['cut_s']:.1f} s), scaled to about {p['predicted_unit_s']:.0f} s per unit")
 
 
+def _machine_note(m: dict[str, Any]) -> str:
+    def avg(x: Any) -> str:
+        return "/".join(f"{v:.1f}" for v in x) if x else "?"
+    return (f"machine: {m.get('cpu_count', '?')} cores; load average (1/5/15 min) "
+            f"{avg(m.get('loadavg_before_live'))} before the live replay, "
+            f"{avg(m.get('loadavg_after_live'))} after")
+
+
 def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
@@ -226,7 +234,8 @@ def render_html(doc: dict[str, Any]) -> str:
                  f"re-simulated: {doc['resimulated_run']}",
                  f"command: {doc.get('command') or '-'}",
                  f"budget: {doc['budget_s']:.0f} s of replay, about {doc['per_unit_budget_s']:.0f} s "
-                 f"per unit; err = (sim - live) / |live|")) + "</p>"]
+                 f"per unit; err = (sim - live) / |live|",
+                 _machine_note(doc.get("machine") or {}))) + "</p>"]
     for c in doc.get("checks") or []:
         parts.append(f"<p class=warn>{_e(c['level'])}: {_e(c['message'])}</p>")
     rankings = {r["point_id"]: r for r in doc["rankings"]}
