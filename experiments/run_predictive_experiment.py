@@ -56,6 +56,9 @@ MODELS_ROOT = Path("models/predictive-experiment")
 TRAIN_STRATEGIES = ("random", "round_robin", "least_load", "power_of_two")
 TRAIN_SEEDS = (100, 101, 102)
 HEURISTICS = ("round_robin", "least_load", "least_tokens", "power_of_two")
+#: (metric, name in the verdict table, higher is better)
+VERDICT_METRICS = (("request_goodput", "goodput", True), ("p99_ttft_ms", "TTFT p99", False),
+                   ("slo_attainment", "SLO attainment", True))
 PY = sys.executable
 
 
@@ -355,6 +358,13 @@ def paired(units: pd.DataFrame, point: str, a: str, b: str, metric: str) -> dict
     return confidence_interval(diff)
 
 
+def delta(units: pd.DataFrame, point: str, a: str, b: str, metric: str, digits: int, scale: float) -> str:
+    """The paired difference as text, bold when its interval excludes 0."""
+    ci = paired(units, point, a, b, metric)
+    text = fmt(scale * ci["mean"], scale * ci["ci_low"], scale * ci["ci_high"], digits)
+    return f"**{text}**" if verdict(ci, True) != "tie" else text
+
+
 def verdict(ci: dict[str, float], higher_better: bool) -> str:
     """``better``/``worse`` when the paired interval excludes 0, else ``tie``."""
     lo, hi = ci["ci_low"], ci["ci_high"]
@@ -393,7 +403,9 @@ def sweep_tables(name: str, run: Path) -> list[str]:
              f"Run `{run}`, seeds {', '.join(map(str, seeds))}; {int(units['num_requests'].iloc[0])} requests per run. "
              "Mean over seeds [95% t interval]. Rank by goodput; `=` tied with the best (intervals overlap). "
              "Δ columns: paired difference to the best heuristic at that point over the same seeds "
-             "(same traces), with its 95% interval; **bold** where the interval excludes 0.", ""]
+             "(same traces), with its 95% interval; **bold** where the interval excludes 0. "
+             "TPOT p99 and load imbalance (requests on the busiest backend / mean): means over seeds"
+             + ("; group shares: mean share of requests sent to each backend group." if groups else "."), ""]
 
     def a(point: str, strategy: str, metric: str) -> tuple[float, float, float]:
         r = agg.loc[(point, strategy, metric)]
@@ -405,7 +417,7 @@ def sweep_tables(name: str, run: Path) -> list[str]:
         best_h = heur.iloc[0]["strategy"]
         lines += [f"**{labels.get(point, point)}** (best heuristic: {best_h})", ""]
         head = ["rank", "strategy", "goodput req/s", "Δ goodput", "TTFT p99 ms", "Δ TTFT p99 ms",
-                "SLO attainment %", "load imbalance"] + [f"{g} share %" for g in groups]
+                "SLO attainment %", "Δ SLO attainment pp", "TPOT p99 ms", "load imbalance"] + [f"{g} share %" for g in groups]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in r.itertuples(index=False):
             s = row.strategy
@@ -414,17 +426,14 @@ def sweep_tables(name: str, run: Path) -> list[str]:
             att = [100 * v for v in a(point, s, "slo_attainment")]
             imb = a(point, s, "load_imbalance")
             if s == best_h:
-                dg = dt = "(reference)"
+                dg = dt = da = "(reference)"
             else:
-                cg = paired(units, point, s, best_h, "request_goodput")
-                ct = paired(units, point, s, best_h, "p99_ttft_ms")
-                dg, dt = fmt(cg["mean"], cg["ci_low"], cg["ci_high"], 2), fmt(ct["mean"], ct["ci_low"], ct["ci_high"], 0)
-                if verdict(cg, True) != "tie":
-                    dg = f"**{dg}**"
-                if verdict(ct, False) != "tie":
-                    dt = f"**{dt}**"
+                dg, dt, da = (delta(units, point, s, best_h, m, digits, scale)
+                              for m, digits, scale in (("request_goodput", 2, 1), ("p99_ttft_ms", 0, 1),
+                                                       ("slo_attainment", 1, 100)))
             cells = [f"{row.rank}{'=' if row.tied_with_best else ''}", s, fmt(*g, digits=2), dg,
-                     fmt(*t, digits=0), dt, fmt(*att, digits=1), fmt(imb[0], digits=2)]
+                     fmt(*t, digits=0), dt, fmt(*att, digits=1), da,
+                     fmt(a(point, s, "p99_tpot_ms")[0], digits=0), fmt(imb[0], digits=2)]
             cells += [fmt(100 * shares.loc[(point, s), grp], digits=1) for grp in groups]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -433,7 +442,10 @@ def sweep_tables(name: str, run: Path) -> list[str]:
 
 def verdict_table(names: list[str], out: Path) -> list[str]:
     """Per predictive strategy: points where it is better / tied / worse than the best heuristic."""
-    rows: dict[str, dict[str, list[int]]] = {}
+    rows: dict[str, dict[str, list[int]]] = {
+        s: {key: [0, 0, 0] for _, key, _ in VERDICT_METRICS}
+        for name in names for s in strategy_labels(name) if s not in HEURISTICS
+    }
     npoints = 0
     for name in names:
         run = out / "eval" / name
@@ -449,16 +461,17 @@ def verdict_table(names: list[str], out: Path) -> list[str]:
             for s in r["strategy"]:
                 if s in HEURISTICS:
                     continue
-                entry = rows.setdefault(s, {"goodput": [0, 0, 0], "ttft": [0, 0, 0]})
-                for metric, key, higher in (("request_goodput", "goodput", True), ("p99_ttft_ms", "ttft", False)):
+                entry = rows[s]
+                for metric, key, higher in VERDICT_METRICS:
                     v = verdict(paired(units, point, s, best_h, metric), higher)
                     if v in ("better", "tie", "worse"):
                         entry[key][("better", "tie", "worse").index(v)] += 1
     lines = [f"Against the best heuristic of each grid point ({npoints} points), paired over seeds: "
              "points where the strategy is better / tied / worse (95% interval of the difference excludes 0 or not).",
-             "", "| strategy | goodput better / tie / worse | TTFT p99 better / tie / worse |", "|---|---|---|"]
+             "", "| strategy | " + " | ".join(f"{key} better / tie / worse" for _, key, _ in VERDICT_METRICS) + " |",
+             "|---" * (1 + len(VERDICT_METRICS)) + "|"]
     for s, e in rows.items():
-        lines.append(f"| {s} | {' / '.join(map(str, e['goodput']))} | {' / '.join(map(str, e['ttft']))} |")
+        lines.append(f"| {s} | " + " | ".join(" / ".join(map(str, e[key])) for _, key, _ in VERDICT_METRICS) + " |")
     return lines + [""]
 
 

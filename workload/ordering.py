@@ -15,6 +15,9 @@ from workload.hashing import mix64
 from workload.pool import RequestPool
 from workload.trace import Trace
 
+#: Rows re-salted at a time by take_with_passes (bounds its temporaries).
+SALT_CHUNK_ROWS = 1 << 16
+
 
 def _conversation_rows(starts: np.ndarray, conv_order: np.ndarray) -> np.ndarray:
     """Row indices of whole conversations, in ``conv_order``, turns in order."""
@@ -99,10 +102,18 @@ def take_with_passes(pool: RequestPool, rows: np.ndarray, passes: np.ndarray) ->
     repeat = passes > 0
     conv = trace.conversation_id.copy()
     conv[repeat] = [f"{c}#{p}" for c, p in zip(conv[repeat], passes[repeat])]
-    lens = np.diff(trace.hash_offsets)
-    hash_pass = np.repeat(passes, lens)
-    hashes = trace.block_hashes.copy()
-    for p in np.unique(passes[repeat]):
-        sel = hash_pass == p
-        hashes[sel] = mix64(hashes[sel], salt=int(p))
-    return replace(trace, conversation_id=conv, block_hashes=hashes)
+    # ``take`` made a fresh hash array: re-salt it in place, a bounded run of rows
+    # at a time, so a million-request trace needs no full-size temporaries.
+    hashes, offsets = trace.block_hashes, trace.hash_offsets
+    for lo in range(0, len(passes), SALT_CHUNK_ROWS):
+        hi = min(lo + SALT_CHUNK_ROWS, len(passes))
+        part = passes[lo:hi]
+        if not part.any():
+            continue
+        a, b = int(offsets[lo]), int(offsets[hi])
+        hash_pass = np.repeat(part, np.diff(offsets[lo:hi + 1]))
+        view = hashes[a:b]
+        for p in np.unique(part[part > 0]):
+            sel = hash_pass == p
+            view[sel] = mix64(view[sel], salt=int(p))
+    return replace(trace, conversation_id=conv)

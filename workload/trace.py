@@ -14,6 +14,10 @@ from typing import Any
 import numpy as np
 
 
+#: Rows gathered at a time by Trace.take: bounds its temporary index arrays.
+TAKE_CHUNK_ROWS = 1 << 16
+
+
 @dataclass(frozen=True)
 class Trace:
     """Requests in dispatch order. ``arrival_s`` is NaN until arrivals are assigned."""
@@ -52,11 +56,17 @@ class Trace:
         lens = self.hash_offsets[idx + 1] - starts
         offsets = np.zeros(len(idx) + 1, dtype=np.int64)
         np.cumsum(lens, out=offsets[1:])
-        if len(idx) and offsets[-1]:
-            gather = np.repeat(starts - offsets[:-1], lens) + np.arange(offsets[-1])
-            hashes = self.block_hashes[gather]
-        else:
-            hashes = np.zeros(0, dtype=np.uint64)
+        hashes = np.empty(int(offsets[-1]), dtype=np.uint64)
+        # Gathered a bounded number of rows at a time: one index array for a whole
+        # million-request trace would cost four times the hashes themselves.
+        for lo in range(0, len(idx), TAKE_CHUNK_ROWS):
+            hi = min(lo + TAKE_CHUNK_ROWS, len(idx))
+            out_lo, out_hi = int(offsets[lo]), int(offsets[hi])
+            if out_hi > out_lo:
+                part = lens[lo:hi]
+                gather = np.repeat(starts[lo:hi] - offsets[lo:hi], part)
+                gather += np.arange(out_lo, out_hi)
+                hashes[out_lo:out_hi] = self.block_hashes[gather]
         return replace(
             self,
             request_id=self.request_id[idx],

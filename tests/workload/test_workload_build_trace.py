@@ -173,3 +173,21 @@ def test_replay_of_simultaneous_timestamps(tmp_path):
     assert len(t) == 7 and (t.arrival_s == 0).all() and t.meta["passes"] == 3
     with pytest.raises(ValueError, match="timestamps that are not all equal"):
         build_trace(wl, {"pattern": "replay"}, seed=0, duration_s=5.0, cache_dir=False)
+
+
+def test_take_and_resalting_do_not_depend_on_the_chunk_size(pool, cache, monkeypatch):
+    """Gathers and re-salts run a bounded number of rows at a time; the result must not show it."""
+    import workload.ordering as ordering
+    import workload.trace as trace_mod
+
+    n = 2 * len(pool) + 10
+    args = (SHAREGPT, {"pattern": "constant", "rate": 10.0})
+    whole = build_trace(*args, seed=1, num_requests=n, cache_dir=cache)
+    monkeypatch.setattr(trace_mod, "TAKE_CHUNK_ROWS", 7)
+    monkeypatch.setattr(ordering, "SALT_CHUNK_ROWS", 5)
+    chunked = build_trace(*args, seed=1, num_requests=n, cache_dir=cache)
+    assert _same(whole, chunked) and list(whole.conversation_id) == list(chunked.conversation_id)
+    rows = np.random.default_rng(0).integers(0, len(pool), 50)
+    taken = pool.trace.take(rows)
+    for k, i in enumerate(rows):
+        assert np.array_equal(taken.hashes(k), pool.trace.hashes(i))
