@@ -37,6 +37,8 @@ EXPAND_LIMIT = 2_000_000
 #: Gaps inside a bracket are expanded once the bracket holds at most this many.
 CANDIDATE_LIMIT = 1_000_000
 _SAMPLE_SIZE = 1 << 17
+#: Runs summed at a time by the closed-form mean and std (bounds their temporaries).
+_SUM_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,13 +149,24 @@ class _Runs:
         return self.expand(np.arange(len(self.c)), np.zeros_like(self.c), self.c)
 
     def mean_std(self) -> tuple[float, float]:
-        """Closed-form pooled mean and population std (numpy's ``ddof=0``)."""
-        c = self.c.astype(np.float64)
-        tri = c * (c - 1) / 2  # sum of k
-        mean = float(np.sum(c * self.s + self.d * tri) / self.total)
-        a = self.s - mean  # centre first: sums of squares of centred terms
-        sq = c * a * a + 2 * a * self.d * tri + self.d * self.d * (c - 1) * c * (2 * c - 1) / 6
-        var = float(np.sum(sq) / self.total)
+        """Closed-form pooled mean and population std (numpy's ``ddof=0``).
+
+        Summed over bounded slices of runs: the terms' temporaries would otherwise
+        cost several times the runs themselves on a large unit.
+        """
+        total, sq_total = 0.0, 0.0
+        for lo in range(0, len(self.c), _SUM_CHUNK):
+            c = self.c[lo:lo + _SUM_CHUNK].astype(np.float64)
+            total += float(np.sum(c * self.s[lo:lo + _SUM_CHUNK] + self.d[lo:lo + _SUM_CHUNK] * (c * (c - 1) / 2)))
+        mean = total / self.total
+        for lo in range(0, len(self.c), _SUM_CHUNK):
+            c = self.c[lo:lo + _SUM_CHUNK].astype(np.float64)
+            d = self.d[lo:lo + _SUM_CHUNK]
+            a = self.s[lo:lo + _SUM_CHUNK] - mean  # centre first: sums of squares of centred terms
+            tri = c * (c - 1) / 2  # sum of k
+            sq = c * a * a + 2 * a * d * tri + d * d * (c - 1) * c * (2 * c - 1) / 6
+            sq_total += float(np.sum(sq))
+        var = sq_total / self.total
         return mean, math.sqrt(max(var, 0.0))
 
     def count_le(self, v: float) -> np.ndarray:

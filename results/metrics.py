@@ -388,7 +388,9 @@ class _Columns:
     def itl(self, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The ITL runs of the rows in ``mask``, flattened."""
         if self.table is not None:
-            sub = self.table.select(["itl_start", "itl_step", "itl_count"]).filter(pa.array(mask))
+            sub = self.table.select(["itl_start", "itl_step", "itl_count"])
+            if not mask.all():  # filtering copies the columns: only when some rows go
+                sub = sub.filter(pa.array(mask))
             return tuple(  # type: ignore[return-value]
                 pc.list_flatten(sub.column(c)).to_numpy() for c in ("itl_start", "itl_step", "itl_count")
             )

@@ -77,3 +77,25 @@ def test_identical_gaps_do_not_need_expansion():
     got = pooled_itl_stats([0.02, 0.5], [0.0, 0.0], [10_000_000, 1], (50, 99, 100),
                            expand_limit=0, candidate_limit=10)
     assert got.percentiles == {50.0: 0.02, 99.0: 0.02, 100.0: 0.5}
+
+
+@settings(max_examples=60, deadline=None)
+@given(runs, st.integers(1, 5))
+def test_mean_and_std_summed_in_slices_equal_numpy(rs, chunk):
+    """The closed-form sums run over bounded slices of runs; slicing must not show."""
+    import results.itl_stats as itl_stats
+
+    s, d, c = columns(rs)
+    gaps = expand_itl(s, d, c)
+    if len(gaps) == 0:
+        return
+    whole = pooled_itl_stats(s, d, c, (), expand_limit=0)
+    saved = itl_stats._SUM_CHUNK
+    itl_stats._SUM_CHUNK = chunk  # hypothesis and function-scoped monkeypatch do not mix
+    try:
+        sliced = pooled_itl_stats(s, d, c, (), expand_limit=0)
+    finally:
+        itl_stats._SUM_CHUNK = saved
+    assert sliced.mean == pytest.approx(whole.mean, rel=1e-12, abs=1e-15)
+    assert sliced.mean == pytest.approx(np.mean(gaps), rel=1e-9, abs=1e-12)
+    assert sliced.std == pytest.approx(np.std(gaps), rel=1e-6, abs=1e-9)
