@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_TRACE = REPO.parent / "shared" / "data" / "azure_llm_inference_conv_2023.csv"
+#: The packaged copy of the trace (gzip); ``--trace`` takes another.
+DEFAULT_TRACE = REPO / "workload" / "data" / "azure_llm_inference_conv_2023.csv.gz"
 
 
 def one(args: argparse.Namespace) -> dict:

@@ -13,8 +13,8 @@ from sim.latency import (
 )
 from sim.splitwise import broken_configurations, build_profiles, design_rows, kv_blocks, main
 
-SPLITWISE = Path(__file__).resolve().parents[3] / "shared" / "data" / "splitwise_perf_model.csv"
-needs_data = pytest.mark.skipif(not SPLITWISE.exists(), reason="shared Splitwise CSV not present")
+SPLITWISE = Path(__file__).resolve().parents[1] / "data" / "splitwise_perf_model.csv"  # MIT, see its README
+needs_data = pytest.mark.skipif(not SPLITWISE.exists(), reason="tests/data/splitwise_perf_model.csv missing")
 
 
 def test_profile_round_trips_through_json(tmp_path):

@@ -6,7 +6,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_DATA = REPO.parent / "shared" / "data"
-AZURE_CSV = SHARED_DATA / "azure_llm_inference_conv_2023.csv"
+SHARED_AZURE_CSV = SHARED_DATA / "azure_llm_inference_conv_2023.csv"
+#: The workspace's shared copy when there is one, else the copy packaged in ``workload``
+#: (gzip; the loader and pandas read both): a clean clone elsewhere has no ../shared.
+AZURE_CSV = SHARED_AZURE_CSV if SHARED_AZURE_CSV.is_file() else (
+    REPO / "workload" / "data" / "azure_llm_inference_conv_2023.csv.gz")
 WILDCHAT_DIR = REPO / "tests" / "fixtures" / "wildchat"
 WILDCHAT_PARQUET = WILDCHAT_DIR / "wildchat_sample.parquet"
 WILDCHAT_JSONL = WILDCHAT_DIR / "wildchat_sample.jsonl"
