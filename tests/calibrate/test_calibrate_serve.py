@@ -10,6 +10,7 @@ import pytest
 
 from calibrate.process import ManagedProcess, group_alive
 from calibrate.serve import ServeError, ServeSpec, VllmFleet, VllmServer, build_command, free_port, parse_cores
+from process_helpers import pid_alive
 
 FAKE_SERVER = textwrap.dedent("""
     import http.server, os, signal, subprocess, sys, time
@@ -31,13 +32,6 @@ FAKE_SERVER = textwrap.dedent("""
     http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
 """)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _fake(tmp_path, mode="serve"):
@@ -124,9 +118,9 @@ def test_stop_leaves_no_process_of_the_group(tmp_path):
     server, pidfile = _fake(tmp_path)
     with server:
         leader, child = _pids(pidfile)
-        assert _alive(leader) and _alive(child)
+        assert pid_alive(leader) and pid_alive(child)
         assert (tmp_path / "models" / "llama-tiny" / "config.json").exists()
-    assert not _alive(leader) and not _alive(child)
+    assert not pid_alive(leader) and not pid_alive(child)
     assert not group_alive(leader)
 
 
@@ -140,7 +134,7 @@ def test_a_server_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path):
     t0 = time.monotonic()
     proc.stop(grace_s=0.5)
     assert time.monotonic() - t0 < 5
-    assert not _alive(leader) and not _alive(child)
+    assert not pid_alive(leader) and not pid_alive(child)
 
 
 def test_a_server_that_exits_early_fails_with_its_log(tmp_path):
@@ -148,7 +142,7 @@ def test_a_server_that_exits_early_fails_with_its_log(tmp_path):
     with pytest.raises(ServeError, match="exited with code 3(.|\n)*cannot load model"):
         server.start(timeout_s=30)
     leader, child = _pids(pidfile)
-    assert not _alive(child)  # the orphaned grandchild was cleaned up too
+    assert not pid_alive(child)  # the orphaned grandchild was cleaned up too
 
 
 def test_the_server_stops_when_its_parent_is_killed(tmp_path):
@@ -166,9 +160,9 @@ def test_the_server_stops_when_its_parent_is_killed(tmp_path):
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while _alive(leader) and time.monotonic() < deadline:
+        while pid_alive(leader) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(leader)
+        assert not pid_alive(leader)
     finally:
         parent.kill()
         pids = (tmp_path / "pids").read_text().split() if (tmp_path / "pids").exists() else []

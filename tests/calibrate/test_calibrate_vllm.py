@@ -20,6 +20,7 @@ from calibrate.check import CheckSettings, run_check
 from calibrate.fit import fit_profile
 from calibrate.profiling import ProfileSettings, profile_backend
 from calibrate.serve import default_vllm_python
+from process_helpers import pid_alive
 
 pytestmark = pytest.mark.vllm
 
@@ -54,12 +55,6 @@ def _group_of_port(port: int) -> list[int]:
     return members
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
 
 @pytest.fixture(scope="module")
 def vllm_url():
@@ -80,9 +75,9 @@ def vllm_url():
         cli.send_signal(signal.SIGINT)
         cli.wait(timeout=60)
     deadline = time.monotonic() + 20
-    while any(_alive(p) for p in group) and time.monotonic() < deadline:
+    while any(pid_alive(p) for p in group) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(_alive(p) for p in group), "vLLM processes outlived Ctrl-C"
+    assert not any(pid_alive(p) for p in group), "vLLM processes outlived Ctrl-C"
     assert cli.returncode == 0
 
 

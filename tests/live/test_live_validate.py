@@ -41,6 +41,7 @@ from results.stats import aggregate, rank_strategies
 from results.summary import RunSummary
 from sim.cli import main as sim_main
 from sim.latency import LatencyModel, load_profile
+from process_helpers import pid_alive
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parents[2]
@@ -337,13 +338,6 @@ FAKE_VLLM = textwrap.dedent("""\
 """)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
 
 def test_spawned_servers_are_stopped_on_ctrl_c(tmp_path):
     run = sim_run(tmp_path, "cpu-tiny", "cpu-tiny", rates="1.0")
@@ -370,7 +364,7 @@ def test_spawned_servers_are_stopped_on_ctrl_c(tmp_path):
             assert time.monotonic() < deadline, "the stand-in vLLM servers never came up"
             time.sleep(0.2)
         servers = [int(p.name) for p in pids.iterdir()]
-        assert all(_alive(pid) for pid in servers)
+        assert all(pid_alive(pid) for pid in servers)
         time.sleep(1.0)
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=90)
@@ -381,9 +375,9 @@ def test_spawned_servers_are_stopped_on_ctrl_c(tmp_path):
     assert proc.returncode == 130, output
     assert "stopped" in output
     deadline = time.monotonic() + 10
-    while any(_alive(pid) for pid in servers) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in servers) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in servers)
+    assert not any(pid_alive(pid) for pid in servers)
     manifest = json.loads((out / "manifest.json").read_text())
     assert all(u.startswith("http://127.0.0.1:") for u in manifest["live"]["backends"])
 
