@@ -213,6 +213,10 @@ def _serve(args) -> int:
         print("stopping vLLM...", file=sys.stderr, flush=True)
         return 0
     finally:
+        # A repeated signal (a parent that signals again while it waits, a second Ctrl-C)
+        # must not cut the stop short: stop() escalates to SIGKILL by itself.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         server.stop()
 
 

@@ -51,6 +51,7 @@ class ChildServer:
             preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
         )
         self.url: str | None = None
+        self._signalled = False
 
     def read_ready(self, deadline: float) -> str:
         """Wait (until ``deadline``, a ``time.monotonic`` value) for ``<ready_prefix><url>``."""
@@ -80,14 +81,15 @@ class ChildServer:
         return self.proc.poll() is None
 
     def terminate(self) -> None:
-        if self.alive:
+        if self.alive and not self._signalled:
             self.proc.terminate()
+            self._signalled = True
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout_s``; always reaps the process."""
         p = self.proc
         if p.poll() is None:
-            p.terminate()
+            self.terminate()  # once: a child mid-shutdown takes a second SIGTERM as "hurry"
             try:
                 p.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

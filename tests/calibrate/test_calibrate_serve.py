@@ -179,3 +179,50 @@ def test_fleet_pins_one_core_per_instance(tmp_path):
     assert len(set(s.port for s in fleet.servers)) == 3
     with pytest.raises(ValueError, match="n >= 1"):
         VllmFleet(0, ServeSpec())
+
+
+FAKE_API_SERVER = textwrap.dedent("""
+    import http.server, os, signal, sys, time
+    port = int(sys.argv[sys.argv.index("--port") + 1])
+    def slow_exit(signum, frame):  # vLLM takes a while to shut down
+        time.sleep(1.0)
+        os._exit(0)
+    signal.signal(signal.SIGTERM, slow_exit)
+    with open(os.environ["FAKE_VLLM_PIDFILE"], "w") as f:
+        f.write(str(os.getpid()))
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+        def log_message(self, *a):
+            pass
+    http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+""")
+
+
+def test_serve_command_finishes_its_stop_when_signalled_twice(tmp_path):
+    """A parent that repeats SIGTERM while waiting must not cut ``calibrate serve``'s stop short."""
+    fake = tmp_path / "fakepkg" / "vllm" / "entrypoints" / "openai"
+    fake.mkdir(parents=True)
+    for d in (fake, fake.parent, fake.parent.parent):
+        (d / "__init__.py").write_text("")
+    (fake / "api_server.py").write_text(FAKE_API_SERVER)
+    pidfile = tmp_path / "pid"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'fakepkg'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "FAKE_VLLM_PIDFILE": str(pidfile), "LD_PRELOAD": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "calibrate", "serve", "--shape", "tiny", "--port", "0",
+                             "--vllm-python", sys.executable, "--model-root", str(tmp_path / "models"),
+                             "--startup-timeout", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    try:
+        assert proc.stdout.readline().startswith("http://127.0.0.1:")
+        server_pid = int(pidfile.read_text())
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # inside the stop, waiting for the slow server
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopping vLLM" in err and "interrupted" not in err
+    assert not pid_alive(server_pid)
