@@ -12,6 +12,17 @@ from calibrate.process import ManagedProcess, group_alive
 from calibrate.serve import ServeError, ServeSpec, VllmFleet, VllmServer, build_command, free_port, parse_cores
 from process_helpers import pid_alive
 
+#: Serves /health on ``port`` until killed: the end of both fake servers below.
+HEALTH_SERVER = textwrap.dedent("""
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+        def log_message(self, *a):
+            pass
+    http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+""")
+
 FAKE_SERVER = textwrap.dedent("""
     import http.server, os, signal, subprocess, sys, time
     port, pidfile, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -23,15 +34,7 @@ FAKE_SERVER = textwrap.dedent("""
     if mode == "crash":
         print("fake vllm: cannot load model", flush=True)
         sys.exit(3)
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200 if self.path == "/health" else 404)
-            self.end_headers()
-        def log_message(self, *a):
-            pass
-    http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
-""")
-
+""") + HEALTH_SERVER
 
 
 def _fake(tmp_path, mode="serve"):
@@ -190,14 +193,7 @@ FAKE_API_SERVER = textwrap.dedent("""
     signal.signal(signal.SIGTERM, slow_exit)
     with open(os.environ["FAKE_VLLM_PIDFILE"], "w") as f:
         f.write(str(os.getpid()))
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            self.send_response(200 if self.path == "/health" else 404)
-            self.end_headers()
-        def log_message(self, *a):
-            pass
-    http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
-""")
+""") + HEALTH_SERVER
 
 
 def test_serve_command_finishes_its_stop_when_signalled_twice(tmp_path):
