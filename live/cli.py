@@ -163,6 +163,9 @@ def _validate(parser, args, argv) -> int:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, _term)
+    # A shell starts background jobs with SIGINT ignored; `kill -INT` must still stop the
+    # validation cleanly (and stop the vLLM servers it started).
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         doc = validate(opts)
     except ValidationError as exc:
@@ -174,6 +177,7 @@ def _validate(parser, args, argv) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     if doc["failed_units"]:
         print(f"{len(doc['failed_units'])} live unit(s) failed; errors in {doc['live_run']}/failures",
               file=sys.stderr)
