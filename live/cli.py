@@ -182,6 +182,10 @@ def _validate(parser, args, argv) -> int:
         print(f"{len(doc['failed_units'])} live unit(s) failed; errors in {doc['live_run']}/failures",
               file=sys.stderr)
         return 1
+    if doc["verdict"]["ranking"] == "failed":
+        print(f"the live requests failed (are the backends up?); their errors are in the records of "
+              f"{doc['live_run']}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -17,6 +17,11 @@ Verdict rules (documented in docs/validation.md):
   **close** (<= ``CLOSE_ERROR``), **rough** (<= ``ROUGH_ERROR``), else **off**.
   p99s are reported but not judged: on a few hundred requests they rest on a
   handful of them.
+- a point whose live requests failed far more often than simulated (the share not
+  ok exceeds the simulated share by more than ``LIVE_FAILED_SHARE``: a dead or
+  misconfigured backend) is **failed**: its live ranking measures the failures, not
+  the strategies, so it is left out of the overall ranking verdict, which is
+  **failed** when no point is left.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ REPORTED = ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "m
 VERDICT_METRICS = ("median_ttft_ms", "median_tpot_ms", "median_e2el_ms", "request_throughput",
                    "request_goodput")
 AGREE_TAU = 0.8
+LIVE_FAILED_SHARE = 0.2
 CLOSE_ERROR = 0.15
 ROUGH_ERROR = 0.50
 SHORT = {"median_ttft_ms": "TTFT p50 ms", "p99_ttft_ms": "TTFT p99 ms", "median_tpot_ms": "TPOT p50 ms",
@@ -48,7 +54,7 @@ SHORT = {"median_ttft_ms": "TTFT p50 ms", "p99_ttft_ms": "TTFT p99 ms", "median_
 
 def thresholds() -> dict[str, Any]:
     return {"agree_tau": AGREE_TAU, "close_error": CLOSE_ERROR, "rough_error": ROUGH_ERROR,
-            "judged_metrics": list(VERDICT_METRICS)}
+            "live_failed_share": LIVE_FAILED_SHARE, "judged_metrics": list(VERDICT_METRICS)}
 
 
 def point_verdict(tau: float, top1: bool) -> str:
@@ -63,6 +69,10 @@ def point_verdict(tau: float, top1: bool) -> str:
 def overall_ranking_verdict(per_point: Sequence[str]) -> str:
     if not per_point:
         return "undecided"
+    judged = [v for v in per_point if v != "failed"]
+    if not judged:
+        return "failed"
+    per_point = judged
     if all(v == "agree" for v in per_point):
         return "agree"
     if all(v == "disagree" for v in per_point):
@@ -76,6 +86,13 @@ def metrics_verdict(worst_median_error: float) -> str:
     if worst_median_error <= CLOSE_ERROR:
         return "close"
     return "rough" if worst_median_error <= ROUGH_ERROR else "off"
+
+
+def failed_share(summary: RunSummary, point_id: str) -> float:
+    """The share of a point's requests (every strategy and seed) that were not ok."""
+    u = summary.units[summary.units["point_id"] == point_id]
+    total = float(u["num_requests"].sum())
+    return float(u["failed"].sum()) / total if total else math.nan
 
 
 def tied_ranks(summary: RunSummary, point_id: str, objective: str) -> dict[str, float]:
@@ -113,10 +130,13 @@ def judge(sim: RunSummary, live: RunSummary, objective: str) -> dict[str, Any]:
             continue
         rs, rl = tied_ranks(sim, point, objective), tied_ranks(live, point, objective)
         agree = rank_agreement(rs, rl)
+        failed = {"sim": failed_share(sim, point), "live": failed_share(live, point)}
+        verdict = ("failed" if failed["live"] - failed["sim"] > LIVE_FAILED_SHARE
+                   else point_verdict(float(agree["tau"]), bool(agree["top1"])))
         rankings.append({"point_id": point, "objective": objective,
                          "sim": ordering(rs), "live": ordering(rl),
                          "n": int(agree["n"]), "tau": float(agree["tau"]), "top1": bool(agree["top1"]),
-                         "verdict": point_verdict(float(agree["tau"]), bool(agree["top1"]))})
+                         "failed_share": failed, "verdict": verdict})
     errors = []
     for m in VERDICT_METRICS:
         e = metrics.loc[metrics["metric"] == m, "error"].to_numpy(dtype=float)
@@ -143,8 +163,14 @@ def verdict_text(ranking: str, level: str, rankings: list[dict[str, Any]],
     taus = [r["tau"] for r in rankings if r["tau"] is not None and math.isfinite(r["tau"])]
     tau = f"mean tau-b {np.mean(taus):+.2f}" if taus else "tau-b undefined"
     words = {"agree": "rankings agree", "partial": "rankings partly agree",
-             "disagree": "rankings disagree", "undecided": "no ranking to compare"}
+             "disagree": "rankings disagree", "undecided": "no ranking to compare",
+             "failed": "no ranking to compare: the live side failed"}
     text = f"{words[ranking]} ({tau}, same best strategy at {top1}/{len(rankings)} points)"
+    failed = [r for r in rankings if r["verdict"] == "failed"]
+    if failed:
+        worst_share = max(r["failed_share"]["live"] for r in failed)
+        text += (f"; live requests failed at {len(failed)}/{len(rankings)} points (up to "
+                 f"{worst_share:.0%} not ok; see the live run's records), left out of the ranking verdict")
     if worst is not None:
         text += (f"; simulated metrics {level} (largest median error {worst['median_abs_error']:.0%}, "
                  f"{SHORT.get(worst['metric'], worst['metric'])})")
@@ -227,7 +253,8 @@ def _e(x: Any) -> str:
 def render_html(doc: dict[str, Any]) -> str:
     """The report section: verdict, what ran, per point the metric table and both rankings."""
     v = doc["verdict"]
-    colour = {"agree": "#1d7a1d", "partial": "#a66f00", "disagree": "#a33"}.get(v["ranking"], "#333")
+    colour = {"agree": "#1d7a1d", "partial": "#a66f00", "disagree": "#a33", "failed": "#a33"}.get(
+        v["ranking"], "#333")
     parts = [f"<p><b style='color:{colour}'>{_e(v['text'])}</b></p>",
              "<p class=note>" + "<br>".join(_e(x) for x in (
                  f"live run: {doc['live_run']} ({doc['target']['description']})",
@@ -255,7 +282,9 @@ def render_html(doc: dict[str, Any]) -> str:
                 f"strategy {'the same' if r['top1'] else 'different'}: <b>{_e(r['verdict'])}</b></p>")
     t = doc["thresholds"]
     parts.append(f"<p class=note>Verdict rules: a point agrees when the best strategy is the same and "
-                 f"tau-b &ge; {t['agree_tau']}, disagrees when the best differs and tau-b &le; 0; "
+                 f"tau-b &ge; {t['agree_tau']}, disagrees when the best differs and tau-b &le; 0, "
+                 f"fails when its live not-ok share exceeds the simulated one by more than "
+                 f"{t.get('live_failed_share', LIVE_FAILED_SHARE):.0%}; "
                  f"metrics are close when every judged metric's median |err| &le; {t['close_error']:.0%}, "
                  f"rough up to {t['rough_error']:.0%}, off beyond (docs/validation.md).</p>")
     return "\n".join(parts)

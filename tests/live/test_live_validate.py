@@ -13,6 +13,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -143,9 +144,10 @@ METRIC_COLUMNS = ["median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_m
                   "request_throughput", "request_goodput", "slo_attainment"]
 
 
-def summary(values: dict[str, dict[str, float]], point: str = "p") -> RunSummary:
-    """A one-seed summary from metric values per strategy."""
-    units = pd.DataFrame([{"point_id": point, "strategy": s, "seed": 0, **m} for s, m in values.items()])
+def summary(values: dict[str, dict[str, float]], point: str = "p", failed: int = 0) -> RunSummary:
+    """A one-seed summary from metric values per strategy (100 requests each, ``failed`` not ok)."""
+    units = pd.DataFrame([{"point_id": point, "strategy": s, "seed": 0, "num_requests": 100,
+                           "failed": failed, **m} for s, m in values.items()])
     agg = aggregate(units, METRIC_COLUMNS)
     return RunSummary({"points": [{"point_id": point}]}, units, pd.DataFrame(), agg,
                       rank_strategies(agg, "request_goodput"))
@@ -198,6 +200,19 @@ def test_ties_are_kept_so_all_tied_live_results_do_not_confirm_a_ranking():
     (r,) = doc["rankings"]
     assert math.isnan(r["tau"]) and r["verdict"] != "agree"
     assert r["live"].count("=") == 2
+
+
+def test_a_point_whose_live_requests_failed_is_not_judged_on_its_ranking():
+    values = metric_values(np.random.default_rng(7), 3)
+    sim = summary(values, failed=5)
+    doc = judge(sim, summary(values, failed=5 + 21), "request_goodput")
+    assert doc["rankings"][0]["verdict"] == "failed" and doc["verdict"]["ranking"] == "failed"
+    assert doc["rankings"][0]["failed_share"] == {"sim": 0.05, "live": 0.26}
+    assert "live side failed" in doc["verdict"]["text"] and "26% not ok" in doc["verdict"]["text"]
+    # as many failures as simulated (an overloaded point) is judged as usual
+    assert judge(sim, summary(values, failed=5 + 20), "request_goodput")["verdict"]["ranking"] == "agree"
+    assert overall_ranking_verdict(["failed", "agree"]) == "agree"
+    assert overall_ranking_verdict(["failed", "disagree", "agree"]) == "partial"
 
 
 # --- choosing points and scaling ------------------------------------------------------------------
@@ -309,6 +324,25 @@ def test_user_errors_name_the_problem(tmp_path, calibrated_run):
     assert alone.returncode == 2 and "--validate" in alone.stderr
     both = live_cli(["--validate", str(calibrated_run), "x.toml", "--emulate", "2"], tmp_path)
     assert both.returncode == 2 and "scenario" in both.stderr
+
+
+def test_dead_backends_fail_the_validation_and_every_request_is_recorded(tmp_path, calibrated_run):
+    ports = []
+    for _ in range(2):  # loopback ports nothing listens on: connections are refused
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    out = tmp_path / "live"
+    proc = live_cli(["--validate", str(calibrated_run), "--backends",
+                     ",".join(f"http://127.0.0.1:{p}" for p in ports), "--budget-s", "24", "--out", str(out),
+                     "--quiet", "--no-report"], tmp_path)
+    assert proc.returncode == 1 and "backends up" in proc.stderr
+    doc = json.loads((out / "validation.json").read_text())
+    assert doc["verdict"]["ranking"] == "failed" and "live side failed" in proc.stdout
+    (point,) = doc["points"]
+    records = pd.concat(pd.read_parquet(f) for f in RunDir.open(out).record_files())
+    assert len(records) == 2 * sum(point["requests"].values())  # two strategies, nothing dropped
+    assert (records["status"] != "ok").all() and records["error"].str.len().gt(0).all()
 
 
 def test_spawn_vllm_refuses_a_run_vllm_cpu_cannot_serve(tmp_path):
