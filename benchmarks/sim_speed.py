@@ -28,9 +28,12 @@ DEFAULT_TRACE = REPO / "workload" / "data" / "azure_llm_inference_conv_2023.csv.
 def one(args: argparse.Namespace) -> dict:
     """Run one configuration in this process and report its numbers."""
     import resource
+    import tempfile
     import time
+    from collections import Counter
 
     import routing
+    from results.records import RecordWriter
     from sim.cluster import BackendConfig, ClusterConfig, simulate
     from sim.engine import EngineConfig
     from sim.latency import load_profile
@@ -50,11 +53,6 @@ def one(args: argparse.Namespace) -> dict:
     cfg = ClusterConfig([BackendConfig(f"b{i}", "h100", prof, engine) for i in range(args.backends)],
                         mode=args.mode)
     strategy = routing.build(args.strategy, seed=0)
-    import tempfile
-    from collections import Counter
-
-    from results.records import RecordWriter
-
     # Records stream to a Parquet file as requests end, as `python -m sim` does; the
     # statuses are counted on the way (reading the file back would cost more memory
     # than the simulation itself at a million requests).

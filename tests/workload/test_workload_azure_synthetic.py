@@ -49,6 +49,9 @@ def test_azure_requests_have_their_own_deterministic_chains(azure_pool):
 def test_packaged_copy_is_the_shared_csv():
     with gzip.open(packaged_trace_path(), "rb") as fh:
         assert fh.read() == SHARED_AZURE_CSV.read_bytes()
+
+
+def test_packaged_copy_names_its_licence_and_source():
     readme = packaged_trace_path().with_name("README.md").read_text(encoding="utf-8")
     assert "CC-BY-4.0" in readme and "Splitwise" in readme and "ISCA 2024" in readme
 
