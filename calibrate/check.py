@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from calibrate.backend import probe_backend
 from calibrate.jsonsafe import json_safe
-from calibrate.loadgen import PlannedRequest, Runner, Scraper, Unit
+from calibrate.loadgen import PlannedRequest, Runner, Unit
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
 from calibrate.replay import prepare_units, simulate_units
@@ -168,18 +168,16 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
         if info.block_size > 0 and info.block_size != profile.engine.block_size:
             raise ValueError(f"the backend's block size is {info.block_size} but profile {profile.name} "
                              f"says {profile.engine.block_size}: prefix caching would differ")
-        scraper = Scraper(session, info.url, s.scrape_interval_s)
         bar = tqdm(total=sum(len(u.requests) for u in units), unit="req", desc="check", disable=not progress)
-        runner = Runner(session, info.url, profile.name, s.vocab_size, profile.engine.block_size, scraper,
-                        salt=int(np.random.default_rng().integers(1, 1 << 31)), model=info.model,
-                        on_done=lambda _r: bar.update(1))
-        scraper.start()
         try:
-            for unit in units:
-                bar.set_description(f"check {unit.name}")
-                rows.extend(await runner.run_unit(unit))
+            async with Runner(session, info.url, profile.name, s.vocab_size, profile.engine.block_size,
+                              num_kv_blocks=info.num_kv_blocks, scrape_interval_s=s.scrape_interval_s,
+                              salt=int(np.random.default_rng().integers(1, 1 << 31)), model=info.model,
+                              on_done=lambda _r: bar.update(1)) as runner:
+                for unit in units:
+                    bar.set_description(f"check {unit.name}")
+                    rows.extend(await runner.run_unit(unit))
         finally:
-            await scraper.stop()
             bar.close()
     real = pd.DataFrame(rows)
     frame = replay_check(profile, real, s.vocab_size)

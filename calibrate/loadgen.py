@@ -8,11 +8,12 @@ Shared by profiling (``calibrate.profiling``) and the fidelity check
   previous one finishes (fixed load);
 - ``open``: each request at its planned time ``at_s`` (Poisson, bursts).
 
-Every request becomes one row with the predictors' feature columns as they were
-at send time (the runner's own in-flight counts; ``running``/``waiting``/
-``kv_usage`` from the latest ``/metrics`` scrape and its age; the prefix-cache
-hit known by construction) and its outcome (TTFT, TPOT, E2EL as ``vllm bench
-serve`` measures them, via ``live.client``).
+Every request becomes one row with the predictors' feature columns as the
+router saw them at send time (``routing.Router``'s decision: its in-flight
+counts, the latest ``/metrics`` scrape and its age, its prefix-hit estimate,
+which for these prompts equals the true hit, see ``calibrate.prompts``) and its
+outcome (TTFT, TPOT, E2EL as ``vllm bench serve`` measures them, via
+``live.client``).
 """
 from __future__ import annotations
 
@@ -20,12 +21,15 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 
-from calibrate.prompts import hit_tokens, prompt_tokens
-from live.client import scrape_metrics, stream_completion
+import routing
+from calibrate.prompts import prompt_tokens
+from live.client import stream_completion
+from live.fleet import LiveFleet
+from routing import Decision, Outcome, RequestInfo
 from workload.hashing import block_hash_chain
 
 MODES = ("sequential", "closed", "open")
@@ -65,86 +69,75 @@ class Unit:
         return f"{self.phase}/{self.name}"
 
 
-class Scraper:
-    """Polls ``/metrics`` every ``interval_s``; keeps the latest scrape and its time."""
+def decision_features(decision: Decision, input_len: int, group: str) -> dict:
+    """The predictor-feature columns of one request, from the router's decision.
 
-    def __init__(self, session: aiohttp.ClientSession, url: str, interval_s: float = 0.25) -> None:
-        self.session, self.url, self.interval_s = session, url, interval_s
-        self.latest = None
-        self.at = math.nan
-        self.failures = 0
-        self._task: asyncio.Task | None = None
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                m = await scrape_metrics(self.session, self.url, timeout_s=max(self.interval_s * 4, 1.0))
-                self.latest, self.at = m, time.perf_counter()
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
-                self.failures += 1
-            await asyncio.sleep(self.interval_s)
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
-
-    def features(self, now: float) -> tuple[float, float, float, float]:
-        """(running, waiting, kv_usage, scrape_age_s); NaN/inf before the first scrape."""
-        m = self.latest
-        if m is None:
-            return math.nan, math.nan, math.nan, math.inf
-        return float(m.running), float(m.waiting), float(m.kv_usage), now - self.at
+    The same mapping as ``predictors.dataset.RECORD_FEATURES`` applies to the
+    simulator's and live mode's records (``router_*`` columns, written from the
+    same ``Decision``), so profiling rows and routing-time rows are one thing.
+    """
+    return {
+        "input_len": input_len,
+        "prefix_hit_tokens": decision.prefix_hit_tokens,
+        "inflight_requests": decision.inflight_requests,
+        "inflight_tokens": decision.inflight_tokens,
+        "running": decision.running,
+        "waiting": decision.waiting,
+        "kv_usage": decision.kv_usage,
+        "scrape_age_s": decision.scrape_age_s,
+        "group": group,
+    }
 
 
-@dataclass
 class Runner:
-    """Sends units to one backend; rows accumulate in ``rows``."""
+    """Sends units to one backend through ``routing.Router``; returns one row per request.
 
-    session: aiohttp.ClientSession
-    url: str
-    group: str
-    vocab_size: int
-    block_size: int
-    scraper: Scraper
-    salt: int = 0
-    model: str | None = None
-    timeout_s: float = 600.0
-    on_done: Callable[[dict], None] | None = None  # progress callback, one call per request
-    t0: float = field(default_factory=time.perf_counter)
-    inflight_requests: int = 0
-    inflight_tokens: int = 0
-    seen_blocks: set = field(default_factory=set)
+    The router is the one every mode uses (``live.fleet.LiveFleet`` around
+    ``routing.Router``, here with one backend and ``round_robin``): it keeps the
+    in-flight counts, receives the ``/metrics`` scrapes every
+    ``scrape_interval_s`` and estimates the prefix-cache hit with its bounded
+    LRU ``PrefixIndex`` (sized to the backend's KV blocks, as the simulator
+    sizes it). Each row's features are the router's ``Decision`` for that
+    request. Use as ``async with Runner(...) as runner``.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, url: str, group: str, vocab_size: int, block_size: int,
+                 *, num_kv_blocks: int | None = None, scrape_interval_s: float = 0.25, salt: int = 0,
+                 model: str | None = None, timeout_s: float = 600.0,
+                 on_done: Callable[[dict], None] | None = None) -> None:
+        self.session, self.url, self.group = session, url, group
+        self.vocab_size, self.block_size = vocab_size, block_size
+        self.salt, self.model, self.timeout_s, self.on_done = salt, model, timeout_s, on_done
+        self.fleet = LiveFleet([url], routing.build("round_robin"), names=[group], groups=[group],
+                               block_size=block_size, scrape_interval_s=scrape_interval_s, scrape=True,
+                               track_prefix=True,
+                               prefix_index_blocks=num_kv_blocks if num_kv_blocks and num_kv_blocks > 0 else None)
+        self.t0 = time.perf_counter()
+        #: Every decision, by request id (tests compare rows with them).
+        self.decisions: dict[int, Decision] = {}
+
+    async def __aenter__(self) -> Runner:
+        await self.fleet.start(self.session)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.fleet.stop()
+
+    @property
+    def scrape_failures(self) -> int:
+        return sum(self.fleet.scrape_errors)
+
+    def request_info(self, req: PlannedRequest, toks) -> RequestInfo:
+        return RequestInfo(request_id=req.request_id, input_len=req.input_len, arrival_s=self.fleet.now(),
+                           block_hashes=block_hash_chain(toks, self.block_size))
 
     async def _send(self, unit: Unit, req: PlannedRequest, unit_t0: float) -> dict:
         toks = prompt_tokens(req.request_id, req.input_len, prefix_id=req.prefix_id,
                              shared_len=req.shared_len, vocab_size=self.vocab_size, salt=self.salt)
-        chain = block_hash_chain(toks, self.block_size)
-        hit = hit_tokens(chain, self.seen_blocks, req.input_len, self.block_size)
-        self.seen_blocks.update(chain.tolist())
-        now = time.perf_counter()
-        running, waiting, kv_usage, age = self.scraper.features(now)
-        row = {
-            "input_len": req.input_len,
-            "prefix_hit_tokens": hit,
-            "inflight_requests": self.inflight_requests,
-            "inflight_tokens": self.inflight_tokens,
-            "running": running,
-            "waiting": waiting,
-            "kv_usage": kv_usage,
-            "scrape_age_s": age,
-            "group": self.group,
-        }
-        self.inflight_requests += 1
-        self.inflight_tokens += req.input_len
+        decision = self.fleet.dispatch(self.request_info(req, toks))
+        self.decisions[req.request_id] = decision
+        row = decision_features(decision, req.input_len, self.group)
+        res = None
         try:
             for attempt in range(RETRIES + 1):
                 res = await stream_completion(self.session, self.url, prompt=toks.tolist(),
@@ -155,8 +148,11 @@ class Runner:
                 if res.ok or res.status != 0 or res.chunk_times_s or res.timed_out:
                     break
         finally:
-            self.inflight_requests -= 1
-            self.inflight_tokens -= req.input_len
+            ok = res is not None and res.ok
+            self.fleet.finish(Outcome(
+                request_id=req.request_id, backend_index=decision.backend, ok=ok, input_len=req.input_len,
+                output_len=res.output_tokens if res is not None else 0,
+                ttft_s=res.ttft_s if ok else math.nan, e2el_s=res.e2el_s if ok else math.nan))
         row.update({
             "ttft_s": res.ttft_s if res.ok else math.nan,
             "tpot_s": res.tpot_s if res.ok else math.nan,

@@ -30,7 +30,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from calibrate.backend import BackendInfo, probe_backend
-from calibrate.loadgen import PlannedRequest, Runner, Scraper, Unit
+from calibrate.loadgen import PlannedRequest, Runner, Unit
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
 from live.client import make_session
@@ -248,11 +248,11 @@ async def profile_backend(url: str, out: str | Path, settings: ProfileSettings |
                                f"but {url} serves {info.model!r}")
         ids = _Ids(meta["next_request_id"], meta["next_prefix_id"])
         group = s.group or info.model
-        scraper = Scraper(session, info.url, s.scrape_interval_s)
         bar = tqdm(total=0, unit="req", desc="profiling", disable=not progress)
-        runner = Runner(session, info.url, group, s.vocab_size, block_size, scraper, salt=meta["salt"],
-                        model=info.model, on_done=lambda _row: bar.update(1))
-        scraper.start()
+        runner = Runner(session, info.url, group, s.vocab_size, block_size, num_kv_blocks=info.num_kv_blocks,
+                        scrape_interval_s=s.scrape_interval_s, salt=meta["salt"], model=info.model,
+                        on_done=lambda _row: bar.update(1))
+        await runner.__aenter__()
         try:
             for index, phase in enumerate(PHASES):
                 if phase not in phases:
@@ -293,9 +293,9 @@ async def profile_backend(url: str, out: str | Path, settings: ProfileSettings |
                     meta["capacity_rps"] = capacity_from_rows(pd.read_csv(out))
                     _save_meta(out, meta)
         finally:
-            await scraper.stop()
+            await runner.__aexit__(None, None, None)
             bar.close()
         meta["finished"] = utc_now()
-        meta["scrape_failures"] = scraper.failures
+        meta["scrape_failures"] = runner.scrape_failures
         _save_meta(out, meta)
     return out

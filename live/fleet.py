@@ -35,6 +35,7 @@ class LiveFleet:
         eject_after: int = 3,
         probe_interval_s: float = 1.0,
         track_prefix: bool | None = None,
+        prefix_index_blocks: int | None = None,
         clock: Callable[[], float] = time.perf_counter,
         on_health_change: Callable[[int, bool], None] | None = None,
     ) -> None:
@@ -47,7 +48,10 @@ class LiveFleet:
         self.urls = [u.rstrip("/") for u in urls]
         names = list(names) if names is not None else [f"backend-{i}" for i in range(len(urls))]
         groups = list(groups) if groups is not None else ["default"] * len(urls)
-        specs = [BackendSpec(n, g) for n, g in zip(names, groups)]
+        # The simulator sizes the router's prefix index to the engine's KV blocks; callers that
+        # know them (profiling) pass them so both build the same index.
+        extra = {} if prefix_index_blocks is None else {"prefix_index_blocks": prefix_index_blocks}
+        specs = [BackendSpec(n, g, **extra) for n, g in zip(names, groups)]
         self.strategy = strategy
         self.track_prefix = strategy.needs_prefix_estimate if track_prefix is None else track_prefix
         self.router = Router(strategy, specs, block_size=block_size, track_prefix=self.track_prefix)

@@ -96,3 +96,81 @@ def test_fit_then_check_against_the_emulator(profiled, emulator, tmp_path):
     levels = [e["max_abs_err"] for name, e in report["results"].items() if name != "all"]
     assert report["max_abs_err"] == max(levels)
     assert (tmp_path / "check" / "check_requests.csv").exists()
+
+
+# --- the rows are the router's decisions -------------------------------------------------
+
+def _run_units(url, units, **runner_kw):
+    from calibrate.loadgen import Runner
+    from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
+    from live.client import make_session
+
+    async def go():
+        async with make_session(concurrency=16) as session:
+            async with Runner(session, url, "g", TOKENIZER_VOCAB_SIZE, 32, scrape_interval_s=0.1,
+                              salt=7, **runner_kw) as runner:
+                rows = []
+                for u in units:
+                    rows += await runner.run_unit(u)
+                return rows, runner.decisions
+    return asyncio.run(go())
+
+
+def test_each_row_holds_the_routers_decision_for_its_request(emulator):
+    from calibrate.loadgen import PlannedRequest, Unit, decision_features
+
+    reqs = [PlannedRequest(i, 100 + 37 * i, 6, prefix_id=i % 2, shared_len=96) for i in range(6)]
+    rows, decisions = _run_units(emulator, [Unit("t", "seq", "sequential", reqs[:3]),
+                                            Unit("t", "closed", "closed", reqs[3:], concurrency=3)])
+    assert len(rows) == 6 and set(decisions) == {r["request_id"] for r in rows}
+    for row in rows:
+        d = decisions[row["request_id"]]
+        assert {k: row[k] for k in FEATURES} == decision_features(d, row["input_len"], "g")
+    # Scrapes reach the router: an idle scrape before the first request, ages within a few intervals.
+    first = min(rows, key=lambda r: r["request_id"])
+    assert first["running"] == 0 and first["waiting"] == 0 and first["scrape_age_s"] < 1.0
+
+
+def test_prefix_estimate_is_the_routers_bounded_lru_not_an_unbounded_set(emulator):
+    """A prompt pushed out of the router's index by newer ones no longer counts as a hit."""
+    from calibrate.loadgen import PlannedRequest, Unit
+
+    a = PlannedRequest(0, 256, 4, prefix_id=0, shared_len=256)       # 8 blocks of prefix 0
+    other = PlannedRequest(1, 256, 4, prefix_id=1, shared_len=256)   # 8 blocks of prefix 1
+    again = PlannedRequest(2, 256, 4, prefix_id=0, shared_len=256)
+    unit = Unit("t", "lru", "sequential", [a, other, again])
+    big, _ = _run_units(emulator, [unit])
+    # With room for both prompts, the repeat hits its 7 full blocks inside the first 255 tokens.
+    assert [r["prefix_hit_tokens"] for r in big] == [0, 0, 224]
+    small, _ = _run_units(emulator, [Unit("t", "lru", "sequential", [
+        PlannedRequest(10, 256, 4, prefix_id=5, shared_len=256),
+        PlannedRequest(11, 256, 4, prefix_id=6, shared_len=256),
+        PlannedRequest(12, 256, 4, prefix_id=5, shared_len=256)])], num_kv_blocks=8)
+    # An index of 8 blocks holds one prompt: prefix 5 was evicted by prefix 6.
+    assert [r["prefix_hit_tokens"] for r in small] == [0, 0, 0]
+
+
+def test_profiling_rows_equal_the_simulators_router_features_for_the_same_requests(profiled):
+    """Replayed through ``sim.cluster``, the same requests get the same router features."""
+    from calibrate.replay import prepare_units
+    from sim.cluster import BackendConfig, ClusterConfig, simulate
+    from sim.engine import EngineConfig
+    import routing
+
+    data = pd.read_csv(profiled)
+    meta = json.loads(meta_path(profiled).read_text())
+    blocks = meta["backend"]["num_kv_blocks"]
+    profile = load_profile("cpu-tiny")
+    compared = 0
+    for unit in prepare_units(data, 32):
+        if unit.key not in ("idle/idle", "prefix/probe", "prefix/group"):
+            continue
+        cfg = ClusterConfig([BackendConfig("b", "b", profile, EngineConfig(num_kv_blocks=blocks, block_size=32))])
+        recs = simulate(unit.trace, routing.build("round_robin"), cfg).records
+        rows = data.iloc[unit.rows]
+        assert [r.router_prefix_hit_tokens for r in recs] == rows["prefix_hit_tokens"].tolist()
+        assert [r.router_inflight_requests for r in recs] == rows["inflight_requests"].tolist()
+        assert [r.router_inflight_tokens for r in recs] == rows["inflight_tokens"].tolist()
+        compared += len(recs)
+    assert compared == len(data[data["phase"].isin(["idle", "prefix"])])
+    assert data.loc[data["unit"] == "prefix/group", "inflight_requests"].tolist() == list(range(3))
