@@ -44,7 +44,7 @@ from live.emulator import spawn  # noqa: E402
 from live.fleet import LiveFleet  # noqa: E402
 from live.gateway.spawn import start_gateway  # noqa: E402
 from live.loadgen import LoadOptions, replay  # noqa: E402
-from live.processes import wait_health  # noqa: E402
+from live.transport.processes import wait_health  # noqa: E402
 from live.run import reset_backends, run_async  # noqa: E402
 from workload import build_trace  # noqa: E402
 

@@ -1,6 +1,6 @@
 """What calibration needs to know about a running vLLM, read from its own endpoints.
 
-Everything goes through the live client's session (``live.client``): the served
+Everything goes through the live client's session (``live.transport.client``): the served
 model (``/v1/models``), its version (``/version``), and the KV cache geometry
 vLLM exports in the ``vllm:cache_config_info`` gauge's labels (``num_gpu_blocks``,
 ``block_size``), which is where a fitted profile's ``num_kv_blocks`` comes from.
@@ -15,8 +15,8 @@ from urllib.parse import urlparse
 
 import aiohttp
 
-from live.client import list_models
-from live.prometheus import iter_samples
+from live.transport.client import list_models
+from live.transport.prometheus import iter_samples
 
 
 class BackendError(RuntimeError):

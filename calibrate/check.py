@@ -29,7 +29,7 @@ from calibrate.loadgen import PlannedRequest, Runner, Unit
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
 from calibrate.replay import prepare_units, simulate_units
-from live.client import make_session
+from live.transport.client import make_session
 from sim.latency import LatencyProfile
 
 #: The five statistics compared, as (metric column, percentile).

@@ -174,17 +174,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _serve(args) -> int:
-    from calibrate.serve import ServeSpec, VllmServer
+def serve_spec(args):
+    """The ``ServeSpec`` of parsed ``serve`` arguments (``python -m validation --spawn-vllm`` uses it too)."""
+    from calibrate.serve import ServeSpec
 
     extra = [a for a in args.vllm_args if a != "--"]
-    spec = ServeSpec(shape=args.shape, model=args.model, host=args.host, port=args.port, cores=args.cores,
+    return ServeSpec(shape=args.shape, model=args.model, host=args.host, port=args.port, cores=args.cores,
                      kv_cache_gib=args.kv_cache_gib, max_num_seqs=args.max_num_seqs,
                      max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
                      block_size=args.block_size, dtype=args.dtype, pin_all=args.pin_all, nice=args.nice,
                      device=args.device,
                      vllm_python=args.vllm_python, log_path=Path(args.log) if args.log else None,
                      extra_args=extra, **({"model_root": Path(args.model_root)} if args.model_root else {}))
+
+
+def _serve(args) -> int:
+    from calibrate.serve import VllmServer
+
+    spec = serve_spec(args)
     server = VllmServer(spec)
     if args.print_command:
         argv, env, cwd = server.command()

@@ -13,7 +13,7 @@ router saw them at send time (``routing.Router``'s decision: its in-flight
 counts, the latest ``/metrics`` scrape and its age, its prefix-hit estimate,
 which for these prompts equals the true hit, see ``calibrate.prompts``) and its
 outcome (TTFT, TPOT, E2EL as ``vllm bench serve`` measures them, via
-``live.client``).
+``live.transport.client``).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import aiohttp
 
 import routing
 from calibrate.prompts import prompt_tokens
-from live.client import stream_completion
+from live.transport.client import stream_completion
 from live.fleet import LiveFleet
 from routing import Decision, Outcome, RequestInfo
 from workload.hashing import block_hash_chain

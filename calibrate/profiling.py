@@ -33,7 +33,7 @@ from calibrate.backend import BackendInfo, probe_backend
 from calibrate.loadgen import PlannedRequest, Runner, Unit
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
-from live.client import make_session
+from live.transport.client import make_session
 
 PHASES = ("idle", "prefix", "concurrency", "poisson")
 #: Share of the time budget each phase may use (caps; a fast backend finishes early).

@@ -4,7 +4,7 @@
 ``python -m vllm.entrypoints.openai.api_server`` in its own process group with
 the environment vLLM-CPU needs, waits for ``GET /health``, and on exit stops the
 whole group (see ``calibrate.process``). ``VllmFleet`` starts several, one core
-each, for live validation (``live --validate --spawn-vllm N``)::
+each::
 
     with VllmServer(ServeSpec(shape="tiny", cores="0")) as server:
         print(server.url)          # http://127.0.0.1:<port>
@@ -113,6 +113,9 @@ class ServeSpec:
     log_path: Path | None = None
     seed: int = 0
     extra_args: list[str] = field(default_factory=list)
+    #: Extra environment variables for vLLM, e.g. ``VLLM_SERVER_DEV_MODE=1`` (serves
+    #: ``POST /reset_prefix_cache``, which validation uses between units).
+    environment: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -203,6 +206,7 @@ def build_command(spec: ServeSpec, model_path: str, port: int) -> tuple[list[str
     elif spec.model is None:
         argv += ["--load-format", "dummy", "--tokenizer", model_path]
     argv += list(spec.extra_args)
+    env.update(spec.environment)
     return argv, env
 
 

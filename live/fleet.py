@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import aiohttp
 
-from live.client import check_health, scrape_metrics
+from live.transport.client import check_health, scrape_metrics
 from routing import BackendSpec, Decision, Outcome, RequestInfo, Router, Strategy
 
 

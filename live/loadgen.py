@@ -30,9 +30,9 @@ import numpy as np
 import orjson
 from tqdm import tqdm
 
-from live.client import CompletionResult, completion_body, make_session
+from live.transport.client import CompletionResult, completion_body, make_session
 from live.fleet import LiveFleet
-from live.streamclient import StreamClient
+from live.transport.streamclient import StreamClient
 from results.records import ItlEncoder, RequestRecord, RunLabels
 from routing import Decision, NoHealthyBackend, Outcome, RequestInfo
 from workload.tokens import prompt_token_ids

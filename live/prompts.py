@@ -18,7 +18,7 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
-from live.http import HttpError
+from live.transport.http import HttpError
 from workload.tokenizer import OFFLINE_DEFAULT, TextTokenizer, load_tokenizer
 
 

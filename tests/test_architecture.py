@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("workload", "routing", "predictors", "scenarios", "sim", "live", "calibrate", "results")
+PACKAGES = ("workload", "routing", "predictors", "scenarios", "sim", "live", "calibrate", "validation",
+            "results")
 ALLOWED = {
     "workload": set(),
     "routing": {"predictors"},
@@ -23,7 +24,12 @@ ALLOWED = {
     "sim": {"routing", "workload", "scenarios", "results"},
     "live": {"routing", "workload", "scenarios", "results", "sim"},
     "calibrate": {"live", "sim", "workload", "results", "predictors", "routing", "scenarios"},
+    "validation": {"calibrate", "live", "sim", "workload", "results", "routing", "scenarios"},
 }
+# Of ``sim``, ``live`` may import only the engine model (the emulator steps it on the wall
+# clock); the cluster, fleets and sweeps are the simulator's, and validation joins the two.
+SIM_ENGINE_MODEL = {"sim.engine", "sim.request", "sim.latency", "sim.kv_cache", "sim.decode_group",
+                    "sim.timeline"}
 # Modules that must be deterministic given their inputs (orchestration such as the
 # sweep's run ids and timing, or a fitting script's provenance date, is exempt).
 DETERMINISTIC = [
@@ -59,6 +65,8 @@ def test_packages_import_only_what_the_design_allows(package):
                 bad.append(f"{path.relative_to(ROOT)} imports {module} (nothing imports a __main__)")
             elif top in PACKAGES and top != package and top not in ALLOWED[package]:
                 bad.append(f"{path.relative_to(ROOT)} imports {module}")
+            elif package == "live" and top == "sim" and module not in SIM_ENGINE_MODEL:
+                bad.append(f"{path.relative_to(ROOT)} imports {module} (live uses only sim's engine model)")
     assert bad == []
 
 

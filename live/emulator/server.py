@@ -36,7 +36,7 @@ import orjson
 from live.emulator.driver import EngineDriver, RequestState
 from live.emulator.faults import CRASH, ERROR, HANG, Faults
 from live.emulator.metrics import EmulatorMetrics
-from live.http import (
+from live.transport.http import (
     CHUNK_END, JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, SSE_HEADERS, TEXT_HEADERS, HttpError,
     Listener, Request, ServerConnection, chunk, error_body, parse_json_object, response_head,
 )

@@ -3,7 +3,7 @@
 Each emulator is its own process (``python -m live.emulator --port 0``), so N of
 them step their engines truly in parallel, as N servers would. The context
 managers yield once every one answers ``/health`` and stop them all on exit,
-whatever happened (see ``live.processes`` for the no-orphans guarantees).
+whatever happened (see ``live.transport.processes`` for the no-orphans guarantees).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from live.processes import ChildServer, ChildStartError, start_all, stop_all
+from live.transport.processes import ChildServer, ChildStartError, start_all, stop_all
 
 EmulatorStartError = ChildStartError
 

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 import routing
-from live.http import main_serve
+from live.transport.http import main_serve
 from live.gateway.server import Gateway, GatewayConfig
 
 

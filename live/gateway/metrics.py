@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from live.fleet import LiveFleet
-from live.prometheus import REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS
+from live.transport.prometheus import REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS
 
 #: Routing work inside the gateway is sub-millisecond; these edges resolve it.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.005,

@@ -11,7 +11,7 @@ ends with an SSE error event. Every routed attempt ends in exactly one
 that disconnects closes the upstream connection, which makes vLLM abort the
 request and free its KV cache.
 
-The HTTP layer is ``live.http`` (asyncio protocols + httptools); this
+The HTTP layer is ``live.transport.http`` (asyncio protocols + httptools); this
 module is the routing logic on top of it.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ import orjson
 
 import routing
 from live.fleet import LiveFleet
-from live.http import (
+from live.transport.http import (
     CHUNK_END, JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, TEXT_HEADERS, HttpError, Listener,
     Request, ServerConnection, UpstreamConnection, UpstreamPool, chunk, error_body, parse_json_object,
     response_head, serving, sse_event,

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from live.processes import ChildServer, start_all, stop_all
+from live.transport.processes import ChildServer, start_all, stop_all
 
 
 def gateway_argv(backends: Sequence[str], strategy: str, *, params: Mapping[str, Any] | None = None,

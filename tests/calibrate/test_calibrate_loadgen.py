@@ -103,7 +103,7 @@ def test_fit_then_check_against_the_emulator(profiled, emulator, tmp_path):
 def _run_units(url, units, **runner_kw):
     from calibrate.loadgen import Runner
     from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
-    from live.client import make_session
+    from live.transport.client import make_session
 
     async def go():
         async with make_session(concurrency=16) as session:

@@ -9,7 +9,7 @@ import urllib.request
 from typing import Any
 
 from live.emulator import EmulatorServer, Faults
-from live.http import serving
+from live.transport.http import serving
 from sim.engine import EngineConfig
 from sim.latency import load_profile
 

@@ -1,4 +1,4 @@
-"""``live.client`` against small scripted SSE servers: timing, usage, failures."""
+"""``live.transport.client`` against small scripted SSE servers: timing, usage, failures."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +9,7 @@ import math
 import pytest
 from aiohttp import web
 
-from live.client import (
+from live.transport.client import (
     check_health, list_models, make_session, post_stream, scrape_metrics, stream_completion,
     wait_healthy, CompletionResult,
 )

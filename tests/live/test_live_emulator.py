@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from live_helpers import TINY, arun, tiny_emulator
 
-from live.client import make_session, scrape_metrics, stream_completion
+from live.transport.client import make_session, scrape_metrics, stream_completion
 from live.emulator import pseudo_eos_length, spawn
-from live.prometheus import iter_samples
+from live.transport.prometheus import iter_samples
 from sim.latency import load_profile
 from workload.tokenizer import load_tokenizer
 

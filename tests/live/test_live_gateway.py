@@ -11,10 +11,10 @@ import openai
 import pytest
 from live_helpers import TINY, arun, get_json, post_json
 
-from live.client import make_session, stream_completion
+from live.transport.client import make_session, stream_completion
 from live.emulator import spawn
 from live.gateway import Gateway, GatewayConfig, serve_gateway
-from live.prometheus import iter_samples, sum_by_name
+from live.transport.prometheus import iter_samples, sum_by_name
 from sim.latency import load_profile
 
 pytestmark = pytest.mark.timeout(120)

@@ -6,7 +6,7 @@ import sys
 import textwrap
 import time
 
-from live.processes import ChildServer, start_all, stop_all
+from live.transport.processes import ChildServer, start_all, stop_all
 
 #: A child that prints its URL, counts the SIGTERMs it gets and takes a while to exit,
 #: as ``calibrate serve`` does while it stops vLLM.

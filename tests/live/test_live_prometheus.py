@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from live.prometheus import (
+from live.transport.prometheus import (
     MetricsParseError, iter_samples, parse_scraped_metrics, sum_by_name,
 )
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import routing
-from live.http import HttpError
+from live.transport.http import HttpError
 from live.emulator.faults import CRASH, ERROR, HANG, OK, Faults
 from live.fleet import LiveFleet
 from live.gateway.cli import parse_param

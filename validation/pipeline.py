@@ -1,4 +1,4 @@
-"""``python -m live --validate SIM_RUN``: do live backends rank the strategies as the simulator did?
+"""``python -m validation SIM_RUN``: do live backends rank the strategies as the simulator did?
 
 1. **Rebuild** the sim run's scenario: its ``scenario.toml`` with the manifest's
    seeds and mode (plus any ``--set``), checked against the manifest's digest.
@@ -12,8 +12,8 @@
 4. **Replay** the same cut traces live, every strategy and seed, into ``DIR`` (a
    live run): against emulators with the run's profiles (``--emulate``), given
    servers (``--backends``), or real vLLM-CPU instances started here through
-   ``python -m calibrate serve`` (``--spawn-vllm``) and always stopped after.
-5. **Judge** (``live.validation_report``): relative errors of the metrics,
+   ``calibrate.serve`` (``--spawn-vllm``, ``validation.vllm``) and always stopped after.
+5. **Judge** (``validation.judge``): relative errors of the metrics,
    Kendall tau-b and top-1 agreement of the rankings per point, a verdict; written
    to ``DIR/validation.json`` and as an HTML section in both runs' ``validation/``.
 """
@@ -36,8 +36,6 @@ import numpy as np
 import routing
 from live.loadgen import LoadOptions
 from live.run import LiveSettings, build_manifest, check_fleet_sizes, run_scenario
-from live.validation_report import format_text, judge, render_html
-from live.vllm_spawn import VLLM_CPU_BLOCK_SIZE, VllmInstance, core_for, shape_of, spawn_vllm
 from results.records import RunLabels
 from results.rundir import NotARunDirectory, RunDir, Unit
 from results.stats import direction
@@ -51,6 +49,11 @@ from sim.cluster import simulate
 from sim.fleet import FleetError, cluster_config
 from sim.latency import ProfileError, load_profile
 from sim.sweep import build_manifest as sim_manifest
+from validation.judge import judge
+from validation.report import format_text, render_html
+from validation.vllm import (
+    VLLM_CPU_BLOCK_SIZE, ServeArgsError, ServeError, VllmInstance, core_for, shape_of, spawn_vllm,
+)
 from workload import build_trace
 from workload.trace import Trace
 
@@ -97,7 +100,7 @@ class Target:
             return "given backends " + ", ".join(self.backends)
         if self.emulate:
             return f"{self.emulate} emulators (stand-ins running the simulator's engine model)"
-        return f"{self.spawn_vllm} real vLLM-CPU instances (python -m calibrate serve)"
+        return f"{self.spawn_vllm} real vLLM-CPU instances (calibrate.serve)"
 
     def check(self) -> None:
         given = [bool(self.backends), self.emulate > 0, self.spawn_vllm > 0]
@@ -108,7 +111,7 @@ class Target:
 
 @dataclass
 class ValidateOptions:
-    """Everything ``--validate`` is told (the command line's options)."""
+    """Everything a validation is told (the command line's options)."""
 
     sim_run: Path
     target: Target
@@ -152,7 +155,7 @@ def load_sim_run(path: Path, overrides: Sequence[str] = ()) -> SimRun:
         raise ValidationError(str(exc)) from None
     manifest = run.manifest
     if manifest.get("mode") != "sim":
-        raise ValidationError(f"{path} is a {manifest.get('mode')!r} run; --validate takes a simulator "
+        raise ValidationError(f"{path} is a {manifest.get('mode')!r} run; validation takes a simulator "
                               "run (python -m sim SCENARIO)")
     text_path = run.path / "scenario.toml"
     if not text_path.is_file():
@@ -274,6 +277,13 @@ def check_target(points: Sequence[Any], target: Target) -> list[dict[str, str]]:
                 checks.append(warning(
                     f"profile {group.profile} is not fitted to a real server ({'provisional, ' if prof.provisional else ''}"
                     f"source: {kind or 'unknown'}): errors measure the profile as much as the simulator"))
+    if target.spawn_vllm:
+        for point in points:  # a bad --serve-args fails here, before anything runs
+            try:
+                for inst in vllm_instances(point, target.serve_args):
+                    inst.spec()
+            except ServeArgsError as exc:
+                raise ValidationError(str(exc)) from None
     if target.backends:
         checks += check_served_models(points[0], target.backends)
     return checks
@@ -403,7 +413,7 @@ def warm_up(urls: Sequence[str], load: LoadOptions, say: Callable[[str], None]) 
 
 
 def vllm_instances(point, serve_args: Sequence[str]) -> tuple[VllmInstance, ...]:
-    """One ``calibrate serve`` per backend of the point, with its profile's shape and limits."""
+    """One vLLM server per backend of the point, with its profile's shape and limits."""
     out = []
     for i, (_, group) in enumerate(point.scenario.backends()):
         prof = load_profile(group.profile)
@@ -411,7 +421,7 @@ def vllm_instances(point, serve_args: Sequence[str]) -> tuple[VllmInstance, ...]
             shape=str(shape_of(prof.served_model)), cores=core_for(i),
             max_num_seqs=group.max_num_seqs or prof.engine.max_num_seqs,
             max_num_batched_tokens=group.max_num_batched_tokens or prof.engine.max_num_batched_tokens,
-            extra_args=tuple(serve_args)))
+            serve_args=tuple(serve_args)))
     return tuple(out)
 
 
@@ -446,13 +456,16 @@ def run_live(run: RunDir, scenario, plans: Sequence[PointPlan], opts: ValidateOp
         shapes = ", ".join(f"{i.shape} on core {i.cores}" for i in instances)
         say(f"starting {len(instances)} vLLM-CPU instance(s): {shapes} (about 1-2 minutes)...")
         started = time.perf_counter()
-        with spawn_vllm(instances) as urls:
-            say(f"vLLM ready after {time.perf_counter() - started:.0f} s: {', '.join(urls)}")
-            warm_up(urls, opts.load, say)
-            run.update_manifest(live={**run.manifest["live"], "backends": urls})
-            settings = replace(settings, backends=urls, emulate=0)
-            reports += run_scenario(run, scenario, points, settings, on_unit=on_unit,
-                                    trace_for=trace_for)
+        try:
+            with spawn_vllm(instances) as urls:
+                say(f"vLLM ready after {time.perf_counter() - started:.0f} s: {', '.join(urls)}")
+                warm_up(urls, opts.load, say)
+                run.update_manifest(live={**run.manifest["live"], "backends": urls})
+                settings = replace(settings, backends=urls, emulate=0)
+                reports += run_scenario(run, scenario, points, settings, on_unit=on_unit,
+                                        trace_for=trace_for)
+        except ServeError as exc:  # raised only while starting: nothing ran on these servers
+            raise ValidationError(f"vLLM did not start: {exc}") from None
         say("vLLM stopped")
     return reports
 

@@ -409,7 +409,7 @@ def url_of(sock: socket.socket) -> str:
 
 
 def main_serve(parser: Any, server: Any, host: str, port: int) -> int:
-    """A CLI's last step: listen, print ``READY <url>`` (what ``live.processes``
+    """A CLI's last step: listen, print ``READY <url>`` (what ``live.transport.processes``
     waits for), serve until SIGINT/SIGTERM."""
     try:
         sock = bind_socket(host, port)

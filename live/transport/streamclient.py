@@ -1,12 +1,12 @@
 """The load generator's HTTP client: streamed completions at a few microseconds per chunk.
 
-``live.client`` (aiohttp) wakes a task for every SSE chunk; at hundreds of
+``live.transport.client`` (aiohttp) wakes a task for every SSE chunk; at hundreds of
 streaming requests per second that costs the load generator about 2 ms of CPU
 per 32-token request, CPU taken from the servers it measures on a small machine.
-This client rides on ``live.http.UpstreamConnection``: each chunk is parsed in
+This client rides on ``live.transport.http.UpstreamConnection``: each chunk is parsed in
 the protocol callback where it arrives (timestamped there), and the waiting
 coroutine is woken once, when the response ends. It fills the same
-``CompletionResult`` as ``live.client.post_stream``, with the same meaning.
+``CompletionResult`` as ``live.transport.client.post_stream``, with the same meaning.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import urllib.parse
 from collections.abc import Sequence
 
 
-from live.client import CompletionResult, SseReader, error_text
-from live.http import UpstreamConnection, UpstreamPool
+from live.transport.client import CompletionResult, SseReader, error_text
+from live.transport.http import UpstreamConnection, UpstreamPool
 
 
 class StreamClient:
@@ -42,7 +42,7 @@ class StreamClient:
                    timeout_s: float) -> CompletionResult:
         """POST ``body`` to ``url + path`` and time its SSE stream into ``result``.
 
-        Like ``live.client.post_stream``: never raises for server or network
+        Like ``live.transport.client.post_stream``: never raises for server or network
         failures; if the calling task is cancelled, the connection is closed (the
         server aborts the request) and what arrived so far stays in ``result``.
         """

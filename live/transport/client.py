@@ -28,7 +28,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from live.prometheus import parse_scraped_metrics
+from live.transport.prometheus import parse_scraped_metrics
 from routing.types import ScrapedMetrics
 
 #: A request that has not finished after this long is reported as a timeout.

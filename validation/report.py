@@ -1,0 +1,124 @@
+"""A validation document (``validation.judge``) as a terminal table and as an HTML report section."""
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+from results.summary import format_value, text_table
+from validation.judge import LIVE_FAILED_SHARE, SHORT
+
+
+def _err(x: Any) -> str:
+    return f"{x:+.0%}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
+
+
+def _val(x: Any) -> str:
+    return format_value(float(x)) if isinstance(x, (int, float)) else "-"
+
+
+def _point_rows(doc: dict[str, Any], point_id: str) -> tuple[list[str], list[list[str]]]:
+    rows = [r for r in doc["metrics"] if r["point_id"] == point_id]
+    strategies = list(dict.fromkeys(r["strategy"] for r in rows))
+    cell = {(r["strategy"], r["metric"]): r for r in rows}
+    header = ["metric"]
+    for s in strategies:
+        header += [f"{s} sim", "live", "err"]
+    body = []
+    for m in dict.fromkeys(r["metric"] for r in rows):
+        line = [SHORT.get(m, m)]
+        for s in strategies:
+            r = cell.get((s, m), {})
+            line += [_val(r.get("sim")), _val(r.get("live")), _err(r.get("error"))]
+        body.append(line)
+    return header, body
+
+
+def format_text(doc: dict[str, Any]) -> str:
+    """The terminal report: per point a metric table and the two rankings, then the verdict."""
+    out = []
+    rankings = {r["point_id"]: r for r in doc["rankings"]}
+    for p in doc["points"]:
+        pid = p["point_id"]
+        out.append(f"point {p['label']}: {_scale_note(p)}")
+        header, body = _point_rows(doc, pid)
+        out += text_table(header, body, left=1)
+        r = rankings.get(pid)
+        if r is not None:
+            out.append(f"ranking by {r['objective']}:  sim {r['sim']}  |  live {r['live']}  |  "
+                       f"tau-b {_tau(r['tau'])}, top-1 {'same' if r['top1'] else 'differs'}  "
+                       f"-> {r['verdict']}")
+        out.append("")
+    out.append("err = (sim - live) / live.  verdict: " + doc["verdict"]["text"])
+    return "\n".join(out)
+
+
+def _tau(t: float | None) -> str:
+    return f"{t:+.2f}" if t is not None and math.isfinite(t) else "undefined"
+
+
+def _scale_note(p: dict[str, Any]) -> str:
+    n, full = p["requests"], p["full_requests"]
+    seeds = p["seeds"]
+    counts = sorted(set(n.values()))
+    count = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    full_counts = sorted(set(full.values()))
+    if counts == full_counts:
+        return f"all {count} requests per unit ({len(seeds)} seed(s)), about {p['predicted_unit_s']:.0f} s each"
+    return (f"first {count} of {full_counts[-1]} requests per unit (arrivals in the first "
+            f"{p['cut_s']:.1f} s), scaled to about {p['predicted_unit_s']:.0f} s per unit")
+
+
+def _machine_note(m: dict[str, Any]) -> str:
+    def avg(x: Any) -> str:
+        return "/".join(f"{v:.1f}" for v in x) if x else "?"
+    return (f"machine: {m.get('cpu_count', '?')} cores; load average (1/5/15 min) "
+            f"{avg(m.get('loadavg_before_live'))} before the live replay, "
+            f"{avg(m.get('loadavg_after_live'))} after")
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def render_html(doc: dict[str, Any]) -> str:
+    """The report section: verdict, what ran, per point the metric table and both rankings."""
+    v = doc["verdict"]
+    colour = {"agree": "#1d7a1d", "partial": "#a66f00", "disagree": "#a33", "failed": "#a33"}.get(
+        v["ranking"], "#333")
+    parts = [f"<p><b style='color:{colour}'>{_e(v['text'])}</b></p>",
+             "<p class=note>" + "<br>".join(_e(x) for x in (
+                 f"live run: {doc['live_run']} ({doc['target']['description']})",
+                 f"re-simulated: {doc['resimulated_run']}",
+                 f"command: {doc.get('command') or '-'}",
+                 f"budget: {doc['budget_s']:.0f} s of replay, about {doc['per_unit_budget_s']:.0f} s "
+                 f"per unit; err = (sim - live) / |live|",
+                 _machine_note(doc.get("machine") or {}))) + "</p>"]
+    for c in doc.get("checks") or []:
+        parts.append(f"<p class=warn>{_e(c['level'])}: {_e(c['message'])}</p>")
+    rankings = {r["point_id"]: r for r in doc["rankings"]}
+    for p in doc["points"]:
+        parts.append(f"<h3>{_e(p['label'])}</h3><p class=note>{_e(_scale_note(p))}</p>")
+        header, body = _point_rows(doc, p["point_id"])
+        parts.append("<table><tr>" + "".join(
+            f"<th class=l>{_e(h)}</th>" if i == 0 else f"<th>{_e(h)}</th>" for i, h in enumerate(header))
+            + "</tr>" + "".join("<tr>" + "".join(
+                f"<td class=l>{_e(c)}</td>" if i == 0 else f"<td>{_e(c)}</td>" for i, c in enumerate(row))
+                + "</tr>" for row in body) + "</table>")
+        r = rankings.get(p["point_id"])
+        if r is not None:
+            parts.append(
+                f"<p>ranking by {_e(r['objective'])}: simulator <b>{_e(r['sim'])}</b>; "
+                f"live <b>{_e(r['live'])}</b>; Kendall tau-b {_e(_tau(r['tau']))}, best "
+                f"strategy {'the same' if r['top1'] else 'different'}: <b>{_e(r['verdict'])}</b></p>")
+    t = doc["thresholds"]
+    parts.append(f"<p class=note>Verdict rules: a point agrees when the best strategy is the same and "
+                 f"tau-b &ge; {t['agree_tau']}, disagrees when the best differs and tau-b &le; 0, "
+                 f"fails when its live not-ok share exceeds the simulated one by more than "
+                 f"{t.get('live_failed_share', LIVE_FAILED_SHARE):.0%}; "
+                 f"metrics are close when every judged metric's median |err| &le; {t['close_error']:.0%}, "
+                 f"rough up to {t['rough_error']:.0%}, off beyond (docs/validation.md).</p>")
+    return "\n".join(parts)
+
+
+__all__ = ["format_text", "render_html"]
