@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where new run directories go (default: runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--list-profiles", action="store_true",
-                   help="list the shipped latency profiles and exit")
+                   help="list the shipped latency profiles (fitted and derived) and exit")
     return p
 
 
@@ -86,10 +86,20 @@ class _UserError(Exception):
 def _list_profiles() -> int:
     from sim.latency import load_profile, shipped_profiles
 
-    for name in shipped_profiles():
-        p = load_profile(name)
-        tag = " (provisional)" if p.provisional else ""
-        print(f"{name:24s} {p.hardware:18s} kv_blocks={p.engine.num_kv_blocks:<7d} {p.description}{tag}")
+    profiles = [load_profile(name) for name in shipped_profiles()]
+    # Fitted and derived profiles of the same model and hardware end up next to each other.
+    def order(p):
+        gpu = p.source.get("spec", {}).get("gpu", p.name.split("-")[0])
+        return p.served_model.replace("-", ""), p.hardware.split("x")[0], gpu[:4], p.name
+
+    profiles.sort(key=order)
+    print(f"{'profile':38s} {'kind':8s} {'kv_blocks':>9s}  hardware / description")
+    for p in profiles:
+        kind = "derived" if p.source.get("kind") == "derived" else "fitted"
+        tag = " (provisional)" if p.provisional and kind == "fitted" else ""
+        print(f"{p.name:38s} {kind:8s} {p.engine.num_kv_blocks:9d}  {p.hardware}: {p.description}{tag}")
+    print("\nDerive any other model and GPU: python -m sim.profiles derive --help, or in a scenario "
+          'profile = { model = "llama-3.1-8b", gpu = "l40s", tp = 1 } (docs/derived-profiles.md).')
     return 0
 
 

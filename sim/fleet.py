@@ -6,6 +6,7 @@ starts, so a typo in a profile name fails at once with the shipped names listed.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from sim.cluster import BackendConfig, ClusterConfig
@@ -24,13 +25,15 @@ class Backend:
     profile: str
 
 
-def _profile(name: str, where: str, cache: dict[str, LatencyProfile]) -> LatencyProfile:
-    if name not in cache:
+def _profile(spec: str | dict, where: str, cache: dict[str, LatencyProfile]) -> LatencyProfile:
+    # A derived profile is a table (``profile = { model = ..., gpu = ... }``): keyed by its JSON.
+    key = spec if isinstance(spec, str) else json.dumps(spec, sort_keys=True)
+    if key not in cache:
         try:
-            cache[name] = load_profile(name)
+            cache[key] = load_profile(spec)
         except ProfileError as exc:
             raise FleetError(f"{where}: {exc}") from None
-    return cache[name]
+    return cache[key]
 
 
 def cluster_config(scenario, *, profiles: dict[str, LatencyProfile] | None = None) -> ClusterConfig:

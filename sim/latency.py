@@ -17,6 +17,23 @@ context length. This is the decomposition Vidur and BLIS use (linear in tokens,
 quadratic attention for prefill, linear attention for decode), with the few
 coefficients a profile can fit from measurements.
 
+Derived profiles (``sim.profiles``) add roofline terms, all zero in fitted
+profiles, so those keep the linear form above exactly:
+
+    matmuls = max(weight_s + expert_s * touched(T),  token_s * T)
+    t       = max(prefill_floor_s if the step prefills, step_s + matmuls + the other terms)
+
+The matmuls of a step stream every weight they use from memory once
+(``weight_s``) and do ``token_s`` of arithmetic per token; the slower of the
+two sets their time (the roofline). For a mixture-of-experts model only the
+experts some token was routed to are read: with ``experts`` routed experts of
+which each token picks ``experts_per_token``, ``touched(T) = 1 - (1 - k/E)**T``
+is the expected fraction of them a step of T tokens reads (tokens routed
+uniformly), and ``expert_s`` is the time to read all of them.
+``prefill_floor_s`` is the least a step that computes a prompt chunk takes
+(a launch-bound floor). A decode-only step of a fixed batch is still affine in
+its context, so decode runs keep their closed form.
+
 A decode-only batch that does not change lengthens by ``decode_attn_s * S`` per
 step, so k steps take ``k*t0 + decode_attn_s*S*k*(k-1)/2`` in closed form: the
 simulator's fast mode jumps over such runs in one event.
@@ -32,6 +49,8 @@ from typing import Any
 
 PROFILE_SCHEMA_VERSION = 1
 COEFFICIENTS = ("step_s", "token_s", "seq_s", "prefill_attn_s", "decode_attn_s")
+#: Roofline terms of derived profiles (``sim.profiles``); 0 in fitted ones.
+ROOFLINE_TERMS = ("weight_s", "expert_s", "experts", "experts_per_token", "prefill_floor_s")
 
 
 class ProfileError(ValueError):
@@ -40,21 +59,33 @@ class ProfileError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class LatencyModel:
-    """The five coefficients, in seconds. See the module docstring for the formula."""
+    """The step-time coefficients, in seconds. See the module docstring for the formula."""
 
     step_s: float
     token_s: float
     seq_s: float = 0.0
     prefill_attn_s: float = 0.0
     decode_attn_s: float = 0.0
+    weight_s: float = 0.0
+    expert_s: float = 0.0
+    experts: int = 0
+    experts_per_token: int = 0
+    prefill_floor_s: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in COEFFICIENTS:
+        for name in COEFFICIENTS + ROOFLINE_TERMS:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ProfileError(f"latency coefficient {name} must be a finite number >= 0, got {v!r}")
-        if self.step_s + self.token_s <= 0:
-            raise ProfileError("a latency model needs step_s or token_s > 0 (steps must take time)")
+        if self.step_s + self.token_s + self.weight_s <= 0:
+            raise ProfileError("a latency model needs step_s, token_s or weight_s > 0 (steps must take time)")
+        if self.expert_s > 0:
+            e, k = self.experts, self.experts_per_token
+            if not (isinstance(e, int) and isinstance(k, int) and 1 <= k <= e):
+                raise ProfileError(
+                    f"expert_s > 0 needs integer experts >= experts_per_token >= 1, got experts={e!r}, "
+                    f"experts_per_token={k!r}"
+                )
 
     def step_time(
         self,
@@ -64,13 +95,24 @@ class LatencyModel:
         decode_context: int,
     ) -> float:
         """Duration of one step from its aggregate composition."""
-        return (
+        t = (
             self.step_s
             + self.token_s * num_tokens
             + self.seq_s * num_seqs
             + self.prefill_attn_s * prefill_attn_work
             + self.decode_attn_s * decode_context
         )
+        if not (self.weight_s or self.prefill_floor_s):
+            return t  # a fitted (linear) model: the hot path stays as cheap as before
+        memory = self.weight_s
+        if self.expert_s:
+            memory += self.expert_s * (1.0 - (1.0 - self.experts_per_token / self.experts) ** num_tokens)
+        matmul = self.token_s * num_tokens
+        if memory > matmul:
+            t += memory - matmul
+        if prefill_attn_work > 0 and t < self.prefill_floor_s:
+            return self.prefill_floor_s
+        return t
 
     def prefill_work(self, new_tokens: int, computed: int) -> float:
         """Causal attention pairs for a chunk of ``new_tokens`` after ``computed`` tokens."""
@@ -118,6 +160,9 @@ class EngineDefaults:
     block_size: int = 16
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
+    #: Longest sequence vLLM would accept (0: not recorded). Informational: the
+    #: engine model bounds sequences by its KV blocks, not by this.
+    max_model_len: int = 0
 
 
 @dataclass(frozen=True)
@@ -139,6 +184,21 @@ class LatencyProfile:
     source: dict[str, Any] = field(default_factory=dict)
     fit: dict[str, Any] = field(default_factory=dict)
 
+    def model_coefficients(self) -> dict[str, float]:
+        """The coefficients as written to JSON: roofline terms only where non-zero,
+        so fitted profiles keep their five-coefficient form."""
+        coeffs = asdict(self.model)
+        for name in ROOFLINE_TERMS:
+            if not coeffs[name]:
+                del coeffs[name]
+        return coeffs
+
+    def engine_limits(self) -> dict[str, int]:
+        limits = asdict(self.engine)
+        if not limits["max_model_len"]:
+            del limits["max_model_len"]
+        return limits
+
     def to_json(self) -> str:
         doc = {
             "schema_version": PROFILE_SCHEMA_VERSION,
@@ -147,10 +207,10 @@ class LatencyProfile:
             "hardware": self.hardware,
             "served_model": self.served_model,
             "provisional": self.provisional,
-            "coefficients": asdict(self.model),
+            "coefficients": self.model_coefficients(),
             "jitter_cv": self.jitter_cv,
             "request_overhead_s": self.request_overhead_s,
-            "engine": asdict(self.engine),
+            "engine": self.engine_limits(),
             "source": self.source,
             "fit": self.fit,
         }
@@ -174,10 +234,13 @@ class LatencyProfile:
             if key not in doc:
                 raise ProfileError(f"{origin}: latency profile lacks {key!r}")
         coeffs = doc["coefficients"]
-        unknown = set(coeffs) - set(COEFFICIENTS)
+        if not isinstance(coeffs, dict):
+            raise ProfileError(f"{origin}: 'coefficients' must be a JSON object")
+        unknown = set(coeffs) - set(COEFFICIENTS + ROOFLINE_TERMS)
         if unknown:
             raise ProfileError(
-                f"{origin}: unknown coefficient(s) {sorted(unknown)}; allowed: {', '.join(COEFFICIENTS)}"
+                f"{origin}: unknown coefficient(s) {sorted(unknown)}; allowed: "
+                f"{', '.join(COEFFICIENTS + ROOFLINE_TERMS)}"
             )
         try:
             engine = EngineDefaults(**doc["engine"])
@@ -219,8 +282,19 @@ def shipped_profiles() -> list[str]:
     return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
-def load_profile(name_or_path: str | Path) -> LatencyProfile:
-    """A shipped profile by name, or a profile JSON file by path."""
+def load_profile(name_or_path: str | Path | dict) -> LatencyProfile:
+    """A shipped profile by name, a profile JSON file by path, or a derived profile.
+
+    A dict is a derived-profile spec, as a scenario's ``profile = { model = ...,
+    gpu = ..., tp = ..., dtype = ... }`` gives it (``sim.profiles.profile_from_spec``).
+    """
+    if isinstance(name_or_path, dict):
+        from sim.profiles import DeriveError, profile_from_spec
+
+        try:
+            return profile_from_spec(name_or_path)
+        except DeriveError as exc:
+            raise ProfileError(str(exc)) from None
     text_name = str(name_or_path)
     if text_name.endswith(".json") or "/" in text_name or Path(text_name).is_file():
         path = Path(text_name)
@@ -231,6 +305,6 @@ def load_profile(name_or_path: str | Path) -> LatencyProfile:
     if not resource.is_file():
         raise ProfileError(
             f"unknown latency profile {text_name!r}; shipped profiles: {', '.join(shipped_profiles())} "
-            "(or give a path to a profile .json)"
+            "(or give a path to a profile .json, or derive one: profile = { model = \"...\", gpu = \"...\" })"
         )
     return LatencyProfile.from_json(resource.read_text(), f"profile {text_name}")

@@ -1,0 +1,1 @@
+"""Shipped efficiency-factor sets (JSON files), see ``sim.profiles.factors``."""
