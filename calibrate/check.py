@@ -180,15 +180,27 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
         finally:
             bar.close()
     real = pd.DataFrame(rows)
-    frame = replay_check(profile, real, s.vocab_size)
-    failed = int(len(real) - len(frame))
+    extra = {"backend": info.to_dict(), "capacity_rps": cap,
+             "units": {u.name: {"rate_rps": u.rate, "planned": len(u.requests)} for u in units},
+             "loadavg_before": load_before}
+    return write_report(profile, real, out_dir, extra, vocab_size=s.vocab_size)
+
+
+def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str | Path, extra: dict,
+                 vocab_size: int = TOKENIZER_VOCAB_SIZE) -> dict:
+    """Replay ``measured`` under ``profile``, compare, write check.json and check_requests.csv in ``out_dir``.
+
+    Used by a live check and by ``check --replay`` alike, so both leave the same files.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = replay_check(profile, measured, vocab_size)
+    failed = int(len(measured) - len(frame))
     result = compare(frame)
     frame.to_csv(out_dir / "check_requests.csv", index=False)
     report = {
         "profile": profile.name,
-        "backend": info.to_dict(),
-        "capacity_rps": cap,
-        "units": {u.name: {"rate_rps": u.rate, "planned": len(u.requests)} for u in units},
+        **extra,
         "failed_requests": failed,
         "target": TARGET,
         # Per load level: a percentile pooled over a Poisson run and a burst lands on the
@@ -196,7 +208,6 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
         "max_abs_err": max_unit_error(result),
         "results": result,
         "machine": machine_info(),
-        "loadavg_before": load_before,
         "loadavg_after": loadavg(),
         "date": utc_now(),
         "command": command_line(),

@@ -54,12 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="launch a local real vLLM and keep it running until Ctrl-C",
-                       description="Launch vLLM's OpenAI API server. CPU: a Llama-shaped model of "
+                       description="Launch vLLM's OpenAI API server. CPU: a Llama- or Qwen2-shaped model of "
                        "--shape with random weights (the model directory is written under --model-root); "
                        "GPU: the regular vLLM serving --model. Prints the URL when healthy; Ctrl-C stops "
                        "it and every process it started. Arguments after `--` go to vLLM unchanged.")
     s.add_argument("--shape", default="tiny", choices=sorted(SHAPES),
-                   help="model shape served with random weights on CPU (default: tiny)")
+                   help="model shape served with random weights on CPU: tiny, small (Llama), mid (Qwen2); "
+                        "see docs/calibration.md (default: tiny)")
     s.add_argument("--model", default=None,
                    help="serve this model name or path instead of a random-weight shape (GPU machines)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
@@ -285,20 +286,34 @@ def _check(args) -> int:
     from sim.latency import load_profile
 
     profile = load_profile(args.profile)
+    out = Path(args.out or Path("runs") / "calibrate-check" / profile.name)
     if args.replay:
         import pandas as pd
 
-        from calibrate.check import compare, max_unit_error, replay_check
+        from calibrate.check import write_report
 
-        frame = replay_check(profile, pd.read_csv(args.replay))
-        result = compare(frame)
-        print(f"profile {profile.name} replayed on {len(frame)} measured requests of {args.replay}")
-        print(format_table(result))
-        print(f"largest error over the load levels {max_unit_error(result) * 100:.1f}%")
+        source = Path(args.replay)
+        if not source.is_file():
+            raise FileNotFoundError(f"--replay {source} does not exist (a check_requests.csv of an earlier check)")
+        measured = pd.read_csv(source)
+        if source.resolve() == (out / "check_requests.csv").resolve():
+            # Re-evaluating in place: keep the measured columns, not the previous profile's simulation.
+            measured = measured.drop(columns=[c for c in measured.columns if c.startswith("sim_")])
+        earlier = source.with_name("check.json")
+        extra = {"replayed": str(source), "backend": args.backend}
+        if earlier.is_file():
+            prior = json.loads(earlier.read_text())
+            extra.update({k: prior[k] for k in ("capacity_rps", "units", "loadavg_before") if k in prior})
+            extra["measured_backend"] = prior.get("backend")
+            extra["measured_date"] = prior.get("date")
+        report = write_report(profile, measured, out, extra)
+        print(f"profile {profile.name} replayed on {len(measured) - report['failed_requests']} measured "
+              f"requests of {source}")
+        print(format_table(report["results"]))
+        print(f"largest error over the load levels {report['max_abs_err'] * 100:.1f}%; wrote {out / 'check.json'}")
         return 0
     settings = CheckSettings(load_fractions=args.loads, requests_per_level=args.requests_per_level,
                              burst=args.burst, capacity_rps=args.capacity_rps, seed=args.seed)
-    out = Path(args.out or Path("runs") / "calibrate-check" / profile.name)
     report = asyncio.run(run_check(profile, args.backend, out, settings, progress=not args.quiet))
     print(f"profile {profile.name} vs {args.backend}; capacity {report['capacity_rps']:.2f} req/s; "
           f"failed requests: {report['failed_requests']}")

@@ -38,7 +38,7 @@ import pandas as pd
 from scipy.optimize import least_squares, lsq_linear
 
 from calibrate.jsonsafe import json_safe
-from calibrate.modeldir import SHAPES
+from calibrate.modeldir import shape_for_served
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.profiling import meta_path
 from calibrate.replay import Linearized, linearize_units, prepare_units, simulate_units
@@ -368,7 +368,7 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
     frame = diag.pop("_frame")
     backend = meta.get("backend", {})
     served = str(backend.get("model", ""))
-    shape = SHAPES.get(served[len("llama-"):]) if served.startswith("llama-") else None
+    shape = shape_for_served(served)
     machine = meta.get("machine", {})
     profile = LatencyProfile(
         name=name,

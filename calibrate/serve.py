@@ -137,7 +137,7 @@ class ServeSpec:
 
     @property
     def served_name(self) -> str:
-        return self.model if self.model is not None else f"llama-{self.shape}"
+        return self.model if self.model is not None else get_shape(self.shape).served_name
 
     def resolved_device(self) -> str:
         return detect_device() if self.device == "auto" else self.device

@@ -83,3 +83,49 @@ def test_serve_print_command_shows_the_cpu_settings(tmp_path, capsys):
     assert "VLLM_CPU_OMP_THREADS_BIND=1" in out and "VLLM_CPU_KVCACHE_SPACE=3" in out
     assert "VLLM_HOST_IP=127.0.0.1" in out and "--port 8123" in out and out.rstrip().endswith("--max-logprobs 5")
     assert (tmp_path / "llama-tiny" / "config.json").exists()
+
+
+def _measured_check(profile_name: str, tmp_path: Path) -> Path:
+    """A check_requests.csv whose 'measured' times are the simulator's own under ``profile_name``."""
+    import numpy as np
+    import pandas as pd
+
+    from calibrate.check import CheckSettings, plan_check, replay_check
+    from sim.latency import load_profile
+
+    profile = load_profile(profile_name)
+    settings = CheckSettings(requests_per_level=12, burst=6, max_input=300, max_output=12, prefix_len=64,
+                             capacity_rps=2.0)
+    units, _ = plan_check(profile, settings)
+    frame = pd.DataFrame([{"unit": f"check/{u.name}", "load": u.name, "request_id": r.request_id,
+                           "input_len": r.input_len, "output_len": r.output_len, "prefix_id": r.prefix_id,
+                           "shared_len": r.shared_len, "send_s": r.at_s, "ok": True}
+                          for u in units for r in u.requests])
+    sim = replay_check(profile, frame.assign(ttft_s=1.0, tpot_s=1.0, e2el_s=1.0))
+    measured = frame.assign(ttft_s=sim["sim_ttft_s"], tpot_s=sim["sim_tpot_s"] * np.where(
+        frame["load"] == "burst", 1.5, 1.0), e2el_s=sim["sim_e2el_s"])
+    path = tmp_path / "measured" / "check_requests.csv"
+    path.parent.mkdir()
+    measured.to_csv(path, index=False)
+    return path
+
+
+def test_check_replay_writes_check_json_in_out(tmp_path, capsys):
+    source = _measured_check("cpu-tiny", tmp_path)
+    out = tmp_path / "replayed"
+    assert main(["check", "--profile", "cpu-tiny", "--backend", "http://127.0.0.1:9", "--replay", str(source),
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "check.json").read_text())
+    assert (out / "check_requests.csv").exists() and report["replayed"] == str(source)
+    # The same profile reproduces its own times; the burst's TPOT was made 50% slower.
+    assert report["results"]["poisson-50"]["max_abs_err"] < 1e-9
+    assert report["results"]["burst"]["tpot_p50"]["err"] == pytest.approx(1 / 1.5 - 1)
+    assert report["max_abs_err"] == pytest.approx(1 / 3)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_check_replay_of_a_missing_file_is_a_clear_error(tmp_path, capsys):
+    assert main(["check", "--profile", "cpu-tiny", "--backend", "http://127.0.0.1:9", "--replay",
+                 str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert "nope.csv does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
