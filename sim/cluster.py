@@ -29,6 +29,7 @@ from results.records import RequestRecord, RunLabels
 from routing import BackendSpec, Decision, Outcome, RequestInfo, Router, ScrapedMetrics, Strategy
 from routing.router import NoHealthyBackend
 from sim.engine import Engine, EngineConfig, EngineMetrics, Plan, RequestTooLong, StepOutput
+from sim.frontend import FrontEnd
 from sim.latency import LatencyProfile
 from sim.request import EngineRequest, Status
 from workload.trace import Trace
@@ -71,6 +72,9 @@ class _Pending:
     decision: Decision
     dispatch_s: float
     deadline_hit: bool = False
+    #: When the API-server front end delivered the first and last token (NaN: no front end).
+    first_out: float = math.nan
+    last_out: float = math.nan
 
 
 @dataclass
@@ -114,6 +118,9 @@ class BackendDriver:
         self.submits_during_plan: list[float] = []
         self.tick_time = math.nan
         self.tick_metrics: EngineMetrics = engine.published
+        #: The backend's API-server front end (``sim.frontend``), if its profile has one.
+        fe = cluster.config.backends[index].profile.front_end
+        self.frontend: FrontEnd | None = FrontEnd(fe) if fe.enabled else None
         self.proc = self.env.process(self._run())
 
     # --- arrivals and aborts ------------------------------------------------------------
@@ -171,6 +178,8 @@ class BackendDriver:
             plan = eng.plan(self.max_steps)
             start = env.now
             self.plan, self.plan_start = plan, start
+            if self.frontend is not None:
+                self.frontend.track(start, plan)
             self.submits_during_plan.clear()
             while True:
                 self.interruptible = plan.is_run and plan.steps > 1
@@ -193,6 +202,8 @@ class BackendDriver:
                     else:
                         plan = eng.tail(plan, 0)
                         self.plan = plan
+                    if self.frontend is not None:
+                        self.frontend.track(start, plan)
                     for rid in self.pending_aborts:
                         self._apply_abort(rid)
                     self.pending_aborts.clear()
@@ -206,7 +217,9 @@ class BackendDriver:
         if late_arrivals:
             self.engine.published.waiting -= late_arrivals
         self.published_at = end
-        self.cluster.on_output(self, out)
+        # Every first token and finish of a completion is in its last step.
+        delivered = self.frontend.complete(steps) if self.frontend is not None else None
+        self.cluster.on_output(self, out, delivered)
 
     def finalize(self, now: float) -> None:
         """At the horizon: apply the decode steps of an unfinished run that ended."""
@@ -369,13 +382,28 @@ class ClusterSim:
                             payload=pending, num_shareable=shareable)
         driver = self.drivers[decision.backend]
         delay = self._delay[decision.backend]
-        if delay > 0:
+        if driver.frontend is not None:
+            # Through the backend's API server first (sim.frontend).
+            if delay > 0:
+                env.timeout(delay).callbacks.append(lambda _e, d=driver, r=req: self._front_end_admit(d, r))
+            else:
+                self._front_end_admit(driver, req)
+        elif delay > 0:
             env.timeout(delay).callbacks.append(lambda _e, d=driver, r=req: d.submit(r))
         else:
             driver.submit(req)
         if self.config.timeout_s > 0:
             env.timeout(self.config.timeout_s).callbacks.append(
                 lambda _e, d=driver, r=rid: self._deadline(d, r))
+
+    def _front_end_admit(self, driver: BackendDriver, req: EngineRequest) -> None:
+        """The request reaches the backend's API server: it enters the engine when its input job ends."""
+        now = self.env.now
+        wait = driver.frontend.admit(now, req.prompt_len) - now
+        if wait > 0:
+            self.env.timeout(wait).callbacks.append(lambda _e, d=driver, r=req: d.submit(r))
+        else:
+            driver.submit(req)
 
     def _scrape(self, index: int, now: float) -> tuple[ScrapedMetrics, float] | None:
         """What the router's latest scrape of backend ``index`` returned (None: has it)."""
@@ -395,8 +423,16 @@ class ClusterSim:
         # else: still on the network; ``submit`` records the timeout when it lands.
 
     # --- outcomes ------------------------------------------------------------------------
-    def on_output(self, driver: BackendDriver, out: StepOutput) -> None:
+    def on_output(self, driver: BackendDriver, out: StepOutput, delivered: float | None = None) -> None:
+        """Requests that finished; ``delivered``: when the front end handed out this completion's tokens."""
         delay = self._delay[driver.index]
+        if delivered is not None:
+            for req in out.first_tokens:
+                req.payload.first_out = delivered
+            for req in out.finished:
+                req.payload.last_out = delivered
+                self._finish(req.id, req, "ok", delivered + delay)
+            return
         for req in out.finished:
             self._finish(req.id, req, "ok", req.last_token_time + delay)
 
@@ -422,7 +458,7 @@ class ClusterSim:
                 error: str = "", observe: bool = True) -> None:
         pending = self._pending.pop(rid)
         rec = self._record(pending.index, req, pending.decision, pending.dispatch_s,
-                           status=status, end=end, error=error)
+                           status=status, end=end, error=error, pending=pending)
         self._write(pending.index, rec)
         if observe:
             self.router.finish(Outcome(
@@ -448,13 +484,19 @@ class ClusterSim:
             self._all_done.succeed()
 
     def _record(self, i: int, req: EngineRequest | None, decision: Decision | None,
-                dispatch_s: float, *, status: str, end: float, error: str = "") -> RequestRecord:
+                dispatch_s: float, *, status: str, end: float, error: str = "",
+                pending: _Pending | None = None) -> RequestRecord:
         trace = self.trace
         labels = self.labels
         delay = self._delay[decision.backend] if decision is not None else 0.0
         if req is not None:
             first = req.first_token_time + delay
             last = req.last_token_time + delay
+            if pending is not None and pending.first_out == pending.first_out:
+                # Tokens reach the client when the API server has processed their step
+                # (sim.frontend); the engine's ITL runs stay those of its steps.
+                first = pending.first_out + delay
+                last = (pending.last_out if pending.last_out == pending.last_out else req.last_token_time) + delay
             out_len = req.num_output
             cached = max(req.num_cached, 0)
             preemptions = req.num_preemptions

@@ -47,7 +47,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-PROFILE_SCHEMA_VERSION = 1
+from sim.frontend import FrontEndError, FrontEndModel
+
+#: Version 2 adds the optional ``front_end`` section (``sim.frontend``); a profile
+#: without one is written as version 1, so readers of version 1 still read it.
+PROFILE_SCHEMA_VERSION = 2
+READABLE_SCHEMA_VERSIONS = (1, 2)
 COEFFICIENTS = ("step_s", "token_s", "seq_s", "prefill_attn_s", "decode_attn_s")
 #: Roofline terms of derived profiles (``sim.profiles``); 0 in fitted ones.
 ROOFLINE_TERMS = ("weight_s", "expert_s", "experts", "experts_per_token", "prefill_floor_s")
@@ -181,6 +186,8 @@ class LatencyProfile:
     #: engine): the simulator adds half before the request reaches the engine and
     #: half after each token, like a network hop, so it adds to TTFT and E2EL only.
     request_overhead_s: float = 0.0
+    #: The API server's own work (``sim.frontend``): none unless a fit found it.
+    front_end: FrontEndModel = FrontEndModel()
     source: dict[str, Any] = field(default_factory=dict)
     fit: dict[str, Any] = field(default_factory=dict)
 
@@ -201,7 +208,7 @@ class LatencyProfile:
 
     def to_json(self) -> str:
         doc = {
-            "schema_version": PROFILE_SCHEMA_VERSION,
+            "schema_version": PROFILE_SCHEMA_VERSION if self.front_end.enabled else 1,
             "name": self.name,
             "description": self.description,
             "hardware": self.hardware,
@@ -210,6 +217,7 @@ class LatencyProfile:
             "coefficients": self.model_coefficients(),
             "jitter_cv": self.jitter_cv,
             "request_overhead_s": self.request_overhead_s,
+            **({"front_end": self.front_end.to_dict()} if self.front_end.enabled else {}),
             "engine": self.engine_limits(),
             "source": self.source,
             "fit": self.fit,
@@ -225,10 +233,10 @@ class LatencyProfile:
         if not isinstance(doc, dict):
             raise ProfileError(f"{origin}: a latency profile is a JSON object")
         version = doc.get("schema_version")
-        if version != PROFILE_SCHEMA_VERSION:
+        if version not in READABLE_SCHEMA_VERSIONS:
             raise ProfileError(
                 f"{origin}: latency profile schema version {version!r}, this version reads "
-                f"{PROFILE_SCHEMA_VERSION}"
+                f"{', '.join(map(str, READABLE_SCHEMA_VERSIONS))}"
             )
         for key in ("name", "coefficients", "engine"):
             if key not in doc:
@@ -252,6 +260,10 @@ class LatencyProfile:
         overhead = float(doc.get("request_overhead_s", 0.0))
         if not (0.0 <= overhead < 60.0):
             raise ProfileError(f"{origin}: request_overhead_s must be in [0, 60) seconds, got {overhead}")
+        try:
+            front_end = FrontEndModel.from_dict(doc.get("front_end", {}), f"{origin}: front_end")
+        except FrontEndError as exc:
+            raise ProfileError(str(exc)) from None
         return cls(
             name=str(doc["name"]),
             model=LatencyModel(**coeffs),
@@ -262,6 +274,7 @@ class LatencyProfile:
             provisional=bool(doc.get("provisional", False)),
             jitter_cv=jitter,
             request_overhead_s=overhead,
+            front_end=front_end,
             source=doc.get("source", {}),
             fit=doc.get("fit", {}),
         )

@@ -36,7 +36,7 @@ DETERMINISTIC = [
     *sorted((ROOT / "routing").rglob("*.py")),
     *sorted((ROOT / "workload").rglob("*.py")),
     *(ROOT / "sim" / f"{name}.py" for name in
-      ("engine", "kv_cache", "request", "latency", "timeline", "cluster", "fleet")),
+      ("engine", "kv_cache", "request", "latency", "timeline", "cluster", "fleet", "frontend")),
 ]
 CLOCK_CALLS = {("time", "time"), ("time", "perf_counter"), ("time", "monotonic"),
                ("time", "time_ns"), ("datetime", "now"), ("datetime", "utcnow"), ("date", "today")}

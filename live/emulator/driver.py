@@ -11,16 +11,23 @@ slow one, as a real server would be).
 
 Requests arriving during a step join at the next one, as in vLLM. Aborting a
 request (its client went away) frees its KV blocks at once.
+
+A profile with an API-server front end (``sim.frontend``, fitted by
+``calibrate``) is served the way the simulator serves it: a request enters the
+engine when the front end's input job for it ends, and a step's tokens are
+handed out when its output job ends, on the same FIFO server model.
 """
 from __future__ import annotations
 
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 
-from sim.engine import Engine, EngineConfig, EngineMetrics
+from sim.engine import Engine, EngineConfig, EngineMetrics, RequestTooLong
+from sim.frontend import FrontEnd
 from sim.latency import LatencyProfile
 from sim.request import EngineRequest, Status
 from workload.hashing import block_hash_chain
@@ -110,6 +117,13 @@ class EngineDriver:
         self.steps = 0
         #: Seconds the loop woke up after a step's due end, summed (a health figure).
         self.total_lateness = 0.0
+        self.frontend = FrontEnd(profile.front_end) if profile.front_end.enabled else None
+        #: Requests in the front end's input queue, not yet in the engine (by id).
+        self._entering: dict[int, EngineRequest] = {}
+        #: Requests aborted while tokens of theirs may still be in the front end's output queue.
+        self._gone: set[int] = set()
+        #: Steps whose tokens wait for the front end's output job: (time it ends, tokens), in order.
+        self._outbox: deque[tuple[float, list]] = deque()
 
     def now(self) -> float:
         """Seconds since the driver was made (the engine's clock)."""
@@ -155,9 +169,14 @@ class EngineDriver:
             raise RuntimeError(
                 f"cannot reset: {len(self.engine.running)} running and "
                 f"{len(self.engine.waiting)} waiting requests")
+        if self._entering:
+            raise RuntimeError(f"cannot reset: {len(self._entering)} requests in the front end")
         self.engine = Engine(self.config, self.profile.model,
                              jitter_cv=self.base_profile.jitter_cv, seed=self.seed)
         self._after_abort = None
+        if self.frontend is not None:
+            self.frontend = FrontEnd(self.base_profile.front_end)
+            self._gone.clear()
 
     # --- requests ----------------------------------------------------------------
     def submit(self, token_ids: list[int], max_tokens: int,
@@ -173,14 +192,33 @@ class EngineDriver:
                             arrival=self.now())
         state = RequestState(req, max_tokens if stop_at is None else stop_at, req.arrival, sink)
         req.payload = state
-        self.engine.add_request(req)
-        self._wake.set()
+        if self.frontend is None:
+            self.engine.add_request(req)
+            self._wake.set()
+            return state
+        if req.prompt_len + req.max_tokens > self.max_tokens_total:
+            raise RequestTooLong(f"request {rid} needs {req.prompt_len + req.max_tokens} tokens of KV "
+                                 f"but the engine holds {self.max_tokens_total}")
+        wait = self.frontend.admit(req.arrival, req.prompt_len) - self.now()
+        self._entering[rid] = req
+        asyncio.get_running_loop().call_later(max(wait, 0.0), self._enter, rid)
         return state
+
+    def _enter(self, rid: int) -> None:
+        """The front end's input job for the request ended: it reaches the engine."""
+        req = self._entering.pop(rid, None)
+        if req is not None:  # else aborted while in the front end
+            self.engine.add_request(req)
+            self._wake.set()
 
     def abort(self, state: RequestState) -> bool:
         """Remove a request that has not finished (frees its KV blocks)."""
+        if self._entering.pop(state.id, None) is not None:
+            return True
         if self.engine.abort(state.id) is None:
             return False
+        if self._outbox:
+            self._gone.add(state.id)
         self._publish()
         return True
 
@@ -219,6 +257,8 @@ class EngineDriver:
             plan = engine.plan(1)
             if plan is None:
                 continue
+            if self.frontend is not None:
+                self.frontend.track(start, plan)
             for req, _ in plan.scheduled:
                 st = req.payload
                 if st.scheduled != st.scheduled:  # NaN: first time scheduled
@@ -234,30 +274,62 @@ class EngineDriver:
             self.steps += 1
             due = end
             prompt_tokens = 0
+            emitted = []
             for req in out.emitted:
-                st = req.payload
-                if st.output == 0:
-                    st.first_token = woke
-                    st.cached = max(req.num_cached, 0)
+                n = req.num_output
+                if n == 1:
                     prompt_tokens += req.prompt_len
-                    obs.on_first_token(st, woke)
-                else:
-                    obs.on_token(st, woke, 1)
-                st.output = req.num_output
-                st.last_token = woke
-                if req.status == Status.FINISHED:  # reached max_tokens
-                    self._finish(st, woke)
-                elif st.output >= st.stop_at:
+                done = req.status == Status.FINISHED  # reached max_tokens
+                if not done and n >= req.payload.stop_at:
                     # Pseudo-EOS before max_tokens: free it as vLLM does on EOS.
                     engine.abort(req.id)
                     eos = True
-                    self._finish(st, woke)
-                else:
-                    st.sink(st, False)
+                    done = True
+                emitted.append((req, n, done))
             if eos:
                 self._publish()
                 eos = False
-            obs.on_step(prompt_tokens, len(out.emitted))
+            obs.on_step(prompt_tokens, len(emitted))
+            if self.frontend is None:
+                self._hand_out(emitted, woke)
+            else:
+                # The tokens reach their clients when the front end has processed this step.
+                at = self.frontend.complete(1)
+                self._outbox.append((at, emitted))
+                if len(self._outbox) == 1:
+                    asyncio.get_running_loop().call_later(max(0.0, at - self.now()), self._deliver)
+
+    def _deliver(self) -> None:
+        """Hand out, in order, every step whose output job has ended (FIFO: their times never decrease)."""
+        box = self._outbox
+        while box and box[0][0] <= self.now():
+            at, emitted = box.popleft()
+            self._hand_out(emitted, at)
+        if box:
+            asyncio.get_running_loop().call_later(max(0.0, box[0][0] - self.now()), self._deliver)
+        else:
+            self._gone.clear()
+
+    def _hand_out(self, emitted: list, t: float) -> None:
+        """Give each request of a step its token at ``t``: observers first, then its sink."""
+        obs = self.observer
+        gone = self._gone
+        for req, n, done in emitted:
+            st = req.payload
+            if gone and req.id in gone:
+                continue  # its client went away after this step
+            if st.output == 0:
+                st.first_token = t
+                st.cached = max(req.num_cached, 0)
+                obs.on_first_token(st, t)
+            else:
+                obs.on_token(st, t, 1)
+            st.output = n
+            st.last_token = t
+            if done:
+                self._finish(st, t)
+            else:
+                st.sink(st, False)
 
     def _finish(self, st: RequestState, t: float) -> None:
         st.finished_at = t
