@@ -29,7 +29,7 @@ ALLOWED = {
 # Of ``sim``, ``live`` may import only the engine model (the emulator steps it on the wall
 # clock); the cluster, fleets and sweeps are the simulator's, and validation joins the two.
 SIM_ENGINE_MODEL = {"sim.engine", "sim.request", "sim.latency", "sim.kv_cache", "sim.decode_group",
-                    "sim.timeline"}
+                    "sim.timeline", "sim.frontend"}
 # Modules that must be deterministic given their inputs (orchestration such as the
 # sweep's run ids and timing, or a fitting script's provenance date, is exempt).
 DETERMINISTIC = [

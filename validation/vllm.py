@@ -22,6 +22,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from calibrate.modeldir import shape_for_served
 from calibrate.cli import build_parser, serve_spec
 from calibrate.serve import CPU_BLOCK_SIZE, ServeError, ServeSpec, VllmServer
 
@@ -82,8 +83,8 @@ def parse_serve_args(argv: Sequence[str]):
 
 def shape_of(served_model: str) -> str | None:
     """``llama-tiny`` -> ``tiny``: the shape ``calibrate serve`` serves under that name."""
-    prefix = "llama-"
-    return served_model[len(prefix):] if served_model.startswith(prefix) else None
+    shape = shape_for_served(served_model)
+    return shape.name if shape is not None else None
 
 
 def core_for(i: int, cpu_count: int | None = None) -> str:
