@@ -19,6 +19,10 @@ directory has the simulator's layout; `python -m results DIR` reports on it.
 
 validating a simulator run (docs/validation.md): `python -m live --validate SIM_RUN ...`
 runs `python -m validation SIM_RUN ...` with the same arguments; see its --help.
+
+stopping: Ctrl-C (or kill -INT / kill) stops the unit in progress, keeps every
+finished unit, stops the backends started here and prints the command that resumes
+the run; a second Ctrl-C stops at once.
 """
 
 
@@ -92,11 +96,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("a scenario file is required")
     if not args.backends and not args.emulate:
         parser.error("give --backends URL,... or --emulate N")
-    try:
-        return _run(args)
-    except _UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from sim.control import StopSignals
+
+    # SIGINT even when inherited as ignored (a script's background job), SIGTERM alike;
+    # a second signal stops at once (spawned backends die with this process).
+    with StopSignals() as stops:
+        try:
+            return _run(args, stops)
+        except _UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("\ninterrupted before any unit ran; nothing to keep", file=sys.stderr)
+            return stops.exit_code
 
 
 def forward_to_validation(given: Sequence[str], replace_process: bool = True) -> int:
@@ -152,7 +164,36 @@ def _load(args):
         raise _UserError(str(exc)) from None
 
 
-def _run(args) -> int:
+def resume_command(args, run_path: Path) -> str:
+    """The command that continues this live run: every option that shapes it, plus --resume."""
+    import shlex
+
+    from sim.control import python_command
+
+    parts = [python_command(), "-m", "live", args.scenario]
+    for item in args.overrides:
+        parts += ["--set", item]
+    for flag, value in (("--seeds", args.seeds), ("--backends", args.backends),
+                        ("--emulate", args.emulate), ("--max-duration", args.max_duration),
+                        ("--max-requests", args.max_requests), ("--model", args.model)):
+        if value is not None:
+            parts += [flag, str(value)]
+    defaults = build_parser().parse_args([])
+    for flag, name in (("--concurrency", "concurrency"), ("--timeout", "timeout"),
+                       ("--vocab-size", "vocab_size")):
+        if getattr(args, name) != getattr(defaults, name):
+            parts += [flag, str(getattr(args, name))]
+    if args.gateway:
+        parts.append("--gateway")
+    if args.quiet:
+        parts.append("--quiet")
+    text = shlex.join(parts + ["--out", str(run_path), "--resume"])
+    if args.api_key:
+        text += " --api-key KEY"  # never echoed: give the same key again
+    return text
+
+
+def _run(args, stops) -> int:
     from live.loadgen import LoadOptions
     from live.run import LiveSettings, check_fleet_sizes, open_run, run_scenario
     from results.summary import format_table, summarize_run
@@ -169,28 +210,31 @@ def _run(args) -> int:
         settings.validate()
         check_fleet_sizes(points, settings)
         run, resumed = open_run(args.out, args.runs_dir, scenario, points, settings, args.resume)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         raise _UserError(str(exc)) from None
+    resume_hint = resume_command(args, run.path)
+    stops.force_message = (f"stopped at once; finished units are kept. Continue with:\n"
+                           f"  {resume_hint}\n")
     total = len(points) * len(scenario.router.strategies) * len(scenario.seeds)
     print(f"{scenario.name} (live{', via gateway' if args.gateway else ''}): {len(points)} grid "
           f"point(s) x {len(scenario.router.strategies)} strategies x {len(scenario.seeds)} "
-          f"seed(s) = {total} runs -> {run.path}" + (" (resuming)" if resumed else ""))
+          f"seed(s) = {total} runs -> {run.path}" + (" (resuming)" if resumed else ""), flush=True)
 
     def on_unit(rep) -> None:
         if rep.error:
             print(f"FAILED {rep.unit.key}: {rep.error}", file=sys.stderr)
         else:
             print(f"{rep.unit.key}: {rep.ok}/{rep.requests} ok in {rep.wall_s:.1f} s "
-                  f"(send lag p99 {rep.lag_p99_ms:.2f} ms)")
+                  f"(send lag p99 {rep.lag_p99_ms:.2f} ms)", flush=True)
 
     try:
         reports = run_scenario(run, scenario, points, settings, on_unit=on_unit)
     except ValueError as exc:
         raise _UserError(str(exc)) from None
     except KeyboardInterrupt:
-        print(f"\ninterrupted; finished units are kept. Continue with: python -m live "
-              f"{args.scenario} ... --out {run.path} --resume", file=sys.stderr)
-        return 130
+        print(f"\ninterrupted; finished units are kept. Continue with:\n  {resume_hint}",
+              file=sys.stderr)
+        return stops.exit_code
     failed = [r for r in reports if r.error]
     if run.record_files():
         summary = summarize_run(run.path, progress=not args.quiet)
@@ -198,6 +242,7 @@ def _run(args) -> int:
         print(format_table(summary))
     print(f"\nrun directory: {run.path}\nreport:        python -m results {run.path}")
     if failed:
-        print(f"{len(failed)} unit(s) failed; errors in {run.path / 'failures'}", file=sys.stderr)
+        print(f"{len(failed)} unit(s) failed; errors in {run.path / 'failures'}. After fixing the "
+              f"cause:\n  {resume_hint}", file=sys.stderr)
         return 1
     return 0

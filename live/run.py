@@ -30,7 +30,7 @@ from live.fleet import LiveFleet
 from live.gateway.spawn import start_gateway
 from live.loadgen import LoadOptions, ReplayResult, replay
 from results.records import RunLabels
-from scenarios.runs import base_manifest, new_experiment_id, scenario_digest
+from scenarios.runs import base_manifest, new_experiment_id, resume_refusal, scenario_digest
 from results.rundir import RunDir, Unit
 from workload import build_trace
 from workload.trace import Trace
@@ -222,7 +222,7 @@ def run_scenario(
     reports: list[UnitReport] = []
     for point in points:
         todo = [(seed, s) for seed in scenario.seeds for s in scenario.router.strategies
-                if not run.is_done(Unit(point.point_id, s.label, int(seed)))]
+                if not unit_done(run, Unit(point.point_id, s.label, int(seed)))]
         if not todo:
             continue
         sc = point.scenario
@@ -267,13 +267,16 @@ def open_run(path: Path | None, runs_dir: Path, scenario, points, settings: Live
              resume: bool) -> tuple[RunDir, bool]:
     """A new run directory, or the one ``--resume`` continues (same scenario only)."""
     digest = scenario_digest(scenario)
+    if path is not None and path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path} is a file; give a directory for the run (it is created "
+                         "if missing)")
     if resume:
         if path is None:
             raise ValueError("--resume needs --out DIR (the run to continue)")
         run = RunDir.open(path)
-        if run.manifest.get("scenario_sha256") != digest:
-            raise ValueError(f"cannot resume {path}: the scenario (or --set/--seeds) differs from "
-                             "the one that run started with")
+        manifest = run.manifest
+        if manifest.get("scenario_sha256") != digest:
+            raise ValueError(resume_refusal(manifest, scenario, path))
         return run, True
     experiment_id = new_experiment_id(scenario, digest, tag="live")
     path = path or runs_dir / experiment_id
@@ -281,3 +284,15 @@ def open_run(path: Path | None, runs_dir: Path, scenario, points, settings: Live
         raise ValueError(f"{path} already holds a run; use --resume to continue it, or another --out")
     manifest = build_manifest(scenario, points, experiment_id, digest, settings)
     return RunDir.create(path, manifest, scenario.source_text or None), False
+
+
+def unit_done(run: RunDir, unit: Unit) -> bool:
+    """Whether a unit is finished: its records file exists and reads back. One that does
+    not is set aside (``RunDir.set_aside``) and counts as not done, so it is run again."""
+    if not run.is_done(unit):
+        return False
+    why = run.unreadable(unit)
+    if why is None:
+        return True
+    run.set_aside(unit, why)
+    return False

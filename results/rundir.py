@@ -30,8 +30,11 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from results.records import RecordSchemaError, RecordWriter, read_records, write_records
+from results.records import (
+    RecordSchemaError, RecordWriter, check_schema, read_records, write_records,
+)
 
 MANIFEST = "manifest.json"
 _SAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -126,6 +129,29 @@ class RunDir:
 
     def is_done(self, unit: Unit) -> bool:
         return self.unit_path(unit).exists()
+
+    def unreadable(self, unit: Unit) -> str | None:
+        """Why a unit's records file does not read back (footer, schema), or None if it does.
+
+        A file cut short or overwritten (a full disk, a copy interrupted, a hand edit)
+        exists but is not a finished unit; callers redo such units (``set_aside``).
+        """
+        path = self.unit_path(unit)
+        try:
+            check_schema(pq.read_schema(path), str(path))
+        except (OSError, pa.ArrowInvalid, RecordSchemaError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def set_aside(self, unit: Unit, reason: str) -> Path:
+        """Move an unreadable records file to ``<name>.unreadable`` (kept for inspection; no
+        longer counted as done) and record why in ``failures/``. Returns its new path."""
+        path = self.unit_path(unit)
+        moved = path.with_name(path.name + ".unreadable")
+        path.replace(moved)
+        self.record_failure(unit, f"the records file {path} did not read back ({reason}); it was "
+                                  f"moved to {moved.name} and the unit is redone by --resume\n")
+        return moved
 
     def write_unit(self, unit: Unit, records: Any) -> Path:
         path = write_records(self.unit_path(unit), records)

@@ -44,11 +44,54 @@ def load_for_run(name_or_path: str, assignments: Sequence[str] = (), seeds: str 
     return scenario, expand_grid(scenario)
 
 
+def resolved_scenario(scenario) -> dict[str, Any]:
+    """The resolved scenario as JSON values: what the digest hashes and the manifest keeps."""
+    resolved = {k: v for k, v in asdict(scenario).items() if k not in ("source_path", "source_text")}
+    return json.loads(json.dumps(resolved, sort_keys=True, default=str))
+
+
 def scenario_digest(scenario) -> str:
     """SHA-256 of the resolved scenario (not of the file's bytes)."""
-    resolved = {k: v for k, v in asdict(scenario).items() if k not in ("source_path", "source_text")}
-    text = json.dumps(resolved, sort_keys=True, default=str)
+    text = json.dumps(resolved_scenario(scenario), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def scenario_changes(before: Any, after: Any, path: str = "") -> list[str]:
+    """What differs between two resolved scenarios, one ``key: old -> new`` per change.
+
+    Keys are written as ``--set`` takes them (``cluster.groups.<name>.count``), so a
+    refused ``--resume`` can say exactly which setting changed.
+    """
+    if isinstance(before, dict) and isinstance(after, dict):
+        out = []
+        for key in sorted(set(before) | set(after), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in before:
+                out.append(f"{sub}: (absent) -> {after[key]!r}")
+            elif key not in after:
+                out.append(f"{sub}: {before[key]!r} -> (absent)")
+            else:
+                out += scenario_changes(before[key], after[key], sub)
+        return out
+    if (isinstance(before, list) and isinstance(after, list) and len(before) == len(after)
+            and before and all(isinstance(x, dict) and "name" in x for x in before + after)
+            and [x["name"] for x in before] == [x["name"] for x in after]):
+        return [c for b, a in zip(before, after) for c in scenario_changes(b, a, f"{path}.{b['name']}")]
+    return [] if before == after else [f"{path}: {before!r} -> {after!r}"]
+
+
+def resume_refusal(manifest: dict[str, Any], scenario, path: Any) -> str:
+    """The message for a ``--resume`` whose scenario differs from the run's, naming the keys."""
+    text = (f"cannot resume {path}: the scenario (with --set/--seeds/--mode) differs from the "
+            "one that run started with")
+    stored = manifest.get("resolved_scenario")
+    if isinstance(stored, dict):
+        changes = scenario_changes(stored, resolved_scenario(scenario))
+        if changes:
+            shown = changes[:8] + ([f"... and {len(changes) - 8} more"] if len(changes) > 8 else [])
+            text += ":\n  " + "\n  ".join(shown) + "\n"
+    return text + ("give the run's original scenario and options to continue it, or start a new "
+                   "run (drop --resume)")
 
 
 def new_experiment_id(scenario, digest: str, tag: str = "", now: datetime | None = None) -> str:
@@ -68,6 +111,7 @@ def base_manifest(scenario, points, experiment_id: str, digest: str, mode: str) 
         "description": scenario.description,
         "scenario_path": str(scenario.source_path) if scenario.source_path else None,
         "scenario_sha256": digest,
+        "resolved_scenario": resolved_scenario(scenario),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seeds": list(scenario.seeds),
         "strategies": [{"label": s.label, "name": s.name, "params": dict(s.params)}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -20,7 +20,21 @@ examples:
 The run directory holds manifest.json, scenario.toml, one records Parquet file per
 (point, strategy, seed), failures/ and summary.json; `python -m results DIR` turns
 it into report.html with charts.
+
+stopping: Ctrl-C (or kill -INT / kill) stops within seconds, keeps every finished
+unit and prints the command that resumes the run; a second Ctrl-C stops at once.
+Worker processes end with this command, however it ends.
 """
+
+
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of processes, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (1 runs in this process), got {n}")
+    return n
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,8 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted run: finished units are not redone (the "
                         "scenario must be unchanged); without --out, the newest matching run "
                         "under runs/")
-    p.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="parallel worker processes (default: all cores)")
+    p.add_argument("--workers", type=_workers, default=None, metavar="N",
+                   help="parallel worker processes, >= 1 (default: all cores; 1 runs the units "
+                        "in this process)")
     p.add_argument("--seeds", metavar="LIST",
                    help="comma-separated seeds, replacing the scenario's (e.g. 0,1,2)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -66,21 +81,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from sim.control import StopSignals
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list_profiles:
         return _list_profiles()
     if not args.scenario:
         parser.error("a scenario file is required (or --list-profiles)")
-    try:
-        return _run(args)
-    except _UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with StopSignals() as stops:
+        try:
+            return _run(args, stops)
+        except _UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:  # stopped before any unit ran (loading, tokenizing)
+            print("\ninterrupted before the sweep started; nothing to keep", file=sys.stderr)
+            return stops.exit_code
 
 
 class _UserError(Exception):
     pass
+
+
+def resume_command(args: argparse.Namespace, run_path: Path) -> str:
+    """The command that continues this run: every option that shapes it, plus --resume."""
+    from sim.control import python_command
+
+    parts = [python_command(), "-m", "sim", args.scenario]
+    for item in args.overrides:
+        parts += ["--set", item]
+    for flag, value in (("--seeds", args.seeds), ("--mode", args.mode),
+                        ("--objective", args.objective), ("--workers", args.workers),
+                        ("--ray", args.ray)):
+        if value is not None:
+            parts += [flag, str(value)]
+    if args.quiet:
+        parts.append("--quiet")
+    return shlex.join(parts + ["--out", str(run_path), "--resume"])
+
+
+def _check_objective(objective: str | None) -> None:
+    """An unknown or unrankable ``--objective`` fails now, not after the sweep."""
+    if objective is None:
+        return
+    from results.stats import direction
+
+    try:
+        direction(objective)
+    except ValueError as exc:
+        raise _UserError(f"--objective: {exc}") from None
 
 
 def _list_profiles() -> int:
@@ -134,19 +184,22 @@ def _preflight(points) -> None:
 
 def _open_run(args, scenario, points):
     from results.rundir import RunDir
+    from scenarios.runs import resume_refusal
     from sim.sweep import build_manifest, new_experiment_id, scenario_digest
 
     digest = scenario_digest(scenario)
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise _UserError(f"--out {args.out} is a file; give a directory for the run "
+                         "(it is created if missing)")
     if args.resume:
         path = Path(args.out) if args.out else _latest_run(Path(args.runs_dir), scenario.name, digest)
         try:
             run = RunDir.open(path)
-        except FileNotFoundError as exc:
+            manifest = run.manifest
+        except (OSError, ValueError) as exc:
             raise _UserError(f"cannot resume: {exc}") from None
-        if run.manifest.get("scenario_sha256") != digest:
-            raise _UserError(
-                f"cannot resume {path}: the scenario (or --set/--seeds/--mode) differs from the "
-                "one that run started with; start a new run instead (drop --resume)")
+        if manifest.get("scenario_sha256") != digest:
+            raise _UserError(resume_refusal(manifest, scenario, path))
         return run, True
     experiment_id = new_experiment_id(scenario, digest)
     path = Path(args.out) if args.out else Path(args.runs_dir) / experiment_id
@@ -154,7 +207,10 @@ def _open_run(args, scenario, points):
         raise _UserError(f"{path} already holds a run; use --resume to continue it, or another --out")
     text = scenario.source_text if getattr(scenario, "source_text", None) else None
     manifest = build_manifest(scenario, points, experiment_id, digest)
-    return RunDir.create(path, manifest, text), False
+    try:
+        return RunDir.create(path, manifest, text), False
+    except OSError as exc:
+        raise _UserError(f"cannot create the run directory {path}: {exc}") from None
 
 
 def _latest_run(root: Path, name: str, digest: str) -> Path:
@@ -194,22 +250,26 @@ def _warm_workloads(points, seeds, quiet: bool) -> None:
             raise _UserError(f"workload of point {p.point_id}: {exc}") from None
 
 
-def _run(args) -> int:
+def _run(args, stops) -> int:
     from tqdm import tqdm
 
     from results.summary import format_table
-    from sim.sweep import run_sweep
+    from sim.sweep import plan_tasks, run_sweep
 
+    _check_objective(args.objective)
     scenario, points = _load(args)
     _preflight(points)
     seeds = list(scenario.seeds)
     strategies = list(scenario.router.strategies)
     _warm_workloads(points, seeds, args.quiet)
     run, resumed = _open_run(args, scenario, points)
+    resume_hint = resume_command(args, run.path)
+    stops.force_message = (f"stopped at once; finished units are kept. Continue with:\n"
+                           f"  {resume_hint}\n")
     total = len(points) * len(strategies) * len(seeds)
     print(f"{scenario.name}: {len(points)} grid point(s) x {len(strategies)} strategies x "
           f"{len(seeds)} seed(s) = {total} simulations -> {run.path}"
-          + (" (resuming)" if resumed else ""))
+          + (" (resuming)" if resumed else ""), flush=True)
 
     started = time.perf_counter()
     totals = {"requests": 0, "busy": 0.0, "sim": 0.0}
@@ -223,17 +283,31 @@ def _run(args) -> int:
         if o.error:
             bar.write(f"FAILED {o.unit.key}: {o.error.strip().splitlines()[-1]}")
 
-    result = None
-    try:
-        from sim.sweep import plan_tasks
+    def on_pool(pool) -> None:
+        if pool is not None:
+            pool_hook[0] = stops.on_force(pool.kill_now)
+        elif pool_hook[0] is not None:
+            stops.remove(pool_hook[0])
 
+    pool_hook = [None]
+    try:
         _, already = plan_tasks(run, points, seeds, strategies)
         bar.update(already)
-        result = run_sweep(run, points, seeds, strategies, workers=args.workers,
-                           ray_address=args.ray, on_outcome=on_outcome, objective=args.objective)
+        try:
+            result = run_sweep(run, points, seeds, strategies, workers=args.workers,
+                               ray_address=args.ray, on_outcome=on_outcome,
+                               objective=args.objective, on_pool=on_pool)
+        except KeyboardInterrupt:  # stopped while summarising what had finished
+            result = None
     finally:
         bar.close()
+    if result is None:
+        print(f"\ninterrupted; finished units are kept. Continue with:\n  {resume_hint}",
+              file=sys.stderr)
+        return stops.exit_code
     wall = time.perf_counter() - started
+    for key, why in result.set_aside.items():
+        print(f"redone {key}: its records file did not read back ({why})", file=sys.stderr)
     if result.summary is not None:
         print()
         print(format_table(result.summary))
@@ -243,13 +317,13 @@ def _run(args) -> int:
               f"{totals['sim'] / totals['busy']:,.0f}x real time per worker)")
     if result.skipped:
         print(f"{result.skipped} unit(s) were already done and not rerun")
-    resume_hint = f"python -m sim {args.scenario} --out {run.path} --resume"
     if result.failures:
         print(f"\n{len(result.failures)} unit(s) failed; errors in {run.path / 'failures'}. "
-              f"After fixing the cause: {resume_hint}", file=sys.stderr)
+              f"After fixing the cause:\n  {resume_hint}", file=sys.stderr)
     if result.interrupted:
-        print(f"\ninterrupted; finished units are kept. Continue with: {resume_hint}", file=sys.stderr)
-        return 130
+        print(f"\ninterrupted; finished units are kept. Continue with:\n  {resume_hint}",
+              file=sys.stderr)
+        return stops.exit_code
     print(f"\nrun directory: {run.path}\nreport:        python -m results {run.path}")
     return 1 if result.failures else 0
 

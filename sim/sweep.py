@@ -6,7 +6,9 @@ Work is handed out per (grid point, seed) so a worker builds that trace once and
 runs every strategy on the same requests and arrivals (common random numbers make
 strategy comparisons sharper). A unit that raises is recorded in ``failures/`` and
 the sweep goes on; Ctrl-C or a killed worker leaves finished units in place for
-``--resume``.
+``--resume``. Workers are ``sim.workers.WorkerPool`` processes: a stop ends them
+within seconds, and they die with the parent. A records file that does not read
+back is set aside and its unit redone.
 """
 from __future__ import annotations
 
@@ -15,21 +17,19 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import routing
 from results.metrics import UnitMetrics, unit_metrics
-from results.records import read_records
+from results.records import RecordSchemaError, RunLabels, read_records
 from results.rundir import RunDir, Unit
 from results.summary import RunSummary, build_summary
-from results.records import RunLabels
 from scenarios.runs import base_manifest, new_experiment_id, scenario_digest  # noqa: F401
 from sim.cluster import simulate
 from sim.fleet import cluster_config
+from sim.workers import WorkerPool
 
 @dataclass
 class Task:
@@ -58,6 +58,8 @@ class SweepResult:
     failures: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
     skipped: int = 0
+    #: units whose records file did not read back: set aside, redone (unit key -> message)
+    set_aside: dict[str, str] = field(default_factory=dict)
 
 
 # --- building a run ---------------------------------------------------------------------
@@ -68,12 +70,28 @@ def build_manifest(scenario, points, experiment_id: str, digest: str) -> dict[st
     return manifest
 
 
-def plan_tasks(run: RunDir, points, seeds: Sequence[int], strategies) -> tuple[list[Task], int]:
-    """Tasks for the units not yet done, and how many units were already done."""
+def plan_tasks(run: RunDir, points, seeds: Sequence[int], strategies, *,
+               set_aside: dict[str, str] | None = None) -> tuple[list[Task], int]:
+    """Tasks for the units not yet done, and how many units were already done.
+
+    A unit whose file exists but does not read back is not done: with ``set_aside`` (a
+    dict to fill) its file is moved aside (``RunDir.set_aside``) and the unit planned
+    again; without, it is only planned again.
+    """
     tasks, done = [], 0
     for p in points:
         for seed in seeds:
-            todo = [s for s in strategies if not run.is_done(Unit(p.point_id, s.label, int(seed)))]
+            todo = []
+            for s in strategies:
+                unit = Unit(p.point_id, s.label, int(seed))
+                if run.is_done(unit):
+                    why = run.unreadable(unit)
+                    if why is None:
+                        continue
+                    if set_aside is not None:
+                        moved = run.set_aside(unit, why)
+                        set_aside[unit.key] = f"{why}; moved to {moved}"
+                todo.append(s)
             done += len(strategies) - len(todo)
             if todo:
                 tasks.append(Task(p, int(seed), todo))
@@ -101,11 +119,22 @@ def _trace_for(point, seed: int):
     return trace
 
 
-def run_task(run_path: str, experiment_id: str, task: Task) -> list[UnitOutcome]:
-    """Simulate every strategy of ``task``, writing each unit's records as it finishes."""
+def run_task(run_path: str, experiment_id: str, task: Task,
+             emit: Callable[[UnitOutcome], None] | None = None) -> list[UnitOutcome]:
+    """Simulate every strategy of ``task``, writing each unit's records as it finishes.
+
+    ``emit`` receives each unit's outcome as soon as it is known (a worker sends it
+    to the parent at once, so a stop never loses a finished unit's metrics).
+    """
     run = RunDir(run_path)
     sc = task.point.scenario
-    outcomes = []
+    outcomes: list[UnitOutcome] = []
+
+    def done(outcome: UnitOutcome) -> None:
+        outcomes.append(outcome)
+        if emit is not None:
+            emit(outcome)
+
     try:
         trace = _trace_for(task.point, task.seed)
         config = cluster_config(sc)
@@ -114,7 +143,7 @@ def run_task(run_path: str, experiment_id: str, task: Task) -> list[UnitOutcome]
         for s in task.strategies:
             unit = Unit(task.point.point_id, s.label, task.seed)
             run.record_failure(unit, err)
-            outcomes.append(UnitOutcome(unit, error=err))
+            done(UnitOutcome(unit, error=err))
         return outcomes
     names = [b.name for b in config.backends]
     slo = {k: v for k, v in asdict(sc.slo).items() if v is not None}
@@ -129,26 +158,29 @@ def run_task(run_path: str, experiment_id: str, task: Task) -> list[UnitOutcome]
                 result = simulate(trace, strategy, config, labels=labels, seed=task.seed,
                                   sink=writer.write)
             metrics = unit_metrics(read_records(run.unit_path(unit)), slo, backend_names=names)
-            outcomes.append(UnitOutcome(unit, metrics.to_dict(), wall_s=time.perf_counter() - t0,
-                                        num_requests=result.num_records,
-                                        sim_time_s=result.end_time))
+            done(UnitOutcome(unit, metrics.to_dict(), wall_s=time.perf_counter() - t0,
+                             num_requests=result.num_records, sim_time_s=result.end_time))
         except Exception:  # noqa: BLE001
             err = traceback.format_exc()
             run.record_failure(unit, err)
-            outcomes.append(UnitOutcome(unit, error=err, wall_s=time.perf_counter() - t0))
+            done(UnitOutcome(unit, error=err, wall_s=time.perf_counter() - t0))
     return outcomes
+
+
+class _StreamTask:
+    """``run_task`` in the shape ``WorkerPool`` runs (picklable for spawned workers)."""
+
+    def __init__(self, run_path: str, experiment_id: str) -> None:
+        self.run_path = run_path
+        self.experiment_id = experiment_id
+
+    def __call__(self, task: Task, emit: Callable[[UnitOutcome], None]) -> None:
+        run_task(self.run_path, self.experiment_id, task, emit)
 
 
 # --- the sweep ----------------------------------------------------------------------------------
 def _metrics_from_disk(run: RunDir, unit: Unit, slo: dict, names: list[str]) -> UnitMetrics:
     return unit_metrics(read_records(run.unit_path(unit)), slo, backend_names=names)
-
-
-def _executor(workers: int):
-    import multiprocessing as mp
-
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context(method))
 
 
 def run_sweep(
@@ -161,10 +193,18 @@ def run_sweep(
     ray_address: str | None = None,
     on_outcome: Callable[[UnitOutcome], None] | None = None,
     objective: str | None = None,
+    on_pool: Callable[[WorkerPool | None], None] | None = None,
 ) -> SweepResult:
-    """Run the units not yet done; summarise every unit of the run."""
+    """Run the units not yet done; summarise every unit of the run.
+
+    ``KeyboardInterrupt`` (the first Ctrl-C or SIGTERM) stops the workers at once;
+    units already written are kept and summarised, and the result says
+    ``interrupted``. ``on_pool`` is told the worker pool while it runs (so a second
+    signal can kill its workers without waiting for anything).
+    """
     manifest = run.manifest
-    tasks, skipped = plan_tasks(run, points, seeds, strategies)
+    set_aside: dict[str, str] = {}
+    tasks, skipped = plan_tasks(run, points, seeds, strategies, set_aside=set_aside)
     experiment_id = manifest["experiment_id"]
     outcomes: list[UnitOutcome] = []
     interrupted = False
@@ -175,40 +215,37 @@ def run_sweep(
             if on_outcome is not None:
                 on_outcome(o)
 
-    workers = workers or os.cpu_count() or 1
+    def lost(task: Task, why: str) -> None:
+        """A worker died (or raised outside a unit) during ``task``: its unfinished units fail."""
+        reported = {o.unit for o in outcomes}
+        for s in task.strategies:
+            unit = Unit(task.point.point_id, s.label, task.seed)
+            if unit not in reported and not run.is_done(unit):
+                run.record_failure(unit, f"{why}\n")
+                collect([UnitOutcome(unit, error=why)])
+
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     try:
         if ray_address is not None:
             _run_on_ray(ray_address, str(run.path), experiment_id, tasks, collect)
         elif workers <= 1 or len(tasks) <= 1:
             for task in tasks:
-                collect(run_task(str(run.path), experiment_id, task))
+                run_task(str(run.path), experiment_id, task, lambda o: collect([o]))
         else:
-            _run_in_processes(min(workers, len(tasks)), str(run.path), experiment_id, tasks, collect)
+            pool = WorkerPool(min(workers, len(tasks)), _StreamTask(str(run.path), experiment_id))
+            if on_pool is not None:
+                on_pool(pool)
+            try:
+                pool.run(tasks, lambda o: collect([o]), lost)
+            finally:
+                if on_pool is not None:
+                    on_pool(None)
     except KeyboardInterrupt:
         interrupted = True
-    except BrokenProcessPool as exc:
-        interrupted = True
-        for task in tasks:
-            for s in task.strategies:
-                unit = Unit(task.point.point_id, s.label, task.seed)
-                if not run.is_done(unit) and all(o.unit != unit for o in outcomes):
-                    run.record_failure(unit, f"a worker process died: {exc}")
     summary = summarize(run, points, objective=objective, fresh=outcomes)
-    return SweepResult(run, summary, outcomes, run.failures(), interrupted, skipped)
-
-
-def _run_in_processes(workers: int, run_path: str, experiment_id: str, tasks: list[Task], collect) -> None:
-    pool = _executor(workers)
-    try:
-        pending = {pool.submit(run_task, run_path, experiment_id, t) for t in tasks}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                collect(fut.result())
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+    return SweepResult(run, summary, outcomes, run.failures(), interrupted, skipped, set_aside)
 
 
 def _run_on_ray(address: str, run_path: str, experiment_id: str, tasks: list[Task], collect) -> None:
@@ -251,8 +288,15 @@ def summarize(run: RunDir, points=None, *, objective: str | None = None,
         if unit is None:
             continue  # a file this manifest does not list (left by hand): ignored
         m = known.get(unit)
-        metrics = (UnitMetrics(m["metrics"], m["backends"]) if m is not None
-                   else _metrics_from_disk(run, unit, slo, names.get(unit.point_id, [])))
+        if m is not None:
+            metrics = UnitMetrics(m["metrics"], m["backends"])
+        else:
+            try:
+                metrics = _metrics_from_disk(run, unit, slo, names.get(unit.point_id, []))
+            except (RecordSchemaError, OSError, ValueError) as exc:
+                # Its footer read back but its data did not: set aside, redone by --resume.
+                run.set_aside(unit, f"{type(exc).__name__}: {exc}")
+                continue
         results.append((unit, metrics))
     if not results:
         return None
