@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("a scenario file is required")
     if not args.backends and not args.emulate:
         parser.error("give --backends URL,... or --emulate N")
-    from sim.control import StopSignals
+    from scenarios.stopping import StopSignals
 
     # SIGINT even when inherited as ignored (a script's background job), SIGTERM alike;
     # a second signal stops at once (spawned backends die with this process).
@@ -168,7 +168,7 @@ def resume_command(args, run_path: Path) -> str:
     """The command that continues this live run: every option that shapes it, plus --resume."""
     import shlex
 
-    from sim.control import python_command
+    from scenarios.stopping import python_command
 
     parts = [python_command(), "-m", "live", args.scenario]
     for item in args.overrides:

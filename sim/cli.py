@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sim.control import StopSignals
+    from scenarios.stopping import StopSignals
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -106,7 +106,7 @@ class _UserError(Exception):
 
 def resume_command(args: argparse.Namespace, run_path: Path) -> str:
     """The command that continues this run: every option that shapes it, plus --resume."""
-    from sim.control import python_command
+    from scenarios.stopping import python_command
 
     parts = [python_command(), "-m", "sim", args.scenario]
     for item in args.overrides:

@@ -9,7 +9,7 @@ its own pipe, and ``stop`` ends them with SIGTERM then SIGKILL: a stop takes at 
 
 Workers ignore SIGINT (the terminal sends Ctrl-C to the whole process group; the
 parent alone decides what happens) and die with the parent
-(``sim.control.die_with_parent``). A worker that dies during a task (a crash, the
+(``die_with_parent``). A worker that dies during a task (a crash, the
 OOM killer) is reported through ``on_lost`` and replaced; the other tasks go on.
 """
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -25,10 +27,37 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from sim.control import die_with_parent
+_PR_SET_PDEATHSIG = 1
 
 #: ``fn(task, emit)`` runs one task in a worker; ``emit(item)`` hands an item to the parent.
 TaskFn = Callable[[Any, Callable[[Any], None]], None]
+
+
+def die_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """End this process (at once, without clean-up) when ``parent_pid`` is gone.
+
+    Linux delivers SIGKILL on the parent's death (``PR_SET_PDEATHSIG``). Elsewhere, and
+    as a second line, a daemon thread checks every ``poll_s`` whether this process has
+    been re-parented. Called first thing in each worker.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):  # pragma: no cover - no prctl: the thread remains
+            pass
+    if os.getppid() != parent_pid:  # the parent died before the watch was set up
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_s)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-death-watch", daemon=True).start()
 
 
 def _worker_main(conn: Connection, fn: TaskFn, parent_pid: int) -> None:  # pragma: no cover - child

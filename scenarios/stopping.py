@@ -1,4 +1,4 @@
-"""Process control for long commands: signals, parent death, the printed resume command.
+"""Stopping a run of a scenario (``python -m sim``, ``python -m live``) on signals.
 
 ``python -m sim`` and ``python -m live`` run for minutes to hours and are stopped
 by Ctrl-C, by ``kill -INT``/``kill`` from a script, or by a CI runner's timeout.
@@ -12,9 +12,7 @@ by Ctrl-C, by ``kill -INT``/``kill`` from a script, or by a CI runner's timeout.
   background jobs (``cmd &``) with SIGINT ignored, and Python keeps it ignored, so
   ``kill -INT`` would otherwise do nothing.
 
-``die_with_parent`` is the other half: worker processes end when the command that
-started them is gone, even when it was killed without a chance to stop them
-(SIGKILL, the kernel's OOM killer).
+``python_command`` spells this interpreter for the resume command a stopped run prints.
 """
 from __future__ import annotations
 
@@ -22,11 +20,7 @@ import os
 import shutil
 import signal
 import sys
-import threading
-import time
 from collections.abc import Callable
-
-_PR_SET_PDEATHSIG = 1
 
 
 class StopSignals:
@@ -92,33 +86,6 @@ def _say(text: str) -> None:
         os.write(2, ("\n" + text).encode())
     except OSError:
         pass
-
-
-def die_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
-    """End this process (at once, without clean-up) when ``parent_pid`` is gone.
-
-    Linux delivers SIGKILL on the parent's death (``PR_SET_PDEATHSIG``). Elsewhere, and
-    as a second line, a daemon thread checks every ``poll_s`` whether this process has
-    been re-parented. Call it first thing in a freshly started worker.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):  # pragma: no cover - no prctl: the thread remains
-            pass
-    if os.getppid() != parent_pid:  # the parent died before the watch was set up
-        os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(poll_s)
-            if os.getppid() != parent_pid:
-                os._exit(1)
-
-    threading.Thread(target=watch, name="parent-death-watch", daemon=True).start()
 
 
 def python_command() -> str:
