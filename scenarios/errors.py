@@ -6,8 +6,10 @@ user can fix the file without reading this package.
 """
 from __future__ import annotations
 
+from workload.tables import SchemaError
 
-class ScenarioError(ValueError):
+
+class ScenarioError(SchemaError):
     """A scenario file (or an override) is invalid.
 
     ``source`` is the file (or ``"<string>"``), ``key`` the dotted key path
@@ -19,7 +21,7 @@ class ScenarioError(ValueError):
         self.key = key
         self.problem = problem
         self.source = source
-        super().__init__(self._text())
+        ValueError.__init__(self, self._text())
 
     def _text(self) -> str:
         where = ": ".join(part for part in (self.source, self.key) if part)

@@ -14,9 +14,9 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from scenarios.checks import describe
 from scenarios.errors import ScenarioError
 from scenarios.toml_compat import tomllib
+from workload.tables import describe
 
 
 def apply_overrides(

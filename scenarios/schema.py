@@ -1,9 +1,11 @@
 """The scenario schema: frozen dataclasses, one per TOML table.
 
-The dataclass defaults *are* the documented defaults: the validator reads them
-from here, so a default is written once. ``WorkloadSpec`` and ``ArrivalSpec``
-are handed to ``workload.build_trace`` as ``dataclasses.asdict(spec)``, so their
-field names are the keys the workload package expects.
+``[workload]`` and ``[arrivals]`` are ``workload``'s own tables
+(``workload.config.WorkloadSpec`` / ``ArrivalSpec``): one schema, so a scenario
+accepts exactly the tables ``workload.build_trace`` accepts, and
+``dataclasses.asdict(spec)`` is what ``build_trace`` takes. The tables defined
+here declare their keys the same way (``workload.tables.key``: default and rule
+in one place), so adding a key to any table is one line.
 
 A freshly loaded scenario may hold grid axes: a list where a scalar is expected,
 on one of the keys in ``AXES`` (e.g. ``arrivals.rate = [2.0, 4.0]``). The
@@ -16,89 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SOURCES = ("sharegpt", "wildchat", "azure", "synthetic")
-#: Sources whose requests carry real timestamps, which ``pattern = "replay"`` needs.
-REPLAY_SOURCES = ("azure", "wildchat")
-ORDERS = ("interleave", "shuffle", "sequential")
-PATTERNS = ("poisson", "gamma", "constant", "burst", "replay")
+from workload.config import (
+    ORDERS, PATTERNS, REPLAY_SOURCES, SOURCES, ArrivalSpec, SyntheticSpec, WorkloadSpec,
+)
+from workload.tables import REQUIRED, axes, key
+
 MODES = ("fast", "exact")
 DISTRIBUTIONS = ("fixed", "uniform", "lognormal")
-
-#: Keys that may hold a list of values, each list a grid axis. ``<group>`` is a
-#: ``[[cluster.groups]]`` name. Strategies and seeds are not axes: every grid
-#: point runs every strategy with every seed.
-SECTION_AXES = {
-    "workload": ("max_input_len", "max_output_len"),
-    "arrivals": ("pattern", "rate", "burstiness", "peak_rate", "time_scale", "target_rate"),
-    "router": ("scrape_interval_s",),
-}
-GROUP_AXES = (
-    "count", "profile", "max_num_seqs", "max_num_batched_tokens", "num_kv_blocks",
-    "enable_prefix_caching",
-)
-AXES = tuple(
-    [f"{section}.{key}" for section, keys in SECTION_AXES.items() for key in keys]
-    + [f"cluster.groups.<group>.{key}" for key in GROUP_AXES]
-)
-
-
-def _fixed(value: int) -> dict[str, Any]:
-    return {"dist": "fixed", "value": value}
-
-
-@dataclass(frozen=True)
-class SyntheticSpec:
-    """``[workload.synthetic]``: generated requests (``source = "synthetic"``).
-
-    ``input``/``output`` are distribution tables, kept as the plain dicts the
-    file gave (validated): ``{dist="fixed", value=N}``, ``{dist="uniform",
-    min=a, max=b}`` or ``{dist="lognormal", mean=m, sigma=s, min=?, max=?}``.
-    """
-
-    input: dict[str, Any] = field(default_factory=lambda: _fixed(1024))
-    output: dict[str, Any] = field(default_factory=lambda: _fixed(128))
-    prefix_groups: int = 0
-    prefix_len: int = 0
-    num_requests: int = 10000
-
-
-@dataclass(frozen=True)
-class WorkloadSpec:
-    """``[workload]``: where requests come from and which ones are kept."""
-
-    source: str
-    path: str = ""
-    dataset: str = "allenai/WildChat-1M"
-    split: str = "train"
-    tokenizer: str = "deepseek"
-    block_size: int = 16
-    languages: list[str] = field(default_factory=list)
-    exclude_toxic: bool = True
-    exclude_redacted: bool = False
-    max_turns: int = 0
-    min_input_len: int = 1
-    max_input_len: int | list[int] = 0
-    min_output_len: int = 1
-    max_output_len: int | list[int] = 0
-    max_conversations: int = 0
-    order: str = "interleave"
-    active_sessions: int = 32
-    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
-
-
-@dataclass(frozen=True)
-class ArrivalSpec:
-    """``[arrivals]``: when requests are sent (see ``workload`` arrival processes)."""
-
-    pattern: str | list[str] = "poisson"
-    rate: float | list[float] = 1.0
-    burstiness: float | list[float] = 1.0
-    base_rate: float = 1.0
-    peak_rate: float | list[float] = 10.0
-    on_s: float = 10.0
-    off_s: float = 30.0
-    time_scale: float | list[float] = 1.0
-    target_rate: float | list[float] = 0.0
 
 
 @dataclass(frozen=True)
@@ -109,14 +35,14 @@ class GroupSpec:
     the profiles; this package does not).
     """
 
-    name: str
-    profile: str | list[str]
-    count: int | list[int] = 1
-    max_num_seqs: int | list[int] = 0
-    max_num_batched_tokens: int | list[int] = 0
-    num_kv_blocks: int | list[int] = 0
-    block_size: int = 16
-    enable_prefix_caching: bool | list[bool] = True
+    name: str = key(REQUIRED, "str", nonempty=True)
+    profile: str | list[str] = key(REQUIRED, "str", nonempty=True, axis=True)
+    count: int | list[int] = key(1, ge=1, axis=True)
+    max_num_seqs: int | list[int] = key(0, ge=0, axis=True)
+    max_num_batched_tokens: int | list[int] = key(0, ge=0, axis=True)
+    num_kv_blocks: int | list[int] = key(0, ge=0, axis=True)
+    block_size: int = key(16, ge=1)
+    enable_prefix_caching: bool | list[bool] = key(True, axis=True)
 
 
 @dataclass(frozen=True)
@@ -139,20 +65,20 @@ class StrategySpec:
 class RouterSpec:
     """``[router]``: the strategies to compare and what the router can observe."""
 
-    strategies: list[StrategySpec]
-    scrape_interval_s: float | list[float] = 0.5
-    network_delay_s: float = 0.0
-    timeout_s: float = 0.0
-    mode: str = "fast"
+    strategies: list[StrategySpec] = key(REQUIRED, "table")  # checked by scenarios.validate
+    scrape_interval_s: float | list[float] = key(0.5, gt=0, axis=True)
+    network_delay_s: float = key(0.0, ge=0)
+    timeout_s: float = key(0.0, ge=0)
+    mode: str = key("fast", choices=MODES)
 
 
 @dataclass(frozen=True)
 class SloSpec:
     """``[slo]``: per-request latency objectives for goodput; ``None`` = not counted."""
 
-    ttft_ms: float | None = None
-    tpot_ms: float | None = None
-    e2el_ms: float | None = None
+    ttft_ms: float | None = key(None, "float", gt=0)
+    tpot_ms: float | None = key(None, "float", gt=0)
+    e2el_ms: float | None = key(None, "float", gt=0)
 
 
 @dataclass(frozen=True)
@@ -163,19 +89,19 @@ class Scenario:
     ``workload.build_trace`` sends ``num_requests`` requests.
     """
 
-    name: str
-    workload: WorkloadSpec
-    arrivals: ArrivalSpec
-    cluster: ClusterSpec
-    router: RouterSpec
-    slo: SloSpec = field(default_factory=SloSpec)
-    description: str = ""
-    seeds: list[int] = field(default_factory=lambda: [0])
-    duration_s: float | None = None
-    num_requests: int | None = None
+    name: str = key(REQUIRED, "str", nonempty=True)
+    workload: WorkloadSpec = key(REQUIRED, "table")
+    arrivals: ArrivalSpec = key(REQUIRED, "table")
+    cluster: ClusterSpec = key(REQUIRED, "table")
+    router: RouterSpec = key(REQUIRED, "table")
+    slo: SloSpec = key(kind="table", factory=SloSpec)
+    description: str = key("", "str")
+    seeds: list[int] = key(kind="int_list", factory=lambda: [0])
+    duration_s: float | None = key(None, "float", gt=0)
+    num_requests: int | None = key(None, "int", ge=1)
     #: Simulated seconds allowed after the last arrival for requests in flight;
     #: whatever is still running then is recorded as ``unfinished``.
-    drain_s: float = 600.0
+    drain_s: float = key(600.0, ge=0)
     source_text: str = field(default="", repr=False, compare=False)
     source_path: Path | None = field(default=None, compare=False)
 
@@ -187,16 +113,16 @@ class Scenario:
         out: dict[str, list[Any]] = {}
         for section in ("workload", "arrivals"):
             spec = getattr(self, section)
-            for key in SECTION_AXES[section]:
-                if isinstance(getattr(spec, key), list):
-                    out[f"{section}.{key}"] = list(getattr(spec, key))
+            for name in SECTION_AXES[section]:
+                if isinstance(getattr(spec, name), list):
+                    out[f"{section}.{name}"] = list(getattr(spec, name))
         for group in self.cluster.groups:
-            for key in GROUP_AXES:
-                if isinstance(getattr(group, key), list):
-                    out[f"cluster.groups.{group.name}.{key}"] = list(getattr(group, key))
-        for key in SECTION_AXES["router"]:
-            if isinstance(getattr(self.router, key), list):
-                out[f"router.{key}"] = list(getattr(self.router, key))
+            for name in GROUP_AXES:
+                if isinstance(getattr(group, name), list):
+                    out[f"cluster.groups.{group.name}.{name}"] = list(getattr(group, name))
+        for name in SECTION_AXES["router"]:
+            if isinstance(getattr(self.router, name), list):
+                out[f"router.{name}"] = list(getattr(self.router, name))
         return out
 
     @property
@@ -222,3 +148,24 @@ class Scenario:
                 f"scenario {self.name!r} still has grid axes ({axes}); call "
                 f"scenarios.expand_grid() and use each GridPoint.scenario for {what}"
             )
+
+
+#: Keys that may hold a list of values, each list a grid axis (the fields marked
+#: ``axis``). ``<group>`` is a ``[[cluster.groups]]`` name. Strategies and seeds
+#: are not axes: every grid point runs every strategy with every seed.
+SECTION_AXES = {
+    "workload": axes(WorkloadSpec),
+    "arrivals": axes(ArrivalSpec),
+    "router": axes(RouterSpec),
+}
+GROUP_AXES = axes(GroupSpec)
+AXES = tuple(
+    [f"{section}.{name}" for section, names in SECTION_AXES.items() for name in names]
+    + [f"cluster.groups.<group>.{name}" for name in GROUP_AXES]
+)
+
+__all__ = [
+    "AXES", "DISTRIBUTIONS", "GROUP_AXES", "MODES", "ORDERS", "PATTERNS", "REPLAY_SOURCES",
+    "SECTION_AXES", "SOURCES", "ArrivalSpec", "ClusterSpec", "GroupSpec", "RouterSpec", "Scenario",
+    "SloSpec", "StrategySpec", "SyntheticSpec", "WorkloadSpec",
+]

@@ -1,8 +1,10 @@
 """From a parsed TOML document (a dict) to a validated ``Scenario``.
 
-One function per table, each with its key rules next to it. Checks that span
-tables (replay needs timestamps, block sizes must agree) come last, so each
-table's own errors are reported with their own key paths first.
+``[workload]`` and ``[arrivals]`` are checked by ``workload`` itself (with grid
+axes allowed); the scenario's own tables by the rules declared on their fields
+(``scenarios.schema``). Checks that span tables (replay needs timestamps, block
+sizes must agree) come last, so each table's own errors are reported with their
+own key paths first.
 """
 from __future__ import annotations
 
@@ -11,134 +13,68 @@ from pathlib import Path
 from typing import Any
 
 import routing
-from scenarios.checks import Rule, check, describe, join, read_table, reject_unknown, require_table
 from scenarios.errors import ScenarioError
 from scenarios.schema import (
-    DISTRIBUTIONS, GROUP_AXES, MODES, ORDERS, PATTERNS, REPLAY_SOURCES, SECTION_AXES, SOURCES,
-    ArrivalSpec, ClusterSpec, GroupSpec, RouterSpec, Scenario, SloSpec, StrategySpec,
-    SyntheticSpec, WorkloadSpec,
+    AXES, ArrivalSpec, ClusterSpec, GroupSpec, RouterSpec, Scenario, SloSpec, StrategySpec,
+    WorkloadSpec,
+)
+from workload.config import check_pair
+from workload.tables import (
+    SchemaError, check, describe, join, read_table, reject_unknown, require_table, rules,
 )
 
 #: Names that end up in backend names, axis paths and run-directory folders.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]*$")
 _SAFE_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-
-_INT_GE0 = Rule("int", ge=0)
-_INT_GE1 = Rule("int", ge=1)
-_POS = Rule("float", gt=0)
-_NONNEG = Rule("float", ge=0)
-
-TOP_RULES = {
-    "name": Rule("str", nonempty=True),
-    "description": Rule("str"),
-    "seeds": Rule("int_list"),
-    "duration_s": Rule("float", gt=0),
-    "num_requests": Rule("int", ge=1),
-    "drain_s": _NONNEG,
-}
 SECTIONS = ("workload", "arrivals", "cluster", "router", "slo")
-
-WORKLOAD_RULES = {
-    "source": Rule("str", choices=SOURCES),
-    "path": Rule("str"),
-    "dataset": Rule("str", nonempty=True),
-    "split": Rule("str", nonempty=True),
-    "tokenizer": Rule("str", nonempty=True),
-    "block_size": _INT_GE1,
-    "languages": Rule("str_list"),
-    "exclude_toxic": Rule("bool"),
-    "exclude_redacted": Rule("bool"),
-    "max_turns": _INT_GE0,
-    "min_input_len": _INT_GE1,
-    "max_input_len": Rule("int", ge=0, axis=True),
-    "min_output_len": _INT_GE1,
-    "max_output_len": Rule("int", ge=0, axis=True),
-    "max_conversations": _INT_GE0,
-    "order": Rule("str", choices=ORDERS),
-    "active_sessions": _INT_GE1,
-}
-SYNTHETIC_RULES = {
-    "prefix_groups": _INT_GE0,
-    "prefix_len": _INT_GE0,
-    "num_requests": _INT_GE1,
-}
-#: Keys of each distribution table: required, optional.
-DIST_KEYS = {
-    "fixed": (("value",), ()),
-    "uniform": (("min", "max"), ()),
-    "lognormal": (("mean", "sigma"), ("min", "max")),
-}
-DIST_RULES = {
-    "value": _INT_GE1, "min": _INT_GE1, "max": _INT_GE1, "mean": _POS, "sigma": _POS,
-}
-ARRIVAL_RULES = {
-    "pattern": Rule("str", choices=PATTERNS, axis=True),
-    "rate": Rule("float", gt=0, axis=True),
-    "burstiness": Rule("float", gt=0, axis=True),
-    "base_rate": _NONNEG,
-    "peak_rate": Rule("float", gt=0, axis=True),
-    "on_s": _POS,
-    "off_s": _NONNEG,
-    "time_scale": Rule("float", gt=0, axis=True),
-    "target_rate": Rule("float", ge=0, axis=True),
-}
-GROUP_RULES = {
-    "name": Rule("str", nonempty=True),
-    "profile": Rule("str", nonempty=True, axis=True),
-    "count": Rule("int", ge=1, axis=True),
-    "max_num_seqs": Rule("int", ge=0, axis=True),
-    "max_num_batched_tokens": Rule("int", ge=0, axis=True),
-    "num_kv_blocks": Rule("int", ge=0, axis=True),
-    "block_size": _INT_GE1,
-    "enable_prefix_caching": Rule("bool", axis=True),
-}
-ROUTER_RULES = {
-    "scrape_interval_s": Rule("float", gt=0, axis=True),
-    "network_delay_s": _NONNEG,
-    "timeout_s": _NONNEG,
-    "mode": Rule("str", choices=MODES),
-}
-SLO_RULES = {key: Rule("float", gt=0) for key in ("ttft_ms", "tpot_ms", "e2el_ms")}
-
-assert all(WORKLOAD_RULES[k].axis for k in SECTION_AXES["workload"])
-assert all(ARRIVAL_RULES[k].axis for k in SECTION_AXES["arrivals"])
-assert all(GROUP_RULES[k].axis for k in GROUP_AXES)
+#: Said when a list is given where no grid axis is allowed.
+LISTS_NOTE = "only these keys may be lists (grid axes): " + ", ".join(AXES)
 
 
 def build_scenario(
     doc: dict[str, Any], source_path: Path | None = None, source_text: str = ""
 ) -> Scenario:
     """Validate a parsed document. Raises ``ScenarioError`` (without the file name)."""
-    reject_unknown(doc, list(TOP_RULES) + list(SECTIONS), "")
+    try:
+        return _build(doc, source_path, source_text)
+    except ScenarioError:
+        raise
+    except SchemaError as exc:
+        raise ScenarioError(exc.key, exc.problem) from None
+
+
+def _build(doc: dict[str, Any], source_path: Path | None, source_text: str) -> Scenario:
+    own = [k for k in rules(Scenario) if k not in SECTIONS]
+    reject_unknown(doc, [*own, *SECTIONS], "")
+    top = read_table(doc, Scenario, "", skip=("name", *SECTIONS), lists_note=LISTS_NOTE)
     for section in ("workload", "cluster", "router"):
         if section not in doc:
             raise ScenarioError(section, f"missing required table [{section}]")
-    top = {k: check(rule, doc[k], k) for k, rule in TOP_RULES.items() if k in doc}
-    name = top.get("name") or (source_path.stem if source_path else "")
+    if "name" in doc:
+        name = check(rules(Scenario)["name"], doc["name"], "name", lists_note=LISTS_NOTE)
+    else:  # a file's name stands in for it
+        name = source_path.stem if source_path else ""
     if not name:
         raise ScenarioError("name", "missing required key; expected a non-empty string")
     if not _SAFE_NAME.match(name):
         raise ScenarioError(
             "name", f"got {name!r}; expected letters, digits, '_', '+' or '-' (it names run folders)"
         )
-    seeds = top.get("seeds", [0])
-    _check_seeds(seeds)
-    if top.get("duration_s") is None and top.get("num_requests") is None:
+    _check_seeds(top["seeds"])
+    if top["duration_s"] is None and top["num_requests"] is None:
         raise ScenarioError(
             "num_requests", "give num_requests (how many requests) or duration_s (seconds of "
             "arrivals), or both; neither is set",
         )
-    workload = _workload(require_table(doc["workload"], "workload"))
-    arrivals_raw = require_table(doc.get("arrivals", {}), "arrivals")
-    arrivals = ArrivalSpec(**read_table(arrivals_raw, ArrivalSpec, ARRIVAL_RULES, "arrivals"))
+    workload = WorkloadSpec.from_mapping(doc["workload"], grid=True, lists_note=LISTS_NOTE)
+    arrivals = ArrivalSpec.from_mapping(doc.get("arrivals", {}), grid=True, lists_note=LISTS_NOTE)
     cluster = _cluster(require_table(doc["cluster"], "cluster"))
     router = _router(require_table(doc["router"], "router"))
-    slo_raw = require_table(doc.get("slo", {}), "slo")
-    slo = SloSpec(**read_table(slo_raw, SloSpec, SLO_RULES, "slo"))
+    slo = SloSpec(**read_table(doc.get("slo", {}), SloSpec, "slo", lists_note=LISTS_NOTE))
     scenario = Scenario(
-        name=name, description=top.get("description", ""), seeds=seeds,
-        duration_s=top.get("duration_s"), num_requests=top.get("num_requests"),
-        drain_s=top.get("drain_s", 600.0), workload=workload, arrivals=arrivals,
+        name=name, description=top["description"], seeds=top["seeds"],
+        duration_s=top["duration_s"], num_requests=top["num_requests"],
+        drain_s=top["drain_s"], workload=workload, arrivals=arrivals,
         cluster=cluster, router=router, slo=slo, source_text=source_text, source_path=source_path,
     )
     _cross_checks(scenario)
@@ -157,81 +93,6 @@ def _check_seeds(seeds: list[int]) -> None:
             raise ScenarioError(f"seeds[{i}]", f"seed {s} appears twice; seeds must be distinct")
 
 
-def _workload(raw: dict[str, Any]) -> WorkloadSpec:
-    values = read_table(raw, WorkloadSpec, WORKLOAD_RULES, "workload", extra=("synthetic",))
-    for low, high in (("min_input_len", "max_input_len"), ("min_output_len", "max_output_len")):
-        for h in _values(values[high]):
-            if h and h < values[low]:
-                raise ScenarioError(
-                    join("workload", high),
-                    f"{h} is below {low} = {values[low]}; expected 0 (no limit) or a value "
-                    f">= {values[low]}",
-                )
-    synthetic_raw = raw.get("synthetic")
-    if values["source"] == "synthetic":
-        if synthetic_raw is None:
-            synthetic_raw = {}
-        synthetic_raw = require_table(synthetic_raw, "workload.synthetic")
-        for key in ("input", "output"):
-            if key not in synthetic_raw:
-                raise ScenarioError(
-                    f"workload.synthetic.{key}",
-                    'missing required key with source = "synthetic"; expected a distribution '
-                    'table, e.g. { dist = "lognormal", mean = 512, sigma = 0.8 }',
-                )
-    synthetic = SyntheticSpec()
-    if synthetic_raw is not None:
-        synthetic = _synthetic(require_table(synthetic_raw, "workload.synthetic"))
-    return WorkloadSpec(**values, synthetic=synthetic)
-
-
-def _synthetic(raw: dict[str, Any]) -> SyntheticSpec:
-    path = "workload.synthetic"
-    values = read_table(raw, SyntheticSpec, SYNTHETIC_RULES, path, extra=("input", "output"))
-    for key in ("input", "output"):
-        if key in raw:
-            values[key] = distribution(raw[key], join(path, key))
-    if values["prefix_groups"] and not values["prefix_len"]:
-        raise ScenarioError(
-            join(path, "prefix_len"),
-            "is 0 but prefix_groups > 0; expected the shared prefix length in tokens (>= 1)",
-        )
-    if values["prefix_len"] and not values["prefix_groups"]:
-        raise ScenarioError(
-            join(path, "prefix_groups"),
-            "is 0 but prefix_len > 0; expected how many distinct shared prefixes (>= 1)",
-        )
-    return SyntheticSpec(**values)
-
-
-def distribution(raw: Any, path: str) -> dict[str, Any]:
-    """A validated length distribution table (plain dict, numbers normalised)."""
-    table = require_table(raw, path)
-    if "dist" not in table:
-        raise ScenarioError(
-            join(path, "dist"),
-            f"missing required key; expected one of {', '.join(map(repr, DISTRIBUTIONS))}",
-        )
-    dist = check(Rule("str", choices=DISTRIBUTIONS), table["dist"], join(path, "dist"))
-    required, optional = DIST_KEYS[dist]
-    reject_unknown(table, ["dist", *required, *optional], path)
-    out: dict[str, Any] = {"dist": dist}
-    for key in required:
-        if key not in table:
-            raise ScenarioError(
-                join(path, key),
-                f"missing required key for dist = {dist!r}; expected {DIST_RULES[key].allowed()}",
-            )
-    for key in (*required, *optional):
-        if key in table:
-            out[key] = check(DIST_RULES[key], table[key], join(path, key))
-    if "min" in out and "max" in out and out["min"] > out["max"]:
-        raise ScenarioError(
-            join(path, "max"), f"{out['max']} is below min = {out['min']}; expected max >= min"
-        )
-    return out
-
-
 def _cluster(raw: dict[str, Any]) -> ClusterSpec:
     reject_unknown(raw, ["groups"], "cluster")
     groups_raw = raw.get("groups")
@@ -245,7 +106,7 @@ def _cluster(raw: dict[str, Any]) -> ClusterSpec:
     groups: list[GroupSpec] = []
     for i, g in enumerate(groups_raw):
         path = f"cluster.groups[{i}]"
-        values = read_table(require_table(g, path), GroupSpec, GROUP_RULES, path)
+        values = read_table(g, GroupSpec, path, grid=True, lists_note=LISTS_NOTE)
         if not _SAFE_NAME.match(values["name"]):
             raise ScenarioError(
                 join(path, "name"),
@@ -264,7 +125,8 @@ def _cluster(raw: dict[str, Any]) -> ClusterSpec:
 
 
 def _router(raw: dict[str, Any]) -> RouterSpec:
-    values = read_table(raw, RouterSpec, ROUTER_RULES, "router", extra=("strategies",))
+    values = read_table(raw, RouterSpec, "router", grid=True, lists_note=LISTS_NOTE,
+                        skip=("strategies",))
     if "strategies" not in raw:
         raise ScenarioError(
             "router.strategies",
@@ -351,24 +213,7 @@ def _check_param_type(name: str, key: str, value: Any, default: Any, path: str) 
 
 
 def _cross_checks(sc: Scenario) -> None:
-    patterns = _values(sc.arrivals.pattern)
-    if "replay" in patterns and sc.workload.source not in REPLAY_SOURCES:
-        raise ScenarioError(
-            "arrivals.pattern",
-            f"'replay' replays the dataset's own timestamps, but workload.source = "
-            f"{sc.workload.source!r} has none; use a source with timestamps "
-            f"({', '.join(REPLAY_SOURCES)}) or another pattern "
-            f"({', '.join(p for p in PATTERNS if p != 'replay')})",
-        )
-    a = sc.arrivals
-    if "replay" in patterns and any(r > 0 for r in _values(a.target_rate)) and any(
-        t != 1.0 for t in _values(a.time_scale)
-    ):
-        raise ScenarioError(
-            "arrivals.target_rate",
-            "replay speed is set twice: give time_scale (a speed-up factor) or target_rate "
-            "(a mean rate in req/s), not both; leave the other at its default (1.0 / 0)",
-        )
+    check_pair(sc.workload, sc.arrivals)
     for i, g in enumerate(sc.cluster.groups):
         if g.block_size != sc.workload.block_size:
             raise ScenarioError(
@@ -376,8 +221,3 @@ def _cross_checks(sc: Scenario) -> None:
                 f"{g.block_size} differs from workload.block_size = {sc.workload.block_size}; "
                 "prompts are hashed per KV block, so both must be equal",
             )
-
-
-def _values(value: Any) -> list[Any]:
-    """An axis' values, or a scalar as a one-element list."""
-    return value if isinstance(value, list) else [value]

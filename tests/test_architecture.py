@@ -19,7 +19,7 @@ ALLOWED = {
     "workload": set(),
     "routing": {"predictors"},
     "predictors": set(),
-    "scenarios": {"routing"},
+    "scenarios": {"routing", "workload"},
     "results": set(),
     "sim": {"routing", "workload", "scenarios", "results"},
     "live": {"routing", "workload", "scenarios", "results", "sim"},

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from workload.arrivals import generate_arrivals, replay_arrivals
-from workload.config import ArrivalSpec, WorkloadSpec
+from workload.config import ArrivalSpec, WorkloadSpec, check_pair
 from workload.loader import load_pool
 from workload.ordering import ordered_rows, take_with_passes
 from workload.pool import RequestPool
@@ -108,13 +108,14 @@ def build_trace(
     """
     spec = WorkloadSpec.from_mapping(workload)
     arr = ArrivalSpec.from_mapping(arrivals)
+    check_pair(spec, arr)
     _check_size(seed, num_requests, duration_s)
     seed = int(seed)
     pool = load_pool(spec, seed=seed, cache_dir=cache_dir, progress=progress)
     if len(pool) == 0:
         raise ValueError(
             f"no request is left from source {spec.source!r} after the filters "
-            f"{spec.as_dict()['filters']} (max_conversations={spec.max_conversations})"
+            f"{spec.filters.as_dict()} (max_conversations={spec.max_conversations})"
         )
     if arr.pattern == "replay":
         trace, info = _replay(pool, arr, num_requests, duration_s)

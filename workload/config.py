@@ -1,194 +1,152 @@
-"""The ``[workload]`` and ``[arrivals]`` tables as typed, validated specs.
+"""The ``[workload]`` and ``[arrivals]`` tables: the one schema, owned here.
 
-``build_trace`` takes plain mappings (exactly a scenario's tables) so that the
-simulator, live mode and the CLI share one set of names and defaults. Bad input
-fails here, before any dataset is read, naming the key and what is allowed.
+Each table is a frozen dataclass whose fields are the table's keys, each
+declared once with its default and rule (``workload.tables.key``); adding a key
+is one line in one class. ``build_trace`` reads the tables through
+``WorkloadSpec.from_mapping`` / ``ArrivalSpec.from_mapping``, and a scenario file
+(``scenarios``) through the very same functions with ``grid=True`` (keys marked
+``axis`` may then hold a list of values, and every rule that spans keys is
+checked for each combination). So both entry points accept and reject the same
+tables, with the same key paths in their errors, and ``dataclasses.asdict(spec)``
+is again a table both accept.
 """
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from workload.tables import (
+    REQUIRED, Rule, SchemaError, axes, check, defaults, join, key, read_table, reject_unknown,
+    require_table, rules, values,
+)
 
 SOURCES = ("sharegpt", "wildchat", "azure", "synthetic")
+#: Sources whose requests carry real timestamps, which ``pattern = "replay"`` needs.
+REPLAY_SOURCES = ("azure", "wildchat")
+#: The source whose conversations carry language labels (``languages`` filters on them).
+LANGUAGE_SOURCE = "wildchat"
 ORDERS = ("interleave", "shuffle", "sequential")
 PATTERNS = ("poisson", "gamma", "constant", "burst", "replay")
-DISTS = ("fixed", "uniform", "lognormal")
-
-WORKLOAD_DEFAULTS: dict[str, Any] = {
-    "source": None,  # required
-    "path": "",
-    "dataset": "allenai/WildChat-1M",
-    "split": "train",
-    "tokenizer": "deepseek",
-    "block_size": 16,
-    "languages": [],
-    "exclude_toxic": True,
-    "exclude_redacted": False,
-    "max_turns": 0,
-    "min_input_len": 1,
-    "max_input_len": 0,
-    "min_output_len": 1,
-    "max_output_len": 0,
-    "max_conversations": 0,
-    "order": "interleave",
-    "active_sessions": 32,
-    "synthetic": {},
-}
-
-# vllm bench serve's random dataset defaults: 1024 prompt tokens, 128 output tokens.
-SYNTHETIC_DEFAULTS: dict[str, Any] = {
-    "input": {"dist": "fixed", "value": 1024},
-    "output": {"dist": "fixed", "value": 128},
-    "prefix_groups": 0,
-    "prefix_len": 0,
-    "num_requests": 10000,
-}
-
-ARRIVAL_DEFAULTS: dict[str, Any] = {
-    "pattern": "poisson",
-    "rate": 1.0,
-    "burstiness": 1.0,
-    "base_rate": 1.0,
-    "peak_rate": 10.0,
-    "on_s": 10.0,
-    "off_s": 30.0,
-    "time_scale": 1.0,
-    "target_rate": 0.0,
-}
-
-_DIST_KEYS = {
-    "fixed": ("dist", "value"),
-    "uniform": ("dist", "min", "max"),
-    "lognormal": ("dist", "mean", "sigma", "min", "max"),
-}
 
 
-def _check_keys(table: Mapping[str, Any], allowed, where: str) -> None:
-    if not isinstance(table, Mapping):
-        raise ValueError(f"{where} must be a table (mapping), got {type(table).__name__}")
-    unknown = sorted(set(table) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown key(s) in {where}: {', '.join(map(repr, unknown))}; "
-            f"allowed keys: {', '.join(sorted(allowed))}"
-        )
+# --- token-length distributions of synthetic requests ------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class FixedLength:
+    """``{dist = "fixed", value = N}``: every request has ``N`` tokens."""
+
+    name: ClassVar[str] = "fixed"
+    dist: str = key("fixed", "str")
+    value: int = key(REQUIRED, "int", ge=1)
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return np.full(n, self.value, dtype=np.int64)
 
 
-def _int(value: Any, key: str, *, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{key} must be an integer >= {minimum}, got {value}")
-    return int(value)
+@dataclass(frozen=True, kw_only=True)
+class UniformLength:
+    """``{dist = "uniform", min = a, max = b}``: integers in ``[a, b]``."""
+
+    name: ClassVar[str] = "uniform"
+    dist: str = key("uniform", "str")
+    min: int = key(REQUIRED, "int", ge=1)
+    max: int = key(REQUIRED, "int", ge=1)
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.integers(self.min, self.max + 1, size=n, dtype=np.int64)
 
 
-def _float(value: Any, key: str, *, positive: bool = False, allow_inf: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{key} must be a number, got {value!r}")
-    value = float(value)
-    bound = "> 0" if positive else ">= 0"
-    if math.isnan(value) or (math.isinf(value) and not allow_inf):
-        raise ValueError(f"{key} must be a finite number {bound}, got {value}")
-    if value < 0 or (positive and value == 0):
-        raise ValueError(f"{key} must be a number {bound}, got {value}")
-    return value
+@dataclass(frozen=True, kw_only=True)
+class LognormalLength:
+    """``{dist = "lognormal", mean = m, sigma = s, min = 1, max = 0}``: lognormal with mean ``m``.
+
+    ``sigma = 0`` gives the mean every time; ``max = 0`` means no upper bound.
+    """
+
+    name: ClassVar[str] = "lognormal"
+    dist: str = key("lognormal", "str")
+    mean: float = key(REQUIRED, "float", gt=0)
+    sigma: float = key(REQUIRED, "float", ge=0)
+    min: int = key(1, "int", ge=1)
+    max: int = key(0, "int", ge=0)
+
+    def draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        # parameterised by its mean: E[X] = exp(mu + sigma^2 / 2)
+        mu = math.log(self.mean) - self.sigma**2 / 2
+        x = np.rint(rng.lognormal(mu, self.sigma, size=n))
+        return np.clip(x, self.min, self.max or np.inf).astype(np.int64)
 
 
-def _bool(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{key} must be true or false, got {value!r}")
-    return value
+LengthDist = FixedLength | UniformLength | LognormalLength
+DISTRIBUTIONS: dict[str, type] = {c.name: c for c in (FixedLength, UniformLength, LognormalLength)}
+_DIST_RULE = Rule("str", choices=tuple(DISTRIBUTIONS))
 
 
-def _str(value: Any, key: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{key} must be a string, got {value!r}")
-    return value
+def parse_length(raw: Any, path: str) -> LengthDist:
+    """A length distribution table (or one already parsed) -> its typed form."""
+    if isinstance(raw, tuple(DISTRIBUTIONS.values())):
+        raw = asdict(raw)
+    table = require_table(raw, path)
+    if "dist" not in table:
+        raise SchemaError(join(path, "dist"), "missing required key; expected one of "
+                          + ", ".join(map(repr, DISTRIBUTIONS)))
+    name = check(_DIST_RULE, table["dist"], join(path, "dist"))
+    cls = DISTRIBUTIONS[name]
+    reject_unknown(table, list(rules(cls)), path)
+    for field_name, rule in rules(cls).items():
+        if field_name != "dist" and field_name not in table and defaults(cls)[field_name] is REQUIRED:
+            raise SchemaError(join(path, field_name),
+                              f"missing required key for dist = {name!r}; expected {rule.allowed()}")
+    spec = cls(**read_table(table, cls, path))
+    if name == "uniform" and spec.max < spec.min:
+        raise SchemaError(join(path, "max"), f"{spec.max} is below min = {spec.min}; expected max >= min")
+    if name == "lognormal" and spec.max and spec.max < spec.min:
+        raise SchemaError(join(path, "max"), f"{spec.max} is below min = {spec.min}; expected 0 "
+                                             f"(no bound) or max >= min")
+    return spec
 
 
-def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{key} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
-    return value
+def _fixed(value: int):
+    return lambda: FixedLength(value=value)
 
 
-@dataclass(frozen=True)
-class LengthDist:
-    """A token-length distribution: fixed, uniform [min, max] or lognormal with a given mean."""
-
-    dist: str = "fixed"
-    value: int = 0
-    min: int = 1
-    max: int = 0  # 0 = no upper bound (lognormal only)
-    mean: float = 0.0
-    sigma: float = 0.0
-
-    @classmethod
-    def from_mapping(cls, table: Mapping[str, Any], where: str) -> LengthDist:
-        if not isinstance(table, Mapping):
-            raise ValueError(f"{where} must be a table like {{dist = \"fixed\", value = 128}}")
-        dist = _choice(table.get("dist"), f"{where}.dist", DISTS)
-        _check_keys(table, _DIST_KEYS[dist], f"{where} (dist = {dist!r})")
-        missing = [k for k in _DIST_KEYS[dist] if k not in table and k not in ("min", "max")]
-        if dist == "uniform":
-            missing += [k for k in ("min", "max") if k not in table]
-        if missing:
-            raise ValueError(f"{where} (dist = {dist!r}) is missing key(s): {', '.join(missing)}")
-        if dist == "fixed":
-            return cls(dist, value=_int(table["value"], f"{where}.value", minimum=1))
-        if dist == "uniform":
-            lo = _int(table["min"], f"{where}.min", minimum=1)
-            hi = _int(table["max"], f"{where}.max", minimum=1)
-            if hi < lo:
-                raise ValueError(f"{where}.max ({hi}) must be >= {where}.min ({lo})")
-            return cls(dist, min=lo, max=hi)
-        lo = _int(table.get("min", 1), f"{where}.min", minimum=1)
-        hi = _int(table.get("max", 0), f"{where}.max", minimum=0)
-        if hi and hi < lo:
-            raise ValueError(f"{where}.max ({hi}) must be 0 (none) or >= {where}.min ({lo})")
-        return cls(
-            dist,
-            mean=_float(table["mean"], f"{where}.mean", positive=True),
-            sigma=_float(table["sigma"], f"{where}.sigma"),
-            min=lo,
-            max=hi,
-        )
-
-
+# --- [workload.synthetic] -----------------------------------------------------------------
 @dataclass(frozen=True)
 class SyntheticSpec:
-    input: LengthDist = field(default_factory=lambda: LengthDist("fixed", value=1024))
-    output: LengthDist = field(default_factory=lambda: LengthDist("fixed", value=128))
-    prefix_groups: int = 0
-    prefix_len: int = 0
-    num_requests: int = 10000
+    """``[workload.synthetic]``: generated requests (``source = "synthetic"``).
+
+    Defaults are ``vllm bench serve``'s random dataset: 1024 prompt tokens, 128 output tokens.
+    """
+
+    input: LengthDist = key(kind="table", factory=_fixed(1024))
+    output: LengthDist = key(kind="table", factory=_fixed(128))
+    prefix_groups: int = key(0, ge=0)
+    prefix_len: int = key(0, ge=0)
+    num_requests: int = key(10000, ge=1)
 
     @classmethod
-    def from_mapping(cls, table: Mapping[str, Any]) -> SyntheticSpec:
-        where = "[workload.synthetic]"
-        _check_keys(table, SYNTHETIC_DEFAULTS, where)
-        t = {**SYNTHETIC_DEFAULTS, **table}
-        groups = _int(t["prefix_groups"], f"{where}.prefix_groups")
-        plen = _int(t["prefix_len"], f"{where}.prefix_len")
-        if (groups == 0) != (plen == 0):
-            raise ValueError(
-                f"{where}.prefix_groups and prefix_len must both be > 0 (shared prefixes) "
-                f"or both 0 (none), got prefix_groups={groups}, prefix_len={plen}"
-            )
-        return cls(
-            input=LengthDist.from_mapping(t["input"], f"{where}.input"),
-            output=LengthDist.from_mapping(t["output"], f"{where}.output"),
-            prefix_groups=groups,
-            prefix_len=plen,
-            num_requests=_int(t["num_requests"], f"{where}.num_requests", minimum=1),
-        )
+    def from_mapping(cls, raw: Any, path: str = "workload.synthetic") -> SyntheticSpec:
+        if isinstance(raw, SyntheticSpec):
+            return raw
+        t = read_table(raw, cls, path)
+        t["input"] = parse_length(t["input"], join(path, "input"))
+        t["output"] = parse_length(t["output"], join(path, "output"))
+        if t["prefix_groups"] and not t["prefix_len"]:
+            raise SchemaError(join(path, "prefix_len"), "is 0 but prefix_groups > 0; expected the "
+                                                        "shared prefix length in tokens (>= 1)")
+        if t["prefix_len"] and not t["prefix_groups"]:
+            raise SchemaError(join(path, "prefix_groups"), "is 0 but prefix_len > 0; expected how "
+                                                           "many distinct shared prefixes (>= 1)")
+        return cls(**t)
 
 
+# --- [workload] -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Filters:
-    """Which conversations and turns become requests (part of the cache key)."""
+    """Which conversations and turns become requests (part of the pool cache key)."""
 
     languages: tuple[str, ...] = ()
     exclude_toxic: bool = True
@@ -207,103 +165,135 @@ class Filters:
             and (self.max_output_len == 0 or output_len <= self.max_output_len)
         )
 
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "languages": list(self.languages)}
+
+
+#: Pairs of keys whose upper bound (0: none) must not be below the lower one.
+_LENGTH_BOUNDS = (("min_input_len", "max_input_len"), ("min_output_len", "max_output_len"))
+
 
 @dataclass(frozen=True)
 class WorkloadSpec:
-    source: str
-    path: str = ""
-    dataset: str = "allenai/WildChat-1M"
-    split: str = "train"
-    tokenizer: str = "deepseek"
-    block_size: int = 16
-    filters: Filters = field(default_factory=Filters)
-    max_conversations: int = 0
-    order: str = "interleave"
-    active_sessions: int = 32
-    synthetic: SyntheticSpec = field(default_factory=SyntheticSpec)
+    """``[workload]``: where requests come from and which ones are kept."""
+
+    source: str = key(REQUIRED, "str", choices=SOURCES)
+    path: str = key("", "str")
+    dataset: str = key("allenai/WildChat-1M", nonempty=True)
+    split: str = key("train", nonempty=True)
+    tokenizer: str = key("deepseek", nonempty=True)
+    block_size: int = key(16, ge=1)
+    languages: list[str] = key(kind="str_list", factory=list)
+    exclude_toxic: bool = key(True)
+    exclude_redacted: bool = key(False)
+    max_turns: int = key(0, ge=0)
+    min_input_len: int = key(1, ge=0)
+    max_input_len: int = key(0, ge=0, axis=True)
+    min_output_len: int = key(1, ge=0)
+    max_output_len: int = key(0, ge=0, axis=True)
+    max_conversations: int = key(0, ge=0)
+    order: str = key("interleave", choices=ORDERS)
+    active_sessions: int = key(32, ge=1)
+    synthetic: SyntheticSpec = key(kind="table", factory=SyntheticSpec)
 
     @classmethod
-    def from_mapping(cls, table: Mapping[str, Any]) -> WorkloadSpec:
-        where = "[workload]"
-        _check_keys(table, WORKLOAD_DEFAULTS, where)
-        if "source" not in table:
-            raise ValueError(f"{where}.source is required; one of {', '.join(map(repr, SOURCES))}")
-        t = {**WORKLOAD_DEFAULTS, **table}
-        langs = t["languages"]
-        if isinstance(langs, str) or not isinstance(langs, (list, tuple)) or not all(
-            isinstance(x, str) for x in langs
-        ):
-            raise ValueError(f"{where}.languages must be a list of language names, got {langs!r}")
-        filters = Filters(
-            languages=tuple(langs),
-            exclude_toxic=_bool(t["exclude_toxic"], f"{where}.exclude_toxic"),
-            exclude_redacted=_bool(t["exclude_redacted"], f"{where}.exclude_redacted"),
-            max_turns=_int(t["max_turns"], f"{where}.max_turns"),
-            min_input_len=_int(t["min_input_len"], f"{where}.min_input_len"),
-            max_input_len=_int(t["max_input_len"], f"{where}.max_input_len"),
-            min_output_len=_int(t["min_output_len"], f"{where}.min_output_len"),
-            max_output_len=_int(t["max_output_len"], f"{where}.max_output_len"),
-        )
-        for lo, hi in (("min_input_len", "max_input_len"), ("min_output_len", "max_output_len")):
-            if getattr(filters, hi) and getattr(filters, hi) < getattr(filters, lo):
-                raise ValueError(
-                    f"{where}.{hi} ({getattr(filters, hi)}) must be 0 (none) or >= "
-                    f"{where}.{lo} ({getattr(filters, lo)})"
-                )
-        return cls(
-            source=_choice(t["source"], f"{where}.source", SOURCES),
-            path=_str(t["path"], f"{where}.path"),
-            dataset=_str(t["dataset"], f"{where}.dataset"),
-            split=_str(t["split"], f"{where}.split"),
-            tokenizer=_str(t["tokenizer"], f"{where}.tokenizer"),
-            block_size=_int(t["block_size"], f"{where}.block_size", minimum=1),
-            filters=filters,
-            max_conversations=_int(t["max_conversations"], f"{where}.max_conversations"),
-            order=_choice(t["order"], f"{where}.order", ORDERS),
-            active_sessions=_int(t["active_sessions"], f"{where}.active_sessions", minimum=1),
-            synthetic=SyntheticSpec.from_mapping(t["synthetic"]),
-        )
+    def from_mapping(cls, raw: Any, *, path: str = "workload", grid: bool = False,
+                     lists_note: str = "") -> WorkloadSpec:
+        """The checked table; ``SchemaError`` (a ``ValueError``) names a bad key.
 
-    def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["filters"]["languages"] = list(self.filters.languages)
-        return d
+        With ``grid``, keys marked ``axis`` may hold lists (a scenario's grid axes).
+        """
+        if isinstance(raw, WorkloadSpec):
+            raw = asdict(raw)
+        t = read_table(raw, cls, path, grid=grid, lists_note=lists_note)
+        t["synthetic"] = SyntheticSpec.from_mapping(t["synthetic"], join(path, "synthetic"))
+        for low, high in _LENGTH_BOUNDS:
+            for lo, hi in itertools.product(values(t[low]), values(t[high])):
+                if hi and hi < lo:
+                    raise SchemaError(join(path, high), f"{hi} is below {low} = {lo}; expected 0 "
+                                                        f"(no limit) or a value >= {lo}")
+        if t["languages"] and t["source"] != LANGUAGE_SOURCE:
+            raise SchemaError(join(path, "languages"),
+                              f"{t['languages']} needs a source with language labels "
+                              f"({LANGUAGE_SOURCE!r}); source {t['source']!r} has none (set languages = [])")
+        return cls(**t)
 
-
-@dataclass(frozen=True)
-class ArrivalSpec:
-    pattern: str = "poisson"
-    rate: float = 1.0
-    burstiness: float = 1.0
-    base_rate: float = 1.0
-    peak_rate: float = 10.0
-    on_s: float = 10.0
-    off_s: float = 30.0
-    time_scale: float = 1.0
-    target_rate: float = 0.0
-
-    @classmethod
-    def from_mapping(cls, table: Mapping[str, Any]) -> ArrivalSpec:
-        where = "[arrivals]"
-        _check_keys(table, ARRIVAL_DEFAULTS, where)
-        t = {**ARRIVAL_DEFAULTS, **table}
-        spec = cls(
-            pattern=_choice(t["pattern"], f"{where}.pattern", PATTERNS),
-            rate=_float(t["rate"], f"{where}.rate", positive=True),
-            burstiness=_float(t["burstiness"], f"{where}.burstiness", positive=True, allow_inf=True),
-            base_rate=_float(t["base_rate"], f"{where}.base_rate"),
-            peak_rate=_float(t["peak_rate"], f"{where}.peak_rate", positive=True),
-            on_s=_float(t["on_s"], f"{where}.on_s", positive=True),
-            off_s=_float(t["off_s"], f"{where}.off_s"),
-            time_scale=_float(t["time_scale"], f"{where}.time_scale", positive=True),
-            target_rate=_float(t["target_rate"], f"{where}.target_rate"),
-        )
-        if spec.pattern == "replay" and spec.target_rate > 0 and spec.time_scale != 1.0:
-            raise ValueError(
-                f"{where}: set either time_scale ({spec.time_scale}) or target_rate "
-                f"({spec.target_rate}) for pattern 'replay', not both"
-            )
-        return spec
+    @property
+    def filters(self) -> Filters:
+        return Filters(tuple(self.languages), self.exclude_toxic, self.exclude_redacted,
+                       self.max_turns, self.min_input_len, self.max_input_len,
+                       self.min_output_len, self.max_output_len)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# --- [arrivals] -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ArrivalSpec:
+    """``[arrivals]``: when requests are sent (``workload.arrivals``)."""
+
+    pattern: str = key("poisson", choices=PATTERNS, axis=True)
+    rate: float = key(1.0, gt=0, axis=True)
+    #: Gamma shape parameter of the inter-arrival times: 1 is Poisson, below 1
+    #: burstier, ``inf`` a constant rate (``vllm bench serve --burstiness``).
+    burstiness: float = key(1.0, gt=0, allow_inf=True, axis=True)
+    base_rate: float = key(1.0, ge=0)
+    peak_rate: float = key(10.0, gt=0, axis=True)
+    on_s: float = key(10.0, gt=0)
+    off_s: float = key(30.0, ge=0)
+    time_scale: float = key(1.0, gt=0, axis=True)
+    target_rate: float = key(0.0, ge=0, axis=True)
+
+    @classmethod
+    def from_mapping(cls, raw: Any, *, path: str = "arrivals", grid: bool = False,
+                     lists_note: str = "") -> ArrivalSpec:
+        """The checked table; ``SchemaError`` (a ``ValueError``) names a bad key."""
+        if isinstance(raw, ArrivalSpec):
+            raw = asdict(raw)
+        t = read_table(raw if raw is not None else {}, cls, path, grid=grid, lists_note=lists_note)
+        if ("replay" in values(t["pattern"]) and any(r > 0 for r in values(t["target_rate"]))
+                and any(s != 1.0 for s in values(t["time_scale"]))):
+            raise SchemaError(join(path, "target_rate"),
+                              "replay speed is set twice: give time_scale (a speed-up factor) or "
+                              "target_rate (a mean rate in req/s), not both; leave the other at its "
+                              "default (1.0 / 0)")
+        return cls(**t)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_pair(workload: WorkloadSpec, arrivals: ArrivalSpec, path: str = "arrivals") -> None:
+    """Rules that span the two tables: ``replay`` needs a source with timestamps."""
+    if "replay" in values(arrivals.pattern) and workload.source not in REPLAY_SOURCES:
+        raise SchemaError(
+            join(path, "pattern"),
+            f"'replay' replays the dataset's own timestamps, but workload.source = "
+            f"{workload.source!r} has none; use a source with timestamps "
+            f"({', '.join(REPLAY_SOURCES)}) or another pattern "
+            f"({', '.join(p for p in PATTERNS if p != 'replay')})",
+        )
+
+
+def table_defaults(cls: type) -> dict[str, Any]:
+    """The defaults of a table as plain values (``None`` for a required key)."""
+    out = {}
+    for name, value in defaults(cls).items():
+        out[name] = None if value is REQUIRED else value
+    return out
+
+
+WORKLOAD_DEFAULTS = table_defaults(WorkloadSpec)
+ARRIVAL_DEFAULTS = table_defaults(ArrivalSpec)
+SYNTHETIC_DEFAULTS = table_defaults(SyntheticSpec)
+#: Keys that a scenario may sweep (lists of values), per table.
+WORKLOAD_AXES = axes(WorkloadSpec)
+ARRIVAL_AXES = axes(ArrivalSpec)
+
+__all__ = [
+    "ARRIVAL_AXES", "ARRIVAL_DEFAULTS", "DISTRIBUTIONS", "ORDERS", "PATTERNS", "REPLAY_SOURCES",
+    "SOURCES", "SYNTHETIC_DEFAULTS", "WORKLOAD_AXES", "WORKLOAD_DEFAULTS", "ArrivalSpec",
+    "Filters", "FixedLength", "LengthDist", "LognormalLength", "SchemaError", "SyntheticSpec",
+    "UniformLength", "WorkloadSpec", "check_pair", "parse_length",
+]

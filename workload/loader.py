@@ -30,17 +30,9 @@ def _base_meta(spec: WorkloadSpec) -> dict[str, Any]:
     return {
         "source": spec.source,
         "block_size": spec.block_size,
-        "filters": spec.as_dict()["filters"],
+        "filters": spec.filters.as_dict(),
         "max_conversations": spec.max_conversations,
     }
-
-
-def _reject_unlabelled_filters(spec: WorkloadSpec) -> None:
-    if spec.filters.languages and spec.source != "wildchat":
-        raise ValueError(
-            f"[workload].languages = {list(spec.filters.languages)} needs a source with language "
-            f"labels ('wildchat'); source {spec.source!r} has none (set languages = [])"
-        )
 
 
 def _cached(
@@ -71,7 +63,6 @@ def load_pool(
     spec: WorkloadSpec, *, seed: int = 0, cache_dir=None, progress: bool = False
 ) -> RequestPool:
     """Every request ``spec`` selects, in dataset order (conversations contiguous)."""
-    _reject_unlabelled_filters(spec)
     meta = _base_meta(spec)
     limit = spec.max_conversations or None
 

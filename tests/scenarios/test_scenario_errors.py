@@ -202,10 +202,6 @@ CASES = {
         MINIMAL.replace("count = 2", "count = [2, -1]"), "cluster.groups[0].count[1]",
         ["expected an integer >= 1"],
     ),
-    "synthetic without distributions": (
-        MINIMAL.replace('source = "sharegpt"', 'source = "synthetic"'), "workload.synthetic.input",
-        ['missing required key with source = "synthetic"', 'dist = "lognormal"'],
-    ),
     "unknown distribution": (
         SYNTHETIC.replace('dist = "fixed", value = 100', 'dist = "normal", value = 100'),
         "workload.synthetic.input.dist", ["'fixed', 'uniform', 'lognormal'"],
@@ -219,8 +215,12 @@ CASES = {
         "workload.synthetic.input.sigma", ["allowed keys here: dist, value"],
     ),
     "distribution non-positive": (
-        SYNTHETIC.replace('dist = "fixed", value = 100', 'dist = "lognormal", mean = 100, sigma = 0'),
-        "workload.synthetic.input.sigma", ["expected a number > 0"],
+        SYNTHETIC.replace('dist = "fixed", value = 100', 'dist = "lognormal", mean = 0, sigma = 0'),
+        "workload.synthetic.input.mean", ["expected a number > 0"],
+    ),
+    "distribution negative sigma": (
+        SYNTHETIC.replace('dist = "fixed", value = 100', 'dist = "lognormal", mean = 9, sigma = -1'),
+        "workload.synthetic.input.sigma", ["expected a number >= 0"],
     ),
     "distribution min above max": (
         SYNTHETIC.replace('dist = "fixed", value = 7', 'dist = "uniform", min = 50, max = 10'),

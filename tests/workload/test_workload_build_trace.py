@@ -134,9 +134,9 @@ def test_replay_of_wildchat_sorts_by_timestamp(cache):
 def test_errors_are_clear(cache):
     with pytest.raises(ValueError, match="needs num_requests or duration_s"):
         build_trace(SHAREGPT, {}, seed=0, cache_dir=cache)
-    with pytest.raises(ValueError, match=r"unknown key\(s\) in \[arrivals\]: 'ratee'"):
+    with pytest.raises(ValueError, match=r"arrivals\.ratee: unknown key; did you mean 'rate'"):
         build_trace(SHAREGPT, {"ratee": 3}, seed=0, num_requests=5, cache_dir=cache)
-    with pytest.raises(ValueError, match="replay' needs dataset timestamps; source 'sharegpt' has none"):
+    with pytest.raises(ValueError, match="replay' replays the dataset's own timestamps, but workload.source = 'sharegpt' has none"):
         build_trace(SHAREGPT, {"pattern": "replay"}, seed=0, num_requests=5, cache_dir=cache)
     with pytest.raises(ValueError, match="no request is left .* after the filters"):
         build_trace({**SHAREGPT, "min_input_len": 10**9}, {}, seed=0, num_requests=5, cache_dir=cache)

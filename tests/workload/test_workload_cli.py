@@ -68,7 +68,7 @@ def test_prepare_wildchat_with_filters(tmp_path):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["--source", "sharegpt", "--block-size", "0"], "block_size must be an integer >= 1"),
+        (["--source", "sharegpt", "--block-size", "0"], "workload.block_size: got 0, out of range; expected an integer >= 1"),
         (["--source", "sharegpt", "--languages", "English"], "needs a source with language labels"),
         (["--source", "azure", "--path", "/nonexistent.csv"], "does not exist"),
     ],

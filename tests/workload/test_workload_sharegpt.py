@@ -125,5 +125,5 @@ def test_bad_sharegpt_input_is_named(tmp_path):
         load_pool(WorkloadSpec.from_mapping({"source": "sharegpt", "path": str(path)}), cache_dir=False)
     with pytest.raises(FileNotFoundError, match="nope.json"):
         load_pool(WorkloadSpec.from_mapping({"source": "sharegpt", "path": str(tmp_path / "nope.json")}))
-    with pytest.raises(ValueError, match=r"languages = \['English'\] needs a source with language labels"):
+    with pytest.raises(ValueError, match=r"workload.languages: \['English'\] needs a source with language labels"):
         load_pool(WorkloadSpec.from_mapping({"source": "sharegpt", "languages": ["English"]}))

@@ -14,25 +14,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from workload.config import Filters, LengthDist, SyntheticSpec
+from workload.config import Filters, SyntheticSpec
 from workload.hashing import block_hash_chain, continue_chain, keyed_stream
 from workload.pool import PoolBuilder, RequestPool
 
 TOKEN_SPACE = 100_000
 _PREFIX_SALT = 0x9F1
 _SUFFIX_SALT = 0x5AF
-
-
-def draw_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` token lengths (int64, >= 1) from ``dist``."""
-    if dist.dist == "fixed":
-        return np.full(n, dist.value, dtype=np.int64)
-    if dist.dist == "uniform":
-        return rng.integers(dist.min, dist.max + 1, size=n, dtype=np.int64)
-    # lognormal parameterised by its mean: E[X] = exp(mu + sigma^2 / 2)
-    mu = math.log(dist.mean) - dist.sigma**2 / 2
-    x = np.rint(rng.lognormal(mu, dist.sigma, size=n))
-    return np.clip(x, dist.min, dist.max or np.inf).astype(np.int64)
 
 
 def _tokens(key: int, length: int, salt: int) -> np.ndarray:
@@ -49,8 +37,8 @@ def synthetic_pool(
 ) -> RequestPool:
     rng = np.random.default_rng([seed, 0x5E])
     n = spec.num_requests
-    own = draw_lengths(spec.input, n, rng)
-    out = draw_lengths(spec.output, n, rng)
+    own = spec.input.draw(n, rng)
+    out = spec.output.draw(n, rng)
     groups = rng.integers(spec.prefix_groups, size=n) if spec.prefix_groups else np.zeros(n, int)
     prefixes = [
         _tokens(g, spec.prefix_len, (seed << 12) ^ _PREFIX_SALT)
