@@ -82,7 +82,7 @@ def simulated_capacity(profile: LatencyProfile, s: CheckSettings, n: int = 128) 
                           "send_s": 0.0})
     units = prepare_units(frame, profile.engine.block_size, s.vocab_size)
     overhead = profile.request_overhead_s
-    _, _, e2el = simulate_units(units, len(frame), profile.model, profile.engine, overhead)
+    _, _, e2el = simulate_units(units, len(frame), profile.model, profile.engine, overhead, profile.front_end)
     return n / float(np.nanmax(e2el))
 
 
@@ -151,7 +151,8 @@ def replay_check(profile: LatencyProfile, measured: pd.DataFrame,
     ok = measured[measured["ok"].astype(str).str.lower().isin(("true", "1"))].reset_index(drop=True)
     units = prepare_units(ok, profile.engine.block_size, vocab_size)
     overhead = profile.request_overhead_s
-    s_ttft, s_tpot, s_e2el = simulate_units(units, len(ok), profile.model, profile.engine, overhead)
+    s_ttft, s_tpot, s_e2el = simulate_units(units, len(ok), profile.model, profile.engine, overhead,
+                                            profile.front_end)
     return ok.assign(sim_ttft_s=s_ttft, sim_tpot_s=s_tpot, sim_e2el_s=s_e2el)
 
 

@@ -127,9 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true", help="no progress bar")
 
     f = sub.add_parser("fit", help="fit a latency profile to profiling data",
-                       description="Closed-form start on idle requests, then scipy least squares matching "
-                       "simulated to measured TTFT/TPOT of every request replayed through the engine model. "
-                       "Writes the profile JSON with provenance and per-unit/per-bucket diagnostics.")
+                       description="Fits the requests sent to an idle engine first and pins their predictions, "
+                       "then matches simulated to measured TTFT/TPOT of every request replayed through the engine "
+                       "model and the API-server front end (schedule-linearised least squares to a fixed point, "
+                       "then a polish). Prints whether the iteration converged. Writes the profile JSON with "
+                       "provenance, convergence and per-unit/per-bucket diagnostics.")
     f.add_argument("--data", required=True, help="profiling CSV from `python -m calibrate profile`")
     f.add_argument("--name", required=True, help="profile name, e.g. cpu-tiny")
     f.add_argument("--out", default=None, help="profile JSON to write (default: <name>.json)")
@@ -137,13 +139,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--hardware", default="",
                    help="hardware the profile describes, e.g. '1 core of an AMD EPYC' (default: the profiled CPU)")
     f.add_argument("--max-iter", type=int, default=30,
-                   help="most replay/solve iterations (each replays every unit once; default: 30)")
-    f.add_argument("--polish-nfev", type=int, default=40,
-                   help="most replays of the final least-squares polish (0: none; default: 40)")
-    f.add_argument("--anchor-weight", type=float, default=1.0,
-                   help="weight of requests sent to an idle engine (idle and prefix-probe units) relative to "
-                        "loaded ones; raise it (e.g. 3) when loaded units carry front-end or contention delays "
-                        "the step model cannot explain and the fit gives up idle accuracy (default: 1)")
+                   help="most iterations of the schedule-linearised stage (each replays every unit once; "
+                        "default: 30)")
+    f.add_argument("--polish-nfev", type=int, default=400,
+                   help="most replays of the final secant Gauss-Newton stage, whose convergence the fit reports "
+                        "(0: none; default: 400)")
+    f.add_argument("--pin-weight", type=float, default=30.0,
+                   help="how firmly the predictions for requests sent to an idle engine (idle and prefix-probe "
+                        "units, fitted first) are held while the loaded units fit the rest, relative to a loaded "
+                        "request (default: 30; 0 lets the loaded units trade idle accuracy away)")
+    f.add_argument("--no-front-end", action="store_true",
+                   help="fit no API-server front end (sim.frontend): only the step model and a fixed overhead")
     f.add_argument("--num-kv-blocks", type=int, default=None,
                    help="engine KV blocks (default: what the server exported while profiling)")
     f.add_argument("--block-size", type=int, default=None, help="KV block size (default: from profiling)")
@@ -261,7 +267,8 @@ def _fit(args) -> int:
                                    "max_num_batched_tokens": args.max_num_batched_tokens}.items() if v}
     profile, frame = fit_profile(args.data, args.name, description=args.description, max_iter=args.max_iter,
                                  polish_nfev=args.polish_nfev, hardware=args.hardware,
-                                 anchor_weight=args.anchor_weight, engine_overrides=overrides)
+                                 pin_weight=args.pin_weight, front_end=not args.no_front_end,
+                                 engine_overrides=overrides)
     out = Path(args.out or f"{args.name}.json")
     profile.save(out)
     if args.rows_out:
@@ -270,8 +277,17 @@ def _fit(args) -> int:
     print(f"wrote {out}")
     print("coefficients: " + ", ".join(f"{k}={getattr(m, k):.4g}" for k in ("step_s", "token_s", "seq_s",
                                                                             "prefill_attn_s", "decode_attn_s")))
+    fe = profile.front_end
     print(f"request overhead {fit['request_overhead_s']:.4g} s, jitter_cv {profile.jitter_cv:.3f}, "
           f"{fit['replays']} replays")
+    print("front end: " + (", ".join(f"{k}={getattr(fe, k):.4g}" for k in ("input_s", "input_token_s",
+                                                                          "output_step_s", "output_token_s"))
+                           if fe.enabled else "none"))
+    print(f"fixed point: {fit['convergence']}")
+    if not fit["converged"]:
+        print("WARNING: the fit did NOT converge; the profile is the best point it found (see fit.stages "
+              "in the profile)", file=sys.stderr)
+    print(f"idle predictions moved by at most {fit['idle_drift'] * 100:.2f}% from their own fit")
     print(f"{'unit':<20}{'n':>5}" + "".join(f"{h + ' err':>14}" for h in
                                            ("TTFT p50", "TTFT p90", "TPOT p50", "TPOT p90", "E2EL p50")))
     for unit, e in fit["per_unit"].items():

@@ -1,36 +1,54 @@
-"""Fit a latency profile to profiling data: closed form on idle requests, then replay.
+"""Fit a latency profile to profiling data: idle requests pin what they can, loaded ones the rest.
 
-Three stages:
+Parameters (``calibrate.replay.PARAMS``): the five step-time coefficients of
+``sim.latency``, a fixed per-request overhead, and the four costs of vLLM's
+API-server front end (``sim.frontend``). Three stages:
 
-1. **Closed form (idle phase).** A request alone on an idle engine has
-   ``TTFT = overhead + step + seq + token*n + prefill_attn*n(n+1)/2`` (one
-   prefill step, chunked past ``max_num_batched_tokens``) and
-   ``TPOT = step + seq + token + decode_attn*context`` (see
-   ``LatencyModel.single_request``). Non-negative least squares on relative
-   errors gives every coefficient but the split of ``step + seq``.
-2. **Replay (every phase).** Each measured unit is replayed through the engine
-   model (``calibrate.replay``) with the current coefficients. For the schedule
-   that replay produced, every request's simulated TTFT and TPOT is *linear* in
-   the coefficients (a sum of the step times it waited through), so the relative
-   errors against the measured values of the same requests are minimised by
-   bounded linear least squares (``scipy.optimize.lsq_linear``, Huber-weighted so
-   a request slowed by a noisy neighbour cannot drag the fit, each unit weighted
-   equally). Replay again with the new coefficients; repeat until the schedule
-   stops changing. Batched phases are what separate per-step from per-sequence
-   cost.
-3. **Polish.** The schedule-linearised fixed point ignores that the
-   coefficients also move the schedule (longer steps batch more arrivals), so
-   ``scipy.optimize.least_squares`` with wide finite differences finishes on
-   the replayed residuals themselves.
+1. **Idle.** Requests sent to an idle engine (the ``idle`` and ``prefix/probe``
+   units, one at a time) are free of batching and queueing. Their TTFT is
+   ``overhead + input job + prefill steps + one output job`` and their TPOT a
+   decode step (``LatencyModel.single_request``), so they determine the prompt
+   cost per token, the causal prefill attention (idle TTFT is superlinear in the
+   prompt length), the decode cost over context and the sum of the fixed costs;
+   not how the fixed costs split (per step or per sequence, engine or front end).
+   Bounded robust least squares on their relative errors gives those
+   predictions.
+2. **Replay (every unit), with the idle predictions pinned.** Each measured unit
+   is replayed through the engine model and the front end with the current
+   parameters (``calibrate.replay.linearize_units``). For the schedule that
+   replay produced, every simulated latency is linear in the parameters, and so
+   is each percentile of a unit's latencies. The loaded units are matched by
+   their percentiles (TTFT and TPOT p10/25/50/75/90, E2EL p50/90: what
+   ``calibrate check`` judges, and far smoother in the parameters than single
+   requests, which jump by a step when an arrival falls on the other side of a
+   step boundary), as relative errors, Huber-weighted, each unit weighing the
+   same. Bounded linear least squares (``scipy.optimize.lsq_linear``) gives new
+   parameters subject to the idle requests' predictions staying where stage 1
+   put them (rows weighted ``pin_weight`` times, exempt from Huber
+   down-weighting): the loaded units can only move what the idle ones leave free
+   (the per-sequence cost, the front end), so they cannot buy their fit with
+   idle accuracy, e.g. by dropping the prefill attention term. A step is taken
+   only if it lowers the replayed cost (halved up to three times otherwise).
+3. **Secant Gauss-Newton (the iteration whose convergence is reported).** The
+   linearisation cannot see that parameters also move the schedule (slower steps
+   batch more arrivals), and the replayed cost is rugged at small scales, so
+   stage 2 tends to stop in a local pit. Here the Jacobian is a central
+   difference over 10% of each parameter (at least 1% of its effect on a step),
+   where those flips average out; each step is a bounded robust least-squares
+   solve on that model (pins included), accepted when the replayed cost falls
+   below its average over the difference points. It converges when the secant
+   model expects less than 1e-4 of the cost to be gained, and otherwise says
+   plainly that it did not (out of replays, or no step lowered the cost).
 
 The result is a ``sim.latency.LatencyProfile`` with provenance (``source``) and
-diagnostics (``fit``: residuals per unit, per phase and per prompt-length bucket).
+diagnostics (``fit``: convergence, each stage, residuals per unit, phase and
+prompt-length bucket, and how far the idle predictions moved).
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +59,10 @@ from calibrate.jsonsafe import json_safe
 from calibrate.modeldir import shape_for_served
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.profiling import meta_path
-from calibrate.replay import Linearized, linearize_units, prepare_units, simulate_units
-from sim.latency import COEFFICIENTS, EngineDefaults, LatencyModel, LatencyProfile
-
-#: Fitted parameters: the five step-time coefficients, then the per-request overhead.
-PARAMS = COEFFICIENTS + ("overhead_s",)
-
+from calibrate.replay import (NPARAM, PARAMS, Linearized, linearize_units, pack, prepare_units,
+                              simulate_units, unpack)
+from sim.frontend import FRONT_END_COEFFICIENTS, FrontEndModel
+from sim.latency import EngineDefaults, LatencyModel, LatencyProfile
 
 class FitError(ValueError):
     """The profiling data cannot be fitted (missing columns, too few usable rows)."""
@@ -56,10 +72,17 @@ class FitError(ValueError):
 class FitResult:
     model: LatencyModel
     overhead_s: float
+    front_end: FrontEndModel
     init: dict[str, float]
-    cost: float  # Huber cost of the relative errors at the result
+    cost: float  # Huber cost of the relative errors at the result (pins included)
     replays: int  # how many times every unit was replayed
     message: str
+    converged: bool = False
+    iterations: int = 0
+    convergence: str = ""
+    #: The largest relative move of an idle request's predicted TTFT/TPOT from stage 1 to the result.
+    idle_drift: float = math.nan
+    stages: dict = field(default_factory=dict)
 
 
 def load_data(path: str | Path) -> tuple[pd.DataFrame, dict]:
@@ -83,8 +106,6 @@ def load_data(path: str | Path) -> tuple[pd.DataFrame, dict]:
     return data, meta
 
 
-#: Default weight of a request sent to an idle engine, relative to one of a loaded unit of the same size.
-ANCHOR_WEIGHT = 1.0
 #: A TPOT below this fraction of the idle median is a stalled stream, not a fast engine.
 STALL_FRACTION = 0.2
 
@@ -147,16 +168,19 @@ def closed_form_init(data: pd.DataFrame, max_num_batched_tokens: int) -> tuple[L
     return model, float(overhead)
 
 
-def _vector(model: LatencyModel, overhead: float) -> np.ndarray:
-    return np.array([getattr(model, c) for c in COEFFICIENTS] + [overhead], float)
-
-
-def _unpack(theta: np.ndarray) -> tuple[LatencyModel, float]:
-    return LatencyModel(**{c: float(v) for c, v in zip(COEFFICIENTS, theta[:5])}), float(theta[5])
+#: Most replays the polish may use (each iteration: two per free parameter, plus its line search).
+POLISH_REPLAYS = 400
+#: Weight of an idle request's pinned prediction, relative to a loaded request's row.
+PIN_WEIGHT = 30.0
+#: Stop when no parameter moves by more than this, in units of its effect on a step.
+TOL = 1e-3
+#: A faint pull of the front-end costs toward 0: where the data cannot tell the front end
+#: from the fixed overhead, the fit keeps the simpler explanation.
+FRONT_END_RIDGE = 1e-3
 
 
 def effect_scales(data: pd.DataFrame, engine: EngineDefaults) -> np.ndarray:
-    """Per parameter, the value at which it adds about one typical step time to a step.
+    """Per parameter, the value at which it adds about one typical step time to a latency.
 
     The search runs on ``theta / scale``, so every variable is O(1) where it
     matters and a coefficient that starts at 0 can still grow to its share: the
@@ -169,111 +193,339 @@ def effect_scales(data: pd.DataFrame, engine: EngineDefaults) -> np.ndarray:
     longest = float(max(n.max(), 1.0))
     chunk = min(longest, engine.max_num_batched_tokens)
     seqs = float(max(data.get("inflight_requests", pd.Series([0])).max() + 1, 8))
-    return np.array([
-        typical,                          # step_s
-        typical / chunk,                  # token_s: a full chunk of tokens
-        typical / seqs,                   # seq_s: the largest batch seen
-        typical / (chunk * chunk / 2.0),  # prefill_attn_s: a full chunk's causal pairs
-        typical / (longest * seqs),       # decode_attn_s: the largest batch at the longest context
-        typical,                          # overhead_s
-    ])
+    scales = {
+        "step_s": typical,
+        "token_s": typical / chunk,                      # a full chunk of tokens
+        "seq_s": typical / seqs,                         # the largest batch seen
+        "prefill_attn_s": typical / (chunk * chunk / 2.0),  # a full chunk's causal pairs
+        "decode_attn_s": typical / (longest * seqs),     # the largest batch at the longest context
+        "overhead_s": typical,
+        "input_s": typical,
+        "input_token_s": typical / longest,             # the longest prompt
+        "output_step_s": typical,
+        "output_token_s": typical / seqs,               # a token for every sequence of the largest batch
+    }
+    return np.array([scales[p] for p in PARAMS])
 
 
-def _weighted_system(data: pd.DataFrame, lin: Linearized, scale: np.ndarray,
-                     anchor_weight: float = ANCHOR_WEIGHT):
-    """Rows of ``(sim - measured) / measured`` as ``M @ (theta / scale) - v``, units weighted equally."""
+def anchor_mask(data: pd.DataFrame) -> np.ndarray:
+    """Rows sent to an idle engine, one at a time: the ``sequential`` units (idle, prefix probes)."""
+    if "mode" in data:
+        return (data["mode"] == "sequential").to_numpy()
+    return data["unit"].isin(["idle/idle", "prefix/probe"]).to_numpy()
+
+
+def _rows(data: pd.DataFrame, lin: Linearized, scale: np.ndarray, mask: np.ndarray | None = None):
+    """TTFT and TPOT rows as ``(M @ (theta / scale) - v) / measured``, unweighted, with their unit sizes."""
     ttft = data["ttft_s"].to_numpy(float)
     tpot = data["tpot_s"].to_numpy(float)
+    keep = np.ones(len(data), bool) if mask is None else mask
+    use_t = keep & np.isfinite(ttft) & (ttft > 0) & np.isfinite(lin.ttft_const)
+    use_p = keep & np.isfinite(tpot) & (tpot > 0) & np.isfinite(lin.tpot_const)
+    m_t = lin.ttft_design[use_t] * scale / ttft[use_t, None]
+    v_t = (ttft[use_t] - lin.ttft_const[use_t]) / ttft[use_t]
+    m_p = lin.tpot_design[use_p] * scale / tpot[use_p, None]
+    v_p = (tpot[use_p] - lin.tpot_const[use_p]) / tpot[use_p]
+    return np.vstack([m_t, m_p]), np.concatenate([v_t, v_p]), use_t, use_p
+
+
+def _unit_weights(data: pd.DataFrame) -> np.ndarray:
     counts = data.groupby("unit")["unit"].transform("size").to_numpy(float)
-    w = 1.0 / np.sqrt(counts)
-    if "mode" in data:
-        # Requests sent alone are the measurements free of batching and front-end queueing:
-        # they anchor the coefficients.
-        w = w * np.where(data["mode"].to_numpy() == "sequential", anchor_weight, 1.0)
-    use_t = np.isfinite(ttft) & (ttft > 0) & np.isfinite(lin.ttft_const)
-    use_p = np.isfinite(tpot) & (tpot > 0) & np.all(np.isfinite(lin.tpot_design), axis=1)
-    m_t = lin.ttft_design[use_t] * scale * (w[use_t] / ttft[use_t])[:, None]
-    v_t = (ttft[use_t] - lin.ttft_const[use_t]) * w[use_t] / ttft[use_t]
-    m_p = lin.tpot_design[use_p] * scale * (w[use_p] / tpot[use_p])[:, None]
-    v_p = w[use_p]
-    return np.vstack([m_t, m_p]), np.concatenate([v_t, v_p]), np.concatenate([w[use_t], w[use_p]])
+    return 1.0 / np.sqrt(counts)
 
 
-def _robust_solve(M: np.ndarray, v: np.ndarray, w: np.ndarray, delta: float, rounds: int = 4) -> np.ndarray:
-    """Non-negative least squares with Huber weights on relative errors (IRLS)."""
+#: Percentiles of each loaded unit's TTFT, TPOT and E2EL that the fit matches.
+QUANTILES = {"ttft": (10, 25, 50, 75, 90), "tpot": (10, 25, 50, 75, 90), "e2el": (50, 90)}
+
+
+def loaded_groups(data: pd.DataFrame, anchor: np.ndarray) -> list[np.ndarray]:
+    """Row positions of each loaded unit (everything but the requests sent to an idle engine)."""
+    pos = pd.Series(np.arange(len(data)), index=data.index)
+    return [pos[g.index].to_numpy() for _, g in data[~anchor].groupby("unit", sort=False)]
+
+
+def _quantile_row(values: np.ndarray, design: np.ndarray, const: np.ndarray, q: float):
+    """The ``q``-th percentile of simulated values as ``const + design @ theta`` (linear interpolation).
+
+    For a fixed schedule each value is affine in the parameters; the percentile
+    is the interpolation between two order statistics, with their rows.
+    """
+    order = np.argsort(values, kind="stable")
+    pos = (len(values) - 1) * q / 100.0
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, len(values) - 1)
+    f = pos - lo
+    a, b = order[lo], order[hi]
+    return (1 - f) * design[a] + f * design[b], (1 - f) * const[a] + f * const[b]
+
+
+def _weighted_system(data: pd.DataFrame, lin: Linearized, scale: np.ndarray, groups: list[np.ndarray]):
+    """Relative errors of each loaded unit's percentiles (``QUANTILES``), as ``M @ x - v`` rows.
+
+    Matching percentiles, not requests one by one: the check judges percentiles,
+    and a unit's percentiles change smoothly with the parameters, while a single
+    replayed request jumps by a whole step when an arrival falls on the other
+    side of a step boundary. Each unit weighs the same (its rows share a unit of
+    weight). Returns ``(M, v, w)`` with ``w`` each row's weight.
+    """
+    measured = {"ttft": data["ttft_s"].to_numpy(float), "tpot": data["tpot_s"].to_numpy(float),
+                "e2el": data["e2el_s"].to_numpy(float)}
+    sim = {"ttft": (lin.ttft_design, lin.ttft_const), "tpot": (lin.tpot_design, lin.tpot_const),
+           "e2el": (lin.e2el_design, lin.e2el_const)}
+    theta_rows, targets, weights = [], [], []
+    for rows in groups:
+        unit_rows, unit_v = [], []
+        for metric, qs in QUANTILES.items():
+            real = measured[metric][rows]
+            design, const = sim[metric][0][rows], sim[metric][1][rows]
+            ok = np.isfinite(real) & (real > 0) & np.isfinite(const)
+            if ok.sum() < 2:
+                continue
+            real, design, const = real[ok], design[ok], const[ok]
+            # The current simulated values pick the order statistics.
+            values = const + design @ lin.theta
+            for q in qs:
+                r_q = float(np.percentile(real, q))
+                d, c = _quantile_row(values, design, const, q)
+                unit_rows.append(d * scale / r_q)
+                unit_v.append((r_q - c) / r_q)
+        if unit_rows:
+            w = 1.0 / np.sqrt(len(unit_rows))
+            theta_rows += [r * w for r in unit_rows]
+            targets += [v * w for v in unit_v]
+            weights += [w] * len(unit_rows)
+    if not theta_rows:
+        return np.zeros((0, len(scale))), np.zeros(0), np.zeros(0)
+    return np.array(theta_rows), np.array(targets), np.array(weights)
+
+
+def _robust_solve(M: np.ndarray, v: np.ndarray, w: np.ndarray, delta: float, rounds: int = 4,
+                  fixed: tuple[np.ndarray, np.ndarray] | None = None, lower=0.0, upper=np.inf) -> np.ndarray:
+    """Bounded least squares with Huber weights on relative errors (IRLS).
+
+    ``fixed`` rows (``A @ x ~ b``) are appended at full weight in every round:
+    constraints held by weight, not data to be down-weighted.
+    """
     h = np.ones(len(v))
     x = np.zeros(M.shape[1])
     for _ in range(rounds):
         sq = np.sqrt(h)
-        x = lsq_linear(M * sq[:, None], v * sq, bounds=(0.0, np.inf), method="bvls").x
-        rel = np.abs(M @ x - v) / w  # each row's relative error, unweighted
+        A, b = M * sq[:, None], v * sq
+        if fixed is not None:
+            A, b = np.vstack([A, fixed[0]]), np.concatenate([b, fixed[1]])
+        x = lsq_linear(A, b, bounds=(lower, upper), method="bvls").x
+        rel = np.abs(M @ x - v) / np.maximum(w, 1e-300)  # each row's relative error, unweighted
         h = np.where(rel <= delta, 1.0, delta / np.maximum(rel, 1e-12))
     return x
 
 
-def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30, polish_nfev: int = 40,
+def _huber(r: np.ndarray, w: np.ndarray, delta: float) -> float:
+    a = np.abs(r) / np.maximum(w, 1e-300)
+    return float(np.sum(w ** 2 * np.where(a <= delta, a ** 2, 2 * delta * a - delta ** 2)))
+
+
+def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30,
+               polish_nfev: int = POLISH_REPLAYS,
                init: tuple[LatencyModel, float] | None = None, huber_delta: float = 0.1,
-               anchor_weight: float = ANCHOR_WEIGHT) -> FitResult:
-    """Stage 1, then stage 2 in two parts (see the module docstring).
-
-    2a. Alternate two exact steps: replay every unit through the engine model
-    with the current coefficients and record the schedule (which steps each
-    request waited through, and each step's composition: then every latency is
-    linear in the coefficients); solve the bounded linear least squares
-    (``scipy.optimize.lsq_linear``) on relative TTFT and TPOT errors, robustly
-    (Huber). Repeat until the coefficients stop changing.
-
-    2b. That fixed point ignores how the coefficients move the schedule itself
-    (slower steps batch more arrivals together), so polish with
-    ``scipy.optimize.least_squares`` on the replayed residuals, with finite
-    differences wide enough (10%) to average over schedule changes.
-    """
+               pin_weight: float = PIN_WEIGHT, front_end: bool = True, tol: float = TOL) -> FitResult:
+    """The three stages of the module docstring; ``front_end=False`` keeps the front end at 0."""
+    anchor = anchor_mask(data)
+    if anchor.sum() < 4:
+        raise FitError(f"need at least 4 requests sent to an idle engine (idle and prefix-probe units) to "
+                       f"pin the fit, found {int(anchor.sum())}")
     model0, overhead0 = init or closed_form_init(data, engine.max_num_batched_tokens)
     units = prepare_units(data, engine.block_size)
+    idle_units = prepare_units(data[anchor], engine.block_size)
+    idle_pos = np.flatnonzero(anchor)
+    for u in idle_units:
+        u.rows = idle_pos[u.rows]
     scale = effect_scales(data, engine)
-    evaluations = 0
+    groups = loaded_groups(data, anchor)
+    fe_cols = np.array([p in FRONT_END_COEFFICIENTS for p in PARAMS])
+    free = np.ones(NPARAM, bool) if front_end else ~fe_cols
+    replays = 0
 
-    def residuals(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        nonlocal evaluations
-        evaluations += 1
+    def solve(M, v, w, fixed=None) -> np.ndarray:
+        """``_robust_solve`` over the free parameters; the others stay 0."""
+        out = np.zeros(NPARAM)
+        out[free] = _robust_solve(M[:, free], v, w, huber_delta,
+                                  fixed=None if fixed is None else (fixed[0][:, free], fixed[1]))
+        return out
+
+    def linearize(x: np.ndarray, which=units) -> Linearized:
+        nonlocal replays
+        replays += 1
         theta = np.maximum(x, 0.0) * scale
         if theta[0] + theta[1] <= 0:
             theta[0] = 1e-9
-        model, overhead = _unpack(theta)
-        lin = linearize_units(units, len(data), model, engine, overhead)
-        M, v, w = _weighted_system(data, lin, scale, anchor_weight)
-        return M @ (theta / scale) - v, M, v, w
+        model, overhead, fe = unpack(theta)
+        return linearize_units(which, len(data), model, engine, overhead, fe)
 
-    def cost(r: np.ndarray, w: np.ndarray) -> float:
-        a = np.abs(r) / w
-        return float(np.sum(w ** 2 * np.where(a <= huber_delta, a ** 2, 2 * huber_delta * a - huber_delta ** 2)))
+    # Stage 1: the idle requests alone (their schedule does not depend on the parameters).
+    x0 = pack(model0, overhead0) / scale
+    lin0 = linearize(x0, idle_units)
+    M_i, v_i, use_t, use_p = _rows(data, lin0, scale, anchor)
+    uw = _unit_weights(data)
+    w_i = np.concatenate([uw[use_t], uw[use_p]])
+    x_idle = solve(M_i * w_i[:, None], v_i * w_i, w_i)
+    idle_pred = M_i @ x_idle  # the pinned predictions, relative to the measured values
+    idle_fit_err = np.abs(idle_pred - v_i)
+    pin_scale = pin_weight * w_i
+    ridge_rows = np.diag(np.where(fe_cols, FRONT_END_RIDGE, 0.0))[fe_cols]
 
-    x = _vector(model0, overhead0) / scale
-    best_x, best_cost, history = x, math.inf, []
-    for _ in range(max_iter):
-        r, M, v, w = residuals(x)
-        c = cost(r, w)
-        history.append(c)
-        if c < best_cost:
-            best_x, best_cost = x, c
-        new = _robust_solve(M, v, w, huber_delta)
-        change = np.max(np.abs(new - x) / np.maximum(np.abs(x), 1e-3))
-        x = new
-        if change < 1e-4:
+    def evaluate(x: np.ndarray):
+        """Replay at ``x``: (cost, loaded system M, v, w, fixed rows A, b) with ``A @ x ~ b`` the pins and ridge."""
+        lin = linearize(x)
+        M, v, w = _weighted_system(data, lin, scale, groups)
+        Mi, _, ut, up = _rows(data, lin, scale, anchor)
+        if not (np.array_equal(ut, use_t) and np.array_equal(up, use_p)):  # pragma: no cover - defensive
+            raise FitError("an idle request stopped being replayed")
+        A = np.vstack([Mi * pin_scale[:, None], ridge_rows])
+        b = np.concatenate([idle_pred * pin_scale, np.zeros(len(ridge_rows))])
+        cost = _huber(M @ x - v, w, huber_delta) + float(np.sum((A @ x - b) ** 2))
+        return cost, M, v, w, A, b
+
+    # Stage 2: least squares on the schedule-linearised system to a fixed point, with a line search
+    # on the replayed cost.
+    x = x_idle.copy()
+    cost, M, v, w, A, b = evaluate(x)
+    history = [cost]
+    converged, status, iterations, last_move = False, "", 0, math.inf
+    for iterations in range(1, max_iter + 1):
+        new = solve(M, v, w, (A, b))
+        step = new - x
+        moved = False
+        for alpha in (1.0, 0.5, 0.25, 0.125):
+            cand = x + alpha * step
+            got = evaluate(cand)
+            if got[0] <= cost:
+                last_move = float(np.max(np.abs(alpha * step)))
+                x, (cost, M, v, w, A, b) = cand, got
+                moved = True
+                break
+        history.append(cost)
+        if not moved:
+            status = (f"stopped after {iterations} iteration(s): the schedule-linearised step (largest move "
+                      f"{np.max(np.abs(step)):.2g}) raises the replayed cost even when cut to 1/8: schedules flip "
+                      f"in between, which the linearisation cannot see")
             break
+        if last_move < tol:
+            converged = True
+            status = (f"converged after {iterations} iteration(s): the last step moved no parameter by more "
+                      f"than {last_move:.2g} of its effect on a step (< {tol:g})")
+            break
+    else:
+        status = (f"did not converge: after {max_iter} iterations the last step still moved a parameter by "
+                  f"{last_move:.2g} of its effect on a step (tolerance {tol:g})")
+    stages = {"replay": {"iterations": iterations, "converged": converged, "status": status,
+                         "costs": [float(c) for c in history]}}
+    final_converged, final_status, total_iter = converged, status, iterations
+
+    # Stage 3: Gauss-Newton on the replayed residuals with a secant Jacobian (differences over
+    # POLISH_STEP of each parameter's effect: wide enough to average over schedule flips).
     if polish_nfev > 0:
-        res = least_squares(lambda z: residuals(z)[0], best_x, bounds=(0.0, np.inf), diff_step=0.1,
-                            loss="soft_l1", f_scale=huber_delta, max_nfev=polish_nfev, xtol=1e-4)
-        r, _, _, w = residuals(res.x)
-        c = cost(r, w)
-        history.append(c)
-        if c < best_cost:
-            best_x, best_cost = res.x, c
-    # A coefficient a billionth of its effect scale changes no latency: write it as 0.
-    x_final = np.where(best_x < 1e-9, 0.0, best_x)
-    model, overhead = _unpack(x_final * scale)
-    return FitResult(model, overhead, dict(zip(PARAMS, map(float, _vector(model0, overhead0)))), best_cost,
-                     evaluations, "costs by iteration: " + ", ".join(f"{c:.4g}" for c in history))
+        x, cost, polish = _secant_polish(evaluate, solve, x, cost, free, huber_delta, polish_nfev, tol)
+        stages["polish"] = polish
+        history += polish["costs"][1:]
+        final_converged, final_status = polish["converged"], polish["status"]
+        total_iter += polish["iterations"]
+    else:
+        stages["polish"] = {"ran": False}
+    # A parameter a billionth of its effect scale changes no latency: write it as 0.
+    x_final = np.where(x < 1e-9, 0.0, x)
+    model, overhead, fe = unpack(x_final * scale)
+    final = linearize(x_final, idle_units)
+    M_f, _, _, _ = _rows(data, final, scale, anchor)
+    drift = float(np.max(np.abs(M_f @ x_final - idle_pred) / np.maximum(np.abs(idle_pred), 1e-12))) \
+        if len(idle_pred) else math.nan
+    stages = {"idle": {"requests": int(anchor.sum()), "params": _named(x_idle * scale),
+                       "median_abs_rel_error": float(np.median(idle_fit_err)) if len(idle_fit_err) else math.nan},
+              **stages}
+    return FitResult(model, overhead, fe, dict(zip(PARAMS, map(float, pack(model0, overhead0)))), cost,
+                     replays, "costs by iteration: " + ", ".join(f"{c:.4g}" for c in history),
+                     converged=final_converged, iterations=total_iter, convergence=final_status,
+                     idle_drift=drift, stages=stages)
+
+
+#: Secant step of the polish: this fraction of each parameter's value, and at least
+#: ``POLISH_FLOOR`` of its effect on a step (for parameters at or near 0).
+POLISH_STEP = 0.1
+POLISH_FLOOR = 0.01
+
+
+def _secant_polish(evaluate, solve, x: np.ndarray, cost: float, free: np.ndarray, delta: float,
+                   max_replays: int, tol: float):
+    """Gauss-Newton where the Jacobian is a central difference over ``POLISH_STEP``.
+
+    The replayed cost is rugged at small scales: moving a parameter a little
+    moves an arrival to the other side of a step boundary here and there, and the
+    schedule-linearised stage tends to end in such a local pit. Each iteration
+    here takes a difference per free parameter (two replays each), solves a
+    bounded robust least-squares step on that secant model (pins included), and
+    accepts a step along it whose replayed cost is below the cost averaged over
+    the difference points (the cost at the scale of the differences, where the
+    pits average out). Converged when the step is below ``tol`` or the secant
+    model expects less than 1e-4 of the cost to be gained.
+    """
+    def residual(z):
+        c, M, v, w, A, b = evaluate(z)
+        return c, M @ z - v, w, A @ z - b
+
+    used, iterations = 0, 0
+    costs = [cost]
+    converged, status = False, ""
+    idx = np.flatnonzero(free)
+    while True:
+        if used + 2 * len(idx) + 1 > max_replays:
+            status = (f"did not converge: the polish used its {max_replays} replays after {iterations} "
+                      f"iteration(s) (raise --polish-nfev)")
+            break
+        iterations += 1
+        c0, r0, w0, f0 = residual(x)
+        used += 1
+        around = [c0]
+        J = np.zeros((len(r0), len(x)))
+        Jf = np.zeros((len(f0), len(x)))
+        for j in idx:
+            h = max(POLISH_STEP * abs(x[j]), POLISH_FLOOR)
+            up, dn = x.copy(), x.copy()
+            up[j] += h
+            dn[j] = max(x[j] - h, 0.0)
+            c_up, r_up, _, f_up = residual(up)
+            c_dn, r_dn, _, f_dn = residual(dn)
+            around += [c_up, c_dn]
+            used += 2
+            J[:, j] = (r_up - r_dn) / (up[j] - dn[j])
+            Jf[:, j] = (f_up - f_dn) / (up[j] - dn[j])
+        local = float(np.mean(around))
+        # The secant model r(y) ~ r0 + J (y - x): solve for y >= 0 with Huber weights from r0.
+        new = solve(J, J @ x - r0, w0, (Jf, Jf @ x - f0))
+        step = new - x
+        predicted = _huber(r0 + J @ step, w0, delta) + float(np.sum((f0 + Jf @ step) ** 2))
+        if predicted > c0 - 1e-4 * local or np.max(np.abs(step)) < tol:
+            converged = True
+            status = (f"converged after {iterations} polish iteration(s): the secant model expects no gain "
+                      f"beyond 1e-4 of the cost (step {np.max(np.abs(step)):.2g})")
+            break
+        moved = False
+        for alpha in (1.0, 0.5, 0.25):
+            cand = x + alpha * step
+            c = evaluate(cand)[0]
+            used += 1
+            if c < local:
+                x, cost, moved = cand, c, True
+                break
+        costs.append(cost)
+        if not moved:
+            status = (f"did not converge: the secant model expected the cost to fall from {c0:.4g} to "
+                      f"{predicted:.4g}, but no step along it came below the local average {local:.4g}")
+            break
+    return x, cost, {"ran": True, "converged": converged, "status": status, "iterations": iterations,
+                     "replays": used, "costs": [float(c) for c in costs]}
+
+
+def _named(theta: np.ndarray) -> dict[str, float]:
+    return {p: float(v) for p, v in zip(PARAMS, theta)}
 
 
 def _rel(sim: float, real: float) -> float:
@@ -281,9 +533,9 @@ def _rel(sim: float, real: float) -> float:
 
 
 def diagnostics(data: pd.DataFrame, units: list, engine: EngineDefaults,
-                model: LatencyModel, overhead: float) -> dict:
+                model: LatencyModel, overhead: float, front_end: FrontEndModel = FrontEndModel()) -> dict:
     """Measured vs simulated percentiles per unit, and median residuals per phase and bucket."""
-    s_ttft, s_tpot, s_e2el = simulate_units(units, len(data), model, engine, overhead)
+    s_ttft, s_tpot, s_e2el = simulate_units(units, len(data), model, engine, overhead, front_end)
     frame = data.assign(sim_ttft_s=s_ttft, sim_tpot_s=s_tpot, sim_e2el_s=s_e2el)
     with np.errstate(divide="ignore", invalid="ignore"):
         frame["res_ttft"] = frame["sim_ttft_s"] / frame["ttft_s"] - 1.0
@@ -357,14 +609,15 @@ def engine_defaults(meta: dict, *, num_kv_blocks: int | None = None, block_size:
 
 
 def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_iter: int = 30,
-                polish_nfev: int = 40, hardware: str = "", anchor_weight: float = ANCHOR_WEIGHT,
-                engine_overrides: dict | None = None) -> tuple[LatencyProfile, pd.DataFrame]:
+                polish_nfev: int = POLISH_REPLAYS, hardware: str = "", pin_weight: float = PIN_WEIGHT,
+                front_end: bool = True, engine_overrides: dict | None = None) -> tuple[LatencyProfile, pd.DataFrame]:
     """Fit ``data_path`` into a named profile; also return the rows with simulated values."""
     data, meta = load_data(data_path)
     engine = engine_defaults(meta, **(engine_overrides or {}))
-    result = fit_replay(data, engine, max_iter=max_iter, polish_nfev=polish_nfev, anchor_weight=anchor_weight)
+    result = fit_replay(data, engine, max_iter=max_iter, polish_nfev=polish_nfev, pin_weight=pin_weight,
+                        front_end=front_end)
     units = prepare_units(data, engine.block_size)
-    diag = diagnostics(data, units, engine, result.model, result.overhead_s)
+    diag = diagnostics(data, units, engine, result.model, result.overhead_s, result.front_end)
     frame = diag.pop("_frame")
     backend = meta.get("backend", {})
     served = str(backend.get("model", ""))
@@ -381,6 +634,7 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
         provisional=False,
         jitter_cv=jitter_from_idle(frame),
         request_overhead_s=max(float(result.overhead_s), 0.0),
+        front_end=result.front_end,
         source=json_safe({
             "kind": "fitted",
             "data_file": str(data_path),
@@ -396,13 +650,20 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
             "fit_loadavg": loadavg(),
         }),
         fit=json_safe({
-            "method": "closed-form NNLS on idle requests, then iterated bounded linear least squares "
-                      "on relative TTFT/TPOT errors of every request replayed through sim.engine "
-                      "(schedule-linearised, Huber, units weighted equally), polished by least_squares on the "
-                      "replayed residuals",
+            "method": "robust bounded least squares on the requests sent to an idle engine, whose predictions "
+                      "are then pinned; iterated bounded linear least squares on relative TTFT/TPOT errors of "
+                      "every request replayed through sim.engine and sim.frontend (schedule-linearised, Huber, "
+                      "units weighted equally, line search on the replayed cost); polished by least_squares on "
+                      "the replayed residuals",
+            "converged": result.converged,
+            "convergence": result.convergence,
+            "iterations": result.iterations,
+            "idle_drift": result.idle_drift,
             "request_overhead_s": result.overhead_s,
-            "anchor_weight": anchor_weight,
+            "front_end": result.front_end.to_dict(),
+            "pin_weight": pin_weight,
             "init": result.init,
+            "stages": result.stages,
             "cost": result.cost,
             "replays": result.replays,
             "message": result.message,

@@ -8,14 +8,19 @@ model; the simulated TTFT/TPOT/E2EL of the very same requests come back aligned
 with the measured rows. The fitter (``calibrate.fit``) and the fidelity check
 (``calibrate.check``) both use this.
 
-A fixed per-request overhead (HTTP parsing, input processing, IPC to the engine
-core, detokenizing and streaming the reply) is not a step cost; it is modelled
-as the cluster's ``network_delay_s`` = overhead / 2 on the way in and out, so it
-adds ``overhead`` to TTFT and E2EL, nothing to TPOT, and delays admission the
-way the real front end does.
+Two costs outside engine steps: a fixed per-request overhead (time that
+occupies nothing, e.g. the client's and the network's), modelled as the
+cluster's ``network_delay_s`` = overhead / 2 on the way in and out; and vLLM's
+API-server front end (``sim.frontend``), a FIFO server whose input and output
+jobs delay admission and token delivery and queue behind each other.
+
+``linearize_units`` replays the same schedule one step at a time and carries
+every time as an affine function of the parameters, which is what the fit
+(``calibrate.fit``) solves on.
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +31,8 @@ from calibrate.prompts import build_trace
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
 from sim.cluster import BackendConfig, ClusterConfig, simulate
 from sim.engine import EngineConfig
-from sim.latency import EngineDefaults, LatencyModel, LatencyProfile
+from sim.frontend import FRONT_END_COEFFICIENTS, FrontEndModel, tokens_per_step
+from sim.latency import COEFFICIENTS, EngineDefaults, LatencyModel, LatencyProfile
 from workload.trace import Trace
 
 #: Gap between replayed requests of a ``sequential`` unit: far longer than any request.
@@ -70,20 +76,46 @@ def prepare_units(data: pd.DataFrame, block_size: int,
     return units
 
 
-def make_profile(model: LatencyModel, engine: EngineDefaults, name: str = "candidate") -> LatencyProfile:
-    return LatencyProfile(name=name, model=model, engine=engine)
+#: Every fitted parameter, in design-matrix column order: the step-time coefficients,
+#: the fixed per-request overhead, then the API-server front end's costs.
+PARAMS = COEFFICIENTS + ("overhead_s",) + FRONT_END_COEFFICIENTS
+NPARAM = len(PARAMS)
+_OVERHEAD = PARAMS.index("overhead_s")
+_FE = {name: PARAMS.index(name) for name in FRONT_END_COEFFICIENTS}
+
+
+def pack(model: LatencyModel, overhead_s: float, front_end: FrontEndModel = FrontEndModel()) -> np.ndarray:
+    """The parameter vector in ``PARAMS`` order."""
+    return np.array([getattr(model, c) for c in COEFFICIENTS] + [overhead_s]
+                    + [getattr(front_end, c) for c in FRONT_END_COEFFICIENTS], float)
+
+
+def unpack(theta: np.ndarray) -> tuple[LatencyModel, float, FrontEndModel]:
+    theta = np.maximum(np.asarray(theta, float), 0.0)
+    model = LatencyModel(**{c: float(theta[i]) for i, c in enumerate(COEFFICIENTS)})
+    fe = FrontEndModel(**{c: float(theta[_FE[c]]) for c in FRONT_END_COEFFICIENTS})
+    return model, float(theta[_OVERHEAD]), fe
+
+
+def make_profile(model: LatencyModel, engine: EngineDefaults, name: str = "candidate",
+                 front_end: FrontEndModel = FrontEndModel()) -> LatencyProfile:
+    return LatencyProfile(name=name, model=model, engine=engine, front_end=front_end)
+
+
+def _engine_config(engine: EngineDefaults) -> EngineConfig:
+    return EngineConfig(num_kv_blocks=engine.num_kv_blocks, block_size=engine.block_size,
+                        max_num_seqs=engine.max_num_seqs, max_num_batched_tokens=engine.max_num_batched_tokens)
 
 
 def simulate_units(units: list[PreparedUnit], n_rows: int, model: LatencyModel, engine: EngineDefaults,
-                   overhead_s: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Simulated (ttft, tpot, e2el) per measured row (NaN for rows not replayed)."""
+                   overhead_s: float = 0.0, front_end: FrontEndModel = FrontEndModel()
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Simulated (ttft, tpot, e2el) per measured row (NaN for rows not replayed), by ``sim.cluster``."""
     ttft = np.full(n_rows, np.nan)
     tpot = np.full(n_rows, np.nan)
     e2el = np.full(n_rows, np.nan)
-    profile = make_profile(model, engine)
-    cfg = EngineConfig(num_kv_blocks=engine.num_kv_blocks, block_size=engine.block_size,
-                       max_num_seqs=engine.max_num_seqs, max_num_batched_tokens=engine.max_num_batched_tokens)
-    cluster = ClusterConfig([BackendConfig("backend", "backend", profile, cfg)],
+    profile = make_profile(model, engine, front_end=front_end)
+    cluster = ClusterConfig([BackendConfig("backend", "backend", profile, _engine_config(engine))],
                             network_delay_s=max(overhead_s, 0.0) / 2.0, drain_s=3600.0)
     for unit in units:
         result = simulate(unit.trace, routing.build("round_robin"), cluster)
@@ -102,10 +134,10 @@ class _RecordingLatency:
 
     def __init__(self, model: LatencyModel) -> None:
         self.model = model
-        self.steps: list[tuple[int, int, float, int]] = []
+        self.last: tuple[int, int, float, int] = (0, 0, 0.0, 0)
 
     def step_time(self, num_tokens: int, num_seqs: int, prefill_attn_work: float, decode_context: int) -> float:
-        self.steps.append((num_tokens, num_seqs, prefill_attn_work, decode_context))
+        self.last = (num_tokens, num_seqs, prefill_attn_work, decode_context)
         return self.model.step_time(num_tokens, num_seqs, prefill_attn_work, decode_context)
 
     def decode_run(self, *args):  # pragma: no cover - the linearizer plans one step at a time
@@ -114,91 +146,133 @@ class _RecordingLatency:
 
 @dataclass
 class Linearized:
-    """Per measured row, latency = ``const + design @ [step, token, seq, prefill_attn, decode_attn, overhead]``.
+    """Per measured row, latency = ``const + design @ theta`` with ``theta`` in ``PARAMS`` order.
 
-    Exact for the schedule (which requests share which steps) the engine model
-    produced under the coefficients it was built with; NaN rows were not replayed.
+    Exact for the schedule the engine model and the front end produced under the
+    parameters it was built with (which requests share which steps, and which
+    job each front-end job waited for); NaN rows were not replayed.
     """
 
-    ttft_design: np.ndarray  # (rows, 6)
+    ttft_design: np.ndarray  # (rows, NPARAM)
     ttft_const: np.ndarray  # (rows,)
-    tpot_design: np.ndarray  # (rows, 6)
-    e2el_design: np.ndarray  # (rows, 6)
+    tpot_design: np.ndarray  # (rows, NPARAM)
+    tpot_const: np.ndarray  # (rows,)
+    e2el_design: np.ndarray  # (rows, NPARAM)
     e2el_const: np.ndarray  # (rows,)
     steps: int
+    theta: np.ndarray  # the parameters it was built with
+
+
+def _later(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The later of two affine times ``[value, d value / d theta...]`` (a tie keeps ``a``)."""
+    return a if a[0] >= b[0] else b
 
 
 def linearize_units(units: list[PreparedUnit], n_rows: int, model: LatencyModel, engine: EngineDefaults,
-                    overhead_s: float = 0.0) -> Linearized:
-    """Step ``sim.engine.Engine`` through every unit one step at a time and record the schedule.
+                    overhead_s: float = 0.0, front_end: FrontEndModel = FrontEndModel()) -> Linearized:
+    """Step ``sim.engine.Engine`` and the front end through every unit and record the schedule.
 
-    A request's TTFT is the time from its arrival to the end of the step that
-    emitted its first token: the idle-to-busy start of that busy period, plus
-    the durations of every step since, each ``[1, tokens, seqs, prefill work,
-    decode context] @ coefficients``; the overhead adds to TTFT and E2EL (half
-    of it delays the arrival, as ``network_delay_s`` does in the cluster).
+    Every time is carried as an affine function of the parameters: a vector
+    ``[value, gradient]``. Step ends add the step's composition ``[1, tokens,
+    seqs, prefill work, decode context]``; a front-end job starts at the later of
+    its arrival and the end of the job before it (``sim.frontend``) and adds its
+    cost. Which branch each "later of" took is the schedule; along it every
+    latency is linear in the parameters, and its value equals what
+    ``sim.cluster`` simulates (tested).
     """
     from sim.engine import Engine
     from sim.request import EngineRequest
 
-    nan6 = np.full((n_rows, 6), np.nan)
-    lin = Linearized(nan6.copy(), np.full(n_rows, np.nan), nan6.copy(), nan6.copy(), np.full(n_rows, np.nan), 0)
-    cfg = EngineConfig(num_kv_blocks=engine.num_kv_blocks, block_size=engine.block_size,
-                       max_num_seqs=engine.max_num_seqs, max_num_batched_tokens=engine.max_num_batched_tokens)
-    half = max(overhead_s, 0.0) / 2.0
+    nanP = np.full((n_rows, NPARAM), np.nan)
+    lin = Linearized(nanP.copy(), np.full(n_rows, np.nan), nanP.copy(), np.full(n_rows, np.nan), nanP.copy(),
+                     np.full(n_rows, np.nan), 0, pack(model, max(overhead_s, 0.0), front_end))
+    cfg = _engine_config(engine)
+    theta = lin.theta
+    half = np.zeros(NPARAM + 1)
+    half[0], half[1 + _OVERHEAD] = theta[_OVERHEAD] / 2.0, 0.5
+    in_unit = np.zeros(NPARAM + 1)
+    in_unit[0], in_unit[1 + _FE["input_s"]] = front_end.input_s, 1.0
+    in_tok = np.zeros(NPARAM + 1)
+    in_tok[0], in_tok[1 + _FE["input_token_s"]] = front_end.input_token_s, 1.0
+    out_unit = np.zeros(NPARAM + 1)
+    out_unit[0], out_unit[1 + _FE["output_step_s"]] = front_end.output_step_s, 1.0
+    out_tok = np.zeros(NPARAM + 1)
+    out_tok[0], out_tok[1 + _FE["output_token_s"]] = front_end.output_token_s, 1.0
     for unit in units:
         trace = unit.trace
         rec = _RecordingLatency(model)
         eng = Engine(cfg, rec)  # duck-typed latency: records every planned step
         shareable = trace.shareable_blocks().tolist()
         arrivals = trace.arrival_s
+        input_len = trace.input_len
         n = len(trace)
-        first_step = np.full(n, -1)
-        last_step = np.full(n, -1)
-        busy_of_step: list[int] = []  # per step: the index of its busy period
-        busy_start: list[float] = []  # per busy period: its start (original arrival time)
-        busy_first: list[int] = []  # per busy period: its first step
-        t, i, k = 0.0, 0, 0
-        while i < n or eng.has_work:
-            if not eng.has_work:
-                t = max(t, float(arrivals[i]) + half)
-                busy_start.append(float(arrivals[i]))
-                busy_first.append(k)
-            while i < n and arrivals[i] + half <= t:
-                eng.add_request(EngineRequest(i, int(trace.input_len[i]), int(trace.output_len[i]),
-                                              trace.hashes(i), arrival=t, num_shareable=shareable[i]))
-                i += 1
+        first = [None] * n
+        last = [None] * n
+        fe_free = None  # when the front end's last job ends (None: no job yet)
+        ready: deque = deque()  # (time the request reaches the engine, index), in order
+        nxt = 0  # next request whose input job is not served yet
+        t_eng = None  # end of the engine's last step while it has work
+        t_last = None  # end of the engine's last step
+        steps = 0
+
+        def serve_inputs(until: float, strict: bool) -> None:
+            nonlocal nxt, fe_free
+            while nxt < n and (arrivals[nxt] + half[0] < until if strict else arrivals[nxt] + half[0] <= until):
+                at = half.copy()
+                at[0] += arrivals[nxt]
+                start = at if fe_free is None else _later(at, fe_free)
+                fe_free = start + in_unit + int(input_len[nxt]) * in_tok
+                ready.append((fe_free, nxt))
+                nxt += 1
+
+        while nxt < n or ready or eng.has_work:
+            if t_eng is None:
+                if not ready:
+                    serve_inputs(arrivals[nxt] + half[0], strict=False)
+                # A request that reached the engine during its last step waits for that step to end.
+                S = ready[0][0] if t_last is None else _later(ready[0][0], t_last)
+            else:
+                S = t_eng
+            serve_inputs(S[0], strict=False)
+            while ready and ready[0][0][0] <= S[0]:
+                _, i = ready.popleft()
+                eng.add_request(EngineRequest(i, int(input_len[i]), int(trace.output_len[i]),
+                                              trace.hashes(i), arrival=float(S[0]), num_shareable=shareable[i]))
             plan = eng.plan(1)
-            out = eng.complete(plan, 1, t)
-            t += plan.first
+            emitting = tokens_per_step(plan)
+            out = eng.complete(plan, 1, float(S[0]))
+            steps += 1
+            tokens, seqs, work, ctx = rec.last
+            dur = np.zeros(NPARAM + 1)
+            dur[0] = plan.first
+            dur[1:6] = (1.0, tokens, seqs, work, ctx)
+            E = S + dur
+            # Requests reaching the front end before the step ends are served before its output job.
+            serve_inputs(E[0], strict=True)
+            start = E if fe_free is None else _later(E, fe_free)
+            fe_free = start + out_unit + emitting * out_tok
+            delivered = fe_free
             for r in out.first_tokens:
-                first_step[r.id] = k
+                first[r.id] = delivered
             for r in out.finished:
-                last_step[r.id] = k
-            busy_of_step.append(len(busy_start) - 1)
-            k += 1
-        phi = np.zeros((k, 6))
-        phi[:, 0] = 1.0
-        if k:
-            phi[:, 1:5] = np.asarray(rec.steps, dtype=float)
-        cum = np.vstack([np.zeros((1, 6)), np.cumsum(phi, axis=0)])  # cum[j] = sum of steps < j
-        ok = (first_step >= 0) & (last_step >= 0)
-        idx = np.flatnonzero(ok)
-        f, l = first_step[idx], last_step[idx]
-        b = np.asarray(busy_of_step)[f]
-        b0 = np.asarray(busy_first)[b]
-        const = np.asarray(busy_start)[b] - arrivals[idx]
-        ttft = cum[f + 1] - cum[b0]
-        ttft[:, 5] = 1.0
-        e2el = cum[l + 1] - cum[b0]
-        e2el[:, 5] = 1.0
-        nout = trace.output_len[idx].astype(float)
-        tpot = np.full((len(idx), 6), np.nan)
-        multi = nout > 1
-        tpot[multi] = (cum[l[multi] + 1] - cum[f[multi] + 1]) / (nout[multi] - 1)[:, None]
-        rows = unit.rows[idx]
-        lin.ttft_design[rows], lin.ttft_const[rows] = ttft, const
-        lin.e2el_design[rows], lin.e2el_const[rows] = e2el, const
-        lin.tpot_design[rows] = tpot
-        lin.steps += k
+                last[r.id] = delivered
+            t_last = E
+            t_eng = E if eng.has_work else None
+        lin.steps += steps
+        for i in range(n):
+            if first[i] is None or last[i] is None:
+                continue
+            row = unit.rows[i]
+            f = first[i] + half
+            e = last[i] + half
+            lin.ttft_design[row] = f[1:]
+            lin.ttft_const[row] = f[0] - f[1:] @ theta - arrivals[i]
+            lin.e2el_design[row] = e[1:]
+            lin.e2el_const[row] = e[0] - e[1:] @ theta - arrivals[i]
+            nout = int(trace.output_len[i])
+            if nout > 1:
+                # The first and last token may hang on chains from different arrivals
+                # (through the front end's queue): the constants need not cancel.
+                lin.tpot_design[row] = (e[1:] - f[1:]) / (nout - 1)
+                lin.tpot_const[row] = (lin.e2el_const[row] - lin.ttft_const[row]) / (nout - 1)
     return lin

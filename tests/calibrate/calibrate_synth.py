@@ -5,6 +5,7 @@ import pandas as pd
 from calibrate.profiling import ProfileSettings, _Ids, _mixed, plan_idle, plan_prefix
 from calibrate.prompts import hit_tokens, prompt_tokens
 from calibrate.replay import prepare_units, simulate_units
+from sim.frontend import FrontEndModel
 from sim.latency import EngineDefaults, LatencyModel
 from workload.hashing import block_hash_chain
 
@@ -14,8 +15,15 @@ TRUE_OVERHEAD = 0.01
 ENGINE = EngineDefaults(num_kv_blocks=8192, block_size=32, max_num_seqs=256, max_num_batched_tokens=2048)
 
 
-def synthetic_rows(model=TRUE_MODEL, overhead=TRUE_OVERHEAD, engine=ENGINE, seed=0) -> pd.DataFrame:
-    """Idle, prefix, burst and Poisson units with send times, timed by ``sim`` with ``model``."""
+def synthetic_rows(model=TRUE_MODEL, overhead=TRUE_OVERHEAD, engine=ENGINE, seed=0,
+                   front_end: FrontEndModel = FrontEndModel(), loaded_model: LatencyModel | None = None,
+                   loaded_units: int = 1) -> pd.DataFrame:
+    """Idle, prefix, burst and Poisson units with send times, timed by ``sim`` with ``model``.
+
+    ``loaded_model`` times the loaded units (burst, Poisson) with other coefficients than the
+    idle ones: data no single model explains, to see what a fit gives up. ``loaded_units``
+    repeats the burst and Poisson units (with new requests) for more loaded data.
+    """
     s = ProfileSettings(buckets=(32, 256, 1024, 2048), bucket_weights=(0.4, 0.3, 0.2, 0.1),
                         idle_outputs=(8, 96), idle_reps=1, prefix_lens=(512, 2048), prefix_reps=1)
     rng = np.random.default_rng(seed)
@@ -27,11 +35,14 @@ def synthetic_rows(model=TRUE_MODEL, overhead=TRUE_OVERHEAD, engine=ENGINE, seed
             # Sequential units: far enough apart that each request runs alone.
             at = 0.0 if u.mode == "open" else 10.0 * k
             rows.append((u.phase, u.key, r, at))
-    burst = _mixed(ids, s, rng, 24)
-    rows += [("concurrency", "concurrency/burst", r, 0.0) for r in burst]
-    pois = _mixed(ids, s, rng, 60)
-    t = np.cumsum(rng.exponential(1 / 4.0, size=len(pois)))
-    rows += [("poisson", "poisson/r4", r, float(at)) for r, at in zip(pois, t - t[0])]
+    for k in range(loaded_units):
+        tag = "" if k == 0 else f"-{k}"
+        burst = _mixed(ids, s, rng, 24)
+        # Sent "at once" as a client does: a fraction of a millisecond apart, never simultaneously.
+        rows += [("concurrency", f"concurrency/burst{tag}", r, 0.0005 * i) for i, r in enumerate(burst)]
+        pois = _mixed(ids, s, rng, 60)
+        t = np.cumsum(rng.exponential(1 / 4.0, size=len(pois)))
+        rows += [("poisson", f"poisson/r4{tag}", r, float(at)) for r, at in zip(pois, t - t[0])]
     seen: dict[str, set] = {}
     frame = pd.DataFrame([{
         "phase": ph, "unit": key, "request_id": r.request_id, "input_len": r.input_len,
@@ -48,5 +59,10 @@ def synthetic_rows(model=TRUE_MODEL, overhead=TRUE_OVERHEAD, engine=ENGINE, seed
     frame["prefix_hit_tokens"] = pd.Series(dict(hits))
     frame["inflight_requests"] = 0
     units = prepare_units(frame, engine.block_size, VOCAB)
-    ttft, tpot, e2el = simulate_units(units, len(frame), model, engine, overhead)
+    ttft, tpot, e2el = simulate_units(units, len(frame), model, engine, overhead, front_end)
+    if loaded_model is not None:
+        loaded = [u for u in units if u.key.split("/")[0] in ("concurrency", "poisson")]
+        l_ttft, l_tpot, l_e2el = simulate_units(loaded, len(frame), loaded_model, engine, overhead, front_end)
+        for u in loaded:
+            ttft[u.rows], tpot[u.rows], e2el[u.rows] = l_ttft[u.rows], l_tpot[u.rows], l_e2el[u.rows]
     return frame.assign(ttft_s=ttft, tpot_s=tpot, e2el_s=e2el)
