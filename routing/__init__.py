@@ -5,12 +5,14 @@
 (in-flight counts, scrapes, prefix index) that both the simulator and the gateway
 feed. Strategies are built by name from the registry: ``routing.build("least_load")``.
 """
-from routing.base import Strategy, available, build, parameters, register, validate
+from routing.base import (
+    Strategy, available, build, effective_parameters, parameters, register, validate,
+)
 from routing.router import BackendSpec, Decision, NoHealthyBackend, Router
 from routing.types import BackendSnapshot, Outcome, RequestInfo, ScrapedMetrics
 
 __all__ = [
     "BackendSnapshot", "BackendSpec", "Decision", "NoHealthyBackend", "Outcome",
     "RequestInfo", "Router", "ScrapedMetrics", "Strategy", "available", "build",
-    "parameters", "register", "validate",
+    "effective_parameters", "parameters", "register", "validate",
 ]

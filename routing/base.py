@@ -21,13 +21,27 @@ class Strategy:
     Class attributes tell the router what to prepare, so strategies that do not
     need an expensive input do not pay for it:
 
-    - ``needs_prefix_estimate``: fill ``BackendSnapshot.prefix_hit_tokens``.
+    - ``needs_prefix_estimate``: fill ``BackendSnapshot.prefix_hit_tokens`` and
+      ``index_blocks`` from the router's approximate index.
+    - ``needs_precise_prefix``: fill ``precise_hit_tokens`` from each backend's
+      KV-cache events, delivered ``kv_event_delay_s`` after they were emitted.
+    - ``needs_active_work``: fill ``inflight_prefill_tokens``, ``active_blocks``
+      and ``new_blocks`` (``routing.active``).
     - ``needs_scrape``: keep scraped metrics and their age up to date.
+
+    A strategy may set these per instance (a configurable profile does). Two
+    instance attributes tune the router's indexes: ``kv_event_delay_s`` and
+    ``index_blocks`` (the approximate index's capacity per backend; 0 = the
+    backend's own KV-cache capacity when the router knows it).
     """
 
     name: ClassVar[str] = ""
     needs_prefix_estimate: ClassVar[bool] = False
+    needs_precise_prefix: ClassVar[bool] = False
+    needs_active_work: ClassVar[bool] = False
     needs_scrape: ClassVar[bool] = False
+    kv_event_delay_s: float = 0.0
+    index_blocks: int = 0
 
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = seed
@@ -40,6 +54,23 @@ class Strategy:
 
     def observe(self, outcome: Outcome) -> None:
         """Learn from a finished request. Heuristics ignore it."""
+
+    def bind(self, block_size: int) -> None:
+        """Told by the ``Router`` it runs in: the KV block size its hashes use."""
+
+    @classmethod
+    def check_parameters(cls, params: dict[str, Any]) -> None:
+        """Raise ``ValueError`` naming a parameter whose *value* is not allowed.
+
+        Called by ``routing.validate`` (so by scenario loading, before anything
+        runs). The default checks nothing beyond names; strategies whose
+        construction is cheap and pure check by constructing themselves.
+        """
+
+    @classmethod
+    def effective_parameters(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Every parameter with the value a strategy built from ``params`` uses."""
+        return {**parameters(cls.name), **params}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, seed={self.seed})"
@@ -106,6 +137,12 @@ def validate(name: str, params: dict[str, Any]) -> None:
     missing = [key for key in required_parameters(name) if key not in params]
     if missing:
         raise ValueError(f"strategy {name!r} needs parameter(s) {', '.join(missing)}")
+    strategy_class(name).check_parameters(params)
+
+
+def effective_parameters(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """All of a strategy's parameters as a build from ``params`` resolves them."""
+    return strategy_class(name).effective_parameters(params)
 
 
 def required_parameters(name: str) -> list[str]:

@@ -1,35 +1,49 @@
 """Router-side state shared by the simulator and the gateway.
 
 The ``Router`` owns what a real router keeps between decisions: its in-flight
-counts per backend, the latest scrape of each backend with its time, health, and
-an index of the prompt blocks it has sent to each backend (to estimate prefix-cache
-hits). Both modes call ``dispatch``/``finish`` with an injected ``now``, so the
+counts per backend, the latest scrape of each backend with its time, health, an
+approximate index of the prompt blocks it has sent to each backend (to estimate
+prefix-cache hits), and, for strategies that ask, an exact mirror of each
+backend's cache fed by its KV-cache events and the work it has in flight there.
+Both modes call ``dispatch``/``finish`` with an injected ``now``, so the
 snapshots a strategy sees are built by the same code in both (house rule 1).
 """
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
+from routing.active import ActiveWork
 from routing.base import Strategy
+from routing.event_feed import EventFeed, FeedStats
+from routing.kv_events import KVEvent
+from routing.prefix_index import ApproxPrefixIndex, BlockOwners, PrefixIndex, as_list
 from routing.types import BackendSnapshot, Outcome, RequestInfo, ScrapedMetrics
+
+__all__ = ["BackendSpec", "Decision", "NoHealthyBackend", "PrefixIndex", "Router", "ScrapeSource"]
+
+#: llm-d's approximate prefix-cache producer sizes each endpoint's LRU at 31,250
+#: blocks when it cannot read the endpoint's KV capacity (``defaultLRUCapacityPerServer``).
+DEFAULT_INDEX_BLOCKS = 31250
 
 
 @dataclass(frozen=True, slots=True)
 class BackendSpec:
     name: str
     group: str = "default"
-    #: Capacity of the router's estimate of this backend's prefix cache, in blocks.
-    prefix_index_blocks: int = 65536
+    #: Capacity of the router's approximate index of this backend's prefix cache, in
+    #: blocks: the backend's KV-cache capacity when known (the simulator passes it).
+    prefix_index_blocks: int = DEFAULT_INDEX_BLOCKS
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """The chosen backend and what the router saw of it (predictor features)."""
+    """The chosen backend and what the router saw of it (predictor features).
+
+    ``prefix_hit_tokens`` is the hit the router expected there: from the exact
+    mirror for strategies that route on it, else from the approximate index.
+    """
 
     backend: int
     inflight_requests: int
@@ -39,69 +53,6 @@ class Decision:
     kv_usage: float
     scrape_age_s: float
     prefix_hit_tokens: int
-
-
-class PrefixIndex:
-    """An LRU set of block hashes the router has sent to one backend.
-
-    It approximates the backend's prefix cache from the router's side (the real
-    cache also evicts under memory pressure, which the router cannot see).
-    Capacity counts blocks. A request's blocks beyond ``shareable`` (hashes no
-    other request has, see ``RequestInfo.num_shareable_blocks``) can never match
-    anyone, so they are kept as one counted entry: same evictions, less work.
-    """
-
-    __slots__ = ("capacity", "_blocks", "_size", "_next_extent")
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        #: hash -> 1, or a negative extent key -> its block count; oldest first.
-        self._blocks: OrderedDict[int, int] = OrderedDict()
-        self._size = 0
-        self._next_extent = -1
-
-    def hit_blocks(self, hashes: np.ndarray | list[int]) -> int:
-        n = 0
-        blocks = self._blocks
-        for h in _as_list(hashes):
-            if h not in blocks:
-                break
-            n += 1
-        return n
-
-    def add(self, hashes: np.ndarray | list[int], shareable: int = -1) -> None:
-        hashes = _as_list(hashes)
-        k = len(hashes) if shareable < 0 else min(shareable, len(hashes))
-        blocks = self._blocks
-        for i in range(k):
-            h = hashes[i]
-            if h in blocks:
-                blocks.move_to_end(h)
-            else:
-                blocks[h] = 1
-                self._size += 1
-        rest = len(hashes) - k
-        if rest:
-            blocks[self._next_extent] = rest
-            self._next_extent -= 1
-            self._size += rest
-        while self._size > self.capacity:
-            key, count = blocks.popitem(last=False)
-            over = self._size - self.capacity
-            if count > over:
-                blocks[key] = count - over
-                blocks.move_to_end(key, last=False)
-                self._size -= over
-            else:
-                self._size -= count
-
-    def __len__(self) -> int:
-        return self._size
-
-
-def _as_list(hashes: np.ndarray | list[int]) -> list[int]:
-    # Python ints hash and compare much faster than numpy scalars.
-    return hashes.tolist() if isinstance(hashes, np.ndarray) else hashes
 
 
 class NoHealthyBackend(RuntimeError):
@@ -136,13 +87,36 @@ class Router:
             raise ValueError("a router needs at least one backend")
         self.strategy = strategy
         self.block_size = block_size
+        strategy.bind(block_size)
         self.snapshots = [
             BackendSnapshot(index=i, name=b.name, group=b.group) for i, b in enumerate(backends)
         ]
         self._scraped_at = [math.nan] * len(backends)
         self._inflight: dict[int, tuple[int, int]] = {}
-        self._track_prefix = track_prefix or strategy.needs_prefix_estimate
-        self._prefix = [PrefixIndex(b.prefix_index_blocks) for b in backends]
+        self._want_approx = strategy.needs_prefix_estimate
+        self._want_precise = strategy.needs_precise_prefix
+        self._want_active = strategy.needs_active_work
+        # The exact mirror falls back to the approximate index, so it needs it too.
+        self._track_prefix = (track_prefix or self._want_approx or self._want_precise
+                              or self._want_active)
+        capacity = int(getattr(strategy, "index_blocks", 0) or 0)
+        # Owner masks make every backend's hit one pass over the chain; they are
+        # kept only for strategies that read hits for every backend.
+        fill = self._want_approx or self._want_precise or self._want_active
+        self._approx_owners = BlockOwners() if fill else None
+        self._prefix = [ApproxPrefixIndex(capacity or b.prefix_index_blocks, self._approx_owners, 1 << i)
+                        for i, b in enumerate(backends)]
+        delay = float(getattr(strategy, "kv_event_delay_s", 0.0) or 0.0)
+        self._exact_owners = BlockOwners() if self._want_precise else None
+        self._feeds = ([EventFeed(delay, self._exact_owners, 1 << i) for i in range(len(backends))]
+                       if self._want_precise else None)
+        self._active_owners = BlockOwners() if self._want_active else None
+        self._active = ([ActiveWork(self._active_owners, 1 << i) for i in range(len(backends))]
+                        if self._want_active else None)
+        #: Per backend and decision: exact-mirror lookups, and those that fell back
+        #: to the approximate index because the mirror could not be trusted.
+        self.precise_lookups = 0
+        self.precise_fallbacks = 0
         self._all_healthy = True
         self._scrape_source = scrape_source
 
@@ -158,9 +132,68 @@ class Router:
         self.snapshots[index].healthy = healthy
         self._all_healthy = all(s.healthy for s in self.snapshots)
 
+    @property
+    def wants_kv_events(self) -> bool:
+        """Whether the strategy reads KV-cache events (others drop them unread)."""
+        return self._feeds is not None
+
+    def record_kv_events(
+        self, index: int, events: Iterable[KVEvent], emitted_at: float, seq: int | None = None
+    ) -> None:
+        """A batch of backend ``index``'s KV-cache events, emitted at ``emitted_at``.
+
+        It reaches the exact mirror ``kv_event_delay_s`` later. ``seq`` is the
+        batch's sequence number on that backend's stream, if it has one: a gap or
+        a step back makes the router distrust the mirror until the next
+        ``AllBlocksCleared`` (see ``routing.event_feed``).
+        """
+        if self._feeds is not None:
+            self._feeds[index].record(events, emitted_at, seq)
+
+    def deliver_events(self, now: float) -> None:
+        """Apply every KV-event batch due by ``now`` to the mirrors.
+
+        ``prepare`` does this for the candidates it reads; a gateway may call it
+        from its event listener so that decisions do not pay for ingestion.
+        """
+        if self._feeds is not None:
+            for feed in self._feeds:
+                if feed._pending:
+                    feed.deliver(now)
+
+    def event_stats(self, index: int) -> FeedStats | None:
+        """Counts of gaps, reorders and inconsistencies on backend ``index``'s events."""
+        return None if self._feeds is None else self._feeds[index].stats
+
+    @property
+    def wants_first_tokens(self) -> bool:
+        """Whether ``first_token`` matters (the strategy prices prefill in flight)."""
+        return self._active is not None
+
+    def first_token(self, request_id: int) -> None:
+        """The request's first token came back: its prefill is no longer pending work."""
+        if self._active is not None:
+            entry = self._inflight.get(request_id)
+            if entry is not None:
+                self._active[entry[0]].first_token(request_id)
+
     # --- decisions ------------------------------------------------------------
     def dispatch(self, request: RequestInfo, now: float) -> Decision:
         """Choose a backend for ``request`` and count it in flight there."""
+        candidates, chain = self.prepare(request, now)
+        pos = self.strategy.choose(request, candidates)
+        if not 0 <= pos < len(candidates):
+            raise IndexError(
+                f"strategy {self.strategy.name!r} returned {pos} for {len(candidates)} backends"
+            )
+        return self.commit(request, candidates[pos], chain, now)
+
+    def prepare(self, request: RequestInfo, now: float) -> tuple[list[BackendSnapshot], list[int]]:
+        """The candidates' snapshots, filled with what the strategy asked for.
+
+        ``dispatch`` is ``prepare``, ``strategy.choose``, ``commit``; the split
+        lets a benchmark time the decision apart from the bookkeeping after it.
+        """
         if request.request_id in self._inflight:
             # Counting it twice would leave one copy in flight forever.
             raise ValueError(f"request {request.request_id} is already in flight")
@@ -175,23 +208,76 @@ class Router:
         candidates = snaps if self._all_healthy else [s for s in snaps if s.healthy]
         if not candidates:
             raise NoHealthyBackend("no healthy backend to route to")
-        if self.strategy.needs_prefix_estimate:
+        chain = as_list(request.block_hashes) if self._track_prefix else []
+        if self._want_approx or self._want_precise or self._want_active:
+            self._fill(request, candidates, chain, now)
+        return candidates, chain
+
+    def _fill(self, request: RequestInfo, candidates, chain: list[int], now: float) -> None:
+        # The hot path of cache-aware routing: one bisection over the chain per
+        # index finds every backend's hit (``BlockOwners.depths``), then one pass
+        # over the candidates writes what the strategy asked for.
+        bs = self.block_size
+        n = min(max(request.input_len - 1, 0) // bs, len(chain))
+        size = len(self.snapshots)
+        depth = [0] * size
+        self._approx_owners.depths(chain, n, depth)
+        prefix = self._prefix
+        feeds = self._feeds
+        exact = None
+        if feeds is not None:
             for s in candidates:
-                s.prefix_hit_tokens = self._estimate_hit(s.index, request)
-        pos = self.strategy.choose(request, candidates)
-        if not 0 <= pos < len(candidates):
-            raise IndexError(
-                f"strategy {self.strategy.name!r} returned {pos} for {len(candidates)} backends"
-            )
-        chosen = candidates[pos]
+                feed = feeds[s.index]
+                if feed._pending:
+                    feed.deliver(now)
+            exact = [0] * size
+            self._exact_owners.depths(chain, n, exact)
+            self.precise_lookups += len(candidates)
+        active = self._active
+        held = None
+        if active is not None:
+            shareable = request.num_shareable_blocks
+            total = len(chain)
+            held = [0] * size
+            self._active_owners.depths(chain, total if shareable < 0 else min(shareable, total), held)
+        fallbacks = 0
+        for s in candidates:
+            i = s.index
+            hit = depth[i] * bs
+            s.prefix_hit_tokens = hit
+            s.index_blocks = prefix[i]._size
+            if exact is not None:
+                feed = feeds[i]
+                if feed._seen and feed._trusted:
+                    s.precise_hit_tokens = exact[i] * bs
+                    s.precise_fallback = False
+                else:
+                    s.precise_hit_tokens = hit
+                    s.precise_fallback = True
+                    fallbacks += 1
+            if held is not None:
+                a = active[i]
+                s.inflight_prefill_tokens = a.prefill_tokens
+                s.active_blocks = len(a._refs) + a._private
+                s.new_blocks = total - held[i]
+        self.precise_fallbacks += fallbacks
+
+    def commit(self, request: RequestInfo, chosen: BackendSnapshot, chain: list[int],
+               now: float) -> Decision:
+        """Count ``request`` in flight at ``chosen`` and return the decision record."""
         b = chosen.index
+        source = self._scrape_source
         if source is not None and not self.strategy.needs_scrape:
             self._pull(source, b, now)
-        hit = (
-            chosen.prefix_hit_tokens
-            if self.strategy.needs_prefix_estimate
-            else (self._estimate_hit(b, request) if self._track_prefix else 0)
-        )
+        if self._want_precise:
+            hit = chosen.precise_hit_tokens
+        elif self._want_approx or self._want_active:
+            hit = chosen.prefix_hit_tokens
+        elif self._track_prefix:
+            limit = max(request.input_len - 1, 0) // self.block_size
+            hit = self._prefix[b].hit_blocks(chain, limit) * self.block_size
+        else:
+            hit = 0
         t = self._scraped_at[b]
         decision = Decision(
             backend=b,
@@ -207,7 +293,10 @@ class Router:
         chosen.inflight_tokens += request.input_len
         self._inflight[request.request_id] = (b, request.input_len)
         if self._track_prefix:
-            self._prefix[b].add(request.block_hashes, request.num_shareable_blocks)
+            self._prefix[b].add(chain, request.num_shareable_blocks)
+        if self._active is not None:
+            self._active[b].add(request.request_id, chain, request.num_shareable_blocks,
+                                max(request.input_len - hit, 0))
         return decision
 
     def _pull(self, source: ScrapeSource, index: int, now: float) -> None:
@@ -224,15 +313,18 @@ class Router:
         snap = self.snapshots[b]
         snap.inflight_requests -= 1
         snap.inflight_tokens -= tokens
+        if self._active is not None:
+            self._active[b].remove(outcome.request_id)
         self.strategy.observe(outcome)
 
     @property
     def inflight(self) -> int:
         return len(self._inflight)
 
-    def _estimate_hit(self, index: int, request: RequestInfo) -> int:
-        blocks = self._prefix[index].hit_blocks(request.block_hashes)
-        # vLLM always recomputes at least the last prompt token, so a hit covers
-        # at most the full blocks inside the first input_len - 1 tokens.
-        max_blocks = max(request.input_len - 1, 0) // self.block_size
-        return min(blocks, max_blocks) * self.block_size
+    def prefix_index(self, index: int) -> ApproxPrefixIndex:
+        """Backend ``index``'s approximate index (tests and benchmarks seed it)."""
+        return self._prefix[index]
+
+    def exact_index(self, index: int):
+        """Backend ``index``'s exact mirror, or None when the strategy does not use one."""
+        return None if self._feeds is None else self._feeds[index].index

@@ -63,7 +63,8 @@ class BackendSnapshot:
     that have not finished). The scraped fields are NaN until the first scrape and
     are ``scrape_age_s`` seconds old. ``prefix_hit_tokens`` is the router's
     estimate of the prefix-cache hit the current request would get there, filled
-    only for strategies that declare ``needs_prefix_estimate``.
+    only for strategies that declare ``needs_prefix_estimate``. The fields after
+    it are filled only for the strategies that ask for them (``routing.Strategy``).
     """
 
     index: int
@@ -79,6 +80,19 @@ class BackendSnapshot:
     scrape_age_s: float = math.inf
     healthy: bool = True
     prefix_hit_tokens: int = 0
+    #: Filled for strategies that declare ``needs_precise_prefix``: the hit from the
+    #: backend's exact cache mirror (KV-cache events), or the approximate estimate
+    #: when that mirror cannot be trusted (``precise_fallback``).
+    precise_hit_tokens: int = 0
+    precise_fallback: bool = False
+    #: Blocks in the router's approximate index of this backend (its "tree size").
+    index_blocks: int = 0
+    #: Filled for strategies that declare ``needs_active_work`` (see ``routing.active``):
+    #: uncached prompt tokens in flight before their first token, distinct prompt
+    #: blocks in flight, and how many blocks this request would add to them.
+    inflight_prefill_tokens: int = 0
+    active_blocks: int = 0
+    new_blocks: int = 0
 
     def apply_scrape(self, metrics: ScrapedMetrics) -> None:
         self.running = metrics.running

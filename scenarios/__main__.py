@@ -5,6 +5,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import routing
+
 from scenarios.errors import ScenarioError
 from scenarios.grid import expand_grid
 from scenarios.library import scenario_path, shipped_scenarios
@@ -88,6 +90,12 @@ def _print_summary(sc: Scenario) -> None:
         for s in sc.router.strategies
     )
     print(f"  strategies: {strategies}")
+    for s in sc.router.strategies:
+        # Every parameter with the value the run will use (defaults and presets resolved).
+        params = routing.effective_parameters(s.name, s.params)
+        if params:
+            shown = ", ".join(f"{k}={v!r}" for k, v in params.items())
+            print(f"    {s.label}: {shown}")
     print(f"  seeds:      {', '.join(map(str, sc.seeds))}")
     slo = ", ".join(
         f"{k} <= {getattr(sc.slo, k):g}" for k in ("ttft_ms", "tpot_ms", "e2el_ms") if getattr(sc.slo, k)

@@ -426,6 +426,9 @@ class ClusterSim:
     def on_output(self, driver: BackendDriver, out: StepOutput, delivered: float | None = None) -> None:
         """Requests that finished; ``delivered``: when the front end handed out this completion's tokens."""
         delay = self._delay[driver.index]
+        if out.first_tokens and self.router.wants_first_tokens:
+            for req in out.first_tokens:
+                self.router.first_token(req.id)
         if delivered is not None:
             for req in out.first_tokens:
                 req.payload.first_out = delivered

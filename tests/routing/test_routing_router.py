@@ -258,13 +258,17 @@ def test_prefix_aware_strategies_see_estimates_for_every_candidate():
     assert s.seen == [0, 0, 96] and d.backend == 2 and d.prefix_hit_tokens == 96
 
 
-def test_prefix_index_evicts_least_recently_used_blocks():
+def test_prefix_index_evicts_least_recently_used_blocks_tail_first():
     r = Router(routing.build("round_robin"), [BackendSpec("b0", "g", prefix_index_blocks=4)])
     a = list(range(48))  # 3 full blocks
     b = list(range(1000, 1032))  # 2 full blocks
     r.dispatch(request(0, a), 0.0)
-    r.dispatch(request(1, b), 0.0)  # 5 blocks > 4: a's first block goes
-    assert r.dispatch(request(2, a), 0.0).prefix_hit_tokens == 0
+    r.dispatch(request(1, b), 0.0)  # 5 blocks > 4: a's *last* block goes, as vLLM frees tails first
+    assert r.dispatch(request(2, a + [0]), 0.0).prefix_hit_tokens == 32
+    r1 = Router(routing.build("round_robin"), [BackendSpec("b0", "g", prefix_index_blocks=3)])
+    r1.dispatch(request(0, a), 0.0)
+    r1.dispatch(request(1, b), 0.0)  # 5 blocks > 3: a keeps only its first block
+    assert r1.dispatch(request(2, a + [0]), 0.0).prefix_hit_tokens == 16
     r2 = Router(routing.build("round_robin"), [BackendSpec("b0", "g", prefix_index_blocks=5)])
     r2.dispatch(request(0, a), 0.0)
     r2.dispatch(request(1, b), 0.0)

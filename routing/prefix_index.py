@@ -1,0 +1,315 @@
+"""What a router knows of each backend's prefix cache: approximate and exact indexes.
+
+Both answer one question fast: how many leading blocks of a prompt's hash chain
+would hit in a backend's cache. Block hashes are chained (each covers its
+parent's hash), so both indexes keep their contents *prefix-closed*: a block is
+counted only if every block before it in its chain is too. The hit is then the
+length of the longest prefix of the chain inside the set, and a binary search
+finds it in O(log n) lookups instead of walking up to 512 blocks of an 8k-token
+prompt (the linear walk is what a real engine does; on a prefix-closed set the
+two agree, and the tests check it).
+
+``ApproxPrefixIndex`` is the router's own guess, built from where it sent
+prompts (the approximate producers of llm-d, SGLang and vLLM's router).
+``ExactPrefixIndex`` mirrors a backend's cache from its KV-cache events (see
+``routing.kv_events``).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+
+def as_list(hashes: np.ndarray | list[int]) -> list[int]:
+    """Python ints: they hash and compare much faster than numpy scalars."""
+    return hashes.tolist() if isinstance(hashes, np.ndarray) else hashes
+
+
+def longest_prefix_in(members, chain: list[int], limit: int) -> int:
+    """Largest k <= limit with ``chain[:k]`` all in ``members``, for a prefix-closed set.
+
+    Prefix-closed means: if a block is in the set, its parent is too, so
+    "``chain[i]`` is in the set" is true for i < k and false after.
+    """
+    if limit <= 0 or chain[0] not in members:  # (callers may have checked chain[0] already)
+        return 0
+    if chain[limit - 1] in members:
+        return limit
+    lo, hi = 1, limit - 1  # chain[lo-1] is in, chain[hi] is out
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if chain[mid] in members:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+class BlockOwners:
+    """Which backends hold each block, as a bitmask per hash (bit i: backend i).
+
+    Kept beside per-backend prefix-closed sets, it answers "how deep does the
+    chain go at every backend" in one pass: along a chain, the set of backends
+    holding block i can only shrink as i grows, so the depths are the points
+    where the mask changes, found by bisection with O(log n) lookups per
+    distinct depth instead of one search per backend.
+    """
+
+    __slots__ = ("masks",)
+
+    def __init__(self) -> None:
+        self.masks: dict[int, int] = {}
+
+    def set(self, h: int, bit: int) -> None:
+        masks = self.masks
+        masks[h] = masks.get(h, 0) | bit
+
+    def clear(self, h: int, bit: int) -> None:
+        masks = self.masks
+        m = masks.get(h, 0) & ~bit
+        if m:
+            masks[h] = m
+        else:
+            masks.pop(h, None)
+
+    def depths(self, chain: list[int], n: int, out: list[int]) -> None:
+        """Write into ``out[i]`` the leading blocks of ``chain[:n]`` backend i holds.
+
+        ``out`` must be zeros on entry (backends holding nothing stay 0).
+        """
+        if n <= 0:
+            return
+        get = self.masks.get
+        m_first = get(chain[0], 0)
+        if not m_first:
+            return
+        m_last = get(chain[n - 1], 0) if n > 1 else m_first
+        _assign(m_last, n, out)
+        if m_first == m_last:
+            return
+        stack = [(0, n - 1, m_first, m_last)]  # mask at lo, mask at hi (a subset of it)
+        while stack:
+            lo, hi, m_lo, m_hi = stack.pop()
+            if hi - lo == 1:
+                _assign(m_lo & ~m_hi, lo + 1, out)
+                continue
+            mid = (lo + hi) >> 1
+            m_mid = get(chain[mid], 0)
+            if m_mid != m_lo:
+                stack.append((lo, mid, m_lo, m_mid))
+            if m_mid != m_hi:
+                stack.append((mid, hi, m_mid, m_hi))
+
+
+def _assign(mask: int, depth: int, out: list[int]) -> None:
+    while mask:
+        low = mask & -mask
+        out[low.bit_length() - 1] = depth
+        mask ^= low
+
+
+class ApproxPrefixIndex:
+    """An LRU set of block hashes the router has sent to one backend.
+
+    It guesses the backend's prefix cache from the router's side (the real cache
+    also evicts under memory pressure, which the router cannot see), bounded to
+    ``capacity`` blocks like llm-d's approximate prefix-cache producer (one LRU
+    per endpoint, sized from the endpoint's KV-cache capacity when known,
+    31,250 blocks otherwise:
+    ``pkg/epp/framework/plugins/requestcontrol/dataproducer/approximateprefix``).
+
+    A prompt's blocks are touched last-to-first, so its first block is the most
+    recently used and its tail is evicted first, as vLLM's free queue does. That
+    keeps the set prefix-closed (a block is always at least as recent as its
+    children), so ``hit_blocks`` can binary-search. Blocks beyond ``shareable``
+    (hashes no other request has, see ``RequestInfo.num_shareable_blocks``) can
+    never match anyone, so they are kept as one counted entry: same evictions,
+    less work.
+    """
+
+    __slots__ = ("capacity", "_blocks", "_size", "_next_extent", "_owners", "_bit")
+
+    def __init__(self, capacity: int, owners: BlockOwners | None = None, bit: int = 0) -> None:
+        if capacity < 1:
+            raise ValueError(f"prefix index capacity must be >= 1 block, got {capacity}")
+        self.capacity = capacity
+        #: Shared by the indexes of one router: this backend's ``bit`` in each block's mask.
+        self._owners = owners
+        self._bit = bit
+        #: hash -> 1, or a negative extent key -> its block count; oldest first.
+        self._blocks: OrderedDict[int, int] = OrderedDict()
+        self._size = 0
+        self._next_extent = -1
+
+    def hit_blocks(self, hashes: np.ndarray | list[int], limit: int = -1) -> int:
+        """Leading blocks of the chain in the index (at most ``limit`` if >= 0)."""
+        chain = as_list(hashes)
+        n = len(chain) if limit < 0 else min(limit, len(chain))
+        return longest_prefix_in(self._blocks, chain, n)
+
+    def add(self, hashes: np.ndarray | list[int], shareable: int = -1) -> None:
+        hashes = as_list(hashes)
+        n = len(hashes)
+        k = n if shareable < 0 else min(shareable, n)
+        blocks = self._blocks
+        rest = n - k
+        if rest:
+            # The private tail is older than the shared head: it goes first.
+            blocks[self._next_extent] = rest
+            self._next_extent -= 1
+            self._size += rest
+        move = blocks.move_to_end
+        owners, bit = self._owners, self._bit
+        added = 0
+        for i in range(k - 1, -1, -1):
+            h = hashes[i]
+            if h in blocks:
+                move(h)
+            else:
+                blocks[h] = 1
+                added += 1
+                if owners is not None:
+                    owners.set(h, bit)
+        self._size += added
+        while self._size > self.capacity:
+            key, count = blocks.popitem(last=False)
+            over = self._size - self.capacity
+            if count > over:
+                blocks[key] = count - over
+                blocks.move_to_end(key, last=False)
+                self._size -= over
+            else:
+                self._size -= count
+                if owners is not None and key >= 0:
+                    owners.clear(key, bit)
+
+    def __contains__(self, block_hash: int) -> bool:
+        return block_hash in self._blocks
+
+    def __len__(self) -> int:
+        """Blocks held (the index's "tree size")."""
+        return self._size
+
+
+#: Kept for code that imported the old name from ``routing.router``.
+PrefixIndex = ApproxPrefixIndex
+
+
+class ExactPrefixIndex:
+    """A backend's cached blocks as its KV-cache events describe them.
+
+    ``stored`` holds every block the backend reported stored and not yet
+    removed; ``rooted`` the subset whose whole chain back to the prompt start is
+    stored too: exactly the blocks a prefix lookup can reach, since the engine
+    walks the chain from its first block and stops at the first miss. Removing a
+    block unroots its stored descendants; storing it again re-roots them.
+    Children are tracked per parent for that, so each event costs time
+    proportional to the blocks it names (plus the rare cascade).
+    """
+
+    __slots__ = ("stored", "rooted", "_parent", "_children", "_owners", "_bit")
+
+    def __init__(self, owners: BlockOwners | None = None, bit: int = 0) -> None:
+        self._owners = owners
+        self._bit = bit
+        self.stored: set[int] = set()
+        self.rooted: set[int] = set()
+        self._parent: dict[int, int | None] = {}
+        self._children: dict[int | None, set[int]] = {}
+
+    def store(self, block_hashes, parent: int | None) -> int:
+        """Record stored blocks (a chain starting after ``parent``); returns orphans.
+
+        An orphan is a block stored under a parent the index does not hold: the
+        store that named the parent was missed (or is still in flight).
+        """
+        orphans = 0
+        stored, rooted, parents, children = self.stored, self.rooted, self._parent, self._children
+        p = parent
+        for h in block_hashes:
+            old = parents.get(h, _MISSING)
+            if old is not _MISSING and old != p:
+                children[old].discard(h)
+            parents[h] = p
+            kids = children.get(p)
+            if kids is None:
+                children[p] = {h}
+            else:
+                kids.add(h)
+            stored.add(h)
+            if p is None or p in rooted:
+                if h not in rooted:
+                    self._root(h)
+            else:
+                if p not in stored:
+                    orphans += 1
+                if h in rooted:
+                    self._unroot(h)
+            p = h
+        return orphans
+
+    def remove(self, block_hashes) -> int:
+        """Forget evicted blocks; returns how many were not stored (missed stores)."""
+        unknown = 0
+        stored, parents, children = self.stored, self._parent, self._children
+        for h in block_hashes:
+            if h not in stored:
+                unknown += 1
+                continue
+            stored.discard(h)
+            if h in self.rooted:
+                self._unroot(h)
+            p = parents.pop(h)
+            kids = children.get(p)
+            if kids is not None:
+                kids.discard(h)
+                if not kids:
+                    del children[p]
+        return unknown
+
+    def clear(self) -> None:
+        if self._owners is not None:
+            for h in self.rooted:
+                self._owners.clear(h, self._bit)
+        self.stored.clear()
+        self.rooted.clear()
+        self._parent.clear()
+        self._children.clear()
+
+    def hit_blocks(self, hashes: np.ndarray | list[int], limit: int = -1) -> int:
+        chain = as_list(hashes)
+        n = len(chain) if limit < 0 else min(limit, len(chain))
+        return longest_prefix_in(self.rooted, chain, n)
+
+    def _root(self, h: int) -> None:
+        rooted, stored, children = self.rooted, self.stored, self._children
+        owners, bit = self._owners, self._bit
+        todo = [h]
+        while todo:
+            b = todo.pop()
+            rooted.add(b)
+            if owners is not None:
+                owners.set(b, bit)
+            for c in children.get(b, ()):
+                if c in stored and c not in rooted:
+                    todo.append(c)
+
+    def _unroot(self, h: int) -> None:
+        rooted, children = self.rooted, self._children
+        owners, bit = self._owners, self._bit
+        todo = [h]
+        while todo:
+            b = todo.pop()
+            rooted.discard(b)
+            if owners is not None:
+                owners.clear(b, bit)
+            for c in children.get(b, ()):
+                if c in rooted:
+                    todo.append(c)
+
+    def __len__(self) -> int:
+        return len(self.stored)
+
+
+_MISSING = object()

@@ -1,0 +1,186 @@
+"""The router's prefix indexes: what an engine would hit, found by bisection.
+
+Every expected hit here is the engine's rule computed independently: walk the
+chain from its first block and count until the first block the cache lacks.
+"""
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from routing.prefix_index import ApproxPrefixIndex, BlockOwners, ExactPrefixIndex, longest_prefix_in
+
+
+def linear_hit(members, chain, limit=None) -> int:
+    """The engine's walk: leading blocks present, stopping at the first miss."""
+    n = 0
+    for h in chain[: len(chain) if limit is None else limit]:
+        if h not in members:
+            break
+        n += 1
+    return n
+
+
+def tree_chain(path: list[int]) -> list[int]:
+    """A chain in a small prompt tree: block i's hash names the whole path to it."""
+    return [hash(tuple(path[: i + 1])) & (2**63 - 1) for i in range(len(path))]
+
+
+paths = st.lists(st.integers(0, 2), min_size=1, max_size=12)
+
+
+def test_longest_prefix_hand_worked():
+    members = {10, 11, 12}
+    assert longest_prefix_in(members, [10, 11, 12, 13], 4) == 3
+    assert longest_prefix_in(members, [10, 11, 12, 13], 2) == 2  # capped
+    assert longest_prefix_in(members, [9, 10], 2) == 0
+    assert longest_prefix_in(members, [10, 11, 12], 3) == 3
+    assert longest_prefix_in(members, [], 0) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(paths, min_size=1, max_size=30), st.integers(1, 40), paths)
+def test_approximate_index_stays_prefix_closed_so_bisection_equals_the_walk(sent, capacity, query):
+    idx = ApproxPrefixIndex(capacity)
+    for p in sent:
+        idx.add(tree_chain(p))
+        assert len(idx) <= capacity
+    members = {h for h in idx._blocks if h >= 0}
+    for p in sent + [query]:
+        chain = tree_chain(p)
+        # prefix-closed: a held block's parent is held
+        for i in range(1, len(chain)):
+            if chain[i] in members:
+                assert chain[i - 1] in members
+        assert idx.hit_blocks(chain) == linear_hit(members, chain)
+
+
+def test_approximate_index_evicts_a_prompts_tail_before_its_head():
+    idx = ApproxPrefixIndex(4)
+    a = tree_chain([0, 0, 0])
+    b = tree_chain([1, 1])
+    idx.add(a)
+    idx.add(b)  # 5 blocks into 4: a's last block goes, its first two stay
+    assert idx.hit_blocks(a) == 2 and idx.hit_blocks(b) == 2
+    # LRU order now (oldest first): a1, a0, b1, b0. Touching a's head leaves a1 the oldest.
+    idx.add(a[:1])
+    idx.add(tree_chain([2]))
+    assert idx.hit_blocks(a) == 1 and idx.hit_blocks(b) == 2
+
+
+def test_private_tails_count_against_capacity_but_never_match():
+    idx = ApproxPrefixIndex(10)
+    chain = tree_chain([0, 1, 2, 0, 1])
+    idx.add(chain, shareable=2)
+    assert len(idx) == 5
+    assert idx.hit_blocks(chain) == 2
+
+
+class Engine:
+    """A hand-made cache with vLLM's event discipline (for the exact mirror's tests)."""
+
+    def __init__(self):
+        self.cached: set[int] = set()
+        self.events: list[tuple[str, tuple, int | None]] = []
+
+    def store(self, chain: list[int]) -> None:
+        start = linear_hit(self.cached, chain)
+        new = [h for h in chain[start:] if h not in self.cached]
+        if new:
+            parent = chain[start - 1] if start else None
+            self.cached.update(chain[start:])
+            self.events.append(("store", tuple(chain[start:]), parent))
+
+    def evict(self, h: int) -> None:
+        if h in self.cached:
+            self.cached.discard(h)
+            self.events.append(("remove", (h,), None))
+
+    def clear(self) -> None:
+        self.cached.clear()
+        self.events.append(("clear", (), None))
+
+
+def replay(events, idx: ExactPrefixIndex) -> None:
+    for kind, hashes, parent in events:
+        if kind == "store":
+            idx.store(hashes, parent)
+        elif kind == "remove":
+            idx.remove(hashes)
+        else:
+            idx.clear()
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("store"), paths),
+        st.tuples(st.just("evict"), paths, st.integers(0, 11)),
+        st.tuples(st.just("clear")),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=250, deadline=None)
+@given(ops, st.lists(paths, min_size=1, max_size=6))
+def test_exact_mirror_gives_the_engines_hit_for_any_event_stream(operations, queries):
+    engine = Engine()
+    touched = []
+    for op in operations:
+        if op[0] == "store":
+            engine.store(tree_chain(op[1]))
+            touched.append(op[1])
+        elif op[0] == "evict":  # any block, mid-chain included: its children stay cached
+            chain = tree_chain(op[1])
+            engine.evict(chain[op[2] % len(chain)])
+        else:
+            engine.clear()
+    idx = ExactPrefixIndex()
+    replay(engine.events, idx)
+    assert idx.stored == engine.cached
+    for p in touched + queries:
+        chain = tree_chain(p)
+        assert idx.hit_blocks(chain) == linear_hit(engine.cached, chain)
+
+
+def test_exact_mirror_hand_worked_unroot_and_reroot():
+    a, b, c = 1, 2, 3
+    idx = ExactPrefixIndex()
+    assert idx.store([a, b, c], None) == 0
+    assert idx.hit_blocks([a, b, c]) == 3
+    assert idx.remove([b]) == 0  # the middle block goes: c is stored but unreachable
+    assert idx.hit_blocks([a, b, c]) == 1 and c in idx.stored and c not in idx.rooted
+    assert idx.store([b], a) == 0  # stored again: c is reachable again
+    assert idx.hit_blocks([a, b, c]) == 3
+    assert idx.remove([99]) == 1  # a removal of an unknown block is counted
+    assert idx.store([7], 42) == 1  # an orphan: its parent was never stored
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(paths, max_size=8), min_size=1, max_size=5), st.integers(1, 30), paths)
+def test_owner_masks_give_every_backends_hit_in_one_pass(per_backend, capacity, query):
+    owners = BlockOwners()
+    indexes = [ApproxPrefixIndex(capacity, owners, 1 << i) for i in range(len(per_backend))]
+    for idx, sent in zip(indexes, per_backend):
+        for p in sent:
+            idx.add(tree_chain(p))
+    for p in [query] + [p for sent in per_backend for p in sent]:
+        chain = tree_chain(p)
+        for limit in (len(chain), max(len(chain) - 1, 0)):
+            out = [0] * len(indexes)
+            owners.depths(chain, limit, out)
+            assert out == [idx.hit_blocks(chain, limit) for idx in indexes]
+
+
+def test_owner_masks_follow_evictions():
+    owners = BlockOwners()
+    idx = ApproxPrefixIndex(2, owners, 1)
+    chain = tree_chain([0, 0, 0])
+    idx.add(chain)  # 3 blocks into 2: the last is evicted
+    assert set(owners.masks) == set(chain[:2])
+    rng = random.Random(0)
+    for _ in range(50):
+        idx.add(tree_chain([rng.randrange(3) for _ in range(rng.randrange(1, 5))]))
+    assert set(owners.masks) == {h for h in idx._blocks if h >= 0}
