@@ -17,7 +17,7 @@ from workload import build_trace
 from workload.config import ArrivalSpec, WorkloadSpec
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["azure-replay", "burst", "constant", "heterogeneous", "poisson", "wildchat-replay"]
+SHIPPED = ["azure-replay", "burst", "cache-routing", "constant", "heterogeneous", "poisson", "wildchat-replay"]
 
 #: [workload] keys that README and docs document (`workload.build_trace` receives
 #: `dataclasses.asdict(spec)`); the schema may grow beyond them.
