@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sim.profiles.architecture import ModelArch
 from sim.profiles.arithmetic import step_arithmetic
 from sim.profiles.derive import latency_model
 from sim.profiles.errors import DeriveError
 from sim.profiles.factors import FACTOR_NAMES, EfficiencyFactors
-from sim.profiles.hardware import get_gpu
+from sim.profiles.hardware import DeviceSpec, get_gpu
 from sim.profiles.model_catalog import catalog_model
 
 #: Factors fitted by default; hbm_efficiency and step_overhead_s stay at their start.
@@ -83,15 +84,18 @@ def _broken(steps: pd.DataFrame) -> np.ndarray:
 class _Evaluator:
     """Predicts every row's step time for candidate factors (arithmetic computed once per group)."""
 
-    def __init__(self, steps: pd.DataFrame):
+    def __init__(self, steps: pd.DataFrame, archs: dict[str, ModelArch] | None = None,
+                 devices: dict[str, DeviceSpec] | None = None):
         self.groups = []
+        archs, devices = archs or {}, devices or {}
         for (model, gpu, tp, dtype), g in steps.groupby(["model", "gpu", "tp", "dtype"], sort=False):
-            arch = catalog_model(model)
+            arch = archs.get(model) or catalog_model(model)
             if arch is None:
-                raise DeriveError(f"measurements name model {model!r}, which is not a shipped model")
+                raise DeriveError(f"measurements name model {model!r}: not a shipped model and not in archs")
             arith = step_arithmetic(arch, int(tp), dtype)
+            device = devices.get(gpu) or get_gpu(gpu)
             cols = [g[c].to_numpy() for c in ("num_tokens", "num_seqs", "prefill_work", "decode_context")]
-            self.groups.append((g.index.to_numpy(), arith, get_gpu(gpu), list(zip(*cols))))
+            self.groups.append((g.index.to_numpy(), arith, device, list(zip(*cols))))
         self.n = len(steps)
 
     def predict(self, factors: EfficiencyFactors) -> np.ndarray:
@@ -102,13 +106,15 @@ class _Evaluator:
         return out
 
 
-def predict(steps: pd.DataFrame, factors: EfficiencyFactors) -> np.ndarray:
-    """Derived step time of every row, in seconds."""
-    return _Evaluator(steps.reset_index(drop=True)).predict(factors)
+def predict(steps: pd.DataFrame, factors: EfficiencyFactors, archs: dict[str, ModelArch] | None = None,
+            devices: dict[str, DeviceSpec] | None = None) -> np.ndarray:
+    """Derived step time of every row, in seconds (models and devices by name, or from the dicts)."""
+    return _Evaluator(steps.reset_index(drop=True), archs, devices).predict(factors)
 
 
 def fit_factors(steps: pd.DataFrame, *, start: EfficiencyFactors = START, free: tuple[str, ...] = FITTED,
-                prior_weight: float = 0.02) -> tuple[EfficiencyFactors, dict]:
+                prior_weight: float = 0.02, archs: dict[str, ModelArch] | None = None,
+                devices: dict[str, DeviceSpec] | None = None) -> tuple[EfficiencyFactors, dict]:
     """Factors minimising the relative error of the derived step times on ``steps``."""
     from scipy.optimize import least_squares
 
@@ -118,12 +124,12 @@ def fit_factors(steps: pd.DataFrame, *, start: EfficiencyFactors = START, free: 
     if steps.empty:
         raise DeriveError("no measured steps to fit on")
     steps = steps.reset_index(drop=True)
-    ev = _Evaluator(steps)
+    ev = _Evaluator(steps, archs, devices)
     y = steps["seconds"].to_numpy(float)
     base = asdict(start)
     x0 = np.log([max(base[n], 1e-12) for n in free])
     lo = np.array([np.log(0.02) if n in _EFFICIENCIES else np.log(1e-12) for n in free])
-    hi = np.array([np.log(1.0) if n in _EFFICIENCIES else np.log(1e9) for n in free])
+    hi = np.array([np.log(1.5) if n in _EFFICIENCIES else np.log(1e9) for n in free])
     x0 = np.clip(x0, lo + 1e-9, hi - 1e-9)
     weight = prior_weight * np.sqrt(len(y))
 
@@ -152,10 +158,12 @@ def fit_factors(steps: pd.DataFrame, *, start: EfficiencyFactors = START, free: 
     return fitted, diag
 
 
-def error_table(steps: pd.DataFrame, factors: EfficiencyFactors, by: str = "slice") -> pd.DataFrame:
+def error_table(steps: pd.DataFrame, factors: EfficiencyFactors, by: str = "slice",
+                archs: dict[str, ModelArch] | None = None, devices: dict[str, DeviceSpec] | None = None
+                ) -> pd.DataFrame:
     """Median and p90 absolute relative error of prefill and decode step times per ``by`` value."""
     steps = steps.reset_index(drop=True)
-    err = np.abs(predict(steps, factors) / steps["seconds"].to_numpy(float) - 1.0)
+    err = np.abs(predict(steps, factors, archs, devices) / steps["seconds"].to_numpy(float) - 1.0)
     frame = steps.assign(err=err)
     rows = []
     for key, g in frame.groupby(by, sort=False):
