@@ -27,7 +27,6 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from calibrate.modeldir import get_shape, llama_config

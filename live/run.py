@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import urllib.error
 import urllib.request
@@ -90,7 +91,9 @@ def emulator_specs(point, seed: int = 0) -> list[EmulatorSpec]:
                 args += [flag, str(value)]
         if not group.enable_prefix_caching:
             args.append("--no-prefix-caching")
-        specs.append(EmulatorSpec(str(group.profile), tuple(args)))
+        # A derived profile (a table) travels as its JSON text; load_profile reads either.
+        profile = group.profile if isinstance(group.profile, str) else json.dumps(group.profile, sort_keys=True)
+        specs.append(EmulatorSpec(profile, tuple(args)))
     return specs
 
 

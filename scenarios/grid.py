@@ -115,6 +115,9 @@ def short_axis(path: str) -> str:
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, dict):  # a derived profile: model@gpu, tensor parallelism, dtype
+        return "@".join(str(value.get(k, "")) for k in ("model", "gpu")) + f"-tp{value.get('tp', 1)}" + (
+            f"-{value['dtype']}" if "dtype" in value else "")
     if isinstance(value, bool):
         return "on" if value else "off"
     if isinstance(value, float):

@@ -27,16 +27,27 @@ MODES = ("fast", "exact")
 DISTRIBUTIONS = ("fixed", "uniform", "lognormal")
 
 
+#: Keys of a derived-profile table (``sim.profiles.profile_from_spec`` reads them) and
+#: their types: model and gpu are required.
+DERIVED_PROFILE_KEYS = {
+    "model": str, "gpu": str, "tp": int, "dtype": str, "factors": str, "gpu_memory_utilization": float,
+    "max_num_seqs": int, "max_num_batched_tokens": int, "block_size": int,
+}
+
+
 @dataclass(frozen=True)
 class GroupSpec:
     """One ``[[cluster.groups]]`` entry: ``count`` identical backends.
 
     Engine limits at 0 take the latency profile's defaults (the simulator knows
-    the profiles; this package does not).
+    the profiles; this package does not). ``profile`` is a profile name, a
+    profile JSON path, or a derived-profile table ``{ model = ..., gpu = ...,
+    tp = ..., dtype = ... }`` (keys ``DERIVED_PROFILE_KEYS``; the simulator
+    checks the names, ``scenarios.validate`` the shape).
     """
 
     name: str = key(REQUIRED, "str", nonempty=True)
-    profile: str | list[str] = key(REQUIRED, "str", nonempty=True, axis=True)
+    profile: str | dict[str, Any] | list = key(REQUIRED, "str", nonempty=True, axis=True)
     count: int | list[int] = key(1, ge=1, axis=True)
     max_num_seqs: int | list[int] = key(0, ge=0, axis=True)
     max_num_batched_tokens: int | list[int] = key(0, ge=0, axis=True)

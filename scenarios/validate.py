@@ -15,8 +15,8 @@ from typing import Any
 import routing
 from scenarios.errors import ScenarioError
 from scenarios.schema import (
-    AXES, ArrivalSpec, ClusterSpec, GroupSpec, RouterSpec, Scenario, SloSpec, StrategySpec,
-    WorkloadSpec,
+    AXES, DERIVED_PROFILE_KEYS, ArrivalSpec, ClusterSpec, GroupSpec, RouterSpec, Scenario, SloSpec,
+    StrategySpec, WorkloadSpec,
 )
 from workload.config import check_pair
 from workload.tables import (
@@ -106,7 +106,8 @@ def _cluster(raw: dict[str, Any]) -> ClusterSpec:
     groups: list[GroupSpec] = []
     for i, g in enumerate(groups_raw):
         path = f"cluster.groups[{i}]"
-        values = read_table(g, GroupSpec, path, grid=True, lists_note=LISTS_NOTE)
+        values = read_table(g, GroupSpec, path, grid=True, lists_note=LISTS_NOTE, skip=("profile",))
+        values["profile"] = _group_profile(g, join(path, "profile"))
         if not _SAFE_NAME.match(values["name"]):
             raise ScenarioError(
                 join(path, "name"),
@@ -122,6 +123,49 @@ def _cluster(raw: dict[str, Any]) -> ClusterSpec:
                 )
         groups.append(GroupSpec(**values))
     return ClusterSpec(groups=groups)
+
+
+_PROFILE_WORDS = ('a profile name (python -m sim --list-profiles), a profile .json path, or a derived '
+                  'profile { model = "llama-3.1-8b", gpu = "l40s", tp = 1, dtype = "bf16" }')
+
+
+def _group_profile(group: dict[str, Any], path: str) -> Any:
+    """A group's ``profile``: a name or path, a derived-profile table, or a grid list of them."""
+    if "profile" not in group:
+        raise ScenarioError(path, f"missing required key; expected {_PROFILE_WORDS}")
+    value = group["profile"]
+    if isinstance(value, list):
+        if not value:
+            raise ScenarioError(path, f"an empty list gives no grid points; give {_PROFILE_WORDS}")
+        items = [_one_profile(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        for i, v in enumerate(items):
+            if v in items[:i]:
+                raise ScenarioError(f"{path}[{i}]", "this profile appears twice in the list; each grid "
+                                                    "value must be distinct")
+        return items
+    return _one_profile(value, path)
+
+
+def _one_profile(value: Any, path: str) -> Any:
+    if isinstance(value, str):
+        if not value.strip():
+            raise ScenarioError(path, f"got an empty string; expected {_PROFILE_WORDS}")
+        return value
+    if not isinstance(value, dict):
+        raise ScenarioError(path, f"got {describe(value)}; expected {_PROFILE_WORDS}")
+    reject_unknown(value, list(DERIVED_PROFILE_KEYS), path)
+    for name in ("model", "gpu"):
+        if name not in value:
+            raise ScenarioError(join(path, name), f"missing required key of a derived profile; allowed keys: "
+                                                  f"{', '.join(DERIVED_PROFILE_KEYS)}")
+    for name, v in value.items():
+        want = DERIVED_PROFILE_KEYS[name]
+        ok = (isinstance(v, str) and bool(v.strip())) if want is str else (
+            isinstance(v, (int, float)) and not isinstance(v, bool) and (want is float or isinstance(v, int)))
+        if not ok:
+            noun = {str: "a non-empty string", int: "an integer", float: "a number"}[want]
+            raise ScenarioError(join(path, name), f"got {describe(v)}; expected {noun}")
+    return dict(value)
 
 
 def _router(raw: dict[str, Any]) -> RouterSpec:

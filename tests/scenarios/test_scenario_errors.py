@@ -171,7 +171,7 @@ CASES = {
     ),
     "missing required key: profile": (
         MINIMAL.replace('profile = "h100-llama2-70b-tp4"\n', ""), "cluster.groups[0].profile",
-        ["missing required key", "a non-empty string"],
+        ["missing required key", "a profile name", "derived profile { model ="],
     ),
     "missing required table": (
         MINIMAL.replace('[router]\nstrategies = ["round_robin"]\n', ""), "router",

@@ -12,12 +12,13 @@ from scenarios import (
 )
 
 from scenario_helpers import MINIMAL
-from sim.latency import shipped_profiles
+from sim.latency import load_profile, shipped_profiles
 from workload import build_trace
 from workload.config import ArrivalSpec, WorkloadSpec
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["azure-replay", "burst", "cache-routing", "constant", "heterogeneous", "poisson", "wildchat-replay"]
+SHIPPED = ["azure-replay", "burst", "cache-routing", "constant", "heterogeneous", "mixed-fleet", "poisson",
+           "wildchat-replay"]
 
 #: [workload] keys that README and docs document (`workload.build_trace` receives
 #: `dataclasses.asdict(spec)`); the schema may grow beyond them.
@@ -258,4 +259,7 @@ def test_shipped_scenarios_name_profiles_the_simulator_ships():
     for name, path in shipped_scenarios().items():
         for point in expand_grid(load_scenario(path)):
             for _, group in point.scenario.backends():
+                if isinstance(group.profile, dict):  # derived: the simulator resolves it
+                    load_profile(group.profile)
+                    continue
                 assert group.profile in profiles, f"{name}: unknown profile {group.profile!r}"

@@ -3,7 +3,6 @@ loading, clear errors, and that derived profiles load, simulate and are listed."
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -250,3 +249,84 @@ def test_the_shipped_factor_set_says_where_it_was_fitted():
     assert fset.name == "gpu-splitwise" and "splitwise" in fset.source["data"]
     assert fset.fit["rows"] > 200
     assert 0 < fset.factors.matmul_efficiency <= 1
+
+
+SCENARIO = """
+name = "derived"
+num_requests = 10
+[workload]
+source = "synthetic"
+[[cluster.groups]]
+name = "fast"
+count = 2
+profile = { model = "llama-3.1-8b", gpu = "h100-sxm", tp = 1, dtype = "bf16" }
+[[cluster.groups]]
+name = "slow"
+profile = PROFILE
+[router]
+strategies = ["round_robin"]
+"""
+
+
+def _scenario(profile: str, overrides=None):
+    from scenarios import parse_scenario
+
+    return parse_scenario(SCENARIO.replace("PROFILE", profile), "test.toml", overrides or {})
+
+
+def test_a_scenario_group_names_a_derived_profile_inline():
+    from scenarios import expand_grid
+    from sim.fleet import cluster_config
+
+    sc = _scenario('"cpu-tiny"')
+    assert sc.cluster.groups[0].profile == {"model": "llama-3.1-8b", "gpu": "h100-sxm", "tp": 1, "dtype": "bf16"}
+    config = cluster_config(expand_grid(sc)[0].scenario)
+    fast = config.backends[0].profile
+    assert fast.source["kind"] == "derived" and fast.engine.max_num_seqs == 1024
+    assert config.backends[0].engine.max_num_batched_tokens == 8192
+    assert config.backends[0].profile is config.backends[1].profile  # derived once per spec
+
+
+def test_derived_profiles_are_a_grid_axis():
+    from scenarios import expand_grid
+    from sim.fleet import cluster_config
+
+    sc = _scenario('[{ model = "llama-3.1-8b", gpu = "l40s" }, { model = "llama-3.1-8b", gpu = "l4" }]')
+    points = expand_grid(sc)
+    assert [p.point_id.split("-")[0] for p in points] == ["slow.profile_llama", "slow.profile_llama"]
+    assert "l40s" in points[0].point_id and "l4-tp1" in points[1].point_id
+    kinds = {cluster_config(p.scenario).backends[-1].profile.name for p in points}
+    assert kinds == {"derived-llama-3.1-8b-l40s-tp1", "derived-llama-3.1-8b-l4-tp1"}
+
+
+@pytest.mark.parametrize("profile, key, words", [
+    ('{ model = "llama-3.1-8b", gpu = "l40s", tpp = 2 }', "profile.tpp", "did you mean 'tp'"),
+    ('{ gpu = "l40s" }', "profile.model", "missing required key"),
+    ('{ model = "llama-3.1-8b", gpu = "l40s", tp = "2" }', "profile.tp", "expected an integer"),
+    ("3", "profile", "derived profile"),
+    ("[]", "profile", "empty list"),
+])
+def test_a_bad_derived_profile_table_fails_naming_the_key(profile, key, words):
+    from scenarios import ScenarioError
+
+    with pytest.raises(ScenarioError) as exc:
+        _scenario(profile)
+    assert f"cluster.groups[1].{key}" in str(exc.value) and words in str(exc.value)
+
+
+def test_unknown_names_in_a_derived_profile_fail_before_the_run(tmp_path, capsys):
+    from sim.cli import main as sim_main
+
+    rc = sim_main(["mixed-fleet", "--out", str(tmp_path / "run"), "--quiet", "--set",
+                   'cluster.groups.l40s.profile={model="llama-3.1-8b", gpu="l40x"}'])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown GPU 'l40x'" in err and "l40s" in err and "(l40s).profile" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_derived_spec_travels_as_json_text():
+    # live mode hands emulators the spec as JSON on their command line
+    spec = {"model": "qwen3-8b", "gpu": "h200", "tp": 1}
+    assert load_profile(json.dumps(spec)) == load_profile(spec)
+    with pytest.raises(ProfileError, match="not"):
+        load_profile("{model: qwen}")
