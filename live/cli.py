@@ -8,7 +8,8 @@ from pathlib import Path
 
 EPILOG = """\
 examples:
-  python -m live scenarios/poisson.toml --emulate 4 --max-duration 30
+  python -m live scenarios/poisson.toml --emulate 4 --set arrivals.rate=16 --seeds 0 \
+      --max-requests 80      # about a minute
   python -m live scenarios/burst.toml --set cluster.groups.h100.count=2 \\
       --backends http://127.0.0.1:8001,http://127.0.0.1:8002 --gateway
   python -m live scenarios/poisson.toml --emulate 4 --out runs/live-a --resume
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "arrivals.rate=4 or cluster.groups.h100.count=2")
     p.add_argument("--max-duration", type=float, metavar="S",
                    help="bound each unit to S seconds of wall time: later arrivals are not sent "
-                        "and requests still running then are recorded as unfinished")
+                        "and requests still running then are recorded as unfinished (a unit "
+                        "with more than 1%% unfinished is flagged and not ranked)")
     p.add_argument("--max-requests", type=int, metavar="N",
                    help="send at most the first N requests of each trace")
     p.add_argument("--concurrency", type=int, default=256,
@@ -196,6 +198,7 @@ def resume_command(args, run_path: Path) -> str:
 def _run(args, stops) -> int:
     from live.loadgen import LoadOptions
     from live.run import LiveSettings, check_fleet_sizes, open_run, run_scenario
+    from results.health import INCOMPLETE_SHARE
     from results.summary import format_table, summarize_run
 
     scenario, points = _load(args)
@@ -226,6 +229,12 @@ def _run(args, stops) -> int:
         else:
             print(f"{rep.unit.key}: {rep.ok}/{rep.requests} ok in {rep.wall_s:.1f} s "
                   f"(send lag p99 {rep.lag_p99_ms:.2f} ms)", flush=True)
+            if rep.requests and rep.unfinished / rep.requests > INCOMPLETE_SHARE:
+                cut = (f"--max-duration {args.max_duration:g} s" if args.max_duration
+                       else "the time bound")
+                print(f"  WARNING: {rep.unfinished / rep.requests:.0%} of its requests were still "
+                      f"running at {cut}: this unit is incomplete and will not be ranked",
+                      file=sys.stderr, flush=True)
 
     try:
         reports = run_scenario(run, scenario, points, settings, on_unit=on_unit)

@@ -200,6 +200,7 @@ class UnitReport:
     wall_s: float
     lag_p99_ms: float
     error: str = ""
+    unfinished: int = 0  # requests still running when the unit's time bound hit
 
 
 def run_scenario(
@@ -253,7 +254,9 @@ def run_scenario(
                     ok = sum(r.status == "ok" for r in result.records)
                     lag = float(np.percentile(result.send_lag_s, 99) * 1e3) if len(
                         result.send_lag_s) else float("nan")
-                    rep = UnitReport(unit, len(result.records), ok, time.perf_counter() - started, lag)
+                    unfinished = sum(r.status == "unfinished" for r in result.records)
+                    rep = UnitReport(unit, len(result.records), ok, time.perf_counter() - started,
+                                     lag, unfinished=unfinished)
                 except Exception as exc:  # noqa: BLE001 - recorded per unit, the run goes on
                     import traceback
 

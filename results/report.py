@@ -256,6 +256,8 @@ tr.best td{background:#eaf6ea}tr.tied td{background:#f5fbf0}
 .chart{margin:12px 0 24px;background:#fff;border:1px solid #e6e9ed;padding:8px;overflow-x:auto}
 pre{background:#f4f5f7;padding:10px;overflow-x:auto;font-size:.8rem;border:1px solid #e6e9ed}
 .warn{color:#a33}.note{color:#5b6472;font-size:.85rem}
+.banner{background:#fdecea;border:2px solid #c62828;color:#7f1d1d;padding:10px 14px;margin:12px 0}
+tr.unranked td{background:#fdecea}
 details summary{cursor:pointer;color:#2b5fb4}
 nav a{margin-right:14px;font-size:.9rem}
 """
@@ -271,7 +273,7 @@ def render_html(
     """The report page (a pure function of its inputs, apart from the vl-convert bundle)."""
     m = summary.manifest
     title = f"Routing report: {m.get('experiment_id') or run.path.name}"
-    body = [f"<h1>{_e(title)}</h1>", _meta_html(summary, run)]
+    body = [f"<h1>{_e(title)}</h1>", _meta_html(summary, run), _health_html(summary)]
     body.append("<nav>" + "".join(
         f'<a href="#{a}">{_e(t)}</a>' for a, t in [
             ("ranking", "Ranking"), ("summary", "Summary"), ("charts", "Charts"),
@@ -350,9 +352,17 @@ def _ranking_html(s: RunSummary) -> str:
            " is better). Green rows are tied with the best: their 95% intervals overlap "
            "(with one seed, only equal values tie).</p>"]
     labels = _point_labels(s)
-    for point, g in s.ranking.groupby("point_id", sort=False):
+    unranked = s.health.incomplete.groupby(["point_id", "strategy"], sort=False)["unfinished_share"].max()
+    by_point = dict(tuple(s.ranking.groupby("point_id", sort=False)))
+    for point in dict.fromkeys(s.units["point_id"]):
+        g = by_point.get(point, s.ranking.iloc[0:0])
         out.append(f"<h3>{_e(labels.get(point, point))}</h3><table><tr><th>rank</th>"
                    "<th class=l>strategy</th><th>mean</th><th>95% CI</th><th>seeds</th><th>tie</th></tr>")
+        for (p, strategy), share in unranked.items():
+            if p == point:
+                out.append(f'<tr class="unranked"><td>n/r</td><td class=l>{_e(strategy)}</td>'
+                           f'<td colspan=4 class="l warn">not ranked: {share:.0%} of a unit\'s '
+                           "requests unfinished (see the warning at the top)</td></tr>")
         for r in g.itertuples(index=False):
             cls = "best" if r.rank == 1 else "tied" if r.tied_with_best else ""
             ci = (f"{format_value(r.ci_low)} – {format_value(r.ci_high)}"
@@ -452,10 +462,39 @@ def _all_metrics_html(s: RunSummary) -> str:
             f"{head}</tr>{''.join(rows)}</table></details>")
 
 
+def _health_html(s: RunSummary) -> str:
+    """A prominent banner when units are incomplete (``results.health``)."""
+    lines = s.health.warnings(_point_labels(s))
+    if not lines:
+        return ""
+    head, rest = lines[0].removeprefix("WARNING: "), [ln.strip() for ln in lines[1:]]
+    return ('<div class="banner" role="alert"><b>Warning: incomplete units.</b> ' + _e(head)
+            + "".join(f"<br>{_e(x)}" for x in rest) + "</div>")
+
+
 def _scenario_html(run: RunDir) -> str:
     path = run.path / "scenario.toml"
     text = path.read_text(encoding="utf-8") if path.exists() else "(no scenario.toml in the run)"
-    return f'<h2 id="scenario">Scenario</h2><pre>{_e(text)}</pre>'
+    m = run.manifest
+    rows = []
+    for p in m.get("points") or []:
+        groups: dict[tuple[str, str], int] = {}
+        for b in p.get("backends") or []:
+            key = (str(b.get("group", "?")), str(b.get("profile", "?")))
+            groups[key] = groups.get(key, 0) + 1
+        fleet = ", ".join(f"{n} x {prof} ({g})" for (g, prof), n in groups.items())
+        rows.append(f"<tr><td class=l>{_e(point_label(p))}</td><td class=l>{_e(fleet)}</td></tr>")
+    live = m.get("live") or {}
+    where = f"<p class=note>Backends: {_e(live['backends'])}.</p>" if live.get("backends") else ""
+    resolved = m.get("resolved_scenario")
+    resolved_html = ("<details><summary>The scenario as run (file + --set, --seeds, --emulate)"
+                     f"</summary><pre>{_e(json.dumps(resolved, indent=2))}</pre></details>"
+                     if resolved else "")
+    return ('<h2 id="scenario">Scenario</h2><h3>Fleet as run</h3>'
+            "<table><tr><th class=l>point</th><th class=l>backends</th></tr>" + "".join(rows)
+            + f"</table>{where}{resolved_html}<h3>The scenario file as given</h3>"
+            "<p class=note>Before command-line changes (--set, --seeds, --emulate): the fleet "
+            f"above is what ran.</p><pre>{_e(text)}</pre>")
 
 
 def _environment_html(s: RunSummary, run: RunDir) -> str:

@@ -29,6 +29,8 @@ from results.metrics import METRICS
 KEYS = ["point_id", "strategy"]
 #: The default objective, and the fallback when the run set no SLO (goodput is NaN).
 DEFAULT_OBJECTIVE = "request_goodput"
+RANKING_COLUMNS = ["point_id", "rank", "strategy", "objective", "mean", "ci_low", "ci_high", "n",
+                   "tied_with_best"]
 FALLBACK_OBJECTIVE = "request_throughput"
 
 
@@ -58,11 +60,32 @@ def confidence_interval(values: Sequence[float], level: float = 0.95) -> dict[st
     return {"n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
 
 
+def metric_range(metric: str) -> tuple[float, float]:
+    """The values a metric can take: every metric is >= 0; fractions are <= 1 too."""
+    info = METRICS.get(metric)
+    return (0.0, 1.0) if info is not None and info.unit == "fraction" else (0.0, math.inf)
+
+
+def clip_interval(ci: dict[str, float], metric: str) -> dict[str, float]:
+    """The interval cut to ``metric_range`` (``ci_clipped`` says whether it was).
+
+    With two or three seeds a t-interval is often wider than the values a metric can
+    take (goodput below zero); the cut interval keeps every possible value it held.
+    """
+    lo, hi = metric_range(metric)
+    low, high = ci["ci_low"], ci["ci_high"]
+    clipped = bool((math.isfinite(low) and low < lo) or (math.isfinite(high) and high > hi))
+    if clipped:
+        ci = {**ci, "ci_low": max(low, lo), "ci_high": min(high, hi)}
+    return {**ci, "ci_clipped": clipped}
+
+
 def aggregate(units: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Per grid point x strategy x metric: ``n, mean, std, ci_low, ci_high`` over seeds.
 
     ``units`` has one row per unit: ``point_id, strategy, seed`` and a column per
-    metric. The result is long (one row per metric), in the input's order.
+    metric. The result is long (one row per metric), in the input's order. Intervals
+    are cut to the metric's possible values (``clip_interval``; ``ci_clipped``).
     """
     missing = [c for c in KEYS if c not in units.columns]
     if missing:
@@ -72,8 +95,8 @@ def aggregate(units: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.D
     for (point, strategy), group in units.groupby(KEYS, sort=False):
         for m in metrics:
             rows.append({"point_id": point, "strategy": strategy, "metric": m,
-                         **confidence_interval(group[m].to_numpy())})
-    cols = KEYS + ["metric", "n", "mean", "std", "ci_low", "ci_high"]
+                         **clip_interval(confidence_interval(group[m].to_numpy()), m)})
+    cols = KEYS + ["metric", "n", "mean", "std", "ci_low", "ci_high", "ci_clipped"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -119,9 +142,7 @@ def rank_strategies(agg: pd.DataFrame, objective: str | None = None) -> pd.DataF
         ]
         g["objective"] = objective
         out.append(g)
-    cols = ["point_id", "rank", "strategy", "objective", "mean", "ci_low", "ci_high", "n",
-            "tied_with_best"]
-    return pd.concat(out, ignore_index=True)[cols]
+    return pd.concat(out, ignore_index=True)[RANKING_COLUMNS]
 
 
 def _tied(best: Any, row: Any) -> bool:

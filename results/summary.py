@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,11 @@ import pandas as pd
 import pyarrow as pa
 from tqdm import tqdm
 
+from results.health import RunHealth, assess
 from results.metrics import METRICS, UnitMetrics, unit_metrics
 from results.records import read_records
 from results.rundir import RunDir, Unit
-from results.stats import aggregate, rank_strategies
+from results.stats import RANKING_COLUMNS, aggregate, choose_objective, rank_strategies
 
 SUMMARY_VERSION = 1
 
@@ -33,9 +34,14 @@ class RunSummary:
     backends: pd.DataFrame  # one row per unit x backend
     aggregate: pd.DataFrame  # long: point_id, strategy, metric, n, mean, std, ci_low, ci_high
     ranking: pd.DataFrame  # per point, strategies best first (see stats.rank_strategies)
+    #: incomplete units (``results.health``); their strategies are left out of ``ranking``
+    health: RunHealth = field(default_factory=lambda: assess(pd.DataFrame()))
+    chosen_objective: str = ""  # what ranking ranks by, also when no strategy could be ranked
 
     @property
     def objective(self) -> str:
+        if self.chosen_objective:
+            return self.chosen_objective
         return str(self.ranking["objective"].iloc[0]) if len(self.ranking) else ""
 
     @property
@@ -53,6 +59,7 @@ class RunSummary:
             "backends": rows(self.backends),
             "aggregate": rows(self.aggregate),
             "ranking": rows(self.ranking),
+            "health": self.health.to_json(),
         }
 
 
@@ -90,8 +97,15 @@ def build_summary(
     backends = pd.DataFrame(backend_rows, columns=[
         "point_id", "strategy", "seed", "backend", "name", "requests", "share", "peak_inflight"])
     agg = aggregate(units)
-    ranking = rank_strategies(agg, objective) if len(agg) else pd.DataFrame()
-    return RunSummary(manifest, units, backends, agg, ranking)
+    health = assess(units, manifest)
+    # Incomplete units' strategies are not ranked (results.health says why).
+    unranked = health.unranked()
+    keep = [(p, st) not in unranked for p, st in zip(agg["point_id"], agg["strategy"])]
+    ranked = agg[keep] if unranked else agg
+    chosen = choose_objective(agg, objective) if len(agg) else ""
+    ranking = (rank_strategies(ranked, chosen) if len(ranked)
+               else pd.DataFrame(columns=RANKING_COLUMNS))
+    return RunSummary(manifest, units, backends, agg, ranking, health, chosen)
 
 
 def summarize_run(
@@ -114,6 +128,10 @@ def summarize_run(
         raise _no_records_error(run)
     slo = manifest.get("slo") or {}
     names = point_backends(manifest)
+    # Units in grid order (files sort as text: rate_12 before rate_4), so whatever
+    # on_unit collects (chart data) is in that order too.
+    rank = {pid: i for i, pid in enumerate(point_order(manifest))}
+    files = sorted(files, key=lambda f: (rank.get(_hive(f, "point"), len(rank)), str(f)))
     results = []
     for f in tqdm(files, desc="units", unit="unit", disable=not progress, leave=False):
         table = read_records(f)
@@ -136,6 +154,14 @@ def _no_records_error(run: RunDir) -> Exception:
     )
 
 
+def _hive(path: Path, key: str) -> str:
+    """The value of a ``key=value`` folder in a record file's path ("" if none)."""
+    for part in path.parts:
+        if part.startswith(key + "="):
+            return part.split("=", 1)[1]
+    return ""
+
+
 def unit_of(path: Path, table: pa.Table) -> Unit:
     """The unit a record file holds: from its rows, else from its hive path."""
     if table.num_rows:
@@ -145,8 +171,25 @@ def unit_of(path: Path, table: pa.Table) -> Unit:
     return Unit(parts.get("point", "?"), parts.get("strategy", "?"), int(path.stem.split("=")[-1]))
 
 
+def point_order(manifest: dict[str, Any]) -> list[str]:
+    """The manifest's grid point ids ordered by their axis values, numbers numerically
+    (``rate=4`` before ``rate=12``), whatever order the scenario listed them in."""
+    points = list(manifest.get("points") or [])
+
+    def key(p: dict[str, Any]) -> tuple:
+        out = []
+        for v in (p.get("axes") or {}).values():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                out.append((1, 0.0, str(v)))
+            else:
+                out.append((0, float(v), ""))
+        return tuple(out)
+
+    return [str(p["point_id"]) for p in sorted(points, key=key)]
+
+
 def _manifest_order(units: pd.DataFrame, manifest: dict[str, Any]) -> pd.DataFrame:
-    points = [str(p["point_id"]) for p in manifest.get("points") or []]
+    points = point_order(manifest)
     strategies = [str(s.get("label", s.get("name"))) for s in manifest.get("strategies") or []]
 
     def order(values: pd.Series, known: list[str]) -> pd.Series:
@@ -188,13 +231,19 @@ TABLE_COLUMNS = [
 
 
 def format_value(mean: float, low: float = math.nan, high: float = math.nan) -> str:
-    """``12.3`` or ``12.3 ±0.4`` (half the 95% interval); ``-`` for NaN."""
+    """``12.3``, ``12.3 ±0.4`` (half the 95% interval), or ``1.2 [0.00, 3.1]`` for an
+    interval cut at an impossible value; ``-`` for NaN."""
     if not math.isfinite(mean):
         return "-"
     digits = 0 if abs(mean) >= 1000 else 1 if abs(mean) >= 10 else 2
     text = f"{mean:.{digits}f}"
     if math.isfinite(low) and math.isfinite(high) and high > low:
-        text += f" ±{(high - low) / 2:.{digits}f}"
+        half = (high - low) / 2
+        if abs((mean - low) - (high - mean)) > 1e-9 * max(1.0, abs(mean)) + 1e-12:
+            # cut at an impossible value (results.stats.clip_interval): show both ends
+            text += f" [{low:.{digits}f}, {high:.{digits}f}]"
+        else:
+            text += f" ±{half:.{digits}f}"
     return text
 
 
@@ -203,12 +252,15 @@ def format_table(summary: RunSummary) -> str:
     agg = summary.aggregate.set_index(["point_id", "strategy", "metric"])
     rank = {(r.point_id, r.strategy): r for r in summary.ranking.itertuples(index=False)}
     labels = {str(p["point_id"]): point_label(p) for p in summary.manifest.get("points") or []}
+    unranked = summary.health.unranked()
     header = ["point", "strategy", "rank"] + [label for _, label in TABLE_COLUMNS]
     lines = []
     keys = summary.units[["point_id", "strategy"]].drop_duplicates().itertuples(index=False)
     for point, strategy in keys:
         r = rank.get((point, strategy))
-        mark = "" if r is None else f"{r.rank}{'=' if r.tied_with_best and r.rank > 1 else ''}"
+        mark = ("" if r is None else f"{r.rank}{'=' if r.tied_with_best and r.rank > 1 else ''}")
+        if (point, strategy) in unranked:
+            mark = "n/r!"
         row = [labels.get(point, str(point)), str(strategy), mark]
         for metric, _ in TABLE_COLUMNS:
             a = agg.loc[(point, strategy, metric)]
@@ -220,6 +272,13 @@ def format_table(summary: RunSummary) -> str:
             else "one seed: no confidence intervals")
     out.append(f"ranked by {summary.objective} per point; '=' marks a tie with the best "
                f"(overlapping intervals); {note}")
+    if "ci_clipped" in summary.aggregate.columns and summary.aggregate["ci_clipped"].any():
+        out.append("intervals are cut at values a metric cannot take (below 0, above 1 for "
+                   "fractions): with few seeds the t-interval is wider than the possible range")
+    warnings = summary.health.warnings(labels)
+    if warnings:
+        out.append("n/r! = not ranked: too many requests unfinished (see the warning above)")
+        out = warnings + [""] + out + [""] + warnings[:1]
     return "\n".join(out)
 
 
@@ -233,3 +292,4 @@ def text_table(header: list[str], rows: list[list[str]], left: int | None = None
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return [fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+

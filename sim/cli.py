@@ -246,6 +246,11 @@ def _warm_workloads(points, seeds, quiet: bool) -> None:
         try:
             build_trace(asdict(sc.workload), asdict(sc.arrivals), seed=int(seeds[0]),
                         num_requests=sc.num_requests, duration_s=sc.duration_s, progress=not quiet)
+        except MemoryError:
+            size = (f"num_requests = {sc.num_requests:,}" if sc.num_requests
+                    else f"duration_s = {sc.duration_s:g}")
+            raise _UserError(f"workload of point {p.point_id}: not enough memory for a trace of "
+                             f"{size}; lower it") from None
         except (OSError, ValueError, RuntimeError, ImportError) as exc:
             raise _UserError(f"workload of point {p.point_id}: {exc}") from None
 

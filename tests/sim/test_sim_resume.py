@@ -131,3 +131,13 @@ def test_exit_statuses_in_words():
     assert describe_exit(1) == "exited with status 1"
     assert describe_exit(-signal.SIGTERM) == "killed by SIGTERM"
     assert describe_exit(None) == "still running"
+
+
+def test_a_trace_too_large_for_memory_is_an_error_line(tmp_path, capsys):
+    scenario = write_scenario(tmp_path, rates="4.0")
+    out = tmp_path / "run"
+    assert main([str(scenario), "--out", str(out), "--quiet",
+                 "--set", "num_requests=1000000000000"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "num_requests = 1,000,000,000,000" in err
+    assert "Traceback" not in err and not out.exists()
