@@ -166,6 +166,19 @@ def _load(args):
         raise _UserError(str(exc)) from None
 
 
+def _preflight(scenario, points) -> None:
+    """What ``python -m scenarios check`` and ``python -m sim`` check before a run: the
+    latency profiles resolve (emulators serve them), strategies build, the trace fits."""
+    from scenarios import ScenarioError
+    from scenarios.preflight import check_runnable
+    from sim.latency import load_profile
+
+    try:
+        check_runnable(scenario, points, load_profile)
+    except ScenarioError as exc:
+        raise _UserError(str(exc)) from None
+
+
 def resume_command(args, run_path: Path) -> str:
     """The command that continues this live run: every option that shapes it, plus --resume."""
     import shlex
@@ -202,6 +215,7 @@ def _run(args, stops) -> int:
     from results.summary import format_table, summarize_run
 
     scenario, points = _load(args)
+    _preflight(scenario, points)
     urls = [u.strip().rstrip("/") for u in args.backends.split(",")] if args.backends else None
     load = LoadOptions(concurrency=args.concurrency, timeout_s=args.timeout,
                        vocab_size=args.vocab_size, model=args.model, api_key=args.api_key,

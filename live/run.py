@@ -149,7 +149,7 @@ def run_async(coro):
     """Run a coroutine on uvloop when installed (tighter timers), else asyncio's loop."""
     try:
         import uvloop
-    except ImportError:  # pragma: no cover - uvloop is in the [live] extra
+    except ImportError:  # pragma: no cover - uvloop is installed everywhere but Windows
         return asyncio.run(coro)
     return uvloop.run(coro)
 

@@ -12,7 +12,9 @@ from scenarios.grid import expand_grid
 from scenarios.library import scenario_path, shipped_scenarios
 from scenarios.loader import load_scenario
 from scenarios.overrides import parse_assignment
+from scenarios.preflight import check_runnable
 from scenarios.schema import Scenario
+from sim.latency import load_profile  # the simulator's own profile loader (see docs/architecture.md)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,7 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="validate scenario files and print their grid points, strategies and seeds",
         description=(
             "Validate each scenario file exactly as the simulator and live mode will (unknown keys, "
-            "types, ranges, strategy names and parameters) and print what it would run: the grid "
+            "types, ranges, strategy names and parameters, latency profiles, whether the trace "
+            "fits in memory) and print what it would run: the grid "
             "points with their ids and axis values, the strategies, the seeds and the number of "
             "units (points x strategies x seeds). Exits 1 if any file is invalid."
         ),
@@ -62,6 +65,8 @@ def _check(files: list[str], assignments: list[str]) -> int:
             print()
         try:
             sc = load_scenario(scenario_path(name), overrides)
+            # What sim and live check before they start, beyond the schema.
+            check_runnable(sc, expand_grid(sc), load_profile)
         except ScenarioError as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed += 1

@@ -164,22 +164,24 @@ def _load(args):
         raise _UserError(str(exc)) from None
 
 
-def _preflight(points) -> None:
-    """Fail before anything runs: every fleet resolves and every strategy builds."""
-    import routing
+def _preflight(scenario, points) -> None:
+    """Fail before anything runs: the checks ``python -m scenarios check`` makes
+    (profiles, strategies, trace size), then every fleet as the simulator builds it."""
+    from scenarios import ScenarioError
+    from scenarios.preflight import check_runnable
     from sim.fleet import FleetError, cluster_config
+    from sim.latency import load_profile
 
+    try:
+        check_runnable(scenario, points, load_profile)
+    except ScenarioError as exc:
+        raise _UserError(str(exc)) from None
     for p in points:
         where = p.scenario.source_path or "scenario"
         try:
             cluster_config(p.scenario)
         except FleetError as exc:
             raise _UserError(f"{where}: {exc}") from None
-    for i, s in enumerate(points[0].scenario.router.strategies):
-        try:
-            routing.build(s.name, seed=0, **s.params)
-        except Exception as exc:  # noqa: BLE001 - any construction error is the user's input
-            raise _UserError(f"{where}: router.strategies[{i}] ({s.label}): {exc}") from None
 
 
 def _open_run(args, scenario, points):
@@ -263,7 +265,7 @@ def _run(args, stops) -> int:
 
     _check_objective(args.objective)
     scenario, points = _load(args)
-    _preflight(points)
+    _preflight(scenario, points)
     seeds = list(scenario.seeds)
     strategies = list(scenario.router.strategies)
     _warm_workloads(points, seeds, args.quiet)

@@ -139,5 +139,5 @@ def test_a_trace_too_large_for_memory_is_an_error_line(tmp_path, capsys):
     assert main([str(scenario), "--out", str(out), "--quiet",
                  "--set", "num_requests=1000000000000"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error:") and "num_requests = 1,000,000,000,000" in err
+    assert err.startswith("error:") and "num_requests: 1,000,000,000,000 requests need" in err
     assert "Traceback" not in err and not out.exists()
