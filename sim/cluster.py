@@ -207,6 +207,9 @@ class BackendDriver:
                     for rid in self.pending_aborts:
                         self._apply_abort(rid)
                     self.pending_aborts.clear()
+            # The run ended by itself: nothing may interrupt it any more (a stale flag
+            # would interrupt the idle wait below when two requests arrive at once).
+            self.interruptible = False
             self._complete(plan, plan.steps, start, start + plan.duration)
             self.plan = None
 
