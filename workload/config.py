@@ -24,9 +24,9 @@ from workload.tables import (
     require_table, rules, values,
 )
 
-SOURCES = ("sharegpt", "wildchat", "azure", "synthetic")
+SOURCES = ("sharegpt", "wildchat", "azure", "mooncake", "synthetic")
 #: Sources whose requests carry real timestamps, which ``pattern = "replay"`` needs.
-REPLAY_SOURCES = ("azure", "wildchat")
+REPLAY_SOURCES = ("azure", "mooncake", "wildchat")
 #: The source whose conversations carry language labels (``languages`` filters on them).
 LANGUAGE_SOURCE = "wildchat"
 ORDERS = ("interleave", "shuffle", "sequential")
@@ -119,6 +119,9 @@ class SyntheticSpec:
     """``[workload.synthetic]``: generated requests (``source = "synthetic"``).
 
     Defaults are ``vllm bench serve``'s random dataset: 1024 prompt tokens, 128 output tokens.
+    ``prefix_groups`` distinct system prompts of ``prefix_len`` tokens start the
+    prompts; with ``turns`` above 1 each session is a multi-turn conversation on
+    one of them (few agents, many users).
     """
 
     input: LengthDist = key(kind="table", factory=_fixed(1024))
@@ -126,6 +129,10 @@ class SyntheticSpec:
     prefix_groups: int = key(0, ge=0)
     prefix_len: int = key(0, ge=0)
     num_requests: int = key(10000, ge=1)
+    #: Turns per session. Above 1, each session is a conversation: every turn
+    #: re-sends the previous turns (prompts and replies) plus a new message of
+    #: ``input`` tokens, so many sessions share each system prompt.
+    turns: LengthDist = key(kind="table", factory=_fixed(1))
 
     @classmethod
     def from_mapping(cls, raw: Any, path: str = "workload.synthetic") -> SyntheticSpec:
@@ -134,6 +141,7 @@ class SyntheticSpec:
         t = read_table(raw, cls, path)
         t["input"] = parse_length(t["input"], join(path, "input"))
         t["output"] = parse_length(t["output"], join(path, "output"))
+        t["turns"] = parse_length(t["turns"], join(path, "turns"))
         if t["prefix_groups"] and not t["prefix_len"]:
             raise SchemaError(join(path, "prefix_len"), "is 0 but prefix_groups > 0; expected the "
                                                         "shared prefix length in tokens (>= 1)")

@@ -18,7 +18,7 @@ from workload.config import WorkloadSpec
 from workload.expand import TEMPLATE_VERSION, expand_conversations
 from workload.jsonarray import ArrayReadStatus
 from workload.pool import RequestPool
-from workload.sources import azure, sharegpt, synthetic, wildchat
+from workload.sources import azure, mooncake, sharegpt, synthetic, wildchat
 
 
 def _file_identity(path) -> dict[str, Any]:
@@ -80,6 +80,17 @@ def load_pool(
             {"file": _file_identity(path), "tokens": "keyed_stream-v1"},
             cache_dir,
             lambda: azure.azure_pool(path, spec.block_size, spec.filters, meta, progress=progress),
+        )
+
+    if spec.source == "mooncake":
+        path = mooncake.mooncake_path(spec.path)
+        meta.update(path=str(path), tokenizer=None)
+        return _cached(
+            spec,
+            {"file": _file_identity(path), "blocks": "mooncake-v1"},
+            cache_dir,
+            lambda: mooncake.mooncake_pool(path, spec.block_size, spec.filters, meta, limit=limit,
+                                           progress=progress),
         )
 
     tok_identity = tok.tokenizer_identity(spec.tokenizer)

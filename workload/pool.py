@@ -70,6 +70,34 @@ class PoolBuilder:
             self._ts.append(ts)
             self._hashes.append(chain[:nb])
 
+    def add_requests(
+        self,
+        conversation_id: str,
+        requests: list[tuple[int, int, int, float]],
+        chains: list[np.ndarray],
+    ) -> None:
+        """Like ``add_conversation``, with each prompt's own hash chain.
+
+        For sources whose turns need not extend one another (a trace's session
+        reconstructed from shared prefixes): ``chains[i]`` holds at least the
+        ``input_len // block_size`` hashes of ``requests[i]``.
+        """
+        if not requests:
+            return
+        c = len(self._conv_ids)
+        self._conv_ids.append(conversation_id)
+        for (turn, input_len, output_len, ts), chain in zip(requests, chains, strict=True):
+            nb = input_len // self.block_size
+            if nb > len(chain):
+                raise ValueError(f"conversation {conversation_id!r} turn {turn}: chain has "
+                                 f"{len(chain)} blocks, prompt needs {nb}")
+            self._conv_of.append(c)
+            self._turn.append(turn)
+            self._input.append(input_len)
+            self._output.append(output_len)
+            self._ts.append(ts)
+            self._hashes.append(chain[:nb])
+
     def build(self, meta: dict[str, Any]) -> RequestPool:
         n = len(self._turn)
         conv_of = np.asarray(self._conv_of, dtype=np.int64)

@@ -120,7 +120,7 @@ CASES = {
     ),
     "unknown source": (
         MINIMAL.replace('source = "sharegpt"', 'source = "reddit"'), "workload.source",
-        ["unknown value 'reddit'", "'sharegpt', 'wildchat', 'azure', 'synthetic'"],
+        ["unknown value 'reddit'", "'sharegpt', 'wildchat', 'azure', 'mooncake', 'synthetic'"],
     ),
     "unknown mode": (
         MINIMAL.replace("[router]\n", '[router]\nmode = "slow"\n'), "router.mode",
@@ -167,7 +167,7 @@ CASES = {
     ),
     "missing required key: source": (
         MINIMAL.replace('source = "sharegpt"\n', ""), "workload.source",
-        ["missing required key", "'sharegpt', 'wildchat', 'azure', 'synthetic'"],
+        ["missing required key", "'sharegpt', 'wildchat', 'azure', 'mooncake', 'synthetic'"],
     ),
     "missing required key: profile": (
         MINIMAL.replace('profile = "h100-llama2-70b-tp4"\n', ""), "cluster.groups[0].profile",
@@ -242,7 +242,7 @@ CASES = {
     ),
     "replay without timestamps": (
         with_table('[arrivals]\npattern = ["poisson", "replay"]'), "arrivals.pattern",
-        ["workload.source = 'sharegpt' has none", "azure, wildchat"],
+        ["workload.source = 'sharegpt' has none", "azure, mooncake, wildchat"],
     ),
     "block size mismatch": (
         with_group("block_size = 32"), "cluster.groups[0].block_size",

@@ -58,7 +58,7 @@ def test_unknown_arrival_and_synthetic_keys():
         ArrivalSpec.from_mapping({"burstyness": 2})
     with pytest.raises(ValueError, match=r"workload\.synthetic\.groups: unknown key"):
         WorkloadSpec.from_mapping({"source": "synthetic", "synthetic": {"groups": 3}})
-    assert set(SYNTHETIC_DEFAULTS) == {"input", "output", "prefix_groups", "prefix_len", "num_requests"}
+    assert set(SYNTHETIC_DEFAULTS) == {"input", "output", "prefix_groups", "prefix_len", "num_requests", "turns"}
 
 
 def test_source_is_required_and_checked():

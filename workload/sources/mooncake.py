@@ -1,0 +1,175 @@
+"""The Mooncake trace (``timestamp``, ``input_length``, ``output_length``, ``hash_ids``).
+
+Moonshot AI's Kimi traces, released with "Mooncake" (Qin et al., FAST 2025;
+Apache-2.0): one JSON object per line, ``timestamp`` in milliseconds from the
+start, lengths in tokens, and ``hash_ids``: one id per 512-token block of the
+prompt (the last one partial), remapped so that equal ids mean the same prefix.
+The conversation trace (one hour, 12,031 requests, prompts averaging 12k tokens)
+ships gzipped in ``workload/data``; the loader takes any file in this format.
+
+**Blocks.** The engine caches blocks of ``block_size`` tokens, so each 512-token
+id is split into ``512 / block_size`` engine blocks whose hashes are a pure
+function of the id and the position inside it. Ids are prefix hashes (every id
+has one predecessor and one position in the whole trace; the loader checks it),
+so two requests share engine blocks exactly when they share ids, and a shared
+partial block matches only the engine blocks both prompts fill.
+
+**Sessions.** The trace has no conversation ids. A request continues the session
+of the earlier request it shares the longest run of ids with, when that run goes
+past the first id (every Kimi request starts with the same system block, id 0 in
+the conversation trace); otherwise it starts a new session. That recovers the
+multi-turn structure (a turn re-sends the previous turns) for session-keyed
+routing; ``turn`` counts requests within a session.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from workload.config import Filters
+from workload.hashing import mix64
+from workload.pool import PoolBuilder, RequestPool
+
+PACKAGED_FILE = "mooncake_conversation_trace.jsonl.gz"
+MOONCAKE_BLOCK = 512
+FIELDS = ("timestamp", "input_length", "output_length", "hash_ids")
+_SALT = 0x3C0C
+#: A shared run of at least this many ids makes two requests one session.
+SESSION_MIN_SHARED = 2
+
+
+def packaged_trace_path() -> Path:
+    return Path(str(resources.files("workload").joinpath("data", PACKAGED_FILE)))
+
+
+def mooncake_path(path: str) -> Path:
+    p = Path(path).expanduser() if path else packaged_trace_path()
+    if not p.is_file():
+        raise FileNotFoundError(f"[workload].path: Mooncake trace {str(p)!r} does not exist")
+    return p
+
+
+def read_trace(path: Path) -> list[dict[str, Any]]:
+    """The trace's records, checked (``ValueError`` names the line and the field)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    rows = []
+    with opener(path, "rt", encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg})") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object with {', '.join(FIELDS)}")
+            missing = [f for f in FIELDS if f not in rec]
+            if missing:
+                raise ValueError(f"{path}:{n}: missing field(s) {', '.join(missing)}; a Mooncake "
+                                 f"trace line has {', '.join(FIELDS)}")
+            for f in ("timestamp", "input_length", "output_length"):
+                v = rec[f]
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                    raise ValueError(f"{path}:{n}: {f} must be a number >= 0; got {v!r}")
+            ids = rec["hash_ids"]
+            if not isinstance(ids, list) or not all(isinstance(h, int) and h >= 0 for h in ids):
+                raise ValueError(f"{path}:{n}: hash_ids must be a list of ids >= 0")
+            need = math.ceil(rec["input_length"] / MOONCAKE_BLOCK)
+            if len(ids) < need:
+                raise ValueError(f"{path}:{n}: {len(ids)} hash_ids cover {len(ids) * MOONCAKE_BLOCK} "
+                                 f"tokens, fewer than input_length {rec['input_length']}")
+            rows.append(rec)
+    if not rows:
+        raise ValueError(f"{path}: no records")
+    return rows
+
+
+def check_prefix_ids(rows: list[dict[str, Any]], path: Path) -> None:
+    """Every id must have one predecessor: ids must name prefixes, not block contents."""
+    parent: dict[int, int] = {}
+    for n, rec in enumerate(rows, 1):
+        prev = -1
+        for h in rec["hash_ids"]:
+            p = parent.setdefault(h, prev)
+            if p != prev:
+                raise ValueError(
+                    f"{path}: record {n}: hash id {h} follows id {prev} here and id {p} elsewhere; "
+                    f"the loader needs prefix hashes (equal ids = equal prefixes), as Mooncake's "
+                    f"released traces have")
+            prev = h
+
+
+def sessions(rows: list[dict[str, Any]]) -> list[int]:
+    """Each record's session: that of the earlier record sharing its longest run of ids.
+
+    Ids are prefix hashes (``check_prefix_ids``), so the id at position ``k``
+    names the whole run ``ids[:k + 1]``: one dictionary of ids is enough.
+    """
+    owner: dict[int, int] = {}
+    out = []
+    first = SESSION_MIN_SHARED - 1  # the position whose id makes a run of that length
+    for i, rec in enumerate(rows):
+        ids = rec["hash_ids"]
+        s = i
+        for k in range(len(ids) - 1, first - 1, -1):
+            found = owner.get(ids[k])
+            if found is not None:
+                s = found
+                break
+        out.append(s)
+        for k in range(first, len(ids)):
+            owner.setdefault(ids[k], s)
+    return out
+
+
+def engine_chain(hash_ids: list[int], input_len: int, block_size: int) -> np.ndarray:
+    """Hashes of the prompt's full ``block_size``-token blocks, from its 512-token ids."""
+    per = MOONCAKE_BLOCK // block_size
+    nb = input_len // block_size
+    k = np.arange(nb, dtype=np.uint64)
+    ids = np.asarray(hash_ids, dtype=np.uint64)[(k // np.uint64(per)).astype(np.int64)]
+    with np.errstate(over="ignore"):
+        return mix64(ids * np.uint64(per) + k % np.uint64(per), _SALT)
+
+
+def mooncake_pool(path: Path, block_size: int, filters: Filters, meta: dict[str, Any],
+                  limit: int | None = None, progress: bool = False) -> RequestPool:
+    if block_size < 1 or MOONCAKE_BLOCK % block_size:
+        raise ValueError(
+            f"[workload].block_size = {block_size}: Mooncake's 512-token blocks map onto engine "
+            f"blocks only when block_size divides 512 (16, 32, 64, ...)")
+    rows = read_trace(path)
+    check_prefix_ids(rows, path)
+    session_of = sessions(rows)
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(session_of):
+        groups.setdefault(s, []).append(i)
+    builder = PoolBuilder(block_size)
+    dropped = 0
+    kept_sessions = 0
+    for s, members in tqdm(groups.items(), desc="hashing mooncake", unit="session", disable=not progress):
+        if limit is not None and kept_sessions >= limit:
+            break
+        reqs, chains = [], []
+        for i in members:
+            rec = rows[i]
+            inp, out = int(rec["input_length"]), int(rec["output_length"])
+            if not filters.keep_lengths(inp, out):
+                dropped += 1
+                continue
+            if filters.max_turns and len(reqs) >= filters.max_turns:
+                continue
+            reqs.append((len(reqs), inp, out, float(rec["timestamp"]) / 1000.0))
+            chains.append(engine_chain(rec["hash_ids"], inp, block_size))
+        if reqs:
+            builder.add_requests(f"mooncake-{s}", reqs, chains)
+            kept_sessions += 1
+    return builder.build({**meta, "rows": len(rows), "sessions": len(groups),
+                          "rows_filtered_length": dropped})
