@@ -36,7 +36,8 @@ def _add_prepare(sub) -> None:
     )
     p.add_argument("--source", required=True, choices=SOURCES,
                    help="dataset: sharegpt (offline, packaged file), wildchat (HF datasets or "
-                        "local Parquet/JSONL), azure (trace CSV, packaged copy) or synthetic")
+                        "local Parquet/JSONL), azure (trace CSV, packaged copy), mooncake (JSONL "
+                        "trace with 512-token hash ids, packaged copy) or synthetic")
     p.add_argument("--out", required=True, type=Path,
                    help="output JSONL file, one request per line (the parent folder is created)")
     p.add_argument("--path", default="",
