@@ -201,9 +201,11 @@ async def replay(
 
 
 def _body(trace: Trace, i: int, opts: LoadOptions) -> bytes:
+    # The conversation is the session: the OpenAI ``user`` field is how a gateway keys it.
     return orjson.dumps(completion_body(prompt_token_ids(trace, i, opts.vocab_size),
                                         int(trace.output_len[i]), ignore_eos=True,
-                                        model=opts.model))
+                                        model=opts.model,
+                                        extra={"user": str(trace.conversation_id[i])}))
 
 
 async def _sleep_until(deadline: float, spin_s: float, clock) -> None:

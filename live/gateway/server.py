@@ -366,6 +366,8 @@ class Exchange:
         a = self.attempt
         a.first_byte = gw.clock()
         gw.metrics.ttft.observe(a.first_byte - self.arrived)
+        if gw.fleet.router.wants_first_tokens:  # prefill done: no longer pending work there
+            gw.fleet.router.first_token(self.info.request_id)
         self.conn.write(response_head(200, self._client_headers(), chunked=True,
                                       keep_alive=self.req.keep_alive) + chunk(data))
 
