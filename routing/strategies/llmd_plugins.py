@@ -461,12 +461,20 @@ class SessionAffinityScorer(Scorer):
             if not isinstance(cfg, dict):
                 raise PluginError(f"plugin {self.TYPE!r}: sessionIdConfig must be a mapping")
             self.ttl = float(cfg.get("evictionTtlSeconds", 300.0))
-        self._bound: dict[str, tuple[str, float]] = {}
+        #: session -> (backend, last use), least recently used first; bounded by the
+        #: TTL and by ``MAX_SESSIONS`` (the oldest binding goes first).
+        self._bound: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    MAX_SESSIONS = 1_000_000
 
     def score(self, request, backends):
         out = [0.0] * len(backends)
         key = request.session_id
-        entry = self._bound.get(key) if key else None
+        bound = self._bound
+        cutoff = request.arrival_s - self.ttl
+        while bound and next(iter(bound.values()))[1] <= cutoff:
+            bound.popitem(last=False)
+        entry = bound.get(key) if key else None
         if entry is not None and request.arrival_s - entry[1] < self.ttl:
             for i, b in enumerate(backends):
                 if b.name == entry[0]:
@@ -477,7 +485,11 @@ class SessionAffinityScorer(Scorer):
     def after_pick(self, request, backends, pos) -> None:
         key = request.session_id
         if key:
-            self._bound[key] = (backends[pos].name, request.arrival_s)
+            bound = self._bound
+            bound[key] = (backends[pos].name, request.arrival_s)
+            bound.move_to_end(key)
+            if len(bound) > self.MAX_SESSIONS:
+                bound.popitem(last=False)
 
 
 # --- filters --------------------------------------------------------------------------------
