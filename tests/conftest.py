@@ -20,3 +20,20 @@ def _workload_cache(tmp_path_factory):
         yield
     finally:
         os.environ.pop("VLLM_LAB_CACHE", None)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``vllm`` need a real vLLM: they run only when ``-m`` names that marker.
+
+    This replaces a ``-m "not vllm"`` default, which any ``-m`` given on the command
+    line would override: so ``pytest -m "not slow"`` (the fast inner loop) still
+    leaves them out, and ``pytest -m vllm`` runs them.
+    """
+    if "vllm" in (config.option.markexpr or ""):
+        return
+    kept, skipped = [], []
+    for item in items:
+        (skipped if item.get_closest_marker("vllm") else kept).append(item)
+    if skipped:
+        config.hook.pytest_deselected(items=skipped)
+        items[:] = kept

@@ -149,6 +149,7 @@ def test_a_front_end_is_recovered_from_loaded_units():
 GUESS = LatencyModel(step_s=0.004, token_s=3e-05, seq_s=0.0001, prefill_attn_s=2e-09, decode_attn_s=5e-08)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", ["tiny", "small"])
 def test_fit_on_recorded_real_vllm_data(tmp_path, shape):
     """tests/data holds real vLLM-CPU profiling runs (one core, random-weight Llama)."""

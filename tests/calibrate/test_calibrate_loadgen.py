@@ -36,6 +36,7 @@ def profiled(emulator, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_rows_have_the_feature_schema_and_labels(profiled):
     data = pd.read_csv(profiled)
     for col in (*FEATURES, *TARGETS.values(), "output_len", "cached_tokens", "phase", "unit", "send_s"):
@@ -81,6 +82,7 @@ def test_resume_continues_an_interrupted_run(emulator, tmp_path):
     assert both["request_id"].is_unique
 
 
+@pytest.mark.slow
 def test_fit_then_check_against_the_emulator(profiled, emulator, tmp_path):
     profile, _ = fit_profile(profiled, "emu", max_iter=8, polish_nfev=0)
     path = profile.save(tmp_path / "emu.json")

@@ -196,6 +196,7 @@ FAKE_API_SERVER = textwrap.dedent("""
 """) + HEALTH_SERVER
 
 
+@pytest.mark.slow
 def test_serve_command_finishes_its_stop_when_signalled_twice(tmp_path):
     """A parent that repeats SIGTERM while waiting must not cut ``calibrate serve``'s stop short."""
     fake = tmp_path / "fakepkg" / "vllm" / "entrypoints" / "openai"

@@ -59,6 +59,7 @@ def scenario_file(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("via_gateway", [False, True])
 def test_small_live_run_is_a_run_directory_results_reads(tmp_path, scenario_file, via_gateway):
     out = tmp_path / "run"
@@ -89,6 +90,7 @@ def test_small_live_run_is_a_run_directory_results_reads(tmp_path, scenario_file
     assert "ok in" not in again.stdout  # nothing was rerun
 
 
+@pytest.mark.slow
 def test_user_errors_are_named(tmp_path, scenario_file):
     both = live([str(scenario_file)], tmp_path)
     assert both.returncode == 2 and "--backends" in both.stderr

@@ -313,6 +313,7 @@ def test_injected_errors_hangs_and_runtime_changes():
     assert out["ok"].ok
 
 
+@pytest.mark.slow
 def test_slowdown_multiplies_step_times():
     async def timed(slowdown):
         async with tiny_emulator() as emu, make_session(2) as s:
@@ -364,6 +365,7 @@ def test_crash_after_exits_the_process_mid_run():
     assert not second.ok and second.status == 0
 
 
+@pytest.mark.slow
 def test_cli_help_says_stand_in_and_bad_profile_is_named():
     help_text = subprocess.run([sys.executable, "-m", "live.emulator", "--help"],
                                capture_output=True, text=True, timeout=30).stdout
@@ -373,6 +375,7 @@ def test_cli_help_says_stand_in_and_bad_profile_is_named():
     assert bad.returncode == 2 and "cpu-tiny" in bad.stderr and "no-such" in bad.stderr
 
 
+@pytest.mark.slow
 def test_emulator_processes_from_spawn_serve_and_are_stopped():
     with spawn(2, TINY) as urls:
         assert len(set(urls)) == 2 and all(u.startswith("http://127.0.0.1:") for u in urls)

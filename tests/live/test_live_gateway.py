@@ -288,6 +288,7 @@ def test_inflight_counts_never_leak_under_mixed_failures(emulators):
     assert_no_leak(app)
 
 
+@pytest.mark.slow
 def test_stream_broken_after_first_byte_ends_with_an_sse_error():
     async def main(crashing, healthy):
         async with gateway([crashing, healthy]) as (app, url), make_session(4) as s:
@@ -342,6 +343,7 @@ def test_gateway_metrics_names(emulators):
     assert all(r == r and kv == kv for r, kv in snaps)  # not NaN
 
 
+@pytest.mark.slow
 def test_cli_help_and_errors():
     run = [sys.executable, "-m", "live.gateway"]
     help_text = subprocess.run(run + ["--help"], capture_output=True, text=True, timeout=30).stdout

@@ -73,6 +73,7 @@ def test_client_side_replay_sends_on_time_and_records_everything(two_emulators):
     assert m.values["completed"] == len(trace)
 
 
+@pytest.mark.slow
 def test_a_backend_dying_mid_run_still_gives_one_record_per_request():
     trace = small_trace(30, rate=30.0)
 

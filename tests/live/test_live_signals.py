@@ -15,7 +15,7 @@ from process_helpers import pid_alive
 
 from test_live_cli import SCENARIO
 
-pytestmark = [pytest.mark.timeout(240),
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240),
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
 PATTERN = "records/point=*/strategy=*/seed=*.parquet"
 

@@ -65,6 +65,7 @@ def test_evaluate_on_all_rows_and_on_other_data(data, tmp_path, capsys):
     assert "not the file this model was trained on" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_compare_prints_one_row_per_family_with_teacher_and_student(data, tmp_path, capsys):
     table = tmp_path / "cmp.json"
     assert main(["compare", "--data", str(data), "--models", "linear,tree,transformer,distill,online_linear",

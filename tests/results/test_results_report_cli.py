@@ -70,6 +70,7 @@ def test_unknown_metric_is_named(make_run, capsys):
     assert main([str(a), "--objective", "duration", "--quiet", "--table-only"]) == 2
 
 
+@pytest.mark.slow
 def test_report_writes_html_charts_and_summary(make_run, capsys):
     path = make_run("r")
     assert main([str(path), "--quiet"]) == 0

@@ -17,6 +17,7 @@ from sim_helpers import conversation_trace, fleet, record_differences, simple_tr
 STRATEGIES = ["round_robin", "least_load", "least_tokens", "power_of_two", "least_kv", "random"]
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 10_000),

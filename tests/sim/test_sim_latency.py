@@ -11,7 +11,7 @@ import pytest
 from sim.latency import (
     EngineDefaults, LatencyModel, LatencyProfile, ProfileError, load_profile, shipped_profiles,
 )
-from sim.splitwise import broken_configurations, build_profiles, design_rows, kv_blocks, main
+from calibrate.splitwise import broken_configurations, build_profiles, design_rows, kv_blocks, main
 
 SPLITWISE = Path(__file__).resolve().parents[1] / "data" / "splitwise_perf_model.csv"  # MIT, see its README
 needs_data = pytest.mark.skipif(not SPLITWISE.exists(), reason="tests/data/splitwise_perf_model.csv missing")

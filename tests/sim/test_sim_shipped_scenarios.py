@@ -12,6 +12,7 @@ from sim.cli import main
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "wildchat" / "wildchat_sample.parquet"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", shipped_scenarios())
 def test_shipped_scenario_runs(name, tmp_path, capsys):
     args = [name, "--out", str(tmp_path / "run"), "--quiet", "--workers", "1", "--seeds", "0",

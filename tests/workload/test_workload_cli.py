@@ -56,6 +56,7 @@ def test_prepare_sharegpt_offline(tmp_path):
     assert "cache hit" in again.stdout and "tokenizing" not in again.stderr
 
 
+@pytest.mark.slow
 def test_prepare_wildchat_with_filters(tmp_path):
     out = tmp_path / "w.jsonl"
     proc = _run("prepare", "--source", "wildchat", "--path", str(WILDCHAT_JSONL), "--out", str(out),

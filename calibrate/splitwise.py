@@ -1,7 +1,8 @@
 """Fit GPU latency profiles from Splitwise's public serving measurements.
 
-``python -m sim.splitwise PATH/splitwise_perf_model.csv [--out sim/profiles]`` writes
-one profile per (hardware, tensor parallelism) for Llama2-70B.
+``python -m calibrate.splitwise PATH/splitwise_perf_model.csv [--out sim/profiles]`` writes
+one profile per (hardware, tensor parallelism) for Llama2-70B. Fitting profiles is
+calibration's job: the simulator only reads them (``sim.latency``).
 
 The data (Patel et al., "Splitwise", ISCA'24; repository ``Mutinifni/splitwise-sim``
 ``data/perf_model.csv``, MIT) times whole batches: ``prompt_time`` is the prefill
@@ -38,7 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.latency import COEFFICIENTS, EngineDefaults, LatencyModel, LatencyProfile
+import sim
+from sim.latency import COEFFICIENTS, PROFILE_DIR, EngineDefaults, LatencyModel, LatencyProfile
+
+#: Where the simulator's shipped profiles live (written by default).
+SHIPPED_PROFILES = Path(sim.__file__).resolve().parent / PROFILE_DIR
 
 GPU_MEMORY_GB = 80.0
 GPU_MEMORY_UTILIZATION = 0.95
@@ -169,9 +174,9 @@ def build_profiles(csv_path: str | Path, model_name: str = "llama2-70b") -> list
                 "data": SOURCE_URL,
                 "citation": "Patel et al., Splitwise: Efficient Generative LLM Inference Using "
                             "Phase Splitting, ISCA 2024 (data MIT-licensed)",
-                "script": "python -m sim.splitwise splitwise_perf_model.csv",
+                "script": "python -m calibrate.splitwise splitwise_perf_model.csv",
                 "date": date.today().isoformat(),
-                "kv_blocks": "derived from memory: see sim/splitwise.py",
+                "kv_blocks": "derived from memory: see calibrate/splitwise.py",
             },
             fit=diag,
         ))
@@ -180,13 +185,14 @@ def build_profiles(csv_path: str | Path, model_name: str = "llama2-70b") -> list
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sim.splitwise",
+        prog="python -m calibrate.splitwise",
         description="Fit the simulator's GPU latency profiles (Llama2-70B on A100/H100, "
                     "tensor parallel 2/4/8) to Splitwise's public perf_model.csv.",
     )
     parser.add_argument("csv", help="path to Splitwise's perf_model.csv")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "profiles"),
-                        help="folder to write <name>.json profiles to (default: the shipped profiles)")
+    parser.add_argument("--out", default=str(SHIPPED_PROFILES),
+                        help="folder to write <name>.json profiles to (default: the shipped profiles, "
+                             "sim/profiles)")
     args = parser.parse_args(argv)
     try:
         profiles = build_profiles(args.csv)
