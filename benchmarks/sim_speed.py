@@ -119,7 +119,7 @@ def main() -> int:
         r = run_child(base + extra)
         print(f"{label:22s} {r['requests']:9,d} {r['sim_s']:8.0f}s {r['cpu_s']:7.2f} "
               f"{r['req_per_cpu_s']:10,.0f} {r['speedup']:10,.0f}x {r['peak_rss_mb']:7.0f}MB")
-    print("\nPeers on this trace (from the issue, measured on this machine): Vidur 0.0.26 simulates "
+    print("\nPeers on this trace (measured on this machine, docs/performance.md): Vidur 0.0.26 simulates "
           "16 replicas at ~45 req/s (9x real time), one replica at ~400 req/s (74x).")
     return 0
 

@@ -8,7 +8,7 @@ The first load uses a fresh temporary cache folder, so it always tokenizes. The
 cached loads run in the same process after it; ``--fresh-process`` also times a
 cached load in a new interpreter (imports included), as a simulator worker sees it.
 
-Target (issue 2): 100k ShareGPT requests in under a minute the first time and a
+Target (docs/performance.md): 100k ShareGPT requests in under a minute the first time and a
 few seconds from the cache. Timings on a shared machine are noisy; run twice.
 """
 from __future__ import annotations

@@ -24,7 +24,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from calibrate.backend import probe_backend
-from calibrate.jsonsafe import json_safe
+from results.jsonsafe import json_safe
 from calibrate.loadgen import PlannedRequest, Runner, Unit
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
@@ -213,5 +213,5 @@ def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str |
         "date": utc_now(),
         "command": command_line(),
     }
-    (out_dir / "check.json").write_text(json.dumps(json_safe(report), indent=2) + "\n")
+    (out_dir / "check.json").write_text(json.dumps(json_safe(report, drop_private=True), indent=2) + "\n")
     return report

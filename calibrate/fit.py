@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares, lsq_linear
 
-from calibrate.jsonsafe import json_safe
+from results.jsonsafe import json_safe
 from calibrate.modeldir import shape_for_served
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.profiling import meta_path
@@ -635,7 +635,7 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
         jitter_cv=jitter_from_idle(frame),
         request_overhead_s=max(float(result.overhead_s), 0.0),
         front_end=result.front_end,
-        source=json_safe({
+        source=json_safe(drop_private=True, obj={
             "kind": "fitted",
             "data_file": str(data_path),
             "rows": int(len(data)),
@@ -649,7 +649,7 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
             "fit_command": command_line(),
             "fit_loadavg": loadavg(),
         }),
-        fit=json_safe({
+        fit=json_safe(drop_private=True, obj={
             "method": "robust bounded least squares on the requests sent to an idle engine, whose predictions "
                       "are then pinned; iterated bounded linear least squares on relative TTFT/TPOT errors of "
                       "every request replayed through sim.engine and sim.frontend (schedule-linearised, Huber, "

@@ -1,4 +1,4 @@
-"""Reproduce the predictive-routing experiment of issue 7 (docs/results.md) from a clean checkout.
+"""Reproduce the predictive-routing experiment (docs/results.md) from a clean checkout.
 
 Question: does routing on a learned latency prediction beat the heuristics, and
 which model is worth its cost per decision? Run from the repository root (the

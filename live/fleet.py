@@ -2,8 +2,8 @@
 
 The gateway and the load generator's client-side routing both route through
 this one object, around the very ``routing.Router`` and strategy the simulator
-uses (house rule 1): it feeds the router the backends' ``/metrics`` scraped every
-``scrape_interval_s`` (with the time each scrape arrived, so strategies see its
+uses (rule "pure decision" in docs/architecture.md): it feeds the router the
+backends' ``/metrics`` scraped every ``scrape_interval_s`` (with the time each scrape arrived, so strategies see its
 age), takes a backend out after ``eject_after`` consecutive failures
 (``Router.set_healthy(False)``) and probes it back in through ``/health``.
 """

@@ -2,8 +2,8 @@
 
 Measures what ``vllm bench serve`` measures (TTFT from the send, chunk gaps as
 ITL, usage-based token counts) and writes one ``RequestRecord`` per request of
-the trace, whatever happened to it (house rule 2): ``ok``, ``error`` (with the
-text), ``timeout``, ``rejected`` (client-side routing found no healthy backend)
+the trace, whatever happened to it (rule "one record per request" in
+docs/architecture.md): ``ok``, ``error`` (with the text), ``timeout``, ``rejected`` (client-side routing found no healthy backend)
 or ``unfinished`` (in flight, or never sent, when the run's time bound hit).
 
 Timing. Every send is scheduled at an absolute deadline ``t0 + arrival_s``

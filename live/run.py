@@ -10,7 +10,7 @@ runs with ``VLLM_SERVER_DEV_MODE=1``), so each strategy starts from a cold
 prefix cache as in the simulator.
 
 ``run_unit`` is the reusable piece (one strategy, one seed, one trace, given
-backends): ``--validate`` (issue 8) reruns simulated units through it.
+backends): ``validation`` reruns simulated units through it.
 """
 from __future__ import annotations
 

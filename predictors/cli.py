@@ -305,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     data_arg(p)
     p.add_argument("--model", required=True, choices=list(MODEL_KINDS), metavar="KIND", help=f"model family: {kinds}")
-    p.add_argument("--target", default="ttft", choices=list(TARGETS), help="what to predict: ttft, tpot (the plan's TBT) or e2el; default ttft")
+    p.add_argument("--target", default="ttft", choices=list(TARGETS), help="what to predict: ttft, tpot (time between tokens) or e2el; default ttft")
     p.add_argument("--quantile", type=float, default=None, help="train a quantile model at this level (e.g. 0.9 for p90) instead of the mean")
     p.add_argument("--out", required=True, help="model file to write (.json, or .safetensors for mlp/transformer; suffix added if omitted)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="model hyperparameter, repeatable (e.g. max_depth=8, hidden=[32,32]); values are JSON")

@@ -39,7 +39,7 @@ NULLABLE_FEATURES: tuple[str, ...] = ("running", "waiting", "kv_usage", "scrape_
 GROUP_FEATURE = "group"
 FEATURES: tuple[str, ...] = NUMERIC_FEATURES + (GROUP_FEATURE,)
 
-#: Target names and their columns. TPOT is the plan's TBT, defined when output_len > 1.
+#: Target names and their columns. TPOT (time between tokens, TBT in some papers) is defined when output_len > 1.
 TARGETS: dict[str, str] = {"ttft": "ttft_s", "tpot": "tpot_s", "e2el": "e2el_s"}
 #: Label columns that may be present besides the targets.
 LABEL_COLUMNS: tuple[str, ...] = ("output_len", "cached_tokens")

@@ -1,4 +1,4 @@
-"""The plan's GlobalDynamicLinear: one linear model for the whole fleet, learnt online.
+"""One global linear model for the whole fleet, learnt online.
 
 Each finished request gives (features the router saw, actual latency); the model
 updates from the gap between that and its prediction. One model serves every
@@ -20,8 +20,8 @@ first time a group is met) say how backends differ.
 - Quantile: the same RLS mean plus an offset learnt by SGD on the pinball loss
   of the residuals (``offset += lr * spread * (q - [residual <= offset])``, with
   ``spread`` a running mean of ``|residual|`` so ``lr`` is unit-free). Pinball SGD
-  on every weight, tried first, converges slower than RLS (on the tests' law,
-  1.5x the pinball loss after 2000 requests); the offset assumes the residual's
+  on every weight, tried first, converged slower than RLS (docs/predictors.md,
+  "Design notes"); the offset assumes the residual's
   tail is the same across backends, and tracks it as it drifts.
 
 Features are divided by fixed scales (nominal ones at a cold start, the data's

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 @contextmanager
 def one_thread() -> Iterator[None]:
     """Run torch on one thread: these nets are tiny, and on a shared machine more
-    threads make each step slower (measured 10x slower on 2 busy cores)."""
+    threads make each step slower (docs/predictors.md, "Design notes")."""
     import torch
 
     before = torch.get_num_threads()

@@ -1,7 +1,7 @@
-"""One record per request, simulated or live (house rule 2), stored as Parquet.
+"""One record per request, simulated or live, stored as Parquet.
 
-Every request a run was asked to send ends as exactly one row, whatever happened
-to it: ``ok``, ``error``, ``timeout``, ``rejected`` (no backend would take it) or
+Every request a run was asked to send ends as exactly one row (rule "one record
+per request" in docs/architecture.md), whatever happened to it: ``ok``, ``error``, ``timeout``, ``rejected`` (no backend would take it) or
 ``unfinished`` (still in flight when the run ended). Metric code reads these rows
 only, so the simulator and live mode are analysed by the same functions.
 

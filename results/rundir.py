@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from results.jsonsafe import dumps
 from results.records import (
     RecordSchemaError, RecordWriter, check_schema, read_records, write_records,
 )
@@ -83,7 +84,7 @@ class RunDir:
             raise FileExistsError(f"{run.path} already holds a run; pass --resume to continue it")
         run.path.mkdir(parents=True, exist_ok=True)
         full = {"environment": environment(), **manifest}
-        _atomic_write_text(run.manifest_path, json.dumps(full, indent=2, default=_json_default))
+        _atomic_write_text(run.manifest_path, dumps(full))
         if scenario_text is not None:
             _atomic_write_text(run.path / "scenario.toml", scenario_text)
         return run
@@ -111,7 +112,7 @@ class RunDir:
     def update_manifest(self, **changes: Any) -> None:
         m = self.manifest
         m.update(changes)
-        _atomic_write_text(self.manifest_path, json.dumps(m, indent=2, default=_json_default))
+        _atomic_write_text(self.manifest_path, dumps(m))
 
     # --- units ----------------------------------------------------------------
     def unit_path(self, unit: Unit) -> Path:
@@ -190,7 +191,7 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         _atomic_write_text(
-            self.path / "summary.json", json.dumps(summary, indent=2, default=_json_default)
+            self.path / "summary.json", dumps(summary)
         )
 
 
@@ -237,11 +238,3 @@ def _atomic_write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

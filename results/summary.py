@@ -17,6 +17,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from results.health import RunHealth, assess
+from results.jsonsafe import json_safe
 from results.metrics import METRICS, UnitMetrics, unit_metrics
 from results.records import read_records
 from results.rundir import RunDir, Unit
@@ -205,15 +206,7 @@ def _manifest_order(units: pd.DataFrame, manifest: dict[str, Any]) -> pd.DataFra
 
 def json_rows(df: pd.DataFrame) -> list[dict[str, Any]]:
     """DataFrame rows as JSON-ready dicts: numpy scalars unwrapped, NaN as None."""
-    return [{k: _clean(v) for k, v in r.items()} for r in df.to_dict("records")]
-
-
-def _clean(v: Any) -> Any:
-    if hasattr(v, "item"):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
+    return json_safe(df.to_dict("records"))
 
 
 # --- terminal table -------------------------------------------------------------

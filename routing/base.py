@@ -1,7 +1,8 @@
 """The ``Strategy`` interface and the registry that builds strategies by name.
 
-A strategy is a pure decision (house rule 1): ``choose`` reads the request and the
-backend snapshots and returns a position in that sequence. No I/O, no clock, no
+A strategy is a pure decision (rule "pure decision" in docs/architecture.md):
+``choose`` reads the request and the backend snapshots and returns a position in
+that sequence. No I/O, no clock, no
 asyncio or SimPy; randomness only from the seed it was built with. That is what
 lets one object run unchanged in the simulator and in the gateway.
 """
@@ -45,7 +46,8 @@ class Strategy:
 
     def __init__(self, *, seed: int = 0) -> None:
         self.seed = seed
-        # A private generator: never the global RNG (house rule 4).
+        # A private generator, never the global one (docs/architecture.md, rule
+        # "injected time and randomness").
         self.rng = random.Random(seed)
 
     def choose(self, request: RequestInfo, backends: Sequence[BackendSnapshot]) -> int:

@@ -6,7 +6,8 @@ approximate index of the prompt blocks it has sent to each backend (to estimate
 prefix-cache hits), and, for strategies that ask, an exact mirror of each
 backend's cache fed by its KV-cache events and the work it has in flight there.
 Both modes call ``dispatch``/``finish`` with an injected ``now``, so the
-snapshots a strategy sees are built by the same code in both (house rule 1).
+snapshots a strategy sees are built by the same code in both (rule "pure
+decision" in docs/architecture.md).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The simulated fleet on SimPy: arrivals -> router -> one engine process per backend.
 
-Every request of the trace ends as exactly one ``RequestRecord`` (house rule 2).
+Every request of the trace ends as exactly one ``RequestRecord`` (rule "one
+record per request" in docs/architecture.md).
 The router is ``routing.Router`` around a ``routing`` strategy, the very object the
 gateway uses; it sees the router's own in-flight counts and each backend's
 metrics as of its latest scrape.

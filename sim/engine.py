@@ -3,7 +3,8 @@
 ``Engine`` is a plain object. A driver (the SimPy cluster, or the emulator on the
 wall clock) calls ``plan(now)`` to schedule the next step, waits for the step's
 duration, then calls ``complete(plan, steps, start)`` and reads what it produced.
-Both drivers step the same object (house rule 3).
+Both drivers step the same object (rule "one engine model, two clocks"
+in docs/architecture.md).
 
 Scheduling mirrors ``vllm/v1/core/sched/scheduler.py`` with FCFS:
 

@@ -36,6 +36,7 @@ import numpy as np
 import routing
 from live.loadgen import LoadOptions
 from live.run import LiveSettings, build_manifest, check_fleet_sizes, run_scenario
+from results.jsonsafe import dumps
 from results.records import RunLabels
 from results.rundir import NotARunDirectory, RunDir, Unit
 from results.stats import direction
@@ -604,7 +605,7 @@ def write_outputs(doc: dict[str, Any], sim_run: RunDir, live_run: RunDir, opts: 
     """``validation.json``, the HTML sections of both runs' reports, and the terminal table."""
     from results.report import VALIDATION_DIR
 
-    text = json.dumps(_finite(doc), indent=2, default=_json_default, allow_nan=False)
+    text = dumps(doc)
     (live_run.path / "validation.json").write_text(text, encoding="utf-8")
     section = render_html(doc)
     for folder, name in ((sim_run.path / VALIDATION_DIR, f"{live_run.path.name}.html"),
@@ -627,18 +628,3 @@ def write_outputs(doc: dict[str, Any], sim_run: RunDir, live_run: RunDir, opts: 
         say(f"report:       python -m results {sim_run.path}   (shows the validation section)")
 
 
-def _finite(x: Any) -> Any:
-    """NaN and infinities as null, so the file is strict JSON."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
-def _json_default(x: Any) -> Any:
-    if hasattr(x, "item"):
-        return x.item()
-    return str(x)

@@ -1,8 +1,8 @@
 """The simulator's engine, stepped on the wall clock by one asyncio task.
 
 ``EngineDriver`` owns a ``sim.engine.Engine`` (the very class the simulator
-steps on SimPy's clock, house rule 3) and runs it one step at a time: plan the
-step, sleep until the step's end, complete it, hand each request its new tokens.
+steps on SimPy's clock: rule "one engine model, two clocks" in
+docs/architecture.md) and runs it one step at a time: plan the step, sleep until the step's end, complete it, hand each request its new tokens.
 Steps are timed against absolute deadlines, so timer lateness does not add up
 over a long decode: step k+1 starts when step k was due to end, not when the
 sleep happened to return (unless the loop fell behind by more than

@@ -8,6 +8,11 @@ their own name, and every series carries the labels ``model_name`` and ``engine`
 per metric and backend, so counts are summed over label sets; a usage fraction is
 averaged over them (summing fractions of several engines would exceed 1).
 
+Two readers: ``sum_by_name`` is the router's hot path (a scrape every few
+milliseconds), which finds sample names and values and never parses a label;
+``iter_samples`` is the full parse off the hot path, done by ``prometheus_client``'s
+own text parser (the library vLLM exports with).
+
 Older vLLM names are read when the current one is absent:
 ``vllm:gpu_cache_usage_perc`` (before 0.9) and ``vllm:gpu_prefix_cache_*`` (before
 0.9; those early versions counted blocks, not tokens).
@@ -66,16 +71,35 @@ class MetricsParseError(ValueError):
 
 
 def iter_samples(text: str) -> Iterator[tuple[str, dict[str, str], float]]:
-    """Every sample in ``text`` as ``(name, labels, value)``; comments skipped.
+    """Every sample in ``text`` as ``(name, labels, value)``, by ``prometheus_client``'s parser.
 
-    Handles escaped quotes and braces inside label values, ``NaN``/``+Inf``, and
-    an optional trailing timestamp. Raises ``MetricsParseError`` naming the line.
+    The full parse (labels with escapes, ``NaN``/``+Inf``, timestamps) is for tests,
+    capability checks and reports; the router's scrape reads only the samples it
+    needs (``sum_by_name``). Raises ``MetricsParseError`` naming the bad line.
     """
-    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): "\x1e" is data
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        samples = [(s.name, dict(s.labels), float(s.value))
+                   for family in text_string_to_metric_families(text) for s in family.samples]
+    except ValueError as exc:
+        raise _locate(text, exc) from None
+    yield from samples
+
+
+def _locate(text: str, exc: ValueError) -> MetricsParseError:
+    """The first line ``prometheus_client`` rejects on its own, named by number (error path only)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line or line[0] == "#" or line.isspace():
             continue
-        name, label_text, rest = _split_line(line, lineno)
-        yield name, _parse_labels(label_text, line, lineno), _parse_value(rest, line, lineno)
+        try:
+            for _ in text_string_to_metric_families(line + "\n"):
+                pass
+        except ValueError as line_exc:
+            return MetricsParseError(f"metrics line {lineno}: {line_exc} in {line!r}")
+    return MetricsParseError(f"metrics text: {exc}")
 
 
 def sum_by_name(text: str, names: Iterable[str] | None = None) -> dict[str, tuple[float, int]]:
@@ -148,35 +172,6 @@ def _closing_brace(line: str, start: int, lineno: int) -> int:
             return i
         i += 1
     raise MetricsParseError(f"metrics line {lineno}: unclosed label set in {line!r}")
-
-
-def _parse_labels(text: str, line: str, lineno: int) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    i, n = 0, len(text)
-    while i < n:
-        while i < n and text[i] in " ,":
-            i += 1
-        if i >= n:
-            break
-        eq = text.find("=", i)
-        if eq == -1 or eq + 1 >= n or text[eq + 1] != '"':
-            raise MetricsParseError(f"metrics line {lineno}: bad label syntax in {line!r}")
-        key = text[i:eq].strip()
-        j = eq + 2
-        chars: list[str] = []
-        while j < n and text[j] != '"':
-            if text[j] == "\\" and j + 1 < n:
-                nxt = text[j + 1]
-                chars.append("\n" if nxt == "n" else nxt)
-                j += 2
-                continue
-            chars.append(text[j])
-            j += 1
-        if j >= n:
-            raise MetricsParseError(f"metrics line {lineno}: unterminated label value in {line!r}")
-        labels[key] = "".join(chars)
-        i = j + 1
-    return labels
 
 
 def _parse_value(rest: str, line: str, lineno: int) -> float:

@@ -133,7 +133,7 @@ class Predictive(Strategy):
 
 @register
 class OnlineLinear(Strategy):
-    """The plan's GlobalDynamicLinear: predicts with an online linear model and learns in ``observe``.
+    """One global linear model for the fleet: predicts with it and learns in ``observe``.
 
     Cold start (no ``model``): every prediction is 0 until the first outcomes
     arrive, so early choices are seeded random ties; ``quantile`` and
