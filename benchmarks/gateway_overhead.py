@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import routing  # noqa: E402
 from live.emulator import spawn  # noqa: E402
-from live.fleet import LiveFleet  # noqa: E402
+from live.router import LiveRouter  # noqa: E402
 from live.gateway.spawn import start_gateway  # noqa: E402
 from live.loadgen import LoadOptions, replay  # noqa: E402
 from live.transport.processes import wait_health  # noqa: E402
@@ -104,7 +104,7 @@ def measure(target: str, url: str | None, urls: list[str], trace, pid: int | Non
     c0 = cpu_seconds(pid) if pid else 0.0
     t0 = time.perf_counter()
     if url is None:
-        fleet = LiveFleet(urls, routing.build("round_robin"), scrape=False, track_prefix=False)  # direct
+        fleet = LiveRouter(urls, routing.build("round_robin"), scrape=False, track_prefix=False)  # direct
         result = run_async(replay(trace, fleet=fleet, options=opts))
     else:
         result = run_async(replay(trace, gateway_url=url, options=opts))

@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import routing  # noqa: E402
 from live.emulator import spawn  # noqa: E402
-from live.fleet import LiveFleet  # noqa: E402
+from live.router import LiveRouter  # noqa: E402
 from live.loadgen import LoadOptions, replay  # noqa: E402
 from live.run import reset_backends, run_async  # noqa: E402
 from workload import build_trace  # noqa: E402
@@ -57,7 +57,7 @@ def main() -> int:
                 {"pattern": "poisson", "rate": rate}, seed=0, num_requests=n, cache_dir=False)
             for spin in spins:
                 reset_backends(urls, emulated=True)
-                fleet = LiveFleet(urls, routing.build("round_robin"), scrape=False, track_prefix=False)
+                fleet = LiveRouter(urls, routing.build("round_robin"), scrape=False, track_prefix=False)
                 c0, t0 = own_cpu(), time.perf_counter()
                 result = run_async(replay(trace, fleet=fleet, options=LoadOptions(
                     concurrency=1024, spin_s=spin, timeout_s=60)))

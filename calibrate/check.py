@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from calibrate.backend import probe_backend
 from results.jsonsafe import json_safe
-from calibrate.loadgen import PlannedRequest, Runner, Unit
+from calibrate.probe import PlannedRequest, Runner, Unit
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
 from calibrate.replay import prepare_units, simulate_units

@@ -1,6 +1,6 @@
 """The Phase 2 profiling sweep against one backend -> ``profiling_data.csv``.
 
-Four phases, from idle to overload, each a list of units (see ``calibrate.loadgen``):
+Four phases, from idle to overload, each a list of units (see ``calibrate.probe``):
 
 1. ``idle``: one request at a time over prompt-length buckets x output lengths:
    the closed-form regime (``LatencyModel.single_request``) that anchors the fit.
@@ -30,7 +30,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from calibrate.backend import BackendInfo, probe_backend
-from calibrate.loadgen import PlannedRequest, Runner, Unit
+from calibrate.probe import PlannedRequest, Runner, Unit
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
 from live.transport.client import make_session

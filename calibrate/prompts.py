@@ -61,7 +61,7 @@ def hit_tokens(chain: np.ndarray, seen: set[int], input_len: int, block_size: in
     return n * block_size
 
 
-def build_trace(request_id: Sequence[int], input_len: Sequence[int], output_len: Sequence[int],
+def profiling_trace(request_id: Sequence[int], input_len: Sequence[int], output_len: Sequence[int],
                 arrival_s: Sequence[float], prefix_id: Sequence[int], shared_len: Sequence[int],
                 *, block_size: int, vocab_size: int, label: str = "") -> Trace:
     """A simulator ``Trace`` with the same lengths, arrivals and block sharing as sent requests."""

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 import routing
-from calibrate.prompts import build_trace
+from calibrate.prompts import profiling_trace
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
 from sim.cluster import BackendConfig, ClusterConfig, simulate
 from sim.engine import EngineConfig
@@ -66,12 +66,12 @@ def prepare_units(data: pd.DataFrame, block_size: int,
             # the measured times, a candidate slower than reality would overlap them; spaced
             # apart they run alone as they did (the prefix cache still keeps their blocks).
             arrivals = np.arange(len(g), dtype=float) * SEQUENTIAL_SPACING_S
-        trace = build_trace(g["request_id"].to_numpy(), g["input_len"].to_numpy(),
+        trace = profiling_trace(g["request_id"].to_numpy(), g["input_len"].to_numpy(),
                             g["output_len"].to_numpy(), arrivals, g["prefix_id"].to_numpy(),
                             g["shared_len"].to_numpy(), block_size=block_size, vocab_size=vocab_size,
                             label=f"{key}:")
         pos = pd.Series(np.arange(len(data)), index=data.index)[g.index].to_numpy()
-        # build_trace sorts by arrival (stable), and g is already in that order.
+        # profiling_trace sorts by arrival (stable), and g is already in that order.
         units.append(PreparedUnit(str(key), trace, pos))
     return units
 

@@ -5,7 +5,7 @@ The products:
 - ``live.emulator``: a vLLM-compatible stand-in serving the simulator's engine
   model on the wall clock (``python -m live.emulator``).
 - ``live.gateway``: the OpenAI-compatible routing gateway (``python -m live.gateway``).
-- ``live.fleet``: ``routing.Router`` plus scrapes and health, shared by the gateway
+- ``live.router``: ``routing.Router`` plus scrapes and health, shared by the gateway
   and the load generator.
 - ``live.loadgen``: trace replay with exact arrival times, one record per request.
 - ``live.run`` / ``python -m live SCENARIO``: a scenario live, written as a run directory.

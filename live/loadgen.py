@@ -13,7 +13,7 @@ until that long before the deadline and then yields to the loop until the
 deadline has passed (other requests' streams are served meanwhile). The lag
 ``actual - scheduled`` of every send is returned (``benchmarks/loadgen_accuracy.py``).
 
-Routing. Either client-side, through a ``live.fleet.LiveFleet`` (the
+Routing. Either client-side, through a ``live.router.LiveRouter`` (the
 ``routing.Router`` and strategy the simulator uses, scraping the backends
 itself; the records then carry the decision's ``router_*`` features), or all to
 one gateway URL (the backend is read from its ``x-gateway-backend`` header).
@@ -31,7 +31,7 @@ import orjson
 from tqdm import tqdm
 
 from live.transport.client import CompletionResult, completion_body, make_session
-from live.fleet import LiveFleet
+from live.router import LiveRouter
 from live.transport.streamclient import StreamClient
 from results.records import ItlEncoder, RequestRecord, RunLabels
 from routing import Decision, NoHealthyBackend, Outcome, RequestInfo
@@ -75,7 +75,7 @@ class ReplayResult:
 class _Target:
     """Where requests go: a fleet (client-side routing) or one gateway URL."""
 
-    def __init__(self, fleet: LiveFleet | None, gateway_url: str | None,
+    def __init__(self, fleet: LiveRouter | None, gateway_url: str | None,
                  backend_names: Sequence[str]) -> None:
         if (fleet is None) == (gateway_url is None):
             raise ValueError("give exactly one of fleet (client-side routing) or gateway_url")
@@ -87,7 +87,7 @@ class _Target:
 async def replay(
     trace: Trace,
     *,
-    fleet: LiveFleet | None = None,
+    fleet: LiveRouter | None = None,
     gateway_url: str | None = None,
     backend_names: Sequence[str] = (),
     labels: RunLabels = RunLabels(),

@@ -27,7 +27,7 @@ from typing import Any
 
 import routing
 from live.emulator.spawn import EmulatorSpec, spawn_specs
-from live.fleet import LiveFleet
+from live.router import LiveRouter
 from live.gateway.spawn import start_gateway
 from live.loadgen import LoadOptions, ReplayResult, replay
 from results.records import RunLabels
@@ -159,14 +159,14 @@ async def run_unit(
     strategy_name: str, params: dict[str, Any], seed: int, *, labels: RunLabels,
     scrape_interval_s: float, block_size: int, gateway: bool, load: LoadOptions,
 ) -> ReplayResult:
-    """Replay ``trace`` with one strategy: client-side through a ``LiveFleet``, or via a gateway."""
+    """Replay ``trace`` with one strategy: client-side through a ``LiveRouter``, or via a gateway."""
     if gateway:
         with start_gateway(urls, strategy_name, params=params, seed=seed, names=names,
                            scrape_interval_s=scrape_interval_s) as url:
             return await replay(trace, gateway_url=url, backend_names=names, labels=labels,
                                 options=load)
     strategy = routing.build(strategy_name, seed=seed, **params)
-    fleet = LiveFleet(urls, strategy, names=names, groups=groups, block_size=block_size,
+    fleet = LiveRouter(urls, strategy, names=names, groups=groups, block_size=block_size,
                       scrape_interval_s=scrape_interval_s, scrape=True, track_prefix=True)
     return await replay(trace, fleet=fleet, labels=labels, options=load)
 

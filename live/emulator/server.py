@@ -40,7 +40,7 @@ from live.transport.http import (
     CHUNK_END, JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, SSE_HEADERS, TEXT_HEADERS, HttpError,
     Listener, Request, ServerConnection, chunk, error_body, parse_json_object, response_head,
 )
-from live.prompts import ensure_tokenizer, needs_tokenizer, prompt_token_ids
+from live.request_tokens import ensure_tokenizer, needs_tokenizer, request_token_ids
 from sim.engine import EngineConfig, RequestTooLong
 from sim.latency import LatencyProfile
 
@@ -202,7 +202,7 @@ class EmulatorServer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return
-        self._admit(conn, req, prompt_token_ids(doc, chat, self.tokenizer), chat, params)
+        self._admit(conn, req, request_token_ids(doc, chat, self.tokenizer), chat, params)
 
     async def _generate_text(self, conn, req, doc, chat, params) -> None:
         """Text prompts: load the tokenizer once (off the loop), then as for token ids."""
@@ -210,7 +210,7 @@ class EmulatorServer:
         if conn.closed:  # the client left while the tokenizer loaded
             return
         try:
-            self._admit(conn, req, prompt_token_ids(doc, chat, self.tokenizer), chat, params)
+            self._admit(conn, req, request_token_ids(doc, chat, self.tokenizer), chat, params)
         except HttpError as exc:
             conn.send_simple(exc.status, error_body(exc.status, exc.message, exc.param),
                              JSON_HEADERS, req.keep_alive)

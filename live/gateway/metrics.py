@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from live.fleet import LiveFleet
+from live.router import LiveRouter
 from live.transport.prometheus import REQUEST_LATENCY_BUCKETS, TTFT_BUCKETS
 
 #: Routing work inside the gateway is sub-millisecond; these edges resolve it.
@@ -19,7 +19,7 @@ ERROR_KINDS = ("connect", "status", "timeout", "midstream")
 
 
 class _FleetCollector:
-    def __init__(self, fleet: LiveFleet, names: list[str]) -> None:
+    def __init__(self, fleet: LiveRouter, names: list[str]) -> None:
         self.fleet = fleet
         self.names = names
 
@@ -86,7 +86,7 @@ class GatewayMetrics:
                                   "hash, decide).", buckets=OVERHEAD_BUCKETS, registry=reg)
         self._codes: dict[int, object] = {}
 
-    def attach(self, fleet: LiveFleet) -> None:
+    def attach(self, fleet: LiveRouter) -> None:
         self.registry.register(_FleetCollector(fleet, self.names))
 
     def response(self, code: int) -> None:

@@ -1,7 +1,7 @@
 """The gateway: an OpenAI-compatible router in front of vLLM replicas.
 
 Every generation request is routed by a ``routing`` strategy through
-``live.fleet.LiveFleet`` (the same ``Router`` and strategy objects the simulator
+``live.router.LiveRouter`` (the same ``Router`` and strategy objects the simulator
 runs) and forwarded unchanged; the response streams back chunk by chunk as the
 backend sends it (nothing is buffered). Until the first byte has gone to the
 client, a refused connection, a 5xx, a timeout or a stream that dies early fails
@@ -31,14 +31,14 @@ import numpy as np
 import orjson
 
 import routing
-from live.fleet import LiveFleet
+from live.router import LiveRouter
 from live.transport.http import (
     CHUNK_END, JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, TEXT_HEADERS, HttpError, Listener,
     Request, ServerConnection, UpstreamConnection, UpstreamPool, chunk, error_body, parse_json_object,
     response_head, serving, sse_event,
 )
 from live.gateway.metrics import GatewayMetrics
-from live.prompts import ensure_tokenizer, prompt_token_ids
+from live.request_tokens import ensure_tokenizer, request_token_ids
 from routing import NoHealthyBackend, Outcome, RequestInfo
 from workload.hashing import block_hash_chain
 
@@ -116,7 +116,7 @@ class Gateway:
         self.names = config.names or [f"backend-{i}" for i in range(len(config.backends))]
         self.name_bytes = [n.encode() for n in self.names]
         self.strategy = routing.build(config.strategy, seed=config.seed, **config.params)
-        self.fleet = LiveFleet(
+        self.fleet = LiveRouter(
             config.backends, self.strategy, names=self.names, block_size=config.block_size,
             scrape_interval_s=config.scrape_interval_s, eject_after=config.eject_after,
             probe_interval_s=config.probe_interval_s, clock=clock,
@@ -239,7 +239,7 @@ class Gateway:
         stream = doc.get("stream", False)
         if not isinstance(stream, bool):
             raise HttpError(400, f"stream must be true or false, got {stream!r}", "stream")
-        ids = prompt_token_ids(doc, chat, self.config.tokenizer)
+        ids = request_token_ids(doc, chat, self.config.tokenizer)
         fleet = self.fleet
         hashes = block_hash_chain(ids, self.config.block_size) if fleet.track_prefix else _NO_HASHES
         rid = self._next_id

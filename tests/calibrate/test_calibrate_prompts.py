@@ -2,7 +2,7 @@
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from calibrate.prompts import RESERVED_HIGH, RESERVED_LOW, build_trace, hit_tokens, prompt_tokens
+from calibrate.prompts import RESERVED_HIGH, RESERVED_LOW, profiling_trace, hit_tokens, prompt_tokens
 from workload.hashing import block_hash_chain
 
 VOCAB = 129280
@@ -33,7 +33,7 @@ def test_hit_is_the_full_blocks_of_the_common_prefix(L1, L2, shared, bs):
 
 
 def test_build_trace_shares_exactly_the_prefix_blocks():
-    t = build_trace([0, 1, 2], [300, 300, 100], [5, 5, 5], [0.0, 1.0, 0.5], [9, 9, -1], [200, 200, 0],
+    t = profiling_trace([0, 1, 2], [300, 300, 100], [5, 5, 5], [0.0, 1.0, 0.5], [9, 9, -1], [200, 200, 0],
                     block_size=32, vocab_size=VOCAB)
     assert list(t.arrival_s) == [0.0, 0.5, 1.0]  # sorted by arrival
     by_id = {int(r): t.hashes(i) for i, r in enumerate(t.request_id)}

@@ -9,7 +9,7 @@ from live_helpers import TINY, arun
 
 import routing
 from live.emulator import spawn
-from live.fleet import LiveFleet
+from live.router import LiveRouter
 from live.gateway import GatewayConfig, serve_gateway
 from live.loadgen import LoadOptions, RunLabels, replay
 from results.records import expand_itl, to_table
@@ -29,7 +29,7 @@ def small_trace(n: int, rate: float, out: int = 8, seed: int = 0):
 
 
 def fleet_for(urls, strategy="round_robin", **kw):
-    return LiveFleet(urls, routing.build(strategy), names=[f"b{i}" for i in range(len(urls))],
+    return LiveRouter(urls, routing.build(strategy), names=[f"b{i}" for i in range(len(urls))],
                      scrape=True, track_prefix=True, scrape_interval_s=0.1, **kw)
 
 

@@ -9,7 +9,7 @@ import pytest
 from live_helpers import arun
 
 import routing
-from live.fleet import LiveFleet
+from live.router import LiveRouter
 from live.gateway import GatewayConfig, serve_gateway
 from live.transport.client import make_session, stream_completion
 from routing import Outcome, RequestInfo, ScrapedMetrics
@@ -79,7 +79,7 @@ def test_the_simulators_router_and_the_gateways_make_the_same_choices(name):
     """The same requests, scrapes, first tokens and finishes give the same decisions.
 
     One router is built as ``sim.cluster.ClusterSim`` builds it, the other as the
-    gateway's ``LiveFleet`` does; requests are built as each mode builds them (the
+    gateway's ``LiveRouter`` does; requests are built as each mode builds them (the
     simulator from the trace's hashes, the gateway from the prompt's token ids).
     """
     n, blocks = 4, 2000
@@ -94,7 +94,7 @@ def test_the_simulators_router_and_the_gateways_make_the_same_choices(name):
     # Scrapes are the one thing the modes deliver differently (the simulator computes them on
     # demand from its engines, the gateway's scraper pushes them): here both get the same pushes.
     sim_router._scrape_source = None
-    fleet = LiveFleet([f"http://127.0.0.1:{9000 + i}" for i in range(n)], routing.build(name, seed=3),
+    fleet = LiveRouter([f"http://127.0.0.1:{9000 + i}" for i in range(n)], routing.build(name, seed=3),
                       names=[f"backend-{i}" for i in range(n)], groups=["g"] * n, block_size=16)
     live_router = fleet.router
     for r in (sim_router, live_router):  # the gateway learns capacity as the simulator knows it

@@ -9,14 +9,14 @@ from hypothesis import strategies as st
 import routing
 from live.transport.http import HttpError
 from live.emulator.faults import CRASH, ERROR, HANG, OK, Faults
-from live.fleet import LiveFleet
+from live.router import LiveRouter
 from live.gateway.cli import parse_param
-from live.prompts import prompt_token_ids, render_chat
+from live.request_tokens import request_token_ids, render_chat
 from routing import NoHealthyBackend, Outcome, RequestInfo
 
 
 def make_fleet(n=3, strategy="round_robin", **kw):
-    return LiveFleet([f"http://127.0.0.1:{9000 + i}" for i in range(n)], routing.build(strategy), **kw)
+    return LiveRouter([f"http://127.0.0.1:{9000 + i}" for i in range(n)], routing.build(strategy), **kw)
 
 
 @settings(max_examples=80, deadline=None)
@@ -57,7 +57,7 @@ def test_ejection_after_consecutive_failures_only():
 
 def test_fleet_rejects_bad_settings():
     with pytest.raises(ValueError, match="at least one"):
-        LiveFleet([], routing.build("random"))
+        LiveRouter([], routing.build("random"))
     with pytest.raises(ValueError, match="eject_after"):
         make_fleet(eject_after=0)
     with pytest.raises(ValueError, match="scrape_interval"):
@@ -89,14 +89,14 @@ def test_fault_updates_are_validated_as_a_whole(changes, needle):
 
 
 def test_prompt_forms():
-    assert prompt_token_ids({"prompt": [5, 6]}, chat=False) == [5, 6]
-    assert prompt_token_ids({"prompt": [[5, 6]]}, chat=False) == [5, 6]
-    assert len(prompt_token_ids({"prompt": ["hello world"]}, chat=False)) >= 2
+    assert request_token_ids({"prompt": [5, 6]}, chat=False) == [5, 6]
+    assert request_token_ids({"prompt": [[5, 6]]}, chat=False) == [5, 6]
+    assert len(request_token_ids({"prompt": ["hello world"]}, chat=False)) >= 2
     for doc, needle in (({}, "missing"), ({"prompt": []}, "empty"), ({"prompt": ""}, "empty"),
                         ({"prompt": [1, -2]}, "token ids"), ({"prompt": [True]}, "token ids"),
                         ({"prompt": 3}, "string or a list"), ({"prompt": ["a", "b"]}, "token ids")):
         with pytest.raises(HttpError) as exc:
-            prompt_token_ids(doc, chat=False)
+            request_token_ids(doc, chat=False)
         assert exc.value.status == 400 and needle in exc.value.message
 
 
@@ -135,5 +135,5 @@ def test_block_hashes_of_token_prompts_match_the_trace_builder():
     from workload.hashing import block_hash_chain
 
     ids = list(range(100, 150))
-    assert np.array_equal(block_hash_chain(prompt_token_ids({"prompt": ids}, chat=False), 16),
+    assert np.array_equal(block_hash_chain(request_token_ids({"prompt": ids}, chat=False), 16),
                           block_hash_chain(ids, 16))

@@ -85,7 +85,7 @@ def _content_text(content: Any, i: int) -> str:
                     "messages")
 
 
-def prompt_token_ids(doc: dict[str, Any], chat: bool, tokenizer: str = OFFLINE_DEFAULT) -> list[int]:
+def request_token_ids(doc: dict[str, Any], chat: bool, tokenizer: str = OFFLINE_DEFAULT) -> list[int]:
     """The prompt of a completions (``prompt``) or chat (``messages``) request as ids.
 
     ``prompt`` may be a string, a list of token ids, or a one-element list of

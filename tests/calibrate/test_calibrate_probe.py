@@ -103,7 +103,7 @@ def test_fit_then_check_against_the_emulator(profiled, emulator, tmp_path):
 # --- the rows are the router's decisions -------------------------------------------------
 
 def _run_units(url, units, **runner_kw):
-    from calibrate.loadgen import Runner
+    from calibrate.probe import Runner
     from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
     from live.transport.client import make_session
 
@@ -119,7 +119,7 @@ def _run_units(url, units, **runner_kw):
 
 
 def test_each_row_holds_the_routers_decision_for_its_request(emulator):
-    from calibrate.loadgen import PlannedRequest, Unit, decision_features
+    from calibrate.probe import PlannedRequest, Unit, decision_features
 
     reqs = [PlannedRequest(i, 100 + 37 * i, 6, prefix_id=i % 2, shared_len=96) for i in range(6)]
     rows, decisions = _run_units(emulator, [Unit("t", "seq", "sequential", reqs[:3]),
@@ -135,7 +135,7 @@ def test_each_row_holds_the_routers_decision_for_its_request(emulator):
 
 def test_prefix_estimate_is_the_routers_bounded_lru_not_an_unbounded_set(emulator):
     """A prompt pushed out of the router's index by newer ones no longer counts as a hit."""
-    from calibrate.loadgen import PlannedRequest, Unit
+    from calibrate.probe import PlannedRequest, Unit
 
     a = PlannedRequest(0, 256, 4, prefix_id=0, shared_len=256)       # 8 blocks of prefix 0
     other = PlannedRequest(1, 256, 4, prefix_id=1, shared_len=256)   # 8 blocks of prefix 1

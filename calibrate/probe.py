@@ -28,7 +28,7 @@ import aiohttp
 import routing
 from calibrate.prompts import prompt_tokens
 from live.transport.client import stream_completion
-from live.fleet import LiveFleet
+from live.router import LiveRouter
 from routing import Decision, Outcome, RequestInfo
 from workload.hashing import block_hash_chain
 
@@ -92,7 +92,7 @@ def decision_features(decision: Decision, input_len: int, group: str) -> dict:
 class Runner:
     """Sends units to one backend through ``routing.Router``; returns one row per request.
 
-    The router is the one every mode uses (``live.fleet.LiveFleet`` around
+    The router is the one every mode uses (``live.router.LiveRouter`` around
     ``routing.Router``, here with one backend and ``round_robin``): it keeps the
     in-flight counts, receives the ``/metrics`` scrapes every
     ``scrape_interval_s`` and estimates the prefix-cache hit with its bounded
@@ -108,7 +108,7 @@ class Runner:
         self.session, self.url, self.group = session, url, group
         self.vocab_size, self.block_size = vocab_size, block_size
         self.salt, self.model, self.timeout_s, self.on_done = salt, model, timeout_s, on_done
-        self.fleet = LiveFleet([url], routing.build("round_robin"), names=[group], groups=[group],
+        self.fleet = LiveRouter([url], routing.build("round_robin"), names=[group], groups=[group],
                                block_size=block_size, scrape_interval_s=scrape_interval_s, scrape=True,
                                track_prefix=True,
                                prefix_index_blocks=num_kv_blocks if num_kv_blocks and num_kv_blocks > 0 else None)

@@ -3,8 +3,8 @@
 The gateway and the load generator's client-side routing both route through
 this one object, around the very ``routing.Router`` and strategy the simulator
 uses (rule "pure decision" in docs/architecture.md): it feeds the router the
-backends' ``/metrics`` scraped every ``scrape_interval_s`` (with the time each scrape arrived, so strategies see its
-age), takes a backend out after ``eject_after`` consecutive failures
+backends' ``/metrics`` scraped every ``scrape_interval_s`` (with the time each
+scrape arrived, so strategies see its age), takes a backend out after ``eject_after`` consecutive failures
 (``Router.set_healthy(False)``) and probes it back in through ``/health``.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from live.transport.client import check_health, scrape_metrics
 from routing import BackendSpec, Decision, Outcome, RequestInfo, Router, Strategy
 
 
-class LiveFleet:
+class LiveRouter:
     """Backends by URL, one ``Router``, and the background scrape and probe loops."""
 
     def __init__(
