@@ -18,6 +18,7 @@ examples:
   python -m calibrate profile --backend http://127.0.0.1:8000 --out profiling_data.csv
   python -m calibrate fit --data profiling_data.csv --name cpu-tiny --out sim/profiles/cpu-tiny.json
   python -m calibrate check --profile sim/profiles/cpu-tiny.json --backend http://127.0.0.1:8000
+  python -m calibrate campaign --shapes tiny,small,mid --out runs/calibration --resume   # all of it
 """
 
 
@@ -110,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="time budget in seconds; phases are capped at shares of it (default: 900)")
     pr.add_argument("--resume", action="store_true", help="continue an interrupted run: skip finished units")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    pr.add_argument("--phases", default="idle,prefix,concurrency,poisson",
-                    help="comma-separated phases to run (default: all: idle,prefix,concurrency,poisson)")
+    pr.add_argument("--phases", default="idle,prefix,concurrency,poisson,frontend",
+                    help="comma-separated phases to run (default: all: idle,prefix,concurrency,poisson,frontend)")
     pr.add_argument("--buckets", type=_csv_ints, default=None,
                     help="prompt-length buckets in tokens (default: 32,128,512,1024,2048)")
     pr.add_argument("--concurrency", type=_csv_ints, default=None,
@@ -178,6 +179,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send nothing: re-evaluate the profile on the requests an earlier check measured "
                         "(its check_requests.csv); --backend is then only recorded")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    a = sub.add_parser("campaign", help="serve, profile, fit and check (twice) several shapes, resumably",
+                       description="The whole loop per shape, one shape at a time: start a real vLLM-CPU "
+                       "(calibrate serve), profile it, fit a profile, run the same check twice (their spread is "
+                       "the measurement's own noise), stop it. Writes OUT/<shape>/ (profiling.csv, "
+                       "cpu-<shape>.json, check-1/, check-2/), OUT/log.jsonl (every step with the load average) "
+                       "and OUT/summary.md (the docs' tables). Run it on a quiet machine; --resume continues.")
+    a.add_argument("--shapes", default="tiny,small,mid",
+                   help=f"comma-separated shapes, one at a time ({', '.join(sorted(SHAPES))}; default: "
+                        "tiny,small,mid)")
+    a.add_argument("--out", required=True, help="campaign folder, e.g. runs/calibration-quiet")
+    a.add_argument("--resume", action="store_true",
+                   help="continue a campaign in OUT: skip finished steps, resume an unfinished profile")
+    a.add_argument("--checks", type=int, default=2, help="identical checks per shape (default: 2)")
+    a.add_argument("--cores", default="0", help="cores for the model's threads (default: 0)")
+    a.add_argument("--nice", type=int, default=0,
+                   help="priority of vLLM and of this client, -20..19 (e.g. -10; needs root; default: 0)")
+    a.add_argument("--budget-s", type=float, default=900.0, help="profiling time budget per shape (default: 900)")
+    a.add_argument("--hardware", default="", help="hardware the profiles describe (default: the profiled CPU)")
+    a.add_argument("--summary-only", action="store_true",
+                   help="run nothing: rebuild OUT/summary.md and summary.json from what exists")
+    a.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
@@ -341,9 +364,32 @@ def _check(args) -> int:
     return 0
 
 
+def _campaign(args) -> int:
+    from calibrate.campaign import Campaign, CampaignSettings, set_own_priority
+    from calibrate.profiling import ProfileSettings
+
+    shapes = tuple(x.strip() for x in args.shapes.split(",") if x.strip())
+    settings = CampaignSettings(shapes=shapes, checks=args.checks, cores=args.cores, nice=args.nice,
+                                profile=ProfileSettings(budget_s=args.budget_s), hardware=args.hardware,
+                                progress=not args.quiet)
+    campaign = Campaign(args.out, settings)
+    out = Path(args.out)
+    if args.summary_only:
+        campaign.summarize()
+    else:
+        if out.exists() and any(out.iterdir()) and not args.resume:
+            raise ValueError(f"{out} is not empty; pass --resume to continue that campaign, or choose another --out")
+        set_own_priority(args.nice)
+        campaign.run()
+    print((out / "summary.md").read_text())
+    print(f"wrote {out / 'summary.md'} and {out / 'summary.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"serve": _serve, "profile": _profile, "fit": _fit, "check": _check}[args.command]
+    handler = {"serve": _serve, "profile": _profile, "fit": _fit, "check": _check,
+               "campaign": _campaign}[args.command]
     try:
         return handler(args)
     except KeyboardInterrupt:

@@ -55,6 +55,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares, lsq_linear
 
+from calibrate.frontend_cpu import WALL_FACTOR
 from results.jsonsafe import json_safe
 from calibrate.modeldir import shape_for_served
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
@@ -327,8 +328,15 @@ def _huber(r: np.ndarray, w: np.ndarray, delta: float) -> float:
 def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30,
                polish_nfev: int = POLISH_REPLAYS,
                init: tuple[LatencyModel, float] | None = None, huber_delta: float = 0.1,
-               pin_weight: float = PIN_WEIGHT, front_end: bool = True, tol: float = TOL) -> FitResult:
-    """The three stages of the module docstring; ``front_end=False`` keeps the front end at 0."""
+               pin_weight: float = PIN_WEIGHT, front_end: bool = True, tol: float = TOL,
+               front_end_bounds: tuple[FrontEndModel, FrontEndModel] | None = None) -> FitResult:
+    """The three stages of the module docstring; ``front_end=False`` keeps the front end at 0.
+
+    ``front_end_bounds`` (lower, upper) keeps each front-end cost in a measured
+    range (``calibrate.frontend_cpu``: at least the API server's CPU time per
+    job); a cost whose range is a point is held there. The faint pull of the
+    front-end costs goes toward the lower bound.
+    """
     anchor = anchor_mask(data)
     if anchor.sum() < 4:
         raise FitError(f"need at least 4 requests sent to an idle engine (idle and prefix-probe units) to "
@@ -342,14 +350,24 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
     scale = effect_scales(data, engine)
     groups = loaded_groups(data, anchor)
     fe_cols = np.array([p in FRONT_END_COEFFICIENTS for p in PARAMS])
-    free = np.ones(NPARAM, bool) if front_end else ~fe_cols
+    lb, ub = np.zeros(NPARAM), np.full(NPARAM, np.inf)
+    if not front_end:
+        ub[fe_cols] = 0.0
+    elif front_end_bounds is not None:
+        lb[fe_cols] = pack(LatencyModel(1.0, 0.0), 0.0, front_end_bounds[0])[fe_cols] / scale[fe_cols]
+        ub[fe_cols] = np.maximum(pack(LatencyModel(1.0, 0.0), 0.0, front_end_bounds[1])[fe_cols] / scale[fe_cols],
+                                 lb[fe_cols])
+    free = ub > lb
+    held = np.where(free, 0.0, lb)  # the values of the parameters that are not free
     replays = 0
 
     def solve(M, v, w, fixed=None) -> np.ndarray:
-        """``_robust_solve`` over the free parameters; the others stay 0."""
-        out = np.zeros(NPARAM)
-        out[free] = _robust_solve(M[:, free], v, w, huber_delta,
-                                  fixed=None if fixed is None else (fixed[0][:, free], fixed[1]))
+        """``_robust_solve`` over the free parameters, within their bounds; the others stay held."""
+        out = held.copy()
+        out[free] = _robust_solve(M[:, free], v - M[:, ~free] @ held[~free], w, huber_delta,
+                                  fixed=None if fixed is None else
+                                  (fixed[0][:, free], fixed[1] - fixed[0][:, ~free] @ held[~free]),
+                                  lower=lb[free], upper=ub[free])
         return out
 
     def linearize(x: np.ndarray, which=units) -> Linearized:
@@ -362,7 +380,7 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
         return linearize_units(which, len(data), model, engine, overhead, fe)
 
     # Stage 1: the idle requests alone (their schedule does not depend on the parameters).
-    x0 = pack(model0, overhead0) / scale
+    x0 = np.where(fe_cols, lb, pack(model0, overhead0) / scale)
     lin0 = linearize(x0, idle_units)
     M_i, v_i, use_t, use_p = _rows(data, lin0, scale, anchor)
     uw = _unit_weights(data)
@@ -372,6 +390,7 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
     idle_fit_err = np.abs(idle_pred - v_i)
     pin_scale = pin_weight * w_i
     ridge_rows = np.diag(np.where(fe_cols, FRONT_END_RIDGE, 0.0))[fe_cols]
+    ridge_target = FRONT_END_RIDGE * lb[fe_cols]
 
     def evaluate(x: np.ndarray):
         """Replay at ``x``: (cost, loaded system M, v, w, fixed rows A, b) with ``A @ x ~ b`` the pins and ridge."""
@@ -381,7 +400,7 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
         if not (np.array_equal(ut, use_t) and np.array_equal(up, use_p)):  # pragma: no cover - defensive
             raise FitError("an idle request stopped being replayed")
         A = np.vstack([Mi * pin_scale[:, None], ridge_rows])
-        b = np.concatenate([idle_pred * pin_scale, np.zeros(len(ridge_rows))])
+        b = np.concatenate([idle_pred * pin_scale, ridge_target])
         cost = _huber(M @ x - v, w, huber_delta) + float(np.sum((A @ x - b) ** 2))
         return cost, M, v, w, A, b
 
@@ -424,7 +443,7 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
     # Stage 3: Gauss-Newton on the replayed residuals with a secant Jacobian (differences over
     # POLISH_STEP of each parameter's effect: wide enough to average over schedule flips).
     if polish_nfev > 0:
-        x, cost, polish = _secant_polish(evaluate, solve, x, cost, free, huber_delta, polish_nfev, tol)
+        x, cost, polish = _secant_polish(evaluate, solve, x, cost, free, huber_delta, polish_nfev, tol, lb, ub)
         stages["polish"] = polish
         history += polish["costs"][1:]
         final_converged, final_status = polish["converged"], polish["status"]
@@ -451,10 +470,14 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
 #: ``POLISH_FLOOR`` of its effect on a step (for parameters at or near 0).
 POLISH_STEP = 0.1
 POLISH_FLOOR = 0.01
+#: The polish has converged when its averaged cost gained less than this fraction ...
+POLISH_GAIN = 0.01
+#: ... this many iterations in a row.
+POLISH_PATIENCE = 2
 
 
 def _secant_polish(evaluate, solve, x: np.ndarray, cost: float, free: np.ndarray, delta: float,
-                   max_replays: int, tol: float):
+                   max_replays: int, tol: float, lb: np.ndarray, ub: np.ndarray):
     """Gauss-Newton where the Jacobian is a central difference over ``POLISH_STEP``.
 
     The replayed cost is rugged at small scales: moving a parameter a little
@@ -463,41 +486,64 @@ def _secant_polish(evaluate, solve, x: np.ndarray, cost: float, free: np.ndarray
     here takes a difference per free parameter (two replays each), solves a
     bounded robust least-squares step on that secant model (pins included), and
     accepts a step along it whose replayed cost is below the cost averaged over
-    the difference points (the cost at the scale of the differences, where the
-    pits average out). Converged when the step is below ``tol`` or the secant
-    model expects less than 1e-4 of the cost to be gained.
+    the difference points: the cost at the scale of the differences, where the
+    pits average out. That averaged cost is what must stop falling: converged
+    when it has improved by less than ``POLISH_GAIN`` for ``POLISH_PATIENCE``
+    iterations, or the secant model expects no gain, or the step is below
+    ``tol``, or no step lowers the cost while the gain the model expects is
+    within the cost's ruggedness (the spread of the costs at the difference
+    points); the point with the lowest averaged cost is returned.
     """
     def residual(z):
         c, M, v, w, A, b = evaluate(z)
-        return c, M @ z - v, w, A @ z - b
+        r, f = M @ z - v, A @ z - b
+        return c, r, w, f, c - float(np.sum(f ** 2))  # ..., the data's share of the cost
 
-    used, iterations = 0, 0
+    used, iterations, stalls = 0, 0, 0
     costs = [cost]
+    smoothed: list[float] = []
+    best = (math.inf, x, cost)
     converged, status = False, ""
     idx = np.flatnonzero(free)
     while True:
         if used + 2 * len(idx) + 1 > max_replays:
             status = (f"did not converge: the polish used its {max_replays} replays after {iterations} "
-                      f"iteration(s) (raise --polish-nfev)")
+                      f"iteration(s) with the averaged cost still falling (raise --polish-nfev)")
             break
         iterations += 1
-        c0, r0, w0, f0 = residual(x)
+        c0, r0, w0, f0, d0 = residual(x)
         used += 1
-        around = [c0]
+        # The data's cost averaged over the difference points, plus the pins' cost here: the
+        # pins are smooth, and a difference step away from them would swamp the average.
+        around = [d0]
         J = np.zeros((len(r0), len(x)))
         Jf = np.zeros((len(f0), len(x)))
         for j in idx:
             h = max(POLISH_STEP * abs(x[j]), POLISH_FLOOR)
             up, dn = x.copy(), x.copy()
-            up[j] += h
-            dn[j] = max(x[j] - h, 0.0)
-            c_up, r_up, _, f_up = residual(up)
-            c_dn, r_dn, _, f_dn = residual(dn)
-            around += [c_up, c_dn]
+            up[j] = min(x[j] + h, ub[j])
+            dn[j] = max(x[j] - h, lb[j])
+            _, r_up, _, f_up, d_up = residual(up)
+            _, r_dn, _, f_dn, d_dn = residual(dn)
+            around += [d_up, d_dn]
             used += 2
-            J[:, j] = (r_up - r_dn) / (up[j] - dn[j])
-            Jf[:, j] = (f_up - f_dn) / (up[j] - dn[j])
-        local = float(np.mean(around))
+            if up[j] > dn[j]:
+                J[:, j] = (r_up - r_dn) / (up[j] - dn[j])
+                Jf[:, j] = (f_up - f_dn) / (up[j] - dn[j])
+        local = float(np.mean(around)) + (c0 - d0)
+        smoothed.append(local)
+        if local < best[0] * (1 - POLISH_GAIN):
+            best, stalls = (local, x, c0), 0
+        else:
+            stalls += 1
+            if local < best[0]:
+                best = (local, x, c0)
+        if stalls >= POLISH_PATIENCE:
+            converged = True
+            status = (f"converged after {iterations} polish iteration(s): the cost averaged over the secant "
+                      f"differences stopped falling (best {best[0]:.4g}; {POLISH_PATIENCE} iterations without a "
+                      f"{POLISH_GAIN:.0%} gain)")
+            break
         # The secant model r(y) ~ r0 + J (y - x): solve for y >= 0 with Huber weights from r0.
         new = solve(J, J @ x - r0, w0, (Jf, Jf @ x - f0))
         step = new - x
@@ -517,11 +563,22 @@ def _secant_polish(evaluate, solve, x: np.ndarray, cost: float, free: np.ndarray
                 break
         costs.append(cost)
         if not moved:
-            status = (f"did not converge: the secant model expected the cost to fall from {c0:.4g} to "
-                      f"{predicted:.4g}, but no step along it came below the local average {local:.4g}")
+            rugged = float(np.std(around))
+            if c0 - predicted <= rugged:
+                converged = True
+                status = (f"converged after {iterations} polish iteration(s): the gain the secant model still "
+                          f"expects ({c0 - predicted:.3g}) is within the cost's ruggedness at the difference "
+                          f"scale ({rugged:.3g}), and no step along it lowered the cost")
+            else:
+                status = (f"did not converge: the secant model expected the cost to fall from {c0:.4g} to "
+                          f"{predicted:.4g}, more than its ruggedness ({rugged:.3g}), but no step along it came "
+                          f"below the local average {local:.4g}")
             break
+    if best[0] < math.inf:
+        _, x, cost = best
     return x, cost, {"ran": True, "converged": converged, "status": status, "iterations": iterations,
-                     "replays": used, "costs": [float(c) for c in costs]}
+                     "replays": used, "costs": [float(c) for c in costs],
+                     "averaged_costs": [float(c) for c in smoothed]}
 
 
 def _named(theta: np.ndarray) -> dict[str, float]:
@@ -591,6 +648,14 @@ def jitter_from_idle(frame: pd.DataFrame) -> float:
     return float(min(0.5, 1.4826 * np.median(np.abs(r - np.median(r)))))
 
 
+def measured_front_end(meta: dict) -> FrontEndModel | None:
+    """The API server's CPU seconds per job that profiling measured (its ``frontend`` phase), if any."""
+    est = meta.get("frontend_cpu", {}).get("estimate", {})
+    if not est.get("ok"):
+        return None
+    return FrontEndModel(**{k: float(est[k]) for k in FRONT_END_COEFFICIENTS})
+
+
 def engine_defaults(meta: dict, *, num_kv_blocks: int | None = None, block_size: int | None = None,
                     max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None) -> EngineDefaults:
     """Engine limits: explicit values, else what profiling recorded from the server."""
@@ -614,8 +679,11 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
     """Fit ``data_path`` into a named profile; also return the rows with simulated values."""
     data, meta = load_data(data_path)
     engine = engine_defaults(meta, **(engine_overrides or {}))
+    measured = measured_front_end(meta)
+    bounds = (measured, FrontEndModel(**{k: WALL_FACTOR * v for k, v in measured.to_dict().items()})) \
+        if measured is not None else None
     result = fit_replay(data, engine, max_iter=max_iter, polish_nfev=polish_nfev, pin_weight=pin_weight,
-                        front_end=front_end)
+                        front_end=front_end, front_end_bounds=bounds)
     units = prepare_units(data, engine.block_size)
     diag = diagnostics(data, units, engine, result.model, result.overhead_s, result.front_end)
     frame = diag.pop("_frame")
@@ -661,6 +729,10 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
             "idle_drift": result.idle_drift,
             "request_overhead_s": result.overhead_s,
             "front_end": result.front_end.to_dict(),
+            "front_end_cpu": measured.to_dict() if measured is not None else None,
+            "front_end_bounds": "between the API server's measured CPU time per job and "
+                                f"{WALL_FACTOR:g} times it" if measured is not None else
+                                "unbounded (no CPU measurement of the API server in the profiling data)",
             "pin_weight": pin_weight,
             "init": result.init,
             "stages": result.stages,

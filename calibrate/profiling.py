@@ -11,6 +11,9 @@ Four phases, from idle to overload, each a list of units (see ``calibrate.probe`
    the best throughput seen is the backend's capacity.
 4. ``poisson``: open-loop Poisson arrivals at fractions of that capacity, past 1
    (overload).
+5. ``frontend``: four small units that measure the API server's CPU seconds per
+   request, prompt token, engine step and streamed token
+   (``calibrate.frontend_cpu``), when the server is a local process.
 
 Output lengths are controlled (``ignore_eos`` with ``max_tokens``). Prompts are
 token ids built so that prefix sharing is exact (``calibrate.prompts``).
@@ -30,14 +33,16 @@ import pandas as pd
 from tqdm import tqdm
 
 from calibrate.backend import BackendInfo, probe_backend
+from calibrate import frontend_cpu
 from calibrate.probe import PlannedRequest, Runner, Unit
+from calibrate.procstat import listening_pid
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
 from live.transport.client import make_session
 
-PHASES = ("idle", "prefix", "concurrency", "poisson")
+PHASES = ("idle", "prefix", "concurrency", "poisson", "frontend")
 #: Share of the time budget each phase may use (caps; a fast backend finishes early).
-PHASE_SHARE = {"idle": 0.2, "prefix": 0.1, "concurrency": 0.35, "poisson": 0.35}
+PHASE_SHARE = {"idle": 0.2, "prefix": 0.1, "concurrency": 0.35, "poisson": 0.35, "frontend": 0.1}
 META_VERSION = 1
 
 
@@ -60,6 +65,8 @@ class ProfileSettings:
     per_level_min: int = 24  # requests per concurrency level: max(this, 2 * level)
     poisson_fractions: tuple[float, ...] = (0.3, 0.6, 0.9, 1.2)
     poisson_requests: int = 60
+    #: Size of the front-end measurement units (1: the full plan of ``calibrate.frontend_cpu``).
+    frontend_scale: float = 1.0
     budget_s: float = 900.0
     seed: int = 0
     scrape_interval_s: float = 0.25
@@ -174,6 +181,22 @@ def capacity_from_rows(rows: pd.DataFrame) -> float:
     return best
 
 
+async def _frontend_setup(meta: dict, url: str) -> bool:
+    """Find the API server's process and measure its idle CPU rate (once); False if it is not local."""
+    fe = meta.get("frontend_cpu")
+    pid = listening_pid(url)
+    if fe and fe.get("pid") == pid and pid is not None:
+        return True
+    if pid is None:
+        meta["frontend_cpu"] = {"ok": False, "reason": f"no local process listens on {url}: the API server's "
+                                                       "CPU cannot be measured from here"}
+        return False
+    # A new server (a resumed run): measure its baseline; units measured before keep their records.
+    meta["frontend_cpu"] = {"pid": pid, "baseline_cpu_per_s": await frontend_cpu.baseline_rate(pid),
+                            "units": (fe or {}).get("units", {})}
+    return True
+
+
 def meta_path(out: Path) -> Path:
     return out.with_name(out.name + ".meta.json")
 
@@ -264,6 +287,9 @@ async def profile_backend(url: str, out: str | Path, settings: ProfileSettings |
                     units = plan_prefix(ids, s, rng)
                 elif phase == "concurrency":
                     units = plan_concurrency(ids, s, rng)
+                elif phase == "frontend":
+                    units = await _frontend_setup(meta, info.url)
+                    units = frontend_cpu.plan_frontend(ids.request, s.frontend_scale) if units else []
                 else:
                     cap = meta.get("capacity_rps")
                     if not cap:
@@ -279,7 +305,12 @@ async def profile_backend(url: str, out: str | Path, settings: ProfileSettings |
                     bar.set_description(f"profiling {unit.key}")
                     bar.refresh()
                     load_before = loadavg()
-                    rows = await runner.run_unit(unit)
+                    if phase == "frontend":
+                        fe = meta["frontend_cpu"]
+                        rows, record = await frontend_cpu.measure_unit(runner, unit, fe["pid"], session, info.url)
+                        fe["units"][unit.key] = record
+                    else:
+                        rows = await runner.run_unit(unit)
                     _append(out, rows)
                     meta["units_done"].append(unit.key)
                     meta["unit_log"].append({"unit": unit.key, "requests": len(rows),
@@ -291,6 +322,10 @@ async def profile_backend(url: str, out: str | Path, settings: ProfileSettings |
                     _save_meta(out, meta)
                 if phase == "concurrency" and out.exists():
                     meta["capacity_rps"] = capacity_from_rows(pd.read_csv(out))
+                    _save_meta(out, meta)
+                if phase == "frontend" and meta.get("frontend_cpu", {}).get("units"):
+                    fe = meta["frontend_cpu"]
+                    fe["estimate"] = frontend_cpu.estimate(fe["units"], fe["baseline_cpu_per_s"])
                     _save_meta(out, meta)
         finally:
             await runner.__aexit__(None, None, None)

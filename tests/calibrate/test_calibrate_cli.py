@@ -21,7 +21,7 @@ def _subparsers(parser):
 
 def test_every_option_of_every_command_is_explained():
     subs = _subparsers(build_parser())
-    assert set(subs) == {"serve", "profile", "fit", "check"}
+    assert set(subs) == {"serve", "profile", "fit", "check", "campaign"}
     for name, sub in subs.items():
         for action in sub._actions:
             if action.dest != "help":
@@ -129,3 +129,14 @@ def test_check_replay_of_a_missing_file_is_a_clear_error(tmp_path, capsys):
                  str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")]) == 2
     assert "nope.csv does not exist" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_campaign_refuses_a_used_folder_without_resume_and_summarizes_one(tmp_path, capsys):
+    (tmp_path / "camp").mkdir()
+    (tmp_path / "camp" / "log.jsonl").write_text("")
+    assert main(["campaign", "--out", str(tmp_path / "camp"), "--shapes", "tiny"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["campaign", "--out", str(tmp_path / "camp"), "--shapes", "tiny", "--summary-only"]) == 0
+    assert "(no check yet)" in capsys.readouterr().out
+    assert main(["campaign", "--out", str(tmp_path / "x"), "--shapes", "tiny,huge"]) == 2
+    assert "unknown model shape 'huge'" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from sim.latency import load_profile
 SMALL = ProfileSettings(buckets=(32, 256), bucket_weights=(0.5, 0.5), idle_outputs=(4, 24), idle_reps=1,
                         prefix_lens=(128,), prefix_reps=1, prefix_group_size=3, mix_outputs=(8, 24),
                         concurrency=(2, 6), per_level_min=8, poisson_fractions=(0.5, 1.0), poisson_requests=10,
-                        budget_s=60, scrape_interval_s=0.1)
+                        budget_s=60, scrape_interval_s=0.1, frontend_scale=0.25)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_rows_have_the_feature_schema_and_labels(profiled):
     for col in (*FEATURES, *TARGETS.values(), "output_len", "cached_tokens", "phase", "unit", "send_s"):
         assert col in data.columns, col
     assert data["ok"].all()
-    assert set(data["phase"]) == {"idle", "prefix", "concurrency", "poisson"}
+    assert set(data["phase"]) == {"idle", "prefix", "concurrency", "poisson", "frontend"}
     # Output lengths are controlled exactly (ignore_eos + max_tokens).
     assert (data["output_len"] == data["max_tokens"]).all()
     # The prefix hit known by construction is what the server reports.
@@ -58,6 +58,13 @@ def test_rows_have_the_feature_schema_and_labels(profiled):
 
 def test_metadata_records_provenance_and_capacity(profiled):
     meta = json.loads(meta_path(profiled).read_text())
+    # The emulator is a local process: its CPU per job was measured (steps from its /metrics).
+    fe = meta["frontend_cpu"]
+    assert fe["pid"] > 0 and set(fe["units"]) == {f"frontend/{k}" for k in
+                                                  ("short", "long", "stream1", "stream8", "stream32")}
+    assert fe["units"]["frontend/stream1"]["steps"] >= 128 and fe["units"]["frontend/stream32"]["cpu_s"] > 0
+    # (At this small scale a unit may fall below the 10 ms CPU clock tick: then it says so.)
+    assert fe["estimate"]["ok"] or fe["estimate"]["reason"]
     assert meta["backend"]["block_size"] == 32 and meta["backend"]["num_kv_blocks"] > 0
     assert meta["capacity_rps"] > 0
     assert len(meta["units_done"]) == len(meta["unit_log"]) and meta["unit_log"][0]["loadavg_before"]

@@ -1,0 +1,277 @@
+"""The whole calibration loop for several shapes, in one resumable run: serve, profile, fit, check twice.
+
+For each shape, one after the other (so the shapes never share the machine):
+start a real vLLM-CPU for it (``calibrate.serve``), profile it
+(``calibrate.profiling``), fit a profile (``calibrate.fit``), and run the same
+fidelity check twice (``calibrate.check``, same seed: the spread between the two
+is the run-to-run noise of the measurement itself). Then the server is stopped
+and the next shape starts. Everything goes under ``OUT/<shape>/``:
+
+    OUT/<shape>/profiling.csv (+ .meta.json)     the profiling rows
+    OUT/<shape>/cpu-<shape>.json                  the fitted profile
+    OUT/<shape>/check-1/, check-2/                check.json and check_requests.csv of each run
+    OUT/log.jsonl                                 every step: start, end, load average before and after
+    OUT/summary.json, OUT/summary.md              the table docs/calibration.md shows
+
+A step whose output exists is skipped (the profile is resumed unit by unit), so
+an interrupted campaign continues with ``--resume``; the summary is rebuilt from
+whatever exists. The figures are evidence only on a quiet machine: each step
+records the load average, and the summary flags steps that ran while the
+one-minute load average exceeded ``BUSY_LOAD``.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from calibrate.check import STATS, CheckSettings, run_check
+from calibrate.fit import fit_profile
+from results.jsonsafe import json_safe
+from calibrate.machine import loadavg, utc_now
+from calibrate.modeldir import get_shape
+from calibrate.profiling import ProfileSettings, meta_path, profile_backend
+
+#: A step that started with a one-minute load average above this ran on a busy machine.
+BUSY_LOAD = 1.0
+#: Rough minutes per shape on one core of the development VM (startup, profile, fit, two checks).
+EXPECTED_MINUTES = {"tiny": 20, "small": 40, "mid": 30}
+#: The most a shape can take: startup 5 min, profiling's budget, the fit, two checks of three 5-min units.
+WORST_MINUTES_PER_SHAPE = 5 + 15 + 5 + 2 * 3 * 6
+
+
+@dataclass
+class CampaignSettings:
+    shapes: tuple[str, ...] = ("tiny", "small", "mid")
+    checks: int = 2
+    cores: str = "0"
+    nice: int = 0
+    profile: ProfileSettings = field(default_factory=ProfileSettings)
+    check: CheckSettings = field(default_factory=CheckSettings)
+    hardware: str = ""
+    #: Most replays of the fit's final stage (``calibrate fit --polish-nfev``).
+    fit_replays: int = 400
+    startup_timeout_s: float = 300.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for s in self.shapes:
+            get_shape(s)  # fails naming the known shapes
+        if self.checks < 1:
+            raise ValueError(f"checks must be >= 1, got {self.checks}")
+
+
+#: ``server(shape, settings)`` -> a context manager yielding the backend's URL.
+ServerFactory = Callable[[str, CampaignSettings], "contextlib.AbstractContextManager[str]"]
+
+
+@contextlib.contextmanager
+def vllm_server(shape: str, settings: CampaignSettings) -> Iterator[str]:
+    """A real vLLM-CPU serving ``shape`` with random weights (``calibrate serve``)."""
+    from calibrate.serve import ServeSpec, VllmServer
+
+    spec = ServeSpec(shape=shape, cores=settings.cores, nice=settings.nice, port=0)
+    with VllmServer(spec).start(timeout_s=settings.startup_timeout_s) as server:
+        yield server.url
+
+
+def expected_duration(shapes: Sequence[str]) -> tuple[float, float]:
+    """(expected, worst case) minutes for a campaign over ``shapes``."""
+    expected = sum(EXPECTED_MINUTES.get(s, 30) for s in shapes)
+    return expected, WORST_MINUTES_PER_SHAPE * len(shapes)
+
+
+class Campaign:
+    """One campaign directory; ``run()`` does what is missing, ``summarize()`` what is there."""
+
+    def __init__(self, out: str | Path, settings: CampaignSettings, *,
+                 server: ServerFactory = vllm_server, log: Callable[[str], None] = print) -> None:
+        self.out = Path(out)
+        self.settings = settings
+        self.server = server
+        self.say = log
+
+    # --- paths --------------------------------------------------------------------------
+    def shape_dir(self, shape: str) -> Path:
+        return self.out / shape
+
+    def profiling_csv(self, shape: str) -> Path:
+        return self.shape_dir(shape) / "profiling.csv"
+
+    def profile_json(self, shape: str) -> Path:
+        return self.shape_dir(shape) / f"cpu-{shape}.json"
+
+    def check_dir(self, shape: str, run: int) -> Path:
+        return self.shape_dir(shape) / f"check-{run}"
+
+    def profiling_done(self, shape: str) -> bool:
+        meta = meta_path(self.profiling_csv(shape))
+        return meta.is_file() and "finished" in json.loads(meta.read_text())
+
+    def pending(self, shape: str) -> list[str]:
+        """The steps of ``shape`` still to do."""
+        steps = []
+        if not self.profiling_done(shape):
+            steps.append("profile")
+        if not self.profile_json(shape).is_file():
+            steps.append("fit")
+        steps += [f"check-{k}" for k in range(1, self.settings.checks + 1)
+                  if not (self.check_dir(shape, k) / "check.json").is_file()]
+        return steps
+
+    # --- running ------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps(json_safe(record)) + "\n")
+
+    @contextlib.contextmanager
+    def _step(self, shape: str, step: str) -> Iterator[None]:
+        before = loadavg()
+        busy = before and before[0] > BUSY_LOAD
+        self.say(f"[{time.strftime('%H:%M:%S')}] {shape}: {step} (load average {before[0]:.2f}"
+                 f"{', BUSY MACHINE: figures are not evidence' if busy else ''})")
+        t0 = time.monotonic()
+        yield
+        self._log({"shape": shape, "step": step, "started_loadavg": before, "loadavg_after": loadavg(),
+                   "seconds": time.monotonic() - t0, "finished": utc_now()})
+
+    def run(self) -> dict:
+        s = self.settings
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "settings.json").write_text(json.dumps(json_safe({
+            "shapes": s.shapes, "checks": s.checks, "cores": s.cores, "nice": s.nice,
+            "profile": vars(s.profile), "check": vars(s.check)}), indent=2) + "\n")
+        expected, worst = expected_duration([sh for sh in s.shapes if self.pending(sh)])
+        self.say(f"calibration campaign in {self.out}: shapes {', '.join(s.shapes)}; expected about "
+                 f"{expected:.0f} min for what is left (at most {worst:.0f} min)")
+        for shape in s.shapes:
+            todo = self.pending(shape)
+            if not todo:
+                self.say(f"{shape}: done already")
+                continue
+            self.shape_dir(shape).mkdir(parents=True, exist_ok=True)
+            self.say(f"[{time.strftime('%H:%M:%S')}] {shape}: starting vLLM ({', '.join(todo)} to do)")
+            with self.server(shape, s) as url:
+                self._run_shape(shape, url, todo)
+        return self.summarize()
+
+    def _run_shape(self, shape: str, url: str, todo: list[str]) -> None:
+        s = self.settings
+        csv = self.profiling_csv(shape)
+        if "profile" in todo:
+            with self._step(shape, "profile"):
+                asyncio.run(profile_backend(url, csv, s.profile, resume=csv.exists() or meta_path(csv).exists(),
+                                            progress=s.progress))
+        if "fit" in todo:
+            with self._step(shape, "fit"):
+                profile, _ = fit_profile(csv, f"cpu-{shape}", hardware=s.hardware, polish_nfev=s.fit_replays)
+                profile.save(self.profile_json(shape))
+                self.say(f"{shape}: {profile.fit['convergence']}")
+        from sim.latency import load_profile
+
+        profile = load_profile(self.profile_json(shape))
+        for k in range(1, s.checks + 1):
+            if f"check-{k}" in todo:
+                with self._step(shape, f"check-{k}"):
+                    report = asyncio.run(run_check(profile, url, self.check_dir(shape, k), s.check,
+                                                   progress=s.progress))
+                    self.say(f"{shape}: check {k}: largest error {report['max_abs_err'] * 100:.1f}%")
+
+    # --- the summary ---------------------------------------------------------------------
+    def summarize(self) -> dict:
+        """summary.json and summary.md from the checks that exist."""
+        shapes = {}
+        for shape in self.settings.shapes:
+            runs = []
+            for k in range(1, self.settings.checks + 1):
+                path = self.check_dir(shape, k) / "check.json"
+                if path.is_file():
+                    runs.append(json.loads(path.read_text()))
+            entry: dict = {"runs": runs}
+            if self.profile_json(shape).is_file():
+                doc = json.loads(self.profile_json(shape).read_text())
+                entry["profile"] = {"coefficients": doc.get("coefficients"), "front_end": doc.get("front_end"),
+                                    "request_overhead_s": doc.get("request_overhead_s"),
+                                    "converged": doc.get("fit", {}).get("converged"),
+                                    "convergence": doc.get("fit", {}).get("convergence")}
+            shapes[shape] = entry
+        summary = {"created": utc_now(), "target": 0.10, "shapes": {
+            shape: {"profile": e.get("profile"), "loads": _loads(e["runs"])} for shape, e in shapes.items()}}
+        (self.out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
+        (self.out / "summary.md").write_text(summary_markdown(summary))
+        return summary
+
+
+def _loads(runs: list[dict]) -> dict:
+    """Per load level: each run's errors, largest error, and the spread of the real values between runs."""
+    names = []
+    for r in runs:
+        names += [n for n in r.get("results", {}) if n != "all" and n not in names]
+    out = {}
+    for name in names:
+        per_run = []
+        for r in runs:
+            res = r.get("results", {}).get(name)
+            if res is None:
+                continue
+            per_run.append({"requests": res["requests"], "max_abs_err": res["max_abs_err"],
+                            "stats": {f"{m}_p{q}": res[f"{m}_p{q}"] for m, q in STATS},
+                            "loadavg": [r.get("loadavg_before"), r.get("loadavg_after")]})
+        spread = {}
+        if len(per_run) >= 2:
+            for m, q in STATS:
+                vals = [p["stats"][f"{m}_p{q}"]["real_s"] for p in per_run]
+                lo, hi = min(vals), max(vals)
+                spread[f"{m}_p{q}"] = (hi - lo) / lo if lo > 0 else math.nan
+        out[name] = {"runs": per_run, "real_spread": spread,
+                     "largest_error": max((p["max_abs_err"] for p in per_run), default=math.nan)}
+    return out
+
+
+def summary_markdown(summary: dict) -> str:
+    """The per-shape tables of docs/calibration.md: errors of each run, the real values' spread."""
+    lines = ["# Calibration campaign", "", f"Created {summary['created']}; target: largest error "
+             f"<= {summary['target'] * 100:.0f}% at every load.", ""]
+    for shape, e in summary["shapes"].items():
+        lines += [f"## {shape}", ""]
+        prof = e.get("profile") or {}
+        if prof:
+            lines += [f"Fit: {prof.get('convergence')}", ""]
+        if not e["loads"]:
+            lines += ["(no check yet)", ""]
+            continue
+        head = "| load | run | n | " + " | ".join(f"{m.upper()} p{q}" for m, q in STATS) + " | largest | load avg |"
+        lines += [head, "|" + "---|" * (len(STATS) + 5)]
+        for load, d in e["loads"].items():
+            for k, run in enumerate(d["runs"], 1):
+                cells = " | ".join(_cell(run["stats"][f"{m}_p{q}"]) for m, q in STATS)
+                la = run["loadavg"][0][0] if run["loadavg"] and run["loadavg"][0] else math.nan
+                lines.append(f"| {load} | {k} | {run['requests']} | {cells} | {run['max_abs_err'] * 100:.1f}% | "
+                             f"{la:.2f} |")
+            if d["real_spread"]:
+                cells = " | ".join(f"{d['real_spread'][f'{m}_p{q}'] * 100:.1f}%" for m, q in STATS)
+                lines.append(f"| {load} | spread of real | | {cells} | | |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(stat: dict) -> str:
+    real, sim, err = stat["real_s"], stat["sim_s"], stat["err"]
+    if not (math.isfinite(real) and math.isfinite(sim)):
+        return "n/a"
+    unit, k = ("s", 1.0) if real >= 1 else ("ms", 1e3)
+    return f"{real * k:.3g} / {sim * k:.3g} {unit} ({err * 100:+.1f}%)"
+
+
+def set_own_priority(nice: int) -> None:
+    """Give this process (the client) the servers' priority (``--nice``); keep it if not allowed."""
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice - os.nice(0))

@@ -1,0 +1,75 @@
+"""Measuring the API server's CPU per job: finding the process, the estimate, and bounds in the fit."""
+import json
+import os
+import socket
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from calibrate.fit import fit_replay, measured_front_end
+from calibrate.frontend_cpu import estimate
+from calibrate.procstat import cpu_seconds, listening_pid
+from sim.frontend import FrontEndModel
+
+from calibrate_synth import ENGINE, synthetic_rows
+
+
+def test_the_process_listening_on_a_loopback_port_is_found():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert listening_pid(f"http://127.0.0.1:{port}") == os.getpid()
+    assert listening_pid(f"http://127.0.0.1:{port}") is None  # closed: nobody listens
+    assert listening_pid("http://example.com:80") is None      # not this machine
+
+
+def test_cpu_seconds_count_this_process_work():
+    before = cpu_seconds(os.getpid())
+    t = time.process_time() + 0.15
+    while time.process_time() < t:
+        pass
+    assert cpu_seconds(os.getpid()) - before == pytest.approx(0.15, abs=0.05)
+
+
+def test_the_estimate_solves_the_units_exactly():
+    # Hand-made units from known costs: 2 ms per request, 1 us per prompt token, 0.5 ms per
+    # step, 40 us per token; the baseline (0.01 CPU-s per second) is subtracted.
+    cost = {"input_s": 2e-3, "input_token_s": 1e-6, "output_step_s": 5e-4, "output_token_s": 4e-5}
+    units = {}
+    for key, (req, prompt, steps, toks, secs) in {
+        "short": (48, 48 * 32, 48, 48, 2.0), "long": (16, 16 * 1024, 16, 16, 5.0),
+        "stream1": (1, 32, 512, 512, 8.0), "stream8": (8, 256, 260, 2048, 9.0),
+        "stream32": (32, 1024, 270, 8192, 12.0)}.items():
+        cpu = req * cost["input_s"] + prompt * cost["input_token_s"] + steps * cost["output_step_s"] \
+            + toks * cost["output_token_s"] + 0.01 * secs
+        units[key] = {"requests": req, "prompt_tokens": prompt, "steps": float(steps), "output_tokens": toks,
+                      "cpu_s": cpu, "seconds": secs}
+    got = estimate(units, 0.01)
+    assert got["ok"]
+    for k, v in cost.items():
+        assert got[k] == pytest.approx(v, rel=1e-6)
+    assert not estimate({"short": units["short"]}, 0.01)["ok"]
+
+
+def test_profiling_metadata_gives_the_fit_its_front_end():
+    meta = {"frontend_cpu": {"estimate": {"ok": True, "input_s": 0.002, "input_token_s": 1e-6,
+                                          "output_step_s": 5e-4, "output_token_s": 4e-5}}}
+    assert measured_front_end(meta) == FrontEndModel(0.002, 1e-6, 5e-4, 4e-5)
+    assert measured_front_end({"frontend_cpu": {"ok": False, "reason": "remote"}}) is None
+    assert measured_front_end({}) is None
+
+
+def test_a_measured_front_end_bounds_the_fit():
+    fe = FrontEndModel(input_s=0.004, output_step_s=0.002, output_token_s=0.0015)
+    data = synthetic_rows(front_end=fe, overhead=0.002, loaded_units=2)
+    low = FrontEndModel(input_s=0.003, output_step_s=0.0015, output_token_s=0.001)
+    high = FrontEndModel(input_s=0.006, output_step_s=0.0015, output_token_s=0.003)
+    res = fit_replay(data, ENGINE, front_end_bounds=(low, high), polish_nfev=150)
+    got = res.front_end
+    assert low.input_s <= got.input_s <= high.input_s
+    assert got.output_step_s == pytest.approx(0.0015)   # a point range holds the cost there
+    assert got.input_token_s == 0.0                     # measured as none: held at none
+    assert low.output_token_s <= got.output_token_s <= high.output_token_s
