@@ -33,8 +33,9 @@ from tqdm import tqdm
 from live.transport.client import CompletionResult, completion_body, make_session
 from live.router import LiveRouter
 from live.transport.streamclient import StreamClient
-from results.records import ItlEncoder, RequestRecord, RunLabels
+from results.records import RequestRecord, RunLabels
 from routing import Decision, NoHealthyBackend, Outcome, RequestInfo
+from sim.itl import ItlEncoder
 from workload.tokens import prompt_token_ids
 from workload.trace import Trace
 

@@ -12,7 +12,9 @@ gaps are recovered bit for bit up to float rounding) and compact for the
 simulator, whose decode steps lengthen by a constant amount while the batch does
 not change; live runs, whose gaps are noisy, degrade gracefully to runs of two.
 Storing every gap of a million-request run (~250M floats) would not fit the
-simulator's memory budget; the runs do.
+simulator's memory budget; the runs do. The runs are built as tokens come by
+``sim.itl.ItlEncoder`` (which the engine model owns, so that it does not import
+this module and pyarrow); ``expand_itl`` reads them back.
 """
 from __future__ import annotations
 
@@ -263,57 +265,7 @@ def read_records(paths: str | Path | Sequence[str | Path]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-class ItlEncoder:
-    """Builds a request's ITL arithmetic runs incrementally.
-
-    ``add(gap)`` appends one gap; ``add_run(start, step, count)`` appends a whole
-    progression. Either extends the last run when the new gaps continue its
-    progression (within a relative tolerance that absorbs float rounding), so a
-    steady decode stays one run. The encoding is exact but not unique: the same
-    gaps delivered in different pieces may be cut into runs differently, so
-    compare runs through ``gaps()``.
-    """
-
-    __slots__ = ("start", "step", "count")
-    RTOL = 1e-9
-
-    def __init__(self) -> None:
-        self.start: list[float] = []
-        self.step: list[float] = []
-        self.count: list[int] = []
-
-    def add(self, gap: float) -> None:
-        self.add_run(gap, 0.0, 1)
-
-    def add_run(self, start: float, step: float, count: int) -> None:
-        """Append ``start, start+step, ...`` (``count`` gaps)."""
-        if count <= 0:
-            return
-        counts = self.count
-        if counts:
-            c = counts[-1]
-            s0 = self.start[-1]
-            tol = self.RTOL * (abs(start) + abs(s0) + 1e-12)
-            if c == 1:
-                new_step = start - s0
-                if count == 1 or abs(step - new_step) <= tol:
-                    self.step[-1] = new_step
-                    counts[-1] = c + count
-                    return
-            else:
-                st = self.step[-1]
-                if abs(start - (s0 + c * st)) <= tol and (count == 1 or abs(step - st) <= tol):
-                    counts[-1] = c + count
-                    return
-        self.start.append(start)
-        self.step.append(step if count > 1 else 0.0)
-        counts.append(count)
-
-    def gaps(self) -> np.ndarray:
-        return expand_itl(self.start, self.step, self.count)
-
-
 def expand_itl(start: Sequence[float], step: Sequence[float], count: Sequence[int]) -> np.ndarray:
-    """Every gap of one request's runs, in order."""
+    """Every gap of one request's runs, in order (the runs are built by ``sim.itl.ItlEncoder``)."""
     parts = [s + st * np.arange(c, dtype=np.float64) for s, st, c in zip(start, step, count)]
     return np.concatenate(parts) if parts else np.zeros(0)

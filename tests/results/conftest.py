@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from results.records import ItlEncoder, RequestRecord
+from results.records import RequestRecord
+from sim.itl import ItlEncoder
 from results.rundir import RunDir, Unit
 
 BACKENDS = ["gpu-a", "gpu-b", "gpu-c"]

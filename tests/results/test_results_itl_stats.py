@@ -7,7 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from results.itl_stats import order_statistics, pooled_itl_stats
-from results.records import ItlEncoder, expand_itl
+from results.records import expand_itl
+from sim.itl import ItlEncoder
 
 finite = dict(allow_nan=False, allow_infinity=False)
 run = st.tuples(

@@ -19,7 +19,8 @@ import pytest
 
 from results.itl_stats import pooled_itl_stats
 from results.metrics import unit_metrics
-from results.records import ItlEncoder, RequestRecord
+from results.records import RequestRecord
+from sim.itl import ItlEncoder
 
 
 @dataclass

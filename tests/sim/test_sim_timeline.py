@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from results.records import ItlEncoder
+from sim.itl import ItlEncoder
 from sim.timeline import Timeline
 
 entry = st.tuples(st.floats(0.001, 1.0), st.sampled_from([0.0, 1e-3, 0.05]), st.integers(1, 7))
