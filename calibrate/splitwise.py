@@ -163,6 +163,7 @@ def build_profiles(csv_path: str | Path, model_name: str = "llama2-70b") -> list
                 block_size=16,
                 max_num_seqs=1024 if h100_class else 256,
                 max_num_batched_tokens=8192 if h100_class else 2048,
+                async_scheduling=True,  # vLLM's default on GPU
             ),
             description=f"{model_name} on {int(tp)}x {hw.upper()} (tensor parallel {int(tp)}), "
                         "fitted to Splitwise's measured prefill and decode times",

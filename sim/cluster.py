@@ -28,6 +28,7 @@ import simpy
 
 from results.records import RequestRecord, RunLabels
 from routing import BackendSpec, Decision, Outcome, RequestInfo, Router, ScrapedMetrics, Strategy
+from routing.kv_events import KVEvent
 from routing.router import NoHealthyBackend
 from sim.engine import Engine, EngineConfig, EngineMetrics, Plan, RequestTooLong, StepOutput
 from sim.frontend import FrontEnd
@@ -100,8 +101,13 @@ def to_scraped(m: EngineMetrics) -> ScrapedMetrics:
 class BackendDriver:
     """Steps one ``Engine`` on SimPy's clock."""
 
-    def __init__(self, cluster: ClusterSim, index: int, engine: Engine, phase: float) -> None:
+    def __init__(self, cluster: ClusterSim, index: int, engine: Engine, phase: float,
+                 kv_events: Callable[[int, KVEvent, float], None] | None = None) -> None:
         self.cluster = cluster
+        #: KV events the engine sent during the current call, with their ticks.
+        self._events: list[tuple[KVEvent, int]] = []
+        self._kv_events = kv_events
+        self._event_lag = 1 if engine.async_scheduling else 0
         self.env = cluster.env
         self.index = index
         self.engine = engine
@@ -124,6 +130,22 @@ class BackendDriver:
         self.frontend: FrontEnd | None = FrontEnd(fe) if fe.enabled else None
         self.proc = self.env.process(self._run())
 
+    # --- KV events -------------------------------------------------------------------------
+    def on_kv_event(self, event: KVEvent, tick: int) -> None:
+        self._events.append((event, tick))
+
+    def _publish_events(self, plan: Plan, start: float) -> None:
+        """Hand the buffered events on with the times vLLM publishes them.
+
+        An event of the step at tick ``t`` is published with that step's output:
+        at its end, or, with asynchronous scheduling, at its start (with the
+        previous step's output). ``plan`` started at ``start`` at tick ``plan.tick0``.
+        """
+        sink, lag, index = self._kv_events, self._event_lag, self.index
+        for event, tick in self._events:
+            sink(index, event, start + plan.time_of(max(0, tick - plan.tick0 - lag)))
+        self._events.clear()
+
     # --- arrivals and aborts ------------------------------------------------------------
     def submit(self, req: EngineRequest) -> None:
         eng = self.engine
@@ -131,7 +153,7 @@ class BackendDriver:
             self.cluster.timed_out(req)  # the client gave up while it was on the network
             return
         try:
-            eng.add_request(req)
+            eng.add_request(req, self.env.now)
         except RequestTooLong as exc:
             self.cluster.reject(req, str(exc))
             return
@@ -181,6 +203,8 @@ class BackendDriver:
             self.plan, self.plan_start = plan, start
             if self.frontend is not None:
                 self.frontend.track(start, plan)
+            if self._events:
+                self._publish_events(plan, start)
             self.submits_during_plan.clear()
             while True:
                 self.interruptible = plan.is_run and plan.steps > 1
@@ -197,11 +221,19 @@ class BackendDriver:
                         # waiting yet when their metrics were published.
                         late = sum(1 for t in self.submits_during_plan if t > end_done)
                         self._complete(plan, done, start, end_done, late_arrivals=late)
-                        plan = eng.tail(plan, done)
-                        start = end_done
+                        tail = eng.tail(plan, done)
+                        if late and eng.async_scheduling:
+                            # The tail step's schedule was published anew (at end_done).
+                            eng.published.waiting -= late
+                        if self._events:
+                            self._publish_events(plan, start)
+                        plan, start = tail, end_done
                         self.plan, self.plan_start = plan, start
                     else:
-                        plan = eng.tail(plan, 0)
+                        tail = eng.tail(plan, 0)
+                        if self._events:
+                            self._publish_events(plan, start)
+                        plan = tail
                         self.plan = plan
                     if self.frontend is not None:
                         self.frontend.track(start, plan)
@@ -218,6 +250,8 @@ class BackendDriver:
                   late_arrivals: int = 0) -> None:
         self._remember_tick_before(end, plan, start)
         out = self.engine.complete(plan, steps, start)
+        if self._events:
+            self._publish_events(plan, start)
         if late_arrivals:
             self.engine.published.waiting -= late_arrivals
         self.published_at = end
@@ -281,7 +315,8 @@ class ClusterSim:
 
     def __init__(self, trace: Trace, strategy: Strategy, config: ClusterConfig, *,
                  labels: RunLabels = RunLabels(), seed: int = 0, share_analysis: bool = True,
-                 decode_group: bool = True,
+                 decode_group: bool = True, replies_in_prompts: bool = True,
+                 kv_events: Callable[[int, KVEvent, float], None] | None = None,
                  sink: Callable[[RequestRecord], None] | None = None) -> None:
         self.trace = trace
         self.config = config
@@ -300,16 +335,15 @@ class ClusterSim:
             scrape_source=self._scrape,
         )
         n = len(config.backends)
-        self.drivers = [
-            BackendDriver(
-                self,
-                i,
-                Engine(b.engine, b.profile.model, jitter_cv=b.profile.jitter_cv, seed=seed * 1009 + i,
-                       decode_group=decode_group),
-                phase=config.scrape_interval_s * i / n,
-            )
-            for i, b in enumerate(config.backends)
-        ]
+        self.drivers = []
+        for i, b in enumerate(config.backends):
+            engine = Engine(b.engine, b.profile.model, jitter_cv=b.profile.jitter_cv,
+                            seed=seed * 1009 + i, decode_group=decode_group)
+            driver = BackendDriver(self, i, engine, phase=config.scrape_interval_s * i / n,
+                                   kv_events=kv_events)
+            if kv_events is not None:
+                engine.set_kv_event_sink(driver.on_kv_event)
+            self.drivers.append(driver)
         #: One-way delay per backend: the network hop plus half the profile's
         #: per-request overhead (the other half is added on the way back).
         self._delay = [config.network_delay_s + b.profile.request_overhead_s / 2.0
@@ -322,8 +356,20 @@ class ClusterSim:
         self._pending: dict[int, _Pending] = {}
         self._written = 0
         self._all_done = self.env.event()
+        #: Where each request's reply blocks are named (``Trace.reply_blocks``): a
+        #: later turn that contains the reply hits them, as vLLM caches generated
+        #: blocks. None: no prompt contains a served reply (reply blocks unique).
+        replies = trace.reply_blocks() if replies_in_prompts else None
+        self._reply_rows = replies[0].tolist() if replies is not None else None
+        self._reply_counts = replies[1].tolist() if replies is not None else None
         #: Exact speed-up, see ``sim.kv_cache``: unique blocks are tracked as counts.
-        self.shareable = trace.shareable_blocks().tolist() if share_analysis else None
+        #: The router indexes prompts only, so it gets the prompt-only counts.
+        self.shareable = self.engine_shareable = None
+        if share_analysis:
+            shared = trace.shareable_blocks()
+            self.shareable = shared.tolist()
+            self.engine_shareable = (trace.shareable_with_replies(shared, replies).tolist()
+                                     if replies is not None else self.shareable)
 
     # --- running -------------------------------------------------------------------------
     def run(self) -> SimResult:
@@ -382,8 +428,13 @@ class ClusterSim:
             return
         pending = _Pending(i, decision, now)
         self._pending[rid] = pending
+        reply = None
+        if self._reply_counts is not None and self._reply_counts[i]:
+            lo = int(trace.hash_offsets[self._reply_rows[i]]) + info.input_len // trace.block_size
+            reply = trace.block_hashes[lo:lo + self._reply_counts[i]]
         req = EngineRequest(rid, info.input_len, int(trace.output_len[i]), hashes, arrival=now,
-                            payload=pending, num_shareable=shareable)
+                            payload=pending, output_hashes=reply,
+                            num_shareable=self.engine_shareable[i] if self.engine_shareable is not None else -1)
         driver = self.drivers[decision.backend]
         delay = self._delay[decision.backend]
         if driver.frontend is not None:
@@ -549,7 +600,8 @@ class ClusterSim:
 
 def simulate(trace: Trace, strategy: Strategy, config: ClusterConfig, *,
              labels: RunLabels = RunLabels(), seed: int = 0, share_analysis: bool = True,
-             decode_group: bool = True,
+             decode_group: bool = True, replies_in_prompts: bool = True,
+             kv_events: Callable[[int, KVEvent, float], None] | None = None,
              sink: Callable[[RequestRecord], None] | None = None) -> SimResult:
     """Run one (trace, strategy, fleet) simulation to completion or the drain horizon.
 
@@ -558,6 +610,20 @@ def simulate(trace: Trace, strategy: Strategy, config: ClusterConfig, *,
     one by one; results are identical, only slower. Tests compare them. With a
     ``sink``, each record is handed to it as its request ends and none is kept,
     so memory does not grow with the number of requests.
+
+    ``replies_in_prompts``: a later turn's prompt contains the earlier replies as
+    the trace says (a chat client sends back what it got), so it hits the blocks
+    vLLM cached while generating them. False when the replies a server generates
+    are not what later prompts contain, as with the lab's live load generator
+    (its prompts carry the trace's tokens, not the server's): reply blocks are
+    then cached under hashes no prompt has.
+
+    ``kv_events(backend_index, event, time)`` receives each backend's KV-cache
+    events (``routing.kv_events``) with the simulated time vLLM publishes them at,
+    in order per backend. The events of a decode run arrive when the run is
+    applied, after the times they carry; a consumer that must see them as they
+    happen orders them by time (or runs ``mode = "exact"``).
     """
     return ClusterSim(trace, strategy, config, labels=labels, seed=seed,
-                      share_analysis=share_analysis, decode_group=decode_group, sink=sink).run()
+                      share_analysis=share_analysis, decode_group=decode_group,
+                      replies_in_prompts=replies_in_prompts, kv_events=kv_events, sink=sink).run()

@@ -15,7 +15,14 @@ the group keeps aggregates over members:
 - ``ctx_const``: the sum of ``x`` over members, which gives the decode-attention
   context of the next step in O(1).
 - a heap of finish ticks: the first finish bounds a decode run; finished members
-  pop out as their tick comes.
+  pop out as their tick comes. Each membership has its own entry number
+  (``g_entry``), so a request that leaves and rejoins leaves a stale entry behind.
+- ``tracked``: the members whose blocks must be seen one by one, by phase class.
+  A member's allocations are counted in aggregate, but the block it fills at
+  tick ``t`` (when ``(x + t) mod bs == 0``) must be cached under its hash at
+  that tick if another request can hit it (a reply that a later turn's prompt
+  contains), and every block it takes or fills is an event when KV events are
+  on. ``sim.fast_path`` visits exactly those members at those ticks.
 
 ``sync`` materialises a member's real counters (and re-bases it, which leaves the
 aggregates unchanged) when anything needs to look at it.
@@ -24,48 +31,68 @@ from __future__ import annotations
 
 import heapq
 
+from sim.kv_cache import KVCache
 from sim.request import EngineRequest
 
 
 class DecodeGroup:
-    __slots__ = ("bs", "members", "phase", "ctx_const", "heap", "_seq")
+    __slots__ = ("bs", "lag", "members", "phase", "ctx_const", "heap", "tracked", "num_tracked",
+                 "_entries")
 
-    def __init__(self, block_size: int) -> None:
+    def __init__(self, block_size: int, lag: int = 0) -> None:
         self.bs = block_size
+        #: Asynchronous scheduling caches a block one tick after the step that fills
+        #: it is scheduled (the token is in flight until then): 1, else 0.
+        self.lag = lag
         self.members: set[EngineRequest] = set()
         self.phase = [0] * block_size
         self.ctx_const = 0
         self.heap: list[tuple[int, int, EngineRequest]] = []
-        self._seq = 0
+        #: Tracked members by phase class.
+        self.tracked: list[set[EngineRequest]] = [set() for _ in range(block_size)]
+        self.num_tracked = 0
+        self._entries = 0
 
     def __len__(self) -> int:
         return len(self.members)
 
-    def join(self, req: EngineRequest, tick: int) -> None:
+    def join(self, req: EngineRequest, tick: int, tracked: bool = False) -> None:
         """Add ``req`` whose counters are current as of ``tick`` (it emitted at ``tick``)."""
         req.in_group = True
         req.g_tick0 = tick
         req.g_out0 = req.num_output
         req.g_comp0 = req.num_computed
         x = req.num_computed - tick
-        self.phase[x % self.bs] += 1
+        c = x % self.bs
+        self.phase[c] += 1
         self.ctx_const += x
         finish = tick + req.max_tokens - req.num_output
-        self._seq += 1
-        req.g_finish = self._seq  # identifies this membership's heap entry
-        heapq.heappush(self.heap, (finish, self._seq, req))
+        self._entries += 1
+        req.g_entry = self._entries
+        heapq.heappush(self.heap, (finish, self._entries, req))
         self.members.add(req)
+        if tracked:
+            req.tracked = True
+            self.tracked[c].add(req)
+            self.num_tracked += 1
 
     def leave(self, req: EngineRequest) -> None:
-        """Remove a member (its heap entry goes stale and is skipped: a later
-        membership of the same request gets a new sequence number)."""
+        """Remove a member (its heap entry goes stale and is skipped)."""
         x = req.g_comp0 - req.g_tick0
-        self.phase[x % self.bs] -= 1
+        c = x % self.bs
+        self.phase[c] -= 1
         self.ctx_const -= x
         self.members.discard(req)
         req.in_group = False
+        if req.tracked:
+            self.untrack(req)
 
-    def sync(self, req: EngineRequest, tick: int, alloc_tick: int, last_end: float) -> None:
+    def untrack(self, req: EngineRequest) -> None:
+        self.tracked[(req.g_comp0 - req.g_tick0) % self.bs].discard(req)
+        self.num_tracked -= 1
+        req.tracked = False
+
+    def sync(self, req: EngineRequest, tick: int, alloc_tick: int, last_end: float, kv: KVCache) -> None:
         """Materialise a member's counters at ``tick`` (blocks as of ``alloc_tick``)."""
         e = tick - req.g_tick0
         if e:
@@ -76,15 +103,15 @@ class DecodeGroup:
             req.g_tick0 = tick
             req.g_out0 = req.num_output
             req.g_comp0 = req.num_computed
-        held = -(-(req.num_computed + alloc_tick - tick) // self.bs)
-        req.num_private = held - len(req.shared_blocks)
+        scheduled = req.num_computed + alloc_tick - tick
+        kv.adopt(req, -(-scheduled // self.bs), scheduled - self.lag)
 
     def first_finish(self) -> int | None:
         """The earliest tick at which a member emits its last token."""
         heap = self.heap
         while heap:
-            finish, seq, req = heap[0]
-            if req.in_group and req.g_finish == seq:
+            finish, entry, req = heap[0]
+            if req.in_group and req.g_entry == entry:
                 return finish
             heapq.heappop(heap)
         return None
@@ -94,8 +121,8 @@ class DecodeGroup:
         out = []
         heap = self.heap
         while heap and heap[0][0] <= tick:
-            _, seq, req = heapq.heappop(heap)
-            if req.in_group and req.g_finish == seq:
+            _, entry, req = heapq.heappop(heap)
+            if req.in_group and req.g_entry == entry:
                 out.append(req)
         return out
 
@@ -110,3 +137,35 @@ class DecodeGroup:
                 # ceil((c + b) / bs) - ceil((c + a) / bs), written with floor division
                 total += count * ((-(c + a)) // bs - (-(c + b)) // bs)
         return total
+
+    def boundaries(self, a: int, b: int, allocs: bool) -> list[tuple[int, int, int, EngineRequest]]:
+        """Block events of tracked members as allocation moves from tick ``a`` to ``b``.
+
+        ``(tick, seq, kind, member)`` in the order vLLM meets them: by tick, then
+        by running order (admission ``seq``), a block taken (kind 0, only with
+        ``allocs``) before one filled (kind 1). At tick ``t`` a member with
+        ``x = g_comp0 - g_tick0`` fills a block when ``(x + t - lag) mod bs == 0``
+        and takes one when ``(x + t - 1) mod bs == 0``.
+        """
+        out = []
+        if b <= a or not self.num_tracked:
+            return out
+        bs = self.bs
+        for c, members in enumerate(self.tracked):
+            if not members:
+                continue
+            # fills: ticks t in (a, b] with t = lag - c (mod bs); takes: t = 1 - c (mod bs)
+            fill = (self.lag - c) % bs
+            kinds = ((1, fill), (0, (1 - c) % bs)) if allocs else ((1, fill),)
+            for kind, r in kinds:
+                t = a + 1 + (r - (a + 1)) % bs
+                while t <= b:
+                    for req in members:
+                        out.append((t, req.seq, kind, req))
+                    t += bs
+        out.sort(key=_order)
+        return out
+
+
+def _order(item: tuple[int, int, int, EngineRequest]) -> tuple[int, int, int]:
+    return item[0], item[1], item[2]

@@ -1,66 +1,63 @@
-"""One vLLM replica as the V1 scheduler runs it, with no clock and no routing.
+"""One vLLM replica, with no clock and no routing: scheduler, KV cache, latency model.
 
 ``Engine`` is a plain object. A driver (the SimPy cluster, or the emulator on the
-wall clock) calls ``plan(now)`` to schedule the next step, waits for the step's
+wall clock) calls ``plan()`` to schedule the next step, waits for the step's
 duration, then calls ``complete(plan, steps, start)`` and reads what it produced.
 Both drivers step the same object (rule "one engine model, two clocks"
 in docs/architecture.md).
 
-Scheduling mirrors ``vllm/v1/core/sched/scheduler.py`` with FCFS:
+Where things live:
 
-1. Running requests first, in order: each gets ``num_tokens - num_computed``
-   tokens (a decode: 1; an unfinished prefill: a chunk, capped by what is left of
-   ``max_num_batched_tokens``: chunked prefill). If its KV blocks do not fit, the
-   newest running request is preempted (recompute: blocks freed, progress lost,
-   back to the front of the waiting queue) until they fit or it preempts itself.
-2. Then, only if nothing was preempted, waiting requests in FCFS order while the
-   budget lasts and fewer than ``max_num_seqs`` run: a request's prefix-cache hit
-   is looked up, and it is admitted only when blocks for its whole sequence fit
-   (vLLM's ``full_sequence_must_fit``); the first that does not fit stops the loop.
+- ``sim.scheduler``: vLLM's ``schedule()``, request by request (read it beside
+  vLLM's ``vllm/v1/core/sched/scheduler.py``). It is the reference.
+- ``sim.kv_cache``: the block pool and prefix cache (``block_pool.py``).
+- ``sim.fast_path`` and ``sim.decode_group``: exact shortcuts around the
+  reference (``Engine(decode_group=False)`` turns them off; the tests compare).
+- this module: applying a step's output (vLLM's ``update_from_output``: tokens,
+  finishes), timing steps with the latency model, and what ``/metrics`` shows.
 
-Fast mode. When the batch is decode-only and nothing can change it (no waiting
-request can be admitted, every running request is scheduled, no block shortage),
-its next k steps are identical but for a context that grows by one token per
-request per step, so ``plan(max_steps=k)`` returns a *decode run* whose step times
-form an arithmetic progression. The driver waits for the whole run in one event,
-or cuts it at a step boundary when something arrives. ``complete`` then applies k
-steps at once with the same effect as k single steps.
-
-Decode group. Requests decoding steadily advance in lockstep with the engine's
-tick, so they are kept as one group with aggregate counters (``sim.decode_group``):
-a step then costs O(1) per prefilling request and per event instead of O(batch).
-Whenever the step is not regular (the token budget binds, or KV blocks run short
-and vLLM would preempt), the group is dissolved and the step is scheduled request
-by request, exactly as above. ``Engine(decode_group=False)`` always schedules
-request by request: the reference the tests compare against.
+Asynchronous scheduling (``EngineConfig.async_scheduling``, vLLM's default on
+GPU): a request's last token frees its seat and blocks only after the next step
+has been scheduled (see ``sim.scheduler``); its token times are unchanged.
 """
 from __future__ import annotations
 
 import math
 import random
-from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import repeat
 
-from sim.decode_group import DecodeGroup
+from routing.kv_events import KVEvent
+from sim.fast_path import FastPath
 from sim.kv_cache import KVCache
 from sim.latency import LatencyModel
+from sim.plan import Plan, StepOutput
 from sim.request import EngineRequest, Status
+from sim.scheduler import Scheduler
 from sim.timeline import Timeline
+
+__all__ = ["Engine", "EngineConfig", "EngineMetrics", "Plan", "RequestTooLong", "StepOutput"]
 
 
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
+    #: vLLM's ``num_gpu_blocks``: what the server reports, including the null
+    #: block, so ``num_kv_blocks - 1`` blocks hold tokens.
     num_kv_blocks: int
     block_size: int = 16
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048
     enable_prefix_caching: bool = True
+    #: Schedule the next step before applying the last one's output (vLLM on GPU).
+    async_scheduling: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("num_kv_blocks", "block_size", "max_num_seqs", "max_num_batched_tokens"):
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"engine {name} must be >= 1, got {getattr(self, name)}")
+        if self.num_kv_blocks < 2:
+            raise ValueError(f"engine num_kv_blocks must be >= 2 (vLLM keeps one as its null "
+                             f"block), got {self.num_kv_blocks}")
 
 
 @dataclass(slots=True)
@@ -69,96 +66,19 @@ class EngineMetrics:
 
     running: int  # vllm:num_requests_running
     waiting: int  # vllm:num_requests_waiting
-    kv_used_blocks: int  # vllm:kv_cache_usage_perc = kv_used_blocks / num_kv_blocks
-    num_kv_blocks: int
-    prefix_queries: int  # vllm:prefix_cache_queries (tokens)
-    prefix_hits: int  # vllm:prefix_cache_hits (tokens)
+    kv_used_blocks: int  # vllm:kv_cache_usage_perc = kv_used_blocks / usable_kv_blocks
+    usable_kv_blocks: int  # num_gpu_blocks - 1 (the null block holds no tokens)
+    prefix_queries: int  # vllm:prefix_cache_queries (tokens, first admissions only)
+    prefix_hits: int  # vllm:prefix_cache_hits (tokens, first admissions only)
     preemptions: int  # vllm:num_preemptions
 
     @property
     def kv_usage(self) -> float:
-        return self.kv_used_blocks / self.num_kv_blocks
+        return self.kv_used_blocks / self.usable_kv_blocks
 
 
-class Plan:
-    """The scheduled work until the next ``complete``: one step, or a decode run.
-
-    Step ``m`` (1-based) of a run ends ``time_of(m)`` after the plan starts. A
-    single step is a run of length 1 with ``delta = 0``. ``scheduled`` lists the
-    scheduled requests outside the decode group; ``group_size`` members of the
-    group are scheduled for one token each besides.
-    """
-
-    __slots__ = ("scheduled", "steps", "first", "delta", "is_run", "used_blocks_at_plan",
-                 "group_size", "num_tokens", "tick0", "alloc0")
-
-    def __init__(self, scheduled, steps: int, first: float, delta: float, is_run: bool,
-                 used_blocks_at_plan: int, group_size: int = 0, num_tokens: int = 0,
-                 tick0: int = 0, alloc0: int = 0) -> None:
-        #: (request, new tokens) pairs of the (first) step, in scheduling order.
-        self.scheduled: list[tuple[EngineRequest, int]] = scheduled
-        self.steps = steps
-        self.first = first
-        self.delta = delta
-        self.is_run = is_run
-        self.used_blocks_at_plan = used_blocks_at_plan
-        self.group_size = group_size
-        #: Tokens scheduled per step (group members included).
-        self.num_tokens = num_tokens
-        self.tick0 = tick0
-        self.alloc0 = alloc0
-
-    def time_of(self, m: int) -> float:
-        """Time from the plan's start to the end of step ``m``."""
-        return m * self.first + self.delta * m * (m - 1) / 2.0
-
-    @property
-    def duration(self) -> float:
-        return self.time_of(self.steps)
-
-    def steps_done_by(self, elapsed: float) -> int:
-        """How many steps have ended ``elapsed`` seconds after the start."""
-        if elapsed <= 0:
-            return 0
-        if self.delta == 0:
-            m = int(elapsed // self.first)
-        else:
-            # Solve delta/2 m^2 + (first - delta/2) m - elapsed = 0 for m.
-            a, b = self.delta / 2.0, self.first - self.delta / 2.0
-            m = int((-b + math.sqrt(b * b + 4 * a * elapsed)) / (2 * a))
-        m = max(0, min(m, self.steps))
-        while m < self.steps and self.time_of(m + 1) <= elapsed:
-            m += 1
-        while m > 0 and self.time_of(m) > elapsed:
-            m -= 1
-        return m
-
-
-class StepOutput:
-    """What ``complete`` produced: the end time, first tokens and finished requests.
-
-    ``emitted`` (every request that got a token) is built on demand, because with
-    the decode group that costs O(batch); read it before the next ``plan``.
-    """
-
-    __slots__ = ("end_time", "finished", "first_tokens", "_emitted", "_engine")
-
-    def __init__(self, end_time: float, emitted, finished, first_tokens, engine=None) -> None:
-        self.end_time = end_time
-        self.finished: list[EngineRequest] = finished
-        self.first_tokens: list[EngineRequest] = first_tokens
-        self._emitted = emitted
-        self._engine = engine
-
-    @property
-    def emitted(self) -> list[EngineRequest]:
-        eng = self._engine
-        if eng is None or eng.group is None:
-            return self._emitted
-        members = list(eng.group.members)
-        for req in members:
-            eng._sync(req)
-        return members + self.finished
+def _seq(req: EngineRequest) -> int:
+    return req.seq
 
 
 class RequestTooLong(ValueError):
@@ -166,105 +86,159 @@ class RequestTooLong(ValueError):
 
 
 class Engine:
-    """The scheduler, KV cache and latency model of one replica."""
+    """The scheduler, KV cache and latency model of one replica.
+
+    ``kv_events(event, tick)``, if given, receives the KV-cache events vLLM's block
+    pool would publish (``routing.kv_events``), in order, each with the engine tick
+    of the step whose scheduling produced it: vLLM publishes them with that step's
+    output (synchronous scheduling: at its end) or, with asynchronous scheduling,
+    with the previous step's output (at its start). The events of a decode run are
+    sent when the run is applied (``complete``, ``tail``). The fast paths send the
+    very stream the reference sends.
+    """
 
     def __init__(self, config: EngineConfig, latency: LatencyModel, *, jitter_cv: float = 0.0,
-                 seed: int = 0, decode_group: bool = True) -> None:
+                 seed: int = 0, decode_group: bool = True,
+                 kv_events: Callable[[KVEvent, int], None] | None = None) -> None:
         self.config = config
         self.latency = latency
-        self.kv = KVCache(config.num_kv_blocks, config.block_size, config.enable_prefix_caching)
-        self.waiting: deque[EngineRequest] = deque()
-        self.running: list[EngineRequest] = []
-        self.requests: dict[int, EngineRequest] = {}
+        #: The tick reported with KV events (the step being scheduled).
+        self.event_tick = 0
+        self._kv_events = kv_events
+        self.kv = KVCache(config.num_kv_blocks, config.block_size, config.enable_prefix_caching,
+                          self._event if kv_events is not None else None)
+        self.scheduler = Scheduler(config, self.kv)
+        #: The scheduler's queues and requests (the same objects, for drivers).
+        self.running = self.scheduler.running
+        self.waiting = self.scheduler.waiting
+        self.requests = self.scheduler.requests
         self.timeline = Timeline()
         self._trim_at = 1 << 16
-        #: Steady decoders (None: schedule request by request, the reference path).
-        self.group = DecodeGroup(config.block_size) if decode_group else None
-        #: Running requests outside the group, in running order (with a group only).
-        self.nonmembers: list[EngineRequest] = []
-        #: Completed steps; the tick up to which members' KV blocks are allocated;
-        #: when the last completed step ended.
+        #: Completed steps, and when the last one started and ended.
         self.ticks = 0
-        self.alloc_tick = 0
+        self.last_start = math.inf
         self.last_end = 0.0
-        self.prefix_queries = 0
-        self.prefix_hits = 0
-        self.preemptions = 0
+        self.async_scheduling = config.async_scheduling
         self.jitter_cv = jitter_cv
         self._rng = random.Random(seed)
         if jitter_cv > 0:
             # Lognormal with mean 1 and the given coefficient of variation.
             self._jitter_sigma = math.sqrt(math.log1p(jitter_cv * jitter_cv))
-        self._max_tokens_total = config.num_kv_blocks * config.block_size
+        #: The largest prompt plus output that can ever fit (usable blocks only).
+        self.max_tokens_total = self.kv.num_blocks * config.block_size
+        #: Steady decoders as one group (None: the reference path only).
+        self.fast = FastPath(self) if decode_group else None
         #: Published metrics, as of the last completed step (vLLM updates them after
         #: each step); kept as a tuple and turned into ``EngineMetrics`` on demand.
         self._published_state = self._state()
         self._published: EngineMetrics | None = None
 
-    # --- requests -----------------------------------------------------------------
-    def add_request(self, request: EngineRequest) -> None:
-        """Queue a request (it joins the next step). Raises ``RequestTooLong``."""
-        if request.prompt_len + request.max_tokens > self._max_tokens_total:
-            raise RequestTooLong(
-                f"request {request.id} needs {request.prompt_len + request.max_tokens} tokens of KV "
-                f"but the engine holds {self._max_tokens_total}"
-            )
-        if request.id in self.requests:
-            raise ValueError(f"request {request.id} is already in the engine")
-        request.status = Status.WAITING
-        self.requests[request.id] = request
-        self.waiting.append(request)
+    def _event(self, event: KVEvent) -> None:
+        self._kv_events(event, self.event_tick)
 
-    def abort(self, request_id: int) -> EngineRequest | None:
-        """Remove a request (client gone, timeout) and free its blocks."""
-        req = self.requests.pop(request_id, None)
-        if req is None:
-            return None
-        if req.status == Status.RUNNING:
-            if req.in_group:
-                self._sync(req)
-                self.group.leave(req)
-            elif self.group is not None:
-                self.nonmembers.remove(req)
-            self.running.remove(req)
-            self.kv.free(req, keep_for_recompute=False)
-        else:
-            self.waiting.remove(req)
-        req.status = Status.ABORTED
-        self.close_itl(req)
-        return req
+    def set_kv_event_sink(self, kv_events: Callable[[KVEvent, int], None] | None) -> None:
+        """Send KV events to ``kv_events(event, tick)`` from now on (None: no events).
 
-    def sync_all(self) -> None:
-        """Bring every group member's own fields up to date (for observers and tests)."""
-        if self.group is not None:
-            for req in self.group.members:
-                self._sync(req)
+        Only before the first request: the decode group tracks blocks one by one
+        only with a sink.
+        """
+        if self.scheduler.requests or self.ticks:
+            raise RuntimeError("set the KV event sink before the engine has work")
+        self._kv_events = kv_events
+        self.kv.events = self._event if kv_events is not None else None
+        if self.fast is not None:
+            self.fast = FastPath(self)
 
-    def _sync(self, req: EngineRequest) -> None:
-        """Bring a group member's own counters up to date (see ``sim.decode_group``)."""
-        self.group.sync(req, self.ticks, self.alloc_tick, self.last_end)
+    # --- the scheduler's counters, for drivers and observers -----------------------------------
+    @property
+    def prefix_queries(self) -> int:
+        return self.scheduler.prefix_queries
 
-    def close_itl(self, req: EngineRequest) -> None:
-        """Copy the gaps of the request's current token streak into its ITL runs."""
-        if req.in_group:
-            self._sync(req)
-        if req.last_tick > req.streak_start:
-            self.timeline.copy_gaps(req.streak_start, req.last_tick, req.itl)
-        req.streak_start = req.last_tick
+    @property
+    def prefix_hits(self) -> int:
+        return self.scheduler.prefix_hits
+
+    @property
+    def preemptions(self) -> int:
+        return self.scheduler.preemptions
 
     @property
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)
+
+    # --- requests -----------------------------------------------------------------
+    def add_request(self, request: EngineRequest, now: float | None = None) -> None:
+        """Queue a request (it joins the next step). Raises ``RequestTooLong``.
+
+        ``now`` (the driver's clock) matters with asynchronous scheduling only: a
+        request that arrives while a step runs missed the schedule of the next one.
+        """
+        if request.prompt_len + request.max_tokens > self.max_tokens_total:
+            raise RequestTooLong(
+                f"request {request.id} needs {request.prompt_len + request.max_tokens} tokens of KV "
+                f"but the engine holds {self.max_tokens_total} ({self.kv.num_blocks} usable blocks "
+                f"of {self.config.block_size})"
+            )
+        if request.id in self.scheduler.requests:
+            raise ValueError(f"request {request.id} is already in the engine")
+        if now is not None and self.has_work:
+            request.received = now  # an idle engine schedules it at once
+        self.scheduler.add(request)
+
+    def abort(self, request_id: int) -> EngineRequest | None:
+        """Remove a request (client gone, timeout) and free its blocks."""
+        req = self.scheduler.requests.get(request_id)
+        if req is None:
+            return None
+        fast = self.fast
+        if req.in_group:
+            fast.sync(req)
+            fast.leave(req)
+        elif fast is not None and req.status == Status.RUNNING:
+            fast.nonmembers.remove(req)
+        self.scheduler.abort(req)
+        self.close_itl(req)
+        return req
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached block, as vLLM's ``/reset_prefix_cache`` (only when idle)."""
+        self.event_tick = self.ticks
+        return self.kv.reset_prefix_cache()
+
+    def sync_all(self) -> None:
+        """Bring every group member's own fields up to date (for observers and tests)."""
+        if self.fast is not None:
+            for req in self.fast.group.members:
+                self.fast.sync(req)
+
+    def close_itl(self, req: EngineRequest) -> None:
+        """Copy the gaps of the request's current token streak into its ITL runs."""
+        if req.in_group:
+            self.fast.sync(req)
+        if req.last_tick > req.streak_start:
+            self.timeline.copy_gaps(req.streak_start, req.last_tick, req.itl)
+        req.streak_start = req.last_tick
 
     def can_admit_next(self) -> bool:
         """Whether the next step could admit the head of the waiting queue.
 
         Used by drivers to decide if an arrival must cut a decode run short: if the
         head is blocked (no room, no seat), a new arrival behind it cannot start.
+        Also true when the head's prefix hit would grow by a block a decode-group
+        member caches during the run (``sim.fast_path``).
         """
-        if not self.waiting or len(self.running) >= self.config.max_num_seqs:
+        s = self.scheduler
+        if not s.waiting or len(s.running) >= self.config.max_num_seqs:
             return False
-        return self._fits(self.waiting[0])
+        head = s.waiting[0]
+        if s.can_admit(head):
+            return True
+        pending = self.kv.pending
+        if not pending:
+            return False
+        hits, _ = self.kv.lookup(head)
+        i = len(hits)
+        return i < head.num_shareable and head.block_hashes[i] in pending
 
     # --- scheduling -----------------------------------------------------------------
     def plan(self, max_steps: int = 1) -> Plan | None:
@@ -273,78 +247,50 @@ class Engine:
         With ``max_steps > 1``, return a decode run of up to that many steps when
         the batch cannot change before then. Returns None when there is no work.
         """
-        if not self.running and not self.waiting:
+        s = self.scheduler
+        if not s.running and not s.waiting:
             return None
-        if self.group is not None:
-            if max_steps > 1 and not self.nonmembers:
-                run = self._plan_group_run(max_steps)
-                if run is not None:
-                    return run
-            plan = self._plan_group_step()
+        self.event_tick = self.ticks + 1
+        if not self.async_scheduling:
+            return self._schedule(max_steps)
+        # Asynchronous scheduling: vLLM scheduled this step when the last one
+        # started, with its tokens still in flight; that output is applied now.
+        s.in_flight_tick = self.ticks
+        s.scheduled_at = self.last_start
+        plan = self._schedule(max_steps)
+        s.in_flight_tick = -2
+        s.scheduled_at = math.inf
+        s.apply_previous_output(self._unscheduled(plan))
+        if plan.num_tokens == 0 and s.waiting:
+            plan = self._schedule(max_steps)  # vLLM's next iteration, at once
+        self._publish()
+        return plan
+
+    def _unscheduled(self, plan: Plan) -> list[EngineRequest]:
+        """Running requests that got a token at the last step but are not in ``plan``."""
+        if plan.group_size or plan.is_run:
+            return []  # a group step schedules every running request
+        tick = self.ticks
+        running = Status.RUNNING
+        late = [r for r in self.scheduler.running if r.last_tick == tick and r.status == running]
+        if late:
+            scheduled = {id(r) for r, _ in plan.scheduled}
+            late = [r for r in late if id(r) not in scheduled]
+        return late
+
+    def _schedule(self, max_steps: int) -> Plan:
+        fast = self.fast
+        if fast is not None:
+            plan = fast.plan(max_steps)
             if plan is not None:
                 return plan
-            self._dissolve()
-            plan = self._plan_step()
-            self.nonmembers = list(self.running)
+            fast.dissolve()
+            plan = self.step_plan(self.scheduler.schedule(), 0, 0)
+            fast.after_reference_step()
             return plan
-        if max_steps > 1:
-            run = self._plan_decode_run(max_steps)
-            if run is not None:
-                return run
-        return self._plan_step()
+        return self.step_plan(self.scheduler.schedule(), 0, 0)
 
-    def _dissolve(self) -> None:
-        """Turn every group member back into an ordinary running request."""
-        group = self.group
-        for req in list(group.members):
-            self._sync(req)
-            group.leave(req)
-        self.nonmembers = list(self.running)
-
-    def _plan_group_step(self) -> Plan | None:
-        """One step scheduling every running request fully, or None if that is not possible.
-
-        Possible when the token budget covers every running request's demand and
-        the KV blocks they need are free (no preemption): then vLLM's in-order loop
-        schedules everyone, and order does not matter.
-        """
-        cfg, kv, group = self.config, self.kv, self.group
-        bs = cfg.block_size
-        budget = cfg.max_num_batched_tokens
-        demand = len(group)
-        if demand > budget:
-            return None
-        member_blocks = group.allocations(self.alloc_tick, self.ticks + 1)
-        need = member_blocks
-        chunks = []
-        for req in self.nonmembers:
-            computed = req.num_computed
-            n = req.prompt_len + req.num_output - computed
-            demand += n
-            if demand > budget:
-                return None
-            need += -(-(computed + n) // bs) - len(req.shared_blocks) - req.num_private
-            chunks.append((req, n))
-        if need > kv.num_free:
-            return None
-        if member_blocks:
-            kv.take_blocks(member_blocks)
-        self.alloc_tick = self.ticks + 1
-        caching = kv.enable_caching
-        for req, n in chunks:
-            total = req.num_computed + n
-            kv.grow(req, total)
-            if caching and req.num_registered < len(req.shared_blocks):
-                kv.register(req, total)
-        scheduled = chunks
-        budget -= demand
-        before = len(scheduled)
-        budget = self._admit_waiting(budget, scheduled)
-        self.nonmembers.extend(req for req, _ in scheduled[before:])
-        members = len(group)
-        return self._step_plan(scheduled, members, group.ctx_const + members * (self.ticks + 1))
-
-    def _step_plan(self, scheduled, members: int, member_ctx: int) -> Plan:
+    def step_plan(self, scheduled, members: int, member_ctx: int) -> Plan:
         """A one-step plan with its duration from the latency model."""
         num_tokens = members
         prefill_work = 0.0
@@ -359,182 +305,18 @@ class Engine:
         duration = self.latency.step_time(num_tokens, members + len(scheduled), prefill_work, decode_ctx)
         if self.jitter_cv > 0:
             duration *= self._jitter()
+        fast = self.fast
         return Plan(scheduled, 1, duration, 0.0, False, self.kv.num_used, members, num_tokens,
-                    self.ticks, self.alloc_tick)
+                    self.ticks, fast.alloc_tick if fast is not None else self.ticks + 1)
 
-    def _plan_group_run(self, max_steps: int) -> Plan | None:
-        """A decode run of the whole group (every running request is a member)."""
-        cfg, group = self.config, self.group
-        b = len(group)
-        if b == 0 or b > cfg.max_num_batched_tokens:
-            return None
-        if b < cfg.max_num_batched_tokens and self.can_admit_next():
-            return None
-        first_finish = group.first_finish()
-        steps = min(max_steps, first_finish - self.ticks)
-        steps = self._group_steps_kv_allows(steps)
-        if steps < 2:
-            return None
-        first, delta, _ = self.latency.decode_run(b, group.ctx_const + b * (self.ticks + 1), steps)
+    def decode_run_times(self, num_seqs: int, context_sum: int, steps: int) -> tuple[float, float]:
+        """First step's duration and per-step increase of a decode run (jitter included)."""
+        first, delta, _ = self.latency.decode_run(num_seqs, context_sum, steps)
         if self.jitter_cv > 0:
             factor = self._jitter()
             first *= factor
             delta *= factor
-        return Plan([], steps, first, delta, True, self.kv.num_used, b, b, self.ticks, self.alloc_tick)
-
-    def _group_steps_kv_allows(self, steps: int) -> int:
-        """Largest m <= steps whose block allocations fit in the free blocks."""
-        group, free, a = self.group, self.kv.num_free, self.alloc_tick
-        t = self.ticks
-        if len(group) * (-(-steps // self.config.block_size) + 1) <= free:
-            return steps
-        lo, hi = 0, steps
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if group.allocations(a, t + mid) <= free:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
-    def _admit_waiting(self, budget: int, scheduled: list) -> int:
-        """vLLM's waiting loop: FCFS admissions while budget, seats and KV last."""
-        cfg, kv = self.config, self.kv
-        bs = cfg.block_size
-        caching = kv.enable_caching
-        running = self.running
-        waiting = self.waiting
-        while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
-            req = waiting[0]
-            hits, private_hits = kv.lookup(req)
-            hit_blocks = len(hits) + private_hits
-            total_need = kv.blocks_for(req.num_tokens) - hit_blocks
-            if total_need > kv.num_free - kv.free_among(hits, private_hits):
-                break
-            waiting.popleft()
-            cached = hit_blocks * bs
-            self.prefix_queries += req.num_tokens
-            self.prefix_hits += cached
-            if req.num_cached < 0:
-                req.num_cached = cached
-            kv.admit(req, hits, private_hits)
-            req.num_computed = cached
-            n = min(req.num_tokens - cached, budget)
-            kv.grow(req, cached + n)
-            if caching:
-                kv.register(req, cached + n)
-            req.status = Status.RUNNING
-            running.append(req)
-            scheduled.append((req, n))
-            budget -= n
-        return budget
-
-    def _plan_step(self) -> Plan:
-        """One step scheduled request by request (the reference path, and the fallback)."""
-        cfg, kv = self.config, self.kv
-        budget = cfg.max_num_batched_tokens
-        scheduled: list[tuple[EngineRequest, int]] = []
-        preempted = False
-        running = self.running
-        bs = cfg.block_size
-        caching = kv.enable_caching
-        i = 0
-        while i < len(running) and budget > 0:
-            req = running[i]
-            computed = req.num_computed
-            n = req.prompt_len + req.num_output - computed
-            if n > budget:
-                n = budget
-            if n <= 0:
-                i += 1
-                continue
-            need = -(-(computed + n) // bs) - len(req.shared_blocks) - req.num_private
-            if need > 0:
-                while need > kv.num_free:
-                    victim = running.pop()
-                    self._preempt(victim)
-                    preempted = True
-                    if victim is req:
-                        break
-                if req.status != Status.RUNNING:
-                    break
-                kv.grow(req, computed + n)
-            if caching and req.num_registered < len(req.shared_blocks):
-                kv.register(req, computed + n)
-            scheduled.append((req, n))
-            budget -= n
-            i += 1
-        if not preempted:
-            budget = self._admit_waiting(budget, scheduled)
-        self.alloc_tick = self.ticks + 1
-        return self._step_plan(scheduled, 0, 0)
-
-    def _plan_decode_run(self, max_steps: int) -> Plan | None:
-        """A run of identical decode steps, or None if the next step is not one."""
-        cfg, kv = self.config, self.kv
-        running = self.running
-        b = len(running)
-        if b == 0 or b > cfg.max_num_batched_tokens:
-            return None
-        if b < cfg.max_num_batched_tokens and self.can_admit_next():
-            return None
-        ctx = 0
-        remaining = max_steps
-        for req in running:
-            if req.num_output == 0 or req.num_computed != req.num_tokens - 1:
-                return None  # a prefill (or a recompute) is in the batch
-            ctx += req.num_tokens
-            left = req.max_tokens - req.num_output
-            if left < remaining:
-                remaining = left
-        steps = self._steps_kv_allows(remaining)
-        if steps < 2:
-            return None
-        first, delta, _ = self.latency.decode_run(b, ctx, steps)
-        if self.jitter_cv > 0:
-            factor = self._jitter()
-            first *= factor
-            delta *= factor
-        return Plan(list(zip(running, repeat(1))), steps, first, delta, True, kv.num_used, 0, b,
-                    self.ticks, self.alloc_tick)
-
-    def _steps_kv_allows(self, steps: int) -> int:
-        """Largest m <= steps such that m decode steps need at most the free blocks."""
-        free = self.kv.num_free
-        bs = self.config.block_size
-        b = len(self.running)
-        # Each request needs at most ceil(m / bs) new blocks in m steps.
-        if b * (-(-steps // bs)) <= free:
-            return steps
-        lo, hi = 0, steps
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self._blocks_needed(mid) <= free:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
-    def _blocks_needed(self, m: int) -> int:
-        bs = self.config.block_size
-        total = 0
-        for req in self.running:
-            total += -(-(req.num_computed + m) // bs) - len(req.shared_blocks) - req.num_private
-        return total
-
-    def _preempt(self, req: EngineRequest) -> None:
-        self.kv.free(req, keep_for_recompute=True)
-        req.num_computed = 0
-        req.num_preemptions += 1
-        req.status = Status.WAITING
-        self.waiting.appendleft(req)
-        self.preemptions += 1
-
-    def _fits(self, req: EngineRequest) -> bool:
-        kv = self.kv
-        hits, private_hits = kv.lookup(req)
-        need = kv.blocks_for(req.num_tokens) - len(hits) - private_hits
-        return need <= kv.num_free - kv.free_among(hits, private_hits)
+        return first, delta
 
     def _jitter(self) -> float:
         s = self._jitter_sigma
@@ -546,14 +328,21 @@ class Engine:
         if not 1 <= steps <= plan.steps:
             raise ValueError(f"cannot complete {steps} steps of a {plan.steps}-step plan")
         if plan.is_run:
-            out = self._complete_run(plan, steps, start)
+            out = self.fast.complete_run(plan, steps, start)
         else:
             out = self._complete_step(plan, start)
-        if self.group is not None:
-            self.nonmembers = [r for r in self.nonmembers
-                               if r.status == Status.RUNNING and not r.in_group]
+        if self.fast is not None:
+            self.fast.tidy()
         if len(self.timeline) > self._trim_at:
             self._trim_timeline()
+        if self.async_scheduling:
+            self.last_start = start + plan.time_of(steps - 1)
+            s = self.scheduler
+            if not (len(s.running) > len(s.finishing) or s.waiting):
+                if s.finishing:
+                    self.event_tick = self.ticks + 1
+                    s.apply_previous_output()  # no next step to schedule first
+                self.last_start = math.inf  # idle: the next arrival is scheduled at once
         self._published_state = self._state()
         self._published = None
         return out
@@ -567,31 +356,27 @@ class Engine:
         one step at a time.
         """
         if plan.is_run:
-            if self.group is not None:
-                blocks = self.group.allocations(self.alloc_tick, self.ticks + 1)
-                if blocks:
-                    self.kv.take_blocks(blocks)
-                self.alloc_tick = self.ticks + 1
-            else:
-                for req, _ in plan.scheduled:
-                    if req.status == Status.RUNNING:
-                        self.kv.grow(req, req.num_computed + 1)
+            self.fast.tail()
+            if self.async_scheduling and done:
+                self._publish()  # as after scheduling that step
         return Plan(plan.scheduled, 1, plan.first + done * plan.delta, 0.0, plan.is_run,
-                    self.kv.num_used, plan.group_size, plan.num_tokens, self.ticks, self.alloc_tick)
+                    self.kv.num_used, plan.group_size, plan.num_tokens, self.ticks,
+                    self.fast.alloc_tick if self.fast is not None else self.ticks + 1)
 
     def _complete_step(self, plan: Plan, start: float) -> StepOutput:
+        """Apply one step's output (vLLM's ``update_from_output``)."""
         end = start + plan.first
         tick = self.timeline.append(plan.first, 0.0, 1)
         self.ticks = tick
         self.last_end = end
-        group = self.group
+        fast = self.fast
         emitted: list[EngineRequest] = []
         finished: list[EngineRequest] = []
         first_tokens: list[EngineRequest] = []
         running_status = Status.RUNNING
         for req, n in plan.scheduled:
             if req.status != running_status:
-                continue  # aborted while the step ran
+                continue  # aborted (or preempted as finished) while the step ran
             computed = req.num_computed + n
             req.num_computed = computed
             if computed < req.prompt_len + req.num_output:
@@ -612,87 +397,50 @@ class Engine:
             emitted.append(req)
             if out >= req.max_tokens:
                 finished.append(req)
-            elif group is not None:
-                group.join(req, tick)
-        if group is not None and plan.group_size:
-            for req in group.pop_finished(tick):
-                self._sync(req)
-                group.leave(req)
-                finished.append(req)
+            elif fast is not None:
+                fast.join(req, tick)
+        if fast is not None and plan.group_size:
+            done = fast.group.pop_finished(tick)
+            if done:
+                for req in done:
+                    fast.sync(req)
+                    fast.leave(req)
+                finished += done
+                finished.sort(key=_seq)  # vLLM frees them in running order
         for req in finished:
-            self._finish(req)
+            self.finish(req)
         return StepOutput(end, emitted, finished, first_tokens, self)
 
-    def _complete_run(self, plan: Plan, steps: int, start: float) -> StepOutput:
-        end = start + plan.time_of(steps)
-        group = self.group
-        if group is not None:
-            blocks = group.allocations(self.alloc_tick, self.ticks + steps)
-            if blocks:
-                self.kv.take_blocks(blocks)
-            self.ticks = self.timeline.append(plan.first, plan.delta, steps)
-            self.alloc_tick = self.ticks
-            self.last_end = end
-            finished = []
-            for req in group.pop_finished(self.ticks):
-                self._sync(req)
-                group.leave(req)
-                finished.append(req)
-            for req in finished:
-                self._finish(req)
-            return StepOutput(end, [], finished, [], self)
-        # Request by request (the reference path).
-        kv = self.kv
-        bs = self.config.block_size
-        first = plan.first
-        last = self.timeline.append(first, plan.delta, steps)
-        self.ticks = self.alloc_tick = last
-        self.last_end = end
-        before = last - steps  # the tick just before this run
-        running_status = Status.RUNNING
-        emitted: list[EngineRequest] = []
-        finished = []
-        for req, _ in plan.scheduled:
-            if req.status != running_status:
-                continue
-            computed = req.num_computed + steps
-            if computed > (len(req.shared_blocks) + req.num_private) * bs:
-                kv.grow(req, computed)  # decode blocks are private: nothing to register
-            req.num_computed = computed
-            if req.last_tick != before:
-                self.close_itl(req)
-                req.itl.add(start + first - req.last_token_time)
-                req.streak_start = before + 1
-            req.last_tick = last
-            req.num_output += steps
-            req.last_token_time = end
-            emitted.append(req)
-            if req.num_output >= req.max_tokens:
-                finished.append(req)
-        for req in finished:
-            self._finish(req)
-        return StepOutput(end, emitted, finished, [])
+    def finish(self, req: EngineRequest) -> None:
+        """``req`` emitted its last token."""
+        if self.async_scheduling:
+            self.scheduler.hold(req)
+        else:
+            self.scheduler.finish(req)
+        self.close_itl(req)
 
     def _trim_timeline(self) -> None:
         """Drop timeline entries older than every open token streak (bounded memory)."""
         oldest = self.ticks
-        for req in self.requests.values():
+        for req in self.scheduler.requests.values():
             if 0 <= req.streak_start < oldest:
                 oldest = req.streak_start
         self.timeline.trim(oldest)
         self._trim_at = max(1 << 16, 2 * len(self.timeline))
 
-    def _finish(self, req: EngineRequest) -> None:
-        self.running.remove(req)
-        self.kv.free(req, keep_for_recompute=False)
-        req.status = Status.FINISHED
-        del self.requests[req.id]
-        self.close_itl(req)
-
     # --- metrics --------------------------------------------------------------------
     def _state(self) -> tuple:
-        return (len(self.running), len(self.waiting), self.kv.num_used, self.prefix_queries,
-                self.prefix_hits, self.preemptions)
+        s = self.scheduler
+        return (len(s.running) - len(s.finishing), len(s.waiting), self.kv.num_used,
+                s.prefix_queries, s.prefix_hits, s.preemptions)
+
+    def _publish(self) -> None:
+        self._published_state = self._state()
+        self._published = None
+
+    def current_metrics(self) -> EngineMetrics:
+        """The metrics of the engine's state right now (not what ``/metrics`` shows yet)."""
+        return EngineMetrics(*self._state()[:3], self.kv.num_blocks, *self._state()[3:])
 
     @property
     def published(self) -> EngineMetrics:
@@ -700,7 +448,7 @@ class Engine:
         m = self._published
         if m is None:
             r, w, used, pq, ph, pre = self._published_state
-            m = self._published = EngineMetrics(r, w, used, self.config.num_kv_blocks, pq, ph, pre)
+            m = self._published = EngineMetrics(r, w, used, self.kv.num_blocks, pq, ph, pre)
         return m
 
     def metrics_during(self, plan: Plan, elapsed: float) -> EngineMetrics:
@@ -715,12 +463,8 @@ class Engine:
         if done == 0:
             return self.published
         m = self.published
-        if self.group is not None:
-            extra = self.group.allocations(plan.alloc0, plan.tick0 + done)
-        else:
-            bs = self.config.block_size
-            extra = 0
-            for req, _ in plan.scheduled:
-                extra += -(-(req.num_computed + done) // bs) - len(req.shared_blocks) - req.num_private
+        # Asynchronous scheduling publishes after scheduling the next step: its
+        # blocks are in use already.
+        extra = self.fast.blocks_allocated(plan, done + 1 if self.async_scheduling else done)
         return EngineMetrics(m.running, m.waiting, plan.used_blocks_at_plan + extra,
-                             m.num_kv_blocks, m.prefix_queries, m.prefix_hits, m.preemptions)
+                             m.usable_kv_blocks, m.prefix_queries, m.prefix_hits, m.preemptions)

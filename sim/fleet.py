@@ -59,6 +59,7 @@ def cluster_config(scenario, *, profiles: dict[str, LatencyProfile] | None = Non
             max_num_seqs=group.max_num_seqs or d.max_num_seqs,
             max_num_batched_tokens=group.max_num_batched_tokens or d.max_num_batched_tokens,
             enable_prefix_caching=bool(group.enable_prefix_caching),
+            async_scheduling=d.async_scheduling,
         )
         for i in range(group.count):
             backends.append(BackendConfig(f"{group.name}-{i}", group.name, prof, engine))

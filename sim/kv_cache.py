@@ -1,68 +1,99 @@
 """Paged KV cache with prefix caching, after vLLM V1's ``BlockPool``/``KVCacheManager``.
 
-Semantics (as vLLM):
+Semantics (vLLM 0.32, ``vllm/v1/core/block_pool.py``, ``kv_cache_manager.py``,
+``single_type_kv_cache_manager.py``):
 
-- Blocks hold ``block_size`` tokens; a request owns a chain of blocks.
-- Free blocks wait in one LRU queue. A request's blocks are freed tail first to
-  the back of the queue; allocation takes from the front, evicting the prefix-cache
-  entry of the block it takes.
-- A full block is registered under its hash when it is scheduled; a later request
-  whose prompt starts with the same hash chain reuses it ("touch": its reference
-  count goes up and it leaves the free queue). At most ``num_tokens - 1`` tokens
-  can hit: the last token is always recomputed.
-- ``vllm:kv_cache_usage_perc`` is ``1 - free / total``, where cached blocks with
-  no user count as free (they are evictable).
+- A server reporting ``num_gpu_blocks = N`` has ``N - 1`` usable blocks: block 0
+  is the *null block*, a placeholder that is never allocated. Usage
+  (``vllm:kv_cache_usage_perc``) is ``1 - free / (N - 1)``, where cached blocks
+  with no user count as free (they are evictable).
+- Blocks hold ``block_size`` tokens; a request owns a chain of blocks. Allocation
+  takes from the front of one free queue, evicting the prefix-cache entry of the
+  block it takes.
+- Every full block a request computes, prompt or generated, is hashed and cached
+  when the step that fills it is scheduled (``cache_blocks`` in
+  ``allocate_slots``); a later request whose chain starts with the same hashes
+  reuses it ("touch": its reference count goes up and it leaves the free queue).
+  At most ``num_tokens - 1`` tokens can hit: the last token is always recomputed.
+- A request's blocks are freed tail first. Freed blocks that carry a hash go to
+  the *back* of the queue (LRU eviction of cached blocks); freed blocks without
+  one (a partial last block, a block not filled yet, every block when caching is
+  off) go to the *front*, to be reused first (``BlockPool.free_blocks``).
 
 Representation (exact, and what makes the simulator fast): a hash chain has the
 property that once one block's hash is unique to a request, every later block of
 that request is unique too. So each request's chain splits into a *shareable*
 head (blocks whose hash other requests also have; tracked one by one, with ids,
-reference counts and the hash map) and a *private* tail (its unique prompt blocks
-and all generated blocks; only the request itself can ever hit them again, after
-a preemption). The private tail is held as a count and, once freed, sits in the
-free queue as one *extent*; evicting from it removes blocks from its end, exactly
-the order in which vLLM would evict the tail's blocks. The simulator tells each
-request how long its shareable head is (computed over the whole trace); a caller
-that cannot know treats every full prompt block as shareable, with identical
-results at a higher cost.
+reference counts and the hash map) and a *private* tail (blocks only the request
+itself can ever hit again, after a preemption). The private tail is held as a
+count and, once freed, sits in the free queue as one *extent*; evicting from it
+removes blocks from its end, exactly the order in which vLLM would evict the
+tail's blocks. The simulator tells each request how long its shareable head is
+(computed over the whole trace); a caller that cannot know treats every known
+block as shareable, with identical results at a higher cost.
+
+KV events. With an event sink, the cache reports what vLLM's block pool
+publishes (``routing.kv_events``): ``BlockStored`` when blocks become cached
+(one event per request and step, the blocks in chain order), ``BlockRemoved``
+when a cached block is evicted (one per block), ``AllBlocksCleared`` on a reset.
+Without one, nothing is built: the hot path pays one ``is None`` test per event
+site.
 """
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
+from routing.kv_events import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 from sim.request import EngineRequest
 
 
 class Extent:
-    """A run of free blocks in the queue: a freed private tail, or never-used blocks."""
+    """A run of free blocks in the queue.
 
-    __slots__ = ("count", "owner", "full")
+    Blocks ``lo .. lo + count - 1`` of request ``src``'s chain, in the queue
+    highest index first (they were freed tail first). ``owner`` is the
+    preempted request that may hit them again (None: nobody can); ``src`` names
+    the blocks in events (None: anonymous, such as never-used or unhashed blocks,
+    or any block when there is no event sink).
+    """
 
-    def __init__(self, count: int, owner: EngineRequest | None = None, full: int = 0) -> None:
+    __slots__ = ("count", "lo", "owner", "src")
+
+    def __init__(self, count: int, lo: int = 0, owner: EngineRequest | None = None,
+                 src: EngineRequest | None = None) -> None:
         self.count = count
-        #: The preempted request whose private chain these blocks hold (None: anonymous).
+        self.lo = lo
         self.owner = owner
-        #: How many of the owner's private blocks were full (hittable) when freed.
-        self.full = full
+        self.src = src
 
 
 class KVCache:
     __slots__ = (
-        "num_blocks", "block_size", "enable_caching", "num_free", "_queue", "_stale",
-        "_ref", "_hash", "_cached", "_dups", "_next_id",
+        "num_gpu_blocks", "num_blocks", "block_size", "enable_caching", "num_free", "events",
+        "pending", "_queue", "_stale", "_ref", "_hash", "_cached", "_dups", "_next_id",
     )
 
-    def __init__(self, num_blocks: int, block_size: int = 16, enable_caching: bool = True) -> None:
-        if num_blocks < 1:
-            raise ValueError(f"num_kv_blocks must be >= 1, got {num_blocks}")
+    def __init__(self, num_gpu_blocks: int, block_size: int = 16, enable_caching: bool = True,
+                 events: Callable[[KVEvent], None] | None = None) -> None:
+        if num_gpu_blocks < 2:
+            raise ValueError(f"num_kv_blocks must be >= 2 (one is vLLM's null block), got {num_gpu_blocks}")
         if block_size < 1:
             raise ValueError(f"block_size must be >= 1, got {block_size}")
-        self.num_blocks = num_blocks
+        #: What the server reports (``num_gpu_blocks``), the null block included.
+        self.num_gpu_blocks = num_gpu_blocks
+        #: Usable blocks: all but the null block.
+        self.num_blocks = num_gpu_blocks - 1
         self.block_size = block_size
         self.enable_caching = enable_caching
-        self.num_free = num_blocks
+        self.num_free = self.num_blocks
+        #: The event sink (None: no events).
+        self.events = events
+        #: Hashes of the next shareable block of decode-group members, not cached
+        #: yet, with how many members will cache them (see ``sim.fast_path``).
+        self.pending: dict[int, int] = {}
         #: The free queue: shareable block ids (ints) and extents (runs of blocks).
-        self._queue: deque[int | Extent] = deque([Extent(num_blocks)])
+        self._queue: deque[int | Extent] = deque([Extent(self.num_blocks)])
         #: Queue entries of a block id that were touched while free (skipped on pop).
         self._stale: dict[int, int] = {}
         self._ref: dict[int, int] = {}
@@ -81,14 +112,19 @@ class KVCache:
         return 1.0 - self.num_free / self.num_blocks
 
     def blocks_for(self, num_tokens: int) -> int:
+        """Blocks that hold ``num_tokens`` tokens."""
         return -(-num_tokens // self.block_size)
+
+    def blocks_needed(self, req: EngineRequest, num_tokens: int) -> int:
+        """More blocks ``req`` needs to hold ``num_tokens`` tokens (<= 0: none)."""
+        return -(-num_tokens // self.block_size) - len(req.shared_blocks) - req.num_private
 
     def lookup(self, req: EngineRequest) -> tuple[list[int], int]:
         """Prefix-cache hit for ``req``: shareable block ids, and private blocks of its own."""
         if not self.enable_caching:
             return [], 0
         limit = (req.prompt_len + req.num_output - 1) // self.block_size
-        hashes = req.prompt_hashes
+        hashes = req.block_hashes
         k = req.num_shareable
         cached = self._cached
         hits: list[int] = []
@@ -100,7 +136,7 @@ class KVCache:
         ext = req.freed_extent
         if ext is None or ext.owner is not req or limit <= k or len(hits) < k:
             return hits, 0
-        return hits, min(ext.count, ext.full, limit - k)
+        return hits, min(ext.count, limit - k)
 
     def free_among(self, hits: list[int], private_hits: int) -> int:
         """How many hit blocks sit in the free queue (touching them uses free space)."""
@@ -121,14 +157,15 @@ class KVCache:
         ext = req.freed_extent
         if private_hits:
             ext.count -= private_hits
+            ext.lo += private_hits
             freed += private_hits
         if ext is not None:
-            ext.owner = None  # what is left of it is anonymous free space
+            ext.owner = None  # what is left of it is nobody's to hit
             req.freed_extent = None
         self.num_free -= freed
         req.shared_blocks = hits
         req.num_private = private_hits
-        req.num_registered = len(hits)
+        req.num_registered = len(hits) + private_hits
 
     def grow(self, req: EngineRequest, num_tokens: int) -> None:
         """Allocate blocks so ``req`` holds ``num_tokens`` tokens (caller checked room)."""
@@ -141,59 +178,108 @@ class KVCache:
             k = req.num_shareable
             if have < k:
                 new_ids = min(n, k - have)
-                ids = range(self._next_id, self._next_id + new_ids)
-                self._next_id += new_ids
-                ref = self._ref
-                for b in ids:
-                    ref[b] = 1
-                req.shared_blocks.extend(ids)
+                self.name_blocks(req, new_ids)
                 n -= new_ids
         req.num_private += n
 
+    def name_blocks(self, req: EngineRequest, n: int) -> None:
+        """Give ``req`` ``n`` new shareable block ids (blocks it already holds or just took)."""
+        ref = self._ref
+        first = self._next_id
+        self._next_id = first + n
+        for b in range(first, first + n):
+            ref[b] = 1
+        req.shared_blocks.extend(range(first, first + n))
+
+    def adopt(self, req: EngineRequest, held: int, num_tokens: int) -> None:
+        """Settle a decode-group member that holds ``held`` blocks, ``num_tokens`` of them cached.
+
+        The group allocates its members' blocks as a count; a member leaving it
+        names the shareable ones it holds and caches what it filled.
+        """
+        named = len(req.shared_blocks)
+        if self.enable_caching:
+            target = min(held, req.num_shareable)
+            if target > named:
+                self.name_blocks(req, target - named)
+                named = target
+            self.register(req, num_tokens)
+        req.num_private = held - named
+
     def register(self, req: EngineRequest, num_tokens: int) -> None:
-        """Register the shareable blocks that ``num_tokens`` computed tokens fill."""
-        full = min(num_tokens // self.block_size, len(req.shared_blocks))
+        """Cache the full blocks that ``num_tokens`` computed tokens fill (``cache_blocks``)."""
+        full = num_tokens // self.block_size
         i = req.num_registered
         if i >= full or not self.enable_caching:
             return
-        cached, bhash, blocks, hashes = self._cached, self._hash, req.shared_blocks, req.prompt_hashes
-        while i < full:
-            b = blocks[i]
-            if b not in bhash:
-                h = hashes[i]
-                bhash[b] = h
-                if h in cached:
-                    self._dups.setdefault(h, []).append(b)
-                else:
-                    cached[h] = b
-            i += 1
+        blocks = req.shared_blocks
+        end = min(full, len(blocks))
+        if i < end:
+            cached, bhash, hashes = self._cached, self._hash, req.block_hashes
+            while i < end:
+                b = blocks[i]
+                if b not in bhash:
+                    h = hashes[i]
+                    bhash[b] = h
+                    if h in cached:
+                        self._dups.setdefault(h, []).append(b)
+                    else:
+                        cached[h] = b
+                i += 1
+        if self.events is not None:
+            self._stored(req, req.num_registered, full)
         req.num_registered = full
 
+    def _stored(self, req: EngineRequest, lo: int, hi: int) -> None:
+        hash_of = req.hash_of
+        self.events(BlockStored(tuple(hash_of(i) for i in range(lo, hi)),
+                                hash_of(lo - 1) if lo else None, self.block_size))
+
     def free(self, req: EngineRequest, *, keep_for_recompute: bool) -> None:
-        """Release ``req``'s blocks, tail first, to the back of the free queue."""
+        """Release ``req``'s blocks, tail first: cached ones to the back, the rest to the front."""
         queue = self._queue
+        named = req.shared_blocks
+        k = len(named)
         n_private = req.num_private
-        freed = 0
+        registered = req.num_registered if self.enable_caching else 0
+        front = 0
         if n_private:
-            if keep_for_recompute:
-                full_private = max(0, req.num_computed // self.block_size - len(req.shared_blocks))
-                ext = Extent(n_private, req, min(full_private, n_private))
-                req.freed_extent = ext
-                queue.append(ext)
-            else:
-                last = queue[-1] if queue else None
-                if type(last) is Extent and last.owner is None:
-                    last.count += n_private
+            hashed = min(max(0, registered - k), n_private)
+            front = n_private - hashed
+            if hashed:
+                if keep_for_recompute:
+                    ext = Extent(hashed, k, req, req)
+                    req.freed_extent = ext
+                    queue.append(ext)
+                elif self.events is not None:
+                    queue.append(Extent(hashed, k, None, req))
                 else:
-                    queue.append(Extent(n_private))
-            freed += n_private
+                    last = queue[-1] if queue else None
+                    if type(last) is Extent and last.owner is None and last.src is None:
+                        last.count += hashed
+                    else:
+                        queue.append(Extent(hashed))
+        freed = n_private
         ref = self._ref
-        for b in reversed(req.shared_blocks):
+        for i in range(k - 1, -1, -1):
+            b = named[i]
             r = ref[b] - 1
-            ref[b] = r
-            if r == 0:
+            if r:
+                ref[b] = r
+                continue
+            freed += 1
+            if i < registered:
+                ref[b] = 0
                 queue.append(b)
-                freed += 1
+            else:  # never cached: nothing can hit it, it is reused first
+                del ref[b]
+                front += 1
+        if front:
+            first = queue[0] if queue else None
+            if type(first) is Extent and first.owner is None and first.src is None:
+                first.count += front
+            else:
+                queue.appendleft(Extent(front))
         self.num_free += freed
         req.shared_blocks = []
         req.num_private = 0
@@ -206,11 +292,18 @@ class KVCache:
     def _take(self, n: int) -> None:
         """Pop ``n`` free blocks from the front of the queue, evicting cache entries."""
         queue, stale, ref = self._queue, self._stale, self._ref
+        events = self.events
         self.num_free -= n
         while n > 0:
             item = queue[0]
             if type(item) is Extent:
                 c = item.count
+                take = c if c <= n else n
+                if events is not None and item.src is not None:
+                    hash_of = item.src.hash_of
+                    top = item.lo + c
+                    for i in range(top - 1, top - 1 - take, -1):
+                        events(BlockRemoved((hash_of(i),)))
                 if c > n:
                     item.count = c - n
                     return
@@ -231,6 +324,8 @@ class KVCache:
             h = self._hash.pop(item, None)
             if h is not None:
                 self._evict_hash(h, item)
+                if events is not None:
+                    events(BlockRemoved((h,)))
             n -= 1
 
     def _evict_hash(self, h: int, block: int) -> None:
@@ -250,6 +345,45 @@ class KVCache:
                 if not dups:
                     del self._dups[h]
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached block (vLLM's ``reset_prefix_cache``): only when none is in use."""
+        if self.num_free != self.num_blocks:
+            return False
+        for item in self._queue:
+            if type(item) is Extent and item.owner is not None:
+                item.owner.freed_extent = None
+        self._queue = deque([Extent(self.num_blocks)])
+        self._stale.clear()
+        self._ref.clear()
+        self._hash.clear()
+        self._cached.clear()
+        self._dups.clear()
+        if self.events is not None:
+            self.events(AllBlocksCleared())
+        return True
+
+    # --- inspection (tests) ---------------------------------------------------------------
+    def cached_hashes(self, requests: list[EngineRequest] = ()) -> dict[int, int]:
+        """Every block that carries a hash, counted per hash: what the events rebuild.
+
+        Named blocks are read from the hash table; private ones from ``requests``
+        (the engine's requests, decode-group members settled) and from the free
+        queue's extents, which keep their names only with an event sink.
+        """
+        out: dict[int, int] = {}
+        for h in self._hash.values():
+            out[h] = out.get(h, 0) + 1
+        for r in requests:
+            for i in range(len(r.shared_blocks), min(r.num_registered, r.num_blocks)):
+                h = r.hash_of(i)
+                out[h] = out.get(h, 0) + 1
+        for item in self._queue:
+            if type(item) is Extent and item.src is not None:
+                for i in range(item.lo, item.lo + item.count):
+                    h = item.src.hash_of(i)
+                    out[h] = out.get(h, 0) + 1
+        return out
+
     def check_invariants(self, requests: list[EngineRequest] = ()) -> None:
         """Consistency of the pool (used by property tests)."""
         assert 0 <= self.num_free <= self.num_blocks
@@ -266,6 +400,7 @@ class KVCache:
             assert live in (0, 1), f"block {b} is free {live} times"
             if live:
                 assert self._ref.get(b) == 0, f"free block {b} has references"
+                assert b in self._hash, f"free block {b} has no hash (it belongs at the front)"
                 queued += 1
         assert queued == self.num_free, (queued, self.num_free)
         for h, b in self._cached.items():

@@ -161,6 +161,7 @@ class LatencyModel:
 class EngineDefaults:
     """Engine limits a profile's hardware implies (a scenario may override them)."""
 
+    #: vLLM's ``num_gpu_blocks`` (the null block included, see ``sim.kv_cache``).
     num_kv_blocks: int
     block_size: int = 16
     max_num_seqs: int = 256
@@ -168,6 +169,9 @@ class EngineDefaults:
     #: Longest sequence vLLM would accept (0: not recorded). Informational: the
     #: engine model bounds sequences by its KV blocks, not by this.
     max_model_len: int = 0
+    #: vLLM schedules the next step before applying the last one's output: its
+    #: default on GPU, forced off on CPU (see ``sim.scheduler``).
+    async_scheduling: bool = False
 
 
 @dataclass(frozen=True)

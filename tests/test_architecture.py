@@ -36,8 +36,9 @@ ALLOWED = {
 #: Of ``sim``, ``live`` may import only the engine model (the emulator steps it on the
 #: wall clock); the cluster, fleets and sweeps are the simulator's, and ``validation``
 #: joins the two modes.
-SIM_ENGINE_MODEL = {"sim.engine", "sim.request", "sim.latency", "sim.kv_cache", "sim.decode_group",
-                    "sim.timeline", "sim.frontend"}
+SIM_ENGINE_MODEL = {"sim.engine", "sim.scheduler", "sim.fast_path", "sim.plan", "sim.request",
+                    "sim.itl", "sim.latency", "sim.kv_cache", "sim.decode_group", "sim.timeline",
+                    "sim.frontend"}
 #: Programs that also import one module above their package: ``python -m scenarios check``
 #: resolves latency profiles with the simulator's loader, so it accepts exactly what sim
 #: and live accept (nothing imports a ``__main__``, so this adds no import cycle).

@@ -80,6 +80,67 @@ class Trace:
             block_hashes=hashes,
         )
 
+    def reply_blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per request, where the hashes of the blocks its reply fills can be read.
+
+        A multi-turn conversation's later prompt contains every earlier prompt and
+        reply (``workload.expand``: the conversation is one token stream), so the
+        chain of the next turn of the same conversation in this trace names the
+        blocks request ``i``'s reply fills: its blocks ``input_len[i] // bs ..``,
+        up to the last block full before the final token, which is never computed
+        (vLLM caches ``(input_len + output_len - 1) // bs`` blocks at most).
+
+        Returns ``(row, count)``: the row whose chain holds them (-1: none, as for
+        the last turn in the trace, a single-turn source, or a later prompt that
+        does not start with this prompt plus the whole reply) and how many of the
+        reply's blocks it holds. ``hashes(row)[input_len[i] // bs:][:count]``.
+        """
+        n = len(self)
+        rows = np.full(n, -1, dtype=np.int64)
+        counts = np.zeros(n, dtype=np.int64)
+        if n < 2:
+            return rows, counts
+        _, conv = np.unique(self.conversation_id.astype(str), return_inverse=True)
+        order = np.lexsort((self.turn, conv))
+        a, b = order[:-1], order[1:]  # b is the next turn of a's conversation, if any
+        link = (conv[a] == conv[b]) & (self.turn[b] > self.turn[a])
+        inp = self.input_len.astype(np.int64)
+        out = self.output_len.astype(np.int64)
+        link &= inp[b] >= inp[a] + out[a]
+        bs = self.block_size
+        offsets = self.hash_offsets
+        lens = offsets[1:] - offsets[:-1]
+        k = lens[a]  # a's prompt chain, which b's chain must start with
+        link &= lens[b] >= k
+        has = link & (k > 0)
+        same = np.zeros(len(a), dtype=bool)
+        same[has] = (self.block_hashes[offsets[b[has]] + k[has] - 1]
+                     == self.block_hashes[offsets[a[has]] + k[has] - 1])
+        link &= (k == 0) | same
+        a, b = a[link], b[link]
+        first = inp[a] // bs
+        counts_ab = np.minimum((inp[a] + out[a] - 1) // bs, lens[b]) - first
+        rows[a] = b
+        counts[a] = np.maximum(counts_ab, 0)
+        return rows, counts
+
+    def shareable_with_replies(self, shared: np.ndarray,
+                               replies: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """``shareable_blocks()`` when each request's chain continues with its reply's blocks.
+
+        ``replies`` is ``reply_blocks()``: a linked request's prompt and reply
+        blocks are all shared with the later prompt that holds them, whose blocks
+        up to the end of that reply are shared in turn. Shared blocks stay a
+        leading run, so the counts combine by maximum.
+        """
+        out = np.array(shared, dtype=np.int64, copy=True)
+        rows, counts = replies
+        linked = np.flatnonzero(rows >= 0)
+        full = self.input_len[linked].astype(np.int64) // self.block_size + counts[linked]
+        np.maximum.at(out, linked, full)
+        np.maximum.at(out, rows[linked], full)
+        return out
+
     def shareable_blocks(self) -> np.ndarray:
         """Per request, how many leading blocks have a hash that another request also has.
 

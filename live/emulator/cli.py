@@ -88,11 +88,12 @@ def build_server(args: argparse.Namespace) -> EmulatorServer:
         max_num_seqs=args.max_num_seqs or d.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens or d.max_num_batched_tokens,
         enable_prefix_caching=not args.no_prefix_caching,
+        async_scheduling=d.async_scheduling,
     )
     faults = Faults(error_rate=args.error_rate, error_status=args.error_status,
                     hang_rate=args.hang_rate, hang_after=args.hang_after,
                     crash_after=args.crash_after, slowdown=args.slowdown, seed=args.seed)
-    capacity = config.num_kv_blocks * config.block_size
+    capacity = (config.num_kv_blocks - 1) * config.block_size  # vLLM's null block holds none
     return EmulatorServer(
         profile, config, model=args.model or profile.name,
         max_model_len=min(args.max_model_len, capacity) if args.max_model_len else capacity,

@@ -136,7 +136,7 @@ class EngineDriver:
     @property
     def max_tokens_total(self) -> int:
         """KV capacity in tokens: no prompt plus output may exceed it."""
-        return self.config.num_kv_blocks * self.config.block_size
+        return self.engine.max_tokens_total
 
     # --- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -193,7 +193,7 @@ class EngineDriver:
         state = RequestState(req, max_tokens if stop_at is None else stop_at, req.arrival, sink)
         req.payload = state
         if self.frontend is None:
-            self.engine.add_request(req)
+            self.engine.add_request(req, req.arrival)
             self._wake.set()
             return state
         if req.prompt_len + req.max_tokens > self.max_tokens_total:
@@ -208,7 +208,7 @@ class EngineDriver:
         """The front end's input job for the request ended: it reaches the engine."""
         req = self._entering.pop(rid, None)
         if req is not None:  # else aborted while in the front end
-            self.engine.add_request(req)
+            self.engine.add_request(req, self.now())
             self._wake.set()
 
     def abort(self, state: RequestState) -> bool:
@@ -234,12 +234,7 @@ class EngineDriver:
         engine publishes only when a step completes, so the driver keeps this view
         until the next one.
         """
-        e = self.engine
-        self._after_abort = EngineMetrics(
-            running=len(e.running), waiting=len(e.waiting), kv_used_blocks=e.kv.num_used,
-            num_kv_blocks=e.config.num_kv_blocks, prefix_queries=e.prefix_queries,
-            prefix_hits=e.prefix_hits, preemptions=e.preemptions,
-        )
+        self._after_abort = self.engine.current_metrics()
 
     # --- the stepping loop ---------------------------------------------------------
     async def _run(self) -> None:

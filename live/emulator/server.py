@@ -178,7 +178,7 @@ class EmulatorServer:
         return {
             "profile": self.profile.name, "model": self.model, "requests_seen": self.requests_seen,
             "running": m.running, "waiting": m.waiting, "kv_used_blocks": m.kv_used_blocks,
-            "num_kv_blocks": m.num_kv_blocks, "prefix_queries": m.prefix_queries,
+            "num_kv_blocks": d.config.num_kv_blocks, "prefix_queries": m.prefix_queries,
             "prefix_hits": m.prefix_hits, "preemptions": m.preemptions, "steps": d.steps,
             "mean_step_lateness_s": d.total_lateness / d.steps if d.steps else 0.0,
             "faults": self.faults.as_dict(),

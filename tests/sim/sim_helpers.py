@@ -19,10 +19,11 @@ def profile(jitter_cv: float = 0.0, model: LatencyModel = LAT) -> LatencyProfile
 
 def fleet(n: int = 3, *, blocks: int = 300, seqs: int = 32, budget: int = 512, mode: str = "fast",
           timeout_s: float = 0.0, delay_s: float = 0.0, scrape_s: float = 0.3, drain_s: float = 600.0,
-          jitter_cv: float = 0.0, caching: bool = True, model: LatencyModel = LAT) -> ClusterConfig:
+          jitter_cv: float = 0.0, caching: bool = True, model: LatencyModel = LAT,
+          async_scheduling: bool = False) -> ClusterConfig:
     prof = profile(jitter_cv, model)
     ec = EngineConfig(num_kv_blocks=blocks, max_num_seqs=seqs, max_num_batched_tokens=budget,
-                      enable_prefix_caching=caching)
+                      enable_prefix_caching=caching, async_scheduling=async_scheduling)
     return ClusterConfig([BackendConfig(f"b{i}", "g" if i % 2 else "h", prof, ec) for i in range(n)],
                          mode=mode, timeout_s=timeout_s, network_delay_s=delay_s,
                          scrape_interval_s=scrape_s, drain_s=drain_s)
@@ -59,6 +60,56 @@ def conversation_trace(n_conv: int = 60, *, seed: int = 0, rate: float = 20.0, b
         input_len=np.array([r[2] for r in rows], dtype=np.int32),
         output_len=np.array([r[3] for r in rows], dtype=np.int32),
         arrival_s=arrivals,
+        timestamp_s=np.full(n, np.nan),
+        hash_offsets=offsets,
+        block_hashes=hashes,
+        block_size=bs,
+    )
+
+
+def chat_trace(n_conv: int = 40, *, seed: int = 0, rate: float = 20.0, bs: int = 16,
+               max_turns: int = 4, max_out: int = 200) -> Trace:
+    """Multi-turn chat as ``workload.expand`` lays it out: turn k+1's prompt is turn k's
+    prompt, its reply and a new message, hashed as one token stream (so the blocks a
+    reply fills are named in the next turn's chain); some conversations share a
+    system prompt that ends inside a block. Turns interleave; arrivals are Poisson."""
+    from workload.hashing import block_hash_chain
+
+    rng = np.random.default_rng(seed)
+    system = rng.integers(0, 50_000, 70).tolist()
+    rows, chains = [], []
+    for c in range(n_conv):
+        stream = list(system) if c % 3 == 0 else []
+        for t in range(int(rng.integers(1, max_turns + 1))):
+            stream += rng.integers(0, 50_000, int(rng.integers(5, 200))).tolist()  # the user's message
+            out = int(rng.integers(1, max_out))
+            rows.append((c, t, len(stream), out))
+            chains.append(block_hash_chain(np.asarray(stream), bs))
+            stream += rng.integers(0, 50_000, out).tolist()  # the reply
+    # Interleave conversations at random, each one's turns in order (as traces do).
+    by_conv: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_conv.setdefault(r[0], []).append(i)
+    labels = [r[0] for r in rows]
+    rng.shuffle(labels)
+    taken = dict.fromkeys(by_conv, 0)
+    seq = []
+    for c in labels:
+        seq.append(by_conv[c][taken[c]])
+        taken[c] += 1
+    rows = [rows[i] for i in seq]
+    chains = [chains[i] for i in seq]
+    n = len(rows)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(ch) for ch in chains])
+    hashes = np.concatenate(chains).astype(np.uint64) if n else np.zeros(0, dtype=np.uint64)
+    return Trace(
+        request_id=np.arange(n, dtype=np.int64),
+        conversation_id=np.array([f"c{r[0]}" for r in rows], dtype=object),
+        turn=np.array([r[1] for r in rows], dtype=np.int32),
+        input_len=np.array([r[2] for r in rows], dtype=np.int32),
+        output_len=np.array([r[3] for r in rows], dtype=np.int32),
+        arrival_s=np.cumsum(rng.exponential(1.0 / rate, n)),
         timestamp_s=np.full(n, np.nan),
         hash_offsets=offsets,
         block_hashes=hashes,

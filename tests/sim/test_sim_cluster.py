@@ -12,7 +12,7 @@ import routing
 from sim.cluster import ClusterSim, simulate
 from sim.latency import LatencyModel
 
-from sim_helpers import conversation_trace, fleet, record_differences, simple_trace
+from sim_helpers import chat_trace, conversation_trace, fleet, record_differences, simple_trace
 
 STRATEGIES = ["round_robin", "least_load", "least_tokens", "power_of_two", "least_kv", "random"]
 
@@ -27,20 +27,61 @@ STRATEGIES = ["round_robin", "least_load", "least_tokens", "power_of_two", "leas
     timeout=st.sampled_from([0.0, 4.0]),
     delay=st.sampled_from([0.0, 0.003]),
     rate=st.sampled_from([10.0, 40.0]),
+    chat=st.booleans(),
+    async_scheduling=st.booleans(),
 )
-def test_fast_mode_and_block_extents_change_nothing(seed, strategy, blocks, budget, timeout, delay, rate):
+def test_fast_mode_and_block_extents_change_nothing(seed, strategy, blocks, budget, timeout, delay, rate,
+                                                    chat, async_scheduling):
     """Closed-form decode runs, counted private blocks and the decode group are exact
-    optimisations: the records equal those of stepping one step at a time, request
-    by request, with every block tracked."""
-    trace = conversation_trace(40, seed=seed, rate=rate)
-    kw = dict(blocks=blocks, budget=budget, timeout_s=timeout, delay_s=delay)
-    ref = simulate(trace, routing.build(strategy, seed=seed), fleet(mode="exact", **kw),
-                   seed=seed, share_analysis=False, decode_group=False)
-    for mode, share, group in (("exact", True, True), ("fast", False, False),
-                               ("fast", True, False), ("fast", True, True)):
-        got = simulate(trace, routing.build(strategy, seed=seed), fleet(mode=mode, **kw),
-                       seed=seed, share_analysis=share, decode_group=group)
+    optimisations: the records and every backend's KV events equal those of stepping
+    one step at a time, request by request, with every block tracked. ``chat``
+    traces name the blocks replies fill (later turns hit them)."""
+    trace = (chat_trace if chat else conversation_trace)(40, seed=seed, rate=rate)
+    kw = dict(blocks=blocks, budget=budget, timeout_s=timeout, delay_s=delay,
+              async_scheduling=async_scheduling)
+
+    def run(mode, share, group):
+        events: dict[int, list] = {}
+        res = simulate(trace, routing.build(strategy, seed=seed), fleet(mode=mode, **kw), seed=seed,
+                       share_analysis=share, decode_group=group,
+                       kv_events=lambda b, e, t: events.setdefault(b, []).append((e, t)))
+        return res, events
+
+    ref, ref_events = run("exact", False, False)
+    for mode, share, group in (("exact", True, True), ("fast", False, True), ("fast", True, True)):
+        got, events = run(mode, share, group)
         assert record_differences(ref.records, got.records) == [], (mode, share, group)
+        assert events.keys() == ref_events.keys()
+        for b, stream in ref_events.items():
+            assert [e for e, _ in events[b]] == [e for e, _ in stream], (mode, share, group, b)
+            assert [t for _, t in events[b]] == pytest.approx([t for _, t in stream], rel=1e-9)
+
+
+def test_a_later_turn_hits_the_blocks_its_previous_reply_filled():
+    # One backend, turns far apart: each later turn hits everything the previous turn
+    # cached, its reply included, up to (input_len - 1) // 16 blocks.
+    trace = chat_trace(12, seed=4, rate=0.05, max_out=120)
+    res = simulate(trace, routing.build("round_robin"), fleet(n=1, blocks=4000))
+    rows, counts = trace.reply_blocks()
+    checked = 0
+    for i, r in enumerate(res.records):
+        nxt = rows[i]
+        if nxt < 0:
+            continue
+        # The later turn's prompt holds this prompt and reply: it hits the blocks this
+        # turn cached, (input + output - 1) // 16 of them, within its own limit.
+        later = res.records[nxt]
+        if later.dispatch_s < r.finish_s:
+            continue  # it came before the reply was complete
+        expect = min((r.input_len + r.output_len - 1) // 16, (later.input_len - 1) // 16) * 16
+        assert later.cached_tokens >= expect
+        assert later.cached_tokens > (r.input_len // 16) * 16 or counts[i] == 0
+        checked += 1
+    assert checked > 5
+    # The lab's live load generator does not send served replies back: no reply hits.
+    plain = simulate(trace, routing.build("round_robin"), fleet(n=1, blocks=4000),
+                     replies_in_prompts=False)
+    assert sum(r.cached_tokens for r in plain.records) < sum(r.cached_tokens for r in res.records)
 
 
 def test_the_scenario_exercises_preemption_prefix_hits_and_timeouts():

@@ -100,8 +100,9 @@ def test_running_requests_are_scheduled_before_waiting_ones_and_share_the_budget
 
 
 def test_admission_needs_room_for_the_whole_sequence_and_is_fcfs():
-    # 10 blocks of 16 tokens. Request 1 holds ceil(100/16) = 7 blocks after its prefill.
-    eng = engine(blocks=10, budget=4096)
+    # 10 usable blocks of 16 tokens (a server reporting 11: one is vLLM's null block).
+    # Request 1 holds ceil(100/16) = 7 blocks after its prefill.
+    eng = engine(blocks=11, budget=4096)
     eng.add_request(EngineRequest(1, prompt_len=100, max_tokens=2))
     step(eng, 0.0)
     assert eng.kv.num_used == 7
@@ -154,9 +155,9 @@ def test_prefix_caching_off_never_hits():
 
 
 def test_lru_eviction_takes_the_oldest_freed_blocks_tail_first():
-    # 6 blocks. A (blocks a1,a2) finishes, then B (b1,b2) finishes: the free queue is
-    # [2 never-used, a2, a1, b2, b1]; tails are freed first.
-    eng = engine(blocks=6)
+    # 6 usable blocks. A (blocks a1,a2) finishes, then B (b1,b2) finishes: the free
+    # queue is [2 never-used, a2, a1, b2, b1]; tails are freed first.
+    eng = engine(blocks=7)
     eng.add_request(EngineRequest(1, prompt_len=32, max_tokens=1, prompt_hashes=chain(101, 102)))
     step(eng, 0.0)
     eng.add_request(EngineRequest(2, prompt_len=32, max_tokens=1, prompt_hashes=chain(201, 202)))
@@ -175,12 +176,12 @@ def test_lru_eviction_takes_the_oldest_freed_blocks_tail_first():
 
 
 def test_preemption_evicts_the_newest_running_request_and_recomputes_it():
-    # 5 blocks of 16. A (prompt 16, 20 tokens out) and B (prompt 16, 60 out) prefill
+    # 5 usable blocks of 16. A (prompt 16, 20 tokens out) and B (prompt 16, 60 out) prefill
     # together (1 block each), then decode in lockstep. Decode step k schedules token
     # 16+k, needing blocks_for(16+k): at k=1 both take a 2nd block (4 used); at k=17
     # both need a 3rd: A takes the last free block, B finds none and, being the newest
     # running request, preempts itself. B then has 17 outputs and 32 computed tokens.
-    eng = engine(blocks=5)
+    eng = engine(blocks=6)
     eng.add_request(EngineRequest(1, prompt_len=16, max_tokens=20))
     eng.add_request(EngineRequest(2, prompt_len=16, max_tokens=60))
     step(eng, 0.0)
@@ -205,14 +206,32 @@ def test_preemption_evicts_the_newest_running_request_and_recomputes_it():
     plan, out = step(eng, 20.0)
     req, n = plan.scheduled[0]
     assert (req.id, n) == (2, 1)
-    assert eng.published.prefix_hits == 32
+    # vLLM's prefix-cache counters count first admissions only (a re-admission after
+    # a preemption goes to PrefixCacheStats.preempted_*): 16 + 16 queried, no hit.
+    m = eng.published
+    assert (m.prefix_queries, m.prefix_hits) == (32, 0)
     assert out.emitted == [req] and req.num_output == 18
 
 
 def test_request_larger_than_the_kv_cache_is_refused():
-    eng = engine(blocks=4)  # 64 tokens
+    eng = engine(blocks=5)  # 4 usable blocks: 64 tokens
     with pytest.raises(RequestTooLong):
         eng.add_request(EngineRequest(1, prompt_len=60, max_tokens=10))
+
+
+def test_the_null_block_holds_no_tokens():
+    # vLLM's block pool keeps block 0 as its null block: a server reporting
+    # num_gpu_blocks = 5 has 4 blocks (64 tokens) for requests, and its KV usage
+    # is out of 4.
+    eng = engine(blocks=5)
+    assert eng.kv.num_blocks == 4 and eng.max_tokens_total == 64
+    with pytest.raises(RequestTooLong):
+        eng.add_request(EngineRequest(1, prompt_len=60, max_tokens=5))  # 65 tokens
+    eng.add_request(EngineRequest(2, prompt_len=40, max_tokens=5))
+    step(eng, 0.0)
+    # The prefill computed 40 tokens: ceil(40/16) = 3 blocks in use, 3 of 4 usable.
+    assert eng.kv.num_used == 3
+    assert eng.published.kv_usage == pytest.approx(3 / 4)
 
 
 def test_abort_frees_blocks_and_removes_the_request():
@@ -225,15 +244,16 @@ def test_abort_frees_blocks_and_removes_the_request():
 
 
 def test_decode_run_matches_single_steps():
-    # Two identical engines: one steps 30 decode steps one by one, the other plans a run.
-    def setup():
-        e = engine()
+    # Two engines: the reference steps 30 decode steps one by one, request by request;
+    # the decode group plans them as one run.
+    def setup(group):
+        e = Engine(EngineConfig(num_kv_blocks=1000, block_size=16), LAT, decode_group=group)
         for i in range(3):
             e.add_request(EngineRequest(i, prompt_len=40 + i, max_tokens=200))
         step(e, 0.0)
         return e
 
-    a, b = setup(), setup()
+    a, b = setup(False), setup(True)
     t = 1.0
     for _ in range(30):
         plan = a.plan()
@@ -252,7 +272,7 @@ def test_decode_run_matches_single_steps():
 
 
 def test_steps_done_by_inverts_time_of():
-    eng = engine()
+    eng = Engine(EngineConfig(num_kv_blocks=1000, block_size=16), LAT)  # decode runs need the group
     for i in range(4):
         eng.add_request(EngineRequest(i, prompt_len=20, max_tokens=500))
     step(eng, 0.0)
