@@ -208,6 +208,8 @@ class LatencyProfile:
         limits = asdict(self.engine)
         if not limits["max_model_len"]:
             del limits["max_model_len"]
+        if not limits["async_scheduling"]:
+            del limits["async_scheduling"]  # the default (CPU); written where vLLM turns it on
         return limits
 
     def to_json(self) -> str:

@@ -183,7 +183,8 @@ def derive_profile(
         name=name or profile_name(arch.name, device.name, tp, dtype),
         model=lat,
         engine=EngineDefaults(num_kv_blocks=max(1, plan.kv_tokens // block_size), block_size=block_size,
-                              max_num_seqs=seqs, max_num_batched_tokens=batched, max_model_len=model_len),
+                              max_num_seqs=seqs, max_num_batched_tokens=batched, max_model_len=model_len,
+                              async_scheduling=not device.measured),  # vLLM's default on GPU
         description=f"{arch.name} on {tp}x {device.name}, {_dtype_words(arith)} weights: derived from "
                     "architecture and datasheet, not measured",
         hardware=hardware,
