@@ -105,7 +105,7 @@ def measure(target: str, url: str | None, urls: list[str], trace, pid: int | Non
     t0 = time.perf_counter()
     if url is None:
         fleet = LiveRouter(urls, routing.build("round_robin"), scrape=False, track_prefix=False)  # direct
-        result = run_async(replay(trace, fleet=fleet, options=opts))
+        result = run_async(replay(trace, router=fleet, options=opts))
     else:
         result = run_async(replay(trace, gateway_url=url, options=opts))
     wall = time.perf_counter() - t0

@@ -59,7 +59,7 @@ def main() -> int:
                 reset_backends(urls, emulated=True)
                 fleet = LiveRouter(urls, routing.build("round_robin"), scrape=False, track_prefix=False)
                 c0, t0 = own_cpu(), time.perf_counter()
-                result = run_async(replay(trace, fleet=fleet, options=LoadOptions(
+                result = run_async(replay(trace, router=fleet, options=LoadOptions(
                     concurrency=1024, spin_s=spin, timeout_s=60)))
                 cpu = (own_cpu() - c0) / (time.perf_counter() - t0) * 100
                 lag = result.send_lag_s * 1e3

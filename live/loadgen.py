@@ -3,8 +3,9 @@
 Measures what ``vllm bench serve`` measures (TTFT from the send, chunk gaps as
 ITL, usage-based token counts) and writes one ``RequestRecord`` per request of
 the trace, whatever happened to it (rule "one record per request" in
-docs/architecture.md): ``ok``, ``error`` (with the text), ``timeout``, ``rejected`` (client-side routing found no healthy backend)
-or ``unfinished`` (in flight, or never sent, when the run's time bound hit).
+docs/architecture.md): ``ok``, ``error`` (with the text), ``timeout``,
+``rejected`` (client-side routing found no healthy backend) or ``unfinished``
+(in flight, or never sent, when the run's time bound hit).
 
 Timing. Every send is scheduled at an absolute deadline ``t0 + arrival_s``
 against one ``perf_counter`` origin, so lateness never accumulates. The event
@@ -73,22 +74,10 @@ class ReplayResult:
     stopped_early: bool = False
 
 
-class _Target:
-    """Where requests go: a fleet (client-side routing) or one gateway URL."""
-
-    def __init__(self, fleet: LiveRouter | None, gateway_url: str | None,
-                 backend_names: Sequence[str]) -> None:
-        if (fleet is None) == (gateway_url is None):
-            raise ValueError("give exactly one of fleet (client-side routing) or gateway_url")
-        self.fleet = fleet
-        self.gateway_url = gateway_url.rstrip("/") if gateway_url else None
-        self.index = {name: i for i, name in enumerate(backend_names)}
-
-
 async def replay(
     trace: Trace,
     *,
-    fleet: LiveRouter | None = None,
+    router: LiveRouter | None = None,
     gateway_url: str | None = None,
     backend_names: Sequence[str] = (),
     labels: RunLabels = RunLabels(),
@@ -96,109 +85,140 @@ async def replay(
 ) -> ReplayResult:
     """Send every request of ``trace`` at its arrival time; one record per request.
 
-    With ``fleet``, the fleet must not be started yet: it is started on this
-    replay's session (scraping and probing) and stopped at the end.
+    Give ``router`` (client-side routing; it must not be started yet: it is
+    started on this replay's session, scraping and probing, and stopped at the
+    end) or ``gateway_url`` (everything to one gateway).
     """
-    opts = options or LoadOptions()
-    if not backend_names and fleet is not None:
-        backend_names = [s.name for s in fleet.router.snapshots]
-    target = _Target(fleet, gateway_url, backend_names)
-    n = len(trace)
-    records: list[RequestRecord | None] = [None] * n
-    lags = np.full(n, np.nan)
-    shareable = trace.shareable_blocks() if fleet is not None and fleet.track_prefix else None
-    headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else None
-    arrivals = np.asarray(trace.arrival_s, dtype=np.float64)
-    bound = opts.max_duration_s if opts.max_duration_s else math.inf
-    bar = tqdm(total=n, desc=f"{labels.strategy or 'replay'} seed {labels.seed}", unit="req",
-               disable=not opts.progress, leave=False)
-    clock = time.perf_counter
-    tasks: set[asyncio.Task] = set()
-    stopped_early = False
-    # Request bodies (prompt token ids as JSON) take a few tenths of a millisecond
-    # each: make the first ones before the clock starts, the rest while waiting.
-    sendable = n if bound == math.inf else int(np.searchsorted(arrivals, bound, side="right"))
-    bodies = [_body(trace, i, opts) for i in tqdm(
-        range(min(sendable, PREPARED_BODIES)), desc="preparing requests", unit="req",
-        disable=not opts.progress, leave=False)]
+    if (router is None) == (gateway_url is None):
+        raise ValueError("give exactly one of router (client-side routing) or gateway_url")
+    return await _Replay(trace, router, gateway_url, backend_names, labels, options or LoadOptions()).run()
 
-    client = StreamClient(fleet.urls if fleet is not None else [target.gateway_url],
-                          opts.concurrency, headers)
-    # The aiohttp session serves the fleet's scrapes and health probes only.
-    async with make_session(8) as session:
-        if fleet is not None:
-            await fleet.start(session)
-        t0 = clock() + opts.start_delay_s
 
-        async def one(i: int, body: bytes, scheduled: float) -> None:
-            res = CompletionResult(ok=False, status=0, start=math.nan)
-            decision: Decision | None = None
-            url = target.gateway_url
-            status = "unfinished"
+class _Replay:
+    """One replay: the dispatch loop on the clock, one task per request, the drain."""
+
+    def __init__(self, trace: Trace, router: LiveRouter | None, gateway_url: str | None,
+                 backend_names: Sequence[str], labels: RunLabels, opts: LoadOptions) -> None:
+        self.trace, self.router, self.labels, self.opts = trace, router, labels, opts
+        self.gateway_url = gateway_url.rstrip("/") if gateway_url else None
+        if not backend_names and router is not None:
+            backend_names = [s.name for s in router.router.snapshots]
+        self.backend_index = {name: i for i, name in enumerate(backend_names)}
+        n = len(trace)
+        self.records: list[RequestRecord | None] = [None] * n
+        self.lags = np.full(n, np.nan)
+        self.shareable = trace.shareable_blocks() if router is not None and router.track_prefix else None
+        self.arrivals = np.asarray(trace.arrival_s, dtype=np.float64)
+        self.bound = opts.max_duration_s if opts.max_duration_s else math.inf
+        self.clock = time.perf_counter
+        self.tasks: set[asyncio.Task] = set()
+        self.stopped_early = False
+        self.t0 = math.nan
+        self.bar = tqdm(total=n, desc=f"{labels.strategy or 'replay'} seed {labels.seed}", unit="req",
+                        disable=not opts.progress, leave=False)
+        # Request bodies (prompt token ids as JSON) take a few tenths of a millisecond
+        # each: make the first ones before the clock starts, the rest while waiting.
+        sendable = n if self.bound == math.inf else int(np.searchsorted(self.arrivals, self.bound, "right"))
+        self.bodies = [_body(trace, i, opts) for i in tqdm(
+            range(min(sendable, PREPARED_BODIES)), desc="preparing requests", unit="req",
+            disable=not opts.progress, leave=False)]
+        headers = {"Authorization": f"Bearer {opts.api_key}"} if opts.api_key else None
+        self.client = StreamClient(router.urls if router is not None else [self.gateway_url],
+                                   opts.concurrency, headers)
+
+    async def run(self) -> ReplayResult:
+        # The aiohttp session serves the router's scrapes and health probes only.
+        async with make_session(8) as session:
+            if self.router is not None:
+                await self.router.start(session)
+            self.t0 = self.clock() + self.opts.start_delay_s
             try:
-                if fleet is not None:
-                    info = RequestInfo(
-                        int(trace.request_id[i]), int(trace.input_len[i]), fleet.now(),
-                        trace.hashes(i) if fleet.track_prefix else np.zeros(0, np.uint64),
-                        session_id=str(trace.conversation_id[i]), turn=int(trace.turn[i]),
-                        num_shareable_blocks=int(shareable[i]) if shareable is not None else -1)
-                    try:
-                        decision = fleet.dispatch(info)
-                    except NoHealthyBackend:
-                        status = "rejected"
-                        res.start = clock()
-                        res.error = "no healthy backend"
-                        return
-                    url = fleet.urls[decision.backend]
-                await client.post(url, "/v1/completions", body, res, opts.timeout_s)
-                status = "ok" if res.ok else ("timeout" if res.timed_out else "error")
+                await self._dispatch()
+                await self._drain()
             finally:
-                if status == "unfinished":
-                    res.error = "still in flight when the run's time bound hit (cancelled)"
-                lags[i] = res.start - scheduled
-                records[i] = _record(trace, i, res, status, decision, t0, labels, target)
-                if decision is not None:
-                    out_len = res.output_tokens
-                    fleet.finish(Outcome(int(trace.request_id[i]), decision.backend, res.ok,
-                                         int(trace.input_len[i]), out_len, res.ttft_s, res.e2el_s))
-                    if status != "unfinished":
-                        fleet.report(decision.backend, res.ok)
-                bar.update(1)
+                await self._stop()
+            wall = self.clock() - self.t0
+        for i, rec in enumerate(self.records):
+            if rec is None:  # never sent before the bound
+                self.records[i] = _unsent_record(self.trace, i, self.labels)
+        return ReplayResult(self.records, self.lags[np.isfinite(self.lags)], wall, self.stopped_early)
 
+    async def _dispatch(self) -> None:
+        """Start each request's task at its deadline ``t0 + arrival_s``; stop at the bound."""
+        for i in range(len(self.trace)):
+            if self.arrivals[i] > self.bound:
+                self.stopped_early = True
+                return
+            body = self.bodies[i] if i < len(self.bodies) else _body(self.trace, i, self.opts)
+            if i < len(self.bodies):
+                self.bodies[i] = b""  # sent once: free it
+            deadline = self.t0 + self.arrivals[i]
+            await _sleep_until(deadline, self.opts.spin_s, self.clock)
+            task = asyncio.ensure_future(self._send(i, body, deadline))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _drain(self) -> None:
+        """Wait for requests in flight, up to ``drain_s`` (and the time bound)."""
+        if not self.tasks:
+            return
+        left = self.opts.drain_s
+        if self.bound < math.inf:
+            left = min(left, self.t0 + self.bound - self.clock())
+        _, pending = await asyncio.wait(set(self.tasks), timeout=max(left, 0.0))
+        if pending:
+            self.stopped_early = True
+
+    async def _stop(self) -> None:
+        """Cancel what is still running (recorded as unfinished), stop the router and the client."""
+        for t in list(self.tasks):
+            t.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.router is not None:
+            await self.router.stop()
+        self.client.close()
+        self.bar.close()
+
+    async def _send(self, i: int, body: bytes, scheduled: float) -> None:
+        """Route and send request ``i``; whatever happens, record it exactly once."""
+        trace, router = self.trace, self.router
+        res = CompletionResult(ok=False, status=0, start=math.nan)
+        decision: Decision | None = None
+        url = self.gateway_url
+        status = "unfinished"
         try:
-            for i in range(n):
-                if arrivals[i] > bound:
-                    stopped_early = True
-                    break
-                body = bodies[i] if i < len(bodies) else _body(trace, i, opts)
-                if i < len(bodies):
-                    bodies[i] = b""  # sent once: free it
-                deadline = t0 + arrivals[i]
-                await _sleep_until(deadline, opts.spin_s, clock)
-                task = asyncio.ensure_future(one(i, body, deadline))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                left = min(opts.drain_s, t0 + bound - clock()) if bound < math.inf else opts.drain_s
-                _, pending = await asyncio.wait(set(tasks), timeout=max(left, 0.0))
-                if pending:
-                    stopped_early = True
+            if router is not None:
+                try:
+                    decision = router.dispatch(self._request_info(i))
+                except NoHealthyBackend:
+                    status = "rejected"
+                    res.start = self.clock()
+                    res.error = "no healthy backend"
+                    return
+                url = router.urls[decision.backend]
+            await self.client.post(url, "/v1/completions", body, res, self.opts.timeout_s)
+            status = "ok" if res.ok else ("timeout" if res.timed_out else "error")
         finally:
-            for t in list(tasks):
-                t.cancel()
-            if tasks:
-                await asyncio.gather(*tasks, return_exceptions=True)
-            if fleet is not None:
-                await fleet.stop()
-            client.close()
-            bar.close()
-        wall = clock() - t0
+            if status == "unfinished":
+                res.error = "still in flight when the run's time bound hit (cancelled)"
+            self.lags[i] = res.start - scheduled
+            self.records[i] = _record(trace, i, res, status, decision, self.t0, self.labels,
+                                      self.backend_index)
+            if decision is not None:
+                router.finish(Outcome(int(trace.request_id[i]), decision.backend, res.ok,
+                                      int(trace.input_len[i]), res.output_tokens, res.ttft_s, res.e2el_s))
+                if status != "unfinished":
+                    router.report(decision.backend, res.ok)
+            self.bar.update(1)
 
-    for i in range(n):
-        if records[i] is None:  # never sent before the bound
-            records[i] = _unsent_record(trace, i, labels)
-    sent = lags[np.isfinite(lags)]
-    return ReplayResult(records, sent, wall, stopped_early)
+    def _request_info(self, i: int) -> RequestInfo:
+        trace, router = self.trace, self.router
+        return RequestInfo(
+            int(trace.request_id[i]), int(trace.input_len[i]), router.now(),
+            trace.hashes(i) if router.track_prefix else np.zeros(0, np.uint64),
+            session_id=str(trace.conversation_id[i]), turn=int(trace.turn[i]),
+            num_shareable_blocks=int(self.shareable[i]) if self.shareable is not None else -1)
 
 
 def _body(trace: Trace, i: int, opts: LoadOptions) -> bytes:
@@ -219,7 +239,7 @@ async def _sleep_until(deadline: float, spin_s: float, clock) -> None:
 
 
 def _record(trace: Trace, i: int, res: CompletionResult, status: str, decision: Decision | None,
-            t0: float, labels: RunLabels, target: _Target) -> RequestRecord:
+            t0: float, labels: RunLabels, backend_index: dict[str, int]) -> RequestRecord:
     sent = res.start - t0
     times = res.chunk_times_s
     itl = ItlEncoder()
@@ -228,7 +248,7 @@ def _record(trace: Trace, i: int, res: CompletionResult, status: str, decision: 
     if decision is not None:
         backend = decision.backend
     elif res.routed_to:
-        backend = target.index.get(res.routed_to, -1)
+        backend = backend_index.get(res.routed_to, -1)  # the gateway's x-gateway-backend
     else:
         backend = -1
     rec = RequestRecord(

@@ -168,7 +168,7 @@ async def run_unit(
     strategy = routing.build(strategy_name, seed=seed, **params)
     fleet = LiveRouter(urls, strategy, names=names, groups=groups, block_size=block_size,
                       scrape_interval_s=scrape_interval_s, scrape=True, track_prefix=True)
-    return await replay(trace, fleet=fleet, labels=labels, options=load)
+    return await replay(trace, router=fleet, labels=labels, options=load)
 
 
 def point_trace(point, seed: int, settings: LiveSettings) -> Trace:

@@ -14,7 +14,6 @@ as a table (a flat object) or as formatted JSON.
 from __future__ import annotations
 
 import functools
-import html
 import json
 import math
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from results.rundir import RunDir, Unit
 from results.summary import (
     TABLE_COLUMNS, RunSummary, format_value, point_backends, point_label, summarize_run,
 )
+from results.templating import render
 
 VALIDATION_DIR = "validation"
 
@@ -235,32 +235,18 @@ def validation_sections(run_path: Path) -> list[Section]:
             try:
                 doc = json.loads(f.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
-                out.append(Section(title, f"<p class=warn>{_e(f.name)} is not valid JSON: {_e(exc)}</p>"))
+                out.append(Section(title, render(TEMPLATES, "json_section.html.j2", table=None, text="",
+                                                 error=f"{f.name} is not valid JSON: {exc}")))
                 continue
             out.append(Section(title, _json_html(doc)))
     return out
 
 
-# --- HTML -------------------------------------------------------------------------
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#fafbfc}
-main{max-width:1200px;margin:0 auto;padding:24px 32px 64px}
-h1{font-size:1.6rem;margin:.2rem 0}h2{font-size:1.2rem;margin-top:2.2rem;border-bottom:1px solid #dde1e6;padding-bottom:4px}
-h3{font-size:1rem;margin:1.2rem 0 .4rem}
-.meta{color:#5b6472;font-size:.9rem}.meta b{color:#1d2330}
-table{border-collapse:collapse;font-size:.85rem;margin:.4rem 0 1rem;background:#fff}
-th,td{border:1px solid #dde1e6;padding:3px 8px;text-align:right;white-space:nowrap}
-th{background:#f0f2f5}td.l,th.l{text-align:left}
-tr.best td{background:#eaf6ea}tr.tied td{background:#f5fbf0}
-.chart{margin:12px 0 24px;background:#fff;border:1px solid #e6e9ed;padding:8px;overflow-x:auto}
-pre{background:#f4f5f7;padding:10px;overflow-x:auto;font-size:.8rem;border:1px solid #e6e9ed}
-.warn{color:#a33}.note{color:#5b6472;font-size:.85rem}
-.banner{background:#fdecea;border:2px solid #c62828;color:#7f1d1d;padding:10px 14px;margin:12px 0}
-tr.unranked td{background:#fdecea}
-details summary{cursor:pointer;color:#2b5fb4}
-nav a{margin-right:14px;font-size:.9rem}
-"""
+# --- HTML: what goes in each table here, the layout in templates/report.html.j2 ----------
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+NAV = [("ranking", "Ranking"), ("summary", "Summary"), ("charts", "Charts"),
+       ("reliability", "Requests by status"), ("balance", "Load balance"),
+       ("all-metrics", "All metrics"), ("scenario", "Scenario"), ("environment", "Environment")]
 
 
 def render_html(
@@ -272,50 +258,16 @@ def render_html(
 ) -> str:
     """The report page (a pure function of its inputs, apart from the vl-convert bundle)."""
     m = summary.manifest
-    title = f"Routing report: {m.get('experiment_id') or run.path.name}"
-    body = [f"<h1>{_e(title)}</h1>", _meta_html(summary, run), _health_html(summary)]
-    body.append("<nav>" + "".join(
-        f'<a href="#{a}">{_e(t)}</a>' for a, t in [
-            ("ranking", "Ranking"), ("summary", "Summary"), ("charts", "Charts"),
-            ("reliability", "Requests by status"), ("balance", "Load balance"),
-            ("all-metrics", "All metrics"), ("scenario", "Scenario"), ("environment", "Environment"),
-        ] + [(f"extra-{i}", s.title) for i, s in enumerate(sections)]) + "</nav>")
-    body += [_ranking_html(summary), _summary_html(summary), _charts_html(specs, chart_dir),
-             _status_html(summary), _balance_html(summary), _all_metrics_html(summary),
-             _scenario_html(run), _environment_html(summary, run)]
-    for i, s in enumerate(sections):
-        body.append(f'<h2 id="extra-{i}">{_e(s.title)}</h2>\n{s.html}')
-    bundle = _vega_bundle()
-    spec_tags = "\n".join(
-        f'<script type="application/json" id="spec-{_e(name)}">{_json_script(spec)}</script>'
-        for name, spec in specs.items())
-    names = json.dumps(list(specs))
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_e(title)}</title>
-<link rel="icon" href="data:,">
-<style>{_CSS}</style>
-<script>{bundle}</script>
-</head><body><main>
-{chr(10).join(body)}
-<p class="note">Generated {generated} by vllm-routing-lab <code>python -m results</code>.</p>
-</main>
-{spec_tags}
-<script>
-window.__report = {{total: {len(specs)}, rendered: 0, errors: []}};
-for (const name of {names}) {{
-  const spec = JSON.parse(document.getElementById("spec-" + name).textContent);
-  vegaEmbed("#chart-" + name, spec, {{renderer: "svg",
-      actions: {{export: true, source: false, compiled: false, editor: false}}}})
-    .then(() => {{ window.__report.rendered += 1; }})
-    .catch((err) => {{ window.__report.errors.push(name + ": " + err);
-                       console.error("chart " + name + " failed:", err); }});
-}}
-</script>
-</body></html>
-"""
+    return render(
+        TEMPLATES, "report.html.j2",
+        title=f"Routing report: {m.get('experiment_id') or run.path.name}",
+        meta=_meta(summary), health=_health(summary),
+        nav=NAV + [(f"extra-{i}", s.title) for i, s in enumerate(sections)],
+        ranking=_ranking(summary), summary=_summary(summary), specs=specs, chart_dir=chart_dir,
+        has_slo_chart="slo_attainment" in specs, status=_status(summary), balance=_balance(summary),
+        all_metrics=_all_metrics(summary), scenario=_scenario(run), environment=_environment(summary, run),
+        sections=sections, bundle=_vega_bundle(),
+        generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
 
 @functools.lru_cache(maxsize=1)
@@ -327,189 +279,124 @@ def _vega_bundle() -> str:
     return vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())
 
 
-def _meta_html(s: RunSummary, run: RunDir) -> str:
+def _meta(s: RunSummary) -> list[tuple[str, str]]:
     m = s.manifest
     slo = parse_slo(m.get("slo"))
-    slo_text = ", ".join(f"{k.upper()} &le; {v:g} ms" for k, v in slo.items()) or "none set"
-    strategies = ", ".join(_e(x.get("label") or x.get("name")) for x in m.get("strategies") or []) \
-        or _e(", ".join(dict.fromkeys(s.units["strategy"])))
+    slo_text = ", ".join(f"{k.upper()} \u2264 {v:g} ms" for k, v in slo.items()) or "none set"
+    strategies = ", ".join(str(x.get("label") or x.get("name")) for x in m.get("strategies") or []) \
+        or ", ".join(dict.fromkeys(s.units["strategy"]))
     seeds = m.get("seeds") or sorted(set(s.units["seed"]))
-    items = [
-        ("mode", _e(m.get("mode", "?"))), ("scenario", _e(m.get("scenario", "?"))),
-        ("created", _e(m.get("created", "?"))), ("grid points", str(s.units["point_id"].nunique())),
-        ("strategies", strategies), ("seeds", _e(", ".join(map(str, seeds)))),
+    return [
+        ("mode", str(m.get("mode", "?"))), ("scenario", str(m.get("scenario", "?"))),
+        ("created", str(m.get("created", "?"))), ("grid points", str(s.units["point_id"].nunique())),
+        ("strategies", strategies), ("seeds", ", ".join(map(str, seeds))),
         ("requests", f"{int(s.units['num_requests'].sum()):,}"), ("SLO", slo_text),
-        ("ranked by", _e(s.objective)),
+        ("ranked by", s.objective),
     ]
-    return '<p class="meta">' + " &nbsp;·&nbsp; ".join(f"{k}: <b>{v}</b>" for k, v in items) + "</p>"
 
 
-def _ranking_html(s: RunSummary) -> str:
-    out = ['<h2 id="ranking">Ranking per grid point</h2>',
-           f'<p class="note">Strategies ordered by mean {_e(s.objective)} '
-           f"({_e(METRICS[s.objective].unit) if s.objective in METRICS else ''}, "
-           f"{'higher' if METRICS.get(s.objective) and METRICS[s.objective].better == 'higher' else 'lower'}"
-           " is better). Green rows are tied with the best: their 95% intervals overlap "
-           "(with one seed, only equal values tie).</p>"]
+def _health(s: RunSummary) -> list[str]:
+    """The banner's lines when units are incomplete (``results.health``); empty otherwise."""
+    lines = s.health.warnings(_point_labels(s))
+    if not lines:
+        return []
+    return [lines[0].removeprefix("WARNING: "), *(ln.strip() for ln in lines[1:])]
+
+
+def _ranking(s: RunSummary) -> dict[str, Any]:
+    info = METRICS.get(s.objective)
     labels = _point_labels(s)
     unranked = s.health.incomplete.groupby(["point_id", "strategy"], sort=False)["unfinished_share"].max()
     by_point = dict(tuple(s.ranking.groupby("point_id", sort=False)))
+    points = []
     for point in dict.fromkeys(s.units["point_id"]):
         g = by_point.get(point, s.ranking.iloc[0:0])
-        out.append(f"<h3>{_e(labels.get(point, point))}</h3><table><tr><th>rank</th>"
-                   "<th class=l>strategy</th><th>mean</th><th>95% CI</th><th>seeds</th><th>tie</th></tr>")
-        for (p, strategy), share in unranked.items():
-            if p == point:
-                out.append(f'<tr class="unranked"><td>n/r</td><td class=l>{_e(strategy)}</td>'
-                           f'<td colspan=4 class="l warn">not ranked: {share:.0%} of a unit\'s '
-                           "requests unfinished (see the warning at the top)</td></tr>")
-        for r in g.itertuples(index=False):
-            cls = "best" if r.rank == 1 else "tied" if r.tied_with_best else ""
-            ci = (f"{format_value(r.ci_low)} – {format_value(r.ci_high)}"
-                  if math.isfinite(r.ci_low) else "n/a")
-            out.append(f'<tr class="{cls}"><td>{r.rank}</td><td class=l>{_e(r.strategy)}</td>'
-                       f"<td>{format_value(r.mean)}</td><td>{ci}</td><td>{r.n}</td>"
-                       f"<td>{'best' if r.rank == 1 else 'tied' if r.tied_with_best else ''}</td></tr>")
-        out.append("</table>")
-    return "\n".join(out)
+        rows = [{"cls": "best" if r.rank == 1 else "tied" if r.tied_with_best else "",
+                 "rank": r.rank, "strategy": r.strategy, "mean": format_value(r.mean),
+                 "ci": (f"{format_value(r.ci_low)} \u2013 {format_value(r.ci_high)}"
+                        if math.isfinite(r.ci_low) else "n/a"),
+                 "n": r.n, "tie": "best" if r.rank == 1 else "tied" if r.tied_with_best else ""}
+                for r in g.itertuples(index=False)]
+        points.append({"label": labels.get(point, point), "rows": rows,
+                       "unranked": [(st, f"{share:.0%}") for (p, st), share in unranked.items() if p == point]})
+    return {"objective": s.objective, "unit": info.unit if info else "",
+            "better": "higher" if info and info.better == "higher" else "lower", "points": points}
 
 
-def _summary_html(s: RunSummary) -> str:
+def _summary(s: RunSummary) -> dict[str, Any]:
     agg = s.aggregate.set_index(["point_id", "strategy", "metric"])
     labels = _point_labels(s)
-    head = "".join(f"<th>{_e(label)}</th>" for _, label in TABLE_COLUMNS)
     rows = []
     for point, strategy in s.units[["point_id", "strategy"]].drop_duplicates().itertuples(index=False):
-        cells = "".join(
-            f"<td>{format_value(*agg.loc[(point, strategy, metric), ['mean', 'ci_low', 'ci_high']])}</td>"
-            for metric, _ in TABLE_COLUMNS)
-        rows.append(f"<tr><td class=l>{_e(labels.get(point, point))}</td>"
-                    f"<td class=l>{_e(strategy)}</td>{cells}</tr>")
-    note = ("Values are means over seeds ± half-width of the 95% Student-t interval."
+        rows.append([labels.get(point, point), strategy] + [
+            format_value(*agg.loc[(point, strategy, metric), ["mean", "ci_low", "ci_high"]])
+            for metric, _ in TABLE_COLUMNS])
+    note = ("Values are means over seeds \u00b1 half-width of the 95% Student-t interval."
             if s.seeds > 1 else "One seed: values without confidence intervals.")
-    return (f'<h2 id="summary">Summary</h2><p class="note">{note} Latencies over ok requests, '
-            "as <code>vllm bench serve</code> computes them; <i>not ok</i> counts every other "
-            "request (see <a href=\"#reliability\">by status</a>).</p>"
-            f"<table><tr><th class=l>point</th><th class=l>strategy</th>{head}</tr>"
-            + "".join(rows) + "</table>")
+    return {"note": note, "columns": [label for _, label in TABLE_COLUMNS], "rows": rows}
 
 
-def _charts_html(specs: dict[str, dict[str, Any]], chart_dir: str | None) -> str:
-    out = ['<h2 id="charts">Charts</h2>']
-    if chart_dir:
-        out.append(f'<p class="note">PNG and SVG copies: <code>{_e(chart_dir)}/&lt;name&gt;.png|svg</code>. '
-                   "Drag to pan and scroll to zoom on the load charts.</p>")
-    if "slo_attainment" not in specs:
-        out.append('<p class="note">No SLO in the scenario: goodput and SLO attainment are not '
-                   "defined; the goodput chart shows request throughput instead.</p>")
-    for name in specs:
-        out.append(f'<div class="chart" id="chart-{_e(name)}" data-chart="{_e(name)}"></div>')
-    return "\n".join(out)
-
-
-def _status_html(s: RunSummary) -> str:
+def _status(s: RunSummary) -> dict[str, Any]:
     cols = ["num_requests", "completed", "num_error", "num_timeout", "num_rejected", "num_unfinished"]
-    heads = ["requests", "ok", "error", "timeout", "rejected", "unfinished"]
     sums = s.units.groupby(["point_id", "strategy"], sort=False)[cols].sum()
     labels = _point_labels(s)
-    rows = "".join(
-        f"<tr><td class=l>{_e(labels.get(p, p))}</td><td class=l>{_e(st)}</td>"
-        + "".join(f"<td>{int(r[c]):,}</td>" for c in cols) + "</tr>"
-        for (p, st), r in sums.iterrows())
-    return ('<h2 id="reliability">Requests by status</h2><p class="note">Totals over seeds. '
-            "Every request sent is one row; nothing is dropped.</p><table><tr><th class=l>point</th>"
-            "<th class=l>strategy</th>" + "".join(f"<th>{h}</th>" for h in heads) + f"</tr>{rows}</table>")
+    return {"columns": ["requests", "ok", "error", "timeout", "rejected", "unfinished"],
+            "rows": [[labels.get(p, p), st] + [f"{int(r[c]):,}" for c in cols]
+                     for (p, st), r in sums.iterrows()]}
 
 
-def _balance_html(s: RunSummary) -> str:
+def _balance(s: RunSummary) -> list[dict[str, Any]]:
     labels = _point_labels(s)
-    out = ['<h2 id="balance">Load balance</h2><p class="note">Share of dispatched requests per '
-           "backend (all seeds pooled) and the peak number in flight on it at once "
-           "(max over seeds).</p>"]
+    out = []
     if s.backends.empty:
-        return out[0] + "<p>No request was dispatched.</p>"
+        return out
     for point, g in s.backends.groupby("point_id", sort=False):
         names = list(dict.fromkeys(g["name"]))
-        out.append(f"<h3>{_e(labels.get(point, point))}</h3><table><tr><th class=l>strategy</th>"
-                   + "".join(f"<th>{_e(n)}</th>" for n in names) + "<th>max/mean</th></tr>")
+        rows = []
         for strategy, gs in g.groupby("strategy", sort=False):
             req = gs.groupby("name", sort=False)["requests"].sum()
             peak = gs.groupby("name", sort=False)["peak_inflight"].max()
             total = req.sum()
-            cells = "".join(
-                f"<td>{req.get(n, 0) / total:.1%} · peak {int(peak.get(n, 0))}</td>" if total else "<td>-</td>"
-                for n in names)
-            imb = (req.max() / req.mean()) if total else math.nan
-            out.append(f"<tr><td class=l>{_e(strategy)}</td>{cells}<td>{format_value(imb)}</td></tr>")
-        out.append("</table>")
-    return "\n".join(out)
+            cells = [f"{req.get(n, 0) / total:.1%} \u00b7 peak {int(peak.get(n, 0))}" if total else "-"
+                     for n in names]
+            imbalance = (req.max() / req.mean()) if total else math.nan
+            rows.append({"strategy": strategy, "cells": cells, "imbalance": format_value(imbalance)})
+        out.append({"label": labels.get(point, point), "names": names, "rows": rows})
+    return out
 
 
-def _all_metrics_html(s: RunSummary) -> str:
-    agg = s.aggregate
+def _all_metrics(s: RunSummary) -> dict[str, Any]:
     labels = _point_labels(s)
-    keys = s.units[["point_id", "strategy"]].drop_duplicates()
-    head = "".join(f"<th>{_e(labels.get(p, p))}<br>{_e(st)}</th>" for p, st in keys.itertuples(index=False))
-    idx = agg.set_index(["metric", "point_id", "strategy"])
-    rows = []
-    for metric, info in METRICS.items():
-        cells = "".join(
-            f"<td>{format_value(*idx.loc[(metric, p, st), ['mean', 'ci_low', 'ci_high']])}</td>"
-            for p, st in keys.itertuples(index=False))
-        rows.append(f"<tr><td class=l>{_e(metric)}</td><td class=l>{_e(info.unit)}</td>{cells}</tr>")
-    return ('<h2 id="all-metrics">All metrics</h2><details><summary>Show every metric '
-            "(mean ± 95% CI half-width)</summary><table><tr><th class=l>metric</th><th class=l>unit</th>"
-            f"{head}</tr>{''.join(rows)}</table></details>")
+    keys = list(s.units[["point_id", "strategy"]].drop_duplicates().itertuples(index=False))
+    idx = s.aggregate.set_index(["metric", "point_id", "strategy"])
+    rows = [[metric, info.unit] + [format_value(*idx.loc[(metric, p, st), ["mean", "ci_low", "ci_high"]])
+                                   for p, st in keys]
+            for metric, info in METRICS.items()]
+    return {"columns": [(labels.get(p, p), st) for p, st in keys], "rows": rows}
 
 
-def _health_html(s: RunSummary) -> str:
-    """A prominent banner when units are incomplete (``results.health``)."""
-    lines = s.health.warnings(_point_labels(s))
-    if not lines:
-        return ""
-    head, rest = lines[0].removeprefix("WARNING: "), [ln.strip() for ln in lines[1:]]
-    return ('<div class="banner" role="alert"><b>Warning: incomplete units.</b> ' + _e(head)
-            + "".join(f"<br>{_e(x)}" for x in rest) + "</div>")
-
-
-def _scenario_html(run: RunDir) -> str:
+def _scenario(run: RunDir) -> dict[str, Any]:
     path = run.path / "scenario.toml"
-    text = path.read_text(encoding="utf-8") if path.exists() else "(no scenario.toml in the run)"
     m = run.manifest
-    rows = []
+    fleet = []
     for p in m.get("points") or []:
         groups: dict[tuple[str, str], int] = {}
         for b in p.get("backends") or []:
             key = (str(b.get("group", "?")), str(b.get("profile", "?")))
             groups[key] = groups.get(key, 0) + 1
-        fleet = ", ".join(f"{n} x {prof} ({g})" for (g, prof), n in groups.items())
-        rows.append(f"<tr><td class=l>{_e(point_label(p))}</td><td class=l>{_e(fleet)}</td></tr>")
-    live = m.get("live") or {}
-    where = f"<p class=note>Backends: {_e(live['backends'])}.</p>" if live.get("backends") else ""
+        fleet.append((point_label(p), ", ".join(f"{n} x {prof} ({g})" for (g, prof), n in groups.items())))
     resolved = m.get("resolved_scenario")
-    resolved_html = ("<details><summary>The scenario as run (file + --set, --seeds, --emulate)"
-                     f"</summary><pre>{_e(json.dumps(resolved, indent=2))}</pre></details>"
-                     if resolved else "")
-    return ('<h2 id="scenario">Scenario</h2><h3>Fleet as run</h3>'
-            "<table><tr><th class=l>point</th><th class=l>backends</th></tr>" + "".join(rows)
-            + f"</table>{where}{resolved_html}<h3>The scenario file as given</h3>"
-            "<p class=note>Before command-line changes (--set, --seeds, --emulate): the fleet "
-            f"above is what ran.</p><pre>{_e(text)}</pre>")
+    return {"fleet": fleet, "backends": (m.get("live") or {}).get("backends"),
+            "resolved": json.dumps(resolved, indent=2) if resolved else "",
+            "text": path.read_text(encoding="utf-8") if path.exists() else "(no scenario.toml in the run)"}
 
 
-def _environment_html(s: RunSummary, run: RunDir) -> str:
+def _environment(s: RunSummary, run: RunDir) -> dict[str, Any]:
     env = s.manifest.get("environment") or {}
     rows = [(k, v) for k, v in env.items() if k != "versions"]
     rows += [(f"{k} version", v) for k, v in (env.get("versions") or {}).items()]
-    table = "".join(f"<tr><td class=l>{_e(k)}</td><td class=l>{_e(v)}</td></tr>" for k, v in rows)
-    failures = run.failures()
-    fail = ""
-    if failures:
-        fail = "<h3 class=warn>Units that failed</h3>" + "".join(
-            f"<details><summary>{_e(k)}</summary><pre>{_e(v)}</pre></details>" for k, v in failures.items())
-    manifest = json.dumps(s.manifest, indent=2, default=str)
-    return (f'<h2 id="environment">Environment and versions</h2><table>{table}</table>{fail}'
-            f"<details><summary>manifest.json</summary><pre>{_e(manifest)}</pre></details>")
+    return {"rows": rows, "failures": run.failures(),
+            "manifest": json.dumps(s.manifest, indent=2, default=str)}
 
 
 def _point_labels(s: RunSummary) -> dict[str, str]:
@@ -518,15 +405,5 @@ def _point_labels(s: RunSummary) -> dict[str, str]:
 
 def _json_html(doc: Any) -> str:
     if isinstance(doc, dict) and all(not isinstance(v, (dict, list)) for v in doc.values()):
-        return "<table>" + "".join(
-            f"<tr><td class=l>{_e(k)}</td><td class=l>{_e(v)}</td></tr>" for k, v in doc.items()) + "</table>"
-    return f"<pre>{_e(json.dumps(doc, indent=2))}</pre>"
-
-
-def _json_script(spec: dict[str, Any]) -> str:
-    """JSON safe inside a <script> element (no '</' can close it)."""
-    return json.dumps(spec, allow_nan=False, default=str).replace("</", "<\\/")
-
-
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+        return render(TEMPLATES, "json_section.html.j2", table=list(doc.items()), text="", error="")
+    return render(TEMPLATES, "json_section.html.j2", table=None, text=json.dumps(doc, indent=2), error="")

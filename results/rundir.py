@@ -206,7 +206,7 @@ def load_run(path: str | Path) -> pd.DataFrame:
 def environment() -> dict[str, Any]:
     """Versions and machine facts recorded with every run."""
     versions: dict[str, str] = {}
-    for mod in ("numpy", "pandas", "pyarrow", "simpy", "sklearn", "torch", "httpx"):
+    for mod in ("numpy", "pandas", "pyarrow", "simpy", "sklearn", "torch", "aiohttp"):
         m = sys.modules.get(mod)
         if m is not None:
             versions[mod] = getattr(m, "__version__", "?")

@@ -1,11 +1,12 @@
 """A validation document (``validation.judge``) as a terminal table and as an HTML report section."""
 from __future__ import annotations
 
-import html
 import math
+from pathlib import Path
 from typing import Any
 
 from results.summary import format_value, text_table
+from results.templating import render
 from validation.judge import LIVE_FAILED_SHARE, SHORT
 
 
@@ -77,48 +78,37 @@ def _machine_note(m: dict[str, Any]) -> str:
             f"{avg(m.get('loadavg_after_live'))} after")
 
 
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+COLOURS = {"agree": "#1d7a1d", "partial": "#a66f00", "disagree": "#a33", "failed": "#a33"}
 
 
 def render_html(doc: dict[str, Any]) -> str:
     """The report section: verdict, what ran, per point the metric table and both rankings."""
     v = doc["verdict"]
-    colour = {"agree": "#1d7a1d", "partial": "#a66f00", "disagree": "#a33", "failed": "#a33"}.get(
-        v["ranking"], "#333")
-    parts = [f"<p><b style='color:{colour}'>{_e(v['text'])}</b></p>",
-             "<p class=note>" + "<br>".join(_e(x) for x in (
-                 f"live run: {doc['live_run']} ({doc['target']['description']})",
-                 f"re-simulated: {doc['resimulated_run']}",
-                 f"command: {doc.get('command') or '-'}",
-                 f"budget: {doc['budget_s']:.0f} s of replay, about {doc['per_unit_budget_s']:.0f} s "
-                 f"per unit; err = (sim - live) / |live|",
-                 _machine_note(doc.get("machine") or {}))) + "</p>"]
-    for c in doc.get("checks") or []:
-        parts.append(f"<p class=warn>{_e(c['level'])}: {_e(c['message'])}</p>")
     rankings = {r["point_id"]: r for r in doc["rankings"]}
+    points = []
     for p in doc["points"]:
-        parts.append(f"<h3>{_e(p['label'])}</h3><p class=note>{_e(_scale_note(p))}</p>")
-        header, body = _point_rows(doc, p["point_id"])
-        parts.append("<table><tr>" + "".join(
-            f"<th class=l>{_e(h)}</th>" if i == 0 else f"<th>{_e(h)}</th>" for i, h in enumerate(header))
-            + "</tr>" + "".join("<tr>" + "".join(
-                f"<td class=l>{_e(c)}</td>" if i == 0 else f"<td>{_e(c)}</td>" for i, c in enumerate(row))
-                + "</tr>" for row in body) + "</table>")
+        header, rows = _point_rows(doc, p["point_id"])
         r = rankings.get(p["point_id"])
-        if r is not None:
-            parts.append(
-                f"<p>ranking by {_e(r['objective'])}: simulator <b>{_e(r['sim'])}</b>; "
-                f"live <b>{_e(r['live'])}</b>; Kendall tau-b {_e(_tau(r['tau']))}, best "
-                f"strategy {'the same' if r['top1'] else 'different'}: <b>{_e(r['verdict'])}</b></p>")
+        points.append({"label": p["label"], "note": _scale_note(p), "header": header, "rows": rows,
+                       "ranking": None if r is None else {
+                           "objective": r["objective"], "sim": r["sim"], "live": r["live"],
+                           "tau": _tau(r["tau"]), "top1": "the same" if r["top1"] else "different",
+                           "verdict": r["verdict"]}})
     t = doc["thresholds"]
-    parts.append(f"<p class=note>Verdict rules: a point agrees when the best strategy is the same and "
-                 f"tau-b &ge; {t['agree_tau']}, disagrees when the best differs and tau-b &le; 0, "
-                 f"fails when its live not-ok share exceeds the simulated one by more than "
-                 f"{t.get('live_failed_share', LIVE_FAILED_SHARE):.0%}; "
-                 f"metrics are close when every judged metric's median |err| &le; {t['close_error']:.0%}, "
-                 f"rough up to {t['rough_error']:.0%}, off beyond (docs/validation.md).</p>")
-    return "\n".join(parts)
+    return render(
+        TEMPLATES, "section.html.j2",
+        colour=COLOURS.get(v["ranking"], "#333"), verdict=v["text"],
+        notes=[f"live run: {doc['live_run']} ({doc['target']['description']})",
+               f"re-simulated: {doc['resimulated_run']}",
+               f"command: {doc.get('command') or '-'}",
+               f"budget: {doc['budget_s']:.0f} s of replay, about {doc['per_unit_budget_s']:.0f} s "
+               f"per unit; err = (sim - live) / |live|",
+               _machine_note(doc.get("machine") or {})],
+        checks=doc.get("checks") or [], points=points,
+        rules={"agree_tau": t["agree_tau"], "close": f"{t['close_error']:.0%}",
+               "rough": f"{t['rough_error']:.0%}",
+               "failed_share": f"{t.get('live_failed_share', LIVE_FAILED_SHARE):.0%}"})
 
 
 __all__ = ["format_text", "render_html"]

@@ -52,7 +52,7 @@ def test_client_side_replay_sends_on_time_and_records_everything(two_emulators):
     trace = small_trace(40, rate=40.0)
 
     async def main():
-        return await replay(trace, fleet=fleet_for(two_emulators), labels=RunLabels("e", "p", "rr", 0),
+        return await replay(trace, router=fleet_for(two_emulators), labels=RunLabels("e", "p", "rr", 0),
                             options=LoadOptions(concurrency=32))
 
     result = arun(main())
@@ -79,7 +79,7 @@ def test_a_backend_dying_mid_run_still_gives_one_record_per_request():
 
     async def main(urls):
         fleet = fleet_for(urls, eject_after=2, probe_interval_s=0.2)
-        return await replay(trace, fleet=fleet, options=LoadOptions(concurrency=16, timeout_s=20)), fleet
+        return await replay(trace, router=fleet, options=LoadOptions(concurrency=16, timeout_s=20)), fleet
 
     with spawn(1, TINY, args=["--crash-after", "4"]) as crash, spawn(1, TINY) as ok:
         result, fleet = arun(main([crash[0], ok[0]]))
@@ -98,7 +98,7 @@ def test_time_bound_records_in_flight_and_unsent_requests_as_unfinished(two_emul
 
     async def main():
         opts = LoadOptions(max_duration_s=0.6, concurrency=32)
-        return await replay(trace, fleet=fleet_for(two_emulators), options=opts)
+        return await replay(trace, router=fleet_for(two_emulators), options=opts)
 
     result = arun(main())
     check_one_record_per_request(trace, result.records)
@@ -128,7 +128,7 @@ def test_no_healthy_backend_is_recorded_as_rejected():
     fleet = fleet_for(["http://127.0.0.1:9"])
     fleet.router.set_healthy(0, False)
 
-    result = arun(replay(trace, fleet=fleet))
+    result = arun(replay(trace, router=fleet))
     assert [r.status for r in result.records] == ["rejected"] * 3
     assert all(r.backend == -1 for r in result.records)
 

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from results.browser import check_page, find_chromium
+from browser_driver import check_page, find_chromium
 from results.report import build_report
 
 pytestmark = pytest.mark.skipif(

@@ -80,7 +80,7 @@ def test_report_writes_html_charts_and_summary(make_run, capsys):
     # self-contained: the Vega bundle is inline and nothing is fetched from a CDN
     assert "vegaEmbed" in html and "<script src=" not in html and "cdn.jsdelivr" not in html
     for section in ("Ranking per grid point", "Requests by status", "Load balance",
-                    "Environment and versions", "Scenario", 'name = &quot;synthetic&quot;'):
+                    "Environment and versions", "Scenario", 'name = &#34;synthetic&#34;'):
         assert section in html
     charts = sorted(p.name for p in (path / "charts").iterdir())
     assert {"load_ttft_p50.png", "load_goodput.svg", "cdf_e2el.png", "inflight.svg",

@@ -1,5 +1,8 @@
 """Open a report in headless Chromium and collect console errors and chart renders.
 
+A test helper (``tests/results/test_report_browser.py``, and
+``benchmarks/report_in_browser.py``), not part of the shipped ``results`` package.
+
 The report must open offline without a console error and every chart must
 render; this module checks that the way a person would, in a real browser.
 It starts Chromium (Debian's ``chromium`` package, or any binary given) with a
