@@ -177,7 +177,7 @@ PIN_WEIGHT = 30.0
 TOL = 1e-3
 #: A faint pull of the front-end costs toward 0: where the data cannot tell the front end
 #: from the fixed overhead, the fit keeps the simpler explanation.
-FRONT_END_RIDGE = 1e-3
+FRONT_END_RIDGE = 0.03
 
 
 def effect_scales(data: pd.DataFrame, engine: EngineDefaults) -> np.ndarray:
@@ -385,12 +385,14 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
     M_i, v_i, use_t, use_p = _rows(data, lin0, scale, anchor)
     uw = _unit_weights(data)
     w_i = np.concatenate([uw[use_t], uw[use_p]])
-    x_idle = solve(M_i * w_i[:, None], v_i * w_i, w_i)
+    ridge_rows = np.diag(np.where(fe_cols, FRONT_END_RIDGE, 0.0))[fe_cols]
+    ridge_target = FRONT_END_RIDGE * lb[fe_cols]
+    # Idle requests cannot tell a fixed cost that queues (front end) from one that does not
+    # (overhead): the faint pull puts it in the overhead until loaded units say otherwise.
+    x_idle = solve(M_i * w_i[:, None], v_i * w_i, w_i, (ridge_rows, ridge_target))
     idle_pred = M_i @ x_idle  # the pinned predictions, relative to the measured values
     idle_fit_err = np.abs(idle_pred - v_i)
     pin_scale = pin_weight * w_i
-    ridge_rows = np.diag(np.where(fe_cols, FRONT_END_RIDGE, 0.0))[fe_cols]
-    ridge_target = FRONT_END_RIDGE * lb[fe_cols]
 
     def evaluate(x: np.ndarray):
         """Replay at ``x``: (cost, loaded system M, v, w, fixed rows A, b) with ``A @ x ~ b`` the pins and ridge."""

@@ -172,13 +172,20 @@ def linearize_units(units: list[PreparedUnit], n_rows: int, model: LatencyModel,
                     overhead_s: float = 0.0, front_end: FrontEndModel = FrontEndModel()) -> Linearized:
     """Step ``sim.engine.Engine`` and the front end through every unit and record the schedule.
 
-    Every time is carried as an affine function of the parameters: a vector
-    ``[value, gradient]``. Step ends add the step's composition ``[1, tokens,
-    seqs, prefill work, decode context]``; a front-end job starts at the later of
-    its arrival and the end of the job before it (``sim.frontend``) and adds its
-    cost. Which branch each "later of" took is the schedule; along it every
-    latency is linear in the parameters, and its value equals what
-    ``sim.cluster`` simulates (tested).
+    Every latency comes back as ``const + design @ theta``: its value is exactly
+    what ``sim.cluster`` simulates (tested), and ``design`` is its sensitivity
+    to the parameters *for this schedule*, built *locally*: a request's latency
+    moves with the steps that ran after it reached the engine (and the part of
+    the step in progress then), not with the whole busy period before it. (In a
+    long busy period the end of step k is the sum of every earlier step, but a
+    request that arrives at a fixed time does not wait longer because earlier
+    steps were slower: it joins a later step. Differentiating the whole chain
+    would say it does, by hundreds of steps, and a fit on it cannot move.)
+
+    Times are carried as vectors ``[value, gradient]``. A front-end job starts at
+    the later of its arrival and the end of the job before it (``sim.frontend``)
+    and adds its cost; a step's end enters the front end with its own duration's
+    gradient. Which branch each "later of" took is part of the schedule.
     """
     from sim.engine import Engine
     from sim.request import EngineRequest
@@ -188,15 +195,16 @@ def linearize_units(units: list[PreparedUnit], n_rows: int, model: LatencyModel,
                      np.full(n_rows, np.nan), 0, pack(model, max(overhead_s, 0.0), front_end))
     cfg = _engine_config(engine)
     theta = lin.theta
-    half = np.zeros(NPARAM + 1)
+    zero = np.zeros(NPARAM + 1)
+    half = zero.copy()
     half[0], half[1 + _OVERHEAD] = theta[_OVERHEAD] / 2.0, 0.5
-    in_unit = np.zeros(NPARAM + 1)
+    in_unit = zero.copy()
     in_unit[0], in_unit[1 + _FE["input_s"]] = front_end.input_s, 1.0
-    in_tok = np.zeros(NPARAM + 1)
+    in_tok = zero.copy()
     in_tok[0], in_tok[1 + _FE["input_token_s"]] = front_end.input_token_s, 1.0
-    out_unit = np.zeros(NPARAM + 1)
+    out_unit = zero.copy()
     out_unit[0], out_unit[1 + _FE["output_step_s"]] = front_end.output_step_s, 1.0
-    out_tok = np.zeros(NPARAM + 1)
+    out_tok = zero.copy()
     out_tok[0], out_tok[1 + _FE["output_token_s"]] = front_end.output_token_s, 1.0
     for unit in units:
         trace = unit.trace
@@ -206,13 +214,20 @@ def linearize_units(units: list[PreparedUnit], n_rows: int, model: LatencyModel,
         arrivals = trace.arrival_s
         input_len = trace.input_len
         n = len(trace)
-        first = [None] * n
-        last = [None] * n
+        # Per request: the step from which its wait counts, the gradient before that step,
+        # and for its first and last token: (step, branch gradient or None for "the engine's").
+        from_step = np.zeros(n, dtype=np.int64)
+        base = np.zeros((n, NPARAM))
+        first: list = [None] * n
+        last: list = [None] * n
+        first_val = np.full(n, np.nan)
+        last_val = np.full(n, np.nan)
+        phis: list[np.ndarray] = []  # per step: its duration's gradient
         fe_free = None  # when the front end's last job ends (None: no job yet)
         ready: deque = deque()  # (time the request reaches the engine, index), in order
         nxt = 0  # next request whose input job is not served yet
-        t_eng = None  # end of the engine's last step while it has work
-        t_last = None  # end of the engine's last step
+        busy = False  # the engine has work after its last step
+        last_start = last_end = 0.0
         steps = 0
 
         def serve_inputs(until: float, strict: bool) -> None:
@@ -226,53 +241,80 @@ def linearize_units(units: list[PreparedUnit], n_rows: int, model: LatencyModel,
                 nxt += 1
 
         while nxt < n or ready or eng.has_work:
-            if t_eng is None:
+            if busy:
+                S = zero.copy()
+                S[0] = last_end
+            else:
                 if not ready:
                     serve_inputs(arrivals[nxt] + half[0], strict=False)
-                # A request that reached the engine during its last step waits for that step to end.
-                S = ready[0][0] if t_last is None else _later(ready[0][0], t_last)
-            else:
-                S = t_eng
+                S = ready[0][0]
+                if steps and S[0] < last_end:
+                    # It reached the engine during the last step: it waits for that step's end.
+                    S = zero.copy()
+                    S[0] = last_end
             serve_inputs(S[0], strict=False)
+            k = steps
             while ready and ready[0][0][0] <= S[0]:
-                _, i = ready.popleft()
+                R, i = ready.popleft()
                 eng.add_request(EngineRequest(i, int(input_len[i]), int(trace.output_len[i]),
                                               trace.hashes(i), arrival=float(S[0]), num_shareable=shareable[i]))
+                from_step[i] = k
+                if busy or (k and R[0] < last_end):
+                    # Joined while step k-1 ran: it waits for the rest of that step.
+                    dur = last_end - last_start
+                    frac = min(max((last_end - R[0]) / dur, 0.0), 1.0) if dur > 0 else 0.0
+                    base[i] = frac * phis[k - 1]
+                else:
+                    base[i] = S[1:]  # an idle engine starts when this one (or the first) arrives
             plan = eng.plan(1)
             emitting = tokens_per_step(plan)
             out = eng.complete(plan, 1, float(S[0]))
-            steps += 1
             tokens, seqs, work, ctx = rec.last
-            dur = np.zeros(NPARAM + 1)
-            dur[0] = plan.first
-            dur[1:6] = (1.0, tokens, seqs, work, ctx)
-            E = S + dur
+            phi = np.zeros(NPARAM)
+            phi[:5] = (1.0, tokens, seqs, work, ctx)
+            phis.append(phi)
+            last_start, last_end = float(S[0]), float(S[0]) + plan.first
+            steps += 1
+            E = zero.copy()
+            E[0], E[1:] = last_end, phi
             # Requests reaching the front end before the step ends are served before its output job.
-            serve_inputs(E[0], strict=True)
-            start = E if fe_free is None else _later(E, fe_free)
+            serve_inputs(last_end, strict=True)
+            engine_branch = fe_free is None or E[0] >= fe_free[0]
+            start = E if engine_branch else fe_free
             fe_free = start + out_unit + emitting * out_tok
-            delivered = fe_free
+            # The request's own gradient: the engine's branch is "its wait since it arrived".
+            job = None if engine_branch else fe_free[1:]
+            cost = (out_unit + emitting * out_tok)[1:]
             for r in out.first_tokens:
-                first[r.id] = delivered
+                first[r.id] = (k, job, cost)
+                first_val[r.id] = fe_free[0]
             for r in out.finished:
-                last[r.id] = delivered
-            t_last = E
-            t_eng = E if eng.has_work else None
+                last[r.id] = (k, job, cost)
+                last_val[r.id] = fe_free[0]
+            busy = eng.has_work
         lin.steps += steps
+        cum = np.vstack([np.zeros((1, NPARAM)), np.cumsum(np.array(phis).reshape(-1, NPARAM), axis=0)])
+
+        def grad(i: int, event) -> np.ndarray:
+            k, job, cost = event
+            if job is not None:
+                return job
+            return base[i] + cum[k + 1] - cum[from_step[i]] + cost
+
         for i in range(n):
             if first[i] is None or last[i] is None:
                 continue
             row = unit.rows[i]
-            f = first[i] + half
-            e = last[i] + half
-            lin.ttft_design[row] = f[1:]
-            lin.ttft_const[row] = f[0] - f[1:] @ theta - arrivals[i]
-            lin.e2el_design[row] = e[1:]
-            lin.e2el_const[row] = e[0] - e[1:] @ theta - arrivals[i]
+            g_f = grad(i, first[i]) + half[1:]
+            g_l = grad(i, last[i]) + half[1:]
+            f_val = first_val[i] + half[0] - arrivals[i]
+            l_val = last_val[i] + half[0] - arrivals[i]
+            lin.ttft_design[row] = g_f
+            lin.ttft_const[row] = f_val - g_f @ theta
+            lin.e2el_design[row] = g_l
+            lin.e2el_const[row] = l_val - g_l @ theta
             nout = int(trace.output_len[i])
             if nout > 1:
-                # The first and last token may hang on chains from different arrivals
-                # (through the front end's queue): the constants need not cancel.
-                lin.tpot_design[row] = (e[1:] - f[1:]) / (nout - 1)
+                lin.tpot_design[row] = (g_l - g_f) / (nout - 1)
                 lin.tpot_const[row] = (lin.e2el_const[row] - lin.ttft_const[row]) / (nout - 1)
     return lin
