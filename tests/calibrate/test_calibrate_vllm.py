@@ -27,7 +27,7 @@ pytestmark = pytest.mark.vllm
 BRIEF = ProfileSettings(buckets=(32, 512), bucket_weights=(0.5, 0.5), idle_outputs=(4, 32), idle_reps=1,
                         prefix_lens=(256,), prefix_reps=1, prefix_group_size=4, mix_outputs=(8, 32),
                         concurrency=(2, 8), per_level_min=8, poisson_fractions=(0.5, 1.0), poisson_requests=12,
-                        budget_s=120)
+                        budget_s=120, frontend_scale=0.5)
 
 
 def _group_of_port(port: int) -> list[int]:
@@ -98,11 +98,16 @@ def test_profiling_a_real_vllm(real_profile):
     meta = json.loads(Path(str(real_profile) + ".meta.json").read_text())
     assert meta["backend"]["block_size"] == 32 and meta["backend"]["num_kv_blocks"] > 0
     assert meta["backend"]["version"].startswith("0.")
+    # The API server was found by its port and its CPU per job measured (steps from vLLM's metrics).
+    fe = meta["frontend_cpu"]
+    assert fe["pid"] > 0 and fe["estimate"]["ok"], fe
+    assert 1e-4 < fe["estimate"]["input_s"] < 0.05 and fe["estimate"]["output_token_s"] < 0.005
 
 
 def test_fit_and_check_on_a_real_vllm(real_profile, vllm_url, tmp_path):
-    profile, frame = fit_profile(real_profile, "cpu-tiny-brief", max_iter=10, polish_nfev=10)
+    profile, frame = fit_profile(real_profile, "cpu-tiny-brief", max_iter=10, polish_nfev=60)
     assert profile.model.step_s > 0 and profile.model.token_s > 0
+    assert profile.front_end.enabled and profile.fit["convergence"]
     idle = frame[frame["unit"] == "idle/idle"]
     assert (idle["sim_ttft_s"] / idle["ttft_s"] - 1).abs().median() < 0.25
     settings = CheckSettings(max_input=600, max_output=32, prefix_len=128, requests_per_level=16, burst=8)
