@@ -158,6 +158,9 @@ class Campaign:
                 self.say(f"{shape}: done already")
                 continue
             self.shape_dir(shape).mkdir(parents=True, exist_ok=True)
+            if todo == ["fit"]:  # the only step that needs no server
+                self._run_shape(shape, "", todo)
+                continue
             self.say(f"[{time.strftime('%H:%M:%S')}] {shape}: starting vLLM ({', '.join(todo)} to do)")
             with self.server(shape, s) as url:
                 self._run_shape(shape, url, todo)
@@ -177,6 +180,8 @@ class Campaign:
                 self.say(f"{shape}: {profile.fit['convergence']}")
         from sim.latency import load_profile
 
+        if not any(step.startswith("check-") for step in todo):
+            return
         profile = load_profile(self.profile_json(shape))
         for k in range(1, s.checks + 1):
             if f"check-{k}" in todo:

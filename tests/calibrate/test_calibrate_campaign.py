@@ -63,6 +63,11 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
     camp.run()
     assert started == ["tiny", "tiny"] and (tmp_path / "tiny" / "check-2" / "check.json").exists()
     assert (tmp_path / "tiny" / "cpu-tiny.json").stat().st_mtime_ns == fitted
+    # A lost profile file is refitted without starting a server.
+    (tmp_path / "tiny" / "cpu-tiny.json").unlink()
+    assert camp.pending("tiny") == ["fit"]
+    camp.run()
+    assert started == ["tiny", "tiny"] and (tmp_path / "tiny" / "cpu-tiny.json").exists()
 
 
 def test_settings_and_duration():
