@@ -202,6 +202,19 @@ def test_the_simulation_core_reads_no_clock_and_no_unseeded_rng(path):
     assert determinism_violations(path.read_text()) == []
 
 
+def test_the_documented_import_table_is_the_enforced_one():
+    """docs/architecture.md's table of packages says what ``ALLOWED`` enforces, no more, no less."""
+    import re
+
+    documented = {}
+    for line in (ROOT / "docs" / "architecture.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and re.fullmatch(r"`(\w+)`", cells[0]) and cells[0].strip("`") in PACKAGES:
+            named = set(re.findall(r"`(\w+)`", cells[2]))
+            documented[cells[0].strip("`")] = named & set(PACKAGES)
+    assert documented == ALLOWED
+
+
 def test_the_core_covers_every_engine_module():
     covered = {p.name for p in deterministic_files() if p.parent == ROOT / "sim"}
     assert {"engine.py", "kv_cache.py", "decode_group.py", "request.py", "cluster.py"} <= covered
