@@ -6,6 +6,12 @@ uses (rule "pure decision" in docs/architecture.md): it feeds the router the
 backends' ``/metrics`` scraped every ``scrape_interval_s`` (with the time each
 scrape arrived, so strategies see its age), takes a backend out after ``eject_after`` consecutive failures
 (``Router.set_healthy(False)``) and probes it back in through ``/health``.
+
+With ``health_interval_s`` the backends that take traffic are probed too: a backend
+that stops answering (frozen, overloaded past ``probe_timeout_s``, its host gone)
+is ejected after ``eject_after`` probes in a row fail, even when no request has
+failed yet (requests to a frozen server just wait). ``reasons[i]`` says why a
+backend last changed state; ``on_health_change(i, healthy)`` is told each change.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import aiohttp
 
-from live.transport.client import check_health, scrape_metrics
+from live.transport.client import scrape_metrics
 from routing import BackendSpec, Decision, Outcome, RequestInfo, Router, Strategy
 
 
@@ -38,6 +44,8 @@ class LiveRouter:
         prefix_index_blocks: int | None = None,
         clock: Callable[[], float] = time.perf_counter,
         on_health_change: Callable[[int, bool], None] | None = None,
+        health_interval_s: float = 0.0,
+        probe_timeout_s: float | None = None,
     ) -> None:
         if not urls:
             raise ValueError("a fleet needs at least one backend URL")
@@ -60,6 +68,13 @@ class LiveRouter:
         self.scrape = strategy.needs_scrape if scrape is None else scrape
         self.eject_after = eject_after
         self.probe_interval_s = probe_interval_s
+        if health_interval_s < 0:
+            raise ValueError(f"health_interval_s must be >= 0 (0: off), got {health_interval_s}")
+        self.health_interval_s = health_interval_s
+        self.probe_timeout_s = probe_timeout_s if probe_timeout_s is not None else probe_interval_s
+        self.probe_failures = [0] * len(urls)
+        self.reasons = [""] * len(urls)
+        self.last_probe_error = [""] * len(urls)
         self._clock = clock
         self._t0 = clock()
         self.failures = [0] * len(urls)
@@ -87,6 +102,8 @@ class LiveRouter:
             await self.scrape_once()
             self._tasks.append(asyncio.create_task(self._scrape_loop()))
         self._tasks.append(asyncio.create_task(self._probe_loop()))
+        if self.health_interval_s > 0:
+            self._tasks.append(asyncio.create_task(self._health_loop()))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -119,17 +136,38 @@ class LiveRouter:
     def finish(self, outcome: Outcome) -> None:
         self.router.finish(outcome)
 
-    def report(self, i: int, ok: bool) -> None:
+    def report(self, i: int, ok: bool, reason: str = "") -> None:
         """Count a request's success or failure at backend ``i`` (ejection after N in a row)."""
         if ok:
             self.failures[i] = 0
             return
         self.failures[i] += 1
         if self.failures[i] >= self.eject_after and self.router.snapshots[i].healthy:
-            self.router.set_healthy(i, False)
+            self._set(i, False, f"{self.failures[i]} requests in a row failed"
+                                + (f" (last: {reason})" if reason else ""))
+
+    def _set(self, i: int, healthy: bool, reason: str) -> None:
+        self.router.set_healthy(i, healthy)
+        self.reasons[i] = reason
+        if healthy:
+            self.failures[i] = 0
+            self.probe_failures[i] = 0
+        else:
             self.ejections[i] += 1
-            if self._on_health_change:
-                self._on_health_change(i, False)
+        if self._on_health_change:
+            self._on_health_change(i, healthy)
+
+    async def probe(self, i: int, timeout_s: float) -> str | None:
+        """``GET /health`` of backend ``i``: None when it answers 200, else what went wrong."""
+        try:
+            async with self._session.get(self.urls[i] + "/health",
+                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                await resp.read()
+                return None if resp.status == 200 else f"/health answered HTTP {resp.status}"
+        except asyncio.TimeoutError:
+            return f"no answer to /health within {timeout_s:g} s"
+        except (aiohttp.ClientError, OSError) as exc:
+            return f"/health failed: {type(exc).__name__}: {exc}"
 
     # --- background loops ------------------------------------------------------------
     async def scrape_once(self) -> None:
@@ -157,17 +195,33 @@ class LiveRouter:
             await self.scrape_once()
 
     async def _probe_loop(self) -> None:
+        """Ejected backends: probed every ``probe_interval_s`` until one answers."""
         while True:
             await asyncio.sleep(self.probe_interval_s)
             down = [i for i in range(len(self.urls)) if not self.healthy(i)]
             if not down:
                 continue
-            results = await asyncio.gather(
-                *(check_health(self._session, self.urls[i], timeout_s=self.probe_interval_s)
-                  for i in down))
-            for i, ok in zip(down, results):
-                if ok:
-                    self.failures[i] = 0
-                    self.router.set_healthy(i, True)
-                    if self._on_health_change:
-                        self._on_health_change(i, True)
+            results = await asyncio.gather(*(self.probe(i, self.probe_timeout_s) for i in down))
+            for i, error in zip(down, results):
+                self.last_probe_error[i] = error or ""
+                if error is None and not self.healthy(i):
+                    self._set(i, True, "answered /health again")
+
+    async def _health_loop(self) -> None:
+        """Backends taking traffic: probed every ``health_interval_s``; ``eject_after``
+        failed probes in a row eject one (a frozen server fails no request by itself)."""
+        while True:
+            await asyncio.sleep(self.health_interval_s)
+            up = [i for i in range(len(self.urls)) if self.healthy(i)]
+            if not up:
+                continue
+            results = await asyncio.gather(*(self.probe(i, self.probe_timeout_s) for i in up))
+            for i, error in zip(up, results):
+                self.last_probe_error[i] = error or ""
+                if error is None:
+                    self.probe_failures[i] = 0
+                    continue
+                self.probe_failures[i] += 1
+                if self.probe_failures[i] >= self.eject_after and self.healthy(i):
+                    self._set(i, False, f"{self.probe_failures[i]} health probes in a row "
+                                        f"failed (last: {error})")

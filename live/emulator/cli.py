@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from live.logfmt import LEVELS
+from live.logfmt import setup as setup_logging
 from live.transport.http import main_serve
 from live.emulator.faults import Faults
 from live.emulator.server import DEFAULT_MAX_BODY_BYTES, EmulatorServer
@@ -54,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenizer for text prompts (token-id prompts are used as given)")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help="largest request body accepted (413 beyond)")
+    p.add_argument("--log-level", choices=LEVELS, default="info",
+                   help="where unexpected errors (with their traceback) and refusals are logged "
+                        "(stderr)")
     f = p.add_argument_group("fault injection (for reliability tests; all off by default)")
     f.add_argument("--error-rate", type=float, default=0.0,
                    help="probability that a request is answered at once with --error-status")
@@ -105,6 +110,7 @@ def build_server(args: argparse.Namespace) -> EmulatorServer:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    setup_logging(args.log_level)
     try:
         server = build_server(args)
     except ValueError as exc:

@@ -23,8 +23,10 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+
+import numpy as np
 
 from sim.engine import Engine, EngineConfig, EngineMetrics, RequestTooLong
 from sim.frontend import FrontEnd
@@ -179,15 +181,18 @@ class EngineDriver:
             self._gone.clear()
 
     # --- requests ----------------------------------------------------------------
-    def submit(self, token_ids: list[int], max_tokens: int,
-               sink: Callable[[RequestState, bool], None], stop_at: int | None = None) -> RequestState:
+    def submit(self, token_ids: Sequence[int], max_tokens: int,
+               sink: Callable[[RequestState, bool], None], stop_at: int | None = None,
+               hashes: np.ndarray | None = None) -> RequestState:
         """Queue a request; raises ``sim.engine.RequestTooLong`` if it can never fit.
 
         ``sink(state, finished)`` is called after every step that gives it a token.
+        ``hashes``: the prompt's block hash chain when already computed (off the loop).
         """
         rid = self._next_id
         self._next_id += 1
-        hashes = block_hash_chain(token_ids, self.config.block_size)
+        if hashes is None:
+            hashes = block_hash_chain(token_ids, self.config.block_size)
         req = EngineRequest(rid, len(token_ids), max_tokens, prompt_hashes=hashes,
                             arrival=self.now())
         state = RequestState(req, max_tokens if stop_at is None else stop_at, req.arrival, sink)

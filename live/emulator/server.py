@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import socket
 import time
@@ -40,9 +41,12 @@ from live.transport.http import (
     CHUNK_END, JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, SSE_HEADERS, TEXT_HEADERS, HttpError,
     Listener, Request, ServerConnection, chunk, error_body, parse_json_object, response_head,
 )
-from live.request_tokens import ensure_tokenizer, needs_tokenizer, request_token_ids
+from live.logfmt import kv
+from live.request_tokens import Prompt, PromptWorker, prompt_source
 from sim.engine import EngineConfig, RequestTooLong
 from sim.latency import LatencyProfile
+
+log = logging.getLogger("live.emulator")
 
 #: Filler output tokens, cycled: deterministic text that is cheap to produce.
 FILLER = (" the", " quick", " brown", " fox", " jumps", " over", " a", " lazy", " dog", ".")
@@ -95,6 +99,7 @@ class EmulatorServer:
         self._created = int(time.time())
         self._listener = Listener(self._handle, max_body_bytes)
         self._tasks: set[asyncio.Task] = set()
+        self.prompts = PromptWorker(tokenizer)
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self, sock: socket.socket) -> str:
@@ -111,6 +116,7 @@ class EmulatorServer:
             t.cancel()
         if self.driver is not None:
             await self.driver.stop()
+        self.prompts.close()
 
     # --- routing ----------------------------------------------------------------------
     def _handle(self, conn: ServerConnection, req: Request) -> None:
@@ -150,6 +156,14 @@ class EmulatorServer:
                 raise HttpError(404, f"no route {path}")
         except HttpError as exc:
             conn.send_simple(exc.status, error_body(exc.status, exc.message, exc.param),
+                             JSON_HEADERS, req.keep_alive)
+        except Exception:  # noqa: BLE001 - a bug: log its traceback, answer 500, keep serving
+            self._internal_error(conn, req)
+
+    def _internal_error(self, conn: ServerConnection, req: Request) -> None:
+        log.exception(kv("handler_error", method=req.method, path=req.path))
+        if not conn.closed and conn.busy:
+            conn.send_simple(500, error_body(500, "internal error in the emulator (logged)"),
                              JSON_HEADERS, req.keep_alive)
 
     def _json(self, conn: ServerConnection, req: Request, status: int, doc: Any) -> None:
@@ -197,26 +211,33 @@ class EmulatorServer:
         if fate == HANG:
             return  # never answered; the connection stays open until the client leaves
         params = self._parse_params(doc, chat)
-        if needs_tokenizer(doc, chat):
-            task = asyncio.ensure_future(self._generate_text(conn, req, doc, chat, params))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        source = prompt_source(doc, chat)
+        bs = self.config.block_size
+        prompt = self.prompts.try_inline(source, self.max_model_len, bs)
+        if prompt is not None:
+            self._admit(conn, req, prompt, chat, params)
             return
-        self._admit(conn, req, request_token_ids(doc, chat, self.tokenizer), chat, params)
+        task = asyncio.ensure_future(self._generate_later(conn, req, source, chat, params))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def _generate_text(self, conn, req, doc, chat, params) -> None:
-        """Text prompts: load the tokenizer once (off the loop), then as for token ids."""
-        await ensure_tokenizer(self.tokenizer)
-        if conn.closed:  # the client left while the tokenizer loaded
-            return
+    async def _generate_later(self, conn, req, source, chat, params) -> None:
+        """Text and long prompts: tokenized and hashed on the prompt worker, off the loop."""
         try:
-            self._admit(conn, req, request_token_ids(doc, chat, self.tokenizer), chat, params)
+            prompt = await self.prompts.run(source, self.max_model_len, self.config.block_size)
+            if conn.closed:  # the client left meanwhile
+                return
+            self._admit(conn, req, prompt, chat, params)
         except HttpError as exc:
-            conn.send_simple(exc.status, error_body(exc.status, exc.message, exc.param),
-                             JSON_HEADERS, req.keep_alive)
+            if not conn.closed:
+                conn.send_simple(exc.status, error_body(exc.status, exc.message, exc.param),
+                                 JSON_HEADERS, req.keep_alive)
+        except Exception:  # noqa: BLE001
+            self._internal_error(conn, req)
 
-    def _admit(self, conn: ServerConnection, req: Request, ids: list[int], chat: bool,
+    def _admit(self, conn: ServerConnection, req: Request, prompt: Prompt, chat: bool,
                params: dict[str, Any]) -> None:
+        ids = prompt.ids
         max_tokens = params["max_tokens"]
         if max_tokens is None:
             max_tokens = self.max_model_len - len(ids)
@@ -234,7 +255,8 @@ class EmulatorServer:
         stream = _Stream(self, conn, req, chat, params) if params["stream"] else \
             _Collect(self, conn, req, chat)
         try:
-            state = self.driver.submit(ids, max_tokens, stream.on_tokens, stop_at)
+            state = self.driver.submit(ids, max_tokens, stream.on_tokens, stop_at,
+                                       hashes=prompt.hashes)
         except RequestTooLong as exc:
             raise HttpError(400, f"prompt plus max_tokens can never fit in this engine's KV "
                                  f"cache: {exc}", "max_tokens") from None

@@ -7,8 +7,12 @@ import sys
 from typing import Any
 
 import routing
-from live.transport.http import main_serve
-from live.gateway.server import Gateway, GatewayConfig
+from live.gateway.server import (
+    BODY_BYTES_PER_TOKEN, DEFAULT_MAX_BODY_BYTES, Gateway, GatewayConfig,
+)
+from live.logfmt import LEVELS
+from live.logfmt import setup as setup_logging
+from live.transport.http import ClientLimits, default_max_connections, main_serve
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -64,32 +68,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (loopback by default; 0.0.0.0 exposes the gateway)")
     p.add_argument("--port", type=int, default=8080, help="TCP port; 0 picks a free one")
-    p.add_argument("--api-key", default=os.environ.get("GATEWAY_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $GATEWAY_API_KEY; "
-                        "unset: no authentication)")
-    p.add_argument("--backend-api-key", default=os.environ.get("BACKEND_API_KEY"),
-                   help="bearer token sent to the backends (vLLM --api-key; default: "
+    # The keys' defaults are read from the environment in config_from_args, never shown.
+    p.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on /v1/* (when unset: "
+                        "$GATEWAY_API_KEY; neither: no authentication)")
+    p.add_argument("--backend-api-key", default=None,
+                   help="bearer token sent to the backends (vLLM --api-key; when unset: "
                         "$BACKEND_API_KEY)")
-    p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024,
-                   help="largest request body accepted; larger bodies get 413")
     p.add_argument("--max-retries", type=int, default=2,
-                   help="failovers per request before the first byte (connect error, 5xx)")
-    p.add_argument("--eject-after", type=int, default=3,
-                   help="consecutive failures after which a backend is taken out of rotation")
-    p.add_argument("--probe-interval", type=float, default=1.0,
-                   help="seconds between /health probes of ejected backends")
+                   help="failovers per request before the first byte (connect error, 5xx, timeout)")
     p.add_argument("--tokenizer", default="deepseek",
                    help="tokenizer for text prompts (token counts and prefix hashes); token-id "
                         "prompts are used as given")
     p.add_argument("--block-size", type=int, default=16,
                    help="KV block size of the backends, for prefix hashing")
-    p.add_argument("--request-timeout", type=float, default=600.0,
-                   help="seconds a request may take upstream in total")
-    p.add_argument("--read-timeout", type=float, default=0.0,
-                   help="seconds of upstream silence after which a request fails (0: none); "
-                        "before the first byte this fails over")
-    p.add_argument("--max-connections", type=int, default=1024,
-                   help="keep-alive connections per backend")
+
+    lim = p.add_argument_group("limits (what one request or client may take)")
+    lim.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                     help="largest request body accepted; larger bodies get 413 (the default "
+                          f"fits a {DEFAULT_MAX_BODY_BYTES // BODY_BYTES_PER_TOKEN:,}-token context "
+                          f"at {BODY_BYTES_PER_TOKEN} bytes a token; a warning at start names a "
+                          "backend whose max_model_len needs more)")
+    lim.add_argument("--max-prompt-tokens", type=int, default=None, metavar="N",
+                     help="refuse (400) prompts over N tokens, after at most N tokens of "
+                          "tokenizing (the largest max_model_len the backends report on "
+                          "/v1/models when unset; 0: no check)")
+    lim.add_argument("--max-client-connections", type=int, default=default_max_connections(),
+                     help="open client connections at once; more are answered 503 and closed "
+                          "(by default half this process's open-file limit)")
+    lim.add_argument("--client-header-timeout", type=float, default=ClientLimits.header_timeout_s,
+                     metavar="S", help="seconds a client may take to send a request's headers "
+                                       "(408 and close beyond; 0: none)")
+    lim.add_argument("--client-body-timeout", type=float, default=ClientLimits.body_timeout_s,
+                     metavar="S", help="seconds a client may take to send a request's body after "
+                                       "its headers (408 and close beyond; 0: none)")
+    lim.add_argument("--client-idle-timeout", type=float, default=ClientLimits.idle_timeout_s,
+                     metavar="S", help="seconds a keep-alive client connection may sit without a "
+                                       "request before it is closed (0: never)")
+    lim.add_argument("--max-connections", type=int, default=1024,
+                     help="idle keep-alive connections kept per backend")
+
+    up = p.add_argument_group("backend health (how a failed or stalled backend is found)")
+    up.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
+                    help="seconds to open a connection to a backend before failing over")
+    up.add_argument("--first-byte-timeout", type=float, default=300.0, metavar="S",
+                    help="streaming requests: seconds from sending to the backend's first body "
+                         "byte (queueing and prefill) before failing over (0: none)")
+    up.add_argument("--read-timeout", type=float, default=30.0, metavar="S",
+                    help="streaming requests: seconds of silence between chunks after the first "
+                         "before the stream is ended with an SSE error event (0: none)")
+    up.add_argument("--request-timeout", type=float, default=600.0, metavar="S",
+                    help="seconds a request may take upstream in total (non-streaming requests "
+                         "answer only at the end, so this is their bound)")
+    up.add_argument("--health-interval", type=float, default=2.0, metavar="S",
+                    help="seconds between /health probes of every backend taking traffic; one "
+                         "failing --eject-after probes in a row is ejected, and its requests "
+                         "still waiting for a first byte fail over at once (0: no probes)")
+    up.add_argument("--probe-timeout", type=float, default=3.0, metavar="S",
+                    help="seconds a /health probe may take before it counts as failed")
+    up.add_argument("--eject-after", type=int, default=3,
+                    help="consecutive failed requests (or probes) after which a backend is taken "
+                         "out of rotation")
+    up.add_argument("--probe-interval", type=float, default=1.0, metavar="S",
+                    help="seconds between /health probes of an ejected backend; it returns at "
+                         "the first 200")
+    p.add_argument("--log-level", choices=LEVELS, default="info",
+                   help="info: one line per backend state change, failed request and refusal; "
+                        "warning: failures only; debug: more")
     return p
 
 
@@ -97,18 +142,28 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     return GatewayConfig(
         backends=args.backends, strategy=args.strategy, params=dict(args.param), seed=args.seed,
-        names=names, scrape_interval_s=args.scrape_interval, api_key=args.api_key or None,
-        backend_api_key=args.backend_api_key or None, max_body_bytes=args.max_body_bytes,
+        names=names, scrape_interval_s=args.scrape_interval,
+        api_key=args.api_key or os.environ.get("GATEWAY_API_KEY") or None,
+        backend_api_key=args.backend_api_key or os.environ.get("BACKEND_API_KEY") or None,
+        max_body_bytes=args.max_body_bytes,
         max_retries=args.max_retries, eject_after=args.eject_after,
         probe_interval_s=args.probe_interval, tokenizer=args.tokenizer,
         block_size=args.block_size, request_timeout_s=args.request_timeout,
-        read_timeout_s=args.read_timeout, max_connections=args.max_connections,
+        connect_timeout_s=args.connect_timeout, first_byte_timeout_s=args.first_byte_timeout,
+        read_timeout_s=args.read_timeout, health_interval_s=args.health_interval,
+        probe_timeout_s=args.probe_timeout, max_prompt_tokens=args.max_prompt_tokens,
+        max_connections=args.max_connections,
+        client=ClientLimits(header_timeout_s=args.client_header_timeout,
+                            body_timeout_s=args.client_body_timeout,
+                            idle_timeout_s=args.client_idle_timeout,
+                            max_connections=args.max_client_connections),
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    setup_logging(args.log_level)
     try:
         gateway = Gateway(config_from_args(args))
     except ValueError as exc:

@@ -11,6 +11,17 @@ ends with an SSE error event. Every routed attempt ends in exactly one
 that disconnects closes the upstream connection, which makes vLLM abort the
 request and free its KV cache.
 
+Nothing slow runs on the event loop: prompts are tokenized and hashed by a
+``live.request_tokens.PromptWorker`` thread, and a prompt longer than the largest context
+any backend accepts (their ``/v1/models`` ``max_model_len``) is refused after at
+most that many tokens of work. A stalled backend is found by default: no first
+byte of a stream within ``first_byte_timeout_s``, silence between chunks beyond
+``read_timeout_s``, and ``/health`` probes of every backend every
+``health_interval_s`` (a backend failing ``eject_after`` in a row is ejected and
+its requests still waiting for a first byte fail over at once). Every state change
+and every failed request is logged (logger ``live.gateway``). docs/operations.md
+describes running it in front of real servers.
+
 The HTTP layer is ``live.transport.http`` (asyncio protocols + httptools); this
 module is the routing logic on top of it.
 """
@@ -18,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import math
 import socket
 import time
@@ -32,20 +44,27 @@ import orjson
 
 import routing
 from live.router import LiveRouter
-from live.transport.http import (
-    CHUNK_END, JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, TEXT_HEADERS, HttpError, Listener,
-    Request, ServerConnection, UpstreamConnection, UpstreamPool, chunk, error_body, parse_json_object,
-    response_head, serving, sse_event,
-)
+from live.logfmt import kv
 from live.gateway.metrics import GatewayMetrics
-from live.request_tokens import ensure_tokenizer, request_token_ids
+from live.request_tokens import Prompt, PromptWorker, ensure_tokenizer, prompt_source
+from live.transport.http import (
+    CHUNK_END, JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, TEXT_HEADERS, ClientLimits, HttpError,
+    Listener, Request, ServerConnection, UpstreamConnection, UpstreamPool, chunk, error_body,
+    parse_json_object, response_head, serving, sse_event,
+)
 from routing import NoHealthyBackend, Outcome, RequestInfo
-from workload.hashing import block_hash_chain
+
+log = logging.getLogger("live.gateway")
 
 _NO_HASHES = np.zeros(0, dtype=np.uint64)
 _GEN_PATHS = {"/v1/completions": False, "/v1/chat/completions": True}
 _GET_PATHS = ("/health", "/metrics", "/v1/models")
 _PASS_HEADERS = frozenset({b"content-type", b"cache-control"})
+#: Request bytes allowed per token of context when checking --max-body-bytes against a
+#: backend's max_model_len: a token-id list takes up to 7 bytes a token, English text
+#: about 4, JSON-escaped non-ASCII text up to ~12 (the rest is margin for chat structure).
+BODY_BYTES_PER_TOKEN = 32
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -60,15 +79,21 @@ class GatewayConfig:
     scrape_interval_s: float = 0.5
     api_key: str | None = None
     backend_api_key: str | None = None
-    max_body_bytes: int = 16 * 1024 * 1024
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_retries: int = 2
     eject_after: int = 3
     probe_interval_s: float = 1.0
     tokenizer: str = "deepseek"
     block_size: int = 16
     request_timeout_s: float = 600.0
-    read_timeout_s: float = 0.0
-    max_connections: int = 1024
+    connect_timeout_s: float = 5.0
+    first_byte_timeout_s: float = 300.0  # streams: send -> first body byte (0: none)
+    read_timeout_s: float = 30.0  # streams: silence between chunks after the first (0: none)
+    health_interval_s: float = 2.0  # /health probes of backends taking traffic (0: none)
+    probe_timeout_s: float = 3.0
+    max_prompt_tokens: int | None = None  # None: the backends' largest max_model_len; 0: none
+    max_connections: int = 1024  # keep-alive connections per backend
+    client: ClientLimits = field(default_factory=ClientLimits)
 
     def validate(self) -> None:
         if not self.backends:
@@ -86,11 +111,17 @@ class GatewayConfig:
         for name in ("eject_after", "max_body_bytes", "block_size", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("scrape_interval_s", "probe_interval_s", "request_timeout_s"):
+        for name in ("scrape_interval_s", "probe_interval_s", "request_timeout_s",
+                     "probe_timeout_s", "connect_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.read_timeout_s < 0:
-            raise ValueError(f"read_timeout_s must be >= 0 (0 = none), got {self.read_timeout_s}")
+        for name in ("read_timeout_s", "first_byte_timeout_s", "health_interval_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = none), got {getattr(self, name)}")
+        if self.max_prompt_tokens is not None and self.max_prompt_tokens < 0:
+            raise ValueError(f"max_prompt_tokens must be >= 0 (0 = no check), got "
+                             f"{self.max_prompt_tokens}")
+        self.client.validate()
 
 
 class _Attempt:
@@ -120,6 +151,8 @@ class Gateway:
             config.backends, self.strategy, names=self.names, block_size=config.block_size,
             scrape_interval_s=config.scrape_interval_s, eject_after=config.eject_after,
             probe_interval_s=config.probe_interval_s, clock=clock,
+            on_health_change=self._health_changed, health_interval_s=config.health_interval_s,
+            probe_timeout_s=config.probe_timeout_s,
         )
         self.metrics = GatewayMetrics(self.names)
         self.metrics.attach(self.fleet)
@@ -136,31 +169,112 @@ class Gateway:
                                        b"\r\n%bcontent-length: " % (parts.hostname.encode(), port, auth)))
         self._auth = (b"Bearer " + config.api_key.encode()) if config.api_key else None
         self._next_id = 0
-        self._listener = Listener(self._handle, config.max_body_bytes)
+        self._listener = Listener(self._handle, config.max_body_bytes, config.client)
+        self.prompts = PromptWorker(config.tokenizer)
+        #: max_model_len each backend reported on /v1/models (None: not known)
+        self.contexts: list[int | None] = [None] * len(self.names)
+        #: exchanges with an attempt in flight, per backend (to fail over when one stalls)
+        self.active: list[set[Exchange]] = [set() for _ in self.names]
+        self._tasks: set[asyncio.Task] = set()
         self.session: aiohttp.ClientSession | None = None
         self.url = ""
 
     # --- lifecycle ----------------------------------------------------------------------
     async def start(self, sock: socket.socket) -> str:
-        """Load the tokenizer, start scraping and probing, and serve on ``sock``.
+        """Load the tokenizer, ask each backend for its context length, start scraping
+        and probing, and serve on ``sock``.
 
         The tokenizer (about a second to load) is loaded before serving: loading
-        it beside live traffic would stall streams (the GIL).
+        it beside live traffic would stall streams (the GIL). A backend that does not
+        answer is logged as a warning; the gateway starts anyway and probes it.
         """
         await ensure_tokenizer(self.config.tokenizer)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None), auto_decompress=False)
+        await asyncio.gather(*(self._learn_context(i, at_start=True) for i in range(len(self.names))))
         await self.fleet.start(self.session)
         self.url = await self._listener.listen(sock)
+        c = self.config
+        log.info(kv("gateway_started", url=self.url, backends=len(self.names), strategy=c.strategy,
+                    max_prompt_tokens=self.prompt_limit(), max_body_bytes=c.max_body_bytes,
+                    first_byte_timeout_s=c.first_byte_timeout_s, read_timeout_s=c.read_timeout_s,
+                    request_timeout_s=c.request_timeout_s, health_interval_s=c.health_interval_s,
+                    max_client_connections=c.client.max_connections))
         return self.url
 
     async def stop(self) -> None:
         self._listener.close()
+        for t in list(self._tasks):
+            t.cancel()
         for pool in self.pools:
             pool.close_all()
         await self.fleet.stop()
         if self.session is not None:
             await self.session.close()
+        self.prompts.close()
+        log.info(kv("gateway_stopped", url=self.url))
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- what the backends accept ----------------------------------------------------------
+    async def _learn_context(self, i: int, at_start: bool = False) -> None:
+        """Read backend ``i``'s ``max_model_len`` from ``/v1/models`` (vLLM reports it)."""
+        headers = ({"Authorization": f"Bearer {self.config.backend_api_key}"}
+                   if self.config.backend_api_key else None)
+        url = self.fleet.urls[i]
+        try:
+            async with self.session.get(url + "/v1/models", headers=headers,
+                                        timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                body = await resp.read()
+                if resp.status != 200:
+                    raise ValueError(f"/v1/models answered HTTP {resp.status}")
+            lens = [m.get("max_model_len") for m in orjson.loads(body).get("data") or []
+                    if isinstance(m, dict)]
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, AttributeError) as exc:
+            reason = (f"no answer within 5 s" if isinstance(exc, asyncio.TimeoutError)
+                      else f"{type(exc).__name__}: {exc}")
+            if at_start:
+                log.warning(kv("backend_unreachable", backend=self.names[i], url=url, reason=reason,
+                               note="starting anyway; it is probed and used once it answers"))
+            return
+        known = [int(x) for x in lens if isinstance(x, int) and x > 0]
+        self.contexts[i] = max(known) if known else None
+        c = self.contexts[i]
+        if c and c * BODY_BYTES_PER_TOKEN > self.config.max_body_bytes:
+            log.warning(kv("body_limit_below_context", backend=self.names[i], max_model_len=c,
+                           max_body_bytes=self.config.max_body_bytes,
+                           advice=f"raise --max-body-bytes to {c * BODY_BYTES_PER_TOKEN} to accept "
+                                  "its longest prompts"))
+
+    def prompt_limit(self) -> int | None:
+        """The most prompt tokens any backend accepts: ``--max-prompt-tokens``, else the
+        largest ``max_model_len`` the backends reported (None: not known, no check)."""
+        m = self.config.max_prompt_tokens
+        if m is not None:
+            return m or None
+        known = [c for c in self.contexts if c]
+        return max(known) if known else None
+
+    # --- backend state -------------------------------------------------------------------
+    def _health_changed(self, i: int, healthy: bool) -> None:
+        reason = self.fleet.reasons[i]
+        if healthy:
+            log.info(kv("backend_recovered", backend=self.names[i], url=self.fleet.urls[i],
+                        reason=reason))
+            if self.contexts[i] is None and self.session is not None:
+                self._spawn(self._learn_context(i))
+            return
+        log.warning(kv("backend_ejected", backend=self.names[i], url=self.fleet.urls[i],
+                       reason=reason, inflight=len(self.active[i])))
+        if self.fleet.probe_failures[i] >= self.config.eject_after:
+            # It stopped answering: requests still waiting on it would wait as long as it
+            # is frozen. Those without a first byte fail over now; streams end.
+            for ex in list(self.active[i]):
+                ex.backend_stalled(reason)
 
     # --- requests --------------------------------------------------------------------------
     def _handle(self, conn: ServerConnection, req: Request) -> None:
@@ -168,7 +282,7 @@ class Gateway:
         try:
             if req.too_large:
                 raise HttpError(413, f"request body exceeds the limit of "
-                                     f"{self.config.max_body_bytes} bytes")
+                                     f"{self.config.max_body_bytes} bytes (--max-body-bytes)")
             chat = _GEN_PATHS.get(req.path)
             if chat is not None:
                 if req.method != "POST":
@@ -186,11 +300,18 @@ class Gateway:
                 self._reply(conn, req, 200, self.metrics.exposition(), PROMETHEUS_HEADERS)
             elif req.path == "/v1/models":
                 self._check_auth(req)
-                asyncio.ensure_future(self._models(conn, req))
+                self._spawn(self._models(conn, req))
             else:
                 raise HttpError(404, f"no route {req.path}")
         except HttpError as exc:
             self._error(conn, req, exc)
+        except Exception:  # noqa: BLE001 - a bug: answer 500, keep serving, log the traceback
+            self._internal_error(conn, req)
+
+    def _internal_error(self, conn: ServerConnection, req: Request) -> None:
+        log.exception(kv("handler_error", method=req.method, path=req.path))
+        if not conn.closed and conn.busy:
+            self._error(conn, req, HttpError(500, "internal error in the gateway (logged)"))
 
     def _reply(self, conn: ServerConnection, req: Request, status: int, body: bytes,
                headers: list[tuple[bytes, bytes]]) -> None:
@@ -204,6 +325,8 @@ class Gateway:
 
     def _error(self, conn: ServerConnection, req: Request, exc: HttpError) -> None:
         headers = JSON_HEADERS + ([(b"www-authenticate", b"Bearer")] if exc.status == 401 else [])
+        if exc.status >= 500 or exc.status == 413:
+            log.info(kv("request_refused", path=req.path, status=exc.status, reason=exc.message))
         self._reply(conn, req, exc.status, error_body(exc.status, exc.message, exc.param), headers)
 
     def _check_auth(self, req: Request) -> None:
@@ -234,19 +357,42 @@ class Gateway:
 
     def _generate(self, conn: ServerConnection, req: Request, chat: bool) -> None:
         arrived = self.clock()
-        body = bytes(req.body)
+        body = req.body  # not copied: a large body is several milliseconds of copying
         doc = parse_json_object(body)
         stream = doc.get("stream", False)
         if not isinstance(stream, bool):
             raise HttpError(400, f"stream must be true or false, got {stream!r}", "stream")
-        ids = request_token_ids(doc, chat, self.config.tokenizer)
-        fleet = self.fleet
-        hashes = block_hash_chain(ids, self.config.block_size) if fleet.track_prefix else _NO_HASHES
+        block_size = self.config.block_size if self.fleet.track_prefix else None
+        source = prompt_source(doc, chat)
+        prompt = self.prompts.try_inline(source, self.prompt_limit(), block_size)
+        if prompt is not None:  # a small token-id prompt: no thread hop
+            self._route(conn, req, doc, prompt, body, stream, arrived)
+            return
+        self._spawn(self._prepare(conn, req, doc, source, block_size, body, stream, arrived))
+
+    async def _prepare(self, conn: ServerConnection, req: Request, doc: dict[str, Any],
+                       source: str | list, block_size: int | None, body: bytes, stream: bool,
+                       arrived: float) -> None:
+        """Tokenize and hash on the prompt worker, then route (or answer the error)."""
+        try:
+            prompt = await self.prompts.run(source, self.prompt_limit(), block_size)
+            if conn.closed:  # the client left while its prompt was prepared
+                return
+            self._route(conn, req, doc, prompt, body, stream, arrived)
+        except HttpError as exc:
+            if not conn.closed:
+                self._error(conn, req, exc)
+        except Exception:  # noqa: BLE001
+            self._internal_error(conn, req)
+
+    def _route(self, conn: ServerConnection, req: Request, doc: dict[str, Any], prompt: Prompt,
+               body: bytes, stream: bool, arrived: float) -> None:
         rid = self._next_id
         self._next_id += 1
         session_id = req.headers.get(b"x-session-id")
         user = doc.get("user")
-        info = RequestInfo(rid, len(ids), fleet.now(), hashes,
+        hashes = prompt.hashes if prompt.hashes is not None else _NO_HASHES
+        info = RequestInfo(rid, len(prompt), self.fleet.now(), hashes,
                            session_id=session_id.decode("latin-1") if session_id
                            else (user if isinstance(user, str) else ""))
         Exchange(self, conn, req, info, body, stream, arrived).start()
@@ -294,6 +440,7 @@ class Exchange:
             return
         b = decision.backend
         self.attempt = _Attempt(b)
+        gw.active[b].add(self)
         gw.metrics.decisions[b].inc()
         if not self.tried:
             gw.metrics.overhead.observe(gw.clock() - self.arrived)
@@ -322,12 +469,15 @@ class Exchange:
             self.connect_task = asyncio.ensure_future(self._connect(b))
 
     async def _connect(self, b: int) -> None:
+        limit = self.gw.config.connect_timeout_s
         try:
-            conn = await self.gw.pools[b].connect()
-        except OSError:
+            conn = await asyncio.wait_for(self.gw.pools[b].connect(), limit)
+        except (OSError, asyncio.TimeoutError) as exc:
             self.connect_task = None
             if not self.done:
-                self._attempt_failed("connect", 0, b"")
+                self._attempt_failed("connect", 0, b"", (
+                    f"no connection within --connect-timeout {limit:g} s"
+                    if isinstance(exc, asyncio.TimeoutError) else f"cannot connect: {exc}"))
             return
         self.connect_task = None
         if self.done:
@@ -339,9 +489,13 @@ class Exchange:
         self.upstream = conn
         before, after = self.gw.request_heads[self.attempt.backend]
         path = self.req.path.encode()
-        conn.send(self, b"%b%b%b%d\r\n\r\n%b" % (before, path, after, len(self.body), self.body))
-        if self.gw.config.read_timeout_s:
-            self._arm_read_timer()
+        if len(self.body) <= 65536:  # one write, one syscall
+            conn.send(self, b"%b%b%b%d\r\n\r\n%b" % (before, path, after, len(self.body), self.body))
+        else:  # head and body apart: no copy of a large body into one buffer
+            conn.send(self, b"%b%b%b%d\r\n\r\n" % (before, path, after, len(self.body)))
+            conn.transport.write(self.body)
+        if self.stream and self.gw.config.first_byte_timeout_s:
+            self._arm_read_timer(self.gw.config.first_byte_timeout_s, "first_byte")
 
     # --- upstream callbacks -------------------------------------------------------------------
     def on_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -349,8 +503,12 @@ class Exchange:
         self.up_headers = headers
 
     def on_data(self, data: bytes) -> None:
-        if self.read_timer is not None:
-            self._arm_read_timer()
+        if self.stream:
+            if self.gw.config.read_timeout_s:
+                self._arm_read_timer(self.gw.config.read_timeout_s, "read")
+            elif self.read_timer is not None:
+                self.read_timer.cancel()
+                self.read_timer = None
         if self.status >= 500 or not self.stream or self.status != 200:
             self.buf += data
             return
@@ -377,7 +535,8 @@ class Exchange:
             return
         gw, a = self.gw, self.attempt
         if self.status >= 500:
-            self._attempt_failed("status", self.status, bytes(self.buf))
+            self._attempt_failed("status", self.status, bytes(self.buf),
+                                 f"answered HTTP {self.status}: {_message(bytes(self.buf))}")
             return
         gw.fleet.report(a.backend, True)
         gw.metrics.response(self.status)
@@ -414,23 +573,40 @@ class Exchange:
             self.reused = False
             self.connect_task = asyncio.ensure_future(self._connect(self.attempt.backend))
         else:
-            self._attempt_failed("connect", 0, b"")
+            self._attempt_failed("connect", 0, b"", message)
+
+    def backend_stalled(self, reason: str) -> None:
+        """The backend of the attempt in flight stopped answering health probes."""
+        if self.done:
+            return
+        name = self.gw.names[self.attempt.backend]
+        if self.sent_head:
+            self._abort_stream(f"backend {name} stopped answering ({reason})")
+        else:
+            self._attempt_failed("timeout", 0, b"", f"backend stopped answering ({reason})")
 
     # --- endings --------------------------------------------------------------------------------
-    def _attempt_failed(self, kind: str, status: int, body: bytes) -> None:
+    def _attempt_failed(self, kind: str, status: int, body: bytes, reason: str = "") -> None:
         gw, a = self.gw, self.attempt
         b = a.backend
         self._cancel_timers()
+        if self.connect_task is not None:
+            self.connect_task.cancel()
+            self.connect_task = None
         if self.upstream is not None:
             self.upstream.close()
             self.upstream = None
         gw.metrics.errors[b][kind].inc()
         gw.metrics.retries[b].inc()
         self._finish_attempt()
-        gw.fleet.report(b, False)
+        gw.fleet.report(b, False, reason or kind)
         self.tried.append(b)
-        self.failure = (kind, status, body, b)
-        if len(self.tried) <= gw.config.max_retries:
+        self.failure = (kind, status, body, b, reason)
+        retry = len(self.tried) <= gw.config.max_retries
+        log.info(kv("attempt_failed", id=self.info.request_id, backend=gw.names[b], kind=kind,
+                    reason=reason or kind, attempt=len(self.tried),
+                    next="failover" if retry else "give_up"))
+        if retry:
             self._dispatch()
         else:
             self._give_up()
@@ -440,13 +616,19 @@ class Exchange:
         if self.failure is None:
             gw.metrics.rejected.inc()
             status, body = 503, error_body(503, "no healthy backend to route to")
+            log.warning(kv("request_failed", id=self.info.request_id, status=503,
+                           reason="no healthy backend"))
         else:
-            kind, fstatus, fbody, b = self.failure
+            kind, fstatus, fbody, b, reason = self.failure
             if fstatus >= 500 and fbody:
                 status, body = fstatus, fbody
             else:
                 status, body = 502, error_body(502, f"every attempt failed; last: {kind} "
-                                                    f"(backend {gw.names[b]})")
+                                                    f"(backend {gw.names[b]}: {reason or kind})")
+            log.warning(kv("request_failed", id=self.info.request_id, status=status,
+                           backend=gw.names[b], kind=kind, reason=reason or kind,
+                           attempts=len(self.tried),
+                           tried=",".join(gw.names[t] for t in self.tried)))
         gw.metrics.response(status)
         self.conn.write(response_head(status, JSON_HEADERS, chunked=False, length=len(body),
                                       keep_alive=self.req.keep_alive) + body)
@@ -459,8 +641,10 @@ class Exchange:
             self.upstream.close()
             self.upstream = None
         gw.metrics.errors[b]["midstream"].inc()
-        gw.fleet.report(b, False)
+        gw.fleet.report(b, False, message)
         gw.metrics.response(502)
+        log.warning(kv("stream_broken", id=self.info.request_id, backend=gw.names[b],
+                       reason=message, chunks_sent=self.chunks))
         err = {"error": {"message": message, "type": "BadGatewayError", "param": None, "code": 502}}
         self.conn.write(chunk(sse_event(err) + SSE_DONE) + CHUNK_END)
         self._complete()
@@ -488,6 +672,7 @@ class Exchange:
         if a is None or a.finished:
             return
         a.finished = True
+        self.gw.active[a.backend].discard(self)
         now = self.gw.clock()
         self.gw.fleet.finish(Outcome(
             request_id=self.info.request_id, backend_index=a.backend, ok=a.ok,
@@ -497,20 +682,28 @@ class Exchange:
             self.gw.metrics.e2e.observe(now - self.arrived)
 
     # --- timers and flow control ------------------------------------------------------------
-    def _on_timeout(self) -> None:
-        self.timer = None
+    def _on_timeout(self, which: str = "request") -> None:
+        if which == "request":
+            self.timer = None
+        else:
+            self.read_timer = None
         if self.done:
             return
+        c = self.gw.config
+        reason = {
+            "request": f"no complete response within --request-timeout {c.request_timeout_s:g} s",
+            "first_byte": f"no first byte within --first-byte-timeout {c.first_byte_timeout_s:g} s",
+            "read": f"no data for --read-timeout {c.read_timeout_s:g} s mid-stream",
+        }[which]
         if self.sent_head:
-            self._abort_stream("upstream timed out mid-stream")
+            self._abort_stream(f"upstream timed out: {reason}")
         else:
-            self._attempt_failed("timeout", 0, b"")
+            self._attempt_failed("timeout", 0, b"", reason)
 
-    def _arm_read_timer(self) -> None:
+    def _arm_read_timer(self, seconds: float, which: str) -> None:
         if self.read_timer is not None:
             self.read_timer.cancel()
-        self.read_timer = asyncio.get_running_loop().call_later(
-            self.gw.config.read_timeout_s, self._on_timeout)
+        self.read_timer = asyncio.get_running_loop().call_later(seconds, self._on_timeout, which)
 
     def _cancel_timers(self) -> None:
         for t in (self.timer, self.read_timer):
@@ -543,6 +736,14 @@ def _usage_tokens(piece: bytes) -> int:
         return int(doc["usage"]["completion_tokens"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return 0
+
+
+def _message(body: bytes) -> str:
+    """The ``error.message`` of an OpenAI-style error body, else its first 200 bytes."""
+    try:
+        return str(orjson.loads(body)["error"]["message"])[:300]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return body[:200].decode("utf-8", "replace")
 
 
 def _completion_tokens(payload: bytes) -> int:

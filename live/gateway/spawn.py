@@ -14,7 +14,9 @@ def gateway_argv(backends: Sequence[str], strategy: str, *, params: Mapping[str,
                  host: str = "127.0.0.1", extra: Sequence[str] = ()) -> list[str]:
     """``python -m live.gateway`` arguments for these settings (``--port 0``)."""
     argv = ["--backends", ",".join(backends), "--strategy", strategy, "--seed", str(seed),
-            "--scrape-interval", repr(float(scrape_interval_s)), "--host", host, "--port", "0"]
+            "--scrape-interval", repr(float(scrape_interval_s)), "--host", host, "--port", "0",
+            # a run's terminal shows its gateways' failures, not every start and stop
+            "--log-level", "warning"]
     if names:
         argv += ["--names", ",".join(names)]
     for key, value in (params or {}).items():

@@ -20,6 +20,7 @@ import asyncio
 import collections
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -135,18 +136,59 @@ class Request:
         self.too_large = False
 
 
+def default_max_connections() -> int:
+    """Half the process's open-file limit (the other half for upstream connections, files,
+    logs), between 64 and 16384: a server never dies of ``EMFILE`` from client sockets."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return 1024
+    if soft == resource.RLIM_INFINITY:
+        return 16384
+    return max(64, min(16384, soft // 2))
+
+
+@dataclass(frozen=True)
+class ClientLimits:
+    """What a client connection may take of a server (0 turns a timeout off).
+
+    ``header_timeout_s``: from a request's first byte to the end of its headers;
+    ``body_timeout_s``: from the end of the headers to the end of the body;
+    ``idle_timeout_s``: a keep-alive connection with no request in progress;
+    ``max_connections``: open client connections at once (more are answered 503 and
+    closed). A connection that times out gets 408 and is closed; while a response is
+    being produced, these timers do not run (the server's own timeouts do).
+    """
+
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 60.0
+    max_connections: int = field(default_factory=default_max_connections)
+
+    def validate(self) -> None:
+        for name in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: no limit), got {getattr(self, name)}")
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
+
+
 class ServerConnection(asyncio.Protocol):
     """One client connection. ``handler(conn, request)`` answers each request.
 
     The handler must eventually call ``finish_response`` exactly once per request
     (after writing the response); the next pipelined request is handled then.
     ``on_lost`` callbacks registered by the handler run if the client goes away.
+    ``limits`` bound how long a client may take to send a request or sit idle.
     """
 
     def __init__(self, handler: Callable[[ServerConnection, Request], None], max_body: int,
-                 connections: set) -> None:
+                 connections: set, limits: ClientLimits | None = None) -> None:
         self.handler = handler
         self.max_body = max_body
+        self.limits = limits or ClientLimits()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.current: Request | None = None  # being parsed
@@ -157,11 +199,18 @@ class ServerConnection(asyncio.Protocol):
         self.on_drain: Callable[[bool], None] | None = None
         self._url = b""
         self._connections = connections
+        self._timer: asyncio.TimerHandle | None = None
+        self._reading = ""  # "", "headers" or "body": what the client still owes
 
     # --- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+        if len(self._connections) >= self.limits.max_connections:
+            self._refuse(503, f"too many open connections (limit {self.limits.max_connections}); "
+                              "retry later")
+            return
         self._connections.add(self)
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -171,10 +220,47 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._cancel_timer()
         self._connections.discard(self)
         cb, self.on_lost = self.on_lost, None
         if cb is not None:
             cb()
+
+    # --- client timeouts ------------------------------------------------------------------------
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self) -> None:
+        """(Re)start the timer for what the connection waits for now (none while busy)."""
+        self._cancel_timer()
+        if self.closed or self.busy or self.pending:
+            return
+        lim = self.limits
+        seconds = {"headers": lim.header_timeout_s, "body": lim.body_timeout_s}.get(
+            self._reading, lim.idle_timeout_s)
+        if seconds > 0:
+            self._timer = asyncio.get_running_loop().call_later(seconds, self._timed_out,
+                                                                self._reading)
+
+    def _timed_out(self, reading: str) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        if not reading:  # idle keep-alive connection: just close it
+            self.closed = True
+            self.transport.close()
+            return
+        limit = self.limits.header_timeout_s if reading == "headers" else self.limits.body_timeout_s
+        self._refuse(408, f"the request's {reading} did not arrive within {limit:g} s")
+
+    def _refuse(self, status: int, message: str) -> None:
+        body = error_body(status, message)
+        self.transport.write(response_head(status, JSON_HEADERS, chunked=False, length=len(body),
+                                           keep_alive=False) + body)
+        self.closed = True
+        self.transport.close()
 
     def pause_writing(self) -> None:
         if self.on_drain is not None:
@@ -188,6 +274,8 @@ class ServerConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.current = Request()
         self._url = b""
+        self._reading = "headers"
+        self._arm()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -203,6 +291,8 @@ class ServerConnection(asyncio.Protocol):
         declared = req.headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             req.too_large = True
+        self._reading = "body"
+        self._arm()
 
     def on_body(self, body: bytes) -> None:
         req = self.current
@@ -215,6 +305,8 @@ class ServerConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         req, self.current = self.current, None
+        self._reading = ""
+        self._cancel_timer()
         if req.too_large:
             req.keep_alive = False  # the rest of a huge body is not worth reading
         self.pending.append(req)
@@ -223,9 +315,13 @@ class ServerConnection(asyncio.Protocol):
 
     # --- responses ----------------------------------------------------------------------------
     def _next(self) -> None:
-        if self.closed or not self.pending:
+        if self.closed:
+            return
+        if not self.pending:
+            self._arm()  # idle, or waiting for the rest of a request
             return
         self.busy = True
+        self._cancel_timer()
         req = self.pending.popleft()
         self.handler(self, req)
 
@@ -251,6 +347,7 @@ class ServerConnection(asyncio.Protocol):
         self.finish_response(keep_alive)
 
     def _bad_request(self, message: str) -> None:
+        self._cancel_timer()
         if not self.closed:
             self.transport.write(response_head(400, JSON_HEADERS, chunked=False,
                                                length=len(error_body(400, message)),
@@ -423,16 +520,19 @@ def main_serve(parser: Any, server: Any, host: str, port: int) -> int:
 class Listener:
     """The listening half of a server object: ``ServerConnection``s on a socket."""
 
-    def __init__(self, handler: Callable[[ServerConnection, Request], None], max_body: int) -> None:
+    def __init__(self, handler: Callable[[ServerConnection, Request], None], max_body: int,
+                 limits: ClientLimits | None = None) -> None:
         self.handler = handler
         self.max_body = max_body
+        self.limits = limits or ClientLimits()
+        self.limits.validate()
         self.connections: set[ServerConnection] = set()
         self.server: asyncio.base_events.Server | None = None
 
     async def listen(self, sock: socket.socket) -> str:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_server(
-            lambda: ServerConnection(self.handler, self.max_body, self.connections),
+            lambda: ServerConnection(self.handler, self.max_body, self.connections, self.limits),
             sock=sock, backlog=2048)
         return url_of(sock)
 
