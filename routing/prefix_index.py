@@ -199,13 +199,15 @@ PrefixIndex = ApproxPrefixIndex
 class ExactPrefixIndex:
     """A backend's cached blocks as its KV-cache events describe them.
 
-    ``stored`` holds every block the backend reported stored and not yet
-    removed; ``rooted`` the subset whose whole chain back to the prompt start is
-    stored too: exactly the blocks a prefix lookup can reach, since the engine
-    walks the chain from its first block and stops at the first miss. Removing a
-    block unroots its stored descendants; storing it again re-roots them.
-    Children are tracked per parent for that, so each event costs time
-    proportional to the blocks it names (plus the rare cascade).
+    ``stored`` counts, per hash, the cached blocks the backend reported stored
+    and not yet removed (vLLM can cache the same hash twice, and reports each
+    copy's store and eviction); ``rooted`` is the set of hashes whose whole chain
+    back to the prompt start is stored too: exactly the blocks a prefix lookup
+    can reach, since the engine walks the chain from its first block and stops
+    at the first miss. Removing a hash's last copy unroots its stored
+    descendants; storing it again re-roots them. Children are tracked per parent
+    for that, so each event costs time proportional to the blocks it names (plus
+    the rare cascade).
     """
 
     __slots__ = ("stored", "rooted", "_parent", "_children", "_owners", "_bit")
@@ -213,7 +215,7 @@ class ExactPrefixIndex:
     def __init__(self, owners: BlockOwners | None = None, bit: int = 0) -> None:
         self._owners = owners
         self._bit = bit
-        self.stored: set[int] = set()
+        self.stored: dict[int, int] = {}
         self.rooted: set[int] = set()
         self._parent: dict[int, int | None] = {}
         self._children: dict[int | None, set[int]] = {}
@@ -228,24 +230,21 @@ class ExactPrefixIndex:
         stored, rooted, parents, children = self.stored, self.rooted, self._parent, self._children
         p = parent
         for h in block_hashes:
-            old = parents.get(h, _MISSING)
-            if old is not _MISSING and old != p:
-                children[old].discard(h)
+            copies = stored.get(h, 0)
+            stored[h] = copies + 1
+            if copies:  # another copy of a known block: its place in the chain is known
+                p = h
+                continue
             parents[h] = p
             kids = children.get(p)
             if kids is None:
                 children[p] = {h}
             else:
                 kids.add(h)
-            stored.add(h)
             if p is None or p in rooted:
-                if h not in rooted:
-                    self._root(h)
-            else:
-                if p not in stored:
-                    orphans += 1
-                if h in rooted:
-                    self._unroot(h)
+                self._root(h)
+            elif p not in stored:
+                orphans += 1
             p = h
         return orphans
 
@@ -254,10 +253,14 @@ class ExactPrefixIndex:
         unknown = 0
         stored, parents, children = self.stored, self._parent, self._children
         for h in block_hashes:
-            if h not in stored:
+            copies = stored.get(h, 0)
+            if copies == 0:
                 unknown += 1
                 continue
-            stored.discard(h)
+            if copies > 1:
+                stored[h] = copies - 1
+                continue
+            del stored[h]
             if h in self.rooted:
                 self._unroot(h)
             p = parents.pop(h)
@@ -312,4 +315,3 @@ class ExactPrefixIndex:
         return len(self.stored)
 
 
-_MISSING = object()

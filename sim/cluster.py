@@ -335,6 +335,11 @@ class ClusterSim:
             scrape_source=self._scrape,
         )
         n = len(config.backends)
+        #: A router that mirrors caches from KV events gets every backend's events (and
+        #: decisions first apply the steps that ended, see ``_arrivals``).
+        self._router_events = self.router.wants_kv_events
+        if self._router_events:
+            kv_events = self._events_to_router(kv_events, n)
         self.drivers = []
         for i, b in enumerate(config.backends):
             engine = Engine(b.engine, b.profile.model, jitter_cv=b.profile.jitter_cv,
@@ -371,6 +376,19 @@ class ClusterSim:
             self.engine_shareable = (trace.shareable_with_replies(shared, replies).tolist()
                                      if replies is not None else self.shareable)
 
+    def _events_to_router(self, outer: Callable[[int, KVEvent, float], None] | None, n: int):
+        """A KV-event sink that feeds the router (each event a batch, numbered per backend)."""
+        record = self.router.record_kv_events
+        seq = [0] * n
+
+        def sink(index: int, event: KVEvent, t: float) -> None:
+            record(index, (event,), t, seq[index])
+            seq[index] += 1
+            if outer is not None:
+                outer(index, event, t)
+
+        return sink
+
     # --- running -------------------------------------------------------------------------
     def run(self) -> SimResult:
         env = self.env
@@ -404,6 +422,14 @@ class ClusterSim:
         for i, t in enumerate(times):
             if t > env.now:
                 yield env.timeout(t - env.now)
+            if self._router_events:
+                # A decode run's events are published when its steps are applied; apply
+                # the steps that ended, as stepping one by one would have, before deciding.
+                cut = [d for d in self.drivers if d.interruptible]
+                if cut:
+                    for d in cut:
+                        d._interrupt()
+                    yield env.timeout(0)
             self._dispatch(i)
 
     def _dispatch(self, i: int) -> None:
