@@ -224,3 +224,12 @@ def test_every_scorer_scores_within_zero_and_one(values, blocks, session):
         for score in scorer.score(r, backends):
             assert 0.0 <= score <= 1.0, (t, score)
         scorer.after_pick(r, backends, 0)
+
+
+def test_the_shipped_example_config_loads():
+    path = Path(__file__).resolve().parents[2] / "scenarios" / "llmd-epp-example.yaml"
+    s = routing.build("weighted", config=str(path))
+    assert [(p.TYPE, w) for p, w in s.profile.scorers] == [
+        ("prefix-cache-scorer", 3.0), ("no-hit-lru-scorer", 1.0), ("queue-scorer", 2.0),
+        ("kv-cache-utilization-scorer", 2.0)]
+    assert s.needs_precise_prefix and s.needs_scrape
