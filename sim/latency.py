@@ -21,7 +21,8 @@ Derived profiles (``sim.profiles``) add roofline terms, all zero in fitted
 profiles, so those keep the linear form above exactly:
 
     matmuls = max(weight_s + expert_s * touched(T),  token_s * T)
-    t       = max(prefill_floor_s if the step prefills, step_s + matmuls + the other terms)
+    spill   = spill_token_s * max(0, T - spill_tokens)
+    t       = max(prefill_floor_s if the step prefills, step_s + matmuls + spill + the other terms)
 
 The matmuls of a step stream every weight they use from memory once
 (``weight_s``) and do ``token_s`` of arithmetic per token; the slower of the
@@ -31,7 +32,11 @@ which each token picks ``experts_per_token``, ``touched(T) = 1 - (1 - k/E)**T``
 is the expected fraction of them a step of T tokens reads (tokens routed
 uniformly), and ``expert_s`` is the time to read all of them.
 ``prefill_floor_s`` is the least a step that computes a prompt chunk takes
-(a launch-bound floor). A decode-only step of a fixed batch is still affine in
+(a launch-bound floor). ``spill`` prices the tokens of a step beyond
+``spill_tokens``, the most whose tensor-parallel all-reduce working set fits in
+the GPU's L2 cache: beyond it each all-reduce runs from HBM and costs
+``spill_token_s`` more per token (a hinge in T; zero without tensor
+parallelism). A decode-only step of a fixed batch is still affine in
 its context, so decode runs keep their closed form.
 
 A decode-only batch that does not change lengthens by ``decode_attn_s * S`` per
@@ -55,7 +60,8 @@ PROFILE_SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
 COEFFICIENTS = ("step_s", "token_s", "seq_s", "prefill_attn_s", "decode_attn_s")
 #: Roofline terms of derived profiles (``sim.profiles``); 0 in fitted ones.
-ROOFLINE_TERMS = ("weight_s", "expert_s", "experts", "experts_per_token", "prefill_floor_s")
+ROOFLINE_TERMS = ("weight_s", "expert_s", "experts", "experts_per_token", "prefill_floor_s", "spill_tokens",
+                  "spill_token_s")
 
 
 class ProfileError(ValueError):
@@ -76,6 +82,8 @@ class LatencyModel:
     experts: int = 0
     experts_per_token: int = 0
     prefill_floor_s: float = 0.0
+    spill_tokens: float = 0.0
+    spill_token_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in COEFFICIENTS + ROOFLINE_TERMS:
@@ -91,6 +99,10 @@ class LatencyModel:
                     f"expert_s > 0 needs integer experts >= experts_per_token >= 1, got experts={e!r}, "
                     f"experts_per_token={k!r}"
                 )
+        if self.spill_token_s > 0 and self.weight_s <= 0:
+            # The spill term is evaluated on the roofline path only, which weight_s > 0 selects:
+            # the linear path of fitted profiles stays as cheap as it was.
+            raise ProfileError("spill_token_s > 0 belongs to a derived (roofline) model: it needs weight_s > 0")
 
     def step_time(
         self,
@@ -115,6 +127,8 @@ class LatencyModel:
         matmul = self.token_s * num_tokens
         if memory > matmul:
             t += memory - matmul
+        if self.spill_token_s and num_tokens > self.spill_tokens:
+            t += self.spill_token_s * (num_tokens - self.spill_tokens)
         if prefill_attn_work > 0 and t < self.prefill_floor_s:
             return self.prefill_floor_s
         return t

@@ -14,7 +14,10 @@ the ``tp`` GPUs of a tensor-parallel replica:
   (QK^T and PV), and per context token of a decode the KV bytes it reads;
 - a ring all-reduce of the hidden state after attention and after the MLP of
   every layer (and after the vocab-parallel embedding): ``2(tp-1)/tp`` of its
-  bytes cross each GPU's link, in ``2(tp-1)`` latency-bound steps.
+  bytes cross each GPU's link, in ``2(tp-1)`` latency-bound steps. Around each
+  all-reduce two hidden-state tensors are live per token, the one being reduced
+  and the residual stream it is added into (``residual_bytes_per_token``, both
+  counted): whether a step's fit in L2 decides where the all-reduce runs from.
 
 These are exact counts of a standard transformer's dense arithmetic (norms,
 rotary embeddings, biases and activations are below 1% and left out); the tests
@@ -58,6 +61,9 @@ class StepArithmetic:
     window_kv_bytes_per_seq: float
     allreduce_bytes_per_token: float
     allreduce_steps: int
+    #: Bytes of the two hidden-state tensors live around an all-reduce, per token
+    #: (0 without tensor parallelism: there is no all-reduce).
+    residual_bytes_per_token: float
     #: Weight memory held per GPU (embeddings included) and KV bytes per cached token.
     weight_memory_bytes: float
     kv_cache_bytes_per_token: float
@@ -143,6 +149,7 @@ def step_arithmetic(arch: ModelArch, tp: int = 1, dtype: str = "auto") -> StepAr
         window_kv_bytes_per_seq=sliding_kv_per_token * window,
         allreduce_bytes_per_token=(allreduces * h * act * steps / tp) if tp > 1 else 0.0,
         allreduce_steps=allreduces * steps,
+        residual_bytes_per_token=2.0 * h * act if tp > 1 else 0.0,
         weight_memory_bytes=dense_weight_bytes + expert_weight_bytes + embedding_bytes,
         kv_cache_bytes_per_token=kv_ctx if arch.sliding_layers < arch.num_layers else arch.kv_bytes_per_token(act, tp),
     )

@@ -118,7 +118,9 @@ def _derive(args) -> int:
           + (f" + experts {m.expert_s * 1e3:.2f} ms x touched" if m.expert_s else "")
           + f", {m.token_s * 1e6:.2f} us/token) + {m.seq_s * 1e6:.1f} us/seq; attention "
           f"{m.prefill_attn_s * 1e9:.3f} ns/pair prefill, {m.decode_attn_s * 1e9:.2f} ns/context token decode"
-          + (f"; prefill floor {m.prefill_floor_s * 1e3:.1f} ms" if m.prefill_floor_s else ""))
+          + (f"; prefill floor {m.prefill_floor_s * 1e3:.1f} ms" if m.prefill_floor_s else "")
+          + (f"; all-reduces beyond L2: +{m.spill_token_s * 1e6:.1f} us/token past {m.spill_tokens:.0f} tokens/step"
+             if m.spill_token_s else ""))
     ttft, tpot = m.single_request(1024, 128, max_num_batched_tokens=e.max_num_batched_tokens)
     print(f"  one request alone, 1024 in / 128 out: TTFT {ttft * 1e3:.0f} ms, TPOT {tpot * 1e3:.1f} ms")
     print(f"  KV cache {profile.source['kv_tokens']} tokens ({e.num_kv_blocks} blocks of {e.block_size}), "

@@ -14,9 +14,15 @@ achieved speed:
     decode_attn_s  = max(KV bytes, attention FLOPs / peak ratio) per context token
     step_s         = step_overhead_s + (layers x layer_cycles + all-reduce steps x allreduce_step_cycles) / clock
     prefill_floor_s = layers x prefill_floor_layer_s
+    spill_tokens   = L2 cache bytes / residual bytes per token (the reduced tensor and the residual stream)
+    spill_token_s  = allreduce_spill_cost x all-reduce bytes per token / (memory bandwidth x hbm_efficiency)
 
 and the model takes the roofline ``max(weight_s + expert_s x touched, token_s x T)``
-for the matmuls. KV capacity follows vLLM's memory accounting: the device memory
+for the matmuls. A step of more tokens than ``spill_tokens`` pays ``spill_token_s``
+for each token beyond: its all-reduces no longer run from L2 but from HBM
+(only with tensor parallelism and a device whose L2 size is known).
+
+KV capacity follows vLLM's memory accounting: the device memory
 times ``gpu_memory_utilization`` minus the weights, the activation peak of a
 ``max_num_batched_tokens`` forward pass and a fixed runtime reserve, divided by
 the KV bytes of a token. Engine limits are vLLM's defaults for the device.
@@ -58,6 +64,10 @@ def latency_model(arith: StepArithmetic, device: DeviceSpec, f: EfficiencyFactor
     token_s = arith.matmul_flops_per_token / mm + arith.window_flops_per_token / at
     if arith.allreduce_bytes_per_token:
         token_s += arith.allreduce_bytes_per_token / link
+    spill_tokens = spill_token_s = 0.0
+    if f.allreduce_spill_cost and device.l2_cache_mb and arith.residual_bytes_per_token:
+        spill_tokens = device.l2_cache_mb * 1e6 / arith.residual_bytes_per_token
+        spill_token_s = f.allreduce_spill_cost * arith.allreduce_bytes_per_token / bw
     return LatencyModel(
         step_s=f.step_overhead_s + (arith.layers * f.layer_cycles + arith.allreduce_steps * f.allreduce_step_cycles)
         / clock,
@@ -70,6 +80,8 @@ def latency_model(arith: StepArithmetic, device: DeviceSpec, f: EfficiencyFactor
         experts=arith.experts if arith.expert_weight_bytes else 0,
         experts_per_token=arith.experts_per_token if arith.expert_weight_bytes else 0,
         prefill_floor_s=arith.layers * f.prefill_floor_layer_s,
+        spill_tokens=spill_tokens,
+        spill_token_s=spill_token_s,
     )
 
 

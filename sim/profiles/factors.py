@@ -19,6 +19,10 @@ derived profile:
 - ``prefill_floor_layer_s``: the least time per layer of a step that computes a
   prompt chunk (host-side launch bound when a prefill runs without CUDA graphs).
 - ``step_overhead_s``: fixed host time per step (scheduler, bookkeeping).
+- ``allreduce_spill_cost``: extra time per all-reduced byte of the tokens a step
+  has beyond what the L2 cache holds (the reduced tensor and the residual stream,
+  ``2 x hidden`` activations per token), in multiples of that byte's time at the
+  achieved HBM bandwidth. 0 turns the term off (factor sets fitted before it).
 
 A factor set is stored as JSON with where it was fitted and how well
 (``sim/profiles/factor_sets/*.json``); ``python -m sim.profiles fit-factors`` writes one.
@@ -48,6 +52,7 @@ class EfficiencyFactors:
     seq_overhead_s: float = 0.0
     prefill_floor_layer_s: float = 0.0
     step_overhead_s: float = 0.0
+    allreduce_spill_cost: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -32,11 +32,12 @@ from sim.profiles.model_catalog import catalog_model
 
 #: Factors fitted by default; hbm_efficiency and step_overhead_s stay at their start.
 FITTED = ("matmul_efficiency", "attention_efficiency", "interconnect_efficiency", "layer_cycles",
-          "allreduce_step_cycles", "seq_overhead_s", "prefill_floor_layer_s")
+          "allreduce_step_cycles", "seq_overhead_s", "prefill_floor_layer_s", "allreduce_spill_cost")
 #: Where a fit starts, and what the weak prior pulls towards.
 START = EfficiencyFactors(hbm_efficiency=0.9, matmul_efficiency=0.5, attention_efficiency=0.3,
                           interconnect_efficiency=0.5, layer_cycles=2e5, allreduce_step_cycles=1e4,
-                          seq_overhead_s=1e-4, prefill_floor_layer_s=5e-4, step_overhead_s=0.0)
+                          seq_overhead_s=1e-4, prefill_floor_layer_s=5e-4, step_overhead_s=0.0,
+                          allreduce_spill_cost=10.0)
 _EFFICIENCIES = {"hbm_efficiency", "matmul_efficiency", "attention_efficiency", "interconnect_efficiency"}
 SPLITWISE_MODELS = {"llama2-70b": "llama-2-70b", "bloom-176b": "bloom-176b"}
 SPLITWISE_GPUS = {"a100-80gb": "a100-sxm", "h100-80gb": "h100-sxm", "h100-80gb-pcap": "h100-sxm"}
