@@ -131,6 +131,8 @@ class DecodeGroup:
         if b <= a or not self.members:
             return 0
         bs = self.bs
+        if b == a + 1:  # one step: the members whose next token starts a block
+            return self.phase[(-a) % bs]
         total = 0
         for c, count in enumerate(self.phase):
             if count:

@@ -252,6 +252,11 @@ class Engine:
             return None
         self.event_tick = self.ticks + 1
         if not self.async_scheduling:
+            fast = self.fast
+            if fast is not None:
+                plan = fast.plan(max_steps)
+                if plan is not None:
+                    return plan
             return self._schedule(max_steps)
         # Asynchronous scheduling: vLLM scheduled this step when the last one
         # started, with its tokens still in flight; that output is applied now.
@@ -304,21 +309,13 @@ class Engine:
                 prefill_work += n * (c + (n + 1) / 2.0)
         duration = self.latency.step_time(num_tokens, members + len(scheduled), prefill_work, decode_ctx)
         if self.jitter_cv > 0:
-            duration *= self._jitter()
+            duration *= self.jitter()
         fast = self.fast
         return Plan(scheduled, 1, duration, 0.0, False, self.kv.num_used, members, num_tokens,
                     self.ticks, fast.alloc_tick if fast is not None else self.ticks + 1)
 
-    def decode_run_times(self, num_seqs: int, context_sum: int, steps: int) -> tuple[float, float]:
-        """First step's duration and per-step increase of a decode run (jitter included)."""
-        first, delta, _ = self.latency.decode_run(num_seqs, context_sum, steps)
-        if self.jitter_cv > 0:
-            factor = self._jitter()
-            first *= factor
-            delta *= factor
-        return first, delta
-
-    def _jitter(self) -> float:
+    def jitter(self) -> float:
+        """A lognormal factor with mean 1 (the profile's ``jitter_cv``) for one step or run."""
         s = self._jitter_sigma
         return math.exp(self._rng.gauss(-0.5 * s * s, s))
 
@@ -331,8 +328,9 @@ class Engine:
             out = self.fast.complete_run(plan, steps, start)
         else:
             out = self._complete_step(plan, start)
-        if self.fast is not None:
-            self.fast.tidy()
+        fast = self.fast
+        if fast is not None and fast.nonmembers:
+            fast.tidy()
         if len(self.timeline) > self._trim_at:
             self._trim_timeline()
         if self.async_scheduling:
@@ -431,8 +429,9 @@ class Engine:
     # --- metrics --------------------------------------------------------------------
     def _state(self) -> tuple:
         s = self.scheduler
-        return (len(s.running) - len(s.finishing), len(s.waiting), self.kv.num_used,
-                s.prefix_queries, s.prefix_hits, s.preemptions)
+        running = len(s.running) - len(s.finishing) if s.finishing else len(s.running)
+        return (running, len(s.waiting), self.kv.num_used, s.prefix_queries, s.prefix_hits,
+                s.preemptions)
 
     def _publish(self) -> None:
         self._published_state = self._state()

@@ -73,7 +73,8 @@ class FastPath:
 
     def leave(self, req: EngineRequest) -> None:
         """Remove a member (synced first)."""
-        self._unpend(req)
+        if req.tracked:
+            self._unpend(req)
         self.group.leave(req)
 
     def _shares_ahead(self, req: EngineRequest) -> bool:
@@ -169,9 +170,19 @@ class FastPath:
         steps = self._steps_kv_allows(steps)
         if steps < 2:
             return None
-        first, delta = eng.decode_run_times(b, group.ctx_const + b * (ticks + 1), steps)
+        first, delta, _ = eng.latency.decode_run(b, group.ctx_const + b * (ticks + 1), steps)
+        if eng.jitter_cv:
+            factor = eng.jitter()
+            first *= factor
+            delta *= factor
         # The first step's blocks are allocated now, as vLLM schedules it now.
-        self._advance(ticks + 1)
+        if group.num_tracked or self._events:
+            self._advance(ticks + 1)
+        else:
+            first_blocks = group.allocations(self.alloc_tick, ticks + 1)
+            if first_blocks:
+                self.kv.take_blocks(first_blocks)
+            self.alloc_tick = ticks + 1
         return Plan([], steps, first, delta, True, self.kv.num_used, b, b, ticks, self.alloc_tick)
 
     def _steps_kv_allows(self, steps: int) -> int:
@@ -253,7 +264,14 @@ class FastPath:
     def complete_run(self, plan: Plan, steps: int, start: float) -> StepOutput:
         eng, group = self.engine, self.group
         end = start + plan.time_of(steps)
-        self._advance(eng.ticks + steps)
+        to_tick = eng.ticks + steps
+        if group.num_tracked or self._events:
+            self._advance(to_tick)
+        else:
+            blocks = group.allocations(self.alloc_tick, to_tick)
+            if blocks:
+                self.kv.take_blocks(blocks)
+            self.alloc_tick = to_tick
         eng.ticks = eng.timeline.append(plan.first, plan.delta, steps)
         eng.last_end = end
         finished = []
@@ -261,7 +279,8 @@ class FastPath:
             self.sync(req)
             self.leave(req)
             finished.append(req)
-        finished.sort(key=_seq)  # vLLM frees them in running order
+        if len(finished) > 1:
+            finished.sort(key=_seq)  # vLLM frees them in running order
         for req in finished:
             eng.finish(req)
         return StepOutput(end, [], finished, [], eng)
@@ -276,4 +295,5 @@ class FastPath:
 
     def tidy(self) -> None:
         """After a completed step: drop requests that left the running queue or joined."""
-        self.nonmembers = [r for r in self.nonmembers if r.status == RUNNING and not r.in_group]
+        if self.nonmembers:
+            self.nonmembers = [r for r in self.nonmembers if r.status == RUNNING and not r.in_group]

@@ -203,7 +203,8 @@ class KVCache:
             if target > named:
                 self.name_blocks(req, target - named)
                 named = target
-            self.register(req, num_tokens)
+            if req.num_registered < num_tokens // self.block_size:
+                self.register(req, num_tokens)
         req.num_private = held - named
 
     def register(self, req: EngineRequest, num_tokens: int) -> None:
