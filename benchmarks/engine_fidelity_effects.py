@@ -34,18 +34,18 @@ VARIANTS = {
 
 def run(scenario: str, rates: list[float], requests: int, strategies: list[str], seed: int) -> None:
     import routing
-    from scenarios import expand_grid, load_scenario
+    from scenarios.runs import load_for_run
     from sim.cluster import simulate
     from sim.fleet import cluster_config
     from workload import build_trace
 
-    sc = load_scenario(scenario, {"arrivals.rate": rates, "num_requests": requests})
+    sc, points = load_for_run(scenario, extra={"arrivals.rate": rates, "num_requests": requests})
     print(f"{sc.name}: {requests} requests, seed {seed}")
     header = (f"{'rate':>5s} {'strategy':13s} {'variant':14s} {'TTFT p50':>9s} {'p90':>8s} {'p99':>8s} "
               f"{'TPOT p50':>9s} {'p90':>8s} {'hit %':>6s} {'preempt':>7s}")
     print(header)
     print("-" * len(header))
-    for point in expand_grid(sc):
+    for point in points:
         psc = point.scenario
         trace = build_trace(asdict(psc.workload), asdict(psc.arrivals), seed=seed,
                             num_requests=psc.num_requests, duration_s=psc.duration_s)

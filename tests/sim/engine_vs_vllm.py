@@ -161,21 +161,26 @@ def _chain(tokens: list[int], bs: int) -> list[int]:
 def engine_log(c: dict, *, decode_group: bool = False, share_analysis: bool = False,
                kv_events: bool = True) -> list[dict]:
     """Run ``c`` through ``sim.engine.Engine`` and log each iteration as the driver does."""
+    import inspect
+
     from sim.engine import Engine, EngineConfig
     from sim.latency import LatencyModel
     from sim.request import EngineRequest
 
+    # An older engine (``--engine-tree``) lacks reply hashes, events, async scheduling.
+    legacy = "kv_events" not in inspect.signature(Engine).parameters
     cfg = c["config"]
     bs = cfg["block_size"]
+    extra = {} if legacy else {"async_scheduling": cfg["async_scheduling"]}
     engine_cfg = EngineConfig(num_kv_blocks=cfg["num_gpu_blocks"], block_size=bs,
                               max_num_seqs=cfg["max_num_seqs"],
                               max_num_batched_tokens=cfg["max_num_batched_tokens"],
-                              enable_prefix_caching=cfg["enable_prefix_caching"],
-                              async_scheduling=cfg["async_scheduling"])
+                              enable_prefix_caching=cfg["enable_prefix_caching"], **extra)
     events: list = []
     # Every step lasts 1 s: step k runs from k to k + 1 (idle iterations take no time).
     eng = Engine(engine_cfg, LatencyModel(1.0, 0.0, 0.0, 0.0, 0.0), decode_group=decode_group,
-                 kv_events=(lambda e, t: events.append(e)) if kv_events else None)
+                 **({} if legacy else
+                    {"kv_events": (lambda e, t: events.append(e)) if kv_events else None}))
     # Full chains (prompt + reply), and the name of each block: "<request>:<index>" of
     # the first request whose tokens fill it, as the driver names vLLM's blocks.
     chains, names = {}, {}
@@ -201,6 +206,9 @@ def engine_log(c: dict, *, decode_group: bool = False, share_analysis: bool = Fa
         for r in by_arrival.pop(k, []):
             p, o = len(r["prompt"]), len(r["output"])
             full = chains[r["id"]]
+            if legacy:
+                eng.add_request(EngineRequest(r["id"], p, o, prompt_hashes=full[: p // bs]))
+                continue
             eng.add_request(EngineRequest(r["id"], p, o, prompt_hashes=full[: p // bs],
                                           output_hashes=full[p // bs:(p + o - 1) // bs],
                                           num_shareable=shareable.get(r["id"], -1)),
@@ -218,12 +226,13 @@ def engine_log(c: dict, *, decode_group: bool = False, share_analysis: bool = Fa
             continue
         waiting_before = {r.id for r in eng.waiting}
         # Held finished requests (async) can be preempted too.
-        before = list(eng.requests.values()) + list(eng.scheduler.finishing)
+        before = list(eng.requests.values()) + list(getattr(eng, "scheduler", None)
+                                                    and eng.scheduler.finishing or ())
         preempt_before = [(r, r.num_preemptions) for r in before]
         plan = eng.plan(1)
         eng.sync_all()
         scheduled = {str(r.id): n for r, n in plan.scheduled}
-        if eng.fast is not None:
+        if getattr(eng, "fast", None) is not None:
             for r in eng.fast.group.members:  # every member is scheduled for one token
                 scheduled.setdefault(str(r.id), 1)
         admitted = [[str(r.id), r.num_computed] for r, n in plan.scheduled if r.id in waiting_before]
@@ -361,17 +370,24 @@ def main() -> int:
     p.add_argument("--async", dest="async_scheduling", action="store_true",
                    help="asynchronous scheduling (vLLM's default on GPU)")
     p.add_argument("--fast", action="store_true", help="the decode group and block extents too")
+    p.add_argument("--engine-tree", default=None,
+                   help="compare the engine model of another checkout (e.g. an older commit: "
+                        "git worktree add /tmp/old e1c1033); KV events are then not compared")
     args = p.parse_args()
-    sys.path.insert(0, str(REPO))
+    if args.engine_tree and os.environ.get("ENGINE_TREE") != args.engine_tree:
+        env = {**os.environ, "ENGINE_TREE": args.engine_tree, "PYTHONPATH": args.engine_tree}
+        return subprocess.call([sys.executable, __file__, *sys.argv[1:]], env=env)
+    sys.path.insert(0, args.engine_tree or str(REPO))
     cases = [random_case(s, args.requests, async_scheduling=args.async_scheduling)
              for s in range(args.seeds)]
     theirs = vllm_logs(cases)
     print(f"{'case':>5s} {'bs':>3s} {'blocks':>6s} {'seqs':>4s} {'budget':>6s} "
           f"{'iterations':>10s} {'identical':>9s} {'preemptions':>11s}  first difference")
     total = same = 0
+    fields = [f for f in FIELDS if f != "events"] if args.engine_tree else FIELDS
     for s, (c, log) in enumerate(zip(cases, theirs)):
         ours = engine_log(c, decode_group=args.fast, share_analysis=args.fast)
-        cmp = compare(ours, log)
+        cmp = compare(ours, log, fields)
         total += cmp.iterations
         same += cmp.identical
         cfg = c["config"]
