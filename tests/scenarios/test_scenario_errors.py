@@ -1,15 +1,17 @@
 """Every class of bad input fails at load time, naming file, key path and what is allowed."""
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import routing
 from scenarios import AXES, ScenarioError, load_scenario, parse_scenario
 from scenario_helpers import MINIMAL
+from workload.config import ArrivalSpec
 
 SOURCE = "bad.toml"
 
@@ -297,10 +299,9 @@ def test_override_through_a_scalar_is_refused():
 @settings(max_examples=60, deadline=None)
 @given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12))
 def test_any_unknown_arrivals_key_is_rejected_by_name(key):
-    allowed = {"pattern", "rate", "burstiness", "base_rate", "peak_rate", "on_s", "off_s", "time_scale", "target_rate"}
+    # Only the rejection is under test: real keys (whose values have their own
+    # rules, e.g. pattern = 1.0 is a type error) are not what this generates.
+    assume(key not in {f.name for f in dataclasses.fields(ArrivalSpec)})
     text = with_table(f"[arrivals]\n{key} = 1.0")
-    if key in allowed:
-        parse_scenario(text)
-        return
     err = error_of(text)
     assert err.key == f"arrivals.{key}" and "unknown key" in str(err)
