@@ -150,7 +150,10 @@ class WorkerPool:
                 for w in self.workers:
                     if not w.busy and queue:
                         w.task, w.busy = queue.popleft(), True
-                        w.conn.send(w.task)
+                        try:
+                            w.conn.send(w.task)
+                        except OSError:
+                            pass  # it died idle: its sentinel wakes the wait, the task is lost
                 busy = [w for w in self.workers if w.busy]
                 if not busy:
                     break
