@@ -161,7 +161,7 @@ class Campaign:
             if todo == ["fit"]:  # the only step that needs no server
                 self._run_shape(shape, "", todo)
                 continue
-            self.say(f"[{time.strftime('%H:%M:%S')}] {shape}: starting vLLM ({', '.join(todo)} to do)")
+            self.say(f"[{time.strftime('%H:%M:%S')}] {shape}: starting its server ({', '.join(todo)} to do)")
             with self.server(shape, s) as url:
                 self._run_shape(shape, url, todo)
         return self.summarize()

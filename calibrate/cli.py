@@ -151,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "request (default: 30; 0 lets the loaded units trade idle accuracy away)")
     f.add_argument("--no-front-end", action="store_true",
                    help="fit no API-server front end (sim.frontend): only the step model and a fixed overhead")
+    f.add_argument("--unbounded-front-end", action="store_true",
+                   help="ignore the API server's CPU per job that profiling measured (its frontend phase) and "
+                        "fit the front end freely; for servers whose front end is not their process's CPU, "
+                        "such as the emulator")
     f.add_argument("--num-kv-blocks", type=int, default=None,
                    help="engine KV blocks (default: what the server exported while profiling)")
     f.add_argument("--block-size", type=int, default=None, help="KV block size (default: from profiling)")
@@ -291,6 +295,7 @@ def _fit(args) -> int:
     profile, frame = fit_profile(args.data, args.name, description=args.description, max_iter=args.max_iter,
                                  polish_nfev=args.polish_nfev, hardware=args.hardware,
                                  pin_weight=args.pin_weight, front_end=not args.no_front_end,
+                                 measured_bounds=not args.unbounded_front_end,
                                  engine_overrides=overrides)
     out = Path(args.out or f"{args.name}.json")
     profile.save(out)

@@ -677,11 +677,12 @@ def engine_defaults(meta: dict, *, num_kv_blocks: int | None = None, block_size:
 
 def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_iter: int = 30,
                 polish_nfev: int = POLISH_REPLAYS, hardware: str = "", pin_weight: float = PIN_WEIGHT,
-                front_end: bool = True, engine_overrides: dict | None = None) -> tuple[LatencyProfile, pd.DataFrame]:
+                front_end: bool = True, measured_bounds: bool = True,
+                engine_overrides: dict | None = None) -> tuple[LatencyProfile, pd.DataFrame]:
     """Fit ``data_path`` into a named profile; also return the rows with simulated values."""
     data, meta = load_data(data_path)
     engine = engine_defaults(meta, **(engine_overrides or {}))
-    measured = measured_front_end(meta)
+    measured = measured_front_end(meta) if measured_bounds else None
     bounds = (measured, FrontEndModel(**{k: WALL_FACTOR * v for k, v in measured.to_dict().items()})) \
         if measured is not None else None
     result = fit_replay(data, engine, max_iter=max_iter, polish_nfev=polish_nfev, pin_weight=pin_weight,
