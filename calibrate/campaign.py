@@ -58,6 +58,8 @@ class CampaignSettings:
     hardware: str = ""
     #: Most replays of the fit's final stage (``calibrate fit --polish-nfev``).
     fit_replays: int = 400
+    #: Bound the fitted front end by the API server's measured CPU (off for the emulator).
+    measured_bounds: bool = True
     startup_timeout_s: float = 300.0
     progress: bool = True
 
@@ -70,6 +72,15 @@ class CampaignSettings:
 
 #: ``server(shape, settings)`` -> a context manager yielding the backend's URL.
 ServerFactory = Callable[[str, CampaignSettings], "contextlib.AbstractContextManager[str]"]
+
+
+@contextlib.contextmanager
+def emulator_server(profile: str) -> Iterator[str]:
+    """The project's emulator (a STAND-IN for vLLM) serving ``profile``: the loop against a known truth."""
+    from live.emulator import spawn
+
+    with spawn(1, profile, args=["--block-size", "32"]) as urls:
+        yield urls[0]
 
 
 @contextlib.contextmanager
@@ -175,7 +186,8 @@ class Campaign:
                                             progress=s.progress))
         if "fit" in todo:
             with self._step(shape, "fit"):
-                profile, _ = fit_profile(csv, f"cpu-{shape}", hardware=s.hardware, polish_nfev=s.fit_replays)
+                profile, _ = fit_profile(csv, f"cpu-{shape}", hardware=s.hardware, polish_nfev=s.fit_replays,
+                                         measured_bounds=s.measured_bounds)
                 profile.save(self.profile_json(shape))
                 self.say(f"{shape}: {profile.fit['convergence']}")
         from sim.latency import load_profile

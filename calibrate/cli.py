@@ -202,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="priority of vLLM and of this client, -20..19 (e.g. -10; needs root; default: 0)")
     a.add_argument("--budget-s", type=float, default=900.0, help="profiling time budget per shape (default: 900)")
     a.add_argument("--hardware", default="", help="hardware the profiles describe (default: the profiled CPU)")
+    a.add_argument("--emulate", default=None, metavar="PROFILE",
+                   help="serve every shape with the project's emulator (a stand-in for vLLM running the simulator's "
+                        "model) with this latency profile: the whole loop against a known truth, no vLLM needed; "
+                        "fits then ignore the measured front-end CPU (the emulator's front end is simulated)")
     a.add_argument("--summary-only", action="store_true",
                    help="run nothing: rebuild OUT/summary.md and summary.json from what exists")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -376,8 +380,15 @@ def _campaign(args) -> int:
     shapes = tuple(x.strip() for x in args.shapes.split(",") if x.strip())
     settings = CampaignSettings(shapes=shapes, checks=args.checks, cores=args.cores, nice=args.nice,
                                 profile=ProfileSettings(budget_s=args.budget_s), hardware=args.hardware,
-                                progress=not args.quiet)
-    campaign = Campaign(args.out, settings)
+                                progress=not args.quiet, measured_bounds=args.emulate is None)
+    if args.emulate:
+        from calibrate.campaign import emulator_server
+        from sim.latency import load_profile
+
+        load_profile(args.emulate)  # fails naming the shipped profiles
+        campaign = Campaign(args.out, settings, server=lambda shape, s: emulator_server(args.emulate))
+    else:
+        campaign = Campaign(args.out, settings)
     out = Path(args.out)
     if args.summary_only:
         campaign.summarize()

@@ -140,3 +140,8 @@ def test_campaign_refuses_a_used_folder_without_resume_and_summarizes_one(tmp_pa
     assert "(no check yet)" in capsys.readouterr().out
     assert main(["campaign", "--out", str(tmp_path / "x"), "--shapes", "tiny,huge"]) == 2
     assert "unknown model shape 'huge'" in capsys.readouterr().err
+
+
+def test_campaign_emulate_names_a_bad_profile(tmp_path, capsys):
+    assert main(["campaign", "--out", str(tmp_path / "c"), "--shapes", "tiny", "--emulate", "no-such"]) == 2
+    assert "no-such" in capsys.readouterr().err
