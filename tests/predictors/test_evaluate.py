@@ -34,12 +34,12 @@ def test_mape_skips_zero_targets():
     assert m["mape_pct"] == pytest.approx(50.0)
 
 
-@settings(max_examples=50, deadline=None)
 # Latencies in seconds: zero or at least a microsecond. Near-denormal values would
 # test float underflow (q * 5e-324 rounds to 0), not the loss.
 _SECONDS = st.one_of(st.just(0.0), st.floats(1e-6, 100))
 
 
+@settings(max_examples=50, deadline=None)
 @given(
     st.lists(st.tuples(_SECONDS, _SECONDS), min_size=1, max_size=50),
     st.floats(0.01, 0.99),
