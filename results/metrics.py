@@ -30,9 +30,10 @@ Throughputs: ``request_throughput = completed / duration``,
 Deliberate differences from vLLM, all documented in ``docs/results-format.md``:
 a latency with no ok request is NaN (vLLM prints 0, which would rank a
 strategy that served nothing as the fastest); failures are split by status
-(error, timeout, rejected, unfinished) instead of one ``failed`` count; and
-``slo_attainment`` (good requests / all requests sent) is added so a strategy
-cannot look good by failing requests.
+(error, timeout, rejected, unfinished, skipped) instead of one ``failed`` count;
+and ``slo_attainment`` (good requests / all requests sent, i.e. all but the
+``skipped`` turns of sessions that had ended) is added so a strategy cannot look
+good by failing requests.
 """
 from __future__ import annotations
 
@@ -95,6 +96,7 @@ METRICS: dict[str, MetricInfo] = {
     "num_timeout": MetricInfo("timeouts", "count", "lower"),
     "num_rejected": MetricInfo("rejected", "count", "lower"),
     "num_unfinished": MetricInfo("unfinished", "count", "lower"),
+    "num_skipped": MetricInfo("skipped (session ended)", "count", "lower"),
     "total_input_tokens": MetricInfo("input tokens (ok)", "tokens", None),
     "total_output_tokens": MetricInfo("output tokens (ok)", "tokens", None),
     "prefix_hit_rate": MetricInfo("prefix-cache hit rate", "fraction", "higher"),
@@ -219,7 +221,8 @@ def unit_metrics(
     if slo_ms:
         good = _good_requests(slo_ms, ttft, e2el, ok_len)
         v["request_goodput"] = _per(good, duration)
-        v["slo_attainment"] = good / n if n else math.nan
+        sent = n - v["num_skipped"]  # a skipped turn was never sent (its session had ended)
+        v["slo_attainment"] = good / sent if sent else math.nan
     else:
         v["request_goodput"] = math.nan
         v["slo_attainment"] = math.nan

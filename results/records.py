@@ -1,8 +1,10 @@
 """One record per request, simulated or live, stored as Parquet.
 
 Every request a run was asked to send ends as exactly one row (rule "one record
-per request" in docs/architecture.md), whatever happened to it: ``ok``, ``error``, ``timeout``, ``rejected`` (no backend would take it) or
-``unfinished`` (still in flight when the run ended). Metric code reads these rows
+per request" in docs/architecture.md), whatever happened to it: ``ok``, ``error``, ``timeout``, ``rejected`` (no backend would take it),
+``unfinished`` (still in flight, or not yet sent, when the run ended) or ``skipped``
+(never sent: an earlier turn of its session failed, which ends the session;
+``workload.sessions``). Metric code reads these rows
 only, so the simulator and live mode are analysed by the same functions.
 
 Inter-token latency is stored as *arithmetic runs*: a request's token-chunk gaps
@@ -28,10 +30,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-#: Bump when a column is added, removed or changes meaning.
-SCHEMA_VERSION = 1
+#: Bump when a column is added, removed or changes meaning. 2 added ``ready_s`` and
+#: ``think_s`` and the ``skipped`` status; version 1 files still read (see ``read_records``).
+SCHEMA_VERSION = 2
+#: Older versions this one reads, filling the columns they lack (``_upgrade``).
+READABLE_VERSIONS = (1, 2)
 
-STATUSES = ("ok", "error", "timeout", "rejected", "unfinished")
+STATUSES = ("ok", "error", "timeout", "rejected", "unfinished", "skipped")
 
 
 @dataclass(slots=True)
@@ -41,7 +46,12 @@ class RequestRecord:
     ``arrival_s`` is when the client sent it (vllm bench's TTFT starts here),
     ``dispatch_s`` when the router forwarded it, ``first_token_s`` and
     ``last_token_s`` when the client received the first and last token chunks,
-    ``finish_s`` when the response ended (success or failure).
+    ``finish_s`` when the response ended (success or failure). ``ready_s`` is when
+    the client was ready to send it (its arrival time; for a later turn of a
+    closed session, the previous reply's end plus ``think_s``, the think time), so
+    ``arrival_s - ready_s`` is time spent waiting at the client (send lag, a busy
+    client) and think time is not mistaken for queueing. ``conversation_id`` and
+    ``turn`` name the session and the turn.
 
     The ``router_*`` fields are what the router saw of the chosen backend at
     decision time: the features a latency predictor is trained on.
@@ -77,6 +87,8 @@ class RequestRecord:
     router_kv_usage: float = math.nan
     router_scrape_age_s: float = math.nan
     router_prefix_hit_tokens: int = 0
+    ready_s: float = math.nan
+    think_s: float = math.nan
 
 
 _F64 = pa.float64()
@@ -115,6 +127,8 @@ SCHEMA = pa.schema(
         ("router_kv_usage", _F64),
         ("router_scrape_age_s", _F64),
         ("router_prefix_hit_tokens", _I32),
+        ("ready_s", _F64),
+        ("think_s", _F64),
     ],
     metadata={b"vllm_routing_lab.records.schema_version": str(SCHEMA_VERSION).encode()},
 )
@@ -238,12 +252,13 @@ def check_schema(schema: pa.Schema, source: str = "table") -> None:
         raise RecordSchemaError(
             f"{source} is not a vllm-routing-lab record file (no schema version in its metadata)"
         )
-    if int(version) != SCHEMA_VERSION:
+    if int(version) not in READABLE_VERSIONS:
         raise RecordSchemaError(
             f"{source} has record schema version {int(version)}, this version reads "
-            f"{SCHEMA_VERSION}; re-run the experiment or use the matching release"
+            f"{', '.join(map(str, READABLE_VERSIONS))}; re-run the experiment or use the "
+            "matching release"
         )
-    missing = [n for n in SCHEMA.names if n not in schema.names]
+    missing = [n for n in SCHEMA.names if n not in schema.names and n not in _ADDED_IN_2]
     if missing:
         raise RecordSchemaError(f"{source} lacks record columns: {', '.join(missing)}")
 
@@ -259,10 +274,29 @@ def read_records(paths: str | Path | Sequence[str | Path]) -> pa.Table:
         except (OSError, pa.ArrowInvalid) as exc:
             raise RecordSchemaError(f"{p} is not a readable Parquet file: {exc}") from exc
         check_schema(schema, str(p))
-        tables.append(pq.read_table(p, schema=SCHEMA))
+        if all(n in schema.names for n in SCHEMA.names):
+            tables.append(pq.read_table(p, schema=SCHEMA))
+        else:
+            tables.append(_upgrade(pq.read_table(p)))
     if not tables:
         return SCHEMA.empty_table()
     return pa.concat_tables(tables)
+
+
+#: Columns version 2 added, and how a version 1 file's rows fill them.
+_ADDED_IN_2 = ("ready_s", "think_s")
+
+
+def _upgrade(table: pa.Table) -> pa.Table:
+    """A version 1 table in this schema: ready when sent, no think time (open-loop sends)."""
+    n = table.num_rows
+    columns = {
+        "ready_s": table.column("arrival_s"),
+        "think_s": pa.array(np.full(n, np.nan), type=_F64),
+    }
+    arrays = [table.column(f.name).cast(f.type) if f.name in table.column_names else columns[f.name]
+              for f in SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
 def expand_itl(start: Sequence[float], step: Sequence[float], count: Sequence[int]) -> np.ndarray:

@@ -337,10 +337,11 @@ def _summary(s: RunSummary) -> dict[str, Any]:
 
 
 def _status(s: RunSummary) -> dict[str, Any]:
-    cols = ["num_requests", "completed", "num_error", "num_timeout", "num_rejected", "num_unfinished"]
+    cols = ["num_requests", "completed", "num_error", "num_timeout", "num_rejected", "num_unfinished",
+            "num_skipped"]
     sums = s.units.groupby(["point_id", "strategy"], sort=False)[cols].sum()
     labels = _point_labels(s)
-    return {"columns": ["requests", "ok", "error", "timeout", "rejected", "unfinished"],
+    return {"columns": ["requests", "ok", "error", "timeout", "rejected", "unfinished", "skipped"],
             "rows": [[labels.get(p, p), st] + [f"{int(r[c]):,}" for c in cols]
                      for (p, st), r in sums.iterrows()]}
 

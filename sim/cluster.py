@@ -1,7 +1,8 @@
 """The simulated fleet on SimPy: arrivals -> router -> one engine process per backend.
 
 Every request of the trace ends as exactly one ``RequestRecord`` (rule "one
-record per request" in docs/architecture.md).
+record per request" in docs/architecture.md). When each request is sent (open
+arrivals, closed-loop sessions, concurrency clients) is ``sim.sessions``' job.
 The router is ``routing.Router`` around a ``routing`` strategy, the very object the
 gateway uses; it sees the router's own in-flight counts and each backend's
 metrics as of its latest scrape.
@@ -34,6 +35,8 @@ from sim.engine import Engine, EngineConfig, EngineMetrics, Plan, RequestTooLong
 from sim.frontend import FrontEnd
 from sim.latency import LatencyProfile
 from sim.request import EngineRequest, Status
+from sim.sessions import SessionDriver
+from workload.sessions import SessionPlan
 from workload.trace import Trace
 
 #: Upper bound on the length of one decode run (a run is cut earlier by any event).
@@ -73,6 +76,8 @@ class _Pending:
     index: int  # row in the trace
     decision: Decision
     dispatch_s: float
+    #: When the client was ready to send it (= sent: a simulated client never lags).
+    ready_s: float = math.nan
     deadline_hit: bool = False
     #: When the API-server front end delivered the first and last token (NaN: no front end).
     first_out: float = math.nan
@@ -375,6 +380,8 @@ class ClusterSim:
             self.shareable = shared.tolist()
             self.engine_shareable = (trace.shareable_with_replies(shared, replies).tolist()
                                      if replies is not None else self.shareable)
+        #: When each request is sent: open, closed sessions or concurrency (sim.sessions).
+        self.sessions = SessionDriver(self, SessionPlan.of(trace))
 
     def _events_to_router(self, outer: Callable[[int, KVEvent, float], None] | None, n: int):
         """A KV-event sink that feeds the router (each event a batch, numbered per backend)."""
@@ -398,15 +405,19 @@ class ClusterSim:
         arrivals = self.trace.arrival_s
         if not (arrivals == arrivals).all():
             raise ValueError("the trace has no arrival times (NaN); assign arrivals first")
-        horizon = float(arrivals[-1]) + self.config.drain_s
-        env.process(self._arrivals())
-        env.timeout(horizon).callbacks.append(self._stop)
+        horizon = self.sessions.horizon(self.config.drain_s)
+        self.sessions.start()
+        if horizon < math.inf:
+            env.timeout(horizon).callbacks.append(self._stop)
         env.run(until=self._all_done)
         end = env.now
         for d in self.drivers:
             d.finalize(end)
         for rid in list(self._pending):
             self._write_unfinished(rid, end)
+        for row in [i for i, done in enumerate(self._done) if not done]:
+            self._write(row, self._unsent(row, "not sent: the run's horizon (drain_s after the "
+                                               "last planned send) came first"))
         assert all(self._done), "every request must end as one record"
         return SimResult(self.records, end, [d.engine.published for d in self.drivers],
                          num_records=self._written)  # type: ignore[arg-type]
@@ -415,24 +426,50 @@ class ClusterSim:
         if not self._all_done.triggered:
             self._all_done.succeed()
 
-    def _arrivals(self):
-        env = self.env
-        trace = self.trace
-        times = trace.arrival_s.tolist()
-        for i, t in enumerate(times):
-            if t > env.now:
-                yield env.timeout(t - env.now)
-            if self._router_events:
-                # A decode run's events are published when its steps are applied; apply
-                # the steps that ended, as stepping one by one would have, before deciding.
-                cut = [d for d in self.drivers if d.interruptible]
-                if cut:
-                    for d in cut:
-                        d._interrupt()
-                    yield env.timeout(0)
-            self._dispatch(i)
+    # --- the client side (sim.sessions decides when) ------------------------------------
+    def apply_due_steps(self) -> simpy.Event | None:
+        """Before a routing decision on KV events: let decode runs publish the steps that
+        ended (as stepping one by one would have). Returns an event to wait for, or None."""
+        if not self._router_events:
+            return None
+        cut = [d for d in self.drivers if d.interruptible]
+        if not cut:
+            return None
+        for d in cut:
+            d._interrupt()
+        return self.env.timeout(0)
 
-    def _dispatch(self, i: int) -> None:
+    def dispatch_now(self, i: int, ready: float) -> None:
+        """Send trace row ``i`` at once (the caller applied due steps)."""
+        self._dispatch(i, ready)
+
+    def send(self, i: int, ready: float) -> None:
+        """Send trace row ``i`` now (after due steps are applied); the client was ready at ``ready``."""
+        wait = self.apply_due_steps()
+        if wait is None:
+            self._dispatch(i, ready)
+        else:
+            wait.callbacks.append(lambda _e: self._dispatch(i, ready))
+
+    def skip(self, i: int, reason: str) -> None:
+        """Row ``i`` is never sent (its session ended): recorded as ``skipped``."""
+        rec = self._unsent(i, reason)
+        rec.status = "skipped"
+        self._write(i, rec)
+
+    def _unsent(self, i: int, reason: str) -> RequestRecord:
+        nan = math.nan
+        trace, labels = self.trace, self.labels
+        return RequestRecord(
+            experiment_id=labels.experiment_id, point_id=labels.point_id, strategy=labels.strategy,
+            seed=labels.seed, request_id=int(trace.request_id[i]),
+            conversation_id=str(trace.conversation_id[i]), turn=int(trace.turn[i]), backend=-1,
+            arrival_s=nan, dispatch_s=nan, first_token_s=nan, last_token_s=nan, finish_s=nan,
+            input_len=int(trace.input_len[i]), cached_tokens=0, output_len=0,
+            requested_output_len=int(trace.output_len[i]), num_preemptions=0,
+            status="unfinished", error=reason, think_s=float(trace.think_s[i]))
+
+    def _dispatch(self, i: int, ready: float) -> None:
         env, trace = self.env, self.trace
         now = env.now
         rid = int(trace.request_id[i])
@@ -450,9 +487,11 @@ class ClusterSim:
         try:
             decision = self.router.dispatch(info, now)
         except NoHealthyBackend as exc:  # pragma: no cover - the simulator keeps all backends up
-            self._write(i, self._record(i, None, None, now, status="rejected", error=str(exc), end=now))
+            self._write(i, self._record(i, None, None, now, status="rejected", error=str(exc),
+                                        end=now, ready=ready))
+            self.sessions.ended(i, False, now)
             return
-        pending = _Pending(i, decision, now)
+        pending = _Pending(i, decision, now, ready)
         self._pending[rid] = pending
         reply = None
         if self._reply_counts is not None and self._reply_counts[i]:
@@ -536,14 +575,17 @@ class ClusterSim:
                 d.engine.close_itl(req)
                 break
         self._finish(rid, req, "unfinished", end, error="still in flight when the run ended",
-                     observe=False)
+                     observe=False, client=False)
 
     def _finish(self, rid: int, req: EngineRequest | None, status: str, end: float, *,
-                error: str = "", observe: bool = True) -> None:
+                error: str = "", observe: bool = True, client: bool = True) -> None:
         pending = self._pending.pop(rid)
         rec = self._record(pending.index, req, pending.decision, pending.dispatch_s,
-                           status=status, end=end, error=error, pending=pending)
+                           status=status, end=end, error=error, pending=pending,
+                           ready=pending.ready_s)
         self._write(pending.index, rec)
+        if client:  # the client learns at ``end`` how its request went (sim.sessions)
+            self.sessions.ended(pending.index, status == "ok", end)
         if observe:
             self.router.finish(Outcome(
                 request_id=rid,
@@ -569,7 +611,7 @@ class ClusterSim:
 
     def _record(self, i: int, req: EngineRequest | None, decision: Decision | None,
                 dispatch_s: float, *, status: str, end: float, error: str = "",
-                pending: _Pending | None = None) -> RequestRecord:
+                pending: _Pending | None = None, ready: float = math.nan) -> RequestRecord:
         trace = self.trace
         labels = self.labels
         delay = self._delay[decision.backend] if decision is not None else 0.0
@@ -599,7 +641,7 @@ class ClusterSim:
             conversation_id=str(trace.conversation_id[i]),
             turn=int(trace.turn[i]),
             backend=decision.backend if decision is not None else -1,
-            arrival_s=float(trace.arrival_s[i]),
+            arrival_s=ready,
             dispatch_s=dispatch_s,
             first_token_s=first,
             last_token_s=last,
@@ -621,6 +663,8 @@ class ClusterSim:
             router_kv_usage=decision.kv_usage if decision else math.nan,
             router_scrape_age_s=decision.scrape_age_s if decision else math.nan,
             router_prefix_hit_tokens=decision.prefix_hit_tokens if decision else 0,
+            ready_s=ready,
+            think_s=float(trace.think_s[i]),
         )
 
 

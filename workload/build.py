@@ -18,6 +18,7 @@ from workload.config import ArrivalSpec, WorkloadSpec, check_pair
 from workload.loader import load_pool
 from workload.ordering import ordered_rows, take_with_passes
 from workload.pool import RequestPool
+from workload.sessions import build_closed, build_concurrency, close_sessions
 from workload.trace import Trace
 
 
@@ -105,6 +106,12 @@ def build_trace(
     order. When more requests are needed than the pool holds, the pool is cycled
     (see ``ordering.take_with_passes``) and ``trace.meta["passes"]`` says how often.
     ``cache_dir=False`` turns the pool cache off.
+
+    Sessions (``workload.sessions``): with ``sessions = "closed"`` (the default) and
+    a multi-turn pool, the arrival process starts whole sessions and later turns
+    carry think times; ``trace.meta["sessions"]`` says which rules the simulator and
+    the load generator apply. A pool of single-turn requests gives the same trace
+    in both modes. ``pattern = "concurrency"`` needs ``num_requests``.
     """
     spec = WorkloadSpec.from_mapping(workload)
     arr = ArrivalSpec.from_mapping(arrivals)
@@ -117,8 +124,27 @@ def build_trace(
             f"no request is left from source {spec.source!r} after the filters "
             f"{spec.filters.as_dict()} (max_conversations={spec.max_conversations})"
         )
-    if arr.pattern == "replay":
+    multi_turn = pool.n_conversations < len(pool)
+    closed = arr.sessions == "closed" and multi_turn
+    if arr.pattern == "concurrency":
+        if num_requests is None:
+            raise ValueError(
+                "pattern 'concurrency' sends a number of requests, not a duration: give "
+                "num_requests (clients send requests back to back until every one is sent)")
+        open_rows = None
+        if not closed:
+            rng = np.random.default_rng([seed, 0x0D])
+            open_rows = ordered_rows(pool, num_requests, spec.order, spec.active_sessions, rng)
+        trace, info = build_concurrency(pool, spec.order, replace(arr, sessions="closed" if closed
+                                                                  else "open"),
+                                        seed, num_requests, open_rows)
+    elif arr.pattern == "replay":
         trace, info = _replay(pool, arr, num_requests, duration_s)
+        if closed:
+            trace, more = close_sessions(trace, arr.think_time, seed)
+            info.update(more)
+    elif closed:
+        trace, info = build_closed(pool, spec.order, arr, seed, num_requests, duration_s)
     else:
         n = num_requests
         times = None
@@ -136,6 +162,8 @@ def build_trace(
         rows, passes = ordered_rows(pool, n, spec.order, spec.active_sessions, rng)
         trace = take_with_passes(pool, rows, passes).with_arrivals(times)
         info = {"passes": int(passes.max()) + 1}
+    if not closed:  # open sessions wait no think time (a pool's recorded ones are dropped)
+        trace = replace(trace, think_s=np.full(len(trace), np.nan))
     n = len(trace)
     meta = {
         **pool.meta,
@@ -143,6 +171,9 @@ def build_trace(
         "pool_conversations": pool.n_conversations,
         "order": spec.order if arr.pattern != "replay" else "timestamp",
         "active_sessions": spec.active_sessions,
+        # How the driver sends it (workload.sessions.SessionPlan).
+        "sessions": "closed" if closed else "open",
+        "clients": arr.concurrency if arr.pattern == "concurrency" else 0,
         "arrivals": arr.as_dict(),
         "seed": seed,
         "num_requests": n,

@@ -20,7 +20,8 @@ import numpy as np
 from workload.pool import RequestPool
 from workload.trace import Trace
 
-FORMAT_VERSION = 1
+#: 2: pools carry the think times their dataset recorded (``think_s``).
+FORMAT_VERSION = 2
 ENV_VAR = "VLLM_LAB_CACHE"
 
 
@@ -65,6 +66,7 @@ def save_pool(path: Path, pool: RequestPool) -> None:
             input_len=t.input_len,
             output_len=t.output_len,
             timestamp_s=t.timestamp_s,
+            think_s=t.think_s,
             hash_offsets=t.hash_offsets,
             block_hashes=t.block_hashes,
             block_size=np.int64(t.block_size),
@@ -92,6 +94,7 @@ def load_pool(path: Path) -> RequestPool | None:
                 output_len=z["output_len"],
                 arrival_s=np.full(n, np.nan),
                 timestamp_s=z["timestamp_s"],
+                think_s=z["think_s"],
                 hash_offsets=z["hash_offsets"],
                 block_hashes=z["block_hashes"],
                 block_size=int(z["block_size"]),

@@ -12,6 +12,7 @@ is again a table both accept.
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import asdict, dataclass
@@ -23,14 +24,19 @@ from workload.tables import (
     REQUIRED, Rule, SchemaError, axes, check, defaults, join, key, read_table, reject_unknown,
     require_table, rules, values,
 )
+from workload.thinktime import ThinkDist, default_think, parse_think
 
 SOURCES = ("sharegpt", "wildchat", "azure", "mooncake", "synthetic")
 #: Sources whose requests carry real timestamps, which ``pattern = "replay"`` needs.
 REPLAY_SOURCES = ("azure", "mooncake", "wildchat")
+#: Sources that record think times (the time from a reply to the next user turn).
+THINK_DATA_SOURCES = ("wildchat",)
 #: The source whose conversations carry language labels (``languages`` filters on them).
 LANGUAGE_SOURCE = "wildchat"
 ORDERS = ("interleave", "shuffle", "sequential")
-PATTERNS = ("poisson", "gamma", "constant", "burst", "replay")
+PATTERNS = ("poisson", "gamma", "constant", "burst", "replay", "concurrency")
+#: How the turns of a multi-turn session are sent (``workload.sessions``).
+SESSION_MODES = ("closed", "open")
 
 
 # --- token-length distributions of synthetic requests ------------------------------------
@@ -239,7 +245,13 @@ class WorkloadSpec:
 # --- [arrivals] -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ArrivalSpec:
-    """``[arrivals]``: when requests are sent (``workload.arrivals``)."""
+    """``[arrivals]``: when requests are sent (``workload.arrivals``, ``workload.sessions``).
+
+    ``rate`` (and ``base_rate``/``peak_rate``, ``target_rate``) is in requests per
+    second in both session modes: with closed sessions, new sessions start at
+    ``rate`` divided by the mean number of turns per session, so the long-run
+    offered load is still ``rate`` requests per second.
+    """
 
     pattern: str = key("poisson", choices=PATTERNS, axis=True)
     rate: float = key(1.0, gt=0, axis=True)
@@ -252,6 +264,15 @@ class ArrivalSpec:
     off_s: float = key(30.0, ge=0)
     time_scale: float = key(1.0, gt=0, axis=True)
     target_rate: float = key(0.0, ge=0, axis=True)
+    #: ``pattern = "concurrency"``: this many closed-loop clients, each sending its
+    #: next request when its last one has ended (``vllm bench serve
+    #: --max-concurrency``, GuideLLM's concurrent profile). 0: not set.
+    concurrency: int = key(0, ge=0, axis=True)
+    #: ``closed``: a session's next turn leaves when its previous reply has ended
+    #: plus a think time; ``open``: every turn leaves at its own arrival time.
+    sessions: str = key("closed", choices=SESSION_MODES, axis=True)
+    #: Think time between a reply and the next turn of its session (closed sessions).
+    think_time: ThinkDist = key(kind="table", factory=default_think)
 
     @classmethod
     def from_mapping(cls, raw: Any, *, path: str = "arrivals", grid: bool = False,
@@ -260,6 +281,11 @@ class ArrivalSpec:
         if isinstance(raw, ArrivalSpec):
             raw = asdict(raw)
         t = read_table(raw if raw is not None else {}, cls, path, grid=grid, lists_note=lists_note)
+        t["think_time"] = parse_think(t["think_time"], join(path, "think_time"))
+        if "concurrency" in values(t["pattern"]) and 0 in values(t["concurrency"]):
+            raise SchemaError(join(path, "concurrency"),
+                              "pattern 'concurrency' needs the number of clients; expected an "
+                              "integer >= 1 (or a list of them, a grid axis)")
         if ("replay" in values(t["pattern"]) and any(r > 0 for r in values(t["target_rate"]))
                 and any(s != 1.0 for s in values(t["time_scale"]))):
             raise SchemaError(join(path, "target_rate"),
@@ -273,7 +299,15 @@ class ArrivalSpec:
 
 
 def check_pair(workload: WorkloadSpec, arrivals: ArrivalSpec, path: str = "arrivals") -> None:
-    """Rules that span the two tables: ``replay`` needs a source with timestamps."""
+    """Rules that span the two tables: ``replay`` needs a source with timestamps, and
+    think times from the data a source that records them."""
+    if arrivals.think_time.name == "data" and workload.source not in THINK_DATA_SOURCES:
+        raise SchemaError(
+            join(path, "think_time"),
+            f"{{dist = \"data\"}} takes think times from the dataset, but workload.source = "
+            f"{workload.source!r} records none; use a source that does "
+            f"({', '.join(THINK_DATA_SOURCES)}) or a distribution, e.g. "
+            f"{{ dist = \"lognormal\", mean = 210, sigma = 0.98 }}")
     if "replay" in values(arrivals.pattern) and workload.source not in REPLAY_SOURCES:
         raise SchemaError(
             join(path, "pattern"),
@@ -288,6 +322,8 @@ def table_defaults(cls: type) -> dict[str, Any]:
     """The defaults of a table as plain values (``None`` for a required key)."""
     out = {}
     for name, value in defaults(cls).items():
+        if dataclasses.is_dataclass(value):
+            value = asdict(value)  # a nested table, as a scenario file writes it
         out[name] = None if value is REQUIRED else value
     return out
 
@@ -301,7 +337,8 @@ ARRIVAL_AXES = axes(ArrivalSpec)
 
 __all__ = [
     "ARRIVAL_AXES", "ARRIVAL_DEFAULTS", "DISTRIBUTIONS", "ORDERS", "PATTERNS", "REPLAY_SOURCES",
-    "SOURCES", "SYNTHETIC_DEFAULTS", "WORKLOAD_AXES", "WORKLOAD_DEFAULTS", "ArrivalSpec",
+    "SESSION_MODES", "SOURCES", "SYNTHETIC_DEFAULTS", "THINK_DATA_SOURCES", "WORKLOAD_AXES",
+    "WORKLOAD_DEFAULTS", "ArrivalSpec",
     "Filters", "FixedLength", "LengthDist", "LognormalLength", "SchemaError", "SyntheticSpec",
     "UniformLength", "WorkloadSpec", "check_pair", "parse_length",
 ]

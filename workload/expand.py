@@ -13,6 +13,7 @@ is tokenized once (in batches), never the growing conversation.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -67,6 +68,19 @@ def keep_conversation(conv: Conversation, filters: Filters) -> bool:
     return not (filters.exclude_redacted and conv.redacted)
 
 
+def think_before(conv: Conversation, m: int) -> float:
+    """Seconds from the reply before user message ``m`` to ``m`` (NaN: first turn, no stamps).
+
+    Only per-message timestamps count (WildChat's); a conversation-level timestamp
+    says nothing about the gap between two messages.
+    """
+    stamps = conv.timestamps
+    if m < 1 or m >= len(stamps) or conv.roles[m - 1] != "assistant":
+        return math.nan
+    gap = stamps[m] - stamps[m - 1]
+    return gap if math.isfinite(gap) else math.nan
+
+
 def expand_conversation(
     conv: Conversation,
     token_lists: list[list[int]],
@@ -74,10 +88,10 @@ def expand_conversation(
     filters: Filters,
     block_size: int,
     stats: ExpansionStats,
-) -> tuple[list[tuple[int, int, int, float]], np.ndarray]:
-    """Requests (turn, input_len, output_len, timestamp_s) and the conversation's chain."""
+) -> tuple[list[tuple[int, int, int, float, float]], np.ndarray]:
+    """Requests (turn, input_len, output_len, timestamp_s, think_s) and the conversation's chain."""
     roles, texts = conv.roles, conv.texts
-    requests: list[tuple[int, int, int, float]] = []
+    requests: list[tuple[int, int, int, float, float]] = []
     stream: list[int] = []
     needed = 0  # tokens of the stream that some kept prompt covers
     user_turn = -1
@@ -101,7 +115,8 @@ def expand_conversation(
         if not filters.keep_lengths(input_len, output_len):
             stats.turns_filtered_length += 1
             continue
-        requests.append((user_turn, input_len, output_len, conv.message_timestamp(m)))
+        requests.append((user_turn, input_len, output_len, conv.message_timestamp(m),
+                         think_before(conv, m)))
         needed = input_len
     if not requests:
         return requests, np.zeros(0, dtype=np.uint64)

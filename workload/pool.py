@@ -6,6 +6,7 @@ interleave them without looking at ids.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,7 @@ class PoolBuilder:
         self._input: list[int] = []
         self._output: list[int] = []
         self._ts: list[float] = []
+        self._think: list[float] = []
         self._hashes: list[np.ndarray] = []
 
     def __len__(self) -> int:
@@ -50,13 +52,14 @@ class PoolBuilder:
         requests: list[tuple[int, int, int, float]],
         chain: np.ndarray,
     ) -> None:
-        """``requests``: (turn, input_len, output_len, timestamp_s); each prompt's
-        hashes are the first ``input_len // block_size`` entries of ``chain``."""
+        """``requests``: (turn, input_len, output_len, timestamp_s[, think_s]); each prompt's
+        hashes are the first ``input_len // block_size`` entries of ``chain``. ``think_s``
+        is the think time the dataset recorded before the turn (NaN or absent: none)."""
         if not requests:
             return
         c = len(self._conv_ids)
         self._conv_ids.append(conversation_id)
-        for turn, input_len, output_len, ts in requests:
+        for turn, input_len, output_len, ts, *think in requests:
             nb = input_len // self.block_size
             if nb > len(chain):
                 raise ValueError(
@@ -68,6 +71,7 @@ class PoolBuilder:
             self._input.append(input_len)
             self._output.append(output_len)
             self._ts.append(ts)
+            self._think.append(think[0] if think else math.nan)
             self._hashes.append(chain[:nb])
 
     def add_requests(
@@ -86,7 +90,7 @@ class PoolBuilder:
             return
         c = len(self._conv_ids)
         self._conv_ids.append(conversation_id)
-        for (turn, input_len, output_len, ts), chain in zip(requests, chains, strict=True):
+        for (turn, input_len, output_len, ts, *think), chain in zip(requests, chains, strict=True):
             nb = input_len // self.block_size
             if nb > len(chain):
                 raise ValueError(f"conversation {conversation_id!r} turn {turn}: chain has "
@@ -96,6 +100,7 @@ class PoolBuilder:
             self._input.append(input_len)
             self._output.append(output_len)
             self._ts.append(ts)
+            self._think.append(think[0] if think else math.nan)
             self._hashes.append(chain[:nb])
 
     def build(self, meta: dict[str, Any]) -> RequestPool:
@@ -119,6 +124,7 @@ class PoolBuilder:
             output_len=np.asarray(self._output, dtype=np.int32),
             arrival_s=np.full(n, np.nan),
             timestamp_s=np.asarray(self._ts, dtype=np.float64),
+            think_s=np.asarray(self._think, dtype=np.float64),
             hash_offsets=offsets,
             block_hashes=hashes,
             block_size=self.block_size,

@@ -33,10 +33,17 @@ class Trace:
     block_hashes: np.ndarray  # uint64
     block_size: int = 16
     meta: dict[str, Any] = field(default_factory=dict)  # source, tokenizer, filters...
+    #: float64 seconds between the previous turn's reply and this turn (NaN: none, e.g. a
+    #: session's first turn). In a pool: what the dataset recorded; in a trace with
+    #: closed sessions: the think time the client waits before sending (``workload.sessions``).
+    think_s: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.request_id)
-        for name in ("conversation_id", "turn", "input_len", "output_len", "arrival_s", "timestamp_s"):
+        if self.think_s is None:
+            object.__setattr__(self, "think_s", np.full(n, np.nan))
+        for name in ("conversation_id", "turn", "input_len", "output_len", "arrival_s", "timestamp_s",
+                     "think_s"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"Trace column {name} has {len(getattr(self, name))} rows, expected {n}")
         if len(self.hash_offsets) != n + 1:
@@ -76,6 +83,7 @@ class Trace:
             output_len=self.output_len[idx],
             arrival_s=self.arrival_s[idx],
             timestamp_s=self.timestamp_s[idx],
+            think_s=self.think_s[idx],
             hash_offsets=offsets,
             block_hashes=hashes,
         )

@@ -134,7 +134,8 @@ RECORD_FIELDS = (
     "request_id", "status", "backend", "output_len", "cached_tokens", "num_preemptions",
     "arrival_s", "dispatch_s", "first_token_s", "last_token_s", "finish_s",
     "router_inflight_requests", "router_inflight_tokens", "router_running", "router_waiting",
-    "router_kv_usage", "router_scrape_age_s", "router_prefix_hit_tokens",
+    "router_kv_usage", "router_scrape_age_s", "router_prefix_hit_tokens", "ready_s", "think_s",
+    "conversation_id", "turn",
 )
 
 

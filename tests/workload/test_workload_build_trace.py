@@ -12,6 +12,8 @@ from workload.loader import load_pool
 from workload_helpers import AZURE_CSV, WILDCHAT_PARQUET
 
 SHAREGPT = {"source": "sharegpt", "max_conversations": 40}
+#: Open sessions: every turn at its own arrival time (these tests check that order).
+OPEN = {"sessions": "open"}
 AZURE = {"source": "azure", "path": str(AZURE_CSV)}
 COLUMNS = ("request_id", "conversation_id", "turn", "input_len", "output_len", "arrival_s",
            "timestamp_s", "hash_offsets", "block_hashes")
@@ -62,7 +64,7 @@ def _check_turn_order(t):
 
 def test_interleave_keeps_turn_order_and_bounds_open_sessions(pool, cache):
     n = len(pool)
-    t = build_trace({**SHAREGPT, "active_sessions": 5}, {"rate": 1.0}, seed=3, num_requests=n, cache_dir=cache)
+    t = build_trace({**SHAREGPT, "active_sessions": 5}, {"rate": 1.0, **OPEN}, seed=3, num_requests=n, cache_dir=cache)
     _check_turn_order(t)
     assert sorted(zip(t.conversation_id, t.turn)) == sorted(zip(pool.trace.conversation_id, pool.trace.turn))
     first = {c: i for i, c in reversed(list(enumerate(t.conversation_id)))}
@@ -75,7 +77,7 @@ def test_interleave_keeps_turn_order_and_bounds_open_sessions(pool, cache):
 
 
 def test_shuffle_keeps_conversations_together(pool, cache):
-    t = build_trace({**SHAREGPT, "order": "shuffle"}, {}, seed=4, num_requests=len(pool), cache_dir=cache)
+    t = build_trace({**SHAREGPT, "order": "shuffle"}, OPEN, seed=4, num_requests=len(pool), cache_dir=cache)
     _check_turn_order(t)
     runs = [c for i, c in enumerate(t.conversation_id) if i == 0 or c != t.conversation_id[i - 1]]
     assert len(runs) == len(set(runs)) == pool.n_conversations
@@ -83,7 +85,7 @@ def test_shuffle_keeps_conversations_together(pool, cache):
 
 
 def test_sequential_is_dataset_order(pool, cache):
-    t = build_trace({**SHAREGPT, "order": "sequential"}, {}, seed=4, num_requests=len(pool), cache_dir=cache)
+    t = build_trace({**SHAREGPT, "order": "sequential"}, OPEN, seed=4, num_requests=len(pool), cache_dir=cache)
     assert np.array_equal(t.conversation_id, pool.trace.conversation_id)
     assert np.array_equal(t.block_hashes, pool.trace.block_hashes)
 
@@ -102,7 +104,8 @@ def test_cycling_when_the_pool_is_too_small(pool, cache):
 
 
 def test_duration_mode(cache):
-    t = build_trace(SHAREGPT, {"pattern": "poisson", "rate": 4.0}, seed=2, duration_s=30.0, cache_dir=cache)
+    t = build_trace(SHAREGPT, {"pattern": "poisson", "rate": 4.0, **OPEN}, seed=2, duration_s=30.0,
+                    cache_dir=cache)
     assert 0 < len(t) and t.arrival_s[-1] <= 30.0
     assert abs(len(t) - 120) < 5 * np.sqrt(120)
     both = build_trace(SHAREGPT, {"rate": 4.0}, seed=2, num_requests=7, duration_s=30.0, cache_dir=cache)
@@ -125,8 +128,8 @@ def test_replay_of_the_azure_trace(cache):
 
 
 def test_replay_of_wildchat_sorts_by_timestamp(cache):
-    t = build_trace({"source": "wildchat", "path": str(WILDCHAT_PARQUET)}, {"pattern": "replay"},
-                    seed=0, num_requests=10, cache_dir=cache)
+    t = build_trace({"source": "wildchat", "path": str(WILDCHAT_PARQUET)},
+                    {"pattern": "replay", **OPEN}, seed=0, num_requests=10, cache_dir=cache)
     assert np.all(np.diff(t.timestamp_s) >= 0) and t.arrival_s[0] == 0.0
     assert np.allclose(t.arrival_s, t.timestamp_s - t.timestamp_s[0])
 
@@ -145,7 +148,7 @@ def test_errors_are_clear(cache):
     with pytest.raises(ValueError, match="num_requests must be an integer >= 1"):
         build_trace(SHAREGPT, {}, seed=0, num_requests=0, cache_dir=cache)
     with pytest.raises(ValueError, match="no request arrives within duration_s"):
-        build_trace(SHAREGPT, {"rate": 0.001}, seed=0, duration_s=1.0, cache_dir=cache)
+        build_trace(SHAREGPT, {"rate": 0.001, **OPEN}, seed=0, duration_s=1.0, cache_dir=cache)
 
 
 @settings(max_examples=15, deadline=None)
