@@ -14,6 +14,15 @@ until that long before the deadline and then yields to the loop until the
 deadline has passed (other requests' streams are served meanwhile). The lag
 ``actual - scheduled`` of every send is returned (``benchmarks/loadgen_accuracy.py``).
 
+Sessions. The trace says how its requests are sent (``workload.sessions``), and
+the rules are the simulator's (``sim.sessions``): open (every request at its
+deadline), closed sessions (a session's first turn at its deadline, each later
+turn when the previous reply has been read in full plus its think time) or
+``clients`` closed-loop clients (concurrency mode). A failed turn ends its
+session: its later turns not yet sent are recorded as ``skipped``. Each record
+says when the client was ready to send (``ready_s``) besides when it sent
+(``arrival_s``), and the think time it waited (``think_s``).
+
 Routing. Either client-side, through a ``live.router.LiveRouter`` (the
 ``routing.Router`` and strategy the simulator uses, scraping the backends
 itself; the records then carry the decision's ``router_*`` features), or all to
@@ -37,6 +46,7 @@ from live.transport.streamclient import StreamClient
 from results.records import RequestRecord, RunLabels
 from routing import Decision, NoHealthyBackend, Outcome, RequestInfo
 from sim.itl import ItlEncoder
+from workload.sessions import SessionPlan
 from workload.tokens import prompt_token_ids
 from workload.trace import Trace
 
@@ -110,6 +120,11 @@ class _Replay:
         self.shareable = trace.shareable_blocks() if router is not None and router.track_prefix else None
         self.arrivals = np.asarray(trace.arrival_s, dtype=np.float64)
         self.bound = opts.max_duration_s if opts.max_duration_s else math.inf
+        self.plan = SessionPlan.of(trace)
+        self.next_row = self.plan.next_row.tolist()
+        self.think = self.plan.think_s.tolist()
+        #: Sessions that ended with a failed turn: their later turns are not sent.
+        self.failed: set[int] = set()
         self.clock = time.perf_counter
         self.tasks: set[asyncio.Task] = set()
         self.stopped_early = False
@@ -143,29 +158,111 @@ class _Replay:
                 self.records[i] = _unsent_record(self.trace, i, self.labels)
         return ReplayResult(self.records, self.lags[np.isfinite(self.lags)], wall, self.stopped_early)
 
+    def _take_body(self, i: int) -> bytes:
+        body = self.bodies[i] if i < len(self.bodies) else _body(self.trace, i, self.opts)
+        if i < len(self.bodies):
+            self.bodies[i] = b""  # sent once: free it
+        return body
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
     async def _dispatch(self) -> None:
-        """Start each request's task at its deadline ``t0 + arrival_s``; stop at the bound."""
-        for i in range(len(self.trace)):
+        """Start each request (open) or session (closed) at its deadline ``t0 + arrival_s``,
+        or the concurrency clients at once; stop at the bound."""
+        plan = self.plan
+        if plan.clients > 0:
+            queue = iter(plan.first_rows().tolist() if plan.closed else range(len(self.trace)))
+            for _ in range(plan.clients):
+                self._spawn(self._client(queue))
+            return
+        rows = plan.first_rows().tolist() if plan.closed else range(len(self.trace))
+        for i in rows:
             if self.arrivals[i] > self.bound:
                 self.stopped_early = True
                 return
-            body = self.bodies[i] if i < len(self.bodies) else _body(self.trace, i, self.opts)
-            if i < len(self.bodies):
-                self.bodies[i] = b""  # sent once: free it
             deadline = self.t0 + self.arrivals[i]
             await _sleep_until(deadline, self.opts.spin_s, self.clock)
-            task = asyncio.ensure_future(self._send(i, body, deadline))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            if plan.closed:
+                self._spawn(self._session(i, deadline))
+            elif self.failed and int(plan.session[i]) in self.failed:
+                self._skip(i)
+            else:
+                self._spawn(self._send(i, self._take_body(i), deadline))
+
+    async def _session(self, row: int, ready: float) -> bool:
+        """Send a closed session's turns from ``row`` on, each after the previous reply plus
+        its think time; a failed turn ends it. Returns whether every turn was sent and ok."""
+        while True:
+            status = await self._send(row, self._take_body(row), ready)
+            if status != "ok":
+                self._skip_rest(self.next_row[row], row)
+                return False
+            nxt = self.next_row[row]
+            if nxt < 0:
+                return True
+            ready = self.clock() + self.think[nxt]  # the reply has been read in full: think
+            if ready - self.t0 > self.bound:
+                self.stopped_early = True
+                return False  # never sent: recorded as unfinished at the end
+            await _sleep_until(ready, self.opts.spin_s, self.clock)
+            row = nxt
+
+    async def _client(self, queue) -> None:
+        """A concurrency client: the next request (or session) as soon as its last one ended."""
+        plan = self.plan
+        ready = self.t0
+        await _sleep_until(ready, self.opts.spin_s, self.clock)
+        for i in queue:
+            if self.clock() - self.t0 > self.bound:
+                self.stopped_early = True
+                return
+            if plan.closed:
+                await self._session(i, ready)
+            elif self.failed and int(plan.session[i]) in self.failed:
+                self._skip(i)
+                continue
+            else:
+                await self._send(i, self._take_body(i), ready)
+            ready = self.clock()
+
+    def _skip(self, row: int, failed_row: int = -1) -> None:
+        trace = self.trace
+        turn = f"turn {int(trace.turn[failed_row])}" if failed_row >= 0 else "an earlier turn"
+        rec = _unsent_record(trace, row, self.labels)
+        rec.status, rec.arrival_s = "skipped", math.nan
+        rec.error = (f"not sent: {turn} of session {trace.conversation_id[row]} failed, which "
+                     "ends the session")
+        self.records[row] = rec
+        self.bar.update(1)
+
+    def _skip_rest(self, row: int, failed_row: int) -> None:
+        while row >= 0:
+            self._skip(row, failed_row)
+            row = self.next_row[row]
 
     async def _drain(self) -> None:
-        """Wait for requests in flight, up to ``drain_s`` (and the time bound)."""
+        """Wait for requests in flight, up to ``drain_s`` (and the time bound).
+
+        Closed sessions keep sending after the last session started: they get until
+        ``drain_s`` after the last planned send (the simulator's horizon); concurrency
+        clients until every request is done (or the time bound).
+        """
         if not self.tasks:
             return
         left = self.opts.drain_s
+        if self.plan.clients > 0:
+            left = math.inf
+        elif self.plan.closed and len(self.arrivals):
+            left = self.t0 + float(self.arrivals.max()) + self.opts.drain_s - self.clock()
         if self.bound < math.inf:
             left = min(left, self.t0 + self.bound - self.clock())
-        _, pending = await asyncio.wait(set(self.tasks), timeout=max(left, 0.0))
+        if left == math.inf:
+            left = None
+        _, pending = await asyncio.wait(set(self.tasks), timeout=None if left is None
+                                        else max(left, 0.0))
         if pending:
             self.stopped_early = True
 
@@ -180,8 +277,9 @@ class _Replay:
         self.client.close()
         self.bar.close()
 
-    async def _send(self, i: int, body: bytes, scheduled: float) -> None:
-        """Route and send request ``i``; whatever happens, record it exactly once."""
+    async def _send(self, i: int, body: bytes, scheduled: float) -> str:
+        """Route and send request ``i`` (the client was ready at ``scheduled``); whatever
+        happens, record it exactly once. Returns its status."""
         trace, router = self.trace, self.router
         res = CompletionResult(ok=False, status=0, start=math.nan)
         decision: Decision | None = None
@@ -195,16 +293,20 @@ class _Replay:
                     status = "rejected"
                     res.start = self.clock()
                     res.error = "no healthy backend"
-                    return
+                    return status
                 url = router.urls[decision.backend]
             await self.client.post(url, "/v1/completions", body, res, self.opts.timeout_s)
             status = "ok" if res.ok else ("timeout" if res.timed_out else "error")
+            return status
         finally:
             if status == "unfinished":
                 res.error = "still in flight when the run's time bound hit (cancelled)"
+            elif status != "ok":
+                self.failed.add(int(self.plan.session[i]))
             self.lags[i] = res.start - scheduled
             self.records[i] = _record(trace, i, res, status, decision, self.t0, self.labels,
-                                      self.backend_index)
+                                      self.backend_index, ready_s=scheduled - self.t0,
+                                      think_s=self.think[i])
             if decision is not None:
                 router.finish(Outcome(int(trace.request_id[i]), decision.backend, res.ok,
                                       int(trace.input_len[i]), res.output_tokens, res.ttft_s, res.e2el_s))
@@ -239,7 +341,8 @@ async def _sleep_until(deadline: float, spin_s: float, clock) -> None:
 
 
 def _record(trace: Trace, i: int, res: CompletionResult, status: str, decision: Decision | None,
-            t0: float, labels: RunLabels, backend_index: dict[str, int]) -> RequestRecord:
+            t0: float, labels: RunLabels, backend_index: dict[str, int], *,
+            ready_s: float = math.nan, think_s: float = math.nan) -> RequestRecord:
     sent = res.start - t0
     times = res.chunk_times_s
     itl = ItlEncoder()
@@ -263,6 +366,7 @@ def _record(trace: Trace, i: int, res: CompletionResult, status: str, decision: 
         output_len=res.output_tokens, requested_output_len=int(trace.output_len[i]),
         num_preemptions=0, status=status, error=res.error[:2000],
         itl_start=itl.start, itl_step=itl.step, itl_count=itl.count,
+        ready_s=ready_s, think_s=think_s,
     )
     if decision is not None:
         rec.router_inflight_requests = decision.inflight_requests
@@ -276,12 +380,16 @@ def _record(trace: Trace, i: int, res: CompletionResult, status: str, decision: 
 
 
 def _unsent_record(trace: Trace, i: int, labels: RunLabels) -> RequestRecord:
+    """A request never sent: its arrival is its scheduled send time where it had one (open
+    sends, a session's first turn), NaN for a later turn of a closed session."""
     nan = math.nan
+    closed_later = trace.meta.get("sessions") == "closed" and trace.think_s[i] == trace.think_s[i]
     return RequestRecord(
         experiment_id=labels.experiment_id, point_id=labels.point_id, strategy=labels.strategy,
         seed=labels.seed, request_id=int(trace.request_id[i]),
         conversation_id=str(trace.conversation_id[i]), turn=int(trace.turn[i]), backend=-1,
-        arrival_s=float(trace.arrival_s[i]), dispatch_s=nan, first_token_s=nan, last_token_s=nan,
-        finish_s=nan, input_len=int(trace.input_len[i]), cached_tokens=0, output_len=0,
-        requested_output_len=int(trace.output_len[i]), num_preemptions=0, status="unfinished",
-        error="not sent: the run's time bound came first")
+        arrival_s=nan if closed_later else float(trace.arrival_s[i]), dispatch_s=nan,
+        first_token_s=nan, last_token_s=nan, finish_s=nan, input_len=int(trace.input_len[i]),
+        cached_tokens=0, output_len=0, requested_output_len=int(trace.output_len[i]),
+        num_preemptions=0, status="unfinished", error="not sent: the run's time bound came first",
+        think_s=float(trace.think_s[i]))

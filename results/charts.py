@@ -192,3 +192,67 @@ def slo_chart(agg: pd.DataFrame, points: pd.DataFrame, strategies: Sequence[str]
         return layered.facet(facet=alt.Facet("point:N", title=None, sort=None), columns=4,
                              title=title)
     return layered.properties(title=title)
+
+
+#: Pareto charts: (file name, x metric, y metric, title). Both as ``vllm bench sweep
+#: plot_pareto`` (tokens/s per user against tokens/s per GPU; here per replica) and
+#: goodput against tail latency.
+PARETO_CHARTS = [
+    ("pareto_tokens", "output_throughput_per_replica", "output_throughput_per_user",
+     "Per-user vs per-replica output tokens/s (Pareto)"),
+    ("pareto_goodput", "p99_ttft_ms", "request_goodput", "Goodput vs TTFT p99 (Pareto)"),
+]
+
+
+def pareto_front(x: np.ndarray, y: np.ndarray, x_higher: bool, y_higher: bool) -> np.ndarray:
+    """Which points no other point beats on both axes (ties keep both)."""
+    x = np.asarray(x, dtype=float) * (1 if x_higher else -1)
+    y = np.asarray(y, dtype=float) * (1 if y_higher else -1)
+    ok = np.isfinite(x) & np.isfinite(y)
+    front = np.zeros(len(x), dtype=bool)
+    for i in np.flatnonzero(ok):
+        beaten = ok & (x >= x[i]) & (y >= y[i]) & ((x > x[i]) | (y > y[i]))
+        front[i] = not beaten.any()
+    return front
+
+
+def pareto_chart(agg: pd.DataFrame, points: pd.DataFrame, x_metric: str, y_metric: str,
+                 title: str, strategies: Sequence[str],
+                 overloaded: dict[tuple[str, str], tuple[int, int]] | None = None) -> alt.TopLevelMixin:
+    """One line per strategy through its grid points (in offered-load order), the Pareto
+    front over every point ringed, overloaded points drawn as crosses and labelled."""
+    overloaded = overloaded or {}
+    wide = agg[agg["metric"].isin([x_metric, y_metric])].pivot_table(
+        index=["point_id", "strategy"], columns="metric", values="mean", aggfunc="first")
+    wide = wide.reindex(columns=[x_metric, y_metric]).reset_index()
+    data = wide.merge(points, on="point_id", how="inner").rename(
+        columns={x_metric: "x", y_metric: "y"})
+    data["state"] = [("overloaded" if (p, s) in overloaded else "stable")
+                     for p, s in zip(data["point_id"], data["strategy"])]
+    data["front"] = False
+    for _, g in data.groupby("config", sort=False):
+        data.loc[g.index, "front"] = pareto_front(
+            g["x"].to_numpy(), g["y"].to_numpy(), METRICS[x_metric].better == "higher",
+            METRICS[y_metric].better == "higher")
+    data = data.sort_values(["config", "strategy", "offered_load"])
+    data = data[["strategy", "point", "config", "offered_load", "x", "y", "state", "front"]]
+    xi, yi = METRICS[x_metric], METRICS[y_metric]
+    color = alt.Color("strategy:N", scale=strategy_scale(strategies), title="strategy")
+    x = alt.X("x:Q", title=f"{xi.label} ({xi.unit})", scale=alt.Scale(zero=False))
+    y = alt.Y("y:Q", title=f"{yi.label} ({yi.unit})", scale=alt.Scale(zero=False))
+    tooltip = ["strategy:N", "point:N", alt.Tooltip("x:Q", format=".4g", title=xi.label),
+               alt.Tooltip("y:Q", format=".4g", title=yi.label), "state:N", "front:N"]
+    base = alt.Chart().encode(x=x, y=y)
+    line = base.mark_line().encode(color=color, order="offered_load:Q")
+    marks = base.mark_point(filled=True, size=60).encode(
+        color=color, tooltip=tooltip,
+        shape=alt.Shape("state:N", scale=alt.Scale(domain=["stable", "overloaded"],
+                                                    range=["circle", "cross"]), title="unit"))
+    ring = base.transform_filter(alt.datum.front).mark_point(size=220, color="black",
+                                                             strokeWidth=1.2)
+    layered = alt.layer(line, marks, ring, data=data).properties(width=WIDTH, height=HEIGHT)
+    sub = "ringed: Pareto front; crosses: overloaded"
+    if data["config"].nunique() > 1:
+        return layered.facet(column=alt.Column("config:N", title=None),
+                             title=alt.TitleParams(title, subtitle=sub))
+    return layered.properties(title=alt.TitleParams(title, subtitle=sub)).interactive()

@@ -89,16 +89,26 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from results.capacity import format_capacity, read_capacity
     from results.report import build_report
+    from results.rundir import RunDir
     from results.summary import format_table, summarize_run
 
+    capacity = read_capacity(args.run) if args.run.is_dir() else None
+    only_capacity = capacity is not None and not RunDir.open(args.run).record_files()
     if args.table_only:
+        if only_capacity:
+            print(format_capacity(capacity))
+            return 0
         summary = summarize_run(args.run, objective=args.objective, progress=not args.quiet)
         print(format_table(summary))
         return 0
     report = build_report(args.run, out=args.out, static=not args.no_static,
                           objective=args.objective, progress=not args.quiet)
-    print(format_table(report.summary))
+    if report.summary is not None:
+        print(format_table(report.summary))
+    if capacity is not None:
+        print(("\n" if report.summary is not None else "") + format_capacity(capacity))
     print(f"\nreport: {report.html_path}")
     if report.chart_files:
         print(f"charts: {len(report.chart_files)} files in {report.chart_files[0].parent}")

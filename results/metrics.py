@@ -34,6 +34,14 @@ strategy that served nothing as the fastest); failures are split by status
 and ``slo_attainment`` (good requests / all requests sent, i.e. all but the
 ``skipped`` turns of sessions that had ended) is added so a strategy cannot look
 good by failing requests.
+
+For Pareto charts (as ``vllm bench sweep plot_pareto`` draws them):
+``output_throughput_per_replica`` is output throughput over the fleet's
+backends, ``output_throughput_per_user`` output throughput over
+``mean_inflight``, the time-averaged number of requests in flight at the client
+(vLLM divides by the configured ``--max-concurrency``; the measured mean is the
+same quantity for any arrival pattern). ``overloaded`` (1 or 0) says whether the
+unit's queue grew without bound (``results.saturation``).
 """
 from __future__ import annotations
 
@@ -49,6 +57,7 @@ import pyarrow.compute as pc
 
 from results.itl_stats import pooled_itl_stats
 from results.records import STATUSES, RequestRecord, to_table
+from results.saturation import assess_saturation
 
 #: Percentiles reported for every latency, besides the median.
 PERCENTILES = (90, 95, 99)
@@ -104,6 +113,11 @@ METRICS: dict[str, MetricInfo] = {
     "max_backend_share": MetricInfo("largest backend share", "fraction", "lower"),
     "load_imbalance": MetricInfo("load imbalance (max/mean requests)", "ratio", "lower"),
     "peak_inflight": MetricInfo("peak in-flight on one backend", "requests", "lower"),
+    "mean_inflight": MetricInfo("mean requests in flight (client side)", "requests", None),
+    "output_throughput_per_user": MetricInfo("output tokens/s per user", "tok/s", "higher"),
+    "output_throughput_per_replica": MetricInfo("output tokens/s per replica", "tok/s", "higher"),
+    "overloaded": MetricInfo("overloaded (queue grows without bound)", "0/1", None),
+    "inflight_growth": MetricInfo("growth of requests in flight", "req/s", None),
 }
 
 _NEEDED = (
@@ -232,7 +246,21 @@ def unit_metrics(
     pre = cols.scalar("num_preemptions").astype(np.int64)[ok]
     v["mean_preemptions"] = float(pre.mean()) if completed else math.nan
 
+    # Requests in flight at the client (sent -> finished), averaged over the run: the
+    # number of users served at once (Little's law), by which ``vllm bench sweep
+    # plot_pareto`` divides throughput (it takes the configured --max-concurrency).
+    sent = np.isfinite(arrival) & np.isfinite(finish)
+    v["mean_inflight"] = (float((finish[sent] - arrival[sent]).sum() / duration)
+                          if duration > 0 else math.nan)
+    v["output_throughput_per_user"] = (v["output_throughput"] / v["mean_inflight"]
+                                       if v["mean_inflight"] > 0 else math.nan)
+    sat = assess_saturation(arrival, finish, first, ok & np.isfinite(first))
+    v["overloaded"] = float(sat.overloaded)
+    v["inflight_growth"] = sat.inflight_slope
+
     backends = _backend_rows(cols, backend_names)
+    v["output_throughput_per_replica"] = (v["output_throughput"] / len(backends)
+                                          if backends else math.nan)
     shares = np.array([b["share"] for b in backends], dtype=np.float64)
     dispatched = sum(b["requests"] for b in backends)
     if backends and dispatched:

@@ -29,6 +29,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from results import charts
+from results.capacity import capacity_chart, capacity_section_html, read_capacity
 from results.metrics import METRICS, parse_slo
 from results.rundir import RunDir, Unit
 from results.summary import (
@@ -51,7 +52,7 @@ class Section:
 class Report:
     html_path: Path
     chart_files: list[Path]
-    summary: RunSummary
+    summary: RunSummary | None  # None: a capacity-only run (results.capacity)
     charts: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> Vega-Lite spec
 
 
@@ -134,15 +135,20 @@ def build_report(
     """Write ``report.html`` (default: in the run directory) and ``charts/*.png|svg``."""
     run = RunDir.open(path)
     manifest = run.manifest
+    capacity = read_capacity(run.path)
+    out_path = Path(out) if out is not None else run.path / "report.html"
+    if capacity is not None and not run.record_files():
+        return _capacity_report(run, capacity, out_path, static, progress)
     data = ChartData(focus_point(manifest))
     summary = summarize_run(run.path, objective=objective, on_unit=data, progress=progress)
     data.finish()
-    specs = make_charts(summary, data)
-    out_path = Path(out) if out is not None else run.path / "report.html"
+    specs = make_charts(summary, data, capacity)
     chart_files: list[Path] = []
     if static:
         chart_files = save_static(specs, out_path.parent / "charts", progress=progress)
     sections = list(extra_sections) + validation_sections(run.path)
+    if capacity is not None:
+        sections.insert(0, Section("Capacity", capacity_section_html(capacity)))
     page = render_html(summary, specs, run, sections, chart_dir="charts" if static else None)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".tmp")
@@ -151,11 +157,31 @@ def build_report(
     return Report(out_path, chart_files, summary, specs)
 
 
+def _capacity_report(run: RunDir, capacity: dict[str, Any], out_path: Path, static: bool,
+                     progress: bool) -> Report:
+    """The report of a run that holds a capacity search only (``python -m sim --capacity``)."""
+    with alt.data_transformers.enable("default", max_rows=None):
+        specs = {"capacity": capacity_chart(capacity).to_dict()}
+    chart_files = save_static(specs, out_path.parent / "charts", progress=progress) if static else []
+    m = run.manifest
+    page = render(TEMPLATES, "capacity.html.j2",
+                  title=f"Capacity report: {m.get('experiment_id') or run.path.name}",
+                  section=capacity_section_html(capacity), specs=specs, bundle=_vega_bundle(),
+                  scenario=_scenario(run),
+                  generated=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out_path)
+    return Report(out_path, chart_files, None, specs)
+
+
 #: Target number of points of the in-flight chart (all backends and strategies).
 INFLIGHT_POINTS = 12_000
 
 
-def make_charts(summary: RunSummary, data: ChartData) -> dict[str, dict[str, Any]]:
+def make_charts(summary: RunSummary, data: ChartData,
+                capacity: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Every chart of the report as a Vega-Lite spec, by file name."""
     manifest = summary.manifest
     agg = summary.aggregate
@@ -193,6 +219,13 @@ def make_charts(summary: RunSummary, data: ChartData) -> dict[str, dict[str, Any
     if slo:
         text = ", ".join(f"{k.upper()} <= {v:g} ms" for k, v in slo.items())
         built["slo_attainment"] = charts.slo_chart(agg, points, strategies, text)
+    for name, x_metric, y_metric, title in charts.PARETO_CHARTS:
+        if y_metric == "request_goodput" and not _any_finite(agg, y_metric):
+            y_metric, title = "request_throughput", "Request throughput vs TTFT p99 (no SLO set)"
+        built[name] = charts.pareto_chart(agg, points, x_metric, y_metric, title, strategies,
+                                          summary.overloaded_pairs())
+    if capacity is not None:
+        built["capacity"] = capacity_chart(capacity)
     # Chart data is bounded by construction (quantile CDFs, binned in-flight series),
     # so altair's generic 5,000-row guard does not apply.
     with alt.data_transformers.enable("default", max_rows=None):
@@ -325,14 +358,21 @@ def _ranking(s: RunSummary) -> dict[str, Any]:
 
 def _summary(s: RunSummary) -> dict[str, Any]:
     agg = s.aggregate.set_index(["point_id", "strategy", "metric"])
+    overloaded = s.overloaded_pairs()
     labels = _point_labels(s)
     rows = []
     for point, strategy in s.units[["point_id", "strategy"]].drop_duplicates().itertuples(index=False):
-        rows.append([labels.get(point, point), strategy] + [
+        k_n = overloaded.get((point, strategy))
+        shown = f"{strategy} (overloaded in {k_n[0]} of {k_n[1]} seeds)" if k_n else strategy
+        rows.append([labels.get(point, point), shown] + [
             format_value(*agg.loc[(point, strategy, metric), ["mean", "ci_low", "ci_high"]])
             for metric, _ in TABLE_COLUMNS])
     note = ("Values are means over seeds \u00b1 half-width of the 95% Student-t interval."
             if s.seeds > 1 else "One seed: values without confidence intervals.")
+    if overloaded:
+        note += (" A unit marked overloaded had a queue that grew without bound (its latencies "
+                 "grow with the run's length; results.saturation); means leave out overloaded "
+                 "seeds where other seeds of the same configuration were stable.")
     return {"note": note, "columns": [label for _, label in TABLE_COLUMNS], "rows": rows}
 
 

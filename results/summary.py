@@ -38,6 +38,13 @@ class RunSummary:
     #: incomplete units (``results.health``); their strategies are left out of ``ranking``
     health: RunHealth = field(default_factory=lambda: assess(pd.DataFrame()))
     chosen_objective: str = ""  # what ranking ranks by, also when no strategy could be ranked
+    #: per point x strategy with an overloaded seed: ``overloaded`` of ``seeds`` (results.saturation)
+    saturation: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SATURATION_COLUMNS))
+
+    def overloaded_pairs(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(point, strategy) -> (overloaded seeds, seeds), for pairs with any overloaded seed."""
+        return {(r.point_id, r.strategy): (int(r.overloaded), int(r.seeds))
+                for r in self.saturation.itertuples(index=False)}
 
     @property
     def objective(self) -> str:
@@ -61,6 +68,7 @@ class RunSummary:
             "aggregate": rows(self.aggregate),
             "ranking": rows(self.ranking),
             "health": self.health.to_json(),
+            "saturation": rows(self.saturation),
         }
 
 
@@ -97,7 +105,11 @@ def build_summary(
     units = _manifest_order(units, manifest)
     backends = pd.DataFrame(backend_rows, columns=[
         "point_id", "strategy", "seed", "backend", "name", "requests", "share", "peak_inflight"])
-    agg = aggregate(units)
+    saturation = _saturation(units)
+    # A seed whose queue grew without bound is not averaged with stable seeds of the
+    # same configuration (results.saturation); a configuration overloaded in every
+    # seed keeps them all, and is marked.
+    agg = aggregate(_stable_seeds(units, saturation))
     health = assess(units, manifest)
     # Incomplete units' strategies are not ranked (results.health says why).
     unranked = health.unranked()
@@ -106,7 +118,29 @@ def build_summary(
     chosen = choose_objective(agg, objective) if len(agg) else ""
     ranking = (rank_strategies(ranked, chosen) if len(ranked)
                else pd.DataFrame(columns=RANKING_COLUMNS))
-    return RunSummary(manifest, units, backends, agg, ranking, health, chosen)
+    return RunSummary(manifest, units, backends, agg, ranking, health, chosen, saturation)
+
+
+SATURATION_COLUMNS = ["point_id", "strategy", "overloaded", "seeds"]
+
+
+def _saturation(units: pd.DataFrame) -> pd.DataFrame:
+    if units.empty or "overloaded" not in units.columns:
+        return pd.DataFrame(columns=SATURATION_COLUMNS)
+    g = units.groupby(["point_id", "strategy"], sort=False)["overloaded"]
+    df = pd.DataFrame({"overloaded": g.sum().astype(int), "seeds": g.size()}).reset_index()
+    return df[df["overloaded"] > 0][SATURATION_COLUMNS].reset_index(drop=True)
+
+
+def _stable_seeds(units: pd.DataFrame, saturation: pd.DataFrame) -> pd.DataFrame:
+    """``units`` without the overloaded seeds of configurations that also have stable ones."""
+    mixed = {(r.point_id, r.strategy) for r in saturation.itertuples(index=False)
+             if r.overloaded < r.seeds}
+    if not mixed:
+        return units
+    drop = [(p, st) in mixed and o > 0 for p, st, o in
+            zip(units["point_id"], units["strategy"], units["overloaded"])]
+    return units[~pd.Series(drop, index=units.index)]
 
 
 def summarize_run(
@@ -246,6 +280,7 @@ def format_table(summary: RunSummary) -> str:
     rank = {(r.point_id, r.strategy): r for r in summary.ranking.itertuples(index=False)}
     labels = {str(p["point_id"]): point_label(p) for p in summary.manifest.get("points") or []}
     unranked = summary.health.unranked()
+    overloaded_pairs = summary.overloaded_pairs()
     header = ["point", "strategy", "rank"] + [label for _, label in TABLE_COLUMNS]
     lines = []
     keys = summary.units[["point_id", "strategy"]].drop_duplicates().itertuples(index=False)
@@ -254,6 +289,8 @@ def format_table(summary: RunSummary) -> str:
         mark = ("" if r is None else f"{r.rank}{'=' if r.tied_with_best and r.rank > 1 else ''}")
         if (point, strategy) in unranked:
             mark = "n/r!"
+        if (point, strategy) in overloaded_pairs:
+            mark += "*"
         row = [labels.get(point, str(point)), str(strategy), mark]
         for metric, _ in TABLE_COLUMNS:
             a = agg.loc[(point, strategy, metric)]
@@ -268,6 +305,13 @@ def format_table(summary: RunSummary) -> str:
     if "ci_clipped" in summary.aggregate.columns and summary.aggregate["ci_clipped"].any():
         out.append("intervals are cut at values a metric cannot take (below 0, above 1 for "
                    "fractions): with few seeds the t-interval is wider than the possible range")
+    overloaded = summary.overloaded_pairs()
+    if overloaded:
+        shown = [f"{labels.get(p, p)} / {st} ({k} of {n} seeds)" for (p, st), (k, n) in overloaded.items()]
+        out.append("OVERLOADED (queue grew without bound, results.saturation): "
+                   + ", ".join(shown[:8]) + (f", ... {len(shown) - 8} more" if len(shown) > 8 else ""))
+        out.append("  their latencies grow with the run's length; means exclude overloaded seeds "
+                   "where other seeds were stable; marked * in the table")
     warnings = summary.health.warnings(labels)
     if warnings:
         out.append("n/r! = not ranked: too many requests unfinished (see the warning above)")

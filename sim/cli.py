@@ -16,6 +16,7 @@ examples:
   python -m sim scenarios/poisson.toml --set arrivals.rate=[4,8,16] --out runs/rates
   python -m sim scenarios/poisson.toml --out runs/rates --resume      # after Ctrl-C or a crash
   python -m sim --list-profiles
+  python -m sim scenarios/poisson.toml --capacity --slo-attainment 0.9   # highest rate per strategy
 
 The run directory holds manifest.json, scenario.toml, one records Parquet file per
 (point, strategy, seed), failures/ and summary.json; `python -m results DIR` turns
@@ -74,6 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "scenario has SLOs, else request_throughput)")
     p.add_argument("--runs-dir", default="runs", metavar="DIR",
                    help="where new run directories go (default: runs)")
+    p.add_argument("--capacity", action="store_true",
+                   help="instead of the grid: per strategy and fleet, search the highest load "
+                        "(arrival rate, or number of clients with pattern 'concurrency') at which "
+                        "SLO attainment, averaged over the seeds, stays at --slo-attainment "
+                        "(needs [slo]); writes capacity.json into the run directory")
+    p.add_argument("--slo-attainment", type=float, default=0.9, metavar="F",
+                   help="with --capacity: the attainment to keep, in (0, 1] (default 0.9)")
+    p.add_argument("--capacity-tolerance", type=float, default=0.05, metavar="F",
+                   help="with --capacity: stop when the bracket is narrower than this share of "
+                        "its lower end (default 0.05)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--list-profiles", action="store_true",
                    help="list the shipped latency profiles (fitted and derived) and exit")
@@ -246,8 +257,9 @@ def _warm_workloads(points, seeds, quiet: bool) -> None:
             continue
         seen.add(key)
         try:
-            build_trace(asdict(sc.workload), asdict(sc.arrivals), seed=int(seeds[0]),
-                        num_requests=sc.num_requests, duration_s=sc.duration_s, progress=not quiet)
+            trace = build_trace(asdict(sc.workload), asdict(sc.arrivals), seed=int(seeds[0]),
+                                num_requests=sc.num_requests, duration_s=sc.duration_s,
+                                progress=not quiet)
         except MemoryError:
             size = (f"num_requests = {sc.num_requests:,}" if sc.num_requests
                     else f"duration_s = {sc.duration_s:g}")
@@ -255,6 +267,8 @@ def _warm_workloads(points, seeds, quiet: bool) -> None:
                              f"{size}; lower it") from None
         except (OSError, ValueError, RuntimeError, ImportError) as exc:
             raise _UserError(f"workload of point {p.point_id}: {exc}") from None
+        if trace.meta.get("warning"):  # e.g. closed sessions that never reach their rate
+            print(f"note: point {p.point_id}: {trace.meta['warning']}", file=sys.stderr)
 
 
 def _run(args, stops) -> int:
@@ -266,6 +280,8 @@ def _run(args, stops) -> int:
     _check_objective(args.objective)
     scenario, points = _load(args)
     _preflight(scenario, points)
+    if args.capacity:
+        return _capacity(args, scenario, points, stops)
     seeds = list(scenario.seeds)
     strategies = list(scenario.router.strategies)
     _warm_workloads(points, seeds, args.quiet)
@@ -333,6 +349,52 @@ def _run(args, stops) -> int:
         return stops.exit_code
     print(f"\nrun directory: {run.path}\nreport:        python -m results {run.path}")
     return 1 if result.failures else 0
+
+
+def _capacity(args, scenario, points, stops) -> int:
+    """``--capacity``: the bracket search of ``sim.capacity``, its table and ``capacity.json``."""
+    from tqdm import tqdm
+
+    from sim.capacity import CapacityOptions, capacity_command
+
+    if args.resume:
+        raise _UserError("--capacity does not resume: start it again (probes are not kept)")
+    options = CapacityOptions(target=args.slo_attainment, rel_tol=args.capacity_tolerance)
+    try:
+        options.validate()
+    except ValueError as exc:
+        raise _UserError(str(exc)) from None
+    _warm_workloads(points, list(scenario.seeds), args.quiet)
+    run, _ = _open_run(args, scenario, points)
+    started = time.perf_counter()
+    bar = tqdm(desc="capacity probes", unit="probe", disable=args.quiet)
+    hook = [None]
+
+    def on_pool(pool) -> None:
+        if pool is not None:
+            hook[0] = stops.on_force(pool.kill_now)
+        elif hook[0] is not None:
+            stops.remove(hook[0])
+
+    def on_probe(fleet_id, strategy, load, values) -> None:
+        bar.update(1)
+        bar.set_postfix_str(f"{strategy} @ {load:.4g}", refresh=False)
+
+    try:
+        text = capacity_command(run, scenario, points, options, workers=args.workers or 0,
+                                on_probe=on_probe, on_pool=on_pool)
+    except ValueError as exc:
+        raise _UserError(str(exc)) from None
+    except KeyboardInterrupt:
+        print("\ninterrupted; the capacity search keeps nothing", file=sys.stderr)
+        return stops.exit_code
+    finally:
+        bar.close()
+    print()
+    print(text)
+    print(f"\n{time.perf_counter() - started:.1f} s wall\nrun directory: {run.path}\n"
+          f"report:        python -m results {run.path}")
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -144,7 +144,31 @@ def close_sessions(trace: Trace, dist: ThinkDist, seed: int) -> tuple[Trace, dic
     resort = np.argsort(planned, kind="stable")
     out = trace.take(resort)
     out = replace(out, think_s=think[resort]).with_arrivals(planned[resort])
+    info.update(ramp_note(out.arrival_s, trace.arrival_s[first_rows], think[later]))
     return out, info
+
+
+def ramp_note(planned: np.ndarray, starts: np.ndarray, thinks: np.ndarray) -> dict[str, Any]:
+    """A warning when most turns trail after the sessions have started.
+
+    Closed sessions reach the offered request rate only once sessions overlap, after
+    about (turns per session) x (think time); if the trace's sessions all start
+    before most of its turns are due, the load it offers stays well below ``rate``.
+    """
+    if len(starts) == 0 or len(planned) == 0:
+        return {}
+    window = float(np.max(starts))
+    share = float(np.mean(planned <= window)) if window > 0 else 0.0
+    info: dict[str, Any] = {"share_planned_while_sessions_start": share}
+    if share < 0.5 and len(thinks):
+        info["warning"] = (
+            f"closed sessions: only {share:.0%} of the turns are due while sessions start "
+            f"(the first {window:.0f} s); the rest trail over "
+            f"{float(np.max(planned)) - window:.0f} s of think times (mean "
+            f"{float(np.mean(thinks)):.3g} s), so the offered load stays below arrivals.rate. "
+            "Send more requests (num_requests), shorten arrivals.think_time, or use "
+            "sessions = \"open\" or pattern = \"concurrency\"")
+    return info
 
 
 def _sessions_rows(pool: RequestPool, order: str, rng: np.random.Generator,
