@@ -120,14 +120,21 @@ def _print_summary(sc: Scenario) -> None:
 _PATTERN_KEYS = {
     "poisson": ("rate",), "gamma": ("rate", "burstiness"), "constant": ("rate",),
     "burst": ("base_rate", "peak_rate", "on_s", "off_s"), "replay": ("time_scale", "target_rate"),
+    "concurrency": ("concurrency",),
 }
 
 
 def _arrivals(sc: Scenario) -> str:
+    from workload.thinktime import describe_think
+
     a = sc.arrivals
     patterns = a.pattern if isinstance(a.pattern, list) else [a.pattern]
     keys = dict.fromkeys(k for p in patterns for k in _PATTERN_KEYS[p])
-    return f"{a.pattern} " + " ".join(f"{k}={getattr(a, k)}" for k in keys)
+    text = f"{a.pattern} " + " ".join(f"{k}={getattr(a, k)}" for k in keys)
+    text += f" sessions={a.sessions}"
+    if "closed" in (a.sessions if isinstance(a.sessions, list) else [a.sessions]):
+        text += f" think_time={describe_think(a.think_time)}"
+    return text
 
 
 def _list() -> int:

@@ -17,6 +17,8 @@ examples:
   python -m sim scenarios/poisson.toml --out runs/rates --resume      # after Ctrl-C or a crash
   python -m sim --list-profiles
   python -m sim scenarios/poisson.toml --capacity --slo-attainment 0.9   # highest rate per strategy
+  python -m sim scenarios/poisson.toml --export-trace traces/   # Mooncake + vLLM custom JSONL
+  python -m sim runs/<id> --export-trace traces/                # the workload of a finished run
 
 The run directory holds manifest.json, scenario.toml, one records Parquet file per
 (point, strategy, seed), failures/ and summary.json; `python -m results DIR` turns
@@ -85,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--capacity-tolerance", type=float, default=0.05, metavar="F",
                    help="with --capacity: stop when the bracket is narrower than this share of "
                         "its lower end (default 0.05)")
+    p.add_argument("--export-trace", metavar="DIR", default=None,
+                   help="instead of simulating: write every grid point and seed's requests (arrival, "
+                        "lengths, session, turn, block hashes) under DIR as Mooncake JSONL and "
+                        "vLLM custom-dataset JSONL; SCENARIO may also be a run directory")
+    p.add_argument("--trace-format", default="mooncake,vllm_custom", metavar="LIST",
+                   help="with --export-trace: mooncake, vllm_custom or both (default)")
+    p.add_argument("--hash-block-size", type=int, default=None, metavar="N",
+                   help="with --export-trace: tokens per Mooncake hash id (default: the workload's "
+                        "block_size, exact; 512 as Mooncake's own traces)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--list-profiles", action="store_true",
                    help="list the shipped latency profiles (fitted and derived) and exit")
@@ -102,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("a scenario file is required (or --list-profiles)")
     with StopSignals() as stops:
         try:
+            if args.export_trace:
+                return _export(args)
             return _run(args, stops)
         except _UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -349,6 +362,38 @@ def _run(args, stops) -> int:
         return stops.exit_code
     print(f"\nrun directory: {run.path}\nreport:        python -m results {run.path}")
     return 1 if result.failures else 0
+
+
+def _export(args) -> int:
+    """``--export-trace``: the traces of a scenario (or of a run directory), in other tools' formats."""
+    from sim.export import export_traces, run_traces, scenario_traces
+
+    formats = [f.strip() for f in args.trace_format.split(",") if f.strip()]
+    if (Path(args.scenario) / "manifest.json").is_file():
+        if args.overrides or args.seeds:
+            raise _UserError("--set and --seeds do not apply to a run directory: its traces are "
+                             "the ones it ran")
+        specs = list(run_traces(args.scenario))
+    else:
+        scenario, points = _load(args)
+        specs = list(scenario_traces(scenario, points))
+    started = time.perf_counter()
+
+    def on_file(path, n) -> None:
+        if not args.quiet:
+            print(f"{path}  ({n:,} requests)")
+
+    try:
+        written = export_traces(specs, args.export_trace, formats,
+                                hash_block_size=args.hash_block_size, on_file=on_file)
+    except (OSError, ValueError) as exc:
+        raise _UserError(f"--export-trace: {exc}") from None
+    print(f"{len(written)} file(s) under {args.export_trace} in {time.perf_counter() - started:.1f} s; "
+          "replay with: vllm bench serve --dataset-name timed_trace --dataset-path FILE.mooncake.jsonl "
+          "--timed-trace-chunk-hash-size BLOCK --timed-trace-sec-multiplier 0.001, or "
+          "--dataset-name custom --dataset-path FILE.vllm-custom.jsonl --custom-output-len -1 "
+          "--skip-chat-template --disable-shuffle")
+    return 0
 
 
 def _capacity(args, scenario, points, stops) -> int:

@@ -88,7 +88,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_prepare(sub)
+    t = sub.add_parser(
+        "think-times",
+        help="gaps between consecutive turns of a trace's sessions, and their lognormal fit",
+        description=(
+            "The time between consecutive requests of each session of a timestamped trace "
+            "(default: the Mooncake conversation trace shipped in workload/data, sessions "
+            "rebuilt from shared prefixes), with the maximum-likelihood lognormal fit that "
+            "[arrivals] think_time takes as { dist = \"lognormal\", mean = M, sigma = S }. "
+            "These gaps include the original service's reply time: an upper bound of think time."),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--source", default="mooncake", choices=("mooncake", "wildchat", "vllm_custom"),
+                   help="a source with timestamps and sessions")
+    t.add_argument("--path", default="", help="the trace file; empty = the source's default")
+    t.add_argument("--hash-block-size", type=int, default=512,
+                   help="tokens per hash id (mooncake)")
     return parser
+
+
+def think_times(args: argparse.Namespace) -> int:
+    from workload.thinktime import fit_lognormal, session_gaps
+
+    spec = WorkloadSpec.from_mapping({"source": args.source, "path": args.path,
+                                      "hash_block_size": args.hash_block_size})
+    pool = load_pool(spec)
+    gaps = session_gaps(pool.trace.timestamp_s, pool.trace.conversation_id)
+    fit = fit_lognormal(gaps)
+    print(f"{len(pool)} requests in {pool.n_conversations} sessions ({spec.source} "
+          f"{pool.meta.get('path') or ''}): {fit['n']} gaps between consecutive turns")
+    print(f"  median {fit['median']:.1f} s, p10 {fit['p10']:.1f} s, p90 {fit['p90']:.1f} s")
+    print(f"  lognormal fit: think_time = {{ dist = \"lognormal\", mean = {fit['mean']:.1f}, "
+          f"sigma = {fit['sigma']:.3f} }}")
+    return 0
 
 
 def _spec(args: argparse.Namespace) -> WorkloadSpec:
@@ -151,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "prepare":
             return prepare(args)
+        if args.command == "think-times":
+            return think_times(args)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

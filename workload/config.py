@@ -26,11 +26,11 @@ from workload.tables import (
 )
 from workload.thinktime import ThinkDist, default_think, parse_think
 
-SOURCES = ("sharegpt", "wildchat", "azure", "mooncake", "synthetic")
+SOURCES = ("sharegpt", "wildchat", "azure", "mooncake", "vllm_custom", "synthetic")
 #: Sources whose requests carry real timestamps, which ``pattern = "replay"`` needs.
-REPLAY_SOURCES = ("azure", "mooncake", "wildchat")
+REPLAY_SOURCES = ("azure", "mooncake", "wildchat", "vllm_custom")
 #: Sources that record think times (the time from a reply to the next user turn).
-THINK_DATA_SOURCES = ("wildchat",)
+THINK_DATA_SOURCES = ("wildchat", "mooncake", "vllm_custom")
 #: The source whose conversations carry language labels (``languages`` filters on them).
 LANGUAGE_SOURCE = "wildchat"
 ORDERS = ("interleave", "shuffle", "sequential")
@@ -197,6 +197,8 @@ class WorkloadSpec:
     split: str = key("train", nonempty=True)
     tokenizer: str = key("deepseek", nonempty=True)
     block_size: int = key(16, ge=1)
+    #: Tokens per hash id of a Mooncake-format trace (512 in Mooncake's own traces).
+    hash_block_size: int = key(512, ge=1)
     languages: list[str] = key(kind="str_list", factory=list)
     exclude_toxic: bool = key(True)
     exclude_redacted: bool = key(False)
@@ -307,7 +309,7 @@ def check_pair(workload: WorkloadSpec, arrivals: ArrivalSpec, path: str = "arriv
             f"{{dist = \"data\"}} takes think times from the dataset, but workload.source = "
             f"{workload.source!r} records none; use a source that does "
             f"({', '.join(THINK_DATA_SOURCES)}) or a distribution, e.g. "
-            f"{{ dist = \"lognormal\", mean = 210, sigma = 0.98 }}")
+            f"{{ dist = \"lognormal\", mean = 211.5, sigma = 0.98 }}")
     if "replay" in values(arrivals.pattern) and workload.source not in REPLAY_SOURCES:
         raise SchemaError(
             join(path, "pattern"),

@@ -18,7 +18,7 @@ from workload.config import WorkloadSpec
 from workload.expand import TEMPLATE_VERSION, expand_conversations
 from workload.jsonarray import ArrayReadStatus
 from workload.pool import RequestPool
-from workload.sources import azure, mooncake, sharegpt, synthetic, wildchat
+from workload.sources import azure, mooncake, sharegpt, synthetic, vllm_custom, wildchat
 
 
 def _file_identity(path) -> dict[str, Any]:
@@ -79,18 +79,19 @@ def load_pool(
             spec,
             {"file": _file_identity(path), "tokens": "keyed_stream-v1"},
             cache_dir,
-            lambda: azure.azure_pool(path, spec.block_size, spec.filters, meta, progress=progress),
+            lambda: azure.azure_pool(path, spec.block_size, spec.filters, meta, progress=progress,
+                                     limit=limit),
         )
 
     if spec.source == "mooncake":
         path = mooncake.mooncake_path(spec.path)
-        meta.update(path=str(path), tokenizer=None)
+        meta.update(path=str(path), tokenizer=None, hash_block_size=spec.hash_block_size)
         return _cached(
             spec,
-            {"file": _file_identity(path), "blocks": "mooncake-v1"},
+            {"file": _file_identity(path), "blocks": "mooncake-v2", "hash_block": spec.hash_block_size},
             cache_dir,
             lambda: mooncake.mooncake_pool(path, spec.block_size, spec.filters, meta, limit=limit,
-                                           progress=progress),
+                                           progress=progress, hash_block=spec.hash_block_size),
         )
 
     tok_identity = tok.tokenizer_identity(spec.tokenizer)
@@ -124,6 +125,17 @@ def load_pool(
                 cache_dir,
                 build,
             )
+
+    if spec.source == "vllm_custom":
+        path = vllm_custom.custom_path(spec.path)
+        meta["path"] = str(path)
+        return _cached(
+            spec,
+            {"file": _file_identity(path), "tokenizer": tok_identity, "format": "vllm_custom-v1"},
+            cache_dir,
+            lambda: vllm_custom.custom_pool(path, tok.load_tokenizer(spec.tokenizer), spec.block_size,
+                                            spec.filters, meta, limit=limit, progress=progress),
+        )
 
     if spec.source == "wildchat":
         identity = wildchat.wildchat_identity(spec.path, spec.dataset, spec.split)

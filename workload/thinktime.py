@@ -5,8 +5,8 @@ turn k's reply has ended plus a think time drawn from ``[arrivals] think_time``,
 a table of one of these forms (seconds):
 
 - ``{ dist = "lognormal", mean = m, sigma = s, max = 0 }``: lognormal with mean ``m``
-  (``max = 0``: no upper bound). The default, ``mean = 210, sigma = 0.98``, is a
-  maximum-likelihood fit to the 4,658 gaps between consecutive turns of the
+  (``max = 0``: no upper bound). The default, ``mean = 211.5, sigma = 0.98``, is a
+  maximum-likelihood fit to the 4,657 gaps between consecutive turns of the
   sessions rebuilt from the Mooncake conversation trace shipped in
   ``workload/data`` (Qin et al., FAST 2025; ``python -m workload think-times``
   reprints the fit). Those gaps include the original service's reply time, so
@@ -34,7 +34,7 @@ from workload.tables import REQUIRED, Rule, SchemaError, check, defaults, join, 
     reject_unknown, require_table, rules
 
 #: The default think time: see the module docstring for its source.
-DEFAULT_THINK_MEAN_S = 210.0
+DEFAULT_THINK_MEAN_S = 211.5
 DEFAULT_THINK_SIGMA = 0.98
 
 
@@ -110,7 +110,7 @@ class DataThink:
             raise ValueError(
                 f"arrivals.think_time = {{dist = \"data\"}}: source {source!r} records no think "
                 "times for these turns (WildChat's per-message timestamps do); give a distribution "
-                "instead, e.g. { dist = \"lognormal\", mean = 210, sigma = 0.98 }")
+                "instead, e.g. { dist = \"lognormal\", mean = 211.5, sigma = 0.98 }")
         x = np.maximum(x, 0.0)
         filled = int((~known).sum())
         if filled:
@@ -153,8 +153,30 @@ def parse_think(raw: Any, path: str) -> ThinkDist:
 
 
 def describe_think(spec: ThinkDist) -> str:
-    """One line for tables and reports: ``lognormal(mean=210 s, sigma=0.98)``."""
+    """One line for tables and reports: ``lognormal(mean=211.5 s, sigma=0.98)``."""
     params = {k: v for k, v in asdict(spec).items() if k != "dist"}
     text = ", ".join(f"{k}={v:g}{' s' if k in ('mean', 'value', 'min', 'max') else ''}"
                      for k, v in params.items() if not (k == "max" and v == 0))
     return f"{spec.name}({text})"
+
+
+def session_gaps(timestamps_s: np.ndarray, sessions: np.ndarray) -> np.ndarray:
+    """Seconds between consecutive requests of each session (in timestamp order)."""
+    ts = np.asarray(timestamps_s, dtype=np.float64)
+    ses = np.asarray(sessions)
+    order = np.lexsort((ts, ses))
+    same = ses[order][1:] == ses[order][:-1]
+    return np.diff(ts[order])[same]
+
+
+def fit_lognormal(gaps: np.ndarray) -> dict[str, float]:
+    """Maximum-likelihood lognormal of positive gaps, as ``think_time``'s (mean, sigma)."""
+    g = np.asarray(gaps, dtype=np.float64)
+    g = g[g > 0]
+    if len(g) < 2:
+        raise ValueError("need at least two positive gaps to fit a lognormal")
+    logs = np.log(g)
+    mu, sigma = float(logs.mean()), float(logs.std())
+    return {"n": int(len(g)), "mean": math.exp(mu + sigma**2 / 2), "sigma": sigma,
+            "median": float(np.median(g)), "p10": float(np.percentile(g, 10)),
+            "p90": float(np.percentile(g, 90))}

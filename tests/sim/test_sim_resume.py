@@ -36,8 +36,16 @@ def _corrupt(path, how: str) -> None:
     if how == "truncated":
         path.write_bytes(data[: len(data) // 2])
     else:  # overwritten in the middle: the footer still reads, the data pages do not
-        mid = len(data) // 3
-        path.write_bytes(data[:mid] + bytes(range(256)) * 8 + data[mid + 2048:])
+        # The pages of the status column (text, compressed): overwriting raw float
+        # pages (stored uncompressed by zstd) would read back as garbage, not fail.
+        import pyarrow.parquet as pq
+
+        chunk = pq.ParquetFile(path).metadata.row_group(0)
+        col = next(chunk.column(c) for c in range(chunk.num_columns)
+                   if chunk.column(c).path_in_schema == "status")
+        mid = col.dictionary_page_offset or col.data_page_offset
+        size = col.total_compressed_size
+        path.write_bytes(data[:mid] + (bytes(range(256)) * (size // 256 + 1))[:size] + data[mid + size:])
 
 
 @pytest.mark.parametrize("how", ["truncated", "overwritten"])

@@ -30,7 +30,7 @@ def test_defaults_are_the_agreed_ones():
         "pattern": "poisson", "rate": 1.0, "burstiness": 1.0, "base_rate": 1.0, "peak_rate": 10.0,
         "on_s": 10.0, "off_s": 30.0, "time_scale": 1.0, "target_rate": 0.0,
         "concurrency": 0, "sessions": "closed",
-        "think_time": {"dist": "lognormal", "mean": 210.0, "sigma": 0.98, "max": 0.0}}
+        "think_time": {"dist": "lognormal", "mean": 211.5, "sigma": 0.98, "max": 0.0}}
     assert WORKLOAD_DEFAULTS["source"] is None and WORKLOAD_DEFAULTS["min_input_len"] == 1
 
 

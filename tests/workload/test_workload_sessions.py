@@ -205,3 +205,14 @@ def test_closed_traces_are_deterministic_and_plan_turns_in_order(seed, n, patter
     for i in np.flatnonzero(plan.next_row >= 0):
         j = plan.next_row[i]
         assert t.turn[j] > t.turn[i] and t.arrival_s[j] >= t.arrival_s[i]
+
+
+def test_session_gaps_and_their_lognormal_fit_by_hand():
+    from workload.thinktime import fit_lognormal, session_gaps
+
+    ts = np.array([10.0, 0.0, 11.0, 5.0, 30.0])
+    sessions = np.array(["a", "b", "a", "b", "a"], dtype=object)
+    assert sorted(session_gaps(ts, sessions).tolist()) == [1.0, 5.0, 19.0]
+    fit = fit_lognormal(np.array([math.e, math.e**3]))  # log gaps 1 and 3: mu 2, sigma 1
+    assert fit["sigma"] == pytest.approx(1.0) and fit["mean"] == pytest.approx(math.exp(2.5))
+    assert fit["n"] == 2 and fit["median"] == pytest.approx((math.e + math.e**3) / 2)

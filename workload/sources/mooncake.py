@@ -14,6 +14,13 @@ has one predecessor and one position in the whole trace; the loader checks it),
 so two requests share engine blocks exactly when they share ids, and a shared
 partial block matches only the engine blocks both prompts fill.
 
+**Other block sizes and sessions given.** ``hash_block_size`` (``[workload]``,
+default 512) is how many tokens one id covers, for traces written with another
+block size (``workload.formats`` exports the lab's own 16-token blocks, vLLM's
+``timed_trace`` reads any). Lines may carry AIPerf's optional ``session_id`` and
+``delay`` (ms before the turn, its think time) and a ``turn``: with ``session_id``
+the sessions are taken as given instead of rebuilt.
+
 **Sessions.** The trace has no conversation ids. A request continues the session
 of the earlier request it shares the longest run of ids with, when that run goes
 past the first id (every Kimi request starts with the same system block, id 0 in
@@ -56,7 +63,7 @@ def mooncake_path(path: str) -> Path:
     return p
 
 
-def read_trace(path: Path) -> list[dict[str, Any]]:
+def read_trace(path: Path, hash_block: int = MOONCAKE_BLOCK) -> list[dict[str, Any]]:
     """The trace's records, checked (``ValueError`` names the line and the field)."""
     opener = gzip.open if path.suffix == ".gz" else open
     rows = []
@@ -81,10 +88,19 @@ def read_trace(path: Path) -> list[dict[str, Any]]:
             ids = rec["hash_ids"]
             if not isinstance(ids, list) or not all(isinstance(h, int) and h >= 0 for h in ids):
                 raise ValueError(f"{path}:{n}: hash_ids must be a list of ids >= 0")
-            need = math.ceil(rec["input_length"] / MOONCAKE_BLOCK)
+            need = math.ceil(rec["input_length"] / hash_block)
             if len(ids) < need:
-                raise ValueError(f"{path}:{n}: {len(ids)} hash_ids cover {len(ids) * MOONCAKE_BLOCK} "
-                                 f"tokens, fewer than input_length {rec['input_length']}")
+                raise ValueError(f"{path}:{n}: {len(ids)} hash_ids cover {len(ids) * hash_block} "
+                                 f"tokens, fewer than input_length {rec['input_length']} (ids of "
+                                 f"{hash_block} tokens; set [workload] hash_block_size if the "
+                                 "trace's blocks are another size)")
+            for f in ("delay",):
+                v = rec.get(f)
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+                    raise ValueError(f"{path}:{n}: {f} must be a number >= 0 (ms); got {v!r}")
+            t = rec.get("turn")
+            if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
+                raise ValueError(f"{path}:{n}: turn must be an integer >= 0; got {t!r}")
             rows.append(rec)
     if not rows:
         raise ValueError(f"{path}: no records")
@@ -129,9 +145,10 @@ def sessions(rows: list[dict[str, Any]]) -> list[int]:
     return out
 
 
-def engine_chain(hash_ids: list[int], input_len: int, block_size: int) -> np.ndarray:
-    """Hashes of the prompt's full ``block_size``-token blocks, from its 512-token ids."""
-    per = MOONCAKE_BLOCK // block_size
+def engine_chain(hash_ids: list[int], input_len: int, block_size: int,
+                 hash_block: int = MOONCAKE_BLOCK) -> np.ndarray:
+    """Hashes of the prompt's full ``block_size``-token blocks, from its ``hash_block``-token ids."""
+    per = hash_block // block_size
     nb = input_len // block_size
     k = np.arange(nb, dtype=np.uint64)
     ids = np.asarray(hash_ids, dtype=np.uint64)[(k // np.uint64(per)).astype(np.int64)]
@@ -140,14 +157,20 @@ def engine_chain(hash_ids: list[int], input_len: int, block_size: int) -> np.nda
 
 
 def mooncake_pool(path: Path, block_size: int, filters: Filters, meta: dict[str, Any],
-                  limit: int | None = None, progress: bool = False) -> RequestPool:
-    if block_size < 1 or MOONCAKE_BLOCK % block_size:
+                  limit: int | None = None, progress: bool = False,
+                  hash_block: int = MOONCAKE_BLOCK) -> RequestPool:
+    if block_size < 1 or hash_block % block_size:
         raise ValueError(
-            f"[workload].block_size = {block_size}: Mooncake's 512-token blocks map onto engine "
-            f"blocks only when block_size divides 512 (16, 32, 64, ...)")
-    rows = read_trace(path)
+            f"[workload].block_size = {block_size}: the trace's {hash_block}-token blocks map onto "
+            f"engine blocks only when block_size divides {hash_block} (hash_block_size)")
+    rows = read_trace(path, hash_block)
     check_prefix_ids(rows, path)
-    session_of = sessions(rows)
+    given = [r.get("session_id") for r in rows]
+    if all(g is not None for g in given):  # sessions as the file gives them
+        names: dict[str, int] = {}
+        session_of = [names.setdefault(str(g), i) for i, g in enumerate(given)]
+    else:
+        session_of = sessions(rows)
     groups: dict[int, list[int]] = {}
     for i, s in enumerate(session_of):
         groups.setdefault(s, []).append(i)
@@ -158,6 +181,8 @@ def mooncake_pool(path: Path, block_size: int, filters: Filters, meta: dict[str,
         if limit is not None and kept_sessions >= limit:
             break
         reqs, chains = [], []
+        if given[members[0]] is not None:  # turn order as given, then time, then file order
+            members = sorted(members, key=lambda i: (rows[i].get("turn", -1), rows[i]["timestamp"], i))
         for i in members:
             rec = rows[i]
             inp, out = int(rec["input_length"]), int(rec["output_length"])
@@ -166,10 +191,13 @@ def mooncake_pool(path: Path, block_size: int, filters: Filters, meta: dict[str,
                 continue
             if filters.max_turns and len(reqs) >= filters.max_turns:
                 continue
-            reqs.append((len(reqs), inp, out, float(rec["timestamp"]) / 1000.0))
-            chains.append(engine_chain(rec["hash_ids"], inp, block_size))
+            delay = rec.get("delay")
+            reqs.append((int(rec.get("turn", len(reqs))), inp, out, float(rec["timestamp"]) / 1000.0,
+                         float(delay) / 1000.0 if delay is not None else math.nan))
+            chains.append(engine_chain(rec["hash_ids"], inp, block_size, hash_block))
         if reqs:
-            builder.add_requests(f"mooncake-{s}", reqs, chains)
+            name = str(given[members[0]]) if given[members[0]] is not None else f"mooncake-{s}"
+            builder.add_requests(name, reqs, chains)
             kept_sessions += 1
     return builder.build({**meta, "rows": len(rows), "sessions": len(groups),
                           "rows_filtered_length": dropped})
