@@ -122,7 +122,7 @@ CASES = {
     ),
     "unknown source": (
         MINIMAL.replace('source = "sharegpt"', 'source = "reddit"'), "workload.source",
-        ["unknown value 'reddit'", "'sharegpt', 'wildchat', 'azure', 'mooncake', 'synthetic'"],
+        ["unknown value 'reddit'", "'sharegpt', 'wildchat', 'azure', 'mooncake', 'vllm_custom', 'synthetic'"],
     ),
     "unknown mode": (
         MINIMAL.replace("[router]\n", '[router]\nmode = "slow"\n'), "router.mode",
@@ -169,7 +169,7 @@ CASES = {
     ),
     "missing required key: source": (
         MINIMAL.replace('source = "sharegpt"\n', ""), "workload.source",
-        ["missing required key", "'sharegpt', 'wildchat', 'azure', 'mooncake', 'synthetic'"],
+        ["missing required key", "'sharegpt', 'wildchat', 'azure', 'mooncake', 'vllm_custom', 'synthetic'"],
     ),
     "missing required key: profile": (
         MINIMAL.replace('profile = "h100-llama2-70b-tp4"\n', ""), "cluster.groups[0].profile",

@@ -17,8 +17,8 @@ from workload import build_trace
 from workload.config import ArrivalSpec, WorkloadSpec
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["azure-replay", "burst", "cache-routing", "constant", "heterogeneous", "mixed-fleet", "poisson",
-           "wildchat-replay"]
+SHIPPED = ["azure-replay", "burst", "cache-routing", "chat-sessions", "concurrency", "constant",
+           "heterogeneous", "mixed-fleet", "poisson", "wildchat-replay"]
 
 #: [workload] keys that README and docs document (`workload.build_trace` receives
 #: `dataclasses.asdict(spec)`); the schema may grow beyond them.
