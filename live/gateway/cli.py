@@ -91,8 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "backend whose max_model_len needs more)")
     lim.add_argument("--max-prompt-tokens", type=int, default=None, metavar="N",
                      help="refuse (400) prompts over N tokens, after at most N tokens of "
-                          "tokenizing (the largest max_model_len the backends report on "
-                          "/v1/models when unset; 0: no check)")
+                          "tokenizing (when unset: the largest max_model_len the backends report "
+                          "on /v1/models, twice that for text prompts since the gateway's "
+                          "tokenizer may count differently; 0: no check)")
     lim.add_argument("--max-client-connections", type=int, default=default_max_connections(),
                      help="open client connections at once; more are answered 503 and closed "
                           "(by default half this process's open-file limit)")

@@ -46,7 +46,7 @@ import routing
 from live.router import LiveRouter
 from live.logfmt import kv
 from live.gateway.metrics import GatewayMetrics
-from live.request_tokens import Prompt, PromptWorker, ensure_tokenizer, prompt_source
+from live.request_tokens import Prompt, PromptTooLong, PromptWorker, ensure_tokenizer, prompt_source
 from live.transport.http import (
     CHUNK_END, JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, TEXT_HEADERS, ClientLimits, HttpError,
     Listener, Request, ServerConnection, UpstreamConnection, UpstreamPool, chunk, error_body,
@@ -65,6 +65,9 @@ _PASS_HEADERS = frozenset({b"content-type", b"cache-control"})
 #: about 4, JSON-escaped non-ASCII text up to ~12 (the rest is margin for chat structure).
 BODY_BYTES_PER_TOKEN = 32
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+#: Text prompts are refused at this many times the backends' context: the gateway's
+#: tokenizer is a stand-in for the model's, and the two can differ by tens of percent.
+TEXT_TOKEN_SLACK = 2
 
 
 @dataclass
@@ -196,7 +199,7 @@ class Gateway:
         self.url = await self._listener.listen(sock)
         c = self.config
         log.info(kv("gateway_started", url=self.url, backends=len(self.names), strategy=c.strategy,
-                    max_prompt_tokens=self.prompt_limit(), max_body_bytes=c.max_body_bytes,
+                    max_prompt_tokens=self.context_limit(), max_body_bytes=c.max_body_bytes,
                     first_byte_timeout_s=c.first_byte_timeout_s, read_timeout_s=c.read_timeout_s,
                     request_timeout_s=c.request_timeout_s, health_interval_s=c.health_interval_s,
                     max_client_connections=c.client.max_connections))
@@ -250,7 +253,7 @@ class Gateway:
                            advice=f"raise --max-body-bytes to {c * BODY_BYTES_PER_TOKEN} to accept "
                                   "its longest prompts"))
 
-    def prompt_limit(self) -> int | None:
+    def context_limit(self) -> int | None:
         """The most prompt tokens any backend accepts: ``--max-prompt-tokens``, else the
         largest ``max_model_len`` the backends reported (None: not known, no check)."""
         m = self.config.max_prompt_tokens
@@ -258,6 +261,16 @@ class Gateway:
             return m or None
         known = [c for c in self.contexts if c]
         return max(known) if known else None
+
+    def prompt_limit(self, text: bool = False) -> int | None:
+        """Where the gateway stops a prompt: the context limit for token ids (counted
+        exactly); for text, twice the reported context, since the gateway's tokenizer may
+        count differently from the backends' (they enforce the exact limit). An explicit
+        ``--max-prompt-tokens`` is applied as given to both."""
+        limit = self.context_limit()
+        if limit is None or not text or self.config.max_prompt_tokens is not None:
+            return limit
+        return TEXT_TOKEN_SLACK * limit
 
     # --- backend state -------------------------------------------------------------------
     def _health_changed(self, i: int, healthy: bool) -> None:
@@ -364,7 +377,7 @@ class Gateway:
             raise HttpError(400, f"stream must be true or false, got {stream!r}", "stream")
         block_size = self.config.block_size if self.fleet.track_prefix else None
         source = prompt_source(doc, chat)
-        prompt = self.prompts.try_inline(source, self.prompt_limit(), block_size)
+        prompt = self.prompts.try_inline(source, self.prompt_limit(), block_size)  # token ids
         if prompt is not None:  # a small token-id prompt: no thread hop
             self._route(conn, req, doc, prompt, body, stream, arrived)
             return
@@ -375,7 +388,17 @@ class Gateway:
                        arrived: float) -> None:
         """Tokenize and hash on the prompt worker, then route (or answer the error)."""
         try:
-            prompt = await self.prompts.run(source, self.prompt_limit(), block_size)
+            text = isinstance(source, str)
+            try:
+                prompt = await self.prompts.run(source, self.prompt_limit(text), block_size)
+            except PromptTooLong as exc:
+                if not text or self.config.max_prompt_tokens is not None:
+                    raise
+                raise HttpError(400, (
+                    f"The prompt is too long for every backend: it has at least {exc.tokens} tokens "
+                    f"by the gateway's tokenizer ({self.config.tokenizer}), and the largest "
+                    f"context a backend accepts is {self.context_limit()} tokens (text prompts are "
+                    f"refused here at {exc.limit}: tokenizers count differently)."), "prompt") from None
             if conn.closed:  # the client left while its prompt was prepared
                 return
             self._route(conn, req, doc, prompt, body, stream, arrived)

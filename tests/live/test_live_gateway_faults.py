@@ -165,7 +165,7 @@ def test_a_prompt_over_every_backends_context_is_refused_after_little_work(monke
     with spawn(2, TINY, args=["--max-model-len", "2048"]) as urls:
         async def main():
             async with serve_gateway(GatewayConfig(backends=urls, max_body_bytes=32 << 20)) as gw:
-                assert gw.prompt_limit() == 2048
+                assert gw.context_limit() == 2048 and gw.prompt_limit(text=True) == 4096
                 client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
                 t0 = time.perf_counter()
                 with pytest.raises(openai.BadRequestError) as exc:
@@ -174,7 +174,8 @@ def test_a_prompt_over_every_backends_context_is_refused_after_little_work(monke
                 return exc.value, time.perf_counter() - t0
 
         err, took = arun(main(), timeout=120)
-    assert "maximum context length is 2048 tokens" in str(err)
+    assert "the largest context a backend accepts is 2048 tokens" in str(err)
+    assert "at least" in str(err) and "deepseek" in str(err)
     assert sum(calls) <= 2 * 65536, f"tokenized {sum(calls):,} characters of a 15.7 MB prompt"
     assert took < 5
 
