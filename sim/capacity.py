@@ -88,11 +88,14 @@ class Search:
 
 
 def bracket_search(evaluate: Callable[[float], list[float]], start: float, opts: CapacityOptions,
-                   *, integer: bool = False, search: Search | None = None) -> Search:
+                   *, integer: bool = False, search: Search | None = None,
+                   upper: float = math.inf) -> Search:
     """Find ``[lo, hi]`` around the highest load whose mean attainment meets the target.
 
     ``evaluate(load)`` returns the attainment of each seed at ``load``. Pure: the
     simulator is only behind ``evaluate``, so the rule is tested on its own.
+    ``upper``: a load past which nothing changes (more clients than the trace has
+    sessions); meeting the target there ends the search.
     """
     out = search or Search("", "")
     target = opts.target
@@ -111,13 +114,18 @@ def bracket_search(evaluate: Callable[[float], list[float]], start: float, opts:
         return max(1, x // 2) if integer else x / 2
 
     def up(x: float) -> float:
-        return x * 2
+        return min(x * 2, upper)
 
     x = max(1, int(round(start))) if integer else float(start)
+    x = min(x, upper)
     try:
         if probe(x):
             lo = x
             for _ in range(MAX_DOUBLINGS):
+                if x >= upper:
+                    out.lo, out.note = lo, (f"met the target at {upper:g}, where every session of "
+                                            "the trace runs at once: more clients add no load")
+                    return out
                 x = up(x)
                 if not probe(x):
                     break
@@ -265,8 +273,17 @@ def run_search(task: SearchTask, emit: Callable[[Any], None] | None = None) -> S
             emit(("probe", fleet.fleet_id, task.strategy.label, load, values))
         return values
 
+    upper = math.inf
+    if fleet.knob == "concurrency":  # clients beyond the trace's sessions (or requests) idle
+        from workload import build_trace
+
+        sc = at_load(fleet.scenario, fleet.knob, fleet.start)
+        trace = build_trace(asdict(sc.workload), asdict(sc.arrivals), seed=task.seeds[0],
+                            num_requests=sc.num_requests, duration_s=sc.duration_s)
+        upper = float(len(set(trace.conversation_id.tolist())) if trace.meta.get("sessions") == "closed"
+                      else len(trace))
     return bracket_search(evaluate, fleet.start, task.options, integer=fleet.knob == "concurrency",
-                          search=search)
+                          search=search, upper=upper)
 
 
 class _SearchInWorker:

@@ -127,3 +127,11 @@ def test_a_scenario_without_an_slo_is_refused():
     bare = replace(scenario, slo=replace(scenario.slo, ttft_ms=None, tpot_ms=None, e2el_ms=None))
     with pytest.raises(ValueError, match="needs an SLO"):
         run_capacity(bare, points, CapacityOptions())
+
+
+def test_the_search_stops_where_more_clients_add_no_load():
+    s = bracket_search(step(1e9), 8, CapacityOptions(), integer=True, upper=100)
+    assert s.lo == 100 and math.isnan(s.hi) and "every session of the trace runs at once" in s.note
+    assert max(p.load for p in s.probes) == 100
+    inside = bracket_search(step(37), 8, CapacityOptions(), integer=True, upper=100)
+    assert (inside.lo, inside.hi) == (37, 38)
