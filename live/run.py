@@ -30,6 +30,7 @@ from live.emulator.spawn import EmulatorSpec, spawn_specs
 from live.router import LiveRouter
 from live.gateway.spawn import start_gateway
 from live.loadgen import LoadOptions, ReplayResult, replay
+from results.counters import difference
 from results.records import RunLabels
 from scenarios.runs import base_manifest, new_experiment_id, resume_refusal, scenario_digest
 from results.rundir import RunDir, Unit
@@ -144,6 +145,23 @@ def reset_backends(urls: Sequence[str], emulated: bool, timeout_s: float = 15.0)
                 break
 
 
+def scrape_counters(urls: Sequence[str], timeout_s: float = 5.0) -> list[dict[str, float]]:
+    """Every backend's cumulative counters now (``results.counters``), as a router scrapes
+    ``/metrics``; a backend that does not answer or export them gives NaN."""
+    from live.transport.prometheus import parse_scraped_metrics
+    from results.counters import COUNTER_FIELDS
+
+    out = []
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url.rstrip("/") + "/metrics", timeout=timeout_s) as resp:
+                m = parse_scraped_metrics(resp.read().decode("utf-8", "replace"))
+            out.append({f: float(getattr(m, f)) for f in COUNTER_FIELDS})
+        except (urllib.error.URLError, OSError, ValueError):
+            out.append({f: float("nan") for f in COUNTER_FIELDS})
+    return out
+
+
 # --- one unit --------------------------------------------------------------------------------
 def run_async(coro):
     """Run a coroutine on uvloop when installed (tighter timers), else asyncio's loop."""
@@ -245,12 +263,15 @@ def run_scenario(
                     trace, bound = traces[seed]
                     reset_backends(urls, emulated=bool(settings.emulate))
                     labels = RunLabels(experiment_id, point.point_id, strat.label, int(seed))
+                    before = scrape_counters(urls)
                     result = run_async(run_unit(
                         trace, urls, names, groups, strat.name, dict(strat.params), int(seed),
                         labels=labels, scrape_interval_s=float(sc.router.scrape_interval_s),
                         block_size=sc.workload.block_size, gateway=settings.gateway,
                         load=replace(unit_load, max_duration_s=bound)))
-                    run.write_unit(unit, result.records)
+                    counters = difference(before, scrape_counters(urls),
+                                          "backends' /metrics scraped before and after the unit")
+                    run.write_unit(unit, result.records, counters)
                     ok = sum(r.status == "ok" for r in result.records)
                     lag = float(np.percentile(result.send_lag_s, 99) * 1e3) if len(
                         result.send_lag_s) else float("nan")

@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="metric both runs are ranked by (default as for report)")
     cmp_.add_argument("--metrics", default=None,
                       help="comma-separated metric names to show (default: TTFT/TPOT/E2EL "
-                           "percentiles, throughput, goodput, SLO attainment, failures)")
+                           "percentiles, throughput, goodput, SLO attainment, prefix-cache hit "
+                           "rate and the router's expected hit, load imbalance, failures)")
     cmp_.add_argument("--json", type=Path, default=None, dest="json_out",
                       help="also write the comparison to this JSON file")
     cmp_.add_argument("--quiet", action="store_true", help="no progress bars")

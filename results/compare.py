@@ -19,7 +19,8 @@ from results.summary import RunSummary, format_value, json_rows, text_table
 
 DEFAULT_METRICS = (
     "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "median_e2el_ms",
-    "request_throughput", "request_goodput", "slo_attainment", "failed",
+    "request_throughput", "request_goodput", "slo_attainment", "prefix_hit_rate",
+    "expected_hit_rate", "load_imbalance", "failed",
 )
 
 

@@ -47,7 +47,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,8 +56,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from results.bootstrap import unit_replicates
+from results.counters import UnitCounters, read_counters
 from results.itl_stats import pooled_itl_stats
-from results.records import STATUSES, RequestRecord, to_table
+from results.records import STATUSES, RequestRecord, read_records, to_table
 from results.saturation import assess_saturation
 
 #: Percentiles reported for every latency, besides the median.
@@ -108,10 +111,14 @@ METRICS: dict[str, MetricInfo] = {
     "num_skipped": MetricInfo("skipped (session ended)", "count", "lower"),
     "total_input_tokens": MetricInfo("input tokens (ok)", "tokens", None),
     "total_output_tokens": MetricInfo("output tokens (ok)", "tokens", None),
-    "prefix_hit_rate": MetricInfo("prefix-cache hit rate", "fraction", "higher"),
+    "prefix_hit_rate": MetricInfo("prefix-cache hit rate (engine counters)", "fraction", "higher"),
+    "expected_hit_rate": MetricInfo("prefix hit the router expected (ok requests)", "fraction", None),
+    "served_hit_rate": MetricInfo("prefix hit the engine gave (ok requests)", "fraction", "higher"),
     "mean_preemptions": MetricInfo("preemptions per ok request", "count", "lower"),
     "max_backend_share": MetricInfo("largest backend share", "fraction", "lower"),
-    "load_imbalance": MetricInfo("load imbalance (max/mean requests)", "ratio", "lower"),
+    "load_imbalance": MetricInfo("load imbalance (max/mean work)", "ratio", "lower"),
+    "request_imbalance": MetricInfo("request imbalance (max/mean requests)", "ratio", "lower"),
+    "inflight_imbalance": MetricInfo("in-flight imbalance (time-averaged max/mean)", "ratio", "lower"),
     "peak_inflight": MetricInfo("peak in-flight on one backend", "requests", "lower"),
     "mean_inflight": MetricInfo("mean requests in flight (client side)", "requests", None),
     "output_throughput_per_user": MetricInfo("output tokens/s per user", "tok/s", "higher"),
@@ -120,10 +127,15 @@ METRICS: dict[str, MetricInfo] = {
     "inflight_growth": MetricInfo("growth of requests in flight", "req/s", None),
 }
 
+#: Columns of the per-backend table (``UnitMetrics.backends``, ``summary.json``'s "backends").
+BACKEND_COLUMNS = ("backend", "name", "requests", "share", "peak_inflight", "work_tokens",
+                   "work_share", "prefix_queries", "prefix_hits", "hit_rate",
+                   "expected_hit_rate", "served_hit_rate")
+
 _NEEDED = (
     "status", "backend", "arrival_s", "dispatch_s", "first_token_s", "last_token_s",
     "finish_s", "input_len", "cached_tokens", "output_len", "num_preemptions",
-    "itl_start", "itl_step", "itl_count",
+    "itl_start", "itl_step", "itl_count", "router_prefix_hit_tokens", "router_scrape_age_s",
 )
 
 
@@ -158,9 +170,26 @@ class UnitMetrics:
 
     values: dict[str, float]
     backends: list[dict[str, Any]]
+    #: Within-run bootstrap deviations of the latency percentiles (``results.bootstrap``),
+    #: by metric; empty when not computed.
+    replicates: dict[str, np.ndarray] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metrics": dict(self.values), "backends": [dict(b) for b in self.backends]}
+        return {"metrics": dict(self.values), "backends": [dict(b) for b in self.backends],
+                "replicates": {k: np.asarray(v, dtype=np.float64).tolist()
+                               for k, v in self.replicates.items()}}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> UnitMetrics:
+        reps = {k: np.asarray(v, dtype=np.float64) for k, v in (doc.get("replicates") or {}).items()}
+        return cls(dict(doc["metrics"]), list(doc["backends"]), reps)
+
+
+def file_metrics(path: str | Path, slo: Mapping[str, Any] | None = None, *,
+                 backend_names: Sequence[str] | None = None) -> UnitMetrics:
+    """``unit_metrics`` of one record file, with the engines' counters stored in it."""
+    return unit_metrics(read_records(path), slo, backend_names=backend_names,
+                        counters=read_counters(path))
 
 
 def unit_metrics(
@@ -168,13 +197,18 @@ def unit_metrics(
     slo: Mapping[str, Any] | None = None,
     *,
     backend_names: Sequence[str] | None = None,
+    counters: UnitCounters | None = None,
+    bootstrap: bool = True,
 ) -> UnitMetrics:
     """All metrics of one unit's records (one row per request, every status).
 
     ``slo`` in milliseconds (``{"ttft_ms": 500, "tpot_ms": 50}``; missing keys are
     not checked); with no SLO, goodput and attainment are NaN. ``backend_names``
     lists the fleet (index = ``record.backend``) so a backend that got nothing
-    still counts in the load balance.
+    still counts in the load balance. ``counters``: the engines' counters over the
+    unit (``results.counters``); without them the hit rate and the work come from
+    the records. ``bootstrap``: also compute the within-run bootstrap deviations of the
+    latency percentiles (``results.bootstrap``) that the intervals across seeds use.
     """
     cols = _Columns.of(records)
     slo_ms = parse_slo(slo)
@@ -241,8 +275,16 @@ def unit_metrics(
         v["request_goodput"] = math.nan
         v["slo_attainment"] = math.nan
 
-    cached = cols.scalar("cached_tokens").astype(np.int64)[ok]
-    v["prefix_hit_rate"] = float(cached.sum() / total_in) if total_in else math.nan
+    cached_all = cols.scalar("cached_tokens").astype(np.int64)
+    expected_all = cols.scalar("router_prefix_hit_tokens").astype(np.int64)
+    # A record carries a router decision when its scrape age is known (inf before the
+    # first scrape); requests routed by a gateway do not say what it expected.
+    decided = ~np.isnan(cols.scalar("router_scrape_age_s").astype(np.float64))
+    v["served_hit_rate"] = _ratio(cached_all[ok].sum(), total_in)
+    known = ok & decided
+    v["expected_hit_rate"] = _ratio(expected_all[known].sum(), in_len[known].sum())
+    fleet = counters.fleet_hit_rate if counters is not None else math.nan
+    v["prefix_hit_rate"] = fleet if fleet == fleet else v["served_hit_rate"]
     pre = cols.scalar("num_preemptions").astype(np.int64)[ok]
     v["mean_preemptions"] = float(pre.mean()) if completed else math.nan
 
@@ -258,19 +300,103 @@ def unit_metrics(
     v["overloaded"] = float(sat.overloaded)
     v["inflight_growth"] = sat.inflight_slope
 
-    backends = _backend_rows(cols, backend_names)
+    backends = _backend_rows(cols, backend_names, counters)
     v["output_throughput_per_replica"] = (v["output_throughput"] / len(backends)
                                           if backends else math.nan)
     shares = np.array([b["share"] for b in backends], dtype=np.float64)
+    work = np.array([b["work_tokens"] for b in backends], dtype=np.float64)
     dispatched = sum(b["requests"] for b in backends)
     if backends and dispatched:
         v["max_backend_share"] = float(shares.max())
-        v["load_imbalance"] = float(shares.max() / shares.mean())
+        v["request_imbalance"] = peak_to_mean(shares)
+        v["load_imbalance"] = peak_to_mean(work)
+        v["inflight_imbalance"] = inflight_imbalance(
+            cols.scalar("backend").astype(np.int64), cols.scalar("dispatch_s").astype(np.float64),
+            cols.scalar("finish_s").astype(np.float64), len(backends))
         v["peak_inflight"] = float(max(b["peak_inflight"] for b in backends))
     else:
-        v["max_backend_share"] = v["load_imbalance"] = v["peak_inflight"] = math.nan
+        for k in ("max_backend_share", "request_imbalance", "load_imbalance",
+                  "inflight_imbalance", "peak_inflight"):
+            v[k] = math.nan
     ordered = {k: float(v[k]) for k in METRICS}
-    return UnitMetrics(ordered, backends)
+    replicates = {}
+    if bootstrap:
+        replicates = unit_replicates(_latencies_in_order(cols, ok, ttft, e2el, ok_len),
+                                     *_unit_key(cols))
+    return UnitMetrics(ordered, backends, replicates)
+
+
+def _unit_key(cols: _Columns) -> tuple[str, int]:
+    """(point_id, seed) of a unit's records: what pairs its bootstrap resamples."""
+    point = cols.scalar("point_id")[:1].tolist() if cols.has("point_id") else []
+    seed = cols.scalar("seed")[:1].tolist() if cols.has("seed") else []
+    return (str(point[0]) if point else "", int(seed[0]) if seed else 0)
+
+
+def _latencies_in_order(cols: _Columns, ok: np.ndarray, ttft: np.ndarray, e2el: np.ndarray,
+                        ok_len: np.ndarray) -> dict[str, np.ndarray]:
+    """TTFT, TPOT and E2EL in ms per request, ordered by request id (the trace's order, the
+    same for every strategy), NaN where a request has none."""
+    n = len(ok)
+    out = {k: np.full(n, np.nan) for k in ("ttft", "tpot", "e2el")}
+    out["ttft"][ok] = ttft * 1000
+    out["e2el"][ok] = e2el * 1000
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["tpot"][ok] = np.where(ok_len > 1, (e2el - ttft) / np.maximum(ok_len - 1, 1) * 1000, np.nan)
+    if cols.has("request_id"):
+        order = np.argsort(cols.scalar("request_id").astype(np.int64), kind="stable")
+        out = {k: v[order] for k, v in out.items()}
+    return out
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else math.nan
+
+
+def peak_to_mean(load: Sequence[float] | np.ndarray) -> float:
+    """``max / mean`` of per-backend loads: 1 is perfectly even, ``n`` is all on one of ``n``.
+
+    The imbalance factor of balanced allocations: consistent hashing with bounded
+    loads (Mirrokni, Thorup and Zadimoghaddam, SODA 2018) keeps every bin's load at
+    most ``c`` times the mean, i.e. this ratio <= ``c``. NaN when nothing was loaded.
+    """
+    x = np.asarray(load, dtype=np.float64)
+    if len(x) == 0 or not np.isfinite(x).all() or x.sum() <= 0:
+        return math.nan
+    return float(x.max() / x.mean())
+
+
+def inflight_imbalance(backend: np.ndarray, start: np.ndarray, end: np.ndarray, n: int,
+                       chunk: int = 1 << 18) -> float:
+    """Time-averaged peak-to-mean of requests in flight: ``∫ max_b n_b(t) dt / ∫ mean_b n_b(t) dt``.
+
+    ``n_b(t)`` counts the requests dispatched to backend ``b`` and not finished at
+    ``t`` (intervals ``[start, end)``). Totals over a run can be even while, at every
+    moment, one backend holds the queue (a session pinned to a replica, a cache hot
+    spot that moves); this ratio sees that. Idle time counts in neither integral.
+    Computed in chunks of events, so memory stays ``chunk x n`` whatever the run's size.
+    """
+    keep = (backend >= 0) & (backend < n) & np.isfinite(start) & np.isfinite(end) & (end > start)
+    if n < 1 or not keep.any():
+        return math.nan
+    b, s, e = backend[keep], start[keep], end[keep]
+    mean_integral = float((e - s).sum()) / n
+    times = np.concatenate([s, e])
+    who = np.concatenate([b, b])
+    delta = np.concatenate([np.ones(len(s), np.int32), -np.ones(len(e), np.int32)])
+    order = np.lexsort((delta, times))
+    times, who, delta = times[order], who[order], delta[order]
+    gaps = np.diff(times, append=times[-1])  # the level after event i lasts gaps[i]
+    level = np.zeros(n, np.int64)
+    peak_integral = 0.0
+    for lo in range(0, len(times), chunk):
+        hi = min(lo + chunk, len(times))
+        steps = np.zeros((hi - lo, n), np.int32)
+        steps[np.arange(hi - lo), who[lo:hi]] = delta[lo:hi]
+        levels = np.cumsum(steps, axis=0, dtype=np.int64) + level
+        peak_integral += float((levels.max(axis=1) * gaps[lo:hi]).sum())
+        level = levels[-1]
+    return peak_integral / mean_integral if mean_integral > 0 else math.nan
 
 
 def _put_stats(v: dict[str, float], name: str, x: np.ndarray) -> None:
@@ -323,10 +449,25 @@ def _offered_rate(arrival: np.ndarray) -> float:
 # --- backends -----------------------------------------------------------------
 
 
-def _backend_rows(cols: _Columns, names: Sequence[str] | None) -> list[dict[str, Any]]:
+def _backend_rows(cols: _Columns, names: Sequence[str] | None,
+                  counters: UnitCounters | None = None) -> list[dict[str, Any]]:
+    """Per backend: requests, share, peak in flight, work, and hit rates.
+
+    ``work_tokens`` is the tokens the engine computed for the requests sent there:
+    the prompt tokens it did not find cached plus the tokens it generated. The
+    uncached prompt tokens are ``prefix_queries - prefix_hits`` from the engine's
+    counters when the unit has them (exact, whatever the client learned), else
+    ``input_len - cached_tokens`` of every dispatched record.
+    """
     backend = cols.scalar("backend").astype(np.int64)
     dispatch = cols.scalar("dispatch_s").astype(np.float64)
     finish = cols.scalar("finish_s").astype(np.float64)
+    status = cols.scalar("status")
+    in_len = cols.scalar("input_len").astype(np.int64)
+    cached = cols.scalar("cached_tokens").astype(np.int64)
+    out_len = cols.scalar("output_len").astype(np.int64)
+    expected = cols.scalar("router_prefix_hit_tokens").astype(np.int64)
+    decided = ~np.isnan(cols.scalar("router_scrape_age_s").astype(np.float64))
     seen = int(backend.max()) + 1 if len(backend) else 0
     if names is not None and seen > len(names):
         raise ValueError(
@@ -334,20 +475,39 @@ def _backend_rows(cols: _Columns, names: Sequence[str] | None) -> list[dict[str,
             f"backends ({', '.join(names)})"
         )
     size = len(names) if names is not None else seen
+    engines = list(counters.backends) if counters is not None else []
+    if engines and len(engines) != size:
+        raise ValueError(f"the unit's counters cover {len(engines)} backends but the fleet has {size}")
     sent = backend >= 0
     counts = np.bincount(backend[sent], minlength=size)
     total = int(counts.sum())
+    ok = status == "ok"
     rows = []
     for b in range(size):
         mine = backend == b
+        mine_ok = mine & ok
+        eng = engines[b] if engines else None
+        uncached = (eng.prefix_queries - eng.prefix_hits) if eng is not None else math.nan
+        if uncached != uncached:
+            uncached = float(np.maximum(in_len[mine] - cached[mine], 0).sum())
+        known = mine_ok & decided
         rows.append({
             "backend": b,
             "name": names[b] if names is not None else f"backend-{b}",
             "requests": int(counts[b]),
             "share": float(counts[b] / total) if total else math.nan,
             "peak_inflight": peak_concurrency(dispatch[mine], finish[mine]),
+            "work_tokens": float(uncached + out_len[mine].sum()),
+            "prefix_queries": eng.prefix_queries if eng is not None else math.nan,
+            "prefix_hits": eng.prefix_hits if eng is not None else math.nan,
+            "hit_rate": eng.hit_rate if eng is not None else math.nan,
+            "expected_hit_rate": _ratio(expected[known].sum(), in_len[known].sum()),
+            "served_hit_rate": _ratio(cached[mine_ok].sum(), in_len[mine_ok].sum()),
         })
-    return rows
+    work_total = sum(r["work_tokens"] for r in rows)
+    for r in rows:
+        r["work_share"] = r["work_tokens"] / work_total if work_total > 0 else math.nan
+    return [{k: r[k] for k in BACKEND_COLUMNS} for r in rows]
 
 
 def peak_concurrency(start: np.ndarray, end: np.ndarray) -> int:

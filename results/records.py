@@ -30,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from results.counters import COUNTERS_KEY, UnitCounters
+
 #: Bump when a column is added, removed or changes meaning. 2 added ``ready_s`` and
 #: ``think_s`` and the ``skipped`` status; version 1 files still read (see ``read_records``).
 SCHEMA_VERSION = 2
@@ -192,6 +194,9 @@ class RecordWriter:
         self.rows = 0
         self._buffer: list[RequestRecord] = []
         self._writer: pq.ParquetWriter | None = None
+        #: The engines' counters over the unit (``results.counters``), stored in the
+        #: file's metadata when it closes; set it before leaving the ``with`` block.
+        self.counters: UnitCounters | None = None
 
     def write(self, record: RequestRecord) -> None:
         self._buffer.append(record)
@@ -211,6 +216,8 @@ class RecordWriter:
 
     def close(self) -> Path:
         self._flush()
+        if self.counters is not None:
+            self._writer.add_key_value_metadata({COUNTERS_KEY: self.counters.to_bytes()})
         self._writer.close()
         self.tmp.replace(self.path)
         return self.path
@@ -230,13 +237,20 @@ class RecordWriter:
             self.abort()
 
 
-def write_records(path: str | Path, records: Iterable[RequestRecord] | pa.Table) -> Path:
-    """Write atomically (temp file + rename) so a crash never leaves half a file."""
+def write_records(path: str | Path, records: Iterable[RequestRecord] | pa.Table,
+                  counters: UnitCounters | None = None) -> Path:
+    """Write atomically (temp file + rename) so a crash never leaves half a file.
+
+    ``counters``: the engines' counters over the unit, kept in the file's metadata.
+    """
     path = Path(path)
     table = records if isinstance(records, pa.Table) else to_table(records)
     if table.schema.remove_metadata() != SCHEMA.remove_metadata():
         raise RecordSchemaError("table does not match the record schema")
-    table = table.replace_schema_metadata(SCHEMA.metadata)
+    meta = dict(SCHEMA.metadata)
+    if counters is not None:
+        meta[COUNTERS_KEY] = counters.to_bytes()
+    table = table.replace_schema_metadata(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     pq.write_table(table, tmp, compression="zstd")

@@ -33,7 +33,7 @@ from results.capacity import capacity_chart, capacity_section_html, read_capacit
 from results.metrics import METRICS, parse_slo
 from results.rundir import RunDir, Unit
 from results.summary import (
-    TABLE_COLUMNS, RunSummary, format_value, point_backends, point_label, summarize_run,
+    TABLE_COLUMNS, RunSummary, format_value, point_backends, point_label, summarize_run, table_notes,
 )
 from results.templating import render
 
@@ -278,7 +278,7 @@ def validation_sections(run_path: Path) -> list[Section]:
 # --- HTML: what goes in each table here, the layout in templates/report.html.j2 ----------
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 NAV = [("ranking", "Ranking"), ("summary", "Summary"), ("charts", "Charts"),
-       ("reliability", "Requests by status"), ("balance", "Load balance"),
+       ("reliability", "Requests by status"), ("balance", "Load balance and prefix cache"),
        ("all-metrics", "All metrics"), ("scenario", "Scenario"), ("environment", "Environment")]
 
 
@@ -348,12 +348,19 @@ def _ranking(s: RunSummary) -> dict[str, Any]:
                  "rank": r.rank, "strategy": r.strategy, "mean": format_value(r.mean),
                  "ci": (f"{format_value(r.ci_low)} \u2013 {format_value(r.ci_high)}"
                         if math.isfinite(r.ci_low) else "n/a"),
-                 "n": r.n, "tie": "best" if r.rank == 1 else "tied" if r.tied_with_best else ""}
+                 "n": r.n, "tie": "best" if r.rank == 1 else "tied" if r.tied_with_best else "",
+                 "p": _p_text(getattr(r, "p_holm", math.nan))}
                 for r in g.itertuples(index=False)]
         points.append({"label": labels.get(point, point), "rows": rows,
                        "unranked": [(st, f"{share:.0%}") for (p, st), share in unranked.items() if p == point]})
     return {"objective": s.objective, "unit": info.unit if info else "",
             "better": "higher" if info and info.better == "higher" else "lower", "points": points}
+
+
+def _p_text(p: float) -> str:
+    if not (isinstance(p, float) and math.isfinite(p)):
+        return ""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def _summary(s: RunSummary) -> dict[str, Any]:
@@ -367,8 +374,7 @@ def _summary(s: RunSummary) -> dict[str, Any]:
         rows.append([labels.get(point, point), shown] + [
             format_value(*agg.loc[(point, strategy, metric), ["mean", "ci_low", "ci_high"]])
             for metric, _ in TABLE_COLUMNS])
-    note = ("Values are means over seeds \u00b1 half-width of the 95% Student-t interval."
-            if s.seeds > 1 else "One seed: values without confidence intervals.")
+    note = " ".join(line[0].upper() + line[1:] + "." for line in table_notes(s)[1:])
     if overloaded:
         note += (" A unit marked overloaded had a queue that grew without bound (its latencies "
                  "grow with the run's length; results.saturation); means leave out overloaded "
@@ -391,19 +397,42 @@ def _balance(s: RunSummary) -> list[dict[str, Any]]:
     out = []
     if s.backends.empty:
         return out
+    agg = s.aggregate.set_index(["point_id", "strategy", "metric"])
+
+    def mean(point: str, strategy: str, metric: str) -> float:
+        key = (point, strategy, metric)
+        return float(agg.loc[key, "mean"]) if key in agg.index else math.nan
+
     for point, g in s.backends.groupby("point_id", sort=False):
         names = list(dict.fromkeys(g["name"]))
         rows = []
         for strategy, gs in g.groupby("strategy", sort=False):
-            req = gs.groupby("name", sort=False)["requests"].sum()
-            peak = gs.groupby("name", sort=False)["peak_inflight"].max()
-            total = req.sum()
-            cells = [f"{req.get(n, 0) / total:.1%} \u00b7 peak {int(peak.get(n, 0))}" if total else "-"
-                     for n in names]
-            imbalance = (req.max() / req.mean()) if total else math.nan
-            rows.append({"strategy": strategy, "cells": cells, "imbalance": format_value(imbalance)})
+            by = gs.groupby("name", sort=False)
+            req, work = by["requests"].sum(), by["work_tokens"].sum()
+            peak = by["peak_inflight"].max()
+            queries, hits = by["prefix_queries"].sum(min_count=1), by["prefix_hits"].sum(min_count=1)
+            total, work_total = req.sum(), work.sum()
+            cells = []
+            for n in names:
+                if not total:
+                    cells.append("-")
+                    continue
+                q, h = queries.get(n, math.nan), hits.get(n, math.nan)
+                hit = f" \u00b7 hit {h / q:.0%}" if q == q and h == h and q > 0 else ""
+                share = work.get(n, 0) / work_total if work_total else math.nan
+                cells.append(f"{req.get(n, 0) / total:.1%} req \u00b7 {share:.1%} work{hit} "
+                             f"\u00b7 peak {int(peak.get(n, 0))}")
+            rows.append({"strategy": strategy, "cells": cells,
+                         "imbalance": format_value(mean(point, strategy, "load_imbalance")),
+                         "inflight": format_value(mean(point, strategy, "inflight_imbalance")),
+                         "hit": _pct(mean(point, strategy, "prefix_hit_rate")),
+                         "expected": _pct(mean(point, strategy, "expected_hit_rate"))})
         out.append({"label": labels.get(point, point), "names": names, "rows": rows})
     return out
+
+
+def _pct(x: float) -> str:
+    return f"{x:.1%}" if math.isfinite(x) else "-"
 
 
 def _all_metrics(s: RunSummary) -> dict[str, Any]:

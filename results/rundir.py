@@ -32,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from results.counters import UnitCounters
 from results.jsonsafe import dumps
 from results.records import (
     RecordSchemaError, RecordWriter, check_schema, read_records, write_records,
@@ -154,8 +155,9 @@ class RunDir:
                                   f"moved to {moved.name} and the unit is redone by --resume\n")
         return moved
 
-    def write_unit(self, unit: Unit, records: Any) -> Path:
-        path = write_records(self.unit_path(unit), records)
+    def write_unit(self, unit: Unit, records: Any, counters: UnitCounters | None = None) -> Path:
+        """Write a unit's records (and the engines' counters over it) atomically."""
+        path = write_records(self.unit_path(unit), records, counters)
         self.failure_path(unit).unlink(missing_ok=True)
         return path
 

@@ -18,12 +18,13 @@ from tqdm import tqdm
 
 from results.health import RunHealth, assess
 from results.jsonsafe import json_safe
-from results.metrics import METRICS, UnitMetrics, unit_metrics
+from results.counters import read_counters
+from results.metrics import BACKEND_COLUMNS, METRICS, UnitMetrics, unit_metrics
 from results.records import read_records
 from results.rundir import RunDir, Unit
 from results.stats import RANKING_COLUMNS, aggregate, choose_objective, rank_strategies
 
-SUMMARY_VERSION = 1
+SUMMARY_VERSION = 2
 
 
 @dataclass(slots=True)
@@ -45,6 +46,9 @@ class RunSummary:
         """(point, strategy) -> (overloaded seeds, seeds), for pairs with any overloaded seed."""
         return {(r.point_id, r.strategy): (int(r.overloaded), int(r.seeds))
                 for r in self.saturation.itertuples(index=False)}
+    #: Per unit (point_id, strategy, seed): within-run bootstrap deviations of the latency
+    #: percentiles (``results.bootstrap``); not written to ``summary.json``.
+    replicates: dict[tuple[str, str, int], dict[str, Any]] = field(default_factory=dict)
 
     @property
     def objective(self) -> str:
@@ -97,28 +101,32 @@ def build_summary(
 ) -> RunSummary:
     """Combine per-unit metrics into the run's summary, ordered as the manifest orders them."""
     unit_rows, backend_rows = [], []
+    replicates: dict[tuple[str, str, int], dict[str, Any]] = {}
     for unit, m in results:
         key = {"point_id": unit.point_id, "strategy": unit.strategy, "seed": unit.seed}
         unit_rows.append({**key, **m.values})
         backend_rows.extend({**key, **b} for b in m.backends)
+        if m.replicates:
+            replicates[(unit.point_id, unit.strategy, unit.seed)] = m.replicates
     units = pd.DataFrame(unit_rows, columns=["point_id", "strategy", "seed", *METRICS])
     units = _manifest_order(units, manifest)
-    backends = pd.DataFrame(backend_rows, columns=[
-        "point_id", "strategy", "seed", "backend", "name", "requests", "share", "peak_inflight"])
+    backends = pd.DataFrame(backend_rows, columns=["point_id", "strategy", "seed", *BACKEND_COLUMNS])
     saturation = _saturation(units)
     # A seed whose queue grew without bound is not averaged with stable seeds of the
     # same configuration (results.saturation); a configuration overloaded in every
-    # seed keeps them all, and is marked.
-    agg = aggregate(_stable_seeds(units, saturation))
+    # seed keeps them all, and is marked. Comparisons use the same seeds.
+    stable = _stable_seeds(units, saturation)
+    agg = aggregate(stable, replicates=replicates)
     health = assess(units, manifest)
     # Incomplete units' strategies are not ranked (results.health says why).
     unranked = health.unranked()
     keep = [(p, st) not in unranked for p, st in zip(agg["point_id"], agg["strategy"])]
     ranked = agg[keep] if unranked else agg
     chosen = choose_objective(agg, objective) if len(agg) else ""
-    ranking = (rank_strategies(ranked, chosen) if len(ranked)
+    ranking = (rank_strategies(ranked, chosen, units=stable, replicates=replicates) if len(ranked)
                else pd.DataFrame(columns=RANKING_COLUMNS))
-    return RunSummary(manifest, units, backends, agg, ranking, health, chosen, saturation)
+    return RunSummary(manifest, units, backends, agg, ranking, health, chosen, saturation,
+                      replicates)
 
 
 SATURATION_COLUMNS = ["point_id", "strategy", "overloaded", "seeds"]
@@ -173,7 +181,8 @@ def summarize_run(
         unit = unit_of(f, table)
         if on_unit is not None:
             on_unit(unit, table)
-        results.append((unit, unit_metrics(table, slo, backend_names=names.get(unit.point_id))))
+        results.append((unit, unit_metrics(table, slo, backend_names=names.get(unit.point_id),
+                                           counters=read_counters(f))))
     summary = build_summary(manifest, results, objective)
     if write:
         run.write_summary(summary.to_json())
@@ -253,6 +262,8 @@ TABLE_COLUMNS = [
     ("median_e2el_ms", "E2EL p50 ms"),
     ("request_throughput", "req/s"),
     ("request_goodput", "goodput req/s"),
+    ("prefix_hit_rate", "prefix hit"),
+    ("load_imbalance", "imbalance"),
     ("failed", "not ok"),
 ]
 
@@ -297,11 +308,7 @@ def format_table(summary: RunSummary) -> str:
             row.append(format_value(a["mean"], a["ci_low"], a["ci_high"]))
         lines.append(row)
     out = text_table(header, lines, left=2)
-    seeds = summary.seeds
-    note = (f"mean ±half-width of the 95% t-interval over {seeds} seeds" if seeds > 1
-            else "one seed: no confidence intervals")
-    out.append(f"ranked by {summary.objective} per point; '=' marks a tie with the best "
-               f"(overlapping intervals); {note}")
+    out += table_notes(summary)
     if "ci_clipped" in summary.aggregate.columns and summary.aggregate["ci_clipped"].any():
         out.append("intervals are cut at values a metric cannot take (below 0, above 1 for "
                    "fractions): with few seeds the t-interval is wider than the possible range")
@@ -317,6 +324,28 @@ def format_table(summary: RunSummary) -> str:
         out.append("n/r! = not ranked: too many requests unfinished (see the warning above)")
         out = warnings + [""] + out + [""] + warnings[:1]
     return "\n".join(out)
+
+
+def table_notes(summary: RunSummary) -> list[str]:
+    """How to read the table: the ranking's tie rule and the intervals shown."""
+    seeds = summary.seeds
+    boot = ("ci_method" in summary.aggregate.columns
+            and (summary.aggregate["ci_method"] == "bootstrap").any())
+    tie = ("'=' marks a tie with the best: paired test over seeds, Holm-corrected over the "
+           "point's strategies, p >= 0.05" if seeds > 1 or boot
+           else "'=' marks a mean equal to the best's")
+    lines = [f"ranked by {summary.objective} per point; {tie}"]
+    if seeds > 1:
+        lines.append(f"mean over {seeds} seeds; ± half-width of the 95% t-interval"
+                     + ("; latency percentiles [95% two-stage bootstrap interval: seeds, then "
+                        "blocks of requests]" if boot else ""))
+    else:
+        lines.append("one seed: " + ("latency percentiles [95% bootstrap interval over blocks of "
+                                     "requests], no interval for the rest" if boot
+                                     else "no confidence intervals"))
+    lines.append("prefix hit: the engines' prefix_cache_hits / queries over the fleet; imbalance: "
+                 "max / mean of the backends' work (uncached prompt + generated tokens)")
+    return lines
 
 
 def text_table(header: list[str], rows: list[list[str]], left: int | None = None) -> list[str]:

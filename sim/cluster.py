@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import simpy
 
+from results.counters import BackendCounters, UnitCounters
 from results.records import RequestRecord, RunLabels
 from routing import BackendSpec, Decision, Outcome, RequestInfo, Router, ScrapedMetrics, Strategy
 from routing.kv_events import KVEvent
@@ -90,6 +91,12 @@ class SimResult:
     end_time: float
     engine_metrics: list[EngineMetrics] = field(default_factory=list)
     num_records: int = 0
+
+    def counters(self) -> UnitCounters:
+        """Every engine's counters over the run (they start at zero), for the record file."""
+        return UnitCounters(tuple(
+            BackendCounters(float(m.prefix_queries), float(m.prefix_hits), float(m.preemptions))
+            for m in self.engine_metrics), "simulated engines' counters at the end of the unit")
 
 
 def to_scraped(m: EngineMetrics) -> ScrapedMetrics:

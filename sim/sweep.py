@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import routing
-from results.metrics import UnitMetrics, unit_metrics
-from results.records import RecordSchemaError, RunLabels, read_records
+from results.metrics import UnitMetrics, file_metrics
+from results.records import RecordSchemaError, RunLabels
 from results.rundir import RunDir, Unit
 from results.summary import RunSummary, build_summary
 from scenarios.runs import base_manifest, new_experiment_id, scenario_digest  # noqa: F401
@@ -157,7 +157,8 @@ def run_task(run_path: str, experiment_id: str, task: Task,
             with run.unit_writer(unit) as writer:
                 result = simulate(trace, strategy, config, labels=labels, seed=task.seed,
                                   sink=writer.write)
-            metrics = unit_metrics(read_records(run.unit_path(unit)), slo, backend_names=names)
+                writer.counters = result.counters()
+            metrics = file_metrics(run.unit_path(unit), slo, backend_names=names)
             done(UnitOutcome(unit, metrics.to_dict(), wall_s=time.perf_counter() - t0,
                              num_requests=result.num_records, sim_time_s=result.end_time))
         except Exception:  # noqa: BLE001
@@ -180,7 +181,7 @@ class _StreamTask:
 
 # --- the sweep ----------------------------------------------------------------------------------
 def _metrics_from_disk(run: RunDir, unit: Unit, slo: dict, names: list[str]) -> UnitMetrics:
-    return unit_metrics(read_records(run.unit_path(unit)), slo, backend_names=names)
+    return file_metrics(run.unit_path(unit), slo, backend_names=names)
 
 
 def run_sweep(
@@ -289,7 +290,7 @@ def summarize(run: RunDir, points=None, *, objective: str | None = None,
             continue  # a file this manifest does not list (left by hand): ignored
         m = known.get(unit)
         if m is not None:
-            metrics = UnitMetrics(m["metrics"], m["backends"])
+            metrics = UnitMetrics.from_dict(m)
         else:
             try:
                 metrics = _metrics_from_disk(run, unit, slo, names.get(unit.point_id, []))

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from results.cli import main as results_main
+from results.counters import read_counters
+from results.records import read_records
 from results.rundir import RunDir, load_run
 
 pytestmark = pytest.mark.timeout(180)
@@ -81,6 +83,15 @@ def test_small_live_run_is_a_run_directory_results_reads(tmp_path, scenario_file
     assert len(df) == 2 * 12 and set(df["status"]) == {"ok"}
     assert set(df["backend"]) == {0, 1}
     assert (df["experiment_id"] == manifest["experiment_id"]).all()
+    # The backends' /metrics counters, scraped before and after each unit, travel with its
+    # records: every prompt was looked up once, by the backend it was sent to.
+    for f in run.record_files():
+        counters = read_counters(f)
+        assert counters is not None and "scraped" in counters.source
+        recs = read_records(f).to_pandas()
+        for b, c in enumerate(counters.backends):
+            assert c.prefix_queries == recs.loc[recs["backend"] == b, "input_len"].sum()
+            assert 0 <= c.prefix_hits <= c.prefix_queries
     assert results_main(["report", str(out), "--table-only", "--quiet"]) == 0
     assert (out / "summary.json").exists()
 

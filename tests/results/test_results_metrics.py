@@ -6,7 +6,13 @@ import math
 import numpy as np
 import pytest
 
-from results.metrics import inflight_series, parse_slo, peak_concurrency, unit_metrics
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from results.counters import BackendCounters, UnitCounters
+from results.metrics import (
+    inflight_imbalance, inflight_series, parse_slo, peak_concurrency, peak_to_mean, unit_metrics,
+)
 from results.records import RequestRecord, to_table
 
 NAN = math.nan
@@ -117,8 +123,51 @@ def test_goodput_and_attainment(metrics):
 
 def test_prefix_hits_and_preemptions(metrics):
     v = metrics.values
+    # no engine counters given: the fleet's rate falls back to what ok requests were served
+    assert v["served_hit_rate"] == pytest.approx(30 / 230)
     assert v["prefix_hit_rate"] == pytest.approx(30 / 230)
+    # no record says what a router expected (routed through a gateway): unknown, not 0
+    assert math.isnan(v["expected_hit_rate"])
     assert v["mean_preemptions"] == pytest.approx(1 / 3)
+
+
+def counters(*pairs):
+    return UnitCounters(tuple(BackendCounters(q, h, 0.0) for q, h in pairs), "by hand")
+
+
+def test_hit_rates_from_the_engines_counters_and_the_routers_expectation():
+    recs = example()
+    # the router expected 40 of request 1's 100 prompt tokens, 0 of 2's, 20 of 7's 80;
+    # request 3 failed, so its expectation is not counted next to ok requests' hits
+    for r, expected in zip(recs, (40, 0, 60, 0, 0, 0, 20)):
+        r.router_prefix_hit_tokens = expected
+        r.router_scrape_age_s = 0.1
+    # the engines looked up 300 and 200 prompt tokens and found 150 and 50 cached
+    c = counters((300.0, 150.0), (200.0, 50.0), (0.0, 0.0))
+    m = unit_metrics(recs, backend_names=["a", "b", "c"], counters=c)
+    v = m.values
+    assert v["prefix_hit_rate"] == pytest.approx(200 / 500)  # counters win over records
+    assert v["served_hit_rate"] == pytest.approx(30 / 230)
+    assert v["expected_hit_rate"] == pytest.approx(60 / 230)
+    rows = {b["name"]: b for b in m.backends}
+    assert rows["a"]["hit_rate"] == pytest.approx(0.5) and rows["b"]["hit_rate"] == pytest.approx(0.25)
+    assert math.isnan(rows["c"]["hit_rate"])  # nothing looked up
+    # backend a served ok request 1 (100 tokens, 20 cached, expected 40)
+    assert rows["a"]["served_hit_rate"] == pytest.approx(0.2)
+    assert rows["a"]["expected_hit_rate"] == pytest.approx(0.4)
+    # b: ok requests 2 and 7, 130 prompt tokens, 10 cached, expected 20
+    assert rows["b"]["served_hit_rate"] == pytest.approx(10 / 130)
+    assert rows["b"]["expected_hit_rate"] == pytest.approx(20 / 130)
+    # work = uncached prompt tokens from the counters + generated tokens of the records sent there
+    assert rows["a"]["work_tokens"] == pytest.approx(150 + (5 + 3 + 2))
+    assert rows["b"]["work_tokens"] == pytest.approx(150 + (1 + 0 + 3))
+    assert rows["c"]["work_tokens"] == 0
+    assert v["load_imbalance"] == pytest.approx(160 / (314 / 3))
+
+
+def test_counters_must_match_the_fleet():
+    with pytest.raises(ValueError, match="counters cover 2 backends but the fleet has 3"):
+        unit_metrics(example(), backend_names=["a", "b", "c"], counters=counters((1, 1), (1, 1)))
 
 
 def test_backend_share_and_peak_inflight(metrics):
@@ -131,8 +180,48 @@ def test_backend_share_and_peak_inflight(metrics):
     assert rows["c"]["peak_inflight"] == 0
     v = metrics.values
     assert v["max_backend_share"] == pytest.approx(0.5)
-    assert v["load_imbalance"] == pytest.approx(0.5 / (1 / 3))
+    assert v["request_imbalance"] == pytest.approx(0.5 / (1 / 3))
+    # work without counters: prompt tokens not cached + tokens generated, every dispatched record
+    # a: (100-20)+5, 70+3, 30+2 = 190; b: 50+1, 60+0, (80-10)+3 = 184; c: 0
+    assert rows["a"]["work_tokens"] == 190 and rows["b"]["work_tokens"] == 184
+    assert rows["a"]["work_share"] == pytest.approx(190 / 374)
+    assert v["load_imbalance"] == pytest.approx(190 / (374 / 3))
     assert v["peak_inflight"] == 2
+
+
+def test_inflight_imbalance_by_hand():
+    # backend 0 holds [0, 2) and [1, 3); backend 1 holds [1, 2); two backends.
+    # levels (b0, b1): [0,1) (1,0), [1,2) (2,1), [2,3) (1,0): max integral 1 + 2 + 1 = 4;
+    # mean integral = request-seconds / backends = (2 + 2 + 1) / 2 = 2.5
+    b = np.array([0, 0, 1])
+    start, end = np.array([0.0, 1.0, 1.0]), np.array([2.0, 3.0, 2.0])
+    assert inflight_imbalance(b, start, end, 2) == pytest.approx(4 / 2.5)
+    # the same in chunks of one event, and with a third backend that never works
+    assert inflight_imbalance(b, start, end, 2, chunk=1) == pytest.approx(4 / 2.5)
+    assert inflight_imbalance(b, start, end, 3) == pytest.approx(4 / (5 / 3))
+    # evenly busy backends: 1; no request dispatched: NaN
+    assert inflight_imbalance(np.array([0, 1]), np.zeros(2), np.ones(2), 2) == pytest.approx(1.0)
+    assert math.isnan(inflight_imbalance(np.array([-1]), np.zeros(1), np.ones(1), 2))
+
+
+def test_peak_to_mean():
+    assert peak_to_mean([1, 1, 1, 1]) == 1.0
+    assert peak_to_mean([4, 0, 0, 0]) == 4.0
+    assert peak_to_mean([3, 1]) == pytest.approx(1.5)
+    assert math.isnan(peak_to_mean([0, 0])) and math.isnan(peak_to_mean([]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.floats(0, 100), st.floats(0.01, 50)),
+                min_size=1, max_size=40))
+def test_inflight_imbalance_is_between_one_and_the_fleet_size(reqs):
+    b = np.array([r[0] for r in reqs])
+    start = np.array([r[1] for r in reqs])
+    end = start + np.array([r[2] for r in reqs])
+    x = inflight_imbalance(b, start, end, 4)
+    assert 1.0 - 1e-9 <= x <= 4.0 + 1e-9
+    # the chunked pass gives what one pass gives
+    assert inflight_imbalance(b, start, end, 4, chunk=3) == pytest.approx(x)
 
 
 def test_no_slo_means_no_goodput():

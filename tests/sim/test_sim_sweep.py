@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from results.counters import read_counters
 from results.records import read_records
 from routing.base import Strategy, register
 from sim.cli import main
@@ -72,10 +73,22 @@ def test_a_sweep_writes_every_unit_and_a_summary(tmp_path, capsys):
     assert [b["name"] for b in manifest["points"][0]["backends"]] == ["gpu-0", "gpu-1", "gpu-2"]
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["units"]) == 8
+    hits = 0.0
     for f in files:
         table = read_records(f)
         assert table.num_rows == 150
         assert set(table.column("status").to_pylist()) <= {"ok", "unfinished"}
+        # The engines' counters over the unit travel in the file: each backend looked up the
+        # prompts of the requests it admitted (here every request) and found what they were served.
+        counters = read_counters(f)
+        assert counters is not None and len(counters.backends) == 3
+        df = table.to_pandas()
+        for b, c in enumerate(counters.backends):
+            mine = df[df["backend"] == b]
+            assert c.prefix_queries == mine["input_len"].sum()
+            assert c.prefix_hits == mine["cached_tokens"].sum()
+            hits += c.prefix_hits
+    assert hits > 0  # the shared prompts were found cached
     printed = capsys.readouterr().out
     assert "round_robin" in printed and "least_load" in printed and "goodput" in printed
 
