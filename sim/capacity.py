@@ -250,7 +250,7 @@ def attainment(scenario, strategy, seed: int) -> float:
     result = simulate(trace, routing.build(strategy.name, seed=seed, **strategy.params), config,
                       seed=seed)
     slo = {k: v for k, v in asdict(scenario.slo).items() if v is not None}
-    return unit_metrics(result.records, slo).values["slo_attainment"]
+    return unit_metrics(result.records, slo, bootstrap=False).values["slo_attainment"]
 
 
 @dataclass
