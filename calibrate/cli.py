@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shlex
 import signal
 import sys
 import time
@@ -98,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for /health before giving up (default: 300)")
     s.add_argument("--print-command", action="store_true",
                    help="print the command and environment that would run, and exit")
+    s.add_argument("--kv-events", action="store_true",
+                   help="publish KV-cache events (vLLM --kv-events-config: ZMQ, with a replay socket; "
+                        "on loopback an ipc:// socket file and a 127.0.0.1 replay port). Routers find "
+                        "them on GET /kv_event_sources: `python -m live.gateway --strategy "
+                        "precise_prefix --block-size 32` follows the engine's cache exactly")
     s.add_argument("vllm_args", nargs=argparse.REMAINDER, help="extra vLLM arguments after `--`")
 
     pr = sub.add_parser("profile", help="profile one backend into profiling_data.csv",
@@ -221,7 +227,7 @@ def serve_spec(args):
                      kv_cache_gib=args.kv_cache_gib, max_num_seqs=args.max_num_seqs,
                      max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
                      block_size=args.block_size, dtype=args.dtype, pin_all=args.pin_all, nice=args.nice,
-                     device=args.device,
+                     device=args.device, kv_events=args.kv_events,
                      vllm_python=args.vllm_python, log_path=Path(args.log) if args.log else None,
                      extra_args=extra, **({"model_root": Path(args.model_root)} if args.model_root else {}))
 
@@ -235,7 +241,7 @@ def _serve(args) -> int:
         argv, env, cwd = server.command()
         keys = sorted(k for k in env if k.startswith(("VLLM_", "OMP_")) or k == "LD_PRELOAD")
         print("cd", cwd)
-        print(" ".join(f"{k}={env[k]}" for k in keys), " ".join(argv))
+        print(" ".join(f"{k}={env[k]}" for k in keys), shlex.join(argv))
         return 0
 
     def _term(signum, frame):  # SIGTERM: the same clean stop as Ctrl-C

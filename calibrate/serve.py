@@ -18,10 +18,12 @@ so it runs in the model directory.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -116,6 +118,8 @@ class ServeSpec:
     #: Extra environment variables for vLLM, e.g. ``VLLM_SERVER_DEV_MODE=1`` (serves
     #: ``POST /reset_prefix_cache``, which validation uses between units).
     environment: dict[str, str] = field(default_factory=dict)
+    #: Publish KV-cache events (vLLM's ``--kv-events-config``; see ``kv_events_config``).
+    kv_events: bool = False
 
     def __post_init__(self) -> None:
         if self.model is None:
@@ -168,6 +172,33 @@ def parse_cores(text: str) -> list[int]:
     return cores
 
 
+def kv_events_config(spec: ServeSpec, port: int) -> dict:
+    """vLLM's ``--kv-events-config`` for a server on ``port``: a ZMQ publisher with a replay
+    socket, reachable from this machine only when the server binds loopback.
+
+    vLLM binds a publisher endpoint only when it is a wildcard (``tcp://*:P``, every
+    interface) or a local socket (``ipc://``); ``tcp://127.0.0.1:P`` would make it
+    *connect*. So a loopback server publishes on ``ipc://<tmp>/vllm-kv-events-<port>.ipc``
+    and replays on ``tcp://127.0.0.1:<free port>``; a server bound elsewhere uses wildcard
+    TCP ports. Routers find both on ``GET /kv_event_sources``.
+    """
+    local = spec.host in ("127.0.0.1", "localhost")
+    replay = _free_tcp_port()
+    if local:
+        endpoint = f"ipc://{tempfile.gettempdir()}/vllm-kv-events-{port}.ipc"
+        replay_endpoint = f"tcp://127.0.0.1:{replay}"
+    else:
+        endpoint, replay_endpoint = f"tcp://*:{_free_tcp_port()}", f"tcp://*:{replay}"
+    return {"enable_kv_cache_events": True, "publisher": "zmq", "endpoint": endpoint,
+            "replay_endpoint": replay_endpoint, "topic": ""}
+
+
+def _free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def build_command(spec: ServeSpec, model_path: str, port: int) -> tuple[list[str], dict[str, str]]:
     """The argv and environment that start vLLM's OpenAI API server for ``spec``."""
     python = spec.vllm_python or default_vllm_python()
@@ -185,6 +216,8 @@ def build_command(spec: ServeSpec, model_path: str, port: int) -> tuple[list[str
         "--enable-prefix-caching",
         "--enable-prompt-tokens-details",  # usage reports cached_tokens
     ]
+    if spec.kv_events:
+        argv += ["--kv-events-config", json.dumps(kv_events_config(spec, port))]
     env = dict(os.environ)
     env["VLLM_HOST_IP"] = "127.0.0.1" if spec.host in ("127.0.0.1", "localhost") else env.get(
         "VLLM_HOST_IP", spec.host)

@@ -12,17 +12,32 @@ that stops answering (frozen, overloaded past ``probe_timeout_s``, its host gone
 is ejected after ``eject_after`` probes in a row fail, even when no request has
 failed yet (requests to a frozen server just wait). ``reasons[i]`` says why a
 backend last changed state; ``on_health_change(i, healthy)`` is told each change.
+
+For strategies that route on an exact mirror of each backend's cache
+(``Router.wants_kv_events``), it also follows every backend's KV-event stream
+(``live.kv_events.subscriber``): from the sources given, or with ``kv_events="auto"``
+from each backend's ``GET /kv_event_sources`` (vLLM 0.32 and the emulator serve it),
+asked again until a backend answers.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Sequence
 
 import aiohttp
 
+from live.kv_events.subscriber import BackendStream, EventSource, sources_from_info
+from live.logfmt import kv
 from live.transport.client import scrape_metrics
 from routing import BackendSpec, Decision, Outcome, RequestInfo, Router, Strategy
+
+log = logging.getLogger("live.kv_events")
+
+#: How often backends without a known event source are asked again (seconds).
+KV_DISCOVERY_INTERVAL_S = 2.0
+KV_RESYNC_MODES = ("replay", "reset")
 
 
 class LiveRouter:
@@ -46,6 +61,8 @@ class LiveRouter:
         on_health_change: Callable[[int, bool], None] | None = None,
         health_interval_s: float = 0.0,
         probe_timeout_s: float | None = None,
+        kv_events: str | Sequence[EventSource | None] | None = "auto",
+        kv_events_resync: str = "replay",
     ) -> None:
         if not urls:
             raise ValueError("a fleet needs at least one backend URL")
@@ -83,6 +100,23 @@ class LiveRouter:
         self._on_health_change = on_health_change
         self._session: aiohttp.ClientSession | None = None
         self._tasks: list[asyncio.Task] = []
+        if kv_events_resync not in KV_RESYNC_MODES:
+            raise ValueError(f"kv_events_resync must be one of {', '.join(KV_RESYNC_MODES)}, got "
+                             f"{kv_events_resync!r}")
+        if kv_events is not None and not isinstance(kv_events, str):
+            kv_events = list(kv_events)
+            if len(kv_events) != len(self.urls):
+                raise ValueError(f"kv_events: {len(kv_events)} sources for {len(self.urls)} backends")
+        elif kv_events not in (None, "auto", "off"):
+            raise ValueError(f"kv_events must be 'auto', 'off' or one source per backend, got "
+                             f"{kv_events!r}")
+        #: Where each backend's KV events come from ("auto": asked of the backend).
+        self.kv_events = None if kv_events == "off" else kv_events
+        self.kv_events_resync = kv_events_resync
+        #: One stream per backend that publishes (None until its source is known).
+        self.kv_streams: list[BackendStream | None] = [None] * len(self.urls)
+        #: Why a backend has no stream ("" while it is being looked for).
+        self.kv_missing: list[str] = [""] * len(self.urls)
 
     def __len__(self) -> int:
         return len(self.urls)
@@ -104,8 +138,13 @@ class LiveRouter:
         self._tasks.append(asyncio.create_task(self._probe_loop()))
         if self.health_interval_s > 0:
             self._tasks.append(asyncio.create_task(self._health_loop()))
+        if self.kv_events is not None and self.router.wants_kv_events:
+            await self._start_kv_events()
 
     async def stop(self) -> None:
+        for stream in self.kv_streams:
+            if stream is not None:
+                stream.close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -114,6 +153,80 @@ class LiveRouter:
             except asyncio.CancelledError:
                 pass
         self._tasks.clear()
+
+    # --- KV-cache events --------------------------------------------------------
+    async def _start_kv_events(self) -> None:
+        if self.kv_events == "auto":
+            await asyncio.gather(*(self._discover(i) for i in range(len(self.urls))))
+            if any(s is None and not self.kv_missing[i] for i, s in enumerate(self.kv_streams)):
+                self._tasks.append(asyncio.create_task(self._discovery_loop()))
+        else:
+            for i, source in enumerate(self.kv_events):
+                if source is None:
+                    self.kv_missing[i] = "no source given"
+                else:
+                    self._follow(i, source)
+        if self.kv_events_resync == "reset":
+            self._tasks.append(asyncio.create_task(self._resync_loop()))
+
+    def _follow(self, i: int, source: EventSource) -> None:
+        stream = BackendStream(i, self.router.snapshots[i].name, source, self.router, self.now,
+                               self.block_size)
+        self.kv_streams[i] = stream
+        self._tasks.append(asyncio.create_task(stream.run()))
+
+    async def _discover(self, i: int) -> None:
+        """Ask backend ``i`` where it publishes (``GET /kv_event_sources``)."""
+        url = self.urls[i] + "/kv_event_sources"
+        try:
+            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                body = await resp.json(content_type=None) if resp.status == 200 else None
+                status = resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            log.info(kv("kv_events_discovery_pending", backend=self.router.snapshots[i].name,
+                        reason=f"{type(exc).__name__}: {exc}", note="asked again"))
+            return
+        name = self.router.snapshots[i].name
+        if status != 200:
+            self.kv_missing[i] = f"/kv_event_sources answered HTTP {status}"
+        else:
+            try:
+                source = sources_from_info(body, self.urls[i])
+            except (ValueError, KeyError, TypeError) as exc:
+                self.kv_missing[i] = str(exc)
+            else:
+                if source is None:
+                    self.kv_missing[i] = "the backend publishes no KV events"
+                else:
+                    self._follow(i, source)
+                    return
+        log.warning(kv("kv_events_unavailable", backend=name, reason=self.kv_missing[i],
+                       action="approximate index for this backend (counted as precise fallbacks)"))
+
+    async def _discovery_loop(self) -> None:
+        while any(s is None and not self.kv_missing[i] for i, s in enumerate(self.kv_streams)):
+            await asyncio.sleep(KV_DISCOVERY_INTERVAL_S)
+            await asyncio.gather(*(self._discover(i) for i, s in enumerate(self.kv_streams)
+                                   if s is None and not self.kv_missing[i]))
+
+    async def _resync_loop(self) -> None:
+        """``kv_events_resync = "reset"``: a backend whose mirror cannot be trusted and
+        cannot be repaired by replay is asked to reset its prefix cache (vLLM then
+        publishes ``AllBlocksCleared``); vLLM refuses while blocks are in use, so it is
+        asked again each second until the mirror is trusted."""
+        while True:
+            await asyncio.sleep(1.0)
+            for i, stream in enumerate(self.kv_streams):
+                if (stream is None or stream.disabled or stream.stats.batches == 0
+                        or stream.replaying or self.router.kv_events_trusted(i)):
+                    continue
+                stream.stats.resets_requested += 1
+                try:
+                    async with self._session.post(self.urls[i] + "/reset_prefix_cache",
+                                                  timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                        await resp.read()
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                    pass
 
     # --- routing -----------------------------------------------------------------
     def dispatch(self, request: RequestInfo, exclude: Sequence[int] = ()) -> Decision:

@@ -11,7 +11,10 @@ sent an event, or whose stream skipped or reordered a batch (a sequence gap),
 cannot be mirrored exactly; the router then falls back to its approximate index
 for that backend and counts it. A gap is healed by ``AllBlocksCleared`` (the
 cache restarts empty, so the mirror is exact again), as llm-d's and Dynamo's
-indexers resynchronise on a reset.
+indexers resynchronise on a reset, or by ``record_reset``: a subscriber that
+learns the stream started over (a restarted server numbers its batches from 0
+again, with an empty cache) empties the mirror and trusts it, in order with the
+batches around it.
 """
 from __future__ import annotations
 
@@ -32,6 +35,9 @@ class FeedStats:
     out_of_order: int = 0  # a batch older than one already applied (dropped)
     orphan_stores: int = 0  # blocks stored under a parent the mirror does not hold
     unknown_removals: int = 0  # removals of blocks the mirror does not hold
+
+
+_RESET = object()  # a reset in the pending queue, in place of a batch's events
 
 
 class EventFeed:
@@ -56,6 +62,15 @@ class EventFeed:
         """A batch the backend emitted at ``emitted_at``; visible ``delay_s`` later."""
         self._pending.append((emitted_at + self.delay_s, seq, tuple(events)))
 
+    def record_reset(self, emitted_at: float, trusted: bool = True) -> None:
+        """The stream starts over at ``emitted_at``: empty the mirror, forget the sequence.
+
+        ``trusted``: whether the empty mirror is the backend's cache (a server that
+        restarted with an empty cache: yes; a stream that cannot be followed, such as
+        one whose blocks the router cannot name: no, until an ``AllBlocksCleared``).
+        """
+        self._pending.append((emitted_at + self.delay_s, trusted, _RESET))
+
     def deliver(self, now: float) -> None:
         """Apply every batch whose delivery time has come, in arrival order."""
         pending = self._pending
@@ -68,7 +83,12 @@ class EventFeed:
         """The mirror is exact: events arrived, with no gap since the last reset."""
         return self._seen and self._trusted
 
-    def _apply(self, seq: int | None, events: tuple[KVEvent, ...]) -> None:
+    def _apply(self, seq, events) -> None:
+        if events is _RESET:
+            self.index.clear()
+            self._last_seq = None
+            self._seen = self._trusted = bool(seq)
+            return
         stats = self.stats
         stats.batches += 1
         if seq is not None:

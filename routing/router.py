@@ -118,6 +118,8 @@ class Router:
         #: to the approximate index because the mirror could not be trusted.
         self.precise_lookups = 0
         self.precise_fallbacks = 0
+        #: The same fallbacks, per backend (the mirror of that backend was not trusted).
+        self.precise_fallbacks_by_backend = [0] * len(backends)
         self._all_healthy = True
         self._scrape_source = scrape_source
 
@@ -150,6 +152,15 @@ class Router:
         """
         if self._feeds is not None:
             self._feeds[index].record(events, emitted_at, seq)
+
+    def reset_kv_events(self, index: int, emitted_at: float, trusted: bool = True) -> None:
+        """Backend ``index``'s event stream starts over (``EventFeed.record_reset``)."""
+        if self._feeds is not None:
+            self._feeds[index].record_reset(emitted_at, trusted)
+
+    def kv_events_trusted(self, index: int) -> bool:
+        """Whether backend ``index``'s exact mirror is trusted now (False: no mirror)."""
+        return self._feeds is not None and self._feeds[index].trusted
 
     def deliver_events(self, now: float) -> None:
         """Apply every KV-event batch due by ``now`` to the mirrors.
@@ -256,6 +267,7 @@ class Router:
                     s.precise_hit_tokens = hit
                     s.precise_fallback = True
                     fallbacks += 1
+                    self.precise_fallbacks_by_backend[i] += 1
             if held is not None:
                 a = active[i]
                 s.inflight_prefill_tokens = a.prefill_tokens

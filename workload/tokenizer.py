@@ -40,6 +40,10 @@ class TextTokenizer:
             return [e.ids for e in self._backend.encode_batch(list(texts), add_special_tokens=False)]
         return self._backend(list(texts), add_special_tokens=False)["input_ids"]
 
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of token ids (the emulator's ``/detokenize``)."""
+        return self._backend.decode(list(ids))
+
     def __repr__(self) -> str:
         return f"TextTokenizer({self.name!r}, vocab_size={self.vocab_size})"
 

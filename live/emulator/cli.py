@@ -14,6 +14,7 @@ from live.logfmt import setup as setup_logging
 from live.transport.http import main_serve
 from live.emulator.faults import Faults
 from live.emulator.server import DEFAULT_MAX_BODY_BYTES, EmulatorServer
+from live.kv_events.publisher import parse_kv_events_config
 from sim.engine import EngineConfig
 from sim.latency import ProfileError, load_profile, shipped_profiles
 
@@ -56,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenizer for text prompts (token-id prompts are used as given)")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help="largest request body accepted (413 beyond)")
+    p.add_argument("--kv-events-config", default=None, metavar="JSON",
+                   help="publish KV-cache events as vLLM does with the same option: ZMQ PUB, "
+                        "vLLM's framing and msgpack encoding, e.g. "
+                        "'{\"enable_kv_cache_events\": true, \"endpoint\": \"tcp://*:5557\", "
+                        "\"replay_endpoint\": \"tcp://*:5558\"}' (vLLM's KVEventsConfig keys; a "
+                        "wildcard host binds --host, port 0 a free port; GET /kv_event_sources "
+                        "tells where)")
     p.add_argument("--log-level", choices=LEVELS, default="info",
                    help="where unexpected errors (with their traceback) and refusals are logged "
                         "(stderr)")
@@ -98,12 +106,13 @@ def build_server(args: argparse.Namespace) -> EmulatorServer:
     faults = Faults(error_rate=args.error_rate, error_status=args.error_status,
                     hang_rate=args.hang_rate, hang_after=args.hang_after,
                     crash_after=args.crash_after, slowdown=args.slowdown, seed=args.seed)
+    kv_events = parse_kv_events_config(args.kv_events_config) if args.kv_events_config else None
     capacity = (config.num_kv_blocks - 1) * config.block_size  # vLLM's null block holds none
     return EmulatorServer(
         profile, config, model=args.model or profile.name,
         max_model_len=min(args.max_model_len, capacity) if args.max_model_len else capacity,
         faults=faults, seed=args.seed, tokenizer=args.tokenizer,
-        max_body_bytes=args.max_body_bytes,
+        max_body_bytes=args.max_body_bytes, kv_events=kv_events, host=args.host,
     )
 
 

@@ -28,6 +28,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from live.kv_events.engine_events import EngineEvents
+from routing.kv_events import AllBlocksCleared
 from sim.engine import Engine, EngineConfig, EngineMetrics, RequestTooLong
 from sim.frontend import FrontEnd
 from sim.latency import LatencyProfile
@@ -48,7 +50,7 @@ class RequestState:
     """
 
     __slots__ = ("engine_req", "sink", "arrival", "scheduled", "first_token", "last_token",
-                 "finished_at", "output", "stop_at", "cached")
+                 "finished_at", "output", "stop_at", "cached", "kv_keys")
 
     def __init__(self, engine_req: EngineRequest, stop_at: int, arrival: float,
                  sink: Callable[[RequestState, bool], None]) -> None:
@@ -63,6 +65,8 @@ class RequestState:
         #: The number of tokens after which the request stops (max_tokens or pseudo-EOS).
         self.stop_at = stop_at
         self.cached = 0
+        #: Block hashes whose token ids the KV-event sink keeps for this request (or None).
+        self.kv_keys: list[int] | None = None
 
     @property
     def id(self) -> int:
@@ -101,14 +105,17 @@ class EngineDriver:
 
     def __init__(self, profile: LatencyProfile, config: EngineConfig, *, seed: int = 0,
                  slowdown: float = 1.0, observer: StepObserver | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter,
+                 kv_events: EngineEvents | None = None) -> None:
         if not slowdown > 0:
             raise ValueError(f"slowdown must be > 0, got {slowdown}")
         self.base_profile = profile
         self.profile = scaled_profile(profile, slowdown)
         self.config = config
         self.seed = seed
-        self.engine = Engine(config, self.profile.model, jitter_cv=profile.jitter_cv, seed=seed)
+        #: The KV-event sink (``live.kv_events``): the engine's events, published per step.
+        self.kv_events = kv_events
+        self.engine = self._new_engine()
         self.observer = observer or StepObserver()
         self._clock = clock
         self._t0 = clock()
@@ -126,6 +133,10 @@ class EngineDriver:
         self._gone: set[int] = set()
         #: Steps whose tokens wait for the front end's output job: (time it ends, tokens), in order.
         self._outbox: deque[tuple[float, list]] = deque()
+
+    def _new_engine(self) -> Engine:
+        return Engine(self.config, self.profile.model, jitter_cv=self.base_profile.jitter_cv,
+                      seed=self.seed, kv_events=self.kv_events)
 
     def now(self) -> float:
         """Seconds since the driver was made (the engine's clock)."""
@@ -161,6 +172,13 @@ class EngineDriver:
         self.profile = scaled_profile(self.base_profile, slowdown)
         self.engine.latency = self.profile.model
 
+    def reset_prefix_cache(self) -> bool:
+        """vLLM's ``/reset_prefix_cache``: forget every cached block; False while blocks are in use."""
+        ok = self.engine.reset_prefix_cache()
+        if ok and self.kv_events is not None:
+            self.kv_events.flush()
+        return ok
+
     def reset(self) -> None:
         """Start over with an empty engine (cold prefix cache, zero counters).
 
@@ -173,8 +191,12 @@ class EngineDriver:
                 f"{len(self.engine.waiting)} waiting requests")
         if self._entering:
             raise RuntimeError(f"cannot reset: {len(self._entering)} requests in the front end")
-        self.engine = Engine(self.config, self.profile.model,
-                             jitter_cv=self.base_profile.jitter_cv, seed=self.seed)
+        self.engine = self._new_engine()
+        if self.kv_events is not None:
+            # A new engine starts with an empty cache: vLLM's reset says so with
+            # AllBlocksCleared, and subscribers trust their mirror again.
+            self.kv_events(AllBlocksCleared())
+            self.kv_events.flush()
         self._after_abort = None
         if self.frontend is not None:
             self.frontend = FrontEnd(self.base_profile.front_end)
@@ -197,11 +219,18 @@ class EngineDriver:
                             arrival=self.now())
         state = RequestState(req, max_tokens if stop_at is None else stop_at, req.arrival, sink)
         req.payload = state
+        if self.kv_events is not None and len(hashes):
+            state.kv_keys = self.kv_events.track(np.asarray(token_ids), hashes)
         if self.frontend is None:
-            self.engine.add_request(req, req.arrival)
+            try:
+                self.engine.add_request(req, req.arrival)
+            except RequestTooLong:
+                self._release(state)
+                raise
             self._wake.set()
             return state
         if req.prompt_len + req.max_tokens > self.max_tokens_total:
+            self._release(state)
             raise RequestTooLong(f"request {rid} needs {req.prompt_len + req.max_tokens} tokens of KV "
                                  f"but the engine holds {self.max_tokens_total}")
         wait = self.frontend.admit(req.arrival, req.prompt_len) - self.now()
@@ -219,9 +248,11 @@ class EngineDriver:
     def abort(self, state: RequestState) -> bool:
         """Remove a request that has not finished (frees its KV blocks)."""
         if self._entering.pop(state.id, None) is not None:
+            self._release(state)
             return True
         if self.engine.abort(state.id) is None:
             return False
+        self._release(state)
         if self._outbox:
             self._gone.add(state.id)
         self._publish()
@@ -270,6 +301,8 @@ class EngineDriver:
             woke = self.now()
             self.total_lateness += max(0.0, woke - end)
             out = engine.complete(plan, 1, start)
+            if self.kv_events is not None:
+                self.kv_events.flush()  # vLLM publishes a step's events with its output
             self._after_abort = None
             self.steps += 1
             due = end
@@ -331,7 +364,13 @@ class EngineDriver:
             else:
                 st.sink(st, False)
 
+    def _release(self, st: RequestState) -> None:
+        if st.kv_keys is not None:
+            self.kv_events.release(st.kv_keys)
+            st.kv_keys = None
+
     def _finish(self, st: RequestState, t: float) -> None:
+        self._release(st)
         st.finished_at = t
         self.observer.on_finish(st, t)
         st.sink(st, True)

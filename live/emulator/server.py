@@ -37,12 +37,14 @@ import orjson
 from live.emulator.driver import EngineDriver, RequestState
 from live.emulator.faults import CRASH, ERROR, HANG, Faults
 from live.emulator.metrics import EmulatorMetrics
+from live.kv_events.engine_events import EngineEvents
+from live.kv_events.publisher import KVEventPublisher, KVEventsConfig
 from live.transport.http import (
     CHUNK_END, JSON_HEADERS, PROMETHEUS_HEADERS, SSE_DONE, SSE_HEADERS, TEXT_HEADERS, HttpError,
     Listener, Request, ServerConnection, chunk, error_body, parse_json_object, response_head,
 )
 from live.logfmt import kv
-from live.request_tokens import Prompt, PromptWorker, prompt_source
+from live.request_tokens import Prompt, PromptWorker, prompt_source, text_tokenizer
 from sim.engine import EngineConfig, RequestTooLong
 from sim.latency import LatencyProfile
 
@@ -54,7 +56,11 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 #: Exit status of an injected crash (``--crash-after``).
 CRASH_EXIT_CODE = 3
 _GET_PATHS = frozenset({"/health", "/metrics", "/v1/models", "/version", "/_emulator/state",
-                        "/_emulator/faults"})
+                        "/_emulator/faults", "/_emulator/kv_cache", "/kv_event_sources", "/load",
+                        "/ping", "/is_sleeping", "/server_info", "/get_server_info",
+                        "/get_model_info", "/health_generate"})
+#: The version string ``/version`` reports: the vLLM release whose API the emulator follows.
+VLLM_API_VERSION = "0.32.0"
 
 
 def pseudo_eos_length(token_ids: list[int], max_tokens: int, min_tokens: int = 0) -> int:
@@ -82,6 +88,8 @@ class EmulatorServer:
         seed: int = 0,
         tokenizer: str = "deepseek",
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        kv_events: KVEventsConfig | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.profile = profile
         self.config = config
@@ -92,6 +100,10 @@ class EmulatorServer:
         self.tokenizer = tokenizer
         self.max_body_bytes = max_body_bytes
         self.metrics = EmulatorMetrics(model, max_model_len)
+        #: vLLM's ``--kv-events-config``; the publisher binds ``host``'s interface.
+        self.kv_events_config = kv_events if kv_events is not None and kv_events.enabled else None
+        self.host = host
+        self.publisher: KVEventPublisher | None = None
         self.driver: EngineDriver | None = None
         self.requests_seen = 0
         self.url = ""
@@ -103,8 +115,16 @@ class EmulatorServer:
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self, sock: socket.socket) -> str:
+        sink = None
+        if self.kv_events_config is not None:
+            self.publisher = KVEventPublisher(self.kv_events_config, self.host)
+            sink = EngineEvents(self.config.block_size, self.publisher.publish)
+            log.info(kv("kv_events_publishing", endpoint=self.publisher.endpoint,
+                        replay_endpoint=self.publisher.replay_endpoint or "",
+                        topic=self.kv_events_config.topic))
         self.driver = EngineDriver(self.profile, self.config, seed=self.seed,
-                                   slowdown=self.faults.slowdown, observer=self.metrics)
+                                   slowdown=self.faults.slowdown, observer=self.metrics,
+                                   kv_events=sink)
         self.metrics.attach(self.driver)
         self.driver.start()
         self.url = await self._listener.listen(sock)
@@ -116,6 +136,8 @@ class EmulatorServer:
             t.cancel()
         if self.driver is not None:
             await self.driver.stop()
+        if self.publisher is not None:
+            self.publisher.close()
         self.prompts.close()
 
     # --- routing ----------------------------------------------------------------------
@@ -136,6 +158,11 @@ class EmulatorServer:
                 except RuntimeError as exc:
                     raise HttpError(409, str(exc)) from None
                 self._json(conn, req, 200, self._state())
+            elif path == "/reset_prefix_cache" and method == "POST":
+                # vLLM 0.32 (dev endpoint): {"success": false} while blocks are in use.
+                self._json(conn, req, 200, {"success": self.driver.reset_prefix_cache()})
+            elif path in ("/tokenize", "/detokenize") and method == "POST":
+                self._spawn(self._tokenize(conn, req, path == "/tokenize"))
             elif method not in ("GET", "HEAD"):
                 raise HttpError(405 if path in _GET_PATHS else 404,
                                 f"{method} {path} is not served" if path in _GET_PATHS
@@ -147,7 +174,20 @@ class EmulatorServer:
             elif path == "/v1/models":
                 self._json(conn, req, 200, self._models())
             elif path == "/version":
-                self._json(conn, req, 200, {"version": "emulator", "profile": self.profile.name})
+                self._json(conn, req, 200, {"version": VLLM_API_VERSION, "emulator": True,
+                                            "profile": self.profile.name})
+            elif path == "/kv_event_sources":
+                self._json(conn, req, 200, self.publisher.sources() if self.publisher else {})
+            elif path == "/_emulator/kv_cache":
+                self._json(conn, req, 200, self._kv_cache())
+            elif path == "/load":
+                self._json(conn, req, 200, {"server_load": self._load()})
+            elif path in ("/ping", "/health_generate"):
+                conn.send_simple(self.faults.health_status, b"", TEXT_HEADERS, req.keep_alive)
+            elif path == "/is_sleeping":
+                self._json(conn, req, 200, {"is_sleeping": False})
+            elif path in ("/server_info", "/get_server_info", "/get_model_info"):
+                self._json(conn, req, 200, self._server_info())
             elif path == "/_emulator/state":
                 self._json(conn, req, 200, self._state())
             elif path == "/_emulator/faults":
@@ -170,8 +210,21 @@ class EmulatorServer:
         conn.send_simple(status, orjson.dumps(doc), JSON_HEADERS, req.keep_alive)
 
     def _update_faults(self, conn: ServerConnection, req: Request) -> None:
-        """Change fault settings at run time (tests make a backend fail, then recover)."""
+        """Change fault settings at run time (tests make a backend fail, then recover).
+
+        ``kv_events_drop: N`` loses the next N KV-event batches on the way out (numbered
+        and kept for replay, never sent): a subscriber sees a sequence gap.
+        """
         doc = parse_json_object(bytes(req.body))
+        drop = doc.pop("kv_events_drop", None)
+        if drop is not None:
+            if self.publisher is None:
+                raise HttpError(400, "kv_events_drop: this emulator publishes no KV events "
+                                     "(start it with --kv-events-config)", "kv_events_drop")
+            if type(drop) is not int or drop < 0:
+                raise HttpError(400, f"kv_events_drop must be an integer >= 0, got {drop!r}",
+                                "kv_events_drop")
+            self.publisher.drop_next(drop)
         try:
             self.faults.update(doc)
         except ValueError as exc:
@@ -185,6 +238,67 @@ class EmulatorServer:
             "id": self.model, "object": "model", "created": self._created, "owned_by": "vllm",
             "root": self.model, "parent": None, "max_model_len": self.max_model_len,
         }]}
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _load(self) -> int:
+        """vLLM's ``/load``: requests in the generation routes (here: in the engine and its front end)."""
+        d = self.driver
+        return len(d.engine.requests) + len(d._entering)
+
+    def _server_info(self) -> dict[str, Any]:
+        """What routers read from a worker's info routes (vLLM's dev ``/server_info``, SGLang's
+        ``/get_server_info`` and ``/get_model_info``): the model and the engine limits."""
+        c = self.config
+        return {"model_path": self.model, "served_model_name": self.model,
+                "tokenizer_path": self.tokenizer, "is_generation": True,
+                "max_model_len": self.max_model_len, "context_length": self.max_model_len,
+                "block_size": c.block_size, "num_gpu_blocks": c.num_kv_blocks,
+                "max_num_seqs": c.max_num_seqs, "max_num_batched_tokens": c.max_num_batched_tokens,
+                "enable_prefix_caching": c.enable_prefix_caching, "dp_size": 1, "tp_size": 1,
+                "version": VLLM_API_VERSION, "emulator": True, "profile": self.profile.name,
+                "kv_events_config": self.publisher.sources()["0"] if self.publisher else None}
+
+    def _kv_cache(self) -> dict[str, Any]:
+        """The engine's cached blocks, copies per hash: what its KV events rebuild."""
+        engine = self.driver.engine
+        engine.sync_all()
+        holders = list(engine.requests.values()) + list(engine.scheduler.finishing)
+        blocks = engine.kv.cached_hashes(holders)
+        return {"block_size": self.config.block_size,
+                "next_seq": self.publisher.next_seq if self.publisher else None,
+                "blocks": {str(h): n for h, n in blocks.items()}}
+
+    async def _tokenize(self, conn: ServerConnection, req: Request, encode: bool) -> None:
+        """vLLM's ``/tokenize`` (``prompt`` or ``messages``) and ``/detokenize`` (``tokens``)."""
+        try:
+            doc = parse_json_object(bytes(req.body))
+            model = doc.get("model")
+            if model is not None and model != self.model:
+                raise HttpError(404, f"The model `{model}` does not exist.", "model")
+            if encode:
+                chat = "messages" in doc
+                prompt = await self.prompts.prepare(doc, chat, limit=None)
+                out: dict[str, Any] = {"count": len(prompt), "max_model_len": self.max_model_len,
+                                       "tokens": prompt.ids.tolist(), "token_strs": None}
+            else:
+                tokens = doc.get("tokens")
+                if not isinstance(tokens, list) or not all(type(t) is int and t >= 0 for t in tokens):
+                    raise HttpError(400, "'tokens' must be a list of token ids (integers >= 0)",
+                                    "tokens")
+                tok = await asyncio.to_thread(text_tokenizer, self.tokenizer)
+                out = {"prompt": await asyncio.to_thread(tok.decode, tokens)}
+            if not conn.closed:
+                self._json(conn, req, 200, out)
+        except HttpError as exc:
+            if not conn.closed:
+                conn.send_simple(exc.status, error_body(exc.status, exc.message, exc.param),
+                                 JSON_HEADERS, req.keep_alive)
+        except Exception:  # noqa: BLE001
+            self._internal_error(conn, req)
 
     def _state(self) -> dict[str, Any]:
         d = self.driver
@@ -217,9 +331,7 @@ class EmulatorServer:
         if prompt is not None:
             self._admit(conn, req, prompt, chat, params)
             return
-        task = asyncio.ensure_future(self._generate_later(conn, req, source, chat, params))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._generate_later(conn, req, source, chat, params))
 
     async def _generate_later(self, conn, req, source, chat, params) -> None:
         """Text and long prompts: tokenized and hashed on the prompt worker, off the loop."""

@@ -11,6 +11,7 @@ from live.gateway.server import (
     BODY_BYTES_PER_TOKEN, DEFAULT_MAX_BODY_BYTES, Gateway, GatewayConfig,
 )
 from live.logfmt import LEVELS
+from live.router import KV_RESYNC_MODES
 from live.logfmt import setup as setup_logging
 from live.transport.http import ClientLimits, default_max_connections, main_serve
 
@@ -133,14 +134,37 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--probe-interval", type=float, default=1.0, metavar="S",
                     help="seconds between /health probes of an ejected backend; it returns at "
                          "the first 200")
+    kv = p.add_argument_group(
+        "KV-cache events (strategies that route on each backend's exact cache: precise_prefix, "
+        "kv_cost, weighted with a precise scorer)")
+    kv.add_argument("--kv-events", default="auto", metavar="auto|off|ENDPOINT,...",
+                    help="where each backend publishes vLLM KV-cache events (--kv-events-config): "
+                         "'auto' asks each backend's GET /kv_event_sources (vLLM 0.32, the "
+                         "emulator); or one tcp://host:port per backend, in --backends order "
+                         "('' for one without; a * host means the backend's host); 'off': none "
+                         "(the approximate index, counted as precise fallbacks)")
+    kv.add_argument("--kv-events-replay", default=None, metavar="ENDPOINT,...",
+                    help="with explicit --kv-events: each backend's replay endpoint (vLLM's "
+                         "replay_endpoint), used to recover batches lost in a gap")
+    kv.add_argument("--kv-events-topic", default="", help="the publishers' topic (vLLM's topic)")
+    kv.add_argument("--kv-events-resync", choices=KV_RESYNC_MODES, default="replay",
+                    help="a stream that cannot be repaired by replay: 'replay' waits on the "
+                         "approximate index for a reset or restart of the backend; 'reset' asks "
+                         "the backend to reset its prefix cache (POST /reset_prefix_cache, vLLM "
+                         "needs VLLM_SERVER_DEV_MODE=1) until the mirror is exact again")
     p.add_argument("--log-level", choices=LEVELS, default="info",
                    help="info: one line per backend state change, failed request and refusal; "
                         "warning: failures only; debug: more")
     return p
 
 
+def _endpoints(text: str | None) -> list[str] | None:
+    return None if text is None else [e.strip() for e in text.split(",")]
+
+
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     names = [n.strip() for n in args.names.split(",")] if args.names else None
+    kv_events = args.kv_events if args.kv_events in ("auto", "off") else _endpoints(args.kv_events)
     return GatewayConfig(
         backends=args.backends, strategy=args.strategy, params=dict(args.param), seed=args.seed,
         names=names, scrape_interval_s=args.scrape_interval,
@@ -153,7 +177,9 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         connect_timeout_s=args.connect_timeout, first_byte_timeout_s=args.first_byte_timeout,
         read_timeout_s=args.read_timeout, health_interval_s=args.health_interval,
         probe_timeout_s=args.probe_timeout, max_prompt_tokens=args.max_prompt_tokens,
-        max_connections=args.max_connections,
+        max_connections=args.max_connections, kv_events=kv_events,
+        kv_events_replay=_endpoints(args.kv_events_replay), kv_events_topic=args.kv_events_topic,
+        kv_events_resync=args.kv_events_resync,
         client=ClientLimits(header_timeout_s=args.client_header_timeout,
                             body_timeout_s=args.client_body_timeout,
                             idle_timeout_s=args.client_idle_timeout,

@@ -48,6 +48,58 @@ class _FleetCollector:
             ejections.add_metric([name], fleet.ejections[i])
             scrape_errors.add_metric([name], fleet.scrape_errors[i])
         yield from (inflight, tokens, healthy, ejections, scrape_errors)
+        if fleet.router.wants_kv_events:
+            yield from self._kv_events()
+
+    def _kv_events(self):
+        """The exact mirrors and their event streams (precise strategies only)."""
+        fleet = self.fleet
+        router = fleet.router
+        fam = {}
+
+        def family(kind, name, doc, labels=("backend",)):
+            fam[name] = (GaugeMetricFamily if kind == "g" else CounterMetricFamily)(
+                name, doc, labels=list(labels))
+            return fam[name]
+
+        trusted = family("g", "gateway_kv_index_trusted",
+                         "1 while the gateway's exact mirror of the backend's prefix cache is "
+                         "trusted (events in order since the last reset), else 0.")
+        blocks = family("g", "gateway_kv_index_blocks",
+                        "Cached blocks in the gateway's exact mirror of the backend.")
+        lookups = family("c", "gateway_precise_lookups",
+                         "Exact-mirror lookups (one per backend per routing decision), all backends.",
+                         ())
+        fallbacks = family("c", "gateway_precise_fallbacks",
+                           "Lookups answered by the approximate index because the backend's "
+                           "mirror was not trusted.")
+        counters = {
+            "batches": "KV-event batches applied to the mirror.",
+            "gaps": "Sequence gaps on the backend's live event stream.",
+            "replays": "Replay requests sent to recover a gap.",
+            "replayed": "Batches recovered by replay.",
+            "replay_failures": "Replays that failed or no longer covered the gap.",
+            "restarts": "Times the backend's publisher started over (a restarted server).",
+            "decode_errors": "Messages that were not vLLM KV-event batches.",
+            "resets_requested": "POST /reset_prefix_cache sent to regain an exact mirror.",
+        }
+        fams = {k: family("c", f"gateway_kv_events_{k}", doc) for k, doc in counters.items()}
+        feed = {"orphan_stores": "Blocks stored under a parent the mirror did not hold.",
+                "unknown_removals": "Removals of blocks the mirror did not hold."}
+        feeds = {k: family("c", f"gateway_kv_events_{k}", doc) for k, doc in feed.items()}
+        lookups.add_metric([], router.precise_lookups)
+        for i, name in enumerate(self.names):
+            trusted.add_metric([name], 1.0 if router.kv_events_trusted(i) else 0.0)
+            index = router.exact_index(i)
+            blocks.add_metric([name], len(index) if index is not None else 0)
+            fallbacks.add_metric([name], router.precise_fallbacks_by_backend[i])
+            stream = fleet.kv_streams[i]
+            for k, f in fams.items():
+                f.add_metric([name], getattr(stream.stats, k) if stream is not None else 0)
+            stats = router.event_stats(i)
+            for k, f in feeds.items():
+                f.add_metric([name], getattr(stats, k) if stats is not None else 0)
+        yield from fam.values()
 
 
 class GatewayMetrics:

@@ -43,7 +43,8 @@ import numpy as np
 import orjson
 
 import routing
-from live.router import LiveRouter
+from live.kv_events.subscriber import EventSource, resolve_endpoint
+from live.router import KV_RESYNC_MODES, LiveRouter
 from live.logfmt import kv
 from live.gateway.metrics import GatewayMetrics
 from live.request_tokens import Prompt, PromptTooLong, PromptWorker, ensure_tokenizer, prompt_source
@@ -97,6 +98,22 @@ class GatewayConfig:
     max_prompt_tokens: int | None = None  # None: the backends' largest max_model_len; 0: none
     max_connections: int = 1024  # keep-alive connections per backend
     client: ClientLimits = field(default_factory=ClientLimits)
+    #: KV-event streams, for strategies that route on an exact mirror of each backend's
+    #: cache: "auto" (ask each backend's /kv_event_sources), "off", or one ZMQ endpoint
+    #: per backend ("" for a backend that publishes none).
+    kv_events: str | list[str] = "auto"
+    kv_events_replay: list[str] | None = None  # replay endpoints, one per backend ("": none)
+    kv_events_topic: str = ""
+    kv_events_resync: str = "replay"  # or "reset": POST /reset_prefix_cache to regain exactness
+
+    def kv_sources(self) -> str | list[EventSource | None]:
+        """``kv_events`` as ``live.router.LiveRouter`` takes it."""
+        if isinstance(self.kv_events, str):
+            return self.kv_events
+        replay = self.kv_events_replay or [""] * len(self.kv_events)
+        return [EventSource(resolve_endpoint(e, url), resolve_endpoint(r, url) if r else None,
+                            self.kv_events_topic) if e else None
+                for e, r, url in zip(self.kv_events, replay, self.backends)]
 
     def validate(self) -> None:
         if not self.backends:
@@ -125,6 +142,24 @@ class GatewayConfig:
             raise ValueError(f"max_prompt_tokens must be >= 0 (0 = no check), got "
                              f"{self.max_prompt_tokens}")
         self.client.validate()
+        if isinstance(self.kv_events, str):
+            if self.kv_events not in ("auto", "off"):
+                raise ValueError(f"--kv-events must be auto, off or one tcp:// endpoint per "
+                                 f"backend, got {self.kv_events!r}")
+            if self.kv_events_replay:
+                raise ValueError("--kv-events-replay needs --kv-events with explicit endpoints "
+                                 "(auto discovery finds replay endpoints by itself)")
+        else:
+            if len(self.kv_events) != len(self.backends):
+                raise ValueError(f"--kv-events: {len(self.kv_events)} endpoints for "
+                                 f"{len(self.backends)} backends (one per backend, '' for none)")
+            if self.kv_events_replay is not None and len(self.kv_events_replay) != len(self.backends):
+                raise ValueError(f"--kv-events-replay: {len(self.kv_events_replay)} endpoints for "
+                                 f"{len(self.backends)} backends (one per backend, '' for none)")
+            self.kv_sources()  # endpoint syntax, with the endpoint named in the error
+        if self.kv_events_resync not in KV_RESYNC_MODES:
+            raise ValueError(f"--kv-events-resync must be one of {', '.join(KV_RESYNC_MODES)}, "
+                             f"got {self.kv_events_resync!r}")
 
 
 class _Attempt:
@@ -155,7 +190,8 @@ class Gateway:
             scrape_interval_s=config.scrape_interval_s, eject_after=config.eject_after,
             probe_interval_s=config.probe_interval_s, clock=clock,
             on_health_change=self._health_changed, health_interval_s=config.health_interval_s,
-            probe_timeout_s=config.probe_timeout_s,
+            probe_timeout_s=config.probe_timeout_s, kv_events=config.kv_sources(),
+            kv_events_resync=config.kv_events_resync,
         )
         self.metrics = GatewayMetrics(self.names)
         self.metrics.attach(self.fleet)

@@ -85,6 +85,24 @@ def test_serve_print_command_shows_the_cpu_settings(tmp_path, capsys):
     assert (tmp_path / "llama-tiny" / "config.json").exists()
 
 
+def test_serve_kv_events_publishes_on_a_local_socket_and_a_loopback_replay_port(tmp_path, capsys):
+    import json
+    import shlex
+
+    assert main(["serve", "--print-command", "--kv-events", "--port", "8124", "--model-root",
+                 str(tmp_path), "--device", "cpu"]) == 0
+    argv = shlex.split(capsys.readouterr().out.strip().splitlines()[-1])
+    cfg = json.loads(argv[argv.index("--kv-events-config") + 1])
+    assert cfg["enable_kv_cache_events"] and cfg["publisher"] == "zmq"
+    # vLLM binds ipc:// and wildcard endpoints and *connects* to any other: on loopback the
+    # publisher is a socket file, the replay port is bound on 127.0.0.1 only.
+    assert cfg["endpoint"].startswith("ipc://") and cfg["endpoint"].endswith("-8124.ipc")
+    assert cfg["replay_endpoint"].startswith("tcp://127.0.0.1:")
+    assert main(["serve", "--print-command", "--port", "8124", "--model-root", str(tmp_path),
+                 "--device", "cpu"]) == 0
+    assert "--kv-events-config" not in capsys.readouterr().out
+
+
 def _measured_check(profile_name: str, tmp_path: Path) -> Path:
     """A check_requests.csv whose 'measured' times are the simulator's own under ``profile_name``."""
     import numpy as np

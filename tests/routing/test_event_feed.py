@@ -92,3 +92,41 @@ def test_routers_of_strategies_without_precise_hits_ignore_events():
     assert not r.wants_kv_events
     r.record_kv_events(0, [stored([1])], 0.0)
     assert r.exact_index(0) is None and r.event_stats(0) is None
+
+
+def test_a_recorded_reset_empties_the_mirror_in_order_and_forgets_the_sequence():
+    feed = EventFeed(delay_s=0.5)
+    feed.record([stored([1, 2])], 0.0, seq=4)
+    feed.record_reset(0.1)  # the server restarted with an empty cache
+    feed.record([stored([7])], 0.2, seq=0)  # its new stream starts at 0: not "out of order"
+    feed.deliver(0.55)
+    assert feed.trusted and feed.index.hit_blocks([1, 2]) == 2  # the reset is not due yet
+    feed.deliver(0.7)
+    assert feed.trusted and feed.index.hit_blocks([1, 2]) == 0 and feed.index.hit_blocks([7]) == 1
+    assert feed.stats.out_of_order == 0 and feed.stats.gaps == 0
+
+
+def test_an_untrusted_reset_waits_for_all_blocks_cleared():
+    feed = EventFeed()
+    feed.record([stored([1])], 0.0, seq=0)
+    feed.record_reset(0.0, trusted=False)  # e.g. the stream cannot be followed
+    feed.record([stored([2])], 0.0, seq=1)
+    feed.deliver(0.0)
+    assert not feed.trusted and feed.index.hit_blocks([1]) == 0 and feed.index.hit_blocks([2]) == 1
+    feed.record([AllBlocksCleared()], 0.0, seq=2)
+    feed.deliver(0.0)
+    assert feed.trusted
+
+
+def test_router_counts_fallbacks_per_backend_and_reports_trust():
+    router = Router(routing.build("precise_prefix"), [BackendSpec("a"), BackendSpec("b")],
+                    block_size=BS)
+    chain = block_hash_chain(list(range(48)), BS)
+    router.record_kv_events(0, [stored(chain.tolist())], 0.0, seq=0)
+    assert router.kv_events_trusted(0) is False  # recorded, not yet delivered
+    router.dispatch(RequestInfo(1, 48, 0.0, chain), 0.0)
+    assert router.kv_events_trusted(0) and not router.kv_events_trusted(1)
+    assert router.precise_fallbacks_by_backend == [0, 1] and router.precise_fallbacks == 1
+    router.reset_kv_events(1, 0.0)
+    router.deliver_events(0.0)
+    assert router.kv_events_trusted(1)
