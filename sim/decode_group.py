@@ -104,7 +104,7 @@ class DecodeGroup:
             req.g_out0 = req.num_output
             req.g_comp0 = req.num_computed
         scheduled = req.num_computed + alloc_tick - tick
-        kv.adopt(req, -(-scheduled // self.bs), scheduled - self.lag)
+        kv.adopt(req, kv.blocks_for(scheduled), scheduled - self.lag)
 
     def first_finish(self) -> int | None:
         """The earliest tick at which a member emits its last token."""

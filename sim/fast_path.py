@@ -190,7 +190,7 @@ class FastPath:
         group, free, a = self.group, self.kv.num_free, self.alloc_tick
         t = self.engine.ticks
         # Each member needs at most ceil(m / bs) + 1 new blocks in m steps.
-        if len(group) * (-(-steps // group.bs) + 1) <= free:
+        if len(group) * (self.kv.blocks_for(steps) + 1) <= free:
             return steps
         lo, hi = 0, steps
         while lo < hi:

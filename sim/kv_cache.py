@@ -170,7 +170,7 @@ class KVCache:
     def grow(self, req: EngineRequest, num_tokens: int) -> None:
         """Allocate blocks so ``req`` holds ``num_tokens`` tokens (caller checked room)."""
         have = len(req.shared_blocks) + req.num_private
-        n = -(-num_tokens // self.block_size) - have
+        n = -(-num_tokens // self.block_size) - have  # blocks_needed, inlined: the hot path
         if n <= 0:
             return
         self._take(n)
@@ -214,7 +214,9 @@ class KVCache:
         if i >= full or not self.enable_caching:
             return
         blocks = req.shared_blocks
-        end = min(full, len(blocks))
+        end = len(blocks)
+        if end > full:
+            end = full
         if i < end:
             cached, bhash, hashes = self._cached, self._hash, req.block_hashes
             while i < end:
@@ -245,7 +247,11 @@ class KVCache:
         registered = req.num_registered if self.enable_caching else 0
         front = 0
         if n_private:
-            hashed = min(max(0, registered - k), n_private)
+            hashed = registered - k  # private blocks [k, registered) carry a hash
+            if hashed < 0:
+                hashed = 0
+            elif hashed > n_private:
+                hashed = n_private
             front = n_private - hashed
             if hashed:
                 if keep_for_recompute:

@@ -41,10 +41,12 @@ def _hashes(rid, prompt_len, prefix, nblocks):
     budget=st.integers(16, 300),
     caching=st.booleans(),
     group=st.booleans(),
+    async_scheduling=st.booleans(),
 )
-def test_invariants_hold_at_every_step(ops, blocks, seqs, budget, caching, group):
+def test_invariants_hold_at_every_step(ops, blocks, seqs, budget, caching, group, async_scheduling):
     eng = Engine(EngineConfig(num_kv_blocks=blocks, block_size=16, max_num_seqs=seqs,
-                              max_num_batched_tokens=budget, enable_prefix_caching=caching), LAT,
+                              max_num_batched_tokens=budget, enable_prefix_caching=caching,
+                              async_scheduling=async_scheduling), LAT,
                  decode_group=group)
     added: list[int] = []
     finished: set[int] = set()
@@ -56,17 +58,23 @@ def test_invariants_hold_at_every_step(ops, blocks, seqs, budget, caching, group
     def check(plan=None):
         eng.sync_all()  # decode-group members keep their counters as offsets
         live = set(eng.requests)
-        running = [r.id for r in eng.running]
+        # Asynchronous scheduling: finished requests keep their seats until the next schedule.
+        held = {r.id for r in eng.scheduler.finishing}
+        assert held <= finished
+        running = [r.id for r in eng.running if r.id not in held]
         waiting = [r.id for r in eng.waiting]
         # every request is in exactly one place: no loss, no duplicate
         assert len(running) + len(waiting) == len(live)
         assert set(running) | set(waiting) == live
         assert live.isdisjoint(finished) and live.isdisjoint(aborted)
         assert live | finished | aborted == set(added)
-        assert len(running) <= seqs
+        assert len(running) + len(held) <= seqs
         assert 0 <= eng.kv.num_used <= blocks
-        eng.kv.check_invariants(list(eng.requests.values()))
+        # Finished requests hold their blocks through the next schedule (async).
+        eng.kv.check_invariants(list(eng.requests.values()) + eng.scheduler.finishing)
         for r in eng.running:
+            if r.id in held:
+                continue
             assert r.status == Status.RUNNING
             assert r.num_blocks >= -(-r.num_computed // 16)
         if plan is not None:
