@@ -247,16 +247,32 @@ class FastPath:
         kv = self.kv
         group = self.group
         full = (req.g_comp0 + tick - req.g_tick0 - group.lag) // kv.block_size  # blocks now cached
-        if full <= req.num_registered:
+        i = req.num_registered
+        if full <= i:
             return
-        self._unpend(req)
-        named = len(req.shared_blocks)
-        target = min(full, req.num_shareable)
-        if target > named:
-            kv.name_blocks(req, target - named)
-        kv.register(req, full * kv.block_size)
-        if self._shares_ahead(req):
-            self._pend(req)
+        if not kv.enable_caching:
+            return
+        shareable = req.num_shareable
+        pending = kv.pending
+        if i < shareable:  # no longer pending under this block's hash
+            h = req.block_hashes[i]
+            c = pending[h] - 1
+            if c:
+                pending[h] = c
+            else:
+                del pending[h]
+        if full == i + 1 and i < shareable and kv.events is None:
+            kv.cache_next_block(req)  # the usual case: one shareable reply block
+        else:
+            named = len(req.shared_blocks)
+            target = full if full < shareable else shareable
+            if target > named:
+                kv.name_blocks(req, target - named)
+            kv.register(req, full * kv.block_size)
+        i = req.num_registered
+        if i < shareable:
+            h = req.block_hashes[i]
+            pending[h] = pending.get(h, 0) + 1
         elif not self._events:
             group.untrack(req)
 

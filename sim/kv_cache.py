@@ -191,6 +191,27 @@ class KVCache:
             ref[b] = 1
         req.shared_blocks.extend(range(first, first + n))
 
+    def cache_next_block(self, req: EngineRequest) -> None:
+        """Name and cache ``req``'s next shareable block (held, now full): ``register`` for
+        one block of a decode-group member, the common case kept short (no event sink)."""
+        i = req.num_registered
+        blocks = req.shared_blocks
+        if len(blocks) == i:
+            b = self._next_id
+            self._next_id = b + 1
+            self._ref[b] = 1
+            blocks.append(b)
+        else:
+            b = blocks[i]
+        if b not in self._hash:
+            h = req.block_hashes[i]
+            self._hash[b] = h
+            if h in self._cached:
+                self._dups.setdefault(h, []).append(b)
+            else:
+                self._cached[h] = b
+        req.num_registered = i + 1
+
     def adopt(self, req: EngineRequest, held: int, num_tokens: int) -> None:
         """Settle a decode-group member that holds ``held`` blocks, ``num_tokens`` of them cached.
 
