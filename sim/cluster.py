@@ -377,6 +377,8 @@ class ClusterSim:
         #: later turn that contains the reply hits them, as vLLM caches generated
         #: blocks. None: no prompt contains a served reply (reply blocks unique).
         replies = trace.reply_blocks() if replies_in_prompts else None
+        if replies is not None and not replies[1].any():
+            replies = None  # no later prompt holds a reply (single-turn sources)
         self._reply_rows = replies[0].tolist() if replies is not None else None
         self._reply_counts = replies[1].tolist() if replies is not None else None
         #: Exact speed-up, see ``sim.kv_cache``: unique blocks are tracked as counts.

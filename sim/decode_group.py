@@ -147,27 +147,30 @@ class DecodeGroup:
         by running order (admission ``seq``), a block taken (kind 0, only with
         ``allocs``) before one filled (kind 1). At tick ``t`` a member with
         ``x = g_comp0 - g_tick0`` fills a block when ``(x + t - lag) mod bs == 0``
-        and takes one when ``(x + t - 1) mod bs == 0``.
+        and takes one when ``(x + t - 1) mod bs == 0``: one phase class per tick.
         """
         out = []
         if b <= a or not self.num_tracked:
             return out
-        bs = self.bs
-        for c, members in enumerate(self.tracked):
-            if not members:
-                continue
-            # fills: ticks t in (a, b] with t = lag - c (mod bs); takes: t = 1 - c (mod bs)
-            fill = (self.lag - c) % bs
-            kinds = ((1, fill), (0, (1 - c) % bs)) if allocs else ((1, fill),)
-            for kind, r in kinds:
-                t = a + 1 + (r - (a + 1)) % bs
-                while t <= b:
-                    for req in members:
-                        out.append((t, req.seq, kind, req))
-                    t += bs
-        out.sort(key=_order)
+        bs, lag, tracked = self.bs, self.lag, self.tracked
+        if b - a < bs:  # each tick meets one class for fills (and one for takes)
+            for t in range(a + 1, b + 1):
+                if allocs:
+                    for req in tracked[(1 - t) % bs]:
+                        out.append((t, req.seq, 0, req))
+                for req in tracked[(lag - t) % bs]:
+                    out.append((t, req.seq, 1, req))
+        else:
+            for c, members in enumerate(tracked):
+                if not members:
+                    continue
+                kinds = ((1, (lag - c) % bs), (0, (1 - c) % bs)) if allocs else ((1, (lag - c) % bs),)
+                for kind, r in kinds:
+                    t = a + 1 + (r - (a + 1)) % bs
+                    while t <= b:
+                        for req in members:
+                            out.append((t, req.seq, kind, req))
+                        t += bs
+        if len(out) > 1:
+            out.sort()  # (tick, seq, kind) never ties: the member is never compared
         return out
-
-
-def _order(item: tuple[int, int, int, EngineRequest]) -> tuple[int, int, int]:
-    return item[0], item[1], item[2]
