@@ -22,6 +22,14 @@ Verdict rules (documented in docs/validation.md):
   misconfigured backend) is **failed**: its live ranking measures the failures, not
   the strategies, so it is left out of the overall ranking verdict, which is
   **failed** when no point is left.
+
+Besides the rankings of the means over seeds, each point is also ranked **seed by
+seed** (the same seed's simulated and live units, which replayed the same requests):
+tau-b and top-1 per seed and their spread (mean, min, max, top-1 share) say whether an
+agreement holds across seeds or rests on one lucky draw. **Prefix-hit rates** (the
+engines' prefix-cache hits over queries, ``prefix_hit_rate``) are set simulated beside
+live per point and strategy: cache-aware policies can only rank alike on both sides if
+they hit alike.
 """
 from __future__ import annotations
 
@@ -116,6 +124,64 @@ def ordering(ranks: dict[str, float]) -> str:
     return " ".join(out)
 
 
+def unit_ranks(summary: RunSummary, point_id: str, seed: int, objective: str) -> dict[str, float]:
+    """Strategy -> rank by one seed's unit value at one point (equal values share a rank)."""
+    u = summary.units
+    sub = u[(u["point_id"] == point_id) & (u["seed"] == seed)]
+    if objective not in sub.columns or sub.empty:
+        return {}
+    value = sub.set_index("strategy")[objective].astype(float)
+    key = -value if direction(objective) == "higher" else value
+    return key.fillna(math.inf).rank(method="min").to_dict()
+
+
+def per_seed_rankings(sim: RunSummary, live: RunSummary, objective: str) -> list[dict[str, Any]]:
+    """Per point: tau-b and top-1 of each seed's simulated vs live ranking, and their spread."""
+    out = []
+    live_points = set(live.units["point_id"])
+    for point in dict.fromkeys(sim.units["point_id"]):
+        if point not in live_points:
+            continue
+        seeds = sorted(set(sim.units.loc[sim.units["point_id"] == point, "seed"])
+                       & set(live.units.loc[live.units["point_id"] == point, "seed"]))
+        rows = []
+        for seed in seeds:
+            rs, rl = unit_ranks(sim, point, seed, objective), unit_ranks(live, point, seed, objective)
+            agree = rank_agreement(rs, rl)
+            tau = float(agree["tau"])
+            rows.append({"seed": int(seed), "sim": ordering(rs), "live": ordering(rl),
+                         "tau": tau if math.isfinite(tau) else None, "top1": bool(agree["top1"])})
+        taus = [r["tau"] for r in rows if r["tau"] is not None]
+        out.append({"point_id": point, "objective": objective, "seeds": rows,
+                    "tau_mean": float(np.mean(taus)) if taus else None,
+                    "tau_min": float(np.min(taus)) if taus else None,
+                    "tau_max": float(np.max(taus)) if taus else None,
+                    "tau_sd": float(np.std(taus, ddof=1)) if len(taus) > 1 else None,
+                    "top1_share": (sum(r["top1"] for r in rows) / len(rows)) if rows else None})
+    return out
+
+
+def hit_rates(sim: RunSummary, live: RunSummary) -> list[dict[str, Any]]:
+    """Prefix-hit rate per point and strategy, simulated vs live (means over seeds)."""
+    def means(summary: RunSummary) -> dict[tuple[str, str], float]:
+        u = summary.units
+        if "prefix_hit_rate" not in u.columns:
+            return {}
+        g = u.groupby(["point_id", "strategy"], sort=False)["prefix_hit_rate"].mean()
+        return {k: float(v) for k, v in g.items()}
+    ms, ml = means(sim), means(live)
+    rows = []
+    for key, sv in ms.items():
+        if key not in ml:
+            continue
+        lv = ml[key]
+        diff = sv - lv if math.isfinite(sv) and math.isfinite(lv) else math.nan
+        rows.append({"point_id": key[0], "strategy": key[1],
+                     "sim": sv if math.isfinite(sv) else None, "live": lv if math.isfinite(lv) else None,
+                     "diff": diff if math.isfinite(diff) else None})
+    return rows
+
+
 def judge(sim: RunSummary, live: RunSummary, objective: str) -> dict[str, Any]:
     """Metrics with errors, rankings by ``objective`` with tau-b and top-1, error statistics, verdict."""
     reported = REPORTED + ((objective,) if objective not in REPORTED else ())
@@ -151,9 +217,10 @@ def judge(sim: RunSummary, live: RunSummary, objective: str) -> dict[str, Any]:
                "worst_metric": worst["metric"] if worst else None,
                "worst_median_abs_error": worst["median_abs_error"] if worst else None,
                "text": verdict_text(ranking, level, rankings, worst)}
-    return {"metrics": json_rows(metrics), "rankings": rankings, "metric_errors": errors,
-            "verdict": verdict, "thresholds": thresholds(), "only_sim": c.only_b,
-            "only_live": c.only_a}
+    return {"metrics": json_rows(metrics), "rankings": rankings,
+            "per_seed": per_seed_rankings(sim, live, objective), "hit_rates": hit_rates(sim, live),
+            "metric_errors": errors, "verdict": verdict, "thresholds": thresholds(),
+            "only_sim": c.only_b, "only_live": c.only_a}
 
 
 def verdict_text(ranking: str, level: str, rankings: list[dict[str, Any]],
@@ -176,5 +243,6 @@ def verdict_text(ranking: str, level: str, rankings: list[dict[str, Any]],
     return text
 
 
-__all__ = ["AGREE_TAU", "CLOSE_ERROR", "REPORTED", "ROUGH_ERROR", "SHORT", "VERDICT_METRICS", "judge",
-           "metrics_verdict", "overall_ranking_verdict", "point_verdict", "thresholds", "tied_ranks"]
+__all__ = ["AGREE_TAU", "CLOSE_ERROR", "REPORTED", "ROUGH_ERROR", "SHORT", "VERDICT_METRICS", "hit_rates",
+           "judge", "metrics_verdict", "overall_ranking_verdict", "per_seed_rankings", "point_verdict",
+           "thresholds", "tied_ranks", "unit_ranks"]

@@ -39,6 +39,7 @@ def format_text(doc: dict[str, Any]) -> str:
     """The terminal report: per point a metric table and the two rankings, then the verdict."""
     out = []
     rankings = {r["point_id"]: r for r in doc["rankings"]}
+    per_seed = {r["point_id"]: r for r in doc.get("per_seed") or []}
     for p in doc["points"]:
         pid = p["point_id"]
         out.append(f"point {p['label']}: {_scale_note(p)}")
@@ -49,9 +50,33 @@ def format_text(doc: dict[str, Any]) -> str:
             out.append(f"ranking by {r['objective']}:  sim {r['sim']}  |  live {r['live']}  |  "
                        f"tau-b {_tau(r['tau'])}, top-1 {'same' if r['top1'] else 'differs'}  "
                        f"-> {r['verdict']}")
+        seeds = per_seed.get(pid)
+        if seeds is not None and seeds["seeds"]:
+            out.append("per seed: " + "; ".join(
+                f"seed {x['seed']} tau-b {_tau(x['tau'])} top-1 {'same' if x['top1'] else 'differs'}"
+                for x in seeds["seeds"]))
+            out.append("  " + _spread(seeds))
+        hits = [h for h in doc.get("hit_rates") or [] if h["point_id"] == pid]
+        if hits:
+            out.append("prefix-hit rate sim / live: " + ", ".join(
+                f"{h['strategy']} {_pct(h['sim'])} / {_pct(h['live'])}" for h in hits))
         out.append("")
     out.append("err = (sim - live) / live.  verdict: " + doc["verdict"]["text"])
     return "\n".join(out)
+
+
+def _pct(x: Any) -> str:
+    return f"{x:.1%}" if isinstance(x, (int, float)) and math.isfinite(x) else "-"
+
+
+def _spread(seeds: dict[str, Any]) -> str:
+    """Tau-b over the seeds (mean, min..max, sd) and how often the best strategy agreed."""
+    if seeds.get("tau_mean") is None:
+        return f"tau-b undefined at every seed; top-1 the same at {seeds['top1_share']:.0%} of seeds"
+    sd = f", sd {seeds['tau_sd']:.2f}" if seeds.get("tau_sd") is not None else ""
+    return (f"tau-b over {len(seeds['seeds'])} seeds: mean {seeds['tau_mean']:+.2f}, "
+            f"range {seeds['tau_min']:+.2f}..{seeds['tau_max']:+.2f}{sd}; top-1 the same at "
+            f"{seeds['top1_share']:.0%} of seeds")
 
 
 def _tau(t: float | None) -> str:
@@ -86,15 +111,25 @@ def render_html(doc: dict[str, Any]) -> str:
     """The report section: verdict, what ran, per point the metric table and both rankings."""
     v = doc["verdict"]
     rankings = {r["point_id"]: r for r in doc["rankings"]}
+    per_seed = {r["point_id"]: r for r in doc.get("per_seed") or []}
     points = []
     for p in doc["points"]:
         header, rows = _point_rows(doc, p["point_id"])
         r = rankings.get(p["point_id"])
+        seeds = per_seed.get(p["point_id"])
+        hits = [h for h in doc.get("hit_rates") or [] if h["point_id"] == p["point_id"]]
         points.append({"label": p["label"], "note": _scale_note(p), "header": header, "rows": rows,
                        "ranking": None if r is None else {
                            "objective": r["objective"], "sim": r["sim"], "live": r["live"],
                            "tau": _tau(r["tau"]), "top1": "the same" if r["top1"] else "different",
-                           "verdict": r["verdict"]}})
+                           "verdict": r["verdict"]},
+                       "seeds": [] if seeds is None else [
+                           {"seed": x["seed"], "sim": x["sim"], "live": x["live"],
+                            "tau": _tau(x["tau"]), "top1": "same" if x["top1"] else "differs"}
+                           for x in seeds["seeds"]],
+                       "spread": _spread(seeds) if seeds and seeds["seeds"] else "",
+                       "hits": [{"strategy": h["strategy"], "sim": _pct(h["sim"]),
+                                 "live": _pct(h["live"])} for h in hits]})
     t = doc["thresholds"]
     return render(
         TEMPLATES, "section.html.j2",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from live.logfmt import LEVELS
 from live.logfmt import setup as setup_logging
@@ -16,7 +17,8 @@ from live.emulator.faults import Faults
 from live.emulator.server import DEFAULT_MAX_BODY_BYTES, EmulatorServer
 from live.kv_events.publisher import parse_kv_events_config
 from sim.engine import EngineConfig
-from sim.latency import ProfileError, load_profile, shipped_profiles
+from sim.frontend import FrontEndModel
+from sim.latency import LatencyModel, ProfileError, load_profile, shipped_profiles
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenizer for text prompts (token-id prompts are used as given)")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help="largest request body accepted (413 beyond)")
+    p.add_argument("--fixed-step", type=float, default=0.0, metavar="SECONDS",
+                   help="every engine step takes exactly this long, whatever it holds (no jitter, "
+                        "no front end): a backend whose own latency is small and constant, for "
+                        "measuring what sits in front of it (benchmarks/gateway_overhead.py); "
+                        "0: the profile's step times")
     p.add_argument("--kv-events-config", default=None, metavar="JSON",
                    help="publish KV-cache events as vLLM does with the same option: ZMQ PUB, "
                         "vLLM's framing and msgpack encoding, e.g. "
@@ -88,6 +95,12 @@ def build_server(args: argparse.Namespace) -> EmulatorServer:
         profile = load_profile(args.profile)
     except ProfileError as exc:
         raise ValueError(f"--profile: {exc}") from None
+    if args.fixed_step < 0 or args.fixed_step != args.fixed_step:
+        raise ValueError(f"--fixed-step must be >= 0 seconds, got {args.fixed_step}")
+    if args.fixed_step:
+        profile = replace(profile, name=f"{profile.name}+fixed-step",
+                          model=LatencyModel(step_s=args.fixed_step, token_s=0.0), jitter_cv=0.0,
+                          front_end=FrontEndModel())
     d = profile.engine
     for name in ("num_kv_blocks", "max_num_seqs", "max_num_batched_tokens", "max_model_len"):
         if getattr(args, name) < 0:

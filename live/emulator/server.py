@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,7 @@ DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
 CRASH_EXIT_CODE = 3
 _GET_PATHS = frozenset({"/health", "/metrics", "/v1/models", "/version", "/_emulator/state",
                         "/_emulator/faults", "/_emulator/kv_cache", "/kv_event_sources", "/load",
-                        "/ping", "/is_sleeping", "/server_info", "/get_server_info",
+                        "/ping", "/is_sleeping", "/_emulator/requests", "/server_info", "/get_server_info",
                         "/get_model_info", "/health_generate"})
 #: The version string ``/version`` reports: the vLLM release whose API the emulator follows.
 VLLM_API_VERSION = "0.32.0"
@@ -68,6 +69,17 @@ def pseudo_eos_length(token_ids: list[int], max_tokens: int, min_tokens: int = 0
     digest = hashlib.blake2b(np.asarray(token_ids, dtype=np.int64).tobytes(), digest_size=8).digest()
     h = int.from_bytes(digest, "little")
     return min(max_tokens, max(min_tokens, 1 + h % max_tokens))
+
+
+def prompt_digest(token_ids) -> str:
+    """A request's name in ``GET /_emulator/requests``: 16 hex digits of its prompt's ids
+    (a client that knows what it sent can match the emulator's timings to its own)."""
+    return hashlib.blake2b(np.asarray(token_ids, dtype=np.int64).tobytes(),
+                           digest_size=8).hexdigest()
+
+
+#: Requests whose timings ``GET /_emulator/requests`` keeps (the latest ones).
+REQUEST_LOG = 100_000
 
 
 def filler(start: int, n: int) -> str:
@@ -110,6 +122,9 @@ class EmulatorServer:
         self._id_prefix = os.urandom(4).hex()
         self._created = int(time.time())
         self._listener = Listener(self._handle, max_body_bytes)
+        #: (prompt digest, arrival, first token), times on the driver's clock (seconds): what
+        #: the server itself measured, for benchmarks that subtract it from what a client saw.
+        self.request_log: deque[tuple[str, float, float]] = deque(maxlen=REQUEST_LOG)
         self._tasks: set[asyncio.Task] = set()
         self.prompts = PromptWorker(tokenizer)
 
@@ -157,6 +172,7 @@ class EmulatorServer:
                     self.driver.reset()
                 except RuntimeError as exc:
                     raise HttpError(409, str(exc)) from None
+                self.request_log.clear()
                 self._json(conn, req, 200, self._state())
             elif path == "/reset_prefix_cache" and method == "POST":
                 # vLLM 0.32 (dev endpoint): {"success": false} while blocks are in use.
@@ -178,6 +194,8 @@ class EmulatorServer:
                                             "profile": self.profile.name})
             elif path == "/kv_event_sources":
                 self._json(conn, req, 200, self.publisher.sources() if self.publisher else {})
+            elif path == "/_emulator/requests":
+                self._json(conn, req, 200, {"clock": "driver", "requests": list(self.request_log)})
             elif path == "/_emulator/kv_cache":
                 self._json(conn, req, 200, self._kv_cache())
             elif path == "/load":
@@ -373,6 +391,7 @@ class EmulatorServer:
             raise HttpError(400, f"prompt plus max_tokens can never fit in this engine's KV "
                                  f"cache: {exc}", "max_tokens") from None
         stream.state = state
+        stream.digest = prompt_digest(ids)
         conn.on_lost = stream.client_gone
 
     def _parse_params(self, doc: dict[str, Any], chat: bool) -> dict[str, Any]:
@@ -428,7 +447,8 @@ def _finish_reason(state: RequestState) -> str:
 class _Stream:
     """Writes one SSE chunk per step to the client, from inside the stepping loop."""
 
-    __slots__ = ("server", "conn", "req", "chat", "include_usage", "state", "sent", "head")
+    __slots__ = ("server", "conn", "req", "chat", "include_usage", "state", "sent", "head",
+                 "digest")
 
     def __init__(self, server: EmulatorServer, conn: ServerConnection, req: Request, chat: bool,
                  params: dict[str, Any]) -> None:
@@ -445,6 +465,7 @@ class _Stream:
         n = state.output - self.sent
         parts = []
         if self.sent == 0:
+            self.server.request_log.append((self.digest, state.arrival, state.first_token))
             obj = "chat.completion.chunk" if self.chat else "text_completion"
             self.head = orjson.dumps({"id": self.server.response_id(state, self.chat), "object": obj,
                                       "created": int(time.time()), "model": self.server.model})[:-1]
@@ -496,6 +517,7 @@ class _Collect(_Stream):
         if not finished:
             return
         server = self.server
+        server.request_log.append((self.digest, state.arrival, state.first_token))
         text = filler(0, state.output)
         reason = _finish_reason(state)
         if self.chat:

@@ -215,6 +215,45 @@ def test_a_point_whose_live_requests_failed_is_not_judged_on_its_ranking():
     assert overall_ranking_verdict(["failed", "disagree", "agree"]) == "partial"
 
 
+def seeded_summary(goodput: dict[int, dict[str, float]], hits: dict[str, float]) -> RunSummary:
+    """Several seeds of one point: goodput per seed and strategy, a prefix-hit rate per strategy."""
+    rows = []
+    for seed, per in goodput.items():
+        for s, g in per.items():
+            m = {c: 1.0 for c in METRIC_COLUMNS}
+            m["request_goodput"] = g
+            rows.append({"point_id": "p", "strategy": s, "seed": seed, "num_requests": 100,
+                         "failed": 0, "prefix_hit_rate": hits[s], **m})
+    units = pd.DataFrame(rows)
+    agg = aggregate(units, METRIC_COLUMNS)
+    return RunSummary({"points": [{"point_id": "p"}]}, units, pd.DataFrame(), agg,
+                      rank_strategies(agg, "request_goodput"))
+
+
+def test_rankings_seed_by_seed_with_their_spread_and_hit_rates():
+    # Worked by hand. Seed 0: sim a > b > c, live a > b > c (tau +1, top-1 same).
+    # Seed 1: sim a > b > c, live c > b > a (tau -1, top-1 differs).
+    # Seed 2: sim a > b > c, live b > a > c (one discordant pair of three: tau +1/3, differs).
+    sim = seeded_summary({0: {"a": 3, "b": 2, "c": 1}, 1: {"a": 3, "b": 2, "c": 1},
+                          2: {"a": 3, "b": 2, "c": 1}}, {"a": 0.5, "b": 0.25, "c": 0.0})
+    live = seeded_summary({0: {"a": 9, "b": 5, "c": 4}, 1: {"a": 1, "b": 2, "c": 3},
+                           2: {"a": 5, "b": 6, "c": 1}}, {"a": 0.4, "b": 0.3, "c": 0.0})
+    doc = judge(sim, live, "request_goodput")
+    (p,) = doc["per_seed"]
+    assert [x["seed"] for x in p["seeds"]] == [0, 1, 2]
+    assert [x["tau"] for x in p["seeds"]] == pytest.approx([1.0, -1.0, 1 / 3])
+    assert [x["top1"] for x in p["seeds"]] == [True, False, False]
+    assert p["seeds"][1]["live"] == "c > b > a"
+    assert p["tau_mean"] == pytest.approx(1 / 9) and p["tau_min"] == -1.0 and p["tau_max"] == 1.0
+    assert p["top1_share"] == pytest.approx(1 / 3)
+    hits = {h["strategy"]: h for h in doc["hit_rates"]}
+    assert hits["a"]["sim"] == pytest.approx(0.5) and hits["a"]["live"] == pytest.approx(0.4)
+    assert hits["a"]["diff"] == pytest.approx(0.1) and hits["c"]["diff"] == 0.0
+    from validation.report import _spread
+    assert _spread(p) == ("tau-b over 3 seeds: mean +0.11, range -1.00..+1.00, sd 1.02; "
+                          "top-1 the same at 33% of seeds")
+
+
 # --- choosing points and scaling ------------------------------------------------------------------
 def test_points_are_chosen_by_their_best_strategy(calibrated_run):
     sim = load_sim_run(calibrated_run)
