@@ -16,11 +16,12 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from live.transport.processes import wait_health
+from live.transport.processes import ChildStartError, wait_health
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_VENV = ROOT / ".bench-venv"
@@ -68,15 +69,37 @@ class PeerRouter:
     def __init__(self, argv: list[str], port: int, log_path: Path | None = None,
                  startup_timeout_s: float = 120.0) -> None:
         self.url = f"http://127.0.0.1:{port}"
+        self._tmp = None
+        if log_path is None:  # keep what it says: a failed start reports it
+            self._tmp = tempfile.NamedTemporaryFile(prefix="peer-router-", suffix=".log", delete=False)
+            log_path = Path(self._tmp.name)
         self.log_path = log_path
-        out = open(log_path, "wb") if log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "error")})
+        with open(log_path, "wb") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                         env={**os.environ,
+                                              "RUST_LOG": os.environ.get("RUST_LOG", "error")})
         try:
-            wait_health(self.url, time.monotonic() + startup_timeout_s)
+            self._wait(startup_timeout_s)
         except BaseException:
             self.stop()
             raise
+
+    def _wait(self, timeout_s: float) -> None:
+        """Until ``/health`` answers; an early exit (a port taken meanwhile, a bad flag)
+        is reported at once with the end of its log, not after the timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            code = self.proc.poll()
+            if code is not None:
+                tail = self.log_path.read_bytes()[-2000:].decode("utf-8", "replace")
+                raise RuntimeError(f"{self.name} exited with code {code} before answering "
+                                   f"/health; its log ends:\n{tail}")
+            try:
+                wait_health(self.url, min(deadline, time.monotonic() + 1.0))
+                return
+            except ChildStartError:
+                if time.monotonic() > deadline:
+                    raise
 
     @property
     def pid(self) -> int:
@@ -90,6 +113,9 @@ class PeerRouter:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._tmp is not None:
+            Path(self._tmp.name).unlink(missing_ok=True)
+            self._tmp = None
 
     def __enter__(self) -> "PeerRouter":
         return self
@@ -119,11 +145,13 @@ class VllmRouter(PeerRouter):
         if binary is None:
             raise FileNotFoundError("vllm-router is not installed: python -m venv .bench-venv && "
                                     ".bench-venv/bin/pip install vllm-router")
-        port = free_port()
-        argv = [binary, "--worker-urls", *urls, *_policy_flags(policy), "--host", "127.0.0.1",
-                "--port", str(port), "--log-level", "error", "--max-concurrent-requests", "4096",
-                "--queue-size", "4096", *extra]
-        super().__init__(argv, port, log_path)
+        flags = _policy_flags(policy)
+
+        def argv(port: int) -> list[str]:
+            return [binary, "--worker-urls", *urls, *flags, "--host", "127.0.0.1",
+                    "--port", str(port), "--log-level", "error", "--max-concurrent-requests",
+                    "4096", "--queue-size", "4096", *_metrics_port(), *extra]
+        _start_on_free_port(self, argv, log_path)
 
 
 class SglangRouter(PeerRouter):
@@ -137,11 +165,31 @@ class SglangRouter(PeerRouter):
         if python is None:
             raise FileNotFoundError("sglang-router is not installed: python -m venv .bench-venv && "
                                     ".bench-venv/bin/pip install sglang-router")
+        flags = _policy_flags(policy)
+
+        def argv(port: int) -> list[str]:
+            return [python, "-m", "sglang_router.launch_router", "--worker-urls", *urls, *flags,
+                    "--host", "127.0.0.1", "--port", str(port), "--log-level", "error",
+                    *_metrics_port(), *extra]
+        _start_on_free_port(self, argv, log_path)
+
+
+def _metrics_port() -> list[str]:
+    """Both routers serve Prometheus on port 29000 of every interface by default: two at
+    once collide (the second panics). Each gets its own free port on loopback."""
+    return ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port())]
+
+
+def _start_on_free_port(router: PeerRouter, argv, log_path: Path | None, attempts: int = 3) -> None:
+    """Start on a free port; on another if it exits first (the port was taken meanwhile)."""
+    for attempt in range(attempts):
         port = free_port()
-        argv = [python, "-m", "sglang_router.launch_router", "--worker-urls", *urls,
-                *_policy_flags(policy), "--host", "127.0.0.1", "--port", str(port),
-                "--log-level", "error", *extra]
-        super().__init__(argv, port, log_path)
+        try:
+            PeerRouter.__init__(router, argv(port), port, log_path)
+            return
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
 
 
 def python_executable() -> str:

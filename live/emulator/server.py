@@ -158,6 +158,8 @@ class EmulatorServer:
     # --- routing ----------------------------------------------------------------------
     def _handle(self, conn: ServerConnection, req: Request) -> None:
         path, method = req.path, req.method
+        if log.isEnabledFor(logging.DEBUG):  # which routes a router in front calls
+            log.debug(kv("request", method=method, path=path))
         try:
             if req.too_large:
                 raise HttpError(413, f"request body exceeds the limit of {self.max_body_bytes} bytes")

@@ -61,3 +61,44 @@ def test_vllm_router_routes_to_emulators():
             assert all(r.ok for r in rs) and all(r.cached_tokens >= 192 for r in rs[1:])
             counts = sorted(len(get_json(u + "/_emulator/requests")["requests"]) for u in urls)
             assert counts == [0, 6]
+
+
+@needs_vllm_router
+@pytest.mark.slow
+def test_vllm_router_consistent_hash_sticks_by_header_not_by_the_body_user_field():
+    """What the side-by-side found (docs/cache-routing.md): vllm-router 0.1.17's
+    consistent_hash keys a /v1/completions request on its x-session-id header, not on
+    the body's ``user`` field (which the lab's load generator sends and the lab's model
+    reads), so without the header a conversation's turns scatter."""
+    import aiohttp
+
+    with spawn(4, "cpu-tiny", args=["--fixed-step", "0.002"]) as urls, \
+            VllmRouter(urls, "consistent_hash") as router:
+        def where(sent):
+            out = {}
+            for b, u in enumerate(urls):
+                for d, _, _ in get_json(u + "/_emulator/requests")["requests"]:
+                    if d in sent:
+                        out.setdefault(sent[d], set()).add(b)
+            return out
+
+        async def conversations(header: bool):
+            sent = {}
+            async with aiohttp.ClientSession() as s:
+                for conv in range(3):
+                    prompt = []
+                    for turn in range(6):
+                        prompt = prompt + list(range(1000 * conv + 100 * turn, 1000 * conv + 100 * turn + 60))
+                        body = {"prompt": prompt, "max_tokens": 2, "stream": True, "user": f"c{conv}"}
+                        hdrs = {"x-session-id": f"c{conv}"} if header else None
+                        async with s.post(router.url + "/v1/completions", json=body, headers=hdrs) as r:
+                            assert r.status == 200
+                            await r.read()
+                        sent[prompt_digest(prompt)] = conv
+            return sent
+
+        by_header = where(arun(conversations(True)))
+        assert all(len(bs) == 1 for bs in by_header.values())  # each conversation sticks
+        reset_backends(urls, emulated=True)
+        by_user = where(arun(conversations(False)))
+        assert any(len(bs) > 1 for bs in by_user.values())  # turns scatter
