@@ -47,6 +47,7 @@ from results.records import RequestRecord, RunLabels
 from routing import Decision, NoHealthyBackend, Outcome, RequestInfo
 from sim.itl import ItlEncoder
 from workload.sessions import SessionPlan
+from workload.hashing import block_hash_chain
 from workload.tokens import prompt_token_ids
 from workload.trace import Trace
 
@@ -316,9 +317,17 @@ class _Replay:
 
     def _request_info(self, i: int) -> RequestInfo:
         trace, router = self.trace, self.router
+        if not router.track_prefix:
+            hashes = np.zeros(0, np.uint64)
+        elif router.router.wants_kv_events:
+            # The exact mirror names blocks by the token ids the backends were sent (their
+            # KV events carry them), not by the trace's own hashes: hash what is sent.
+            hashes = block_hash_chain(prompt_token_ids(trace, i, self.opts.vocab_size),
+                                      router.block_size)
+        else:
+            hashes = trace.hashes(i)
         return RequestInfo(
-            int(trace.request_id[i]), int(trace.input_len[i]), router.now(),
-            trace.hashes(i) if router.track_prefix else np.zeros(0, np.uint64),
+            int(trace.request_id[i]), int(trace.input_len[i]), router.now(), hashes,
             session_id=str(trace.conversation_id[i]), turn=int(trace.turn[i]),
             num_shareable_blocks=int(self.shareable[i]) if self.shareable is not None else -1)
 

@@ -78,7 +78,11 @@ class LiveRouter:
         extra = {} if prefix_index_blocks is None else {"prefix_index_blocks": prefix_index_blocks}
         specs = [BackendSpec(n, g, **extra) for n, g in zip(names, groups)]
         self.strategy = strategy
-        self.track_prefix = strategy.needs_prefix_estimate if track_prefix is None else track_prefix
+        # Prompts are hashed for every strategy that reads the prefix of a backend's cache:
+        # the approximate index, the exact mirror (KV events) and the work in flight.
+        reads_prefix = (strategy.needs_prefix_estimate or strategy.needs_precise_prefix
+                        or strategy.needs_active_work)
+        self.track_prefix = reads_prefix if track_prefix is None else track_prefix
         self.router = Router(strategy, specs, block_size=block_size, track_prefix=self.track_prefix)
         self.block_size = block_size
         self.scrape_interval_s = scrape_interval_s

@@ -80,8 +80,24 @@ def build_manifest(scenario, points, experiment_id: str, digest: str,
 
 
 # --- backends ------------------------------------------------------------------------------
+#: The emulators' KV-event publisher when a strategy routes on exact cache mirrors.
+KV_EVENTS_CONFIG = json.dumps({"enable_kv_cache_events": True, "endpoint": "tcp://*:0",
+                               "replay_endpoint": "tcp://*:0"})
+
+
+def wants_kv_events(point) -> bool:
+    """Whether a strategy of the point routes on each backend's exact cache (KV events)."""
+    return any(routing.build(s.name, **s.params).needs_precise_prefix
+               for s in point.scenario.router.strategies)
+
+
 def emulator_specs(point, seed: int = 0) -> list[EmulatorSpec]:
-    """One emulator per backend of a grid point, with its group's profile and engine limits."""
+    """One emulator per backend of a grid point, with its group's profile and engine limits.
+
+    Emulators publish KV-cache events (found on ``/kv_event_sources``) when a strategy
+    routes on them; otherwise they build none, which keeps the engine's fast paths.
+    """
+    events = wants_kv_events(point)
     specs = []
     for i, (_, group) in enumerate(point.scenario.backends()):
         args = ["--block-size", str(group.block_size), "--seed", str(seed + i)]
@@ -92,6 +108,8 @@ def emulator_specs(point, seed: int = 0) -> list[EmulatorSpec]:
                 args += [flag, str(value)]
         if not group.enable_prefix_caching:
             args.append("--no-prefix-caching")
+        if events:
+            args += ["--kv-events-config", KV_EVENTS_CONFIG]
         # A derived profile (a table) travels as its JSON text; load_profile reads either.
         profile = group.profile if isinstance(group.profile, str) else json.dumps(group.profile, sort_keys=True)
         specs.append(EmulatorSpec(profile, tuple(args)))
