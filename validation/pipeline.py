@@ -65,6 +65,12 @@ UNIT_OVERHEAD_S = 2.0
 #: bound for backends far slower than simulated (what is still running is "unfinished").
 LIVE_BOUND_FACTOR = 1.5
 LIVE_BOUND_SLACK_S = 20.0
+#: The simulated side caches no served reply under a name a later prompt has: the live
+#: load generator replays the trace's tokens (the dataset's replies), not what the
+#: backend generated, so a live follow-up turn never hits its predecessor's reply
+#: blocks. Simulating them as hits (the simulator's default, a real chat client's
+#: behaviour) over-predicted prefix hits on multi-turn traces.
+REPLIES_IN_PROMPTS = False
 #: Bisection steps when searching the cut time (resolution: budget / 2**steps).
 SEARCH_STEPS = 10
 #: Fewer requests per unit than this gets a warning: rankings on so few are noisy.
@@ -362,7 +368,7 @@ def plan_point(point, seeds: Sequence[int], strategies, unit_budget_s: float, ex
             for strat in strategies:
                 labels = RunLabels(experiment_id, point.point_id, strat.label, s)
                 result = simulate(trace, routing.build(strat.name, seed=s, **strat.params), config,
-                                  labels=labels, seed=s)
+                                  labels=labels, seed=s, replies_in_prompts=REPLIES_IN_PROMPTS)
                 records[(strat.label, s)] = result.records
                 longest = max(longest, float(np.nanmax([r.finish_s for r in result.records])))
         if on_step:

@@ -27,6 +27,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import routing
 from live.emulator.spawn import EmulatorSpec, spawn_specs
 from live.loadgen import LoadOptions
 from validation.judge import (
@@ -292,6 +293,43 @@ def test_scaled_units_are_trace_prefixes_that_fit_the_budget(calibrated_run, bud
     else:
         assert plan.live_bound_s >= plan.predicted_s
         assert any(len(t) < plan.full_sizes[s] for s, t in plan.traces.items())
+
+
+def _sim_helpers():
+    """tests/sim/sim_helpers.py (its chat traces), loaded by path from this folder."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("sim_helpers", ROOT / "tests" / "sim" / "sim_helpers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_simulated_side_counts_no_reply_hit_a_live_replay_cannot_have(calibrated_run, monkeypatch):
+    # Live, the load generator sends each later turn the trace's tokens, not what the
+    # backend generated, so a later turn can hit at most the blocks its predecessor's
+    # *prompt* filled. The simulated side must predict that, not a chat client's hits.
+    import validation.pipeline as pipeline
+    from sim.cluster import simulate
+    from sim.fleet import cluster_config
+
+    chat = _sim_helpers().chat_trace(12, seed=4, rate=0.05, bs=32, max_out=120)
+    monkeypatch.setattr(pipeline, "build_trace", lambda *a, **k: chat)
+    sim = load_sim_run(calibrated_run)
+    point = sim.points[0]
+    plan = plan_point(point, [0], sim.scenario.router.strategies, 1e6, "x")
+    rows, _ = chat.reply_blocks()
+    later_turns = 0
+    for label in ("round_robin", "least_load"):
+        records = plan.records[(label, 0)]
+        for i, rec in enumerate(records):
+            if rows[i] >= 0:
+                later_turns += 1
+                assert records[rows[i]].cached_tokens <= rec.input_len // 32 * 32
+    assert later_turns > 5
+    # Guard: a simulation that does cache served replies breaks that bound on this trace.
+    replied = simulate(chat, routing.build("least_load"), cluster_config(point.scenario))
+    assert any(replied.records[rows[i]].cached_tokens > rec.input_len // 32 * 32
+               for i, rec in enumerate(replied.records) if rows[i] >= 0)
 
 
 # --- end to end on emulators -----------------------------------------------------------------------
