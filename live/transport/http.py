@@ -494,7 +494,7 @@ def run_until_signalled(server: Any, sock: socket.socket) -> None:
     """Serve on ``sock`` until SIGINT/SIGTERM, on uvloop when installed."""
     try:
         import uvloop
-    except ImportError:  # pragma: no cover - uvloop is in the [live] extra
+    except ImportError:  # pragma: no cover - uvloop is a core dependency except on Windows
         asyncio.run(_serve_until_signalled(server, sock))
         return
     uvloop.run(_serve_until_signalled(server, sock))
