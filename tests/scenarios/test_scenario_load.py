@@ -17,7 +17,8 @@ from workload import build_trace
 from workload.config import ArrivalSpec, WorkloadSpec
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = ["azure-replay", "burst", "cache-routing", "chat-sessions", "concurrency", "constant",
+SHIPPED = ["azure-replay", "burst", "cache-routing", "cache-study-azure", "cache-study-chat",
+           "cache-study-mooncake", "cache-study-sysprompt", "chat-sessions", "concurrency", "constant",
            "heterogeneous", "mixed-fleet", "poisson", "wildchat-replay"]
 
 #: [workload] keys that README and docs document (`workload.build_trace` receives
