@@ -1,7 +1,22 @@
-"""Simulator speed and memory on the Azure LLM conversation trace.
+"""Simulator speed and memory: the Azure conversation trace, and a big fleet.
 
     python benchmarks/sim_speed.py                 # own rate and 10x, fast and exact modes
     python benchmarks/sim_speed.py --million       # plus a 1M-request run (memory)
+    python benchmarks/sim_speed.py --fleet         # 256 replicas, 2,000 req/s, 10 minutes
+    python benchmarks/sim_speed.py --fleet --minutes 1 --replicas 64   # a scaled-down one
+    python benchmarks/sim_speed.py --scaling --minutes 1   # 4, 16, 64, 256 replicas, rate per replica fixed
+
+``--fleet`` is the production-sized configuration of issue 20: ``--replicas``
+``h100-llama2-70b-tp4`` backends (256) under Poisson arrivals at
+``--rate-per-replica`` (7.8125, so 2,000 req/s at 256) of multi-turn ShareGPT
+(every turn an open-loop arrival; later turns resend the conversation so far, so
+they hit the prefix cache where they land), for ``--minutes`` simulated minutes
+of arrivals (10), once per strategy in ``--strategies`` (``least_load`` and
+``cache_aware``). Printed as well: the CPU time spent inside the router's
+decisions (``Router.dispatch``: snapshot filling, the strategy, the bookkeeping),
+per request; it includes two ``process_time`` calls per decision (about 0.5 µs).
+``--scaling`` runs the same at 4, 16, 64 and 256 replicas with the rate per
+replica held, so the cost per request shows how it grows with the fleet.
 
 The trace (19,366 requests over 58 minutes; Splitwise, ISCA'24) is replayed on 16
 ``h100-llama2-70b-tp4`` backends behind ``least_load``, at its own rate and
@@ -26,19 +41,16 @@ DEFAULT_TRACE = REPO / "workload" / "data" / "azure_llm_inference_conv_2023.csv.
 
 
 def one(args: argparse.Namespace) -> dict:
-    """Run one configuration in this process and report its numbers."""
-    import resource
-    import tempfile
-    import time
-    from collections import Counter
-
-    import routing
-    from results.records import RecordWriter
-    from sim.cluster import BackendConfig, ClusterConfig, simulate
-    from sim.engine import EngineConfig
-    from sim.latency import load_profile
+    """Build one configuration's trace in this process, run it and report its numbers."""
     from workload import build_trace
 
+    if args.fleet_child:
+        # Multi-turn ShareGPT, Poisson arrivals; turns are open-loop (each at its own time).
+        workload = {"source": "sharegpt", "max_input_len": 3072, "max_output_len": 1024}
+        rate = args.rate_per_replica * args.backends
+        trace = build_trace(workload, {"pattern": "poisson", "rate": rate, "sessions": "open"},
+                            seed=0, duration_s=args.minutes * 60.0)
+        return _run(args, trace)
     workload = {"source": "azure", "path": args.trace}
     if args.requests:
         # Azure lengths, Poisson arrivals at 10x the trace's mean rate, cycled as needed.
@@ -47,6 +59,21 @@ def one(args: argparse.Namespace) -> dict:
     else:
         trace = build_trace(workload, {"pattern": "replay", "time_scale": args.scale}, seed=0,
                             num_requests=19366)
+    return _run(args, trace)
+
+
+def _run(args: argparse.Namespace, trace) -> dict:
+    import resource
+    import tempfile
+    import time
+    from collections import Counter
+
+    import routing
+    from results.records import RecordWriter
+    from sim.cluster import BackendConfig, ClusterConfig, ClusterSim
+    from sim.engine import EngineConfig
+    from sim.latency import load_profile
+
     prof = load_profile(args.profile)
     d = prof.engine
     engine = EngineConfig(d.num_kv_blocks, d.block_size, d.max_num_seqs, d.max_num_batched_tokens)
@@ -64,14 +91,39 @@ def one(args: argparse.Namespace) -> dict:
                 writer.write(rec)
 
             cpu0, wall0 = time.process_time(), time.perf_counter()
-            result = simulate(trace, strategy, cfg, seed=0, sink=sink)
+            sim = ClusterSim(trace, strategy, cfg, seed=0, sink=sink)
+            decision_ns = _time_decisions(sim.router) if args.decision_cost else None
+            result = sim.run()
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     ok = statuses["ok"]
     return {
         "requests": len(trace), "ok": ok, "sim_s": result.end_time, "cpu_s": cpu, "wall_s": wall,
         "req_per_cpu_s": len(trace) / cpu, "speedup": result.end_time / cpu,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "decision_us": decision_ns[0] / max(decision_ns[1], 1) / 1e3 if decision_ns else float("nan"),
+        "decision_share": decision_ns[0] / 1e9 / cpu if decision_ns else float("nan"),
+        "load_avg": os.getloadavg()[0],
     }
+
+
+def _time_decisions(router) -> list[int]:
+    """Wrap ``router.dispatch`` to add up its CPU time: [total ns, decisions]."""
+    import time
+
+    clock = time.process_time_ns
+    inner = router.dispatch
+    acc = [0, 0]
+
+    def dispatch(request, now):
+        t0 = clock()
+        try:
+            return inner(request, now)
+        finally:
+            acc[0] += clock() - t0
+            acc[1] += 1
+
+    router.dispatch = dispatch
+    return acc
 
 
 def run_child(extra: list[str]) -> dict:
@@ -81,6 +133,31 @@ def run_child(extra: list[str]) -> dict:
         cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *cmd]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def fleet(args: argparse.Namespace) -> int:
+    """The big-fleet table: one row per (replicas, strategy), each in its own process."""
+    sizes = [4, 16, 64, 256] if args.scaling else [args.replicas]
+    print(f"Multi-turn ShareGPT, Poisson {args.rate_per_replica:g} req/s per replica, "
+          f"{args.minutes:g} simulated minutes of arrivals, {args.profile}, one core\n")
+    header = (f"{'replicas':>8s} {'req/s':>6s} {'strategy':14s} {'requests':>9s} {'ok':>9s} "
+              f"{'sim time':>9s} {'CPU s':>8s} {'req/CPU-s':>10s} {'x real':>7s} {'peak RSS':>9s} "
+              f"{'decision µs/req':>15s} {'share':>6s} {'load':>5s}")
+    print(header)
+    print("-" * len(header))
+    for n in sizes:
+        for strategy in args.strategies:
+            r = run_child(["--fleet-child", "--decision-cost", "--backends", str(n),
+                           "--profile", args.profile, "--strategy", strategy,
+                           "--rate-per-replica", repr(args.rate_per_replica),
+                           "--minutes", repr(args.minutes)])
+            print(f"{n:8d} {n * args.rate_per_replica:6.0f} {strategy:14s} {r['requests']:9,d} "
+                  f"{r['ok']:9,d} {r['sim_s']:8.0f}s {r['cpu_s']:8.1f} {r['req_per_cpu_s']:10,.0f} "
+                  f"{r['speedup']:6.1f}x {r['peak_rss_mb']:7.0f}MB {r['decision_us']:15.1f} "
+                  f"{r['decision_share']:6.0%} {r['load_avg']:5.1f}", flush=True)
+    print("\nCPU s: the simulation alone (building the trace excluded); peak RSS includes the trace. "
+          "load: the 1-minute load average at the end of the run (timing is only firm near 1).")
+    return 0
 
 
 def main() -> int:
@@ -94,10 +171,25 @@ def main() -> int:
     p.add_argument("--scale", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--mode", default="fast", help=argparse.SUPPRESS)
     p.add_argument("--requests", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--fleet", action="store_true",
+                   help="the big-fleet configuration (ShareGPT, --replicas, --minutes) instead")
+    p.add_argument("--scaling", action="store_true",
+                   help="the big-fleet configuration at 4, 16, 64, 256 replicas (rate per replica held)")
+    p.add_argument("--replicas", type=int, default=256, help="big fleet: number of backends (256)")
+    p.add_argument("--rate-per-replica", type=float, default=2000.0 / 256,
+                   help="big fleet: Poisson req/s per replica (7.8125: 2,000 req/s at 256)")
+    p.add_argument("--minutes", type=float, default=10.0,
+                   help="big fleet: simulated minutes of arrivals (10; 1 for development)")
+    p.add_argument("--strategies", nargs="+", default=["least_load", "cache_aware"],
+                   help="big fleet: strategies to run (least_load cache_aware)")
+    p.add_argument("--fleet-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--decision-cost", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         print(json.dumps(one(args)))
         return 0
+    if args.fleet or args.scaling:
+        return fleet(args)
     if not Path(args.trace).exists():
         print(f"trace not found: {args.trace} (give --trace)", file=sys.stderr)
         return 2
