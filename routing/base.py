@@ -30,6 +30,10 @@ class Strategy:
       and ``new_blocks`` (``routing.active``).
     - ``needs_scrape``: keep scraped metrics and their age up to date.
 
+    - ``reads_columns``: ``choose`` reads only ``Candidates`` columns when it gets
+      them (``routing.types.Candidates``), so the router need not write the
+      per-request fields into every snapshot (a speed-up on large fleets).
+
     A strategy may set these per instance (a configurable profile does). Two
     instance attributes tune the router's indexes: ``kv_event_delay_s`` and
     ``index_blocks`` (the approximate index's capacity per backend; 0 = the
@@ -41,6 +45,7 @@ class Strategy:
     needs_precise_prefix: ClassVar[bool] = False
     needs_active_work: ClassVar[bool] = False
     needs_scrape: ClassVar[bool] = False
+    reads_columns: bool = False
     kv_event_delay_s: float = 0.0
     index_blocks: int = 0
 

@@ -20,7 +20,7 @@ from routing.base import Strategy
 from routing.event_feed import EventFeed, FeedStats
 from routing.kv_events import KVEvent
 from routing.prefix_index import ApproxPrefixIndex, BlockOwners, PrefixIndex, as_list
-from routing.types import BackendSnapshot, Outcome, RequestInfo, ScrapedMetrics
+from routing.types import BackendSnapshot, Candidates, Outcome, RequestInfo, ScrapedMetrics
 
 __all__ = ["BackendSpec", "Decision", "NoHealthyBackend", "PrefixIndex", "Router", "ScrapeSource"]
 
@@ -93,6 +93,13 @@ class Router:
             BackendSnapshot(index=i, name=b.name, group=b.group) for i, b in enumerate(backends)
         ]
         self._scraped_at = [math.nan] * len(backends)
+        #: In-flight requests per backend, always equal to the snapshots' counts: a
+        #: column strategies read in one pass (``Candidates``).
+        self._loads = [0] * len(backends)
+        self._all = Candidates(self.snapshots, self._loads, block_size)
+        #: The last ``prepare`` left the per-request fields of the snapshots unwritten
+        #: (a ``reads_columns`` strategy): ``commit`` writes the chosen one's.
+        self._columns_only = False
         self._inflight: dict[int, tuple[int, int]] = {}
         self._want_approx = strategy.needs_prefix_estimate
         self._want_precise = strategy.needs_precise_prefix
@@ -217,13 +224,26 @@ class Router:
                     self._pull(source, i, now)
             for s, t in zip(snaps, self._scraped_at):
                 s.scrape_age_s = now - t if t == t else math.inf
-        candidates = snaps if self._all_healthy else [s for s in snaps if s.healthy]
+        candidates = self._all if self._all_healthy else [s for s in snaps if s.healthy]
         if not candidates:
             raise NoHealthyBackend("no healthy backend to route to")
         chain = as_list(request.block_hashes) if self._track_prefix else []
+        self._columns_only = False
         if self._want_approx or self._want_precise or self._want_active:
-            self._fill(request, candidates, chain, now)
+            if (self.strategy.reads_columns and candidates is self._all and not self._want_precise
+                    and not self._want_active):
+                self._fill_columns(request, chain)
+            else:
+                self._fill(request, candidates, chain, now)
         return candidates, chain
+
+    def _fill_columns(self, request: RequestInfo, chain: list[int]) -> None:
+        """``_fill`` for a ``reads_columns`` strategy: the hits as one column, no snapshot written."""
+        n = min(max(request.input_len - 1, 0) // self.block_size, len(chain))
+        depth = [0] * len(self.snapshots)
+        self._approx_owners.depths(chain, n, depth)
+        self._all.hit_blocks = depth
+        self._columns_only = True
 
     def _fill(self, request: RequestInfo, candidates, chain: list[int], now: float) -> None:
         # The hot path of cache-aware routing: one bisection over the chain per
@@ -234,6 +254,8 @@ class Router:
         size = len(self.snapshots)
         depth = [0] * size
         self._approx_owners.depths(chain, n, depth)
+        if candidates is self._all:
+            candidates.hit_blocks = depth
         prefix = self._prefix
         feeds = self._feeds
         exact = None
@@ -279,6 +301,11 @@ class Router:
                now: float) -> Decision:
         """Count ``request`` in flight at ``chosen`` and return the decision record."""
         b = chosen.index
+        if self._columns_only:
+            # Only the chosen snapshot's per-request fields are written (``_fill_columns``).
+            chosen.prefix_hit_tokens = self._all.hit_blocks[b] * self.block_size
+            chosen.index_blocks = self._prefix[b]._size
+            self._columns_only = False
         source = self._scrape_source
         if source is not None and not self.strategy.needs_scrape:
             self._pull(source, b, now)
@@ -303,6 +330,7 @@ class Router:
             prefix_hit_tokens=hit,
         )
         chosen.inflight_requests += 1
+        self._loads[b] += 1
         chosen.inflight_tokens += request.input_len
         self._inflight[request.request_id] = (b, request.input_len)
         if self._track_prefix:
@@ -325,6 +353,7 @@ class Router:
         b, tokens = entry
         snap = self.snapshots[b]
         snap.inflight_requests -= 1
+        self._loads[b] -= 1
         snap.inflight_tokens -= tokens
         if self._active is not None:
             self._active[b].remove(outcome.request_id)

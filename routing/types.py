@@ -125,3 +125,29 @@ class Outcome:
         if self.output_len <= 1 or not self.ok:
             return math.nan
         return (self.e2el_s - self.ttft_s) / (self.output_len - 1)
+
+
+class Candidates(list):
+    """Every backend's snapshot, in index order, with per-backend columns beside them.
+
+    The router hands this to ``Strategy.choose`` when every backend is healthy
+    (a plain list of the healthy snapshots otherwise). ``loads[i]`` is always
+    ``self[i].inflight_requests``; ``hit_blocks[i]`` is the approximate index's
+    hit in blocks (``self[i].prefix_hit_tokens // block_size``) for strategies
+    that declare ``needs_prefix_estimate``, None otherwise. A strategy that reads
+    one column over a large fleet does one C-level pass instead of reading an
+    attribute from hundreds of objects; the decisions are the same.
+
+    A strategy that sets ``reads_columns`` (and reads nothing else the router
+    fills per request) lets the router skip writing ``prefix_hit_tokens`` and
+    ``index_blocks`` into every snapshot: only the chosen one's are written, in
+    ``Router.commit``.
+    """
+
+    __slots__ = ("loads", "hit_blocks", "block_size")
+
+    def __init__(self, snapshots, loads: list[int], block_size: int) -> None:
+        super().__init__(snapshots)
+        self.loads = loads
+        self.hit_blocks: list[int] | None = None
+        self.block_size = block_size

@@ -187,7 +187,15 @@ class CacheAware(CheckedStrategy):
         lo, hi = min(loads), max(loads)
         return hi - lo > self.balance_abs_threshold and hi > lo * self.balance_rel_threshold
 
+    @property
+    def reads_columns(self) -> bool:  # type: ignore[override]
+        # Its decision reads loads and hits only, unless the miss policy reads index sizes.
+        return self.miss_policy == "least_load"
+
     def choose(self, request: RequestInfo, backends: Sequence[BackendSnapshot]) -> int:
+        hit_blocks = getattr(backends, "hit_blocks", None)
+        if hit_blocks is not None:
+            return self._choose_columns(request, backends, hit_blocks)
         loads = [b.inflight_requests for b in backends]
         rng = self.rng
         if self.imbalanced(loads):
@@ -196,6 +204,28 @@ class CacheAware(CheckedStrategy):
         if request.input_len > 0 and best / request.input_len > self.cache_threshold:
             return argmax([(b.prefix_hit_tokens, -b.inflight_requests) for b in backends], rng)
         if self.miss_policy == "smallest_index":
+            return argmin([(b.index_blocks, b.inflight_requests) for b in backends], rng)
+        return argmin(loads, rng)
+
+    def _choose_columns(self, request: RequestInfo, backends, hit_blocks: list[int]) -> int:
+        """``choose`` on the router's columns (``routing.types.Candidates``): the same
+        decision and the same draws, without reading every snapshot."""
+        rng = self.rng
+        loads = backends.loads
+        if self.imbalanced(loads):
+            return argmin(loads, rng)
+        top = max(hit_blocks)
+        bs = backends.block_size
+        if request.input_len > 0 and top * bs / request.input_len > self.cache_threshold:
+            # argmax over (hit, -load): the best hits, then the fewest in flight among them.
+            if hit_blocks.count(top) == 1:
+                return hit_blocks.index(top)
+            best = [i for i, d in enumerate(hit_blocks) if d == top]
+            lo = min(loads[i] for i in best)
+            ties = [i for i in best if loads[i] == lo]
+            return ties[0] if len(ties) == 1 else ties[rng.randrange(len(ties))]
+        if self.miss_policy == "smallest_index":
+            # Not ``reads_columns``: the router filled the snapshots too.
             return argmin([(b.index_blocks, b.inflight_requests) for b in backends], rng)
         return argmin(loads, rng)
 

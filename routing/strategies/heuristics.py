@@ -15,8 +15,10 @@ from routing.types import BackendSnapshot, RequestInfo
 
 def _argmin_random_tie(values: Sequence[float], rng) -> int:
     best = min(values)
+    if values.count(best) == 1:  # the usual case, without building the list of ties
+        return values.index(best)
     ties = [i for i, v in enumerate(values) if v == best]
-    return ties[0] if len(ties) == 1 else ties[rng.randrange(len(ties))]
+    return ties[rng.randrange(len(ties))]
 
 
 @register
@@ -52,7 +54,10 @@ class LeastLoad(Strategy):
     name = "least_load"
 
     def choose(self, request: RequestInfo, backends: Sequence[BackendSnapshot]) -> int:
-        return _argmin_random_tie([b.inflight_requests for b in backends], self.rng)
+        loads = getattr(backends, "loads", None)  # the router's column (routing.types.Candidates)
+        if loads is None:
+            loads = [b.inflight_requests for b in backends]
+        return _argmin_random_tie(loads, self.rng)
 
 
 @register

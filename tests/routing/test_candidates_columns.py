@@ -1,0 +1,92 @@
+"""The router's columns (``routing.types.Candidates``) change no decision.
+
+``least_load`` and ``cache_aware`` read per-backend columns when the router hands
+them ``Candidates`` (and ``cache_aware`` then lets the router skip filling every
+snapshot). The reference is the same strategy reading the snapshots one by one:
+the same choices and the same random draws, decision after decision.
+"""
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import routing
+from routing import BackendSpec, RequestInfo, Router
+from routing.types import BackendSnapshot, Candidates
+
+
+class SnapshotsOnly(routing.Strategy):
+    """Wraps a strategy and hides the columns: it reads the snapshots (the reference)."""
+
+    def __init__(self, inner: routing.Strategy) -> None:
+        super().__init__(seed=inner.seed)
+        self.inner = inner
+        self.name = inner.name
+        self.needs_prefix_estimate = inner.needs_prefix_estimate
+        self.index_blocks = inner.index_blocks
+
+    def choose(self, request, backends):
+        return self.inner.choose(request, list(backends))
+
+
+def snapshots(loads, hits, bs):
+    return [BackendSnapshot(index=i, name=f"b{i}", inflight_requests=l, prefix_hit_tokens=h * bs)
+            for i, (l, h) in enumerate(zip(loads, hits))]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), st.sampled_from(["least_load", "cache_aware"]), st.integers(1, 40))
+def test_columns_choose_as_the_snapshots_do(data, name, n):
+    bs = 16
+    with_cols, without = routing.build(name, seed=3), routing.build(name, seed=3)
+    for _ in range(5):  # several decisions: the generators must stay in step
+        # Few distinct values, so ties (and the draws that break them) are common.
+        loads = data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))
+        hits = data.draw(st.lists(st.integers(0, 4), min_size=n, max_size=n))
+        input_len = data.draw(st.integers(0, 6 * bs))
+        req = RequestInfo(1, input_len, 0.0)
+        snaps = snapshots(loads, hits, bs)
+        cands = Candidates(snaps, list(loads), bs)
+        cands.hit_blocks = list(hits)
+        assert with_cols.choose(req, cands) == without.choose(req, list(snaps))
+    assert with_cols.rng.random() == without.rng.random()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31), st.sampled_from(["least_load", "cache_aware"]), st.integers(2, 12))
+def test_router_decisions_equal_with_and_without_columns(seed, name, n):
+    """Whole decisions (backend, features) through ``Router.dispatch`` and ``finish``."""
+    import random
+
+    from routing.types import Outcome
+
+    rng = random.Random(seed)
+    specs = [BackendSpec(f"b{i}", prefix_index_blocks=64) for i in range(n)]
+    fast = Router(routing.build(name, seed=seed % 7), specs)
+    ref = Router(SnapshotsOnly(routing.build(name, seed=seed % 7)), specs)
+    assert fast.strategy.reads_columns == (name == "cache_aware")
+    assert not ref.strategy.reads_columns
+    prompts = [[rng.getrandbits(62) for _ in range(8)] for _ in range(4)]
+    inflight = []
+    for rid in range(60):
+        if inflight and rng.random() < 0.4:
+            done = inflight.pop(rng.randrange(len(inflight)))
+            for r in (fast, ref):
+                r.finish(Outcome(done[0], done[1], True, 10, 5, 0.1, 0.5))
+            continue
+        p = prompts[rng.randrange(len(prompts))]
+        k = rng.randint(1, len(p))
+        req = RequestInfo(rid, 16 * k + rng.randint(0, 15), 0.0, p[:k])
+        a, b = fast.dispatch(req, 0.0), ref.dispatch(req, 0.0)
+        assert a == b
+        inflight.append((rid, a.backend))
+    assert [s.inflight_requests for s in fast.snapshots] == fast._loads
+
+
+def test_unhealthy_backends_fall_back_to_snapshots():
+    """With a backend down the candidates are a plain list: the strategy reads snapshots."""
+    r = Router(routing.build("cache_aware", seed=0), [BackendSpec(f"b{i}") for i in range(3)])
+    r.set_healthy(0, False)
+    cands, _ = r.prepare(RequestInfo(1, 64, 0.0, [1, 2, 3, 4]), 0.0)
+    assert not isinstance(cands, Candidates) and [c.index for c in cands] == [1, 2]
+    assert r.dispatch(RequestInfo(2, 64, 0.0, [1, 2, 3, 4]), 0.0).backend in (1, 2)
