@@ -22,12 +22,20 @@ sort. So this module works in two regimes:
   Memory stays bounded by the number of runs plus ``candidate_limit``, and the
   order statistics are the very floats numpy would pick, interpolated with
   numpy's own formula.
+
+A unit of a million requests under heavy load has over 100M runs, too many to
+hold (20 bytes each in the file, 40 here). ``pooled_itl_stats_stream`` takes a
+function that yields the runs in chunks (``results.metrics`` reads them from the
+record file, row group by row group) and makes one pass over them per sum,
+sample, count and bracket: memory is one chunk plus ``candidate_limit`` gaps,
+and the statistics are the same floats as ``pooled_itl_stats`` on the whole
+arrays (the sums are taken over the same slices of runs, in the same order).
 """
 from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +73,26 @@ def pooled_itl_stats(
     Runs with ``count <= 0`` or a non-finite start/step are ignored. With no gap
     at all every statistic is NaN.
     """
-    runs = _Runs.build(start, step, count)
+    return _pooled(_Runs.build(start, step, count), percentiles, expand_limit, candidate_limit)
+
+
+#: ``chunks()`` -> an iterable of ``(start, step, count)`` array triples, the runs in
+#: order; called once per pass, it must yield the same runs every time.
+RunChunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+
+
+def pooled_itl_stats_stream(
+    chunks: RunChunks,
+    percentiles: Sequence[float] = (50, 90, 95, 99),
+    *,
+    expand_limit: int = EXPAND_LIMIT,
+    candidate_limit: int = CANDIDATE_LIMIT,
+) -> PooledStats:
+    """``pooled_itl_stats`` of runs read in chunks, several passes, bounded memory."""
+    return _pooled(_StreamRuns(chunks), percentiles, expand_limit, candidate_limit)
+
+
+def _pooled(runs, percentiles, expand_limit: int, candidate_limit: int) -> PooledStats:
     nan_pct = {float(p): math.nan for p in percentiles}
     if runs.total == 0:
         return PooledStats(0, math.nan, math.nan, nan_pct)
@@ -156,18 +183,41 @@ class _Runs:
         """
         total, sq_total = 0.0, 0.0
         for lo in range(0, len(self.c), _SUM_CHUNK):
-            c = self.c[lo:lo + _SUM_CHUNK].astype(np.float64)
-            total += float(np.sum(c * self.s[lo:lo + _SUM_CHUNK] + self.d[lo:lo + _SUM_CHUNK] * (c * (c - 1) / 2)))
+            total += self.slice(lo, lo + _SUM_CHUNK).sum_terms()
         mean = total / self.total
         for lo in range(0, len(self.c), _SUM_CHUNK):
-            c = self.c[lo:lo + _SUM_CHUNK].astype(np.float64)
-            d = self.d[lo:lo + _SUM_CHUNK]
-            a = self.s[lo:lo + _SUM_CHUNK] - mean  # centre first: sums of squares of centred terms
-            tri = c * (c - 1) / 2  # sum of k
-            sq = c * a * a + 2 * a * d * tri + d * d * (c - 1) * c * (2 * c - 1) / 6
-            sq_total += float(np.sum(sq))
+            sq_total += self.slice(lo, lo + _SUM_CHUNK).sum_squares(mean)
         var = sq_total / self.total
         return mean, math.sqrt(max(var, 0.0))
+
+    def slice(self, lo: int, hi: int) -> _Runs:
+        c = self.c[lo:hi]
+        return _Runs(self.s[lo:hi], self.d[lo:hi], c, int(c.sum()), self.rmin[lo:hi], self.rmax[lo:hi])
+
+    def sum_terms(self) -> float:
+        c = self.c.astype(np.float64)
+        return float(np.sum(c * self.s + self.d * (c * (c - 1) / 2)))
+
+    def sum_squares(self, mean: float) -> float:
+        c = self.c.astype(np.float64)
+        d = self.d
+        a = self.s - mean  # centre first: sums of squares of centred terms
+        tri = c * (c - 1) / 2  # sum of k
+        return float(np.sum(c * a * a + 2 * a * d * tri + d * d * (c - 1) * c * (2 * c - 1) / 6))
+
+    def count(self, v: float) -> int:
+        """How many gaps are <= ``v`` (``v`` may be infinite)."""
+        if v == -math.inf:
+            return 0
+        if v == math.inf:
+            return self.total
+        return int(self.count_le(v).sum())
+
+    def gaps_between(self, lo: float, hi: float) -> np.ndarray:
+        """Every gap in ``(lo, hi]`` (bounds may be infinite)."""
+        n_lo = np.zeros_like(self.c) if lo == -math.inf else self.count_le(lo)
+        n_hi = self.c if hi == math.inf else self.count_le(hi)
+        return self.between(n_lo, n_hi)
 
     def count_le(self, v: float) -> np.ndarray:
         """Per run, how many of its (float) gaps are <= ``v``."""
@@ -231,13 +281,89 @@ class _Runs:
         return np.sort(self.terms(run, k))
 
 
+class _StreamRuns:
+    """The ``_Runs`` operations the statistics need, one pass over chunked runs each.
+
+    Chunks are filtered as ``_Runs.build`` filters and re-cut into slices of
+    ``_SUM_CHUNK`` runs, the slices ``_Runs.mean_std`` sums over, so the sums
+    are the same floats as on the whole arrays.
+    """
+
+    def __init__(self, chunks: RunChunks) -> None:
+        self._chunks = chunks
+        self.total = sum(r.total for r in self._slices())
+
+    def _slices(self) -> Iterator[_Runs]:
+        buf: list[_Runs] = []
+        held = 0
+        for start, step, count in self._chunks():
+            r = _Runs.build(start, step, count)
+            pos = 0
+            n = len(r.c)
+            while pos < n:
+                take = min(n - pos, _SUM_CHUNK - held)
+                buf.append(r.slice(pos, pos + take) if take < n else r)
+                held += take
+                pos += take
+                if held == _SUM_CHUNK:
+                    yield _concat(buf)
+                    buf, held = [], 0
+        if held:
+            yield _concat(buf)
+
+    def expand_all(self) -> np.ndarray:
+        parts = [r.expand_all() for r in self._slices()]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def mean_std(self) -> tuple[float, float]:
+        mean = sum(r.sum_terms() for r in self._slices()) / self.total
+        var = sum(r.sum_squares(mean) for r in self._slices()) / self.total
+        return mean, math.sqrt(max(var, 0.0))
+
+    def sample(self, size: int) -> np.ndarray:
+        """``_Runs.sample`` of the whole stream: the same strided gaps."""
+        size = min(size, self.total)
+        j = ((np.arange(size) + 0.5) * (self.total / size)).astype(np.int64)
+        j = np.minimum(j, self.total - 1)
+        parts, offset = [], 0
+        for r in self._slices():
+            lo, hi = np.searchsorted(j, [offset, offset + r.total])
+            if hi > lo:
+                ends = np.cumsum(r.c)
+                local = j[lo:hi] - offset
+                run = np.searchsorted(ends, local, side="right")
+                parts.append(r.terms(run, local - (ends[run] - r.c[run])))
+            offset += r.total
+        return np.sort(np.concatenate(parts))
+
+    def count(self, v: float) -> int:
+        if v == -math.inf:
+            return 0
+        if v == math.inf:
+            return self.total
+        return sum(r.count(v) for r in self._slices())
+
+    def gaps_between(self, lo: float, hi: float) -> np.ndarray:
+        parts = [r.gaps_between(lo, hi) for r in self._slices()]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def _concat(parts: list[_Runs]) -> _Runs:
+    if len(parts) == 1:
+        return parts[0]
+    c = np.concatenate([p.c for p in parts])
+    return _Runs(np.concatenate([p.s for p in parts]), np.concatenate([p.d for p in parts]), c,
+                 int(c.sum()), np.concatenate([p.rmin for p in parts]),
+                 np.concatenate([p.rmax for p in parts]))
+
+
 # --- selection ----------------------------------------------------------------
 
 
 class _Selector:
     """Exact order statistics of the pooled gaps (see the module docstring)."""
 
-    def __init__(self, runs: _Runs, candidate_limit: int) -> None:
+    def __init__(self, runs: _Runs | _StreamRuns, candidate_limit: int) -> None:
         self.runs = runs
         self.limit = max(1, candidate_limit)
         self._sample: np.ndarray | None = None
@@ -273,18 +399,18 @@ class _Selector:
         lo_i, hi_i = math.floor(est) - margin, math.ceil(est) + margin
         lo = float(sample[lo_i]) if lo_i >= 0 else -math.inf
         hi = float(sample[hi_i]) if hi_i < m else math.inf
-        n_lo, n_hi = self._counts(lo), self._counts(hi)
+        n_lo, n_hi = runs.count(lo), runs.count(hi)
         # Repair a bracket the sample got wrong: widen to the whole range.
-        if n_lo.sum() > k:
-            lo, n_lo = -math.inf, np.zeros_like(runs.c)
-        if n_hi.sum() <= k:
-            hi, n_hi = math.inf, runs.c.copy()
+        if n_lo > k:
+            lo, n_lo = -math.inf, 0
+        if n_hi <= k:
+            hi, n_hi = math.inf, runs.total
         # Invariant: count(<= lo) <= k < count(<= hi), so lo < x_k <= hi.
         while True:
-            inside = int(n_hi.sum() - n_lo.sum())
+            inside = n_hi - n_lo
             if inside <= self.limit:
-                cand = runs.between(n_lo, n_hi)
-                r = k - int(n_lo.sum())
+                cand = runs.gaps_between(lo, hi)
+                r = k - n_lo
                 wanted = [r, r + 1] if r + 1 < len(cand) else [r]
                 part = np.partition(cand, wanted)
                 for w in wanted:
@@ -294,18 +420,11 @@ class _Selector:
             if mid is None:  # lo and hi are adjacent floats: every candidate is hi
                 self._cache[k] = hi
                 return
-            n_mid = self._counts(mid)
-            if n_mid.sum() > k:
+            n_mid = runs.count(mid)
+            if n_mid > k:
                 hi, n_hi = mid, n_mid
             else:
                 lo, n_lo = mid, n_mid
-
-    def _counts(self, v: float) -> np.ndarray:
-        if v == -math.inf:
-            return np.zeros_like(self.runs.c)
-        if v == math.inf:
-            return self.runs.c.copy()
-        return self.runs.count_le(v)
 
 
 def _lerp(a: float, b: float, t: float) -> float:

@@ -58,7 +58,7 @@ import pyarrow.compute as pc
 
 from results.bootstrap import unit_replicates
 from results.counters import UnitCounters, read_counters
-from results.itl_stats import pooled_itl_stats
+from results.itl_stats import RunChunks, pooled_itl_stats, pooled_itl_stats_stream
 from results.records import STATUSES, RequestRecord, read_records, to_table
 from results.saturation import assess_saturation
 
@@ -185,11 +185,50 @@ class UnitMetrics:
         return cls(dict(doc["metrics"]), list(doc["backends"]), reps)
 
 
+_ITL_COLUMNS = ("itl_start", "itl_step", "itl_count")
+
+
 def file_metrics(path: str | Path, slo: Mapping[str, Any] | None = None, *,
                  backend_names: Sequence[str] | None = None) -> UnitMetrics:
-    """``unit_metrics`` of one record file, with the engines' counters stored in it."""
-    return unit_metrics(read_records(path), slo, backend_names=backend_names,
-                        counters=read_counters(path))
+    """``unit_metrics`` of one record file, with the engines' counters stored in it.
+
+    The ITL runs are not read whole: the statistics read them row group by row
+    group, once per pass (``results.itl_stats.pooled_itl_stats_stream``), so the
+    memory is the scalar columns plus one row group's runs, not every run of the
+    unit (over 100 per request under heavy load). The values are the same floats.
+    """
+    import pyarrow.parquet as pq
+
+    from results.records import SCHEMA, check_schema
+
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowInvalid):
+        schema = None
+    if schema is None or not all(n in schema.names for n in SCHEMA.names):
+        # Unreadable or an older schema version: read_records says why or upgrades it.
+        return unit_metrics(read_records(path), slo, backend_names=backend_names,
+                            counters=read_counters(path))
+    check_schema(schema, str(path))
+    table = pq.read_table(path, columns=[n for n in SCHEMA.names if n not in _ITL_COLUMNS],
+                          schema=SCHEMA)
+    return unit_metrics(table, slo, backend_names=backend_names, counters=read_counters(path),
+                        itl_runs=file_itl_runs(path))
+
+
+def file_itl_runs(path: str | Path) -> RunChunks:
+    """The ITL runs of a record file's ok rows, one row group at a time (``RunChunks``)."""
+    import pyarrow.parquet as pq
+
+    def chunks():
+        pf = pq.ParquetFile(path)
+        for g in range(pf.num_row_groups):
+            t = pf.read_row_group(g, columns=["status", *_ITL_COLUMNS])
+            ok = pc.equal(t.column("status"), "ok")
+            if not pc.all(ok).as_py():
+                t = t.filter(ok)
+            yield tuple(pc.list_flatten(t.column(c)).to_numpy() for c in _ITL_COLUMNS)
+    return chunks
 
 
 def unit_metrics(
@@ -199,6 +238,7 @@ def unit_metrics(
     backend_names: Sequence[str] | None = None,
     counters: UnitCounters | None = None,
     bootstrap: bool = True,
+    itl_runs: RunChunks | None = None,
 ) -> UnitMetrics:
     """All metrics of one unit's records (one row per request, every status).
 
@@ -209,8 +249,10 @@ def unit_metrics(
     unit (``results.counters``); without them the hit rate and the work come from
     the records. ``bootstrap``: also compute the within-run bootstrap deviations of the
     latency percentiles (``results.bootstrap``) that the intervals across seeds use.
+    ``itl_runs``: the ok rows' ITL runs in chunks, read in several passes (then the
+    records need no ITL columns; ``file_metrics`` passes them).
     """
-    cols = _Columns.of(records)
+    cols = _Columns.of(records, itl=itl_runs is None)
     slo_ms = parse_slo(slo)
     status = cols.scalar("status")
     unknown = sorted(set(np.unique(status).tolist()) - set(STATUSES))
@@ -239,8 +281,12 @@ def unit_metrics(
     _put_stats(v, "ttft", ttft)
     _put_stats(v, "tpot", tpot)
     _put_stats(v, "e2el", e2el)
-    starts, steps, counts = cols.itl(ok)
-    itl = pooled_itl_stats(starts, steps, counts, (50,) + PERCENTILES)
+    if itl_runs is not None:
+        itl = pooled_itl_stats_stream(itl_runs, (50,) + PERCENTILES)
+    else:
+        starts, steps, counts = cols.itl(ok)
+        itl = pooled_itl_stats(starts, steps, counts, (50,) + PERCENTILES)
+        del starts, steps, counts
     v["mean_itl_ms"] = itl.mean * 1000
     v["median_itl_ms"] = itl.percentiles[50.0] * 1000
     v["std_itl_ms"] = itl.std * 1000
@@ -548,7 +594,7 @@ class _Columns:
         self.table, self.frame = table, frame
 
     @classmethod
-    def of(cls, records: Any) -> _Columns:
+    def of(cls, records: Any, itl: bool = True) -> _Columns:
         if isinstance(records, pa.Table):
             obj: Any = records
         elif isinstance(records, pd.DataFrame):
@@ -556,7 +602,7 @@ class _Columns:
         else:
             obj = to_table(records)
         names = obj.column_names if isinstance(obj, pa.Table) else list(obj.columns)
-        missing = [c for c in _NEEDED if c not in names]
+        missing = [c for c in _NEEDED if c not in names and (itl or c not in _ITL_COLUMNS)]
         if missing:
             raise ValueError(f"records lack columns: {', '.join(missing)}")
         if isinstance(obj, pa.Table):

@@ -100,3 +100,39 @@ def test_mean_and_std_summed_in_slices_equal_numpy(rs, chunk):
     assert sliced.mean == pytest.approx(whole.mean, rel=1e-12, abs=1e-15)
     assert sliced.mean == pytest.approx(np.mean(gaps), rel=1e-9, abs=1e-12)
     assert sliced.std == pytest.approx(np.std(gaps), rel=1e-6, abs=1e-9)
+
+
+def chunked(s, d, c, cuts):
+    """A ``RunChunks`` over the arrays cut at ``cuts`` (each pass yields the same chunks)."""
+    bounds = [0, *sorted({min(x, len(c)) for x in cuts}), len(c)]
+
+    def chunks():
+        for lo, hi in zip(bounds, bounds[1:]):
+            yield s[lo:hi], d[lo:hi], c[lo:hi]
+    return chunks
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(runs, st.lists(st.integers(0, 30), max_size=5), st.integers(1, 12), st.integers(1, 4),
+       st.booleans())
+def test_streamed_runs_give_the_same_floats(rs, cuts, limit, sum_chunk, expand):
+    """Read in chunks (any cut), the statistics are the very floats of the whole arrays,
+    in the selection regime (bisection included) and the expansion regime."""
+    import results.itl_stats as itl_stats
+    from results.itl_stats import pooled_itl_stats_stream
+
+    s, d, c = columns(rs)
+    saved = itl_stats._SUM_CHUNK
+    itl_stats._SUM_CHUNK = sum_chunk  # slices smaller than a chunk, and chunks cut across them
+    try:
+        kw = dict(expand_limit=10**9 if expand else 0, candidate_limit=limit)
+        whole = pooled_itl_stats(s, d, c, PCTS, **kw)
+        streamed = pooled_itl_stats_stream(chunked(s, d, c, cuts), PCTS, **kw)
+    finally:
+        itl_stats._SUM_CHUNK = saved
+    assert streamed.n == whole.n == int(c.sum())
+    if whole.n == 0:
+        return
+    assert (streamed.mean, streamed.std) == (whole.mean, whole.std)
+    assert streamed.percentiles == whole.percentiles
+    assert [whole.percentiles[p] for p in PCTS] == np.percentile(expand_itl(s, d, c), PCTS).tolist()

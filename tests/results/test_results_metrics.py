@@ -283,3 +283,45 @@ def test_peak_concurrency_half_open_intervals():
     times, level = inflight_series(np.array([0.0, 0.5]), np.array([1.0, 2.0]))
     assert times.tolist() == [0.0, 0.5, 1.0, 2.0]
     assert level.tolist() == [1, 2, 1, 0]
+
+
+def test_file_metrics_streams_itl_runs_to_the_same_values(tmp_path):
+    """A record file's ITL runs are read row group by row group, not whole: the
+    summary equals the one of the whole table, and the runs are not all read at once."""
+    import pyarrow.parquet as pq
+
+    from results import metrics as m
+    from results.records import RecordWriter, read_records
+
+    rng = np.random.default_rng(5)
+    recs = []
+    for i in range(300):
+        status = "ok" if i % 7 else "timeout"
+        k = int(rng.integers(0, 6))
+        itl = (rng.uniform(0.01, 0.1, k).tolist(), rng.uniform(-1e-3, 1e-3, k).tolist(),
+               rng.integers(1, 40, k).tolist())
+        recs.append(rec(i, status, i % 3, i * 0.1, i * 0.1, i * 0.1 + 0.2, i * 0.1 + 3.0,
+                        i * 0.1 + 3.1, 40 if status == "ok" else 0, 100, itl=itl))
+    path = tmp_path / "records.parquet"
+    with RecordWriter(path, batch_rows=32) as w:  # ten row groups
+        for r in recs:
+            w.write(r)
+    assert pq.ParquetFile(path).num_row_groups > 5
+    whole = unit_metrics(read_records(path), SLO, backend_names=["a", "b", "c"])
+    chunks = []
+    streamed_runs = m.file_itl_runs(path)
+
+    def spy():
+        for part in streamed_runs():
+            chunks.append(len(part[0]))
+            yield part
+    seen = unit_metrics(pq.read_table(path, columns=[c for c in read_records(path).column_names
+                                                     if not c.startswith("itl_")]),
+                        SLO, backend_names=["a", "b", "c"], itl_runs=spy)
+    via_file = m.file_metrics(path, SLO, backend_names=["a", "b", "c"])
+    for got in (seen, via_file):
+        for key, want in whole.values.items():
+            assert got.values[key] == want or (math.isnan(want) and math.isnan(got.values[key])), key
+    ok_runs = sum(len(r.itl_count) for r in recs if r.status == "ok")
+    assert sum(chunks) % ok_runs == 0 and max(chunks) < ok_runs  # whole passes, in parts
+    assert whole.values["mean_itl_ms"] > 0
