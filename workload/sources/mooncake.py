@@ -30,8 +30,6 @@ routing; ``turn`` counts requests within a session.
 """
 from __future__ import annotations
 
-import gzip
-import json
 import math
 from importlib import resources
 from pathlib import Path
@@ -41,6 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from workload.config import Filters
+from workload.formats import read_jsonl
 from workload.hashing import mix64
 from workload.pool import PoolBuilder, RequestPool
 
@@ -65,58 +64,46 @@ def mooncake_path(path: str) -> Path:
 
 def read_trace(path: Path, hash_block: int = MOONCAKE_BLOCK) -> list[dict[str, Any]]:
     """The trace's records, checked (``ValueError`` names the line and the field)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    rows = []
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not a JSON object ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object with {', '.join(FIELDS)}")
-            missing = [f for f in FIELDS if f not in rec]
-            if missing:
-                raise ValueError(f"{path}:{n}: missing field(s) {', '.join(missing)}; a Mooncake "
-                                 f"trace line has {', '.join(FIELDS)}")
-            for f in ("timestamp", "input_length", "output_length"):
-                v = rec[f]
-                if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                    raise ValueError(f"{path}:{n}: {f} must be a number >= 0; got {v!r}")
-            ids = rec["hash_ids"]
-            if not isinstance(ids, list) or not all(isinstance(h, int) and h >= 0 for h in ids):
-                raise ValueError(f"{path}:{n}: hash_ids must be a list of ids >= 0")
-            need = math.ceil(rec["input_length"] / hash_block)
-            if len(ids) < need:
-                raise ValueError(f"{path}:{n}: {len(ids)} hash_ids cover {len(ids) * hash_block} "
-                                 f"tokens, fewer than input_length {rec['input_length']} (ids of "
-                                 f"{hash_block} tokens; set [workload] hash_block_size if the "
-                                 "trace's blocks are another size)")
-            for f in ("delay",):
-                v = rec.get(f)
-                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
-                    raise ValueError(f"{path}:{n}: {f} must be a number >= 0 (ms); got {v!r}")
-            t = rec.get("turn")
-            if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
-                raise ValueError(f"{path}:{n}: turn must be an integer >= 0; got {t!r}")
-            rows.append(rec)
-    if not rows:
-        raise ValueError(f"{path}: no records")
+    rows = read_jsonl(path)
+    for rec in rows:
+        n = rec["_line"]
+        missing = [f for f in FIELDS if f not in rec]
+        if missing:
+            raise ValueError(f"{path}:{n}: missing field(s) {', '.join(missing)}; a Mooncake "
+                             f"trace line has {', '.join(FIELDS)}")
+        for f in ("timestamp", "input_length", "output_length"):
+            v = rec[f]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"{path}:{n}: {f} must be a number >= 0; got {v!r}")
+        ids = rec["hash_ids"]
+        if not isinstance(ids, list) or not all(isinstance(h, int) and h >= 0 for h in ids):
+            raise ValueError(f"{path}:{n}: hash_ids must be a list of ids >= 0")
+        need = math.ceil(rec["input_length"] / hash_block)
+        if len(ids) < need:
+            raise ValueError(f"{path}:{n}: {len(ids)} hash_ids cover {len(ids) * hash_block} "
+                             f"tokens, fewer than input_length {rec['input_length']} (ids of "
+                             f"{hash_block} tokens; set [workload] hash_block_size if the "
+                             "trace's blocks are another size)")
+        for f in ("delay",):
+            v = rec.get(f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
+                raise ValueError(f"{path}:{n}: {f} must be a number >= 0 (ms); got {v!r}")
+        t = rec.get("turn")
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t < 0):
+            raise ValueError(f"{path}:{n}: turn must be an integer >= 0; got {t!r}")
     return rows
 
 
 def check_prefix_ids(rows: list[dict[str, Any]], path: Path) -> None:
     """Every id must have one predecessor: ids must name prefixes, not block contents."""
     parent: dict[int, int] = {}
-    for n, rec in enumerate(rows, 1):
+    for rec in rows:
         prev = -1
         for h in rec["hash_ids"]:
             p = parent.setdefault(h, prev)
             if p != prev:
                 raise ValueError(
-                    f"{path}: record {n}: hash id {h} follows id {prev} here and id {p} elsewhere; "
+                    f"{path}:{rec.get('_line', '?')}: hash id {h} follows id {prev} here and id {p} elsewhere; "
                     f"the loader needs prefix hashes (equal ids = equal prefixes), as Mooncake's "
                     f"released traces have")
             prev = h
