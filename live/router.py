@@ -56,7 +56,7 @@ class LiveRouter:
         eject_after: int = 3,
         probe_interval_s: float = 1.0,
         track_prefix: bool | None = None,
-        prefix_index_blocks: int | None = None,
+        prefix_index_blocks: int | Sequence[int] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         on_health_change: Callable[[int, bool], None] | None = None,
         health_interval_s: float = 0.0,
@@ -73,10 +73,17 @@ class LiveRouter:
         self.urls = [u.rstrip("/") for u in urls]
         names = list(names) if names is not None else [f"backend-{i}" for i in range(len(urls))]
         groups = list(groups) if groups is not None else ["default"] * len(urls)
-        # The simulator sizes the router's prefix index to the engine's KV blocks; callers that
-        # know them (profiling) pass them so both build the same index.
-        extra = {} if prefix_index_blocks is None else {"prefix_index_blocks": prefix_index_blocks}
-        specs = [BackendSpec(n, g, **extra) for n, g in zip(names, groups)]
+        # The simulator sizes the router's prefix index to each engine's KV blocks; callers that
+        # know them (profiling, live runs of a scenario) pass them, one for all or one per
+        # backend, so both build the same index. Unknown: llm-d's default (DEFAULT_INDEX_BLOCKS).
+        if prefix_index_blocks is None or isinstance(prefix_index_blocks, int):
+            sizes = [prefix_index_blocks] * len(urls)
+        else:
+            sizes = list(prefix_index_blocks)
+            if len(sizes) != len(urls):
+                raise ValueError(f"prefix_index_blocks has {len(sizes)} sizes for {len(urls)} backends")
+        specs = [BackendSpec(n, g) if k is None else BackendSpec(n, g, prefix_index_blocks=int(k))
+                 for n, g, k in zip(names, groups, sizes)]
         self.strategy = strategy
         # Prompts are hashed for every strategy that reads the prefix of a backend's cache:
         # the approximate index, the exact mirror (KV events) and the work in flight.
@@ -151,11 +158,12 @@ class LiveRouter:
                 stream.close()
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except asyncio.CancelledError:
-                pass
+        # Every task is awaited: one that died of its own error is logged, never raised
+        # here, where it would skip the others and lose the caller's finished work.
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for t, res in zip(self._tasks, results):
+            if isinstance(res, BaseException) and not isinstance(res, asyncio.CancelledError):
+                log.warning(kv("background_task_failed", task=t.get_name(), error=repr(res)))
         self._tasks.clear()
 
     # --- KV-cache events --------------------------------------------------------

@@ -116,6 +116,24 @@ def emulator_specs(point, seed: int = 0) -> list[EmulatorSpec]:
     return specs
 
 
+def backend_kv_blocks(point) -> list[int] | None:
+    """Each backend's KV blocks as the simulator sizes them (``sim.fleet``), which also
+    sizes its router's approximate index of that backend's cache; None if a profile is
+    missing (the router then uses its default size)."""
+    from sim.latency import ProfileError, load_profile
+
+    sizes = []
+    for _, group in point.scenario.backends():
+        if group.num_kv_blocks:
+            sizes.append(int(group.num_kv_blocks))
+            continue
+        try:
+            sizes.append(load_profile(group.profile).engine.kv_blocks_at(group.block_size))
+        except ProfileError:
+            return None
+    return sizes
+
+
 def check_fleet_sizes(points, settings: LiveSettings) -> None:
     """``ValueError`` unless every grid point has as many backends as were given."""
     given = len(settings.backends) if settings.backends else settings.emulate
@@ -139,16 +157,32 @@ def point_backends(point, settings: LiveSettings) -> Iterator[list[str]]:
         yield [c.url for c in children]
 
 
-def reset_backends(urls: Sequence[str], emulated: bool, timeout_s: float = 15.0) -> None:
-    """Cold caches before a unit: emulators must reset; vLLM resets if it serves the endpoint."""
+def reset_backends(urls: Sequence[str], emulated: bool, timeout_s: float = 15.0) -> list[str]:
+    """Cold caches before a unit: emulators must reset; vLLM resets if it serves the endpoint.
+
+    Returns what could not be reset, one line per backend (empty: every cache is cold).
+    vLLM's dev endpoint answers ``{"success": false}`` while blocks are still held (the
+    last unit's requests finishing): that is retried until ``timeout_s``. A vLLM without
+    the endpoint (404: started without ``VLLM_SERVER_DEV_MODE=1``) or one that does not
+    answer keeps its cache: the unit then starts warm, which the caller must record.
+    """
     path = "/_emulator/reset" if emulated else "/reset_prefix_cache"
+    problems = []
     for url in urls:
         deadline = time.monotonic() + timeout_s
         while True:
             try:
                 req = urllib.request.Request(url + path, data=b"", method="POST")
-                with urllib.request.urlopen(req, timeout=5.0):
+                with urllib.request.urlopen(req, timeout=5.0) as resp:
+                    body = resp.read()
+                if emulated or _reset_succeeded(body):
                     break
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                problems.append(f"{url}: the prefix cache was not reset (blocks still in use "
+                                f"after {timeout_s:.0f} s; the unit starts warm)")
+                break
             except urllib.error.HTTPError as exc:
                 # 409: the emulator still aborts the last unit's requests; try again.
                 if emulated and exc.code == 409 and time.monotonic() < deadline:
@@ -156,11 +190,37 @@ def reset_backends(urls: Sequence[str], emulated: bool, timeout_s: float = 15.0)
                     continue
                 if emulated:
                     raise RuntimeError(f"cannot reset emulator {url}: HTTP {exc.code}") from None
-                break  # a vLLM without the dev endpoint: warm caches, noted in docs
+                hint = (" (start vLLM with VLLM_SERVER_DEV_MODE=1 to serve it)"
+                        if exc.code == 404 else "")
+                problems.append(f"{url}: POST {path} answered HTTP {exc.code}{hint}; "
+                                "the unit starts with a warm cache")
+                break
             except (urllib.error.URLError, OSError) as exc:
                 if emulated:
                     raise RuntimeError(f"cannot reset emulator {url}: {exc}") from None
+                problems.append(f"{url}: POST {path} failed ({exc}); the unit starts with a warm cache")
                 break
+    return problems
+
+
+def note_warm_caches(run: RunDir, unit: Unit, problems: Sequence[str]) -> None:
+    """A unit that started on a cache not reset: in the manifest (``warm_caches``) and on stderr."""
+    import sys
+
+    notes = dict(run.manifest.get("warm_caches") or {})
+    notes[unit.key] = list(problems)
+    run.update_manifest(warm_caches=notes)
+    for line in problems:
+        print(f"warning: {unit.key}: {line}", file=sys.stderr)
+
+
+def _reset_succeeded(body: bytes) -> bool:
+    """vLLM 0.32 answers ``{"success": bool}``; older servers answer 200 with no body."""
+    try:
+        doc = json.loads(body or b"{}")
+    except ValueError:
+        return True
+    return not isinstance(doc, dict) or doc.get("success", True) is not False
 
 
 def scrape_counters(urls: Sequence[str], timeout_s: float = 5.0) -> list[dict[str, float]]:
@@ -194,16 +254,25 @@ async def run_unit(
     trace: Trace, urls: Sequence[str], names: Sequence[str], groups: Sequence[str],
     strategy_name: str, params: dict[str, Any], seed: int, *, labels: RunLabels,
     scrape_interval_s: float, block_size: int, gateway: bool, load: LoadOptions,
+    index_blocks: Sequence[int] | None = None,
 ) -> ReplayResult:
-    """Replay ``trace`` with one strategy: client-side through a ``LiveRouter``, or via a gateway."""
+    """Replay ``trace`` with one strategy: client-side through a ``LiveRouter``, or via a gateway.
+
+    The router hashes prompts in ``block_size`` blocks and sizes its approximate index of
+    each backend's cache to ``index_blocks`` (the engines' KV blocks), as the simulator does.
+    """
     if gateway:
+        extra = ["--block-size", str(block_size)]
+        if index_blocks is not None:
+            extra += ["--prefix-index-blocks", ",".join(str(int(k)) for k in index_blocks)]
         with start_gateway(urls, strategy_name, params=params, seed=seed, names=names,
-                           scrape_interval_s=scrape_interval_s) as url:
+                           scrape_interval_s=scrape_interval_s, extra=extra) as url:
             return await replay(trace, gateway_url=url, backend_names=names, labels=labels,
                                 options=load)
     strategy = routing.build(strategy_name, seed=seed, **params)
     fleet = LiveRouter(urls, strategy, names=names, groups=groups, block_size=block_size,
-                      scrape_interval_s=scrape_interval_s, scrape=True, track_prefix=True)
+                      scrape_interval_s=scrape_interval_s, scrape=True, track_prefix=True,
+                      prefix_index_blocks=index_blocks)
     return await replay(trace, router=fleet, labels=labels, options=load)
 
 
@@ -268,6 +337,7 @@ def run_scenario(
         sc = point.scenario
         names = [n for n, _ in sc.backend_names()]
         groups = [g for _, g in sc.backend_names()]
+        index_blocks = backend_kv_blocks(point)
         timeout = sc.router.timeout_s or load.timeout_s
         unit_load = replace(load, timeout_s=timeout, drain_s=min(load.drain_s, sc.drain_s))
         with point_backends(point, settings) as urls:
@@ -279,14 +349,16 @@ def run_scenario(
                     if seed not in traces:
                         traces[seed] = trace_for(point, int(seed))
                     trace, bound = traces[seed]
-                    reset_backends(urls, emulated=bool(settings.emulate))
+                    warm = reset_backends(urls, emulated=bool(settings.emulate))
+                    if warm:
+                        note_warm_caches(run, unit, warm)
                     labels = RunLabels(experiment_id, point.point_id, strat.label, int(seed))
                     before = scrape_counters(urls)
                     result = run_async(run_unit(
                         trace, urls, names, groups, strat.name, dict(strat.params), int(seed),
                         labels=labels, scrape_interval_s=float(sc.router.scrape_interval_s),
                         block_size=sc.workload.block_size, gateway=settings.gateway,
-                        load=replace(unit_load, max_duration_s=bound)))
+                        load=replace(unit_load, max_duration_s=bound), index_blocks=index_blocks))
                     counters = difference(before, scrape_counters(urls),
                                           "backends' /metrics scraped before and after the unit")
                     run.write_unit(unit, result.records, counters)

@@ -54,7 +54,7 @@ def cluster_config(scenario, *, profiles: dict[str, LatencyProfile] | None = Non
             )
         engine = EngineConfig(
             # The profile's KV capacity is kept in tokens when the block size differs.
-            num_kv_blocks=group.num_kv_blocks or d.num_kv_blocks * d.block_size // group.block_size,
+            num_kv_blocks=group.num_kv_blocks or d.kv_blocks_at(group.block_size),
             block_size=group.block_size,
             max_num_seqs=group.max_num_seqs or d.max_num_seqs,
             max_num_batched_tokens=group.max_num_batched_tokens or d.max_num_batched_tokens,

@@ -187,6 +187,10 @@ class EngineDefaults:
     #: default on GPU, forced off on CPU (see ``sim.scheduler``).
     async_scheduling: bool = False
 
+    def kv_blocks_at(self, block_size: int) -> int:
+        """The KV capacity in blocks of ``block_size`` tokens (the capacity in tokens is kept)."""
+        return self.num_kv_blocks * self.block_size // block_size
+
 
 @dataclass(frozen=True)
 class LatencyProfile:

@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "prompts are used as given")
     p.add_argument("--block-size", type=int, default=16,
                    help="KV block size of the backends, for prefix hashing")
+    p.add_argument("--prefix-index-blocks", type=_index_blocks, default=None, metavar="N[,N...]",
+                   help="capacity in blocks of the router's approximate index of each backend's "
+                        "prefix cache: one number for all, or one per backend (their KV-cache "
+                        "blocks, as the simulator sizes it); default 31250, llm-d's when the "
+                        "capacity is unknown")
 
     lim = p.add_argument_group("limits (what one request or client may take)")
     lim.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
@@ -162,6 +167,16 @@ def _endpoints(text: str | None) -> list[str] | None:
     return None if text is None else [e.strip() for e in text.split(",")]
 
 
+def _index_blocks(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N,N,... whole numbers of blocks; got {text!r}") from None
+    if any(k < 1 for k in sizes):
+        raise argparse.ArgumentTypeError(f"index capacities must be >= 1 block; got {text!r}")
+    return sizes
+
+
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     kv_events = args.kv_events if args.kv_events in ("auto", "off") else _endpoints(args.kv_events)
@@ -173,7 +188,8 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         max_body_bytes=args.max_body_bytes,
         max_retries=args.max_retries, eject_after=args.eject_after,
         probe_interval_s=args.probe_interval, tokenizer=args.tokenizer,
-        block_size=args.block_size, request_timeout_s=args.request_timeout,
+        block_size=args.block_size, prefix_index_blocks=args.prefix_index_blocks,
+        request_timeout_s=args.request_timeout,
         connect_timeout_s=args.connect_timeout, first_byte_timeout_s=args.first_byte_timeout,
         read_timeout_s=args.read_timeout, health_interval_s=args.health_interval,
         probe_timeout_s=args.probe_timeout, max_prompt_tokens=args.max_prompt_tokens,

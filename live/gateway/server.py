@@ -89,6 +89,9 @@ class GatewayConfig:
     probe_interval_s: float = 1.0
     tokenizer: str = "deepseek"
     block_size: int = 16
+    #: The approximate prefix index's capacity per backend: one size for all, or one per
+    #: backend (None: ``routing.router.DEFAULT_INDEX_BLOCKS``).
+    prefix_index_blocks: list[int] | None = None
     request_timeout_s: float = 600.0
     connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 300.0  # streams: send -> first body byte (0: none)
@@ -105,6 +108,13 @@ class GatewayConfig:
     kv_events_replay: list[str] | None = None  # replay endpoints, one per backend ("": none)
     kv_events_topic: str = ""
     kv_events_resync: str = "replay"  # or "reset": POST /reset_prefix_cache to regain exactness
+
+    def index_sizes(self) -> list[int] | None:
+        """``prefix_index_blocks`` with one size per backend."""
+        sizes = self.prefix_index_blocks
+        if sizes is None:
+            return None
+        return list(sizes) * len(self.backends) if len(sizes) == 1 else list(sizes)
 
     def kv_sources(self) -> str | list[EventSource | None]:
         """``kv_events`` as ``live.router.LiveRouter`` takes it."""
@@ -125,6 +135,9 @@ class GatewayConfig:
                                  "(TLS to backends is not supported; terminate it in front)")
         if self.names is not None and len(self.names) != len(self.backends):
             raise ValueError(f"--names: {len(self.names)} names for {len(self.backends)} backends")
+        if self.prefix_index_blocks is not None and len(self.prefix_index_blocks) not in (1, len(self.backends)):
+            raise ValueError(f"--prefix-index-blocks: {len(self.prefix_index_blocks)} sizes for "
+                             f"{len(self.backends)} backends (give one for all, or one per backend)")
         routing.validate(self.strategy, self.params)
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
@@ -187,6 +200,7 @@ class Gateway:
         self.strategy = routing.build(config.strategy, seed=config.seed, **config.params)
         self.fleet = LiveRouter(
             config.backends, self.strategy, names=self.names, block_size=config.block_size,
+            prefix_index_blocks=config.index_sizes(),
             scrape_interval_s=config.scrape_interval_s, eject_after=config.eject_after,
             probe_interval_s=config.probe_interval_s, clock=clock,
             on_health_change=self._health_changed, health_interval_s=config.health_interval_s,

@@ -137,3 +137,29 @@ def test_block_hashes_of_token_prompts_match_the_trace_builder():
     ids = list(range(100, 150))
     assert np.array_equal(block_hash_chain(request_token_ids({"prompt": ids}, chat=False), 16),
                           block_hash_chain(ids, 16))
+
+
+def test_stop_awaits_every_background_task_and_logs_one_that_failed(caplog):
+    import asyncio
+    import logging
+
+    fleet = LiveRouter(["http://127.0.0.1:1"], routing.build("round_robin"))
+
+    async def broken():
+        raise ValueError("scrape parser blew up")
+
+    async def forever():
+        await asyncio.sleep(3600)
+
+    async def scenario():
+        crashed = asyncio.create_task(broken(), name="broken-scrape")
+        waiting = asyncio.create_task(forever(), name="health")
+        fleet._tasks += [crashed, waiting]
+        await asyncio.sleep(0)  # let the broken task die first
+        await fleet.stop()  # must not raise the task's error
+        return waiting
+
+    with caplog.at_level(logging.WARNING):
+        waiting = asyncio.run(scenario())
+    assert waiting.cancelled() and fleet._tasks == []
+    assert "background_task_failed" in caplog.text and "broken-scrape" in caplog.text
