@@ -18,7 +18,8 @@
 # OUT. Nothing else may run on the machine meanwhile (no test suite, no second benchmark):
 # every log starts and ends with `uptime`, and a figure taken at a load average well above
 # the step's own load is not evidence. VALIDATION_BUDGET_S (default 2400) sets the live
-# replay budget of the validation.
+# replay budget of the validation; SERVE_ARGS the arguments of its vLLM servers (default
+# "--nice -10" as root, none otherwise: a negative nice needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-runs/quiet-$(date +%Y-%m-%d)}"
@@ -27,6 +28,8 @@ PY="${PYTHON:-.venv/bin/python}"
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=(validation decision gateway simspeed sessions largeprompt)
 mkdir -p "$OUT"
+# vLLM's processes get a higher priority (a negative nice) only where that is allowed.
+if [ "$(id -u)" = 0 ]; then SERVE_ARGS="${SERVE_ARGS---nice -10}"; else SERVE_ARGS="${SERVE_ARGS-}"; fi
 
 run_step() {  # name, command...
     local name="$1"; shift
@@ -53,10 +56,12 @@ run_step() {  # name, command...
 for step in "${STEPS[@]}"; do
     case "$step" in
     validation)
+        resume=()
+        [ -f "$OUT/validation-sim/manifest.json" ] && resume=(--resume)
         run_step validation-sim "$PY" -m sim docs/validation-cpu-seeds.toml \
-            --out "$OUT/validation-sim" --quiet
+            --out "$OUT/validation-sim" --quiet "${resume[@]}"
         run_step validation "$PY" -m validation "$OUT/validation-sim" --spawn-vllm 2 --top 1 \
-            --budget-s "${VALIDATION_BUDGET_S:-2400}" --serve-args "--nice -10" \
+            --budget-s "${VALIDATION_BUDGET_S:-2400}" --serve-args "$SERVE_ARGS" \
             --out "$OUT/validation-live" --quiet ;;
     decision)
         run_step decision-1 "$PY" benchmarks/decision_latency.py --suite cache
