@@ -201,24 +201,40 @@ def paired_two_stage(a: Mapping[int, float], b: Mapping[int, float],
     """``draws`` two-stage bootstrap means of ``a - b`` over the seeds both have.
 
     A draw uses the same seeds and, within a seed, the same replicate index for both
-    (the same resampled requests, see ``unit_replicates``). Returns an empty array
-    when no seed has a finite value on both sides.
+    (the same resampled requests, see ``unit_replicates``). Where the two runs of a
+    seed have different replicate counts (runs of different lengths past
+    ``FULL_REPLICATES_UP_TO`` requests) their resamples are not paired anyway, so
+    each side's deviation is drawn independently and both sides' within-run noise
+    counts. Returns an empty array when no seed has a finite value on both sides.
     """
     seeds = [s for s in sorted(set(a) & set(b)) if math.isfinite(a[s]) and math.isfinite(b[s])]
     if not seeds:
         return np.zeros(0)
     base = np.array([a[s] - b[s] for s in seeds], dtype=np.float64)
-    dev = []
+    dev, dev_b_alone = [], []
     for s in seeds:
         da = np.asarray(dev_a.get(s, np.zeros(0)), dtype=np.float64)
         db = np.asarray(dev_b.get(s, np.zeros(0)), dtype=np.float64)
+        alone = np.zeros(0)
         if len(da) and len(db) and len(da) == len(db):
             d = da - db
+        elif len(da) and len(db):  # unpaired replicates: b gets its own draws below
+            d, alone = da, db
         else:  # one side has no replicates: use what there is
-            d = da if len(da) else -db if len(db) else np.zeros(0)
-        dev.append(np.where(np.isfinite(d), d, 0.0))
+            d = da if len(da) else -db
+        dev.append(_finite(d))
+        dev_b_alone.append(_finite(alone))
     pick, rep = _draw(len(seeds), draws, key)
-    return _values(pick, rep, base, dev).mean(axis=1)
+    out = _values(pick, rep, base, dev)
+    if any(len(d) for d in dev_b_alone):
+        rep_b = rng_for("draws-b", *key).random(size=rep.shape)
+        out -= _values(pick, rep_b, np.zeros(len(seeds)), dev_b_alone)
+    return out.mean(axis=1)
+
+
+def _finite(d: np.ndarray) -> np.ndarray:
+    """Deviations as float64 with non-finite entries set to 0."""
+    return np.where(np.isfinite(d), d, 0.0)
 
 
 def expansion(n: int) -> float:

@@ -97,6 +97,32 @@ def test_paired_draws_use_the_same_requests_for_both_strategies():
     assert bootstrap_t(10.0, draws, 2)["p_value"] == 0.0
 
 
+def test_unpaired_replicates_keep_the_other_sides_within_run_noise():
+    # One seed; a has 200 replicates and no within-run noise, b has 50 replicates of
+    # +-10 ms (runs of different lengths past FULL_REPLICATES_UP_TO requests). Every
+    # draw is 10 - (one of b's deviations): standard deviation 10, mean 10.
+    dev_b = np.tile([-10.0, 10.0], 25)
+    draws = paired_two_stage({0: 110.0}, {0: 100.0}, {0: np.zeros(200)}, {0: dev_b}, ("p", "m"))
+    assert draws.std() == pytest.approx(10.0, rel=0.03)
+    assert draws.mean() == pytest.approx(10.0, abs=0.3)
+    assert set(np.round(draws, 9)) == {0.0, 20.0}
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(-100, 100), min_size=2, max_size=40),
+       st.lists(st.floats(-100, 100), min_size=2, max_size=40))
+def test_unpaired_replicates_add_both_sides_variances(da, db):
+    # Independent draws of each side's deviation: the variance of a one-seed draw is
+    # the sum of the two sides' (population) variances.
+    if len(da) == len(db):
+        db = db + [db[0]]
+    da, db = np.array(da), np.array(db)
+    draws = paired_two_stage({0: 0.0}, {0: 0.0}, {0: da}, {0: db}, ("p", len(da), len(db)))
+    want = da.var() + db.var()
+    assert draws.var() == pytest.approx(want, rel=0.15, abs=1e-6)
+    assert draws.mean() == pytest.approx(da.mean() - db.mean(), abs=4 * math.sqrt(want / len(draws)) + 1e-9)
+
+
 def _episodic_run(rng: np.random.Generator, n: int) -> np.ndarray:
     """Autocorrelated lognormal latencies (ms) with Poisson(0.7) queueing episodes: a
     stretch of 10-40 consecutive requests waits up to an exponential(300 ms) extra."""
