@@ -787,11 +787,11 @@ class Exchange:
     def _client_drain(self, writable: bool) -> None:
         """A slow client: stop reading the backend until the client catches up."""
         up = self.upstream
-        if up is not None and not up.closed:
+        if up is not None:
             if writable:
-                up.transport.resume_reading()
+                up.resume()
             else:
-                up.transport.pause_reading()
+                up.pause()
 
     def _client_headers(self) -> list[tuple[bytes, bytes]]:
         headers = [(k, v) for k, v in self.up_headers if k in _PASS_HEADERS]

@@ -372,9 +372,21 @@ class UpstreamConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.got_bytes = False
         self.closed = False
+        self.paused = False  # reading paused for a slow client (see ``pause``)
 
     def connection_made(self, transport: asyncio.Transport) -> None:
         self.transport = transport
+
+    def pause(self) -> None:
+        """Stop reading the backend: the client this response goes to is not keeping up."""
+        if not self.closed and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if not self.closed and self.paused:
+            self.paused = False
+            self.transport.resume_reading()
 
     def send(self, exchange: Any, data: bytes) -> None:
         self.exchange = exchange
@@ -455,6 +467,10 @@ class UpstreamPool:
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:
+        """Keep ``conn`` for the next request. A response's last bytes can fill a slow
+        client's buffer and pause reading in the very call that completes it; an idle
+        connection left paused would never deliver its next response, so resume it."""
+        conn.resume()
         if len(self.idle) < self.limit:
             self.idle.append(conn)
         else:
