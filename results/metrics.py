@@ -412,15 +412,21 @@ def peak_to_mean(load: Sequence[float] | np.ndarray) -> float:
     return float(x.max() / x.mean())
 
 
+#: Cells (events x backends) ``inflight_imbalance`` holds at once: 4 bytes each, 16 MB.
+INFLIGHT_CHUNK_CELLS = 1 << 22
+
+
 def inflight_imbalance(backend: np.ndarray, start: np.ndarray, end: np.ndarray, n: int,
-                       chunk: int = 1 << 18) -> float:
+                       chunk: int | None = None) -> float:
     """Time-averaged peak-to-mean of requests in flight: ``∫ max_b n_b(t) dt / ∫ mean_b n_b(t) dt``.
 
     ``n_b(t)`` counts the requests dispatched to backend ``b`` and not finished at
     ``t`` (intervals ``[start, end)``). Totals over a run can be even while, at every
     moment, one backend holds the queue (a session pinned to a replica, a cache hot
     spot that moves); this ratio sees that. Idle time counts in neither integral.
-    Computed in chunks of events, so memory stays ``chunk x n`` whatever the run's size.
+    Computed in chunks of ``chunk`` events (default: ``INFLIGHT_CHUNK_CELLS // n``, at
+    least 1024), so memory stays about ``4 x chunk x n`` bytes, 16 MB up to 4096
+    backends, whatever the run's size (levels are int32: fewer than 2**31 requests).
     """
     keep = (backend >= 0) & (backend < n) & np.isfinite(start) & np.isfinite(end) & (end > start)
     if n < 1 or not keep.any():
@@ -433,15 +439,18 @@ def inflight_imbalance(backend: np.ndarray, start: np.ndarray, end: np.ndarray, 
     order = np.lexsort((delta, times))
     times, who, delta = times[order], who[order], delta[order]
     gaps = np.diff(times, append=times[-1])  # the level after event i lasts gaps[i]
-    level = np.zeros(n, np.int64)
+    level = np.zeros(n, np.int32)
+    if chunk is None:
+        chunk = max(1024, INFLIGHT_CHUNK_CELLS // n)
     peak_integral = 0.0
     for lo in range(0, len(times), chunk):
         hi = min(lo + chunk, len(times))
         steps = np.zeros((hi - lo, n), np.int32)
         steps[np.arange(hi - lo), who[lo:hi]] = delta[lo:hi]
-        levels = np.cumsum(steps, axis=0, dtype=np.int64) + level
+        levels = np.cumsum(steps, axis=0, out=steps)  # in place: no int64 copy
+        levels += level
         peak_integral += float((levels.max(axis=1) * gaps[lo:hi]).sum())
-        level = levels[-1]
+        level = levels[-1].copy()  # not a view: frees the chunk
     return peak_integral / mean_integral if mean_integral > 0 else math.nan
 
 

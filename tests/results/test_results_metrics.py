@@ -224,6 +224,36 @@ def test_inflight_imbalance_is_between_one_and_the_fleet_size(reqs):
     assert inflight_imbalance(b, start, end, 4, chunk=3) == pytest.approx(x)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 7), st.floats(0, 100), st.floats(0.01, 50)),
+                min_size=1, max_size=60), st.integers(1, 130))
+def test_inflight_imbalance_does_not_depend_on_the_chunk_size(reqs, chunk):
+    b = np.array([r[0] for r in reqs])
+    start = np.array([r[1] for r in reqs])
+    end = start + np.array([r[2] for r in reqs])
+    whole = inflight_imbalance(b, start, end, 8, chunk=len(reqs) * 2)
+    assert inflight_imbalance(b, start, end, 8, chunk=chunk) == pytest.approx(whole, rel=1e-12)
+
+
+def test_inflight_imbalance_memory_is_bounded_for_large_fleets():
+    # 1024 backends and 8000 requests (16000 events): in one chunk that would be
+    # 16000 x 1024 cells, 4 bytes each or more (> 60 MB); the default chunk keeps it
+    # near 2**22 cells (16 MB). Requests k and k+1024 overlap on backend k % 1024 only.
+    import tracemalloc
+    n, reqs = 1024, 8000
+    b = np.arange(reqs) % n
+    start = np.arange(reqs, dtype=np.float64)
+    end = start + 1500.0
+    tracemalloc.start()
+    try:
+        x = inflight_imbalance(b, start, end, n)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20
+    assert x == pytest.approx(inflight_imbalance(b, start, end, n, chunk=reqs * 2), rel=1e-12)
+
+
 def test_no_slo_means_no_goodput():
     v = unit_metrics(example()).values
     assert math.isnan(v["request_goodput"]) and math.isnan(v["slo_attainment"])
