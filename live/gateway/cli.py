@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="streaming requests: seconds of silence between chunks after the first "
                          "before the stream is ended with an SSE error event (0: none)")
     up.add_argument("--request-timeout", type=float, default=600.0, metavar="S",
-                    help="seconds a request may take upstream in total (non-streaming requests "
+                    help="seconds a request may take upstream in total, every failover "
+                         "included; when it runs out the request ends (504, or an SSE error "
+                         "event mid-stream) without further failover (non-streaming requests "
                          "answer only at the end, so this is their bound)")
     up.add_argument("--health-interval", type=float, default=2.0, metavar="S",
                     help="seconds between /health probes of every backend taking traffic; one "

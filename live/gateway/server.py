@@ -477,7 +477,7 @@ class Exchange:
     __slots__ = ("gw", "conn", "req", "info", "body", "stream", "arrived", "attempt", "tried",
                  "failure", "upstream", "status", "up_headers", "buf", "sent_head", "chunks",
                  "usage_piece", "prev", "done", "reused", "connect_task", "timer", "read_timer",
-                 "stale_retry")
+                 "stale_retry", "expired")
 
     def __init__(self, gw: Gateway, conn: ServerConnection, req: Request, info: RequestInfo,
                  body: bytes, stream: bool, arrived: float) -> None:
@@ -497,10 +497,15 @@ class Exchange:
         self.timer: asyncio.TimerHandle | None = None
         self.read_timer: asyncio.TimerHandle | None = None
         self.stale_retry = False
+        self.expired = False  # --request-timeout ran out: no further failover
 
     def start(self) -> None:
+        """Route and send; ``--request-timeout`` is armed once here, so it bounds the
+        whole request, every failover included (as its help and docs/operations.md say)."""
         self.conn.on_lost = self.client_gone
         self.conn.on_drain = self._client_drain
+        self.timer = asyncio.get_running_loop().call_later(self.gw.config.request_timeout_s,
+                                                           self._on_timeout)
         self._dispatch()
 
     # --- attempts ------------------------------------------------------------------------
@@ -519,8 +524,6 @@ class Exchange:
             gw.metrics.overhead.observe(gw.clock() - self.arrived)
         self.stale_retry = False
         self._reset_response()
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(gw.config.request_timeout_s, self._on_timeout)
         self._open(b)
 
     def _reset_response(self) -> None:
@@ -662,7 +665,7 @@ class Exchange:
     def _attempt_failed(self, kind: str, status: int, body: bytes, reason: str = "") -> None:
         gw, a = self.gw, self.attempt
         b = a.backend
-        self._cancel_timers()
+        self._cancel_read_timer()  # the request's own timer keeps running across failovers
         if self.connect_task is not None:
             self.connect_task.cancel()
             self.connect_task = None
@@ -675,7 +678,7 @@ class Exchange:
         gw.fleet.report(b, False, reason or kind)
         self.tried.append(b)
         self.failure = (kind, status, body, b, reason)
-        retry = len(self.tried) <= gw.config.max_retries
+        retry = len(self.tried) <= gw.config.max_retries and not self.expired
         log.info(kv("attempt_failed", id=self.info.request_id, backend=gw.names[b], kind=kind,
                     reason=reason or kind, attempt=len(self.tried),
                     next="failover" if retry else "give_up"))
@@ -693,7 +696,10 @@ class Exchange:
                            reason="no healthy backend"))
         else:
             kind, fstatus, fbody, b, reason = self.failure
-            if fstatus >= 500 and fbody:
+            if self.expired:
+                status, body = 504, error_body(504, f"{reason} (backend {gw.names[b]}, "
+                                                    f"attempt {len(self.tried)})")
+            elif fstatus >= 500 and fbody:
                 status, body = fstatus, fbody
             else:
                 status, body = 502, error_body(502, f"every attempt failed; last: {kind} "
@@ -771,12 +777,18 @@ class Exchange:
         if self.sent_head:
             self._abort_stream(f"upstream timed out: {reason}")
         else:
+            self.expired = which == "request"
             self._attempt_failed("timeout", 0, b"", reason)
 
     def _arm_read_timer(self, seconds: float, which: str) -> None:
         if self.read_timer is not None:
             self.read_timer.cancel()
         self.read_timer = asyncio.get_running_loop().call_later(seconds, self._on_timeout, which)
+
+    def _cancel_read_timer(self) -> None:
+        if self.read_timer is not None:
+            self.read_timer.cancel()
+            self.read_timer = None
 
     def _cancel_timers(self) -> None:
         for t in (self.timer, self.read_timer):

@@ -104,11 +104,11 @@ async def open_client(url: str, rcvbuf: int | None = None) -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def gateway_before(backend: ScriptedBackend, **kwargs):
-    async with serving(backend) as be:
-        cfg = GatewayConfig(backends=[be.url], health_interval_s=0, scrape_interval_s=5, **kwargs)
-        async with serve_gateway(cfg) as gw:
-            yield gw
+async def gateway_before(*backends: ScriptedBackend, **kwargs):
+    async with contextlib.AsyncExitStack() as stack:
+        urls = [(await stack.enter_async_context(serving(be))).url for be in backends]
+        cfg = GatewayConfig(backends=urls, health_interval_s=0, scrape_interval_s=5, **kwargs)
+        yield await stack.enter_async_context(serve_gateway(cfg))
 
 
 def status_of(response: bytes) -> int:
@@ -152,3 +152,29 @@ def test_a_connection_paused_for_a_slow_client_is_resumed_before_reuse():
     assert b'"error"' not in second
     assert took < 2.0, f"the reused connection stalled for {took:.1f} s"
     assert backend.requests == 2
+
+
+def test_request_timeout_bounds_the_whole_request_across_failovers():
+    """Two backends that stall: the first attempt fails over at --first-byte-timeout,
+    and the second is cut by the request's own timer, which kept running (one per
+    client request), not by a fresh one."""
+    stalled = [ScriptedBackend(silence), ScriptedBackend(silence)]
+
+    async def main():
+        async with gateway_before(*stalled, max_retries=2, first_byte_timeout_s=1.0,
+                                  request_timeout_s=1.5) as gw:
+            loop = asyncio.get_running_loop()
+            client = await open_client(gw.url)
+            t0 = time.monotonic()
+            await loop.sock_sendall(client, request_bytes(stream=True))
+            answer = await asyncio.wait_for(read_response(client), 10)
+            client.close()
+            return answer, time.monotonic() - t0
+
+    answer, took = arun(main())
+    assert status_of(answer) == 504, answer[:300]
+    assert b"--request-timeout 1.5 s" in answer
+    assert sum(be.requests for be in stalled) == 2
+    # A fresh timer per attempt would let the second attempt run to its own
+    # first-byte timeout (2.0 s from the start) or beyond.
+    assert 1.4 <= took < 1.9, took
