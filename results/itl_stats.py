@@ -105,10 +105,22 @@ def _pooled(runs, percentiles, expand_limit: int, candidate_limit: int) -> Poole
         )
     mean, std = runs.mean_std()
     selector = _Selector(runs, candidate_limit)
+    selector.prefetch(sorted({k for p in percentiles for k in _ranks(runs.total, float(p))}))
     return PooledStats(
         runs.total, mean, std,
         {float(p): selector.percentile(float(p)) for p in percentiles},
     )
+
+
+def _ranks(n: int, p: float) -> list[int]:
+    """The order statistics ``_Selector.percentile(p)`` reads."""
+    vi = (n - 1) * np.true_divide(p, 100)
+    if vi >= n - 1:
+        return [n - 1]
+    if vi < 0:
+        return [0]
+    prev = math.floor(vi)
+    return [prev, prev + 1]
 
 
 def order_statistics(
@@ -212,6 +224,12 @@ class _Runs:
         if v == math.inf:
             return self.total
         return int(self.count_le(v).sum())
+
+    def count_many(self, values: Sequence[float]) -> list[int]:
+        return [self.count(v) for v in values]
+
+    def gaps_between_many(self, brackets: Sequence[tuple[float, float]]) -> list[np.ndarray]:
+        return [self.gaps_between(lo, hi) for lo, hi in brackets]
 
     def gaps_between(self, lo: float, hi: float) -> np.ndarray:
         """Every gap in ``(lo, hi]`` (bounds may be infinite)."""
@@ -344,8 +362,23 @@ class _StreamRuns:
         return sum(r.count(v) for r in self._slices())
 
     def gaps_between(self, lo: float, hi: float) -> np.ndarray:
-        parts = [r.gaps_between(lo, hi) for r in self._slices()]
-        return np.concatenate(parts) if parts else np.zeros(0)
+        return self.gaps_between_many([(lo, hi)])[0]
+
+    def count_many(self, values: Sequence[float]) -> list[int]:
+        """``count`` of several values in one pass."""
+        out = [0] * len(values)
+        for r in self._slices():
+            for j, v in enumerate(values):
+                out[j] += r.count(v)
+        return out
+
+    def gaps_between_many(self, brackets: Sequence[tuple[float, float]]) -> list[np.ndarray]:
+        """``gaps_between`` of several brackets in one pass."""
+        parts: list[list[np.ndarray]] = [[] for _ in brackets]
+        for r in self._slices():
+            for j, (lo, hi) in enumerate(brackets):
+                parts[j].append(r.gaps_between(lo, hi))
+        return [np.concatenate(p) if p else np.zeros(0) for p in parts]
 
 
 def _concat(parts: list[_Runs]) -> _Runs:
@@ -387,34 +420,64 @@ class _Selector:
             self._select(k)
         return self._cache[k]
 
-    def _select(self, k: int) -> None:
-        """Find gap ``k`` (and ``k + 1`` when it is in the same window) into the cache."""
-        runs = self.runs
+    def _guess(self, k: int) -> tuple[float, float]:
+        """A bracket around gap ``k`` from the sample (checked by counting)."""
         if self._sample is None:
-            self._sample = runs.sample(_SAMPLE_SIZE)
+            self._sample = self.runs.sample(_SAMPLE_SIZE)
         sample = self._sample
         m = len(sample)
         margin = int(3 * math.sqrt(m)) + 2  # the sample rank's sd is <= sqrt(m) / 2
-        est = k * m / runs.total
+        est = k * m / self.runs.total
         lo_i, hi_i = math.floor(est) - margin, math.ceil(est) + margin
         lo = float(sample[lo_i]) if lo_i >= 0 else -math.inf
         hi = float(sample[hi_i]) if hi_i < m else math.inf
-        n_lo, n_hi = runs.count(lo), runs.count(hi)
-        # Repair a bracket the sample got wrong: widen to the whole range.
+        return lo, hi
+
+    def _repair(self, k: int, lo: float, hi: float, n_lo: int, n_hi: int):
+        """Widen a bracket the sample got wrong to the whole range."""
         if n_lo > k:
             lo, n_lo = -math.inf, 0
         if n_hi <= k:
-            hi, n_hi = math.inf, runs.total
+            hi, n_hi = math.inf, self.runs.total
+        return lo, hi, n_lo, n_hi
+
+    def _take(self, k: int, cand: np.ndarray, n_lo: int) -> None:
+        r = k - n_lo
+        wanted = [r, r + 1] if r + 1 < len(cand) else [r]
+        part = np.partition(cand, wanted)
+        for w in wanted:
+            self._cache[k + w - r] = float(part[w])
+
+    def prefetch(self, ks: Sequence[int]) -> None:
+        """Select several ranks with one counting pass and one gathering pass (a
+        stream of runs is read once per pass); ranks whose bracket holds too many
+        gaps are left to ``select``'s bisection."""
+        ks = [k for k in ks if k not in self._cache]
+        if len(ks) < 2:
+            return
+        guesses = [self._guess(k) for k in ks]
+        values = sorted({v for g in guesses for v in g})
+        counted = dict(zip(values, self.runs.count_many(values)))
+        todo = []
+        for k, (lo, hi) in zip(ks, guesses):
+            lo, hi, n_lo, n_hi = self._repair(k, lo, hi, counted[lo], counted[hi])
+            if n_hi - n_lo <= self.limit:
+                todo.append((k, lo, hi, n_lo))
+        if todo:
+            gaps = self.runs.gaps_between_many([(lo, hi) for _, lo, hi, _ in todo])
+            for (k, _, _, n_lo), cand in zip(todo, gaps):
+                self._take(k, cand, n_lo)
+
+    def _select(self, k: int) -> None:
+        """Find gap ``k`` (and ``k + 1`` when it is in the same window) into the cache."""
+        runs = self.runs
+        lo, hi = self._guess(k)
+        lo, hi, n_lo, n_hi = self._repair(k, lo, hi, *runs.count_many([lo, hi]))
         # Invariant: count(<= lo) <= k < count(<= hi), so lo < x_k <= hi.
         while True:
             inside = n_hi - n_lo
             if inside <= self.limit:
-                cand = runs.gaps_between(lo, hi)
-                r = k - n_lo
-                wanted = [r, r + 1] if r + 1 < len(cand) else [r]
-                part = np.partition(cand, wanted)
-                for w in wanted:
-                    self._cache[k + w - r] = float(part[w])
+                self._take(k, runs.gaps_between(lo, hi), n_lo)
                 return
             mid = _mid_float(lo, hi)
             if mid is None:  # lo and hi are adjacent floats: every candidate is hi
