@@ -92,6 +92,16 @@ def test_bad_lines_name_the_line_and_field(tmp_path, line, words):
     assert "bad.jsonl:2" in str(info.value) or "bad.jsonl" in str(info.value)
 
 
+def test_session_ids_on_some_lines_only_are_refused(tmp_path):
+    with_id = {**rec(0, 100, [0]), "session_id": "a"}
+    path = write_trace(tmp_path / "t.jsonl", [with_id, rec(1, 100, [1]), rec(2, 100, [2])])
+    with pytest.raises(ValueError, match=r"t\.jsonl:2: no session_id, while line 1 has one \('a'\)"):
+        pool_of(path)
+    path = write_trace(tmp_path / "u.jsonl", [rec(0, 100, [0]), {**rec(1, 100, [1]), "session_id": 7}])
+    with pytest.raises(ValueError, match=r"u\.jsonl:1: no session_id, while line 2 has one \(7\)"):
+        pool_of(path)
+
+
 def test_ids_that_are_not_prefix_hashes_are_refused(tmp_path):
     path = write_trace(tmp_path / "t.jsonl", [rec(0, 1500, [0, 1, 2]), rec(1, 1500, [0, 3, 2])])
     with pytest.raises(ValueError, match="follows id 3 here and id 1 elsewhere"):

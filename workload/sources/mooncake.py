@@ -19,7 +19,8 @@ default 512) is how many tokens one id covers, for traces written with another
 block size (``workload.formats`` exports the lab's own 16-token blocks, vLLM's
 ``timed_trace`` reads any). Lines may carry AIPerf's optional ``session_id`` and
 ``delay`` (ms before the turn, its think time) and a ``turn``: with ``session_id``
-the sessions are taken as given instead of rebuilt.
+on every line the sessions are taken as given instead of rebuilt; on some lines
+only, the file is refused (``check_session_ids``).
 
 **Sessions.** The trace has no conversation ids. A request continues the session
 of the earlier request it shares the longest run of ids with, when that run goes
@@ -132,6 +133,18 @@ def sessions(rows: list[dict[str, Any]]) -> list[int]:
     return out
 
 
+def check_session_ids(rows: list[dict[str, Any]], path: Path) -> None:
+    """Refuse ``session_id`` on some lines but not all: rebuilding the sessions would
+    ignore the ids that are given, and keeping them would leave the rest unassigned."""
+    missing = [r for r in rows if r.get("session_id") is None]
+    if missing and len(missing) < len(rows):
+        have = next(r for r in rows if r.get("session_id") is not None)
+        raise ValueError(
+            f"{path}:{missing[0]['_line']}: no session_id, while line {have['_line']} has one "
+            f"({have['session_id']!r}); give session_id on every line or on none "
+            f"(none: sessions are rebuilt from shared hash_ids)")
+
+
 def engine_chain(hash_ids: list[int], input_len: int, block_size: int,
                  hash_block: int = MOONCAKE_BLOCK) -> np.ndarray:
     """Hashes of the prompt's full ``block_size``-token blocks, from its ``hash_block``-token ids."""
@@ -153,6 +166,7 @@ def mooncake_pool(path: Path, block_size: int, filters: Filters, meta: dict[str,
     rows = read_trace(path, hash_block)
     check_prefix_ids(rows, path)
     given = [r.get("session_id") for r in rows]
+    check_session_ids(rows, path)
     if all(g is not None for g in given):  # sessions as the file gives them
         names: dict[str, int] = {}
         session_of = [names.setdefault(str(g), i) for i, g in enumerate(given)]
