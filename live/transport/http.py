@@ -42,7 +42,9 @@ ERROR_TYPES = {
     404: "NotFoundError",
     405: "MethodNotAllowedError",
     413: "RequestTooLargeError",
+    414: "URITooLongError",
     429: "RateLimitError",
+    431: "RequestHeaderFieldsTooLargeError",
     500: "InternalServerError",
     502: "BadGatewayError",
     503: "ServiceUnavailableError",
@@ -160,28 +162,38 @@ class ClientLimits:
     ``max_connections``: open client connections at once (more are answered 503 and
     closed). A connection that times out gets 408 and is closed; while a response is
     being produced, these timers do not run (the server's own timeouts do).
+    ``max_url_bytes`` / ``max_header_bytes``: a request's target, and its request line
+    and headers together (414 / 431 beyond, and the connection is closed). A single
+    header line is held by the parser until it ends, so it is bounded at the next read
+    past the limit: at most one socket read (256 KiB) over.
     """
 
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     idle_timeout_s: float = 60.0
     max_connections: int = field(default_factory=default_max_connections)
+    max_url_bytes: int = 16 * 1024
+    max_header_bytes: int = 64 * 1024
 
     def validate(self) -> None:
         for name in ("header_timeout_s", "body_timeout_s", "idle_timeout_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: no limit), got {getattr(self, name)}")
-        if self.max_connections < 1:
-            raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
+        for name in ("max_connections", "max_url_bytes", "max_header_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 class ServerConnection(asyncio.Protocol):
     """One client connection. ``handler(conn, request)`` answers each request.
 
     The handler must eventually call ``finish_response`` exactly once per request
-    (after writing the response); the next pipelined request is handled then.
+    (after writing the response); the next pipelined request is handled then. While
+    a pipelined request waits, the connection stops reading (a client cannot queue
+    requests without bound; what one read holds is the most that waits).
     ``on_lost`` callbacks registered by the handler run if the client goes away.
-    ``limits`` bound how long a client may take to send a request or sit idle.
+    ``limits`` bound how long a client may take to send a request or sit idle, and
+    the size of its request line and headers.
     """
 
     def __init__(self, handler: Callable[[ServerConnection, Request], None], max_body: int,
@@ -201,6 +213,11 @@ class ServerConnection(asyncio.Protocol):
         self._connections = connections
         self._timer: asyncio.TimerHandle | None = None
         self._reading = ""  # "", "headers" or "body": what the client still owes
+        self._head_reads = 0  # bytes of whole reads inside the current request's headers
+        self._head_fields = 0  # bytes of its headers the parser has handed over
+        self._began = False  # a request began in the read being parsed
+        self._refusal: tuple[int, str] | None = None  # why parsing was stopped
+        self._paused = False  # reading paused: a pipelined request waits
 
     # --- asyncio.Protocol ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -213,10 +230,25 @@ class ServerConnection(asyncio.Protocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._began = False
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._bad_request(f"malformed HTTP request: {exc}")
+            if self._refusal is not None:
+                self._cancel_timer()
+                self._refuse(*self._refusal)
+            else:
+                self._bad_request(f"malformed HTTP request: {exc}")
+            return
+        if self._reading == "headers" and not self._began:
+            # All of this read is header bytes; one header line still being read is
+            # held inside the parser, where on_header cannot count it yet.
+            self._head_reads += len(data)
+            if self._head_reads > self.limits.max_header_bytes:
+                self._cancel_timer()
+                self._refuse(431, self._header_message())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -274,13 +306,28 @@ class ServerConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.current = Request()
         self._url = b""
+        self._head_reads = self._head_fields = 0
+        self._began = True
         self._reading = "headers"
         self._arm()
 
+    def _header_message(self) -> str:
+        return (f"the request line and headers exceed {self.limits.max_header_bytes} bytes")
+
+    def _stop_parsing(self, status: int, message: str) -> None:
+        """Refuse the request: raising stops the parser; ``data_received`` answers."""
+        self._refusal = (status, message)
+        raise HttpError(status, message)
+
     def on_url(self, url: bytes) -> None:
         self._url += url
+        if len(self._url) > self.limits.max_url_bytes:
+            self._stop_parsing(414, f"the request target exceeds {self.limits.max_url_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_fields += len(name) + len(value) + 4
+        if self._head_fields + len(self._url) > self.limits.max_header_bytes:
+            self._stop_parsing(431, self._header_message())
         self.current.headers[name.lower()] = value
 
     def on_headers_complete(self) -> None:
@@ -312,6 +359,9 @@ class ServerConnection(asyncio.Protocol):
         self.pending.append(req)
         if not self.busy:
             self._next()
+        elif not self._paused and not self.closed:
+            self._paused = True  # resumed by _next once the queue is empty
+            self.transport.pause_reading()
 
     # --- responses ----------------------------------------------------------------------------
     def _next(self) -> None:
@@ -323,6 +373,11 @@ class ServerConnection(asyncio.Protocol):
         self.busy = True
         self._cancel_timer()
         req = self.pending.popleft()
+        if self._paused and not self.pending:
+            # Read again while this one is served: a client that disconnects is
+            # noticed, and its next request is parsed (and waits, if it completes).
+            self._paused = False
+            self.transport.resume_reading()
         self.handler(self, req)
 
     def write(self, data: bytes) -> None:
