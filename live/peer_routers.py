@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from live.transport.processes import ChildStartError, wait_health
+from live.transport.processes import ChildStartError, die_with_parent, wait_health
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_VENV = ROOT / ".bench-venv"
@@ -62,22 +63,31 @@ def sglang_router_python() -> str | None:
 
 
 class PeerRouter:
-    """A router child process on a free loopback port; ``stop`` ends it."""
+    """A router child process on a free loopback port; ``stop`` ends it.
+
+    As ``live.transport.processes`` does for the lab's own children, the router
+    leads a new process group (``stop`` signals every helper it started) and gets
+    ``PR_SET_PDEATHSIG`` on Linux, so it dies with this process even when this one
+    is killed without running its cleanup.
+    """
 
     name = "peer"
 
     def __init__(self, argv: list[str], port: int, log_path: Path | None = None,
                  startup_timeout_s: float = 120.0) -> None:
         self.url = f"http://127.0.0.1:{port}"
-        self._tmp = None
+        self._tmp: Path | None = None
         if log_path is None:  # keep what it says: a failed start reports it
-            self._tmp = tempfile.NamedTemporaryFile(prefix="peer-router-", suffix=".log", delete=False)
-            log_path = Path(self._tmp.name)
+            fd, name = tempfile.mkstemp(prefix="peer-router-", suffix=".log")
+            os.close(fd)  # reopened below; only the name is kept
+            self._tmp = log_path = Path(name)
         self.log_path = log_path
         with open(log_path, "wb") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                         env={**os.environ,
-                                              "RUST_LOG": os.environ.get("RUST_LOG", "error")})
+            self.proc = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "error")},
+                start_new_session=True,
+                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None)
         try:
             self._wait(startup_timeout_s)
         except BaseException:
@@ -105,16 +115,24 @@ class PeerRouter:
     def pid(self) -> int:
         return self.proc.pid
 
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)  # the leader of a new session: pid == group id
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def stop(self) -> None:
+        """SIGTERM the router's process group, SIGKILL it after 10 s. Idempotent."""
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self._signal_group(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal_group(signal.SIGKILL)
                 self.proc.wait()
+        self._signal_group(signal.SIGKILL)  # helpers left behind by an exited leader
         if self._tmp is not None:
-            Path(self._tmp.name).unlink(missing_ok=True)
+            self._tmp.unlink(missing_ok=True)
             self._tmp = None
 
     def __enter__(self) -> "PeerRouter":

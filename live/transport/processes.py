@@ -23,7 +23,8 @@ class ChildStartError(RuntimeError):
     """A child server did not come up (its exit status and command are in the message)."""
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+def die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """A ``preexec_fn``: the child gets SIGTERM when its parent dies (Linux)."""
     try:
         import ctypes
 
@@ -48,7 +49,7 @@ class ChildServer:
         self.proc = subprocess.Popen(
             self.cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
             env=dict(env) if env is not None else None,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
         )
         self.url: str | None = None
         self._signalled = False
