@@ -15,7 +15,11 @@ and the next shape starts. Everything goes under ``OUT/<shape>/``:
 
 A step whose output exists is skipped (the profile is resumed unit by unit), so
 an interrupted campaign continues with ``--resume``; the summary is rebuilt from
-whatever exists. The figures are evidence only on a quiet machine: each step
+whatever exists. The fit and each check record the SHA-256 of their input (the
+profiling CSV, the fitted profile) next to their output (``<output>.input``); a
+step whose input changed since, or that has no such record, is redone, so a
+re-profiled shape is refitted and a refitted profile is checked again, and the
+summary never mixes profiles. The figures are evidence only on a quiet machine: each step
 records the load average, and the summary flags steps that ran while the
 one-minute load average exceeded ``BUSY_LOAD``.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -126,15 +131,24 @@ class Campaign:
         meta = meta_path(self.profiling_csv(shape))
         return meta.is_file() and "finished" in json.loads(meta.read_text())
 
+    def check_json(self, shape: str, run: int) -> Path:
+        return self.check_dir(shape, run) / "check.json"
+
     def pending(self, shape: str) -> list[str]:
-        """The steps of ``shape`` still to do."""
+        """The steps of ``shape`` still to do: missing, or made from an input that changed since.
+
+        A pending profile makes every later step pending (the CSV will change); a
+        pending fit makes a check pending only if the profile it checked is no longer
+        there or differs (``run`` fits first, then asks again).
+        """
         steps = []
-        if not self.profiling_done(shape):
+        profile = not self.profiling_done(shape)
+        if profile:
             steps.append("profile")
-        if not self.profile_json(shape).is_file():
+        if profile or not is_current(self.profile_json(shape), self.profiling_csv(shape)):
             steps.append("fit")
         steps += [f"check-{k}" for k in range(1, self.settings.checks + 1)
-                  if not (self.check_dir(shape, k) / "check.json").is_file()]
+                  if profile or not is_current(self.check_json(shape, k), self.profile_json(shape))]
         return steps
 
     # --- running ------------------------------------------------------------------------
@@ -146,8 +160,9 @@ class Campaign:
     @contextlib.contextmanager
     def _step(self, shape: str, step: str) -> Iterator[None]:
         before = loadavg()
-        busy = before and before[0] > BUSY_LOAD
-        self.say(f"[{time.strftime('%H:%M:%S')}] {shape}: {step} (load average {before[0]:.2f}"
+        busy = bool(before) and before[0] > BUSY_LOAD
+        la = f"{before[0]:.2f}" if before else "unknown"
+        self.say(f"[{time.strftime('%H:%M:%S')}] {shape}: {step} (load average {la}"
                  f"{', BUSY MACHINE: figures are not evidence' if busy else ''})")
         t0 = time.monotonic()
         yield
@@ -169,9 +184,11 @@ class Campaign:
                 self.say(f"{shape}: done already")
                 continue
             self.shape_dir(shape).mkdir(parents=True, exist_ok=True)
-            if todo == ["fit"]:  # the only step that needs no server
-                self._run_shape(shape, "", todo)
-                continue
+            if todo[0] == "fit":  # the only step that needs no server; then see which checks it made stale
+                self._run_shape(shape, "", ["fit"])
+                todo = self.pending(shape)
+                if not todo:
+                    continue
             self.say(f"[{time.strftime('%H:%M:%S')}] {shape}: starting its server ({', '.join(todo)} to do)")
             with self.server(shape, s) as url:
                 self._run_shape(shape, url, todo)
@@ -189,6 +206,7 @@ class Campaign:
                 profile, _ = fit_profile(csv, f"cpu-{shape}", hardware=s.hardware, polish_nfev=s.fit_replays,
                                          measured_bounds=s.measured_bounds)
                 profile.save(self.profile_json(shape))
+                record_input(self.profile_json(shape), csv)
                 self.say(f"{shape}: {profile.fit['convergence']}")
         from sim.latency import load_profile
 
@@ -200,6 +218,7 @@ class Campaign:
                 with self._step(shape, f"check-{k}"):
                     report = asyncio.run(run_check(profile, url, self.check_dir(shape, k), s.check,
                                                    progress=s.progress))
+                    record_input(self.check_json(shape, k), self.profile_json(shape))
                     self.say(f"{shape}: check {k}: largest error {report['max_abs_err'] * 100:.1f}%")
 
     # --- the summary ---------------------------------------------------------------------
@@ -209,8 +228,8 @@ class Campaign:
         for shape in self.settings.shapes:
             runs = []
             for k in range(1, self.settings.checks + 1):
-                path = self.check_dir(shape, k) / "check.json"
-                if path.is_file():
+                path = self.check_json(shape, k)
+                if is_current(path, self.profile_json(shape)):
                     runs.append(json.loads(path.read_text()))
             entry: dict = {"runs": runs}
             if self.profile_json(shape).is_file():
@@ -225,6 +244,35 @@ class Campaign:
         (self.out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
         (self.out / "summary.md").write_text(summary_markdown(summary))
         return summary
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_record(output: Path) -> Path:
+    """Where ``output``'s input identity is kept: ``<output>.input``."""
+    return output.with_name(output.name + ".input")
+
+
+def record_input(output: Path, source: Path) -> None:
+    """Note that ``output`` was made from ``source`` as it is now (its SHA-256)."""
+    input_record(output).write_text(json.dumps({"input": source.name, "sha256": file_sha256(source)}) + "\n")
+
+
+def is_current(output: Path, source: Path) -> bool:
+    """``output`` exists and was made from ``source`` as it is now (no record: not current)."""
+    record = input_record(output)
+    if not (output.is_file() and record.is_file() and source.is_file()):
+        return False
+    try:
+        return json.loads(record.read_text()).get("sha256") == file_sha256(source)
+    except (ValueError, AttributeError):
+        return False
 
 
 def _loads(runs: list[dict]) -> dict:

@@ -1,11 +1,13 @@
 """The calibration campaign end to end, with the emulator (a STAND-IN for vLLM) as each shape's server."""
 import contextlib
+import hashlib
 import json
 
 import pytest
 
-from calibrate.campaign import Campaign, CampaignSettings, expected_duration
+from calibrate.campaign import Campaign, CampaignSettings, expected_duration, record_input
 from calibrate.check import CheckSettings
+from calibrate.profiling import meta_path
 from live.emulator import spawn
 
 from test_calibrate_probe import SMALL
@@ -63,11 +65,76 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
     camp.run()
     assert started == ["tiny", "tiny"] and (tmp_path / "tiny" / "check-2" / "check.json").exists()
     assert (tmp_path / "tiny" / "cpu-tiny.json").stat().st_mtime_ns == fitted
-    # A lost profile file is refitted without starting a server.
+    # A lost profile file is refitted; the checks, of the lost profile, are redone.
     (tmp_path / "tiny" / "cpu-tiny.json").unlink()
-    assert camp.pending("tiny") == ["fit"]
+    assert camp.pending("tiny") == ["fit", "check-1", "check-2"]
     camp.run()
-    assert started == ["tiny", "tiny"] and (tmp_path / "tiny" / "cpu-tiny.json").exists()
+    assert started == ["tiny", "tiny", "tiny"] and camp.pending("tiny") == []
+    refit = hashlib.sha256((tmp_path / "tiny" / "cpu-tiny.json").read_bytes()).hexdigest()
+    for k in (1, 2):
+        record = json.loads((tmp_path / "tiny" / f"check-{k}" / "check.json.input").read_text())
+        assert record == {"input": "cpu-tiny.json", "sha256": refit}
+    steps = [json.loads(x)["step"] for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert steps[-3:] == ["fit", "check-1", "check-2"]
+
+
+def fake_campaign(tmp_path, checks=2):
+    """A finished campaign's files, written by hand (no server, no fit)."""
+    settings = CampaignSettings(shapes=("tiny",), checks=checks, progress=False)
+    camp = Campaign(tmp_path, settings, log=lambda line: None)
+    d = tmp_path / "tiny"
+    d.mkdir(parents=True)
+    (d / "profiling.csv").write_text("unit,ttft\n1,0.5\n")
+    (d / "profiling.csv.meta.json").write_text(json.dumps({"finished": "2026-12-02T10:00:00Z"}))
+    assert meta_path(d / "profiling.csv") == d / "profiling.csv.meta.json"
+    (d / "cpu-tiny.json").write_text('{"name": "cpu-tiny", "fit": {"convergence": "a"}}\n')
+    record_input(d / "cpu-tiny.json", d / "profiling.csv")
+    for k in range(1, checks + 1):
+        (d / f"check-{k}").mkdir()
+        (d / f"check-{k}" / "check.json").write_text(json.dumps({"results": {}, "run": k}))
+        record_input(d / f"check-{k}" / "check.json", d / "cpu-tiny.json")
+    assert camp.pending("tiny") == []
+    return camp, d
+
+
+def test_a_refitted_profile_makes_its_checks_stale(tmp_path):
+    camp, d = fake_campaign(tmp_path)
+    (d / "cpu-tiny.json").write_text('{"name": "cpu-tiny", "fit": {"convergence": "b"}}\n')
+    assert camp.pending("tiny") == ["check-1", "check-2"]
+    # the summary shows the new profile and none of the old profile's checks
+    summary = camp.summarize()
+    assert summary["shapes"]["tiny"]["profile"]["convergence"] == "b"
+    assert summary["shapes"]["tiny"]["loads"] == {}
+
+
+def test_a_changed_or_unfinished_profiling_run_makes_every_later_step_stale(tmp_path):
+    camp, d = fake_campaign(tmp_path)
+    with open(d / "profiling.csv", "a") as f:
+        f.write("2,0.7\n")
+    # the fit is redone first (without a server); run() then asks again for the checks
+    assert camp.pending("tiny") == ["fit"]
+    (d / "profiling.csv.meta.json").write_text(json.dumps({}))  # profiling resumed, not finished
+    assert camp.pending("tiny") == ["profile", "fit", "check-1", "check-2"]
+
+
+def test_outputs_without_an_input_record_are_redone(tmp_path):
+    camp, d = fake_campaign(tmp_path)
+    (d / "check-2" / "check.json.input").unlink()
+    assert camp.pending("tiny") == ["check-2"]
+    (d / "cpu-tiny.json.input").write_text("not json")
+    assert camp.pending("tiny") == ["fit", "check-2"]
+
+
+def test_a_step_without_a_load_average_says_so(tmp_path, monkeypatch):
+    import calibrate.campaign as campaign
+
+    monkeypatch.setattr(campaign, "loadavg", lambda: [])
+    lines = []
+    camp = Campaign(tmp_path, CampaignSettings(shapes=("tiny",), progress=False), log=lines.append)
+    with camp._step("tiny", "fit"):
+        pass
+    assert "tiny: fit (load average unknown)" in lines[0] and "BUSY" not in lines[0]
+    assert json.loads((tmp_path / "log.jsonl").read_text())["started_loadavg"] == []
 
 
 def test_settings_and_duration():
