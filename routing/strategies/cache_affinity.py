@@ -92,10 +92,14 @@ class PrecisePrefix(CheckedStrategy):
 
 #: The defaults each router starts with. SGLang's model gateway and vLLM's router
 #: (a fork of it) share the rule and, launched from their command lines, the
-#: same values: sgl-project/sglang ``sgl-model-gateway`` CLI (cache_threshold
-#: 0.3, balance_abs_threshold 64, balance_rel_threshold 1.5, max_tree_size 2^26)
-#: and vllm-project/router ``src/main.rs`` / ``py_src/vllm_router/router_args.py``
-#: (commit 03e9af5: the same four). Both crates' ``CacheAwareConfig::default()``
+#: same thresholds. sglang-router 0.3.2 (PyPI, built from sgl-project/sglang
+#: ``sgl-model-gateway/``; its ``sglang_router/router_args.py``): cache_threshold
+#: 0.3, balance_abs_threshold 64, balance_rel_threshold 1.5, max_tree_size 2^26,
+#: eviction every 60 s. vllm-router 0.1.17 (PyPI; ``vllm-router --help`` and its
+#: ``vllm_router/router_args.py``): the same three thresholds, max_tree_size 2^25
+#: characters per worker, eviction every 120 s; the ``vllm_router`` preset's
+#: index size is SGLang's 2^26 (2^20 blocks), not 0.1.17's 2^25 (2^19 blocks).
+#: Both crates' ``CacheAwareConfig::default()``
 #: (``src/policies/mod.rs``), which their docs quote, is 0.5 / 32 / 1.1 with a
 #: 10,000-character tree: preset ``rust_default``. Their trees count characters;
 #: at 4 characters per token (llm-d's conversion) and 16-token blocks, 2^26
@@ -122,8 +126,10 @@ class CacheAware(CheckedStrategy):
     ``cache_threshold`` of the prompt (strictly), it goes to that backend (ties:
     fewest in flight, then seeded random); else by ``miss_policy``:
     ``least_load`` is what both routers' code does (sgl-project/sglang
-    ``sgl-model-gateway/src/policies/cache_aware.rs``, vllm-project/router
-    ``src/policies/cache_aware.rs`` at 2f2db0d), ``smallest_index`` (the
+    ``sgl-model-gateway/src/policies/cache_aware.rs``, the source of
+    sglang-router 0.3.x; vllm-project/router ``src/policies/cache_aware.rs``,
+    read at commit 2f2db0d; not compared with the source of vllm-router 0.1.17,
+    whose flags and defaults match), ``smallest_index`` (the
     backend whose approximate index holds the fewest blocks, "most available
     cache") is what their doc comments describe.
 
@@ -131,8 +137,9 @@ class CacheAware(CheckedStrategy):
     given explicitly overrides it. Differences from the originals: their trees
     index characters of the request text, the lab indexes KV blocks, so a match
     counts whole blocks and never the prompt's last token (a repeated prompt
-    matches slightly under 100%); their LRU eviction runs every 120 s, the lab's
-    index evicts as it fills. The imbalance test uses the backends the router may
+    matches slightly under 100%); their LRU eviction runs on a timer (every 120 s
+    in vllm-router 0.1.17, 60 s in sglang-router 0.3.2), the lab's index evicts
+    as it fills. The imbalance test uses the backends the router may
     route to (theirs also counts unhealthy workers).
     """
 

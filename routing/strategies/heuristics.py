@@ -23,7 +23,13 @@ def _argmin_random_tie(values: Sequence[float], rng) -> int:
 
 @register
 class RoundRobin(Strategy):
-    """Cycle through the backends in order (vLLM production-stack's default)."""
+    """Cycle through the backends in order.
+
+    The routing logic vLLM production-stack's Helm chart sets by default
+    (``vllm-project/production-stack`` ``helm/values.yaml``,
+    ``routerSpec.routingLogic: "roundrobin"``, read at commit 00c38d1; the
+    router's own ``--routing-logic`` flag has no default).
+    """
 
     name = "round_robin"
 
@@ -75,7 +81,14 @@ class PowerOfTwo(Strategy):
     """Sample two distinct backends, send to the one with fewer in flight.
 
     Mitzenmacher's power of two choices: near join-shortest-queue balance with
-    two probes instead of all.
+    two probes instead of all. The lab's model of vllm-router's ``power_of_two``
+    (``live/peer_routers.py``): vllm-project/router
+    ``src/policies/power_of_two.rs`` (read at commit fa999f9; vllm-router
+    0.1.17's binary carries that file and its log line) has no parameters,
+    samples two distinct healthy workers uniformly and takes the lower load,
+    the first sampled on a tie (a uniform pick, as here). Its load is the
+    router's in-flight count plus, when its load monitor runs, the load last
+    polled from the worker; the lab uses the in-flight count alone.
     """
 
     name = "power_of_two"

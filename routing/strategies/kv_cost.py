@@ -1,7 +1,8 @@
 """``kv_cost``: NVIDIA Dynamo's KV-router cost, in blocks.
 
 For each backend (``ai-dynamo/dynamo``, ``lib/kv-router/src/scheduling/selector/default.rs``
-at a4bdb9b; the formula in ``docs/.../router`` "routing concepts")::
+at a4bdb9b; the formula in ``docs/components/router/router-concepts.md``,
+"Routing Concepts", read at commit 03037af)::
 
     raw_prefill   = (prefill tokens in flight there + prompt tokens) / block_size
     adjusted      = max(0, raw_prefill - overlap_score_credit * cached prefix blocks)

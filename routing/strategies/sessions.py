@@ -36,12 +36,17 @@ class SessionAffinity(CheckedStrategy):
     with ``strategy: session_id`` (``llm-d/llm-d-router``,
     ``pkg/epp/framework/plugins/scheduling/scorer/sessionaffinity``, commit
     ebab687: a binding refreshed on every use, evicted after
-    ``evictionTtlSeconds`` = 300 s unused) and AIBrix's ``session-affinity``
-    router pins a session key (``vllm-project/aibrix``
-    ``pkg/plugins/gateway/algorithms``, sliding idle expiry). A new or expired
-    session, or one whose backend is not routable, is placed by ``fallback``:
-    ``random`` (AIBrix's) or ``least_load``; and then pinned there. Requests
-    without a session are placed by the fallback each time.
+    ``evictionTtlSeconds`` = 300 s unused). AIBrix's ``session-affinity``
+    router (``vllm-project/aibrix``
+    ``pkg/plugins/gateway/algorithms/simple_session_affinity.go``, v0.7.0)
+    pins the same way but keeps the binding with the client, without expiry:
+    the response's ``x-session-id`` header carries the chosen pod's address,
+    and a request that sends it back goes there while that pod is ready (its
+    main branch, commit e3e10f9, adds session keys placed by rendezvous
+    hashing). A new or expired session, or one whose backend is not routable,
+    is placed by ``fallback``: ``random`` (AIBrix's: a random ready pod) or
+    ``least_load``; and then pinned there. Requests without a session are
+    placed by the fallback each time.
     """
 
     name = "session_affinity"
