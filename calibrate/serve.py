@@ -18,6 +18,7 @@ so it runs in the model directory.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -79,8 +80,9 @@ def cpu_preloads(vllm_python: str) -> list[str]:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host.strip("[]"), 0))
         return s.getsockname()[1]
 
 
@@ -172,20 +174,35 @@ def parse_cores(text: str) -> list[int]:
     return cores
 
 
-def kv_events_config(spec: ServeSpec, port: int) -> dict:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only: ``localhost`` or any loopback address
+    (``127.0.0.0/8``, ``::1``)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def kv_events_config(spec: ServeSpec, port: int, ipc_dir: str | None = None) -> dict:
     """vLLM's ``--kv-events-config`` for a server on ``port``: a ZMQ publisher with a replay
     socket, reachable from this machine only when the server binds loopback.
 
     vLLM binds a publisher endpoint only when it is a wildcard (``tcp://*:P``, every
     interface) or a local socket (``ipc://``); ``tcp://127.0.0.1:P`` would make it
-    *connect*. So a loopback server publishes on ``ipc://<tmp>/vllm-kv-events-<port>.ipc``
-    and replays on ``tcp://127.0.0.1:<free port>``; a server bound elsewhere uses wildcard
-    TCP ports. Routers find both on ``GET /kv_event_sources``.
+    *connect*. So a loopback server publishes on ``ipc://<ipc_dir>/kv-events.ipc`` and
+    replays on ``tcp://127.0.0.1:<free port>``; a server bound elsewhere uses wildcard
+    TCP ports. Routers find both on ``GET /kv_event_sources``. ``ipc_dir`` is a private
+    directory (mode 0700; a fresh ``tempfile.mkdtemp`` when not given, which the caller
+    removes): a predictable name in the shared temporary directory could be taken first
+    by another user.
     """
-    local = spec.host in ("127.0.0.1", "localhost")
     replay = _free_tcp_port()
-    if local:
-        endpoint = f"ipc://{tempfile.gettempdir()}/vllm-kv-events-{port}.ipc"
+    if is_loopback(spec.host):
+        if ipc_dir is None:
+            ipc_dir = tempfile.mkdtemp(prefix="vllm-kv-events-")
+        endpoint = f"ipc://{os.path.join(ipc_dir, 'kv-events.ipc')}"
         replay_endpoint = f"tcp://127.0.0.1:{replay}"
     else:
         endpoint, replay_endpoint = f"tcp://*:{_free_tcp_port()}", f"tcp://*:{replay}"
@@ -199,8 +216,10 @@ def _free_tcp_port() -> int:
         return s.getsockname()[1]
 
 
-def build_command(spec: ServeSpec, model_path: str, port: int) -> tuple[list[str], dict[str, str]]:
-    """The argv and environment that start vLLM's OpenAI API server for ``spec``."""
+def build_command(spec: ServeSpec, model_path: str, port: int,
+                  ipc_dir: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment that start vLLM's OpenAI API server for ``spec``
+    (``ipc_dir``: see ``kv_events_config``)."""
     python = spec.vllm_python or default_vllm_python()
     argv = [
         python, "-m", "vllm.entrypoints.openai.api_server",
@@ -217,9 +236,9 @@ def build_command(spec: ServeSpec, model_path: str, port: int) -> tuple[list[str
         "--enable-prompt-tokens-details",  # usage reports cached_tokens
     ]
     if spec.kv_events:
-        argv += ["--kv-events-config", json.dumps(kv_events_config(spec, port))]
+        argv += ["--kv-events-config", json.dumps(kv_events_config(spec, port, ipc_dir))]
     env = dict(os.environ)
-    env["VLLM_HOST_IP"] = "127.0.0.1" if spec.host in ("127.0.0.1", "localhost") else env.get(
+    env["VLLM_HOST_IP"] = "127.0.0.1" if is_loopback(spec.host) else env.get(
         "VLLM_HOST_IP", spec.host)
     env.setdefault("VLLM_NO_USAGE_STATS", "1")
     env.setdefault("DO_NOT_TRACK", "1")
@@ -267,11 +286,12 @@ class VllmServer:
         self.model_path: str | None = None
         self.startup_s = float("nan")
         self._t0 = 0.0
+        self._ipc_dir: str | None = None  # private directory of the KV-event socket
 
     @property
     def url(self) -> str:
         host = self.spec.host if self.spec.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        return f"http://{host}:{self.port}"
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
     def command(self) -> tuple[list[str], dict[str, str], Path]:
         """(argv, env, working directory) this server will run."""
@@ -284,7 +304,9 @@ class VllmServer:
             self.model_path = spec.model
             cwd = Path(spec.model_root)
             cwd.mkdir(parents=True, exist_ok=True)
-        argv, env = build_command(spec, self.model_path, self.port)
+        if spec.kv_events and is_loopback(spec.host) and self._ipc_dir is None:
+            self._ipc_dir = tempfile.mkdtemp(prefix="vllm-kv-events-")  # removed by stop()
+        argv, env = build_command(spec, self.model_path, self.port, self._ipc_dir)
         if self._argv is not None:
             argv = self._argv
         if self._env is not None:
@@ -347,6 +369,9 @@ class VllmServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+        if self._ipc_dir is not None:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            self._ipc_dir = None
 
     def __enter__(self) -> VllmServer:
         return self.start() if self.process is None else self

@@ -1,10 +1,14 @@
 """Launching vLLM: the command, and stopping without orphans (with a fake server)."""
+import json
 import os
 import signal
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +227,62 @@ def test_serve_command_finishes_its_stop_when_signalled_twice(tmp_path):
     assert proc.returncode == 0, err
     assert "stopping vLLM" in err and "interrupted" not in err
     assert not pid_alive(server_pid)
+
+
+# --- KV-event endpoints: loopback detection and a private IPC directory -------------------
+
+@pytest.mark.parametrize("host, loopback", [
+    ("127.0.0.1", True), ("127.0.0.2", True), ("localhost", True), ("::1", True), ("[::1]", True),
+    ("0.0.0.0", False), ("::", False), ("10.0.0.1", False), ("fe80::1", False),
+    ("example.org", False),
+])
+def test_loopback_hosts_are_recognised(host, loopback):
+    from calibrate.serve import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_a_loopback_server_publishes_kv_events_on_loopback_only(tmp_path, host):
+    spec = ServeSpec(shape="small", cores="1", device="cpu", vllm_python="/x/python",
+                     model_root=tmp_path, host=host, kv_events=True)
+    argv, env = build_command(spec, "/m/llama-small", 8123, ipc_dir=str(tmp_path))
+    config = json.loads(argv[argv.index("--kv-events-config") + 1])
+    assert config["endpoint"] == f"ipc://{tmp_path}/kv-events.ipc"
+    assert config["replay_endpoint"].startswith("tcp://127.0.0.1:")
+    assert "*" not in argv[argv.index("--kv-events-config") + 1]
+    assert env["VLLM_HOST_IP"] == "127.0.0.1"
+
+
+def test_a_server_on_every_interface_publishes_on_wildcard_ports(tmp_path):
+    spec = ServeSpec(shape="small", cores="1", device="cpu", vllm_python="/x/python",
+                     model_root=tmp_path, host="0.0.0.0", kv_events=True)
+    argv, _ = build_command(spec, "/m/llama-small", 8123)
+    config = json.loads(argv[argv.index("--kv-events-config") + 1])
+    assert config["endpoint"].startswith("tcp://*:") and config["replay_endpoint"].startswith("tcp://*:")
+
+
+def test_the_kv_event_socket_lives_in_a_private_directory_removed_on_stop(tmp_path):
+    spec = ServeSpec(shape="small", cores="1", device="cpu", vllm_python="/x/python",
+                     model_root=tmp_path, host="127.0.0.1", port=8123, kv_events=True)
+    servers = [VllmServer(spec), VllmServer(spec)]
+    paths = []
+    for server in servers:
+        argv, _, _ = server.command()
+        endpoint = json.loads(argv[argv.index("--kv-events-config") + 1])["endpoint"]
+        path = Path(endpoint.removeprefix("ipc://"))
+        paths.append(path)
+        st = path.parent.stat()
+        assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
+    # Not the old predictable name, and not shared between servers on the same port.
+    assert all(p != Path(tempfile.gettempdir()) / "vllm-kv-events-8123.ipc" for p in paths)
+    assert paths[0].parent != paths[1].parent
+    for server, path in zip(servers, paths):
+        server.stop()
+        assert not path.parent.exists()
+
+
+def test_a_server_url_on_ipv6_loopback_is_bracketed(tmp_path):
+    spec = ServeSpec(shape="small", device="cpu", model_root=tmp_path, host="::1")
+    server = VllmServer(spec)
+    assert server.url == f"http://[::1]:{server.port}"
