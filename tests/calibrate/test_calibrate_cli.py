@@ -87,7 +87,10 @@ def test_serve_print_command_shows_the_cpu_settings(tmp_path, capsys):
 
 def test_serve_kv_events_publishes_on_a_local_socket_and_a_loopback_replay_port(tmp_path, capsys):
     import json
+    import os
     import shlex
+    import shutil
+    import stat
 
     assert main(["serve", "--print-command", "--kv-events", "--port", "8124", "--model-root",
                  str(tmp_path), "--device", "cpu"]) == 0
@@ -96,7 +99,12 @@ def test_serve_kv_events_publishes_on_a_local_socket_and_a_loopback_replay_port(
     assert cfg["enable_kv_cache_events"] and cfg["publisher"] == "zmq"
     # vLLM binds ipc:// and wildcard endpoints and *connects* to any other: on loopback the
     # publisher is a socket file, the replay port is bound on 127.0.0.1 only.
-    assert cfg["endpoint"].startswith("ipc://") and cfg["endpoint"].endswith("-8124.ipc")
+    assert cfg["endpoint"].startswith("ipc://")
+    socket_dir = os.path.dirname(cfg["endpoint"].removeprefix("ipc://"))
+    try:  # a private directory (--print-command leaves it for the command it prints)
+        assert stat.S_IMODE(os.stat(socket_dir).st_mode) == 0o700
+    finally:
+        shutil.rmtree(socket_dir, ignore_errors=True)
     assert cfg["replay_endpoint"].startswith("tcp://127.0.0.1:")
     assert main(["serve", "--print-command", "--port", "8124", "--model-root", str(tmp_path),
                  "--device", "cpu"]) == 0
