@@ -97,18 +97,17 @@ class PrecisePrefix(CheckedStrategy):
 #: 0.3, balance_abs_threshold 64, balance_rel_threshold 1.5, max_tree_size 2^26,
 #: eviction every 60 s. vllm-router 0.1.17 (PyPI; ``vllm-router --help`` and its
 #: ``vllm_router/router_args.py``): the same three thresholds, max_tree_size 2^25
-#: characters per worker, eviction every 120 s; the ``vllm_router`` preset's
-#: index size is SGLang's 2^26 (2^20 blocks), not 0.1.17's 2^25 (2^19 blocks).
+#: characters per worker (2^19 blocks), eviction every 120 s.
 #: Both crates' ``CacheAwareConfig::default()``
 #: (``src/policies/mod.rs``), which their docs quote, is 0.5 / 32 / 1.1 with a
 #: 10,000-character tree: preset ``rust_default``. Their trees count characters;
 #: at 4 characters per token (llm-d's conversion) and 16-token blocks, 2^26
-#: characters are 2^20 blocks and 10,000 characters 156 blocks.
+#: characters are 2^20 blocks, 2^25 are 2^19 and 10,000 characters 156 blocks.
 CACHE_AWARE_PRESETS: dict[str, dict[str, Any]] = {
     "sglang": {"cache_threshold": 0.3, "balance_abs_threshold": 64,
                "balance_rel_threshold": 1.5, "index_blocks": 1 << 20},
     "vllm_router": {"cache_threshold": 0.3, "balance_abs_threshold": 64,
-                    "balance_rel_threshold": 1.5, "index_blocks": 1 << 20},
+                    "balance_rel_threshold": 1.5, "index_blocks": 1 << 19},
     "rust_default": {"cache_threshold": 0.5, "balance_abs_threshold": 32,
                      "balance_rel_threshold": 1.1, "index_blocks": 10_000 // 4 // 16},
 }

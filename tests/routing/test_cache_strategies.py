@@ -69,6 +69,10 @@ def test_cache_aware_presets_match_the_peers_defaults_and_explicit_values_overri
     eff = routing.effective_parameters
     assert eff("cache_aware", {})["cache_threshold"] == 0.3
     assert eff("cache_aware", {"preset": "vllm_router"})["balance_abs_threshold"] == 64
+    # Tree sizes in characters at 4 characters a token, 16 tokens a block: vllm-router
+    # 0.1.17 keeps 2^25 per worker, sglang-router 0.3.2 2^26 (their router_args.py).
+    assert eff("cache_aware", {"preset": "vllm_router"})["index_blocks"] == 2**25 // 64
+    assert eff("cache_aware", {"preset": "sglang"})["index_blocks"] == 2**26 // 64
     rust = eff("cache_aware", {"preset": "rust_default"})
     assert (rust["cache_threshold"], rust["balance_abs_threshold"], rust["balance_rel_threshold"]) == (0.5, 32, 1.1)
     assert eff("cache_aware", {"preset": "rust_default", "cache_threshold": 0.9})["cache_threshold"] == 0.9
