@@ -275,6 +275,26 @@ def point_tables(part: Part, summary) -> tuple[list[str], list[dict]]:
     return lines, verdicts
 
 
+def part_tables(part: Part, run_dir: Path) -> tuple[list[str], list[dict]]:
+    """A finished part's tables and verdicts, cached beside its records (``study-tables.json``)
+    until a unit is added."""
+    import json
+
+    cache = run_dir / "study-tables.json"
+    stamp = [str(p.relative_to(run_dir)) for p in sorted(run_dir.glob("records/**/*.parquet"))]
+    if cache.exists():
+        doc = json.loads(cache.read_text())
+        if doc.get("units") == stamp and doc.get("version") == TABLES_VERSION:
+            return doc["lines"], doc["verdicts"]
+    lines, verdicts = point_tables(part, summarize(run_dir))
+    cache.write_text(json.dumps({"version": TABLES_VERSION, "units": stamp, "lines": lines,
+                                 "verdicts": verdicts}, allow_nan=True))
+    return lines, verdicts
+
+
+TABLES_VERSION = 1
+
+
 def verdict_summary(verdicts: list[dict]) -> list[str]:
     """Per strategy: grid points where it ties the best (or is best) / is worse, goodput and TTFT p99."""
     import pandas as pd
@@ -289,6 +309,51 @@ def verdict_summary(verdicts: list[dict]) -> list[str]:
         ok_p = int(g["p99"].isin(["(best)", "tie"]).sum())
         lines.append(f"| {s} | {ok_g} / {int((g['goodput'] == 'worse').sum())} | "
                      f"{ok_p} / {int((g['p99'] == 'worse').sum())} | {len(g)} |")
+    return lines
+
+
+#: The policies the hot-spot table follows: pure affinity and the guarded variants.
+HOTSPOT = ("round_robin", "least_load", "prefix_affinity", "cache_aware", "session_affinity", "consistent_hash",
+           "consistent_hash-bounded", "weighted", "kv_cost")
+
+
+def overview(verdicts: list[dict]) -> list[str]:
+    """Two tables over every part and point: who wins, and where affinity hot-spots."""
+    import pandas as pd
+
+    df = pd.DataFrame(verdicts)
+    if df.empty:
+        return []
+    lines = ["", "#### Who wins (goodput; TTFT p99 of the same strategies)", "",
+             "| part | load | best goodput | best load-only baseline (goodput, TTFT p99) | best goodput strategy (TTFT p99, hit %) | "
+             "load-only baselines worse than best (goodput / TTFT p99) | cache/session policies worse than best (goodput / TTFT p99) |",
+             "|---|---|---|---|---|---|---|"]
+    for (part, point), g in df.groupby(["part", "point"], sort=False):
+        g = g.set_index("strategy")
+        best = g["best"].iloc[0]
+        base = g.loc[[s for s in BASELINES if s in g.index]]
+        bb = base["goodput_mean"].idxmax() if base["goodput_mean"].notna().any() else ""
+        cache = g.loc[[s for s in g.index if s not in BASELINES]]
+        worse = lambda x, col: int((x[col] == "worse").sum())  # noqa: E731
+        lines.append(
+            f"| {part} | {point.split('=')[-1]} | {fmt(g.loc[best, 'goodput_mean'], 2)} | "
+            f"{bb} ({fmt(g.loc[bb, 'goodput_mean'], 2) if bb else ''}, {fmt(g.loc[bb, 'p99_mean'], 0) if bb else ''}) | "
+            f"{best} ({fmt(g.loc[best, 'p99_mean'], 0)}, {fmt(100 * g.loc[best, 'hit'], 0)}) | "
+            f"{worse(base, 'goodput')} / {worse(base, 'p99')} of {len(base)} | "
+            f"{worse(cache, 'goodput')} / {worse(cache, 'p99')} of {len(cache)} |")
+    lines += ["", "#### Hot spots: load imbalance (busiest backend's work / mean) and TTFT p99 ms as load grows", "",
+              "| part | load | " + " | ".join(HOTSPOT) + " |", "|---|---|" + "---|" * len(HOTSPOT)]
+    for (part, point), g in df.groupby(["part", "point"], sort=False):
+        g = g.set_index("strategy")
+        cells = []
+        for s in HOTSPOT:
+            if s not in g.index:
+                cells.append("")
+                continue
+            mark = {"worse": "↓", "(best)": "★"}.get(g.loc[s, "goodput"], "")
+            cells.append(f"{fmt(g.loc[s, 'imbalance'], 2)} / {fmt(g.loc[s, 'p99_mean'], 0)}{mark}")
+        lines.append(f"| {part} | {point.split('=')[-1]} | " + " | ".join(cells) + " |")
+    lines += ["", "★ best goodput at that point; ↓ goodput worse than the best (Holm-corrected, 5%)."]
     return lines
 
 
@@ -315,16 +380,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run or not (run_dir / "manifest.json").exists():
             continue
         try:
-            summary = summarize(run_dir)
+            t, v = part_tables(part, run_dir)
         except Exception as exc:  # noqa: BLE001 - report the part, keep the others
             lines += ["", f"**{part.name}**: no summary ({type(exc).__name__}: {exc})"]
             continue
         fleet = FLEET_WORDS[part.fleet] + (", closed sessions" if "closed" in part.name else "")
         lines += ["", f"### {part.name} ({fleet})"]
-        t, v = point_tables(part, summary)
         lines += t
         verdicts += v
     if verdicts:
+        lines += ["", "### Overview"] + overview(verdicts)
         lines += ["", "### Verdicts over all grid points"] + verdict_summary(verdicts)
         import pandas as pd
 
