@@ -5,9 +5,9 @@
     python benchmarks/cache_study.py --parts chat-h100x8,chat-closed   # some parts
 
 Four workload families (``scenarios/cache-study-{chat,sysprompt,mooncake,azure}.toml``),
-each on three fleets: the file's own 8 x H100 (three rates), 16 x H100 (the upper two
-rates doubled) and the mixed fleet of ``scenarios/mixed-fleet.toml`` (2 x H100 + 6 x
-L40S, Llama-3.1-8B, with that scenario's SLOs), plus multi-turn chat with closed
+each on three fleets: the file's own 8 x H100 (three rates), 16 x H100 (one rate, near
+or past what it sustains) and the mixed fleet of ``scenarios/mixed-fleet.toml`` (2 x H100
++ 6 x L40S, Llama-3.1-8B, with that scenario's SLOs; one rate), plus multi-turn chat with closed
 sessions (``arrivals.sessions = "closed"``) at the middle rate. Every part runs the
 file's strategies and ``pred-linear-ttft`` (lowest predicted TTFT from a linear model,
 the predictive strategy docs/results.md found best for its cost), trained per workload
@@ -57,18 +57,18 @@ class Workload:
 
 WORKLOADS = {
     w.name: w for w in (
-        Workload("chat", "arrivals.rate", {"h100x8": [12.0, 24.0, 36.0], "h100x16": [48.0, 72.0],
-                                           "mixed": [24.0, 36.0]},
+        Workload("chat", "arrivals.rate", {"h100x8": [12.0, 24.0, 36.0], "h100x16": [72.0],
+                                           "mixed": [36.0]},
                  {"h100x8": 1000, "h100x16": 1000, "mixed": 1000}),
-        Workload("sysprompt", "arrivals.rate", {"h100x8": [12.0, 24.0, 36.0], "h100x16": [48.0, 72.0],
-                                                "mixed": [24.0, 36.0]},
+        Workload("sysprompt", "arrivals.rate", {"h100x8": [12.0, 24.0, 36.0], "h100x16": [72.0],
+                                                "mixed": [36.0]},
                  {"h100x8": 800, "h100x16": 800, "mixed": 800}),
-        Workload("mooncake", "arrivals.target_rate", {"h100x8": [2.0, 4.0, 6.0], "h100x16": [8.0, 12.0],
-                                                      "mixed": [4.0, 8.0]},
+        Workload("mooncake", "arrivals.target_rate", {"h100x8": [2.0, 4.0, 6.0], "h100x16": [8.0],
+                                                      "mixed": [4.0]},
                  {"h100x8": 600, "h100x16": 600, "mixed": 600},
                  mixed_slo={"ttft_ms": 5000.0, "tpot_ms": 50.0}),
-        Workload("azure", "arrivals.target_rate", {"h100x8": [15.0, 30.0, 45.0], "h100x16": [60.0, 90.0],
-                                                   "mixed": [30.0, 45.0]},
+        Workload("azure", "arrivals.target_rate", {"h100x8": [15.0, 30.0, 45.0], "h100x16": [90.0],
+                                                   "mixed": [45.0]},
                  {"h100x8": 1000, "h100x16": 1000, "mixed": 1000}),
     )
 }
@@ -304,12 +304,13 @@ def verdict_summary(verdicts: list[dict]) -> list[str]:
         return []
     lines = ["", "| strategy | goodput: best or tied / worse | TTFT p99: best or tied / worse | points |",
              "|---|---|---|---|"]
+    rows = []
     for s, g in df.groupby("strategy", sort=False):
         ok_g = int(g["goodput"].isin(["(best)", "tie"]).sum())
         ok_p = int(g["p99"].isin(["(best)", "tie"]).sum())
-        lines.append(f"| {s} | {ok_g} / {int((g['goodput'] == 'worse').sum())} | "
-                     f"{ok_p} / {int((g['p99'] == 'worse').sum())} | {len(g)} |")
-    return lines
+        rows.append((-(ok_g + ok_p), s, f"| {s} | {ok_g} / {int((g['goodput'] == 'worse').sum())} | "
+                     f"{ok_p} / {int((g['p99'] == 'worse').sum())} | {len(g)} |"))
+    return lines + [r[2] for r in sorted(rows)]
 
 
 #: The policies the hot-spot table follows: pure affinity and the guarded variants.
@@ -325,8 +326,8 @@ def overview(verdicts: list[dict]) -> list[str]:
     if df.empty:
         return []
     lines = ["", "#### Who wins (goodput; TTFT p99 of the same strategies)", "",
-             "| part | load | best goodput | best load-only baseline (goodput, TTFT p99) | best goodput strategy (TTFT p99, hit %) | "
-             "load-only baselines worse than best (goodput / TTFT p99) | cache/session policies worse than best (goodput / TTFT p99) |",
+             "| part | load | best goodput | best baseline, load-only or predictive (goodput, TTFT p99) | best goodput strategy (TTFT p99, hit %) | "
+             "baselines worse than best (goodput / TTFT p99) | cache/session policies worse than best (goodput / TTFT p99) |",
              "|---|---|---|---|---|---|---|"]
     for (part, point), g in df.groupby(["part", "point"], sort=False):
         g = g.set_index("strategy")

@@ -54,6 +54,8 @@ def test_part_overrides_load_and_give_the_stated_fleet(name):
     else:
         assert sc.arrivals.sessions == "open"
         assert rates == part.workload.rates[part.fleet] and rates == sorted(rates)
+        if part.fleet == "h100x8":
+            assert len(rates) == 3  # load grows on the reference fleet
     assert sc.seeds == [0, 1, 2, 3, 4]
 
 
