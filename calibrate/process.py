@@ -7,7 +7,10 @@ SIGKILL to whatever is left after a grace period. On Linux the leader also gets
 PR_SET_PDEATHSIG, so it is told to stop even if this Python process is killed
 with SIGKILL and never runs its cleanup. An optional CPU affinity confines the
 whole group (every process inherits it) to some cores, and an optional nice
-value raises or lowers its scheduling priority.
+value raises or lowers its scheduling priority. A nice value this process may
+not set (lower than its own without root or CAP_SYS_NICE) is refused before
+anything starts, with a ``NiceNotPermitted`` that names ``--nice``: a run meant
+to be measured at raised priority should not quietly run at normal priority.
 """
 from __future__ import annotations
 
@@ -21,6 +24,47 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+_CAP_SYS_NICE = 23
+
+
+class NiceNotPermitted(PermissionError):
+    """The requested nice value needs privileges this process lacks."""
+
+
+def _has_cap_sys_nice() -> bool:
+    """Whether CAP_SYS_NICE is in this process's effective set (Linux ``/proc``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> _CAP_SYS_NICE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return os.geteuid() == 0 if hasattr(os, "geteuid") else False
+
+
+def nice_permitted(nice: int) -> bool:
+    """Whether a child of this process may run at ``nice`` (``setpriority``'s rule:
+    raising the value is always allowed; lowering it below our own needs CAP_SYS_NICE
+    or an RLIMIT_NICE that reaches it)."""
+    if nice >= os.getpriority(os.PRIO_PROCESS, 0) or _has_cap_sys_nice():
+        return True
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NICE)[0]
+    except (ImportError, AttributeError, OSError):
+        return False
+    return soft == resource.RLIM_INFINITY or 20 - soft <= nice
+
+
+def check_nice(nice: int) -> None:
+    """Raise ``NiceNotPermitted`` (naming ``--nice``) when ``nice`` cannot be applied."""
+    if nice and not nice_permitted(nice):
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        raise NiceNotPermitted(
+            f"--nice {nice}: this user may not run processes at a nice value below its own "
+            f"({own}); that needs root or CAP_SYS_NICE (or a high enough RLIMIT_NICE). Drop "
+            f"--nice (normal priority) or run as root.")
 
 
 def _child_setup(affinity: list[int] | None, nice: int) -> None:  # pragma: no cover - runs in the child
@@ -83,19 +127,32 @@ class ManagedProcess:
         return self.proc.pid
 
     def start(self) -> ManagedProcess:
+        """Start the group; ``NiceNotPermitted`` first if ``nice`` cannot be applied."""
         if self.proc is not None:
             raise RuntimeError("process already started")
+        check_nice(self.nice)
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "ab")
             out = self._log
         else:
             out = subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=lambda: _child_setup(self.cpu_affinity, self.nice),
-        )
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=lambda: _child_setup(self.cpu_affinity, self.nice),
+            )
+        except subprocess.SubprocessError as exc:  # Python says only "Exception occurred in preexec_fn"
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            steps = [f"nice {self.nice} (--nice; negative needs root or CAP_SYS_NICE)"] if self.nice else []
+            if self.cpu_affinity:
+                steps.append(f"CPU affinity {self.cpu_affinity} (--cores; must be cores this "
+                             f"process may use: {sorted(os.sched_getaffinity(0))})")
+            raise RuntimeError(f"could not start {self.argv[0]}: setting up the child failed "
+                               f"({exc}); it sets {' and '.join(steps) or 'PR_SET_PDEATHSIG'}") from exc
         return self
 
     def poll(self) -> int | None:

