@@ -189,6 +189,16 @@ def main() -> int:
         print(json.dumps(one(args)))
         return 0
     if args.fleet or args.scaling:
+        if not args.minutes > 0:
+            p.error(f"--minutes must be > 0, got {args.minutes}")
+        if args.replicas < 1:
+            p.error(f"--replicas must be >= 1, got {args.replicas}")
+        if not args.rate_per_replica > 0:
+            p.error(f"--rate-per-replica must be > 0, got {args.rate_per_replica}")
+        import routing
+        unknown = [s for s in args.strategies if s not in routing.available()]
+        if unknown:
+            p.error(f"--strategies: unknown {unknown}; allowed: {', '.join(routing.available())}")
         return fleet(args)
     if not Path(args.trace).exists():
         print(f"trace not found: {args.trace} (give --trace)", file=sys.stderr)

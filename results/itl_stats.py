@@ -449,24 +449,40 @@ class _Selector:
             self._cache[k + w - r] = float(part[w])
 
     def prefetch(self, ks: Sequence[int]) -> None:
-        """Select several ranks with one counting pass and one gathering pass (a
-        stream of runs is read once per pass); ranks whose bracket holds too many
-        gaps are left to ``select``'s bisection."""
+        """``select`` several ranks together: each round counts every open bracket's
+        midpoint in one pass and gathers every small enough bracket in another (a
+        stream of runs is read once per pass, not once per rank and step)."""
         ks = [k for k in ks if k not in self._cache]
         if len(ks) < 2:
             return
         guesses = [self._guess(k) for k in ks]
         values = sorted({v for g in guesses for v in g})
         counted = dict(zip(values, self.runs.count_many(values)))
-        todo = []
-        for k, (lo, hi) in zip(ks, guesses):
-            lo, hi, n_lo, n_hi = self._repair(k, lo, hi, counted[lo], counted[hi])
-            if n_hi - n_lo <= self.limit:
-                todo.append((k, lo, hi, n_lo))
-        if todo:
-            gaps = self.runs.gaps_between_many([(lo, hi) for _, lo, hi, _ in todo])
-            for (k, _, _, n_lo), cand in zip(todo, gaps):
-                self._take(k, cand, n_lo)
+        open_ = [[k, *self._repair(k, lo, hi, counted[lo], counted[hi])]
+                 for k, (lo, hi) in zip(ks, guesses)]
+        while open_:
+            ready = [b for b in open_ if b[4] - b[3] <= self.limit]
+            if ready:
+                gaps = self.runs.gaps_between_many([(b[1], b[2]) for b in ready])
+                for b, cand in zip(ready, gaps):
+                    self._take(b[0], cand, b[3])
+            rest, mids = [], []
+            for b in open_:
+                if b[4] - b[3] <= self.limit:
+                    continue
+                mid = _mid_float(b[1], b[2])
+                if mid is None:  # adjacent floats: every candidate is hi
+                    self._cache[b[0]] = b[2]
+                    continue
+                rest.append(b)
+                mids.append(mid)
+            if rest:
+                for b, mid, n_mid in zip(rest, mids, self.runs.count_many(mids)):
+                    if n_mid > b[0]:
+                        b[2], b[4] = mid, n_mid
+                    else:
+                        b[1], b[3] = mid, n_mid
+            open_ = rest
 
     def _select(self, k: int) -> None:
         """Find gap ``k`` (and ``k + 1`` when it is in the same window) into the cache."""
