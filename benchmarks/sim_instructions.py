@@ -9,7 +9,10 @@ under ``valgrind --tool=callgrind`` twice, with and without ``simulate()``, and
 prints the difference: the instructions of the simulation alone. Workloads: the
 first 3,000 requests of the Azure conversation trace on 16 H100 TP4 backends
 (its own rate and 10x, fast and exact mode), and the shipped ``poisson`` scenario
-(ShareGPT) at 16 req/s, 1,500 requests, with the rules of the engine as it is.
+(ShareGPT) at 16 req/s, 1,500 requests, with the rules of the engine as it is;
+and a slice of ``sim_speed.py --fleet``: 64 replicas, multi-turn ShareGPT at
+7.8 req/s per replica for 1 s of arrivals (about 500 requests), ``least_load``
+and ``cache_aware`` (where routing's cost per backend shows).
 About a minute per workload and checkout. Needs ``valgrind`` on the PATH.
 """
 from __future__ import annotations
@@ -29,6 +32,8 @@ WORKLOADS = {
     "azure-10x-fast": ("azure", 10.0, "fast"),
     "azure-own-exact": ("azure", 1.0, "exact"),
     "sharegpt-16": ("sharegpt", 16.0, "fast"),
+    "fleet64-least-load": ("fleet:least_load", 500.0, "fast"),
+    "fleet64-cache-aware": ("fleet:cache_aware", 500.0, "fast"),
 }
 
 CHILD = r'''
@@ -38,7 +43,18 @@ import routing
 from sim.cluster import BackendConfig, ClusterConfig, simulate
 from workload import build_trace
 kind, rate, mode, run = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
-if kind == "azure":
+strategy = "least_load"
+if kind.startswith("fleet:"):
+    from sim.engine import EngineConfig
+    from sim.latency import load_profile
+    strategy = kind.split(":", 1)[1]
+    trace = build_trace({"source": "sharegpt", "max_input_len": 3072, "max_output_len": 1024},
+                        {"pattern": "poisson", "rate": rate, "sessions": "open"}, seed=0, duration_s=1.0)
+    prof = load_profile("h100-llama2-70b-tp4")
+    d = prof.engine
+    engine = EngineConfig(d.num_kv_blocks, d.block_size, d.max_num_seqs, d.max_num_batched_tokens)
+    cfg = ClusterConfig([BackendConfig(f"b{i}", "h100", prof, engine) for i in range(64)], mode=mode)
+elif kind == "azure":
     from sim.engine import EngineConfig
     from sim.latency import load_profile
     trace = build_trace({"source": "azure"}, {"pattern": "replay", "time_scale": rate}, seed=0,
@@ -56,7 +72,7 @@ else:
     trace = build_trace(asdict(p.workload), asdict(p.arrivals), seed=0, num_requests=p.num_requests)
     cfg = cluster_config(p)
 if run:
-    simulate(trace, routing.build("least_load", seed=0), cfg, seed=0)
+    simulate(trace, routing.build(strategy, seed=0), cfg, seed=0)
 '''
 
 
