@@ -563,6 +563,8 @@ class Exchange:
 
     def _send(self, conn: UpstreamConnection) -> None:
         self.upstream = conn
+        if not self.conn.writable:  # the client is still behind on an earlier response
+            conn.pause()
         before, after = self.gw.request_heads[self.attempt.backend]
         path = self.req.path.encode()
         if len(self.body) <= 65536:  # one write, one syscall

@@ -209,6 +209,7 @@ class ServerConnection(asyncio.Protocol):
         self.closed = False
         self.on_lost: Callable[[], None] | None = None
         self.on_drain: Callable[[bool], None] | None = None
+        self.writable = True  # False while the client is not keeping up (pause_writing)
         self._url = b""
         self._connections = connections
         self._timer: asyncio.TimerHandle | None = None
@@ -295,10 +296,12 @@ class ServerConnection(asyncio.Protocol):
         self.transport.close()
 
     def pause_writing(self) -> None:
+        self.writable = False
         if self.on_drain is not None:
             self.on_drain(False)
 
     def resume_writing(self) -> None:
+        self.writable = True
         if self.on_drain is not None:
             self.on_drain(True)
 

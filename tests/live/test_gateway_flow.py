@@ -178,3 +178,50 @@ def test_request_timeout_bounds_the_whole_request_across_failovers():
     # A fresh timer per attempt would let the second attempt run to its own
     # first-byte timeout (2.0 s from the start) or beyond.
     assert 1.4 <= took < 1.9, took
+
+
+def test_a_pipelined_request_to_a_client_still_behind_does_not_read_the_backend():
+    """The client pipelines a second request and reads nothing: the first response fills
+    its buffer, so the second one's backend connection starts paused (the gateway does
+    not buffer a whole response for a client that is not reading)."""
+    backend = ScriptedBackend(big_stream(60_000))
+
+    async def main():
+        async with gateway_before(backend, max_retries=0, first_byte_timeout_s=10) as gw:
+            loop = asyncio.get_running_loop()
+            client = await open_client(gw.url, rcvbuf=8192)
+            while not gw._listener.connections:
+                await asyncio.sleep(0.001)
+            (conn,) = gw._listener.connections
+            conn.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET,
+                                                               socket.SO_SNDBUF, 4096)
+            conn.transport.set_write_buffer_limits(high=0)
+            await loop.sock_sendall(client, request_bytes(stream=True) * 2)
+            deadline = time.monotonic() + 5
+            while backend.requests < 2:
+                assert time.monotonic() < deadline, "the second request never reached the backend"
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            buffered = conn.transport.get_write_buffer_size()
+            waiting = list(gw.active[0])  # empty: the second response was read already
+            up = waiting[0].upstream if waiting else None
+            paused = up is not None and up.paused and not up.transport.is_reading()
+            both = await asyncio.wait_for(read_response_count(client, 2), 10)
+            client.close()
+            return buffered, paused, both
+
+    buffered, paused, both = arun(main())
+    assert paused, "the second response was read from the backend for a client that was behind"
+    assert buffered < 2 * 60_000, buffered
+    assert both.count(b"HTTP/1.1 200 OK") == 2 and both.endswith(CHUNK_END)
+
+
+async def read_response_count(sock: socket.socket, count: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = b""
+    while data.count(b"data: [DONE]") < count or not data.endswith(CHUNK_END):
+        got = await loop.sock_recv(sock, 65536)
+        if not got:
+            break
+        data += got
+    return data
