@@ -76,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(VLLM_CPU_OMP_THREADS_BIND; default: vLLM's own choice)")
     s.add_argument("--nice", type=int, default=0,
                    help="scheduling priority of every vLLM process, -20..19 (negative, e.g. -10, puts it "
-                        "ahead of other work on a shared machine so timings are less disturbed; needs root; "
-                        "default: 0)")
+                        "ahead of other work on a shared machine so timings are less disturbed; needs root "
+                        "or CAP_SYS_NICE: without it the command stops before starting anything, with an "
+                        "error naming --nice; default: 0)")
     s.add_argument("--kv-cache-gib", type=int, default=1,
                    help="CPU KV-cache size in whole GiB (VLLM_CPU_KVCACHE_SPACE; default: 1)")
     s.add_argument("--max-num-seqs", type=int, default=256, help="vLLM --max-num-seqs (default: 256)")
@@ -205,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--checks", type=int, default=2, help="identical checks per shape (default: 2)")
     a.add_argument("--cores", default="0", help="cores for the model's threads (default: 0)")
     a.add_argument("--nice", type=int, default=0,
-                   help="priority of vLLM and of this client, -20..19 (e.g. -10; needs root; default: 0)")
+                   help="priority of vLLM and of this client, -20..19 (e.g. -10; needs root or "
+                        "CAP_SYS_NICE, else the campaign stops before starting anything; default: 0)")
     a.add_argument("--budget-s", type=float, default=900.0, help="profiling time budget per shape (default: 900)")
     a.add_argument("--hardware", default="", help="hardware the profiles describe (default: the profiled CPU)")
     a.add_argument("--emulate", default=None, metavar="PROFILE",
