@@ -95,11 +95,12 @@ def unit_metrics(trace, records, urls: list[str], vocab: int) -> dict:
         b, server_ttft = got[0]
         per_backend[b] += 1
         outside.append((r.first_token_s - r.arrival_s - server_ttft) * 1e3)
-    prompt = sum(r.input_len for r in ok)
+    reported = [r for r in ok if r.cached_tokens >= 0]  # -1: the backend did not say
+    prompt = sum(r.input_len for r in reported)
     span = (max(r.finish_s for r in ok) - min(r.arrival_s for r in ok)) if ok else float("nan")
     return {
         "sent": len(records), "ok": len(ok),
-        "hit_rate": sum(r.cached_tokens for r in ok) / prompt if prompt else float("nan"),
+        "hit_rate": sum(r.cached_tokens for r in reported) / prompt if prompt else float("nan"),
         "ttft_p50_ms": float(np.percentile(ttft, 50)) if len(ttft) else float("nan"),
         "ttft_p99_ms": float(np.percentile(ttft, 99)) if len(ttft) else float("nan"),
         "req_per_s": len(ok) / span if ok else float("nan"),

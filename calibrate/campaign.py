@@ -20,8 +20,11 @@ profiling CSV, the fitted profile) next to their output (``<output>.input``); a
 step whose input changed since, or that has no such record, is redone, so a
 re-profiled shape is refitted and a refitted profile is checked again, and the
 summary never mixes profiles. The figures are evidence only on a quiet machine: each step
-records the load average, and the summary flags steps that ran while the
-one-minute load average exceeded ``BUSY_LOAD``.
+records the load average and the CPU time every *other* process used meanwhile
+(``calibrate.machine.OtherCpu``), and a step during which others used more than
+``BUSY_OTHER_SHARE`` of the machine is flagged busy. (The load average alone cannot
+say: right after a vLLM server starts, or after a profiling run, it shows the
+campaign's own load.)
 """
 from __future__ import annotations
 
@@ -39,11 +42,15 @@ from pathlib import Path
 from calibrate.check import STATS, CheckSettings, run_check
 from calibrate.fit import fit_profile
 from results.jsonsafe import json_safe
-from calibrate.machine import loadavg, utc_now
+from calibrate.machine import OtherCpu, loadavg, utc_now
 from calibrate.modeldir import get_shape
 from calibrate.profiling import ProfileSettings, meta_path, profile_backend
 
-#: A step that started with a one-minute load average above this ran on a busy machine.
+#: A step during which other processes used more than this share of all cores ran on a
+#: busy machine.
+BUSY_OTHER_SHARE = 0.05
+#: Where other processes' CPU time cannot be read (not Linux): a step that started with a
+#: one-minute load average above this is flagged instead.
 BUSY_LOAD = 1.0
 #: Minutes per shape on one core of the development VM (startup, profile, fit, two checks),
 #: from the development runs: mid took 10 min on a busy machine; small checks run into their 5-min caps.
@@ -160,14 +167,35 @@ class Campaign:
     @contextlib.contextmanager
     def _step(self, shape: str, step: str) -> Iterator[None]:
         before = loadavg()
-        busy = bool(before) and before[0] > BUSY_LOAD
         la = f"{before[0]:.2f}" if before else "unknown"
-        self.say(f"[{time.strftime('%H:%M:%S')}] {shape}: {step} (load average {la}"
-                 f"{', BUSY MACHINE: figures are not evidence' if busy else ''})")
+        self.say(f"[{time.strftime('%H:%M:%S')}] {shape}: {step} (load average {la}, the campaign's "
+                 f"own included)")
+        others = OtherCpu().start()
         t0 = time.monotonic()
         yield
+        used = others.stop()
+        share = used["other_cpu_share"]
+        if share == share:
+            busy = share > BUSY_OTHER_SHARE
+            self.say(f"[{time.strftime('%H:%M:%S')}] {shape}: {step} done; other processes used "
+                     f"{share * 100:.1f}% of the machine, the hypervisor stole "
+                     f"{used['stolen_cpu_share'] * 100:.1f}%"
+                     f"{' (BUSY MACHINE: figures are not evidence)' if busy else ''}")
+        else:
+            busy = bool(before) and before[0] > BUSY_LOAD
         self._log({"shape": shape, "step": step, "started_loadavg": before, "loadavg_after": loadavg(),
-                   "seconds": time.monotonic() - t0, "finished": utc_now()})
+                   **used, "busy": busy, "seconds": time.monotonic() - t0, "finished": utc_now()})
+
+    def step_records(self) -> dict[tuple[str, str], dict]:
+        """The last log record of each (shape, step)."""
+        out = {}
+        log = self.out / "log.jsonl"
+        if log.is_file():
+            for line in log.read_text().splitlines():
+                with contextlib.suppress(ValueError):
+                    rec = json.loads(line)
+                    out[(rec.get("shape"), rec.get("step"))] = rec
+        return out
 
     def run(self) -> dict:
         s = self.settings
@@ -225,12 +253,16 @@ class Campaign:
     def summarize(self) -> dict:
         """summary.json and summary.md from the checks that exist."""
         shapes = {}
+        steps = self.step_records()
         for shape in self.settings.shapes:
             runs = []
             for k in range(1, self.settings.checks + 1):
                 path = self.check_json(shape, k)
                 if is_current(path, self.profile_json(shape)):
-                    runs.append(json.loads(path.read_text()))
+                    run = json.loads(path.read_text())
+                    run["other_cpu_share"] = steps.get((shape, f"check-{k}"), {}).get(
+                        "other_cpu_share", math.nan)
+                    runs.append(run)
             entry: dict = {"runs": runs}
             if self.profile_json(shape).is_file():
                 doc = json.loads(self.profile_json(shape).read_text())
@@ -289,7 +321,8 @@ def _loads(runs: list[dict]) -> dict:
                 continue
             per_run.append({"requests": res["requests"], "max_abs_err": res["max_abs_err"],
                             "stats": {f"{m}_p{q}": res[f"{m}_p{q}"] for m, q in STATS},
-                            "loadavg": [r.get("loadavg_before"), r.get("loadavg_after")]})
+                            "loadavg": [r.get("loadavg_before"), r.get("loadavg_after")],
+                            "other_cpu_share": r.get("other_cpu_share", math.nan)})
         spread = {}
         if len(per_run) >= 2:
             for m, q in STATS:
@@ -313,17 +346,20 @@ def summary_markdown(summary: dict) -> str:
         if not e["loads"]:
             lines += ["(no check yet)", ""]
             continue
-        head = "| load | run | n | " + " | ".join(f"{m.upper()} p{q}" for m, q in STATS) + " | largest | load avg |"
-        lines += [head, "|" + "---|" * (len(STATS) + 5)]
+        head = ("| load | run | n | " + " | ".join(f"{m.upper()} p{q}" for m, q in STATS)
+                + " | largest | load avg | others' CPU |")
+        lines += [head, "|" + "---|" * (len(STATS) + 6)]
         for load, d in e["loads"].items():
             for k, run in enumerate(d["runs"], 1):
                 cells = " | ".join(_cell(run["stats"][f"{m}_p{q}"]) for m, q in STATS)
                 la = run["loadavg"][0][0] if run["loadavg"] and run["loadavg"][0] else math.nan
+                other = run.get("other_cpu_share", math.nan)
+                other_txt = f"{other * 100:.1f}%" if other == other else "n/a"
                 lines.append(f"| {load} | {k} | {run['requests']} | {cells} | {run['max_abs_err'] * 100:.1f}% | "
-                             f"{la:.2f} |")
+                             f"{la:.2f} | {other_txt} |")
             if d["real_spread"]:
                 cells = " | ".join(f"{d['real_spread'][f'{m}_p{q}'] * 100:.1f}%" for m, q in STATS)
-                lines.append(f"| {load} | spread of real | | {cells} | | |")
+                lines.append(f"| {load} | spread of real | | {cells} | | | |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -59,8 +59,63 @@ def listening_pid(url: str, proc: str | Path = "/proc") -> int | None:
     return None
 
 
+def _stat_fields(text: str) -> list[str]:
+    """The fields of a ``/proc/PID/stat`` after the command name (which may hold spaces
+    and parentheses): [0] state, [1] parent pid, [11:15] utime, stime, cutime, cstime."""
+    return text.rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int, proc: str | Path = "/proc") -> float:
     """User plus system CPU seconds the process has used (its own threads, not its children)."""
-    text = (Path(proc) / str(pid) / "stat").read_text()
-    fields = text.rsplit(")", 1)[1].split()
+    fields = _stat_fields((Path(proc) / str(pid) / "stat").read_text())
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_table(proc: str | Path = "/proc") -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds of the process and of the children it reaped)."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path(proc).iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = _stat_fields((entry / "stat").read_text())
+        except OSError:
+            continue  # it ended meanwhile
+        out[int(entry.name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / tick)
+    return out
+
+
+def tree_cpu_seconds(root: int, table: dict[int, tuple[int, float]] | None = None) -> float:
+    """CPU seconds used by ``root`` and its descendants (living, or reaped by one of them)."""
+    table = process_table() if table is None else table
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            total += table[pid][1]
+        todo += children.get(pid, [])
+    return total
+
+
+def machine_cpu_seconds(proc: str | Path = "/proc") -> tuple[float, float] | None:
+    """(busy, stolen) CPU seconds of all cores since boot (``/proc/stat``), or None.
+
+    Busy is user, nice and system time: what processes can be charged with. Interrupt
+    time is left out, because no process is charged with it (a load generator talking
+    to a server over loopback makes softirq time that would otherwise look like
+    someone else's work). Stolen time is what the hypervisor gave other guests while
+    this one wanted to run.
+    """
+    try:
+        with open(Path(proc) / "stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    # user nice system idle iowait irq softirq steal ...
+    t = [int(x) for x in fields[1:9]] + [0] * max(0, 9 - len(fields))
+    tick = os.sysconf("SC_CLK_TCK")
+    return (t[0] + t[1] + t[2]) / tick, t[7] / tick

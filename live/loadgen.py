@@ -371,7 +371,7 @@ def _record(trace: Trace, i: int, res: CompletionResult, status: str, decision: 
         first_token_s=sent + times[0] if times else math.nan,
         last_token_s=sent + times[-1] if times else math.nan,
         finish_s=sent + res.e2el_s if res.e2el_s == res.e2el_s else math.nan,
-        input_len=int(trace.input_len[i]), cached_tokens=max(res.cached_tokens, 0),
+        input_len=int(trace.input_len[i]), cached_tokens=res.cached_tokens,
         output_len=res.output_tokens, requested_output_len=int(trace.output_len[i]),
         num_preemptions=0, status=status, error=res.error[:2000],
         itl_start=itl.start, itl_step=itl.step, itl_count=itl.count,

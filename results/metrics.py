@@ -326,7 +326,7 @@ def unit_metrics(
     # A record carries a router decision when its scrape age is known (inf before the
     # first scrape); requests routed by a gateway do not say what it expected.
     decided = ~np.isnan(cols.scalar("router_scrape_age_s").astype(np.float64))
-    v["served_hit_rate"] = _ratio(cached_all[ok].sum(), total_in)
+    v["served_hit_rate"] = _served_hit_rate(cached_all[ok], in_len[ok])
     known = ok & decided
     v["expected_hit_rate"] = _ratio(expected_all[known].sum(), in_len[known].sum())
     fleet = counters.fleet_hit_rate if counters is not None else math.nan
@@ -397,6 +397,16 @@ def _latencies_in_order(cols: _Columns, ok: np.ndarray, ttft: np.ndarray, e2el: 
 
 def _ratio(num: float, den: float) -> float:
     return float(num / den) if den else math.nan
+
+
+def _served_hit_rate(cached: np.ndarray, in_len: np.ndarray) -> float:
+    """Cached over prompt tokens of the requests whose backend reported its hit.
+
+    A backend that does not report ``cached_tokens`` (records carry -1) is unknown, not
+    0%: only reporting requests count, and none reporting gives NaN.
+    """
+    known = cached >= 0
+    return _ratio(cached[known].sum(), in_len[known].sum())
 
 
 def peak_to_mean(load: Sequence[float] | np.ndarray) -> float:
@@ -544,7 +554,8 @@ def _backend_rows(cols: _Columns, names: Sequence[str] | None,
         eng = engines[b] if engines else None
         uncached = (eng.prefix_queries - eng.prefix_hits) if eng is not None else math.nan
         if uncached != uncached:
-            uncached = float(np.maximum(in_len[mine] - cached[mine], 0).sum())
+            # A backend that did not report its hit (-1) is counted as having computed all.
+            uncached = float(np.maximum(in_len[mine] - np.maximum(cached[mine], 0), 0).sum())
         known = mine_ok & decided
         rows.append({
             "backend": b,
@@ -557,7 +568,7 @@ def _backend_rows(cols: _Columns, names: Sequence[str] | None,
             "prefix_hits": eng.prefix_hits if eng is not None else math.nan,
             "hit_rate": eng.hit_rate if eng is not None else math.nan,
             "expected_hit_rate": _ratio(expected[known].sum(), in_len[known].sum()),
-            "served_hit_rate": _ratio(cached[mine_ok].sum(), in_len[mine_ok].sum()),
+            "served_hit_rate": _served_hit_rate(cached[mine_ok], in_len[mine_ok]),
         })
     work_total = sum(r["work_tokens"] for r in rows)
     for r in rows:

@@ -73,7 +73,7 @@ class RequestRecord:
     last_token_s: float
     finish_s: float
     input_len: int
-    cached_tokens: int  # prefix-cache hit at the backend (its own count)
+    cached_tokens: int  # prefix-cache hit at the backend (its own count); -1: not reported
     output_len: int  # tokens actually received
     requested_output_len: int  # max_tokens sent
     num_preemptions: int

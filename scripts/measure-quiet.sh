@@ -16,8 +16,9 @@
 #
 # Resumable: a step whose log ends with "step ok" is skipped when run again with the same
 # OUT. Nothing else may run on the machine meanwhile (no test suite, no second benchmark):
-# every log starts and ends with `uptime`, and a figure taken at a load average well above
-# the step's own load is not evidence. VALIDATION_BUDGET_S (default 2400) sets the live
+# every log starts and ends with `uptime` and ends with the share of the CPU that other
+# processes used during the step (python -m calibrate.quiet; also in OUT/STEP.quiet.json):
+# a step where others used more than 5% is marked BUSY and is not evidence. VALIDATION_BUDGET_S (default 2400) sets the live
 # replay budget of the validation; SERVE_ARGS the arguments of its vLLM servers (default
 # "--nice -10" as root, none otherwise: a negative nice needs root).
 set -euo pipefail
@@ -42,7 +43,9 @@ run_step() {  # name, command...
         echo "# $(date -u +%FT%TZ) $*"
         echo "# load before: $(uptime)"
     } > "$log"
-    if "$@" >> "$log" 2>&1; then
+    # calibrate.quiet adds the CPU time other processes used meanwhile (the load average
+    # also counts the step's own processes) to the log and to $OUT/$name.quiet.json.
+    if "$PY" -m calibrate.quiet --json "$OUT/$name.quiet.json" -- "$@" >> "$log" 2>&1; then
         echo "# load after: $(uptime)" >> "$log"
         echo "step ok" >> "$log"
     else

@@ -39,7 +39,8 @@ def _check_size(seed: Any, num_requests: int | None, duration_s: float | None) -
 
 
 def _replay(
-    pool: RequestPool, arr: ArrivalSpec, num_requests: int | None, duration_s: float | None
+    pool: RequestPool, arr: ArrivalSpec, num_requests: int | None, duration_s: float | None,
+    seed: int = 0,
 ) -> tuple[Trace, dict[str, Any]]:
     ts = pool.trace.timestamp_s
     has = np.isfinite(ts)
@@ -51,6 +52,11 @@ def _replay(
     rows = np.flatnonzero(has)
     rows = rows[np.argsort(ts[rows], kind="stable")]
     rel = replay_arrivals(ts[rows], time_scale=arr.time_scale, target_rate=arr.target_rate)
+    window = {}
+    if arr.replay_window == "seeded":
+        first = _seeded_window_start(rel, num_requests, duration_s, seed)
+        window = {"replay_first_request": first, "replay_offset_s": float(rel[first])}
+        rows, rel = rows[first:], rel[first:] - rel[first]
     span = float(rel[-1])
     gap = span / (len(rel) - 1) if len(rel) > 1 else 1.0
     period = span + gap  # a repeated pass starts one mean gap after the previous one ends
@@ -84,7 +90,34 @@ def _replay(
         "replay_span_s": span,
         "replay_mean_rate": (len(rel) - 1) / span if span > 0 else math.inf,
     }
-    return trace.with_arrivals(np.concatenate(parts_t)), {**info, "passes": int(passes.max()) + 1}
+    return trace.with_arrivals(np.concatenate(parts_t)), {**info, **window,
+                                                          "passes": int(passes.max()) + 1}
+
+
+def _seeded_window_start(rel: np.ndarray, num_requests: int | None, duration_s: float | None,
+                         seed: int) -> int:
+    """The request a ``replay_window = "seeded"`` replay starts at, drawn from ``seed``.
+
+    Uniform over the starts that leave the whole run inside the trace (no second
+    pass), so two seeds replay two windows of the same trace, overlapping only by
+    chance; a trace too short for that is an error rather than a silent repeat.
+    """
+    rng = np.random.default_rng([seed, 0x5EED])
+    if num_requests is not None:
+        room = len(rel) - num_requests
+        if room < 0:
+            raise ValueError(
+                f"arrivals.replay_window = 'seeded' needs a trace longer than the run: "
+                f"{num_requests} requests asked, the trace has {len(rel)}; ask fewer, or "
+                f"replay_window = 'start' (which repeats the trace)")
+        return int(rng.integers(room + 1))
+    room_s = float(rel[-1]) - float(duration_s)
+    if room_s < 0:
+        raise ValueError(
+            f"arrivals.replay_window = 'seeded' needs a trace longer than the run: "
+            f"duration_s = {duration_s:g} s, the trace spans {float(rel[-1]):g} s at this "
+            f"speed; shorten the run, or replay_window = 'start' (which repeats the trace)")
+    return int(np.searchsorted(rel, rng.uniform(0.0, room_s), side="left"))
 
 
 def build_trace(
@@ -139,7 +172,7 @@ def build_trace(
                                                                   else "open"),
                                         seed, num_requests, open_rows)
     elif arr.pattern == "replay":
-        trace, info = _replay(pool, arr, num_requests, duration_s)
+        trace, info = _replay(pool, arr, num_requests, duration_s, seed)
         if closed:
             trace, more = close_sessions(trace, arr.think_time, seed)
             info.update(more)

@@ -37,6 +37,9 @@ ORDERS = ("interleave", "shuffle", "sequential")
 PATTERNS = ("poisson", "gamma", "constant", "burst", "replay", "concurrency")
 #: How the turns of a multi-turn session are sent (``workload.sessions``).
 SESSION_MODES = ("closed", "open")
+#: Where a ``replay`` starts in its trace: at the beginning for every seed, or at a
+#: point each seed draws (so seeds replay different windows of one trace).
+REPLAY_WINDOWS = ("start", "seeded")
 
 
 # --- token-length distributions of synthetic requests ------------------------------------
@@ -266,6 +269,11 @@ class ArrivalSpec:
     off_s: float = key(30.0, ge=0)
     time_scale: float = key(1.0, gt=0, axis=True)
     target_rate: float = key(0.0, ge=0, axis=True)
+    #: ``pattern = "replay"``: ``start`` replays the trace from its first request for
+    #: every seed (seeds then differ only in the routers' random draws); ``seeded``
+    #: starts each seed at its own request, drawn uniformly among those that leave room
+    #: for the whole run, so seeds are independent windows of one trace.
+    replay_window: str = key("start", choices=REPLAY_WINDOWS)
     #: ``pattern = "concurrency"``: this many closed-loop clients, each sending its
     #: next request when its last one has ended (``vllm bench serve
     #: --max-concurrency``, GuideLLM's concurrent profile). 0: not set.

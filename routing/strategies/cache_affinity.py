@@ -15,7 +15,7 @@ from typing import Any
 
 from routing.base import register
 from routing.strategies.checked import CheckedStrategy
-from routing.strategies.picking import argmax, argmin, at_least, choice
+from routing.strategies.picking import argmax, argmin, at_least, choice, most_hit_then_least_loaded
 from routing.types import BackendSnapshot, RequestInfo
 
 
@@ -52,12 +52,16 @@ class PrefixAffinity(CheckedStrategy):
 
     name = "prefix_affinity"
     needs_prefix_estimate = True
+    reads_columns = True
 
     def __init__(self, *, seed: int = 0, index_blocks: int = 0) -> None:
         super().__init__(seed=seed)
         self.index_blocks = _index_blocks(index_blocks)
 
     def choose(self, request: RequestInfo, backends: Sequence[BackendSnapshot]) -> int:
+        hit_blocks = getattr(backends, "hit_blocks", None)
+        if hit_blocks is not None:  # the router's columns: the same decision, no snapshot read
+            return most_hit_then_least_loaded(hit_blocks, backends.loads, self.rng)
         return argmax([(b.prefix_hit_tokens, -b.inflight_requests) for b in backends], self.rng)
 
 
@@ -223,13 +227,7 @@ class CacheAware(CheckedStrategy):
         top = max(hit_blocks)
         bs = backends.block_size
         if request.input_len > 0 and top * bs / request.input_len > self.cache_threshold:
-            # argmax over (hit, -load): the best hits, then the fewest in flight among them.
-            if hit_blocks.count(top) == 1:
-                return hit_blocks.index(top)
-            best = [i for i, d in enumerate(hit_blocks) if d == top]
-            lo = min(loads[i] for i in best)
-            ties = [i for i in best if loads[i] == lo]
-            return ties[0] if len(ties) == 1 else ties[rng.randrange(len(ties))]
+            return most_hit_then_least_loaded(hit_blocks, loads, rng)
         if self.miss_policy == "smallest_index":
             # Not ``reads_columns``: the router filled the snapshots too.
             return argmin([(b.index_blocks, b.inflight_requests) for b in backends], rng)
@@ -252,6 +250,7 @@ class LMetric(CheckedStrategy):
 
     name = "lmetric"
     needs_prefix_estimate = True
+    reads_columns = True
 
     def __init__(self, *, seed: int = 0, index_blocks: int = 0) -> None:
         super().__init__(seed=seed)
@@ -259,6 +258,11 @@ class LMetric(CheckedStrategy):
 
     def choose(self, request: RequestInfo, backends: Sequence[BackendSnapshot]) -> int:
         n = request.input_len
+        hit_blocks = getattr(backends, "hit_blocks", None)
+        if hit_blocks is not None:  # the router's columns: the same keys, no snapshot read
+            bs = backends.block_size
+            return argmin([((n - h * bs) * (load + 1), load, n - h * bs)
+                           for h, load in zip(hit_blocks, backends.loads)], self.rng)
         keys = []
         for b in backends:
             new = n - b.prefix_hit_tokens

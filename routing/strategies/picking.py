@@ -30,6 +30,22 @@ def argmax(keys: Sequence, rng) -> int:
     return ties[rng.randrange(len(ties))]
 
 
+def most_hit_then_least_loaded(hit_blocks: Sequence[int], loads: Sequence[int], rng) -> int:
+    """``argmax`` over ``(hit, -load)`` read from the router's columns.
+
+    The same position and the same draw as ``argmax([(h, -l) ...])``, without
+    building a tuple per backend: the best hits, then the fewest in flight among
+    them, then a seeded random one.
+    """
+    top = max(hit_blocks)
+    if hit_blocks.count(top) == 1:
+        return hit_blocks.index(top)
+    best = [i for i, d in enumerate(hit_blocks) if d == top]
+    lo = min(loads[i] for i in best)
+    ties = [i for i in best if loads[i] == lo]
+    return ties[0] if len(ties) == 1 else ties[rng.randrange(len(ties))]
+
+
 def softmin_sample(costs: Sequence[float], temperature: float, rng) -> int:
     """Draw a position with probability proportional to exp(-normalised cost / temperature).
 

@@ -133,8 +133,44 @@ def test_a_step_without_a_load_average_says_so(tmp_path, monkeypatch):
     camp = Campaign(tmp_path, CampaignSettings(shapes=("tiny",), progress=False), log=lines.append)
     with camp._step("tiny", "fit"):
         pass
-    assert "tiny: fit (load average unknown)" in lines[0] and "BUSY" not in lines[0]
+    assert "tiny: fit (load average unknown" in lines[0] and "BUSY" not in lines[0]
     assert json.loads((tmp_path / "log.jsonl").read_text())["started_loadavg"] == []
+
+
+class FixedOthers:
+    """Stands in for ``OtherCpu``: others used ``share`` of the machine during the step."""
+
+    def __init__(self, share):
+        self.share = share
+
+    def __call__(self):
+        return self
+
+    def start(self):
+        return self
+
+    def stop(self):
+        return {"other_cpu_s": self.share * 10, "other_cpu_share": self.share,
+                "stolen_cpu_s": 0.0, "stolen_cpu_share": 0.0}
+
+
+@pytest.mark.parametrize("share, busy", [(0.0, False), (0.04, False), (0.3, True)])
+def test_a_step_is_busy_when_other_processes_used_the_machine_not_by_its_own_load(
+        tmp_path, monkeypatch, share, busy):
+    import calibrate.campaign as campaign
+
+    # A high load average of the campaign's own (a server that just started) is not "busy".
+    monkeypatch.setattr(campaign, "loadavg", lambda: [3.5, 2.0, 1.0])
+    monkeypatch.setattr(campaign, "OtherCpu", FixedOthers(share))
+    lines = []
+    camp = Campaign(tmp_path, CampaignSettings(shapes=("tiny",), progress=False), log=lines.append)
+    with camp._step("tiny", "check-1"):
+        pass
+    assert ("BUSY MACHINE" in lines[-1]) == busy
+    assert f"other processes used {share * 100:.1f}% of the machine" in lines[-1]
+    rec = json.loads((tmp_path / "log.jsonl").read_text())
+    assert rec["busy"] == busy and rec["other_cpu_share"] == share
+    assert camp.step_records()[("tiny", "check-1")]["other_cpu_share"] == share
 
 
 def test_settings_and_duration():

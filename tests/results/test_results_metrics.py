@@ -165,6 +165,23 @@ def test_hit_rates_from_the_engines_counters_and_the_routers_expectation():
     assert v["load_imbalance"] == pytest.approx(160 / (314 / 3))
 
 
+def test_a_backend_that_does_not_report_its_hit_is_unknown_not_zero():
+    recs = example()
+    for r in recs:
+        if r.backend == 1:
+            r.cached_tokens = -1  # backend b answers without usage.prompt_tokens_details
+    m = unit_metrics(recs, backend_names=["a", "b", "c"])
+    rows = {b["name"]: b for b in m.backends}
+    assert math.isnan(rows["b"]["served_hit_rate"])
+    # the fleet's rate counts only the requests whose backend reported: request 1's 20 of 100
+    assert m.values["served_hit_rate"] == pytest.approx(20 / 100)
+    # b's work counts every prompt token it was sent as computed (nothing known to be cached)
+    assert rows["b"]["work_tokens"] == pytest.approx((50 + 60 + 80) + (1 + 0 + 3))
+    for r in recs:
+        r.cached_tokens = -1
+    assert math.isnan(unit_metrics(recs, backend_names=["a", "b", "c"]).values["served_hit_rate"])
+
+
 def test_counters_must_match_the_fleet():
     with pytest.raises(ValueError, match="counters cover 2 backends but the fleet has 3"):
         unit_metrics(example(), backend_names=["a", "b", "c"], counters=counters((1, 1), (1, 1)))

@@ -1,9 +1,10 @@
 """The router's columns (``routing.types.Candidates``) change no decision.
 
-``least_load`` and ``cache_aware`` read per-backend columns when the router hands
-them ``Candidates`` (and ``cache_aware`` then lets the router skip filling every
-snapshot). The reference is the same strategy reading the snapshots one by one:
-the same choices and the same random draws, decision after decision.
+``least_load``, ``cache_aware``, ``prefix_affinity`` and ``lmetric`` read
+per-backend columns when the router hands them ``Candidates`` (and the three that
+read prefix hits then let the router skip filling every snapshot). The reference
+is the same strategy reading the snapshots one by one: the same choices and the
+same random draws, decision after decision.
 """
 from __future__ import annotations
 
@@ -29,13 +30,16 @@ class SnapshotsOnly(routing.Strategy):
         return self.inner.choose(request, list(backends))
 
 
+COLUMN_READERS = ["least_load", "cache_aware", "prefix_affinity", "lmetric"]
+
+
 def snapshots(loads, hits, bs):
     return [BackendSnapshot(index=i, name=f"b{i}", inflight_requests=l, prefix_hit_tokens=h * bs)
             for i, (l, h) in enumerate(zip(loads, hits))]
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.data(), st.sampled_from(["least_load", "cache_aware"]), st.integers(1, 40))
+@given(st.data(), st.sampled_from(COLUMN_READERS), st.integers(1, 40))
 def test_columns_choose_as_the_snapshots_do(data, name, n):
     bs = 16
     with_cols, without = routing.build(name, seed=3), routing.build(name, seed=3)
@@ -53,7 +57,7 @@ def test_columns_choose_as_the_snapshots_do(data, name, n):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 2**31), st.sampled_from(["least_load", "cache_aware"]), st.integers(2, 12))
+@given(st.integers(0, 2**31), st.sampled_from(COLUMN_READERS), st.integers(2, 12))
 def test_router_decisions_equal_with_and_without_columns(seed, name, n):
     """Whole decisions (backend, features) through ``Router.dispatch`` and ``finish``."""
     import random
@@ -64,7 +68,7 @@ def test_router_decisions_equal_with_and_without_columns(seed, name, n):
     specs = [BackendSpec(f"b{i}", prefix_index_blocks=64) for i in range(n)]
     fast = Router(routing.build(name, seed=seed % 7), specs)
     ref = Router(SnapshotsOnly(routing.build(name, seed=seed % 7)), specs)
-    assert fast.strategy.reads_columns == (name == "cache_aware")
+    assert fast.strategy.reads_columns == (name != "least_load")
     assert not ref.strategy.reads_columns
     prompts = [[rng.getrandbits(62) for _ in range(8)] for _ in range(4)]
     inflight = []
@@ -90,3 +94,4 @@ def test_unhealthy_backends_fall_back_to_snapshots():
     cands, _ = r.prepare(RequestInfo(1, 64, 0.0, [1, 2, 3, 4]), 0.0)
     assert not isinstance(cands, Candidates) and [c.index for c in cands] == [1, 2]
     assert r.dispatch(RequestInfo(2, 64, 0.0, [1, 2, 3, 4]), 0.0).backend in (1, 2)
+

@@ -127,6 +127,43 @@ def test_replay_of_the_azure_trace(cache):
     assert more.meta["passes"] == 2 and np.all(np.diff(more.arrival_s) >= 0)
 
 
+def test_seeded_replay_windows_differ_by_seed_and_keep_the_traces_gaps(cache):
+    pool = load_pool(WorkloadSpec.from_mapping(AZURE), cache_dir=cache)
+    ts = np.sort(pool.trace.timestamp_s)
+    arr = {"pattern": "replay", "replay_window": "seeded", **OPEN}
+    n = 200
+    starts = []
+    for seed in range(4):
+        t = build_trace(AZURE, arr, seed=seed, num_requests=n, cache_dir=cache)
+        first = t.meta["replay_first_request"]
+        assert 0 <= first <= len(ts) - n and t.meta["passes"] == 1
+        # n consecutive requests of the trace from the drawn one, the first at 0 s
+        assert np.allclose(t.timestamp_s, ts[first:first + n])
+        assert np.allclose(t.arrival_s, ts[first:first + n] - ts[first])
+        assert t.meta["replay_offset_s"] == pytest.approx(ts[first] - ts[0])
+        assert _same(t, build_trace(AZURE, arr, seed=seed, num_requests=n, cache_dir=cache))
+        starts.append(first)
+    assert len(set(starts)) == 4
+    # by duration: the window is the run's length of trace time, wherever it starts
+    t = build_trace(AZURE, arr, seed=5, duration_s=30.0, cache_dir=cache)
+    first = t.meta["replay_first_request"]
+    assert len(t) == np.count_nonzero((ts[first:] - ts[first]) <= 30.0)
+    start = build_trace(AZURE, {"pattern": "replay", **OPEN}, seed=5, num_requests=n, cache_dir=cache)
+    assert np.allclose(start.timestamp_s, ts[:n]) and "replay_first_request" not in start.meta
+
+
+def test_a_seeded_replay_window_longer_than_the_trace_is_refused(cache):
+    pool = load_pool(WorkloadSpec.from_mapping(AZURE), cache_dir=cache)
+    arr = {"pattern": "replay", "replay_window": "seeded"}
+    with pytest.raises(ValueError, match="needs a trace longer than the run.*requests asked"):
+        build_trace(AZURE, arr, seed=0, num_requests=len(pool) + 1, cache_dir=cache)
+    with pytest.raises(ValueError, match="needs a trace longer than the run.*duration_s"):
+        build_trace(AZURE, arr, seed=0, duration_s=1e9, cache_dir=cache)
+    with pytest.raises(ValueError, match="replay_window"):
+        build_trace(AZURE, {"pattern": "replay", "replay_window": "random"}, seed=0,
+                    num_requests=5, cache_dir=cache)
+
+
 def test_replay_of_wildchat_sorts_by_timestamp(cache):
     t = build_trace({"source": "wildchat", "path": str(WILDCHAT_PARQUET)},
                     {"pattern": "replay", **OPEN}, seed=0, num_requests=10, cache_dir=cache)

@@ -28,7 +28,7 @@ def test_defaults_are_the_agreed_ones():
     arr = ArrivalSpec.from_mapping({})
     assert arr.as_dict() == ARRIVAL_DEFAULTS == {
         "pattern": "poisson", "rate": 1.0, "burstiness": 1.0, "base_rate": 1.0, "peak_rate": 10.0,
-        "on_s": 10.0, "off_s": 30.0, "time_scale": 1.0, "target_rate": 0.0,
+        "on_s": 10.0, "off_s": 30.0, "time_scale": 1.0, "target_rate": 0.0, "replay_window": "start",
         "concurrency": 0, "sessions": "closed",
         "think_time": {"dist": "lognormal", "mean": 211.5, "sigma": 0.98, "max": 0.0}}
     assert WORKLOAD_DEFAULTS["source"] is None and WORKLOAD_DEFAULTS["min_input_len"] == 1

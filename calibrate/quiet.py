@@ -1,0 +1,101 @@
+"""Run one measurement and say how quiet the machine was while it ran.
+
+    python -m calibrate.quiet [--json FILE] -- COMMAND [ARG ...]
+
+Runs COMMAND as a child, passes its exit status through, and prints (to stderr)
+the load average before and after and the CPU time every *other* process used
+meanwhile (``calibrate.machine.OtherCpu``), the figure that says whether the
+command's timings are evidence: its own processes, however busy, do not count.
+``scripts/measure-quiet.sh`` wraps each of its steps in it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from calibrate.machine import OtherCpu, loadavg, utc_now
+
+#: Others using more than this share of all cores make the measurement "busy".
+BUSY_OTHER_SHARE = 0.05
+
+
+def become_subreaper() -> bool:
+    """Adopt this process's orphaned descendants (Linux ``PR_SET_CHILD_SUBREAPER``).
+
+    A server killed with its process group can leave a child orphaned; it would be
+    reparented to init, and its CPU time would then leave the measured tree and
+    count as another process's. Adopted, it stays in the tree. False where the
+    call is not available.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+#: How long to wait, after the command, for adopted descendants still ending.
+ORPHAN_WAIT_S = 10.0
+
+
+def reap_orphans(wait_s: float = ORPHAN_WAIT_S) -> None:
+    """Collect adopted descendants as they end (their CPU time joins ours), for at
+    most ``wait_s`` seconds: the processes of a server stopped at the command's end
+    may take a moment; one still running after that is left alone."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # no child left
+        if pid == 0:
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m calibrate.quiet",
+        description="Run a measurement command and report the CPU time other processes used "
+                    "meanwhile (its own children excluded), with the load average before and after.")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the figures to this JSON file")
+    parser.add_argument("command", nargs=argparse.REMAINDER,
+                        help="the command to run, after --")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no command given (python -m calibrate.quiet -- COMMAND ...)")
+    before, started = loadavg(), utc_now()
+    become_subreaper()
+    others = OtherCpu().start()
+    try:
+        status = subprocess.call(command)
+    except OSError as exc:
+        print(f"calibrate.quiet: cannot run {command[0]!r}: {exc}", file=sys.stderr)
+        return 127
+    reap_orphans()
+    used = others.stop()
+    share = used["other_cpu_share"]
+    busy = share == share and share > BUSY_OTHER_SHARE
+    record = {"command": command, "started": started, "finished": utc_now(), "status": status,
+              "loadavg_before": before, "loadavg_after": loadavg(), **used, "busy": busy}
+    verdict = ("BUSY MACHINE: its timings are not evidence" if busy
+               else "quiet" if share == share else "unknown (no /proc here)")
+    print(f"# other processes used {share * 100:.1f}% of the machine's CPU, the hypervisor stole "
+          f"{used['stolen_cpu_share'] * 100:.1f}%: {verdict}", file=sys.stderr)
+    if args.json is not None:
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
