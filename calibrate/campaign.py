@@ -42,13 +42,10 @@ from pathlib import Path
 from calibrate.check import STATS, CheckSettings, run_check
 from calibrate.fit import fit_profile
 from results.jsonsafe import json_safe
-from calibrate.machine import OtherCpu, loadavg, utc_now
+from calibrate.machine import BUSY_OTHER_SHARE, OtherCpu, loadavg, utc_now
 from calibrate.modeldir import get_shape
 from calibrate.profiling import ProfileSettings, meta_path, profile_backend
 
-#: A step during which other processes used more than this share of all cores ran on a
-#: busy machine.
-BUSY_OTHER_SHARE = 0.05
 #: Where other processes' CPU time cannot be read (not Linux): a step that started with a
 #: one-minute load average above this is flagged instead.
 BUSY_LOAD = 1.0

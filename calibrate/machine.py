@@ -10,6 +10,10 @@ import time
 
 from calibrate.procstat import machine_cpu_seconds, tree_cpu_seconds
 
+#: A measurement during which other processes used more than this share of all cores
+#: ran on a busy machine (``OtherCpu``): its timings are not evidence.
+BUSY_OTHER_SHARE = 0.05
+
 
 def cpu_model() -> str:
     try:

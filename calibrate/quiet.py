@@ -18,10 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from calibrate.machine import OtherCpu, loadavg, utc_now
-
-#: Others using more than this share of all cores make the measurement "busy".
-BUSY_OTHER_SHARE = 0.05
+from calibrate.machine import BUSY_OTHER_SHARE, OtherCpu, loadavg, utc_now
 
 
 def become_subreaper() -> bool:
