@@ -316,8 +316,11 @@ def _loads(runs: list[dict]) -> dict:
             res = r.get("results", {}).get(name)
             if res is None:
                 continue
+            adjusted = (r.get("results_speed_adjusted") or {}).get(name) or {}
             per_run.append({"requests": res["requests"], "max_abs_err": res["max_abs_err"],
                             "stats": {f"{m}_p{q}": res[f"{m}_p{q}"] for m, q in STATS},
+                            "speed_factor": ((r.get("reference") or {}).get("load_factors") or {}).get(name, math.nan),
+                            "max_abs_err_speed_adjusted": adjusted.get("max_abs_err", math.nan),
                             "loadavg": [r.get("loadavg_before"), r.get("loadavg_after")],
                             "other_cpu_share": r.get("other_cpu_share", math.nan)})
         spread = {}
@@ -344,21 +347,28 @@ def summary_markdown(summary: dict) -> str:
             lines += ["(no check yet)", ""]
             continue
         head = ("| load | run | n | " + " | ".join(f"{m.upper()} p{q}" for m, q in STATS)
-                + " | largest | load avg | others' CPU |")
-        lines += [head, "|" + "---|" * (len(STATS) + 6)]
+                + " | largest | load avg | others' CPU | machine vs profile | largest at that speed |")
+        lines += [head, "|" + "---|" * (len(STATS) + 8)]
         for load, d in e["loads"].items():
             for k, run in enumerate(d["runs"], 1):
                 cells = " | ".join(_cell(run["stats"][f"{m}_p{q}"]) for m, q in STATS)
                 la = run["loadavg"][0][0] if run["loadavg"] and run["loadavg"][0] else math.nan
                 other = run.get("other_cpu_share", math.nan)
                 other_txt = f"{other * 100:.1f}%" if other == other else "n/a"
+                speed = run.get("speed_factor", math.nan)
+                adj = run.get("max_abs_err_speed_adjusted", math.nan)
                 lines.append(f"| {load} | {k} | {run['requests']} | {cells} | {run['max_abs_err'] * 100:.1f}% | "
-                             f"{la:.2f} | {other_txt} |")
+                             f"{la:.2f} | {other_txt} | {_opt(speed, '{:.2f}x')} | {_opt(adj * 100, '{:.1f}%')} |")
             if d["real_spread"]:
                 cells = " | ".join(f"{d['real_spread'][f'{m}_p{q}'] * 100:.1f}%" for m, q in STATS)
-                lines.append(f"| {load} | spread of real | | {cells} | | | |")
+                lines.append(f"| {load} | spread of real | | {cells} | | | | | |")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _opt(value: float, fmt: str) -> str:
+    """``fmt`` of a number, or n/a (a check without reference probes, an old check)."""
+    return fmt.format(value) if value == value else "n/a"
 
 
 def _cell(stat: dict) -> str:

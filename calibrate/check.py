@@ -11,6 +11,22 @@ The real requests' send times, lengths and sharing are then replayed through
 the simulator with the profile (``calibrate.replay``), so both sides see the
 same arrivals. Reported per unit and pooled: the relative error of TTFT p50/p90,
 TPOT p50/p90 and E2EL p50, and the largest of them.
+
+**Reference requests: is it the model or the machine?** A shared VM's speed
+drifts: on the development VM the same request alone on an idle engine took
+29% longer in one check than in the next, minutes apart, and the fixed step
+cost 2.5x more on one day than on another. A loaded error is evidence about
+the model only if the machine ran at the speed it was profiled at. So before
+each load and after the last, a few identical requests (``reference_input``
+tokens in, ``reference_output`` out, unique prompts) are sent one at a time to
+the idle engine; the profile predicts them exactly like the idle requests it
+was fitted on. Their real / simulated E2EL, per probe, is the machine's speed
+relative to the profile. The check reports it, how much it moved during the
+check (``drift``: a check whose machine moved more than the target cannot be
+held to the target by any model), and, as a diagnostic beside the verdict,
+each load replayed on a machine slowed by the mean of the probes around it
+(``LatencyProfile.slowed``: every duration scaled, so queueing follows). The
+verdict (``max_abs_err``) stays the unadjusted error.
 """
 from __future__ import annotations
 
@@ -30,11 +46,15 @@ from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
 from calibrate.replay import prepare_units, simulate_units
 from live.transport.client import make_session
-from sim.latency import LatencyProfile
+from sim.latency import LatencyProfile, ProfileError
 
 #: The five statistics compared, as (metric column, percentile).
 STATS = (("ttft", 50), ("ttft", 90), ("tpot", 50), ("tpot", 90), ("e2el", 50))
 TARGET = 0.10
+#: Phase of the reference requests that measure the machine's speed (see the module docstring).
+REFERENCE_PHASE = "reference"
+#: Request ids of reference requests start here (the loads' start at 1,000,000).
+REFERENCE_FIRST_ID = 2_000_000
 
 
 @dataclass
@@ -54,6 +74,17 @@ class CheckSettings:
     time_cap_s: float = 300.0  # per unit
     scrape_interval_s: float = 0.25
     vocab_size: int = TOKENIZER_VOCAB_SIZE
+    #: Reference requests per probe (before each load and after the last; 0: none).
+    reference_requests: int = 3
+    reference_input: int = 512
+    reference_output: int = 32
+
+    def __post_init__(self) -> None:
+        if self.reference_requests < 0:
+            raise ValueError(f"reference_requests must be >= 0, got {self.reference_requests}")
+        if self.reference_requests and (self.reference_input < 1 or self.reference_output < 2):
+            raise ValueError("reference requests need reference_input >= 1 and reference_output >= 2 "
+                             f"(a TPOT), got {self.reference_input} and {self.reference_output}")
 
 
 def held_out_requests(s: CheckSettings, rng: np.random.Generator, n: int, first_id: int,
@@ -104,6 +135,27 @@ def plan_check(profile: LatencyProfile, s: CheckSettings) -> tuple[list[Unit], f
     return units, cap
 
 
+def with_reference_probes(units: list[Unit], s: CheckSettings) -> list[Unit]:
+    """``units`` with a probe of reference requests before each and after the last.
+
+    Probe ``before-<load>`` precedes that load, ``after`` follows the last: the
+    probes around a load are the one before it and the next one.
+    """
+    if not s.reference_requests:
+        return list(units)
+    out: list[Unit] = []
+    labels = [f"before-{u.name}" for u in units] + ["after"]
+    next_id = REFERENCE_FIRST_ID
+    for i, label in enumerate(labels):
+        reqs = [PlannedRequest(next_id + k, s.reference_input, s.reference_output, bucket=REFERENCE_PHASE)
+                for k in range(s.reference_requests)]
+        next_id += len(reqs)
+        out.append(Unit(REFERENCE_PHASE, label, "sequential", reqs, time_cap_s=s.time_cap_s))
+        if i < len(units):
+            out.append(units[i])
+    return out
+
+
 def _pct(v: np.ndarray, q: float) -> float:
     v = v[np.isfinite(v)]
     return float(np.percentile(v, q)) if len(v) else math.nan
@@ -112,6 +164,8 @@ def _pct(v: np.ndarray, q: float) -> float:
 def compare(frame: pd.DataFrame) -> dict:
     """Errors per unit and pooled: {scope: {stat: {real, sim, err}}, ..., max_abs_err}."""
     out = {}
+    if "phase" in frame:
+        frame = frame[frame["phase"] != REFERENCE_PHASE]
     scopes = [(str(k), g) for k, g in frame.groupby("load", sort=False)] + [("all", frame)]
     for name, g in scopes:
         entry = {}
@@ -125,6 +179,60 @@ def compare(frame: pd.DataFrame) -> dict:
         entry["requests"] = int(len(g))
         out[name] = entry
     return out
+
+
+def reference_speed(frame: pd.DataFrame) -> dict | None:
+    """The machine's speed relative to the profile, from the reference probes (None: no probes).
+
+    Per probe, in the order they ran: the median real / simulated E2EL, TTFT
+    and TPOT of its requests (> 1: the machine ran slower than the profile
+    predicts for a request alone). ``drift``: the largest E2EL ratio over the
+    smallest, minus 1.
+    """
+    if "phase" not in frame:
+        return None
+    ref = frame[frame["phase"] == REFERENCE_PHASE]
+    if ref.empty:
+        return None
+    probes = {}
+    for label, g in ref.groupby("load", sort=False):
+        probes[str(label)] = {
+            "requests": int(len(g)),
+            **{f"{m}_ratio": float(np.nanmedian(g[f"{m}_s"].to_numpy(float) / g[f"sim_{m}_s"].to_numpy(float)))
+               for m in ("e2el", "ttft", "tpot")},
+        }
+    e2el = [p["e2el_ratio"] for p in probes.values() if math.isfinite(p["e2el_ratio"])]
+    return {"input_len": int(ref["input_len"].iloc[0]), "output_len": int(ref["max_tokens"].iloc[0]),
+            "probes": probes,
+            "e2el_ratio": float(np.median(e2el)) if e2el else math.nan,
+            "drift": max(e2el) / min(e2el) - 1.0 if e2el else math.nan}
+
+
+def load_speed_factors(reference: dict, loads: list[str]) -> dict[str, float]:
+    """Per load: the mean E2EL ratio of the probe before it and the next probe (missing ones skipped)."""
+    labels = list(reference["probes"])
+    out = {}
+    for load in loads:
+        before = f"before-{load}"
+        if before not in labels:
+            continue
+        i = labels.index(before)
+        around = [reference["probes"][x]["e2el_ratio"] for x in labels[i:i + 2]]
+        around = [r for r in around if math.isfinite(r) and r > 0]
+        if around:
+            out[load] = float(np.mean(around))
+    return out
+
+
+def speed_adjusted(profile: LatencyProfile, measured: pd.DataFrame, factors: dict[str, float],
+                   vocab_size: int = TOKENIZER_VOCAB_SIZE) -> pd.DataFrame:
+    """Each load's rows replayed on the profile slowed by that load's factor (loads without one are left out)."""
+    parts = []
+    for load, factor in factors.items():
+        rows = measured[(measured["load"] == load) & (measured["phase"] != REFERENCE_PHASE)]
+        if len(rows):
+            parts.append(replay_check(profile.slowed(factor), rows, vocab_size))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def max_unit_error(result: dict) -> float:
@@ -145,6 +253,25 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_reference(report: dict) -> str:
+    """Lines on the machine's speed (reference probes) and the speed-adjusted errors; '' without probes."""
+    ref = report.get("reference")
+    if not ref:
+        return ""
+    probes = ", ".join(f"{label} {p['e2el_ratio']:.2f}" for label, p in ref["probes"].items())
+    lines = [f"machine vs profile (reference requests {ref['input_len']} in / {ref['output_len']} out, "
+             f"real / simulated E2EL): {probes}; drift during the check {ref['drift'] * 100:.1f}%"
+             + (" (more than the target: no model can be held to it on this run)"
+                if ref["drift"] > report.get("target", TARGET) else "")]
+    adj = report.get("max_abs_err_speed_adjusted", math.nan)
+    if adj == adj:
+        per_load = ", ".join(f"{name} {e['max_abs_err'] * 100:.1f}%"
+                             for name, e in (report.get("results_speed_adjusted") or {}).items() if name != "all")
+        lines.append(f"largest error with each load replayed at its probes' speed (diagnostic): "
+                     f"{adj * 100:.1f}% ({per_load})")
+    return "\n".join(lines)
+
+
 def replay_check(profile: LatencyProfile, measured: pd.DataFrame,
                  vocab_size: int = TOKENIZER_VOCAB_SIZE) -> pd.DataFrame:
     """The measured ok rows with the simulator's TTFT/TPOT/E2EL of the same requests under ``profile``."""
@@ -161,7 +288,8 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
     s = settings or CheckSettings()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    units, cap = plan_check(profile, s)
+    loads, cap = plan_check(profile, s)
+    units = with_reference_probes(loads, s)
     rows: list[dict] = []
     load_before = loadavg()
     async with make_session(concurrency=512) as session:
@@ -182,7 +310,7 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
             bar.close()
     real = pd.DataFrame(rows)
     extra = {"backend": info.to_dict(), "capacity_rps": cap,
-             "units": {u.name: {"rate_rps": u.rate, "planned": len(u.requests)} for u in units},
+             "units": {u.name: {"rate_rps": u.rate, "planned": len(u.requests)} for u in loads},
              "loadavg_before": load_before}
     return write_report(profile, real, out_dir, extra, vocab_size=s.vocab_size)
 
@@ -199,6 +327,19 @@ def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str |
     failed = int(len(measured) - len(frame))
     result = compare(frame)
     frame.to_csv(out_dir / "check_requests.csv", index=False)
+    reference = reference_speed(frame)
+    adjusted: dict = {}
+    if reference is not None:
+        loads = [name for name in result if name != "all"]
+        factors = load_speed_factors(reference, loads)
+        reference["load_factors"] = factors
+        try:
+            adjusted_frame = speed_adjusted(profile, frame.drop(columns=[c for c in frame if c.startswith("sim_")]),
+                                            factors, vocab_size)
+        except ProfileError:
+            adjusted_frame = pd.DataFrame()
+        if len(adjusted_frame):
+            adjusted = compare(adjusted_frame)
     report = {
         "profile": profile.name,
         **extra,
@@ -208,6 +349,11 @@ def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str |
         # edge between their distributions and says little; it is reported, not judged.
         "max_abs_err": max_unit_error(result),
         "results": result,
+        # The machine's speed against the profile (reference probes), and the errors with each
+        # load replayed at the speed its probes measured: a diagnostic, not the verdict.
+        "reference": reference,
+        "max_abs_err_speed_adjusted": max_unit_error(adjusted) if adjusted else math.nan,
+        "results_speed_adjusted": adjusted or None,
         "machine": machine_info(),
         "loadavg_after": loadavg(),
         "date": utc_now(),

@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--capacity-rps", type=float, default=0.0,
                    help="capacity in requests/s (default: simulated from the profile)")
     c.add_argument("--seed", type=int, default=1234, help="seed of the held-out workload (default: 1234)")
+    c.add_argument("--reference-requests", type=int, default=3,
+                   help="requests per reference probe, sent alone to the idle engine before each load and "
+                        "after the last, to measure how fast the machine ran compared with the profile "
+                        "(0: no probes; default: 3)")
     c.add_argument("--replay", default=None, metavar="CHECK_REQUESTS_CSV",
                    help="send nothing: re-evaluate the profile on the requests an earlier check measured "
                         "(its check_requests.csv); --backend is then only recorded")
@@ -338,7 +342,7 @@ def _fit(args) -> int:
 
 
 def _check(args) -> int:
-    from calibrate.check import CheckSettings, format_table, run_check
+    from calibrate.check import CheckSettings, format_reference, format_table, run_check
     from sim.latency import load_profile
 
     profile = load_profile(args.profile)
@@ -366,14 +370,19 @@ def _check(args) -> int:
         print(f"profile {profile.name} replayed on {len(measured) - report['failed_requests']} measured "
               f"requests of {source}")
         print(format_table(report["results"]))
+        if report.get("reference"):
+            print(format_reference(report))
         print(f"largest error over the load levels {report['max_abs_err'] * 100:.1f}%; wrote {out / 'check.json'}")
         return 0
     settings = CheckSettings(load_fractions=args.loads, requests_per_level=args.requests_per_level,
-                             burst=args.burst, capacity_rps=args.capacity_rps, seed=args.seed)
+                             burst=args.burst, capacity_rps=args.capacity_rps, seed=args.seed,
+                             reference_requests=args.reference_requests)
     report = asyncio.run(run_check(profile, args.backend, out, settings, progress=not args.quiet))
     print(f"profile {profile.name} vs {args.backend}; capacity {report['capacity_rps']:.2f} req/s; "
           f"failed requests: {report['failed_requests']}")
     print(format_table(report["results"]))
+    if report.get("reference"):
+        print(format_reference(report))
     verdict = "meets" if report["max_abs_err"] <= report["target"] else "misses"
     print(f"largest error over the load levels {report['max_abs_err'] * 100:.1f}% ({verdict} the "
           f"{report['target'] * 100:.0f}% target); "

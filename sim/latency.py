@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,8 @@ COEFFICIENTS = ("step_s", "token_s", "seq_s", "prefill_attn_s", "decode_attn_s")
 #: Roofline terms of derived profiles (``sim.profiles``); 0 in fitted ones.
 ROOFLINE_TERMS = ("weight_s", "expert_s", "experts", "experts_per_token", "prefill_floor_s", "spill_tokens",
                   "spill_token_s")
+#: The coefficients that are durations (the rest are counts: experts, tokens).
+TIME_TERMS = COEFFICIENTS + ("weight_s", "expert_s", "prefill_floor_s", "spill_token_s")
 
 
 class ProfileError(ValueError):
@@ -212,6 +214,20 @@ class LatencyProfile:
     front_end: FrontEndModel = FrontEndModel()
     source: dict[str, Any] = field(default_factory=dict)
     fit: dict[str, Any] = field(default_factory=dict)
+
+    def slowed(self, factor: float) -> LatencyProfile:
+        """The same server on a machine ``factor`` times slower: every duration (step
+        terms, overhead, front end) times ``factor``, every limit and count kept.
+
+        ``calibrate check`` replays a load this way when its reference requests
+        say the machine ran at another speed than when it was profiled.
+        """
+        if not (math.isfinite(factor) and factor > 0):
+            raise ProfileError(f"a speed factor must be a finite number > 0, got {factor!r}")
+        model = replace(self.model, **{t: getattr(self.model, t) * factor for t in TIME_TERMS})
+        front = type(self.front_end)(**{f.name: getattr(self.front_end, f.name) * factor
+                                        for f in fields(self.front_end)})
+        return replace(self, model=model, front_end=front, request_overhead_s=self.request_overhead_s * factor)
 
     def model_coefficients(self) -> dict[str, float]:
         """The coefficients as written to JSON: roofline terms only where non-zero,

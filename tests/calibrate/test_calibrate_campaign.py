@@ -53,6 +53,9 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
     assert steps == ["profile", "fit", "check-1", "check-2"]
     md = (tmp_path / "summary.md").read_text()
     assert "## tiny" in md and "spread of real" in md and "Fit: " in md
+    assert "machine vs profile" in md
+    for d in loads.values():  # every check ran its reference probes: a speed and an adjusted error per run
+        assert all(r["speed_factor"] > 0 and r["max_abs_err_speed_adjusted"] >= 0 for r in d["runs"])
     # Resuming does nothing more (no server is even started).
     before = (tmp_path / "tiny" / "check-1" / "check.json").stat().st_mtime_ns
     Campaign(tmp_path, settings, server=counting, log=lines.append).run()

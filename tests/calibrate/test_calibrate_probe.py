@@ -105,6 +105,13 @@ def test_fit_then_check_against_the_emulator(profiled, emulator, tmp_path):
     levels = [e["max_abs_err"] for name, e in report["results"].items() if name != "all"]
     assert report["max_abs_err"] == max(levels)
     assert (tmp_path / "check" / "check_requests.csv").exists()
+    # Reference probes ran around the loads; the emulator serves at the speed the profile was fitted on.
+    ref = saved["reference"]
+    assert list(ref["probes"]) == ["before-poisson-50", "before-poisson-80", "before-burst", "after"]
+    assert all(p["requests"] == settings.reference_requests for p in ref["probes"].values())
+    assert 0.5 < ref["e2el_ratio"] < 2.0
+    assert set(ref["load_factors"]) == {"poisson-50", "poisson-80", "burst"}
+    assert set(saved["results_speed_adjusted"]) == {"poisson-50", "poisson-80", "burst", "all"}
 
 
 # --- the rows are the router's decisions -------------------------------------------------

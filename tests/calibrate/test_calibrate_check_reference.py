@@ -1,0 +1,115 @@
+"""Reference probes of ``calibrate check``: the machine's speed against the profile, told apart
+from the model's error. The 'measured' times here are the simulator's own under a profile
+slowed by a known factor, so every expected value is set by construction."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from calibrate.check import (REFERENCE_PHASE, CheckSettings, load_speed_factors, plan_check, reference_speed,
+                             replay_check, with_reference_probes, write_report)
+from sim.latency import ProfileError, load_profile
+
+SETTINGS = CheckSettings(requests_per_level=12, burst=6, max_input=300, max_output=12, prefix_len=64,
+                         capacity_rps=2.0, reference_requests=2, reference_input=128, reference_output=8)
+
+
+def _planned_frame(settings: CheckSettings) -> pd.DataFrame:
+    loads, _ = plan_check(load_profile("cpu-tiny"), settings)
+    units = with_reference_probes(loads, settings)
+    return pd.DataFrame([{"unit": f"{u.phase}/{u.name}", "phase": u.phase, "load": u.name, "mode": u.mode,
+                          "request_id": r.request_id, "input_len": r.input_len, "output_len": r.output_len,
+                          "max_tokens": r.output_len, "prefix_id": r.prefix_id, "shared_len": r.shared_len,
+                          "send_s": r.at_s if u.mode != "sequential" else float(k), "ok": True}
+                         for u in units for k, r in enumerate(u.requests)])
+
+
+def _measured_on(profile, frame: pd.DataFrame) -> pd.DataFrame:
+    sim = replay_check(profile, frame.assign(ttft_s=1.0, tpot_s=1.0, e2el_s=1.0))
+    return frame.assign(ttft_s=sim["sim_ttft_s"], tpot_s=sim["sim_tpot_s"], e2el_s=sim["sim_e2el_s"])
+
+
+def test_probes_run_before_each_load_and_after_the_last():
+    loads, _ = plan_check(load_profile("cpu-tiny"), SETTINGS)
+    units = with_reference_probes(loads, SETTINGS)
+    assert [u.name for u in units] == ["before-poisson-50", "poisson-50", "before-poisson-80", "poisson-80",
+                                       "before-burst", "burst", "after"]
+    probes = [u for u in units if u.phase == REFERENCE_PHASE]
+    assert all(u.mode == "sequential" and len(u.requests) == 2 for u in probes)
+    assert all(r.input_len == 128 and r.output_len == 8 and r.prefix_id == -1 for u in probes for r in u.requests)
+    ids = [r.request_id for u in units for r in u.requests]
+    assert len(ids) == len(set(ids))  # unique prompts: a probe never hits the cache of another
+    assert with_reference_probes(loads, CheckSettings(reference_requests=0)) == loads
+
+
+def test_bad_reference_settings_are_refused():
+    with pytest.raises(ValueError, match="reference_requests must be >= 0"):
+        CheckSettings(reference_requests=-1)
+    with pytest.raises(ValueError, match="reference_output >= 2"):
+        CheckSettings(reference_output=1)
+
+
+def test_a_uniformly_slower_machine_is_measured_and_the_adjusted_replay_explains_it(tmp_path):
+    profile = load_profile("cpu-tiny")
+    measured = _measured_on(profile.slowed(1.25), _planned_frame(SETTINGS))
+    report = write_report(profile, measured, tmp_path, {})
+    ref = report["reference"]
+    assert list(ref["probes"]) == ["before-poisson-50", "before-poisson-80", "before-burst", "after"]
+    for probe in ref["probes"].values():
+        # A request alone: every duration 1.25x, so its E2EL, TTFT and TPOT are 1.25x.
+        assert probe["e2el_ratio"] == pytest.approx(1.25)
+        assert probe["ttft_ratio"] == pytest.approx(1.25) and probe["tpot_ratio"] == pytest.approx(1.25)
+    assert ref["drift"] == pytest.approx(0.0, abs=1e-9)
+    assert ref["load_factors"] == pytest.approx({"poisson-50": 1.25, "poisson-80": 1.25, "burst": 1.25})
+    # The unadjusted verdict sees the model 'too fast' (at least the 20% a 1.25x machine gives)...
+    assert report["max_abs_err"] >= 0.2 - 1e-9
+    # ...and the loads replayed at the probes' speed reproduce the measurement exactly.
+    assert report["max_abs_err_speed_adjusted"] == pytest.approx(0.0, abs=1e-9)
+    # The reference rows are not part of any load's statistics.
+    assert set(report["results"]) == {"poisson-50", "poisson-80", "burst", "all"}
+    n_loads = int((measured["phase"] != REFERENCE_PHASE).sum())
+    assert report["results"]["all"]["requests"] == n_loads
+
+
+def test_drift_and_each_loads_factor_come_from_the_probes_around_it():
+    frame = _planned_frame(SETTINGS)
+    ratios = {"before-poisson-50": 1.0, "before-poisson-80": 1.2, "before-burst": 1.1, "after": 0.9}
+    ref = frame["phase"] == REFERENCE_PHASE
+    sim = replay_check(load_profile("cpu-tiny"), frame.assign(ttft_s=1.0, tpot_s=1.0, e2el_s=1.0))
+    factor = frame["load"].map(ratios).where(ref, 1.0).to_numpy()
+    measured = sim.assign(e2el_s=sim["sim_e2el_s"] * factor, ttft_s=sim["sim_ttft_s"] * factor,
+                          tpot_s=sim["sim_tpot_s"] * factor)
+    out = reference_speed(measured)
+    assert [p["e2el_ratio"] for p in out["probes"].values()] == pytest.approx([1.0, 1.2, 1.1, 0.9])
+    assert out["drift"] == pytest.approx(1.2 / 0.9 - 1)
+    assert out["e2el_ratio"] == pytest.approx(1.05)  # the median of the four
+    factors = load_speed_factors(out, ["poisson-50", "poisson-80", "burst"])
+    assert factors == pytest.approx({"poisson-50": 1.1, "poisson-80": 1.15, "burst": 1.0})
+
+
+def test_an_old_check_without_probes_reports_none(tmp_path):
+    settings = CheckSettings(**{**vars(SETTINGS), "reference_requests": 0})
+    profile = load_profile("cpu-tiny")
+    report = write_report(profile, _measured_on(profile, _planned_frame(settings)), tmp_path, {})
+    assert report["reference"] is None and report["results_speed_adjusted"] is None
+    assert math.isnan(report["max_abs_err_speed_adjusted"])
+    assert report["max_abs_err"] < 1e-9
+
+
+def test_slowed_scales_every_duration_and_keeps_limits_and_counts():
+    p = load_profile("cpu-tiny")
+    q = p.slowed(1.5)
+    for args in ((1, 1, 0.0, 100), (512, 3, 5e4, 900), (2048, 40, 2e6, 20000)):
+        assert q.model.step_time(*args) == pytest.approx(1.5 * p.model.step_time(*args))
+    assert q.request_overhead_s == pytest.approx(1.5 * p.request_overhead_s)
+    assert q.front_end.input_cost(300) == pytest.approx(1.5 * p.front_end.input_cost(300))
+    assert q.front_end.output_cost(7) == pytest.approx(1.5 * p.front_end.output_cost(7))
+    assert q.engine == p.engine and q.name == p.name
+    derived = load_profile({"model": "mixtral-8x7b", "gpu": "H100", "tp": 2})
+    d2 = derived.slowed(2.0)
+    assert (d2.model.experts, d2.model.spill_tokens) == (derived.model.experts, derived.model.spill_tokens)
+    assert d2.model.step_time(64, 64, 0.0, 64 * 1000) == pytest.approx(2 * derived.model.step_time(64, 64, 0.0, 64000))
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ProfileError, match="speed factor"):
+            p.slowed(bad)
