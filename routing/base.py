@@ -25,7 +25,9 @@ class Strategy:
     - ``needs_prefix_estimate``: fill ``BackendSnapshot.prefix_hit_tokens`` and
       ``index_blocks`` from the router's approximate index.
     - ``needs_precise_prefix``: fill ``precise_hit_tokens`` from each backend's
-      KV-cache events, delivered ``kv_event_delay_s`` after they were emitted.
+      KV-cache events, delivered ``kv_event_delay_s`` after they were emitted (from
+      the approximate index where a backend's mirror cannot be trusted). Without
+      ``needs_prefix_estimate`` as well, ``prefix_hit_tokens`` is then that same hit.
     - ``needs_active_work``: fill ``inflight_prefill_tokens``, ``active_blocks``
       and ``new_blocks`` (``routing.active``).
     - ``needs_scrape``: keep scraped metrics and their age up to date.

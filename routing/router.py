@@ -109,9 +109,11 @@ class Router:
                               or self._want_active)
         capacity = int(getattr(strategy, "index_blocks", 0) or 0)
         # Owner masks make every backend's hit one pass over the chain; they are
-        # kept only for strategies that read hits for every backend.
-        fill = self._want_approx or self._want_precise or self._want_active
-        self._approx_owners = BlockOwners() if fill else None
+        # kept only for strategies that read the approximate hit of every backend. A
+        # strategy on the exact mirrors alone reads an approximate hit only where a
+        # mirror cannot be trusted, one backend at a time (``ApproxPrefixIndex.hit_blocks``).
+        self._approx_all = self._want_approx or (self._want_active and not self._want_precise)
+        self._approx_owners = BlockOwners() if self._approx_all else None
         self._prefix = [ApproxPrefixIndex(capacity or b.prefix_index_blocks, self._approx_owners, 1 << i)
                         for i, b in enumerate(backends)]
         delay = float(getattr(strategy, "kv_event_delay_s", 0.0) or 0.0)
@@ -252,11 +254,13 @@ class Router:
         bs = self.block_size
         n = min(max(request.input_len - 1, 0) // bs, len(chain))
         size = len(self.snapshots)
-        depth = [0] * size
-        self._approx_owners.depths(chain, n, depth)
-        if candidates is self._all:
-            candidates.hit_blocks = depth
         prefix = self._prefix
+        depth = None
+        if self._approx_all:
+            depth = [0] * size
+            self._approx_owners.depths(chain, n, depth)
+            if candidates is self._all:
+                candidates.hit_blocks = depth
         feeds = self._feeds
         exact = None
         if feeds is not None:
@@ -277,19 +281,25 @@ class Router:
         fallbacks = 0
         for s in candidates:
             i = s.index
-            hit = depth[i] * bs
-            s.prefix_hit_tokens = hit
-            s.index_blocks = prefix[i]._size
+            if depth is not None:  # (only strategies on the approximate index read its size)
+                s.index_blocks = prefix[i]._size
             if exact is not None:
                 feed = feeds[i]
                 if feed._seen and feed._trusted:
-                    s.precise_hit_tokens = exact[i] * bs
+                    precise = exact[i] * bs
+                    s.precise_hit_tokens = precise
                     s.precise_fallback = False
+                    # Without the approximate column the expected hit is the exact one.
+                    hit = depth[i] * bs if depth is not None else precise
                 else:
+                    hit = (depth[i] if depth is not None else prefix[i].hit_blocks(chain, n)) * bs
                     s.precise_hit_tokens = hit
                     s.precise_fallback = True
                     fallbacks += 1
                     self.precise_fallbacks_by_backend[i] += 1
+            else:
+                hit = depth[i] * bs
+            s.prefix_hit_tokens = hit
             if held is not None:
                 a = active[i]
                 s.inflight_prefill_tokens = a.prefill_tokens

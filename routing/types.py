@@ -63,7 +63,8 @@ class BackendSnapshot:
     that have not finished). The scraped fields are NaN until the first scrape and
     are ``scrape_age_s`` seconds old. ``prefix_hit_tokens`` is the router's
     estimate of the prefix-cache hit the current request would get there, filled
-    only for strategies that declare ``needs_prefix_estimate``. The fields after
+    for strategies that declare ``needs_prefix_estimate`` (for one that reads only
+    the exact mirrors, ``needs_precise_prefix``, it is the mirror's hit). The fields after
     it are filled only for the strategies that ask for them (``routing.Strategy``).
     """
 
@@ -85,7 +86,8 @@ class BackendSnapshot:
     #: when that mirror cannot be trusted (``precise_fallback``).
     precise_hit_tokens: int = 0
     precise_fallback: bool = False
-    #: Blocks in the router's approximate index of this backend (its "tree size").
+    #: Blocks in the router's approximate index of this backend (its "tree size"),
+    #: filled with ``prefix_hit_tokens`` for strategies that declare ``needs_prefix_estimate``.
     index_blocks: int = 0
     #: Filled for strategies that declare ``needs_active_work`` (see ``routing.active``):
     #: uncached prompt tokens in flight before their first token, distinct prompt

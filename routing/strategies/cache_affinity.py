@@ -82,7 +82,8 @@ class PrecisePrefix(CheckedStrategy):
     """
 
     name = "precise_prefix"
-    needs_prefix_estimate = True
+    # The exact mirrors only: the router reads its approximate index for a backend
+    # whose mirror it cannot trust, not for every backend.
     needs_precise_prefix = True
 
     def __init__(self, *, seed: int = 0, kv_event_delay_s: float = 0.0, index_blocks: int = 0) -> None:

@@ -59,8 +59,10 @@ class KvCost(CheckedStrategy):
             "decode_active_request_weight", decode_active_request_weight, 0.0)
         self.temperature = at_least("temperature", temperature, 0.0)
         self.index = choice("index", index, INDEXES)
-        # An instance attribute shadows the class flag: only "precise" reads events.
+        # Instance attributes shadow the class flags: "precise" reads events (the router
+        # falls back to its approximate index per backend), "approximate" reads the estimate.
         self.needs_precise_prefix = self.index == "precise"
+        self.needs_prefix_estimate = self.index == "approximate"
         self.kv_event_delay_s = float(at_least("kv_event_delay_s", kv_event_delay_s, 0.0))
         self.block_size = 16  # the router's, set by ``bind``
         if isinstance(index_blocks, bool) or not isinstance(index_blocks, int) or index_blocks < 0:
