@@ -276,6 +276,11 @@ class Prefixed(Scorer):
         p = self.producer
         total = len(request.block_hashes)
         cap_blocks = p.max_tokens(block_size) // block_size
+        # The router's approximate column (``routing.types.Candidates``), when it handed one.
+        column = None if p.precise else getattr(backends, "hit_blocks", None)
+        if column is not None:
+            return ([min(h, cap_blocks) for h in column] if cap_blocks < total else column,
+                    min(total, cap_blocks))
         if cap_blocks < total:
             total = cap_blocks
             if p.precise:

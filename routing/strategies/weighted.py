@@ -214,6 +214,13 @@ def inline_config(weights: dict[str, Any], picker: str, plugin_parameters: dict[
     return {"plugins": plugins, "schedulingProfiles": [{"name": "default", "plugins": refs}]}
 
 
+#: Scorers whose scores read only scraped fields, the router's in-flight counts, or the
+#: approximate prefix hit as the router's column: with only these (and no filter) the
+#: router need not write every snapshot's per-request fields (``Strategy.reads_columns``).
+COLUMN_SAFE_SCORERS = (lp.QueueScorer, lp.RunningRequestsScorer, lp.KvCacheUtilizationScorer,
+                       lp.LoadAwareScorer, lp.ActiveRequestScorer, lp.PrefixCacheScorer)
+
+
 @register
 class Weighted(CheckedStrategy):
     __doc__ = __doc__
@@ -256,6 +263,15 @@ class Weighted(CheckedStrategy):
         self.needs_scrape = any(p.needs_scrape for p in plugins)
         approx = [p.index_blocks for p in producers if not p.precise]
         self.index_blocks = approx[0] if approx else 0
+        self._reads_columns = (not self.profile.filters and all(
+            type(scorer) in COLUMN_SAFE_SCORERS and not getattr(getattr(scorer, "producer", None), "precise", False)
+            for scorer, _ in self.profile.scorers))
+
+    @property
+    def reads_columns(self) -> bool:  # type: ignore[override]
+        # No filter (a filtered view is a plain list) and every scorer reads only what needs
+        # no per-request fill: scraped fields, in-flight counts, the approximate hit column.
+        return self._reads_columns
 
     def bind(self, block_size: int) -> None:
         for p in self.profile.plugins:

@@ -1,6 +1,7 @@
 """The router's columns (``routing.types.Candidates``) change no decision.
 
-``least_load``, ``cache_aware``, ``prefix_affinity`` and ``lmetric`` read
+``least_load``, ``cache_aware``, ``prefix_affinity``, ``lmetric`` and ``weighted``
+(llm-d's default profile: prefix, queue and KV-utilisation scorers) read
 per-backend columns when the router hands them ``Candidates`` (and the three that
 read prefix hits then let the router skip filling every snapshot). The reference
 is the same strategy reading the snapshots one by one: the same choices and the
@@ -24,18 +25,24 @@ class SnapshotsOnly(routing.Strategy):
         self.inner = inner
         self.name = inner.name
         self.needs_prefix_estimate = inner.needs_prefix_estimate
+        self.needs_precise_prefix = inner.needs_precise_prefix
+        self.needs_active_work = inner.needs_active_work
+        self.needs_scrape = inner.needs_scrape
         self.index_blocks = inner.index_blocks
 
     def choose(self, request, backends):
         return self.inner.choose(request, list(backends))
 
 
-COLUMN_READERS = ["least_load", "cache_aware", "prefix_affinity", "lmetric"]
+COLUMN_READERS = ["least_load", "cache_aware", "prefix_affinity", "lmetric", "weighted"]
 
 
-def snapshots(loads, hits, bs):
-    return [BackendSnapshot(index=i, name=f"b{i}", inflight_requests=l, prefix_hit_tokens=h * bs)
-            for i, (l, h) in enumerate(zip(loads, hits))]
+def snapshots(loads, hits, bs, waiting=None, kv=None):
+    n = len(loads)
+    waiting, kv = waiting or [float("nan")] * n, kv or [float("nan")] * n
+    return [BackendSnapshot(index=i, name=f"b{i}", inflight_requests=l, prefix_hit_tokens=h * bs,
+                            waiting=w, kv_usage=u)
+            for i, (l, h, w, u) in enumerate(zip(loads, hits, waiting, kv))]
 
 
 @settings(max_examples=200, deadline=None)
@@ -48,8 +55,10 @@ def test_columns_choose_as_the_snapshots_do(data, name, n):
         loads = data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))
         hits = data.draw(st.lists(st.integers(0, 4), min_size=n, max_size=n))
         input_len = data.draw(st.integers(0, 6 * bs))
-        req = RequestInfo(1, input_len, 0.0)
-        snaps = snapshots(loads, hits, bs)
+        waiting = data.draw(st.lists(st.sampled_from([0.0, 1.0, 5.0]), min_size=n, max_size=n))
+        kv = data.draw(st.lists(st.sampled_from([0.0, 0.5, 0.9]), min_size=n, max_size=n))
+        req = RequestInfo(1, input_len, 0.0, list(range(1, input_len // bs + 1)))
+        snaps = snapshots(loads, hits, bs, waiting, kv)
         cands = Candidates(snaps, list(loads), bs)
         cands.hit_blocks = list(hits)
         assert with_cols.choose(req, cands) == without.choose(req, list(snaps))

@@ -18,13 +18,16 @@ class SnapshotsOnly(routing.Strategy):
         self.inner = inner
         self.name = inner.name
         self.needs_prefix_estimate = inner.needs_prefix_estimate
+        self.needs_precise_prefix = inner.needs_precise_prefix
+        self.needs_active_work = inner.needs_active_work
+        self.needs_scrape = inner.needs_scrape
         self.index_blocks = inner.index_blocks
 
     def choose(self, request, backends):
         return self.inner.choose(request, list(backends))
 
 
-@pytest.mark.parametrize("name", ["least_load", "cache_aware"])
+@pytest.mark.parametrize("name", ["least_load", "cache_aware", "weighted"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_columns_leave_every_record_unchanged(name, seed):
     trace = chat_trace(60, seed=seed, rate=40.0)
