@@ -5,7 +5,12 @@
 (in-flight counts, scrapes, prefix index) that both the simulator and the gateway
 feed. Strategies are built by name from the registry: ``routing.build("least_load")``.
 """
-from routing.base import (
+import labcore as _labcore
+
+# Before any submodule is imported: the hot modules load compiled when built and current.
+_labcore.install(__name__, __path__[0])
+
+from routing.base import (  # noqa: E402
     Strategy, available, build, effective_parameters, parameters, register, validate,
 )
 from routing.router import BackendSpec, Decision, NoHealthyBackend, Router

@@ -21,17 +21,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("workload", "routing", "predictors", "scenarios", "sim", "live", "calibrate", "validation",
-            "results")
+            "results", "labcore")
 ALLOWED = {
     "workload": set(),
-    "routing": {"predictors"},
+    "routing": {"predictors", "labcore"},
     "predictors": set(),
     "scenarios": {"routing", "workload"},
     "results": set(),
-    "sim": {"routing", "workload", "scenarios", "results"},
+    "sim": {"routing", "workload", "scenarios", "results", "labcore"},
     "live": {"routing", "workload", "scenarios", "results", "sim"},
     "calibrate": {"live", "sim", "workload", "results", "predictors", "routing", "scenarios"},
     "validation": {"calibrate", "live", "sim", "workload", "results", "routing", "scenarios"},
+    "labcore": set(),
 }
 #: Of ``sim``, ``live`` may import only the engine model (the emulator steps it on the
 #: wall clock); the cluster, fleets and sweeps are the simulator's, and ``validation``
@@ -42,7 +43,8 @@ SIM_ENGINE_MODEL = {"sim.engine", "sim.scheduler", "sim.fast_path", "sim.plan", 
 #: Programs that also import one module above their package: ``python -m scenarios check``
 #: resolves latency profiles with the simulator's loader, so it accepts exactly what sim
 #: and live accept (nothing imports a ``__main__``, so this adds no import cycle).
-PROGRAM_EXTRAS = {"scenarios.__main__": {"sim.latency"}}
+#: ``python -m labcore`` imports the two packages whose compiled state it reports.
+PROGRAM_EXTRAS = {"scenarios.__main__": {"sim.latency"}, "labcore.__main__": {"routing", "sim"}}
 #: ``sim`` modules that orchestrate runs (ids, timing, processes): outside the deterministic core.
 SIM_ORCHESTRATION = {"sweep.py", "cli.py", "__main__.py", "workers.py"}
 #: Entry points may time their work wherever they are.
