@@ -139,7 +139,8 @@ def fleet(args: argparse.Namespace) -> int:
     """The big-fleet table: one row per (replicas, strategy), each in its own process."""
     sizes = [4, 16, 64, 256] if args.scaling else [args.replicas]
     print(f"Multi-turn ShareGPT, Poisson {args.rate_per_replica:g} req/s per replica, "
-          f"{args.minutes:g} simulated minutes of arrivals, {args.profile}, one core\n")
+          f"{args.minutes:g} simulated minutes of arrivals, {args.profile}, one core")
+    print(engine_line() + "\n")
     header = (f"{'replicas':>8s} {'req/s':>6s} {'strategy':14s} {'requests':>9s} {'ok':>9s} "
               f"{'sim time':>9s} {'CPU s':>8s} {'req/CPU-s':>10s} {'x real':>7s} {'peak RSS':>9s} "
               f"{'decision µs/req':>15s} {'share':>6s} {'load':>5s}")
@@ -158,6 +159,16 @@ def fleet(args: argparse.Namespace) -> int:
     print("\nCPU s: the simulation alone (building the trace excluded); peak RSS includes the trace. "
           "load: the 1-minute load average at the end of the run (timing is only firm near 1).")
     return 0
+
+
+def engine_line() -> str:
+    """Which engine the rows measure: compiled modules (labcore) or the pure-Python reference."""
+    import labcore
+    if labcore.forced_pure():
+        return f"engine: pure Python ({labcore.PURE_ENV} is set)"
+    built = sum(s["build"] == "compiled" for s in labcore.status().values())
+    return (f"engine: {built} of {len(labcore.CANDIDATES)} candidate modules compiled and current "
+            f"(python -m labcore)")
 
 
 def main() -> int:
@@ -213,7 +224,8 @@ def main() -> int:
     ]
     if args.million:
         configs.append(("1M requests, fast", ["--requests", "1000000"]))
-    print(f"Azure conversation trace on {args.backends} x {args.profile}, {args.strategy}, one core\n")
+    print(f"Azure conversation trace on {args.backends} x {args.profile}, {args.strategy}, one core")
+    print(engine_line() + "\n")
     header = f"{'configuration':22s} {'requests':>9s} {'sim time':>9s} {'CPU s':>7s} {'req/CPU-s':>10s} {'x real time':>11s} {'peak RSS':>9s}"
     print(header)
     print("-" * len(header))
