@@ -79,16 +79,17 @@ class OtherCpu:
 
     def stop(self) -> dict:
         """``other_cpu_s`` and ``stolen_cpu_s`` (CPU seconds), and each as a share of all
-        cores' time (``other_cpu_share``, ``stolen_cpu_share``)."""
+        cores' time (``other_cpu_share``, ``stolen_cpu_share``); ``own_cpu_s``: the tree's."""
         cpu = machine_cpu_seconds()
         if cpu is None or self._cpu0 is None:
             nan = float("nan")
             return {"other_cpu_s": nan, "other_cpu_share": nan, "stolen_cpu_s": nan,
-                    "stolen_cpu_share": nan}
+                    "stolen_cpu_share": nan, "own_cpu_s": nan}
         span = (time.monotonic() - self._t0) * (os.cpu_count() or 1)
-        other = max((cpu[0] - self._cpu0[0]) - (tree_cpu_seconds(self.root) - self._own0), 0.0)
+        own = tree_cpu_seconds(self.root) - self._own0
+        other = max((cpu[0] - self._cpu0[0]) - own, 0.0)
         stolen = cpu[1] - self._cpu0[1]
-        return {"other_cpu_s": round(other, 2),
+        return {"own_cpu_s": round(own, 2), "other_cpu_s": round(other, 2),
                 "other_cpu_share": round(other / span, 4) if span > 0 else float("nan"),
                 "stolen_cpu_s": round(stolen, 2),
                 "stolen_cpu_share": round(stolen / span, 4) if span > 0 else float("nan")}

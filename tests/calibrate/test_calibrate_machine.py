@@ -99,4 +99,6 @@ def test_an_orphaned_descendant_stays_in_the_tree_under_the_quiet_wrapper(tmp_pa
 
     rec = json.loads(out.read_text())
     assert rec["status"] == 0
-    assert rec["other_cpu_s"] < 0.6, rec
+    # The orphan's 0.8 s are the tree's own (whatever else the machine ran meanwhile):
+    # without the subreaper it would be reparented to init and its CPU lost from the tree.
+    assert rec["own_cpu_s"] >= 0.7, rec
