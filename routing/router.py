@@ -232,20 +232,70 @@ class Router:
         chain = as_list(request.block_hashes) if self._track_prefix else []
         self._columns_only = False
         if self._want_approx or self._want_precise or self._want_active:
-            if (self.strategy.reads_columns and candidates is self._all and not self._want_precise
-                    and not self._want_active):
-                self._fill_columns(request, chain)
+            if self.strategy.reads_columns and candidates is self._all:
+                self._fill_columns(request, chain, now)
             else:
                 self._fill(request, candidates, chain, now)
         return candidates, chain
 
-    def _fill_columns(self, request: RequestInfo, chain: list[int]) -> None:
-        """``_fill`` for a ``reads_columns`` strategy: the hits as one column, no snapshot written."""
-        n = min(max(request.input_len - 1, 0) // self.block_size, len(chain))
-        depth = [0] * len(self.snapshots)
-        self._approx_owners.depths(chain, n, depth)
-        self._all.hit_blocks = depth
+    def _fill_columns(self, request: RequestInfo, chain: list[int], now: float) -> None:
+        """``_fill`` for a ``reads_columns`` strategy: what it asked for as columns of
+        ``Candidates`` (one list per quantity), no snapshot written; ``commit`` writes the
+        chosen backend's fields."""
+        bs = self.block_size
+        n = min(max(request.input_len - 1, 0) // bs, len(chain))
+        size = len(self.snapshots)
+        cols = self._all
+        depth = None
+        if self._approx_all:
+            depth = [0] * size
+            self._approx_owners.depths(chain, n, depth)
+            cols.hit_blocks = depth
+        feeds = self._feeds
+        if feeds is not None:
+            for feed in feeds:
+                if feed._pending:
+                    feed.deliver(now)
+            exact = [0] * size
+            self._exact_owners.depths(chain, n, exact)
+            untrusted = [i for i, feed in enumerate(feeds) if not (feed._seen and feed._trusted)]
+            if untrusted:
+                prefix = self._prefix
+                for i in untrusted:
+                    exact[i] = depth[i] if depth is not None else prefix[i].hit_blocks(chain, n)
+                    self.precise_fallbacks_by_backend[i] += 1
+                self.precise_fallbacks += len(untrusted)
+            self.precise_lookups += size
+            cols.precise_blocks = exact
+            cols.untrusted = untrusted
+        active = self._active
+        if active is not None:
+            shareable = request.num_shareable_blocks
+            total = len(chain)
+            held = [0] * size
+            self._active_owners.depths(chain, total if shareable < 0 else min(shareable, total), held)
+            cols.new_blocks = [total - h for h in held]
+            cols.active_blocks = [len(a._refs) + a._private for a in active]
+            cols.prefill_tokens = [a.prefill_tokens for a in active]
         self._columns_only = True
+
+    def _write_chosen(self, chosen: BackendSnapshot) -> None:
+        """The per-request fields of the chosen snapshot, from the columns (``_fill_columns``)."""
+        b = chosen.index
+        cols = self._all
+        bs = self.block_size
+        if cols.hit_blocks is not None and self._approx_all:
+            chosen.prefix_hit_tokens = cols.hit_blocks[b] * bs
+            chosen.index_blocks = self._prefix[b]._size
+        if self._feeds is not None:
+            chosen.precise_hit_tokens = cols.precise_blocks[b] * bs
+            chosen.precise_fallback = b in cols.untrusted
+            if not self._approx_all:
+                chosen.prefix_hit_tokens = chosen.precise_hit_tokens
+        if self._active is not None:
+            chosen.inflight_prefill_tokens = cols.prefill_tokens[b]
+            chosen.active_blocks = cols.active_blocks[b]
+            chosen.new_blocks = cols.new_blocks[b]
 
     def _fill(self, request: RequestInfo, candidates, chain: list[int], now: float) -> None:
         # The hot path of cache-aware routing: one bisection over the chain per
@@ -313,8 +363,7 @@ class Router:
         b = chosen.index
         if self._columns_only:
             # Only the chosen snapshot's per-request fields are written (``_fill_columns``).
-            chosen.prefix_hit_tokens = self._all.hit_blocks[b] * self.block_size
-            chosen.index_blocks = self._prefix[b]._size
+            self._write_chosen(chosen)
             self._columns_only = False
         source = self._scrape_source
         if source is not None and not self.strategy.needs_scrape:

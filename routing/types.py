@@ -146,10 +146,21 @@ class Candidates(list):
     ``Router.commit``.
     """
 
-    __slots__ = ("loads", "hit_blocks", "block_size")
+    __slots__ = ("loads", "hit_blocks", "block_size", "precise_blocks", "untrusted", "new_blocks",
+                 "active_blocks", "prefill_tokens")
 
     def __init__(self, snapshots, loads: list[int], block_size: int) -> None:
         super().__init__(snapshots)
         self.loads = loads
         self.hit_blocks: list[int] | None = None
         self.block_size = block_size
+        #: For ``reads_columns`` strategies that declare ``needs_precise_prefix``: each
+        #: backend's hit in blocks from its exact mirror (the approximate hit where the
+        #: mirror cannot be trusted; those positions are in ``untrusted``).
+        self.precise_blocks: list[int] | None = None
+        self.untrusted: list[int] = []
+        #: For ``reads_columns`` strategies that declare ``needs_active_work``: the
+        #: snapshots' ``new_blocks``, ``active_blocks`` and ``inflight_prefill_tokens``.
+        self.new_blocks: list[int] | None = None
+        self.active_blocks: list[int] | None = None
+        self.prefill_tokens: list[int] | None = None

@@ -91,7 +91,13 @@ class PrecisePrefix(CheckedStrategy):
         self.kv_event_delay_s = _delay(kv_event_delay_s)
         self.index_blocks = _index_blocks(index_blocks)
 
+    #: ``choose`` reads the router's columns (``routing.types.Candidates``) when it gets them.
+    reads_columns = True
+
     def choose(self, request: RequestInfo, backends: Sequence[BackendSnapshot]) -> int:
+        precise = getattr(backends, "precise_blocks", None)
+        if precise is not None:
+            return most_hit_then_least_loaded(precise, backends.loads, self.rng)
         return argmax([(b.precise_hit_tokens, -b.inflight_requests) for b in backends], self.rng)
 
 

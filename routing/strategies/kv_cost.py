@@ -72,7 +72,13 @@ class KvCost(CheckedStrategy):
     def bind(self, block_size: int) -> None:
         self.block_size = block_size
 
+    #: ``choose`` reads the router's columns (``routing.types.Candidates``) when it gets them.
+    reads_columns = True
+
     def costs(self, request: RequestInfo, backends: Sequence[BackendSnapshot]) -> list[float]:
+        new_blocks = getattr(backends, "new_blocks", None)
+        if new_blocks is not None:
+            return self._column_costs(request, backends, new_blocks)
         bs = self.block_size
         n = request.input_len
         credit, scale, w = self.overlap_score_credit, self.prefill_load_scale, self.decode_active_request_weight
@@ -85,6 +91,21 @@ class KvCost(CheckedStrategy):
             if adjusted < 0.0:
                 adjusted = 0.0
             out.append(scale * adjusted + (b.active_blocks + b.new_blocks) + w * b.inflight_requests)
+        return out
+
+    def _column_costs(self, request: RequestInfo, cols, new_blocks: list[int]) -> list[float]:
+        """``costs`` from the router's columns: the same numbers, operation for operation."""
+        bs = self.block_size
+        n = request.input_len
+        credit, scale, w = self.overlap_score_credit, self.prefill_load_scale, self.decode_active_request_weight
+        hits = cols.precise_blocks if self.needs_precise_prefix else cols.hit_blocks
+        out = []
+        for pf, hit, active, new, load in zip(cols.prefill_tokens, hits, cols.active_blocks, new_blocks,
+                                             cols.loads):
+            adjusted = (pf + n) / bs - credit * ((hit * bs) / bs)
+            if adjusted < 0.0:
+                adjusted = 0.0
+            out.append(scale * adjusted + (active + new) + w * load)
         return out
 
     def choose(self, request: RequestInfo, backends: Sequence[BackendSnapshot]) -> int:

@@ -24,19 +24,28 @@ def test_shared_prefix_blocks_count_once_and_private_tails_count_fully():
     assert a.blocks == 0 and a.prefill_tokens == 0 and not a._refs
 
 
+def _work(cands, i):
+    """(prefill tokens in flight, active blocks, new blocks, approximate hit tokens) of backend
+    ``i``: kv_cost reads them as the router's columns (no snapshot is written for it)."""
+    return (cands.prefill_tokens[i], cands.active_blocks[i], cands.new_blocks[i], cands.hit_blocks[i] * 16)
+
+
 def test_router_fills_active_work_and_releases_prefill_at_the_first_token():
     r = Router(routing.build("kv_cost", index="approximate"), [BackendSpec("b0"), BackendSpec("b1")], block_size=16)
     chain = [1, 2, 3, 4]
     d0 = r.dispatch(RequestInfo(0, 70, 0.0, chain), 0.0)
     # 70 tokens, nothing cached: 70 uncached tokens of prefill, 4 blocks on the chosen backend
     cands, _ = r.prepare(RequestInfo(1, 70, 0.1, chain), 0.1)
-    c = cands[d0.backend]
+    assert _work(cands, d0.backend) == (70, 4, 0, 64)
+    assert _work(cands, 1 - d0.backend)[:3] == (0, 0, 4)
+    # the chosen backend's snapshot gets the same values when the request is committed
+    d1 = r.commit(RequestInfo(1, 70, 0.1, chain), cands[d0.backend], chain, 0.1)
+    c = r.snapshots[d1.backend]
     assert (c.inflight_prefill_tokens, c.active_blocks, c.new_blocks, c.prefix_hit_tokens) == (70, 4, 0, 64)
-    other = cands[1 - d0.backend]
-    assert (other.inflight_prefill_tokens, other.active_blocks, other.new_blocks) == (0, 0, 4)
+    r.finish(Outcome(1, d1.backend, True, 70, 5, 0.1, 0.3))
     r.first_token(0)
-    cands, _ = r.prepare(RequestInfo(1, 70, 0.2, chain), 0.2)
-    assert cands[d0.backend].inflight_prefill_tokens == 0 and cands[d0.backend].active_blocks == 4
+    cands, _ = r.prepare(RequestInfo(2, 70, 0.2, chain), 0.2)
+    assert _work(cands, d0.backend)[:2] == (0, 4)
     r.finish(Outcome(0, d0.backend, True, 70, 5, 0.1, 0.3))
-    cands, _ = r.prepare(RequestInfo(1, 70, 0.4, chain), 0.4)
-    assert cands[d0.backend].active_blocks == 0 and cands[d0.backend].new_blocks == 4
+    cands, _ = r.prepare(RequestInfo(2, 70, 0.4, chain), 0.4)
+    assert _work(cands, d0.backend)[1:3] == (0, 4)

@@ -135,6 +135,7 @@ def test_the_routers_mirror_equals_each_engines_cache_once_the_delay_has_passed(
         chain = tree_chain(path)
         info = RequestInfo(q, len(chain) * BS + 1, t, chain)
         cands, _ = r.prepare(info, t)
-        assert [c.precise_hit_tokens for c in cands] == [linear_hit(e.cached, chain) * BS for e in engines]
-        assert not any(c.precise_fallback for c in cands)
+        # (precise_prefix reads the router's columns: each mirror's hit, in blocks)
+        assert [b * BS for b in cands.precise_blocks] == [linear_hit(e.cached, chain) * BS for e in engines]
+        assert cands.untrusted == []
     assert r.precise_fallbacks == 0

@@ -29,12 +29,20 @@ class SnapshotsOnly(routing.Strategy):
         self.needs_active_work = inner.needs_active_work
         self.needs_scrape = inner.needs_scrape
         self.index_blocks = inner.index_blocks
+        self.kv_event_delay_s = inner.kv_event_delay_s
+
+    def bind(self, block_size):
+        if hasattr(self.inner, "bind"):
+            self.inner.bind(block_size)
 
     def choose(self, request, backends):
         return self.inner.choose(request, list(backends))
 
 
 COLUMN_READERS = ["least_load", "cache_aware", "prefix_affinity", "lmetric", "weighted"]
+#: Read the exact mirrors and the work in flight as columns too (the router test has no
+#: KV events, so every mirror falls back to the approximate index there).
+ROUTER_COLUMN_READERS = COLUMN_READERS + ["kv_cost", "precise_prefix"]
 
 
 def snapshots(loads, hits, bs, waiting=None, kv=None):
@@ -66,7 +74,7 @@ def test_columns_choose_as_the_snapshots_do(data, name, n):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.integers(0, 2**31), st.sampled_from(COLUMN_READERS), st.integers(2, 12))
+@given(st.integers(0, 2**31), st.sampled_from(ROUTER_COLUMN_READERS), st.integers(2, 12))
 def test_router_decisions_equal_with_and_without_columns(seed, name, n):
     """Whole decisions (backend, features) through ``Router.dispatch`` and ``finish``."""
     import random
@@ -104,3 +112,30 @@ def test_unhealthy_backends_fall_back_to_snapshots():
     assert not isinstance(cands, Candidates) and [c.index for c in cands] == [1, 2]
     assert r.dispatch(RequestInfo(2, 64, 0.0, [1, 2, 3, 4]), 0.0).backend in (1, 2)
 
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data(), st.sampled_from([{}, {"temperature": 0.5}, {"index": "approximate"},
+                                   {"decode_active_request_weight": 2.0, "overlap_score_credit": 0.5}]),
+       st.integers(1, 24))
+def test_kv_cost_and_precise_prefix_on_columns_choose_as_on_snapshots(data, params, n):
+    """Dynamo's cost and the exact-mirror affinity from the columns: same choices, same draws."""
+    bs = 16
+    pairs = [(routing.build("kv_cost", seed=5, **params), routing.build("kv_cost", seed=5, **params)),
+             (routing.build("precise_prefix", seed=5), routing.build("precise_prefix", seed=5))]
+    for _ in range(4):
+        ints = lambda hi: data.draw(st.lists(st.integers(0, hi), min_size=n, max_size=n))  # noqa: E731
+        loads, hits, precise, pf, active, new = ints(3), ints(6), ints(6), ints(300), ints(40), ints(8)
+        req = RequestInfo(1, data.draw(st.integers(1, 8 * bs)), 0.0)
+        snaps = [BackendSnapshot(index=i, name=f"b{i}", inflight_requests=loads[i], prefix_hit_tokens=hits[i] * bs,
+                                 precise_hit_tokens=precise[i] * bs, inflight_prefill_tokens=pf[i],
+                                 active_blocks=active[i], new_blocks=new[i]) for i in range(n)]
+        cands = Candidates(snaps, list(loads), bs)
+        cands.hit_blocks, cands.precise_blocks = list(hits), list(precise)
+        cands.prefill_tokens, cands.active_blocks, cands.new_blocks = list(pf), list(active), list(new)
+        for with_cols, without in pairs:
+            if with_cols.name == "kv_cost":
+                assert with_cols.costs(req, cands) == without.costs(req, list(snaps))
+            assert with_cols.choose(req, cands) == without.choose(req, list(snaps))
+    for with_cols, without in pairs:
+        assert with_cols.rng.random() == without.rng.random()

@@ -74,8 +74,10 @@ def test_router_routes_on_the_mirror_and_falls_back_where_there_are_no_events():
     r.record_kv_events(2, [stored(chain)], emitted_at=0.0, seq=0)
     r.record_kv_events(1, [AllBlocksCleared()], emitted_at=0.0, seq=0)
     cands, _ = r.prepare(request(0, prompt + [1], t=0.1), 0.1)  # before the delay: nothing known
-    assert [c.precise_hit_tokens for c in cands] == [0, 0, 0]
-    assert [c.precise_fallback for c in cands] == [True, True, True]
+    # (precise_prefix reads the router's columns: each mirror's hit in blocks, and which
+    # backends fell back to the approximate index)
+    assert cands.precise_blocks == [0, 0, 0]
+    assert cands.untrusted == [0, 1, 2]
     d = r.dispatch(request(1, prompt + [1], t=0.3), 0.3)
     assert d.backend == 2 and d.prefix_hit_tokens == 96
     assert r.precise_lookups == 6 and r.precise_fallbacks == 4  # 3 then 1 (backend 0)
@@ -83,10 +85,14 @@ def test_router_routes_on_the_mirror_and_falls_back_where_there_are_no_events():
     r.record_kv_events(2, [BlockRemoved(tuple(chain[2:]))], emitted_at=0.3, seq=1)
     r.finish(routing.Outcome(1, 2, True, 101, 1, 0.1, 0.2))
     cands, _ = r.prepare(request(2, prompt + [1], t=0.6), 0.6)
-    # The mirror wins; a strategy on the mirrors alone expects that hit (no approximate
-    # column is built for it), while the approximate index still says the whole prompt.
-    assert cands[2].precise_hit_tokens == 32 and cands[2].prefix_hit_tokens == 32
+    # The mirror wins, while the approximate index still says the whole prompt; committed
+    # there, the request expects the mirror's hit.
+    assert cands.precise_blocks[2] * BS == 32 and cands.untrusted == [0]
     assert r.prefix_index(2).hit_blocks(chain) * BS == 96
+    d = r.commit(request(2, prompt + [1], t=0.6), cands[2], block_hash_chain(prompt + [1], BS).tolist(), 0.6)
+    assert d.prefix_hit_tokens == 32
+    assert (r.snapshots[2].precise_hit_tokens, r.snapshots[2].prefix_hit_tokens) == (32, 32)
+    assert r.snapshots[2].precise_fallback is False
     assert r.event_stats(2).gaps == 0
 
 

@@ -22,12 +22,17 @@ class SnapshotsOnly(routing.Strategy):
         self.needs_active_work = inner.needs_active_work
         self.needs_scrape = inner.needs_scrape
         self.index_blocks = inner.index_blocks
+        self.kv_event_delay_s = inner.kv_event_delay_s
+
+    def bind(self, block_size):
+        if hasattr(self.inner, "bind"):
+            self.inner.bind(block_size)
 
     def choose(self, request, backends):
         return self.inner.choose(request, list(backends))
 
 
-@pytest.mark.parametrize("name", ["least_load", "cache_aware", "weighted"])
+@pytest.mark.parametrize("name", ["least_load", "cache_aware", "weighted", "kv_cost", "precise_prefix"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_columns_leave_every_record_unchanged(name, seed):
     trace = chat_trace(60, seed=seed, rate=40.0)
