@@ -60,7 +60,7 @@ class build_ext(_build_ext):
         kept = []
         for ext in self.extensions:
             module = ext.module
-            digest = hashlib.sha256((ROOT / _source(module)).read_bytes()).hexdigest()
+            digest = labcore.source_hash(ROOT / _source(module))
             key = hashlib.sha256(f"{digest} {cython_version} {sorted(DIRECTIVES.items())}".encode())
             c_dir = Path(self.build_temp) / "cython" / key.hexdigest()[:20]
             try:

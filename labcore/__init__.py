@@ -73,8 +73,13 @@ def forced_pure() -> bool:
 
 
 def source_hash(path: Path) -> str:
-    """The hash the build records for a module's source: sha256 of the file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The hash the build records for a module's source: sha256 of the ``.py``'s bytes, and
+    of the augmenting ``.pxd`` beside it if there is one (it changes the compiled code too)."""
+    digest = hashlib.sha256(path.read_bytes())
+    pxd = path.with_suffix(".pxd")
+    if pxd.is_file():
+        digest.update(b"\0pxd\0" + pxd.read_bytes())
+    return digest.hexdigest()
 
 
 def compiled_paths(py: Path) -> tuple[Path, Path]:

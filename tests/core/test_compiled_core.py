@@ -91,6 +91,15 @@ def test_a_stale_extension_is_refused_with_one_line(tree):
     assert "out of date" in lines[0] and "sim.timeline" in lines[0] and "pip install -e ." in lines[0]
 
 
+def test_an_augmenting_pxd_written_after_the_build_makes_it_stale(tree):
+    stand_in_extension(tree, "timeline", sha(tree / "sim" / "timeline.py"))
+    (tree / "sim" / "timeline.pxd").write_text("cdef class Timeline:\n    pass\n")
+    res = run_py(IMPORT_TIMELINE, tree)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(tree / "sim" / "timeline.py")
+    assert "out of date" in res.stderr
+
+
 def test_forcing_pure_python_skips_a_current_extension_silently(tree):
     stand_in_extension(tree, "timeline", sha(tree / "sim" / "timeline.py"))
     res = run_py(IMPORT_TIMELINE, tree, **{labcore.PURE_ENV: "1"})
