@@ -238,10 +238,14 @@ class Router:
                 self._fill(request, candidates, chain, now)
         return candidates, chain
 
-    def _fill_columns(self, request: RequestInfo, chain: list[int], now: float) -> None:
-        """``_fill`` for a ``reads_columns`` strategy: what it asked for as columns of
-        ``Candidates`` (one list per quantity), no snapshot written; ``commit`` writes the
-        chosen backend's fields."""
+    def _columns(self, request: RequestInfo, candidates, chain: list[int], now: float) -> None:
+        """What the strategy asked for, as columns of ``self._all`` (``Candidates``).
+
+        The hot path of cache-aware routing: one bisection over the chain per index
+        finds every backend's hit at once (``BlockOwners.depths``). The exact mirrors
+        are read for the candidates: a candidate whose mirror cannot be trusted gets
+        the approximate hit instead (and is listed in ``untrusted``).
+        """
         bs = self.block_size
         n = min(max(request.input_len - 1, 0) // bs, len(chain))
         size = len(self.snapshots)
@@ -253,19 +257,20 @@ class Router:
             cols.hit_blocks = depth
         feeds = self._feeds
         if feeds is not None:
-            for feed in feeds:
+            for s in candidates:
+                feed = feeds[s.index]
                 if feed._pending:
                     feed.deliver(now)
             exact = [0] * size
             self._exact_owners.depths(chain, n, exact)
-            untrusted = [i for i, feed in enumerate(feeds) if not (feed._seen and feed._trusted)]
+            untrusted = [s.index for s in candidates if not (feeds[s.index]._seen and feeds[s.index]._trusted)]
             if untrusted:
                 prefix = self._prefix
                 for i in untrusted:
                     exact[i] = depth[i] if depth is not None else prefix[i].hit_blocks(chain, n)
                     self.precise_fallbacks_by_backend[i] += 1
                 self.precise_fallbacks += len(untrusted)
-            self.precise_lookups += size
+            self.precise_lookups += len(candidates)
             cols.precise_blocks = exact
             cols.untrusted = untrusted
         active = self._active
@@ -277,14 +282,25 @@ class Router:
             cols.new_blocks = [total - h for h in held]
             cols.active_blocks = [len(a._refs) + a._private for a in active]
             cols.prefill_tokens = [a.prefill_tokens for a in active]
+
+    def _fill_columns(self, request: RequestInfo, chain: list[int], now: float) -> None:
+        """For a ``reads_columns`` strategy: the columns only; ``commit`` writes the chosen
+        snapshot's fields."""
+        self._columns(request, self._all, chain, now)
         self._columns_only = True
 
+    def _fill(self, request: RequestInfo, candidates, chain: list[int], now: float) -> None:
+        """For a strategy that reads snapshots: the columns, written into every candidate."""
+        self._columns(request, candidates, chain, now)
+        for s in candidates:
+            self._write_chosen(s)
+
     def _write_chosen(self, chosen: BackendSnapshot) -> None:
-        """The per-request fields of the chosen snapshot, from the columns (``_fill_columns``)."""
+        """One snapshot's per-request fields, from the columns (``_columns``)."""
         b = chosen.index
         cols = self._all
         bs = self.block_size
-        if cols.hit_blocks is not None and self._approx_all:
+        if self._approx_all:
             chosen.prefix_hit_tokens = cols.hit_blocks[b] * bs
             chosen.index_blocks = self._prefix[b]._size
         if self._feeds is not None:
@@ -296,66 +312,6 @@ class Router:
             chosen.inflight_prefill_tokens = cols.prefill_tokens[b]
             chosen.active_blocks = cols.active_blocks[b]
             chosen.new_blocks = cols.new_blocks[b]
-
-    def _fill(self, request: RequestInfo, candidates, chain: list[int], now: float) -> None:
-        # The hot path of cache-aware routing: one bisection over the chain per
-        # index finds every backend's hit (``BlockOwners.depths``), then one pass
-        # over the candidates writes what the strategy asked for.
-        bs = self.block_size
-        n = min(max(request.input_len - 1, 0) // bs, len(chain))
-        size = len(self.snapshots)
-        prefix = self._prefix
-        depth = None
-        if self._approx_all:
-            depth = [0] * size
-            self._approx_owners.depths(chain, n, depth)
-            if candidates is self._all:
-                candidates.hit_blocks = depth
-        feeds = self._feeds
-        exact = None
-        if feeds is not None:
-            for s in candidates:
-                feed = feeds[s.index]
-                if feed._pending:
-                    feed.deliver(now)
-            exact = [0] * size
-            self._exact_owners.depths(chain, n, exact)
-            self.precise_lookups += len(candidates)
-        active = self._active
-        held = None
-        if active is not None:
-            shareable = request.num_shareable_blocks
-            total = len(chain)
-            held = [0] * size
-            self._active_owners.depths(chain, total if shareable < 0 else min(shareable, total), held)
-        fallbacks = 0
-        for s in candidates:
-            i = s.index
-            if depth is not None:  # (only strategies on the approximate index read its size)
-                s.index_blocks = prefix[i]._size
-            if exact is not None:
-                feed = feeds[i]
-                if feed._seen and feed._trusted:
-                    precise = exact[i] * bs
-                    s.precise_hit_tokens = precise
-                    s.precise_fallback = False
-                    # Without the approximate column the expected hit is the exact one.
-                    hit = depth[i] * bs if depth is not None else precise
-                else:
-                    hit = (depth[i] if depth is not None else prefix[i].hit_blocks(chain, n)) * bs
-                    s.precise_hit_tokens = hit
-                    s.precise_fallback = True
-                    fallbacks += 1
-                    self.precise_fallbacks_by_backend[i] += 1
-            else:
-                hit = depth[i] * bs
-            s.prefix_hit_tokens = hit
-            if held is not None:
-                a = active[i]
-                s.inflight_prefill_tokens = a.prefill_tokens
-                s.active_blocks = len(a._refs) + a._private
-                s.new_blocks = total - held[i]
-        self.precise_fallbacks += fallbacks
 
     def commit(self, request: RequestInfo, chosen: BackendSnapshot, chain: list[int],
                now: float) -> Decision:
