@@ -127,6 +127,18 @@ def test_nothing_expected_and_nothing_built_says_nothing(tree):
     assert res.returncode == 0 and res.stderr == ""
 
 
+def test_an_install_that_predates_labcore_still_imports_the_python_modules(tree):
+    """An editable install made before labcore existed maps only the packages it knew."""
+    shutil.rmtree(tree / "labcore")
+    res = run_py("""
+        import sys, sim.timeline
+        print(sim.timeline.__spec__.origin, "labcore" in sys.modules)
+    """, tree)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == [str(tree / "sim" / "timeline.py"), "False"]
+    assert res.stderr == ""
+
+
 def test_the_build_list_comes_from_the_environment():
     assert labcore.build_list({}) == labcore.COMPILED
     assert labcore.build_list({"VLLM_LAB_COMPILE": "all"}) == labcore.CANDIDATES
