@@ -156,6 +156,9 @@ def _can_build() -> str | None:
         return "Cython is not installed (pip install -e '.[test]' brings it)"
     if shutil.which("gcc") is None and shutil.which("cc") is None:
         return "no C compiler on the PATH"
+    import sysconfig
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        return "no Python headers (Python.h; e.g. apt-get install python3-dev)"
     return None
 
 
@@ -214,7 +217,9 @@ SIMULATIONS = """
                        kv_events=lambda b, e, t: events.append((b, e, t)))
         out.append(repr(res.records))
         out.append(repr(events))
-    running = {v["running"] for k, v in labcore.status().items() if k.startswith("sim.")} - {"not imported"}
+    engine = ("sim.engine", "sim.scheduler", "sim.kv_cache", "sim.fast_path", "sim.decode_group",
+              "sim.cluster")
+    running = {labcore.status()[m]["running"] for m in engine}
     print(running, file=sys.stderr)
     print("\\n".join(out))
 """
