@@ -202,7 +202,7 @@ def reference_speed(frame: pd.DataFrame) -> dict | None:
                for m in ("e2el", "ttft", "tpot")},
         }
     e2el = [p["e2el_ratio"] for p in probes.values() if math.isfinite(p["e2el_ratio"])]
-    return {"input_len": int(ref["input_len"].iloc[0]), "output_len": int(ref["max_tokens"].iloc[0]),
+    return {"input_len": int(ref["input_len"].iloc[0]), "output_len": int(ref["output_len"].iloc[0]),
             "probes": probes,
             "e2el_ratio": float(np.median(e2el)) if e2el else math.nan,
             "drift": max(e2el) / min(e2el) - 1.0 if e2el else math.nan}

@@ -293,25 +293,25 @@ class Router:
         """For a strategy that reads snapshots: the columns, written into every candidate."""
         self._columns(request, candidates, chain, now)
         for s in candidates:
-            self._write_chosen(s)
+            self._write_snapshot(s)
 
-    def _write_chosen(self, chosen: BackendSnapshot) -> None:
+    def _write_snapshot(self, snap: BackendSnapshot) -> None:
         """One snapshot's per-request fields, from the columns (``_columns``)."""
-        b = chosen.index
+        b = snap.index
         cols = self._all
         bs = self.block_size
         if self._approx_all:
-            chosen.prefix_hit_tokens = cols.hit_blocks[b] * bs
-            chosen.index_blocks = self._prefix[b]._size
+            snap.prefix_hit_tokens = cols.hit_blocks[b] * bs
+            snap.index_blocks = self._prefix[b]._size
         if self._feeds is not None:
-            chosen.precise_hit_tokens = cols.precise_blocks[b] * bs
-            chosen.precise_fallback = b in cols.untrusted
+            snap.precise_hit_tokens = cols.precise_blocks[b] * bs
+            snap.precise_fallback = b in cols.untrusted
             if not self._approx_all:
-                chosen.prefix_hit_tokens = chosen.precise_hit_tokens
+                snap.prefix_hit_tokens = snap.precise_hit_tokens
         if self._active is not None:
-            chosen.inflight_prefill_tokens = cols.prefill_tokens[b]
-            chosen.active_blocks = cols.active_blocks[b]
-            chosen.new_blocks = cols.new_blocks[b]
+            snap.inflight_prefill_tokens = cols.prefill_tokens[b]
+            snap.active_blocks = cols.active_blocks[b]
+            snap.new_blocks = cols.new_blocks[b]
 
     def commit(self, request: RequestInfo, chosen: BackendSnapshot, chain: list[int],
                now: float) -> Decision:
@@ -319,7 +319,7 @@ class Router:
         b = chosen.index
         if self._columns_only:
             # Only the chosen snapshot's per-request fields are written (``_fill_columns``).
-            self._write_chosen(chosen)
+            self._write_snapshot(chosen)
             self._columns_only = False
         source = self._scrape_source
         if source is not None and not self.strategy.needs_scrape:

@@ -102,7 +102,7 @@ class KvCost(CheckedStrategy):
         out = []
         for pf, hit, active, new, load in zip(cols.prefill_tokens, hits, cols.active_blocks, new_blocks,
                                              cols.loads):
-            adjusted = (pf + n) / bs - credit * ((hit * bs) / bs)
+            adjusted = (pf + n) / bs - credit * hit  # hit tokens / bs is exactly float(hit)
             if adjusted < 0.0:
                 adjusted = 0.0
             out.append(scale * adjusted + (active + new) + w * load)
