@@ -116,6 +116,8 @@ def test_unhealthy_backends_fall_back_to_snapshots():
 
 @settings(max_examples=200, deadline=None)
 @given(st.data(), st.sampled_from([{}, {"temperature": 0.5}, {"index": "approximate"},
+                                   {"overlap_score_credit": 1, "prefill_load_scale": 1,
+                                    "decode_active_request_weight": 0},
                                    {"decode_active_request_weight": 2.0, "overlap_score_credit": 0.5}]),
        st.integers(1, 24))
 def test_kv_cost_and_precise_prefix_on_columns_choose_as_on_snapshots(data, params, n):
@@ -139,3 +141,61 @@ def test_kv_cost_and_precise_prefix_on_columns_choose_as_on_snapshots(data, para
             assert with_cols.choose(req, cands) == without.choose(req, list(snaps))
     for with_cols, without in pairs:
         assert with_cols.rng.random() == without.rng.random()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31), st.sampled_from([{}, {"kv_event_delay_s": 0.5}]), st.integers(2, 6))
+def test_router_kept_columns_equal_the_feeds_and_work_in_flight(seed, params, n):
+    """The router keeps trust, pending feeds and the work in flight as columns in step
+    with its objects: after any mix of events (gaps, resets, delays), dispatches, first
+    tokens and finishes, each decision's columns equal what the feeds and ``ActiveWork``
+    objects say when read one by one."""
+    import random
+
+    from routing.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
+    from routing.types import Outcome
+
+    rng = random.Random(seed)
+    r = Router(routing.build("kv_cost", seed=1, **params), [BackendSpec(f"b{i}") for i in range(n)])
+    prompts = [[rng.getrandbits(62) for _ in range(6)] for _ in range(3)]
+    seqs, inflight, now = [0] * n, [], 0.0
+    for rid in range(50):
+        now += rng.choice([0.0, 0.2, 0.7])
+        b = rng.randrange(n)
+        what = rng.random()
+        if what < 0.3:
+            p = prompts[rng.randrange(3)]
+            k = rng.randint(1, len(p))
+            events = [BlockStored(tuple(p[:k]), None, 16)]
+            if rng.random() < 0.3:
+                events.append(BlockRemoved((p[k - 1],)))
+            seqs[b] += rng.choice([1, 1, 1, 2, 0])  # mostly in order; some gaps and repeats
+            r.record_kv_events(b, events, now, seqs[b])
+        elif what < 0.4:
+            r.reset_kv_events(b, now, trusted=rng.random() < 0.7)
+        elif what < 0.45:
+            r.record_kv_events(b, [AllBlocksCleared()], now, None)
+        elif what < 0.55:
+            r.deliver_events(now)
+        elif what < 0.65 and inflight:
+            r.first_token(inflight[rng.randrange(len(inflight))][0])
+        elif what < 0.75 and inflight:
+            done = inflight.pop(rng.randrange(len(inflight)))
+            r.finish(Outcome(done[0], done[1], True, 10, 5, 0.1, 0.5))
+        else:
+            p = prompts[rng.randrange(3)]
+            req = RequestInfo(rid, 16 * len(p), now, p)
+            cands, chain = r.prepare(req, now)
+            feeds, active = r._feeds, r._active
+            assert all(not f._pending or f._pending[0][0] > now for f in feeds)
+            assert cands.untrusted == [i for i in range(n) if not feeds[i].trusted]
+            assert cands.precise_blocks == [feeds[i].index.hit_blocks(chain, len(chain) - 1)
+                                            if feeds[i].trusted else r.prefix_index(i).hit_blocks(chain, len(chain) - 1)
+                                            for i in range(n)]
+            assert cands.active_blocks == [a.blocks for a in active]
+            assert cands.prefill_tokens == [a.prefill_tokens for a in active]
+            assert cands.new_blocks == [a.new_blocks(chain, -1) for a in active]
+            pos = r.strategy.choose(req, cands)
+            d = r.commit(req, cands[pos], chain, now)
+            inflight.append((rid, d.backend))
+    assert r._pending_feeds == {i for i, f in enumerate(r._feeds) if f._pending}
