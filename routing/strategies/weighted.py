@@ -263,6 +263,8 @@ class Weighted(CheckedStrategy):
         self.needs_scrape = any(p.needs_scrape for p in plugins)
         approx = [p.index_blocks for p in producers if not p.precise]
         self.index_blocks = approx[0] if approx else 0
+        #: The plugins that act on a pick (the others inherit ``Plugin.after_pick``, a no-op).
+        self._after_pick = [p for p in plugins if type(p).after_pick is not lp.Plugin.after_pick]
         self._reads_columns = (not self.profile.filters and all(
             type(scorer) in COLUMN_SAFE_SCORERS and not getattr(getattr(scorer, "producer", None), "precise", False)
             for scorer, _ in self.profile.scorers))
@@ -285,8 +287,13 @@ class Weighted(CheckedStrategy):
         scorers produce scores in that range by construction (tested), so the
         sum skips the clamp.
         """
+        scorers = self.profile.scorers
+        if len(scorers) == 3:  # llm-d's default profile: one pass, the same sums in the same order
+            (sa, wa), (sb, wb), (sc, wc) = scorers
+            a, b, c = sa.score(request, backends), sb.score(request, backends), sc.score(request, backends)
+            return [x * wa + y * wb + z * wc for x, y, z in zip(a, b, c)]
         total = None
-        for scorer, weight in self.profile.scorers:
+        for scorer, weight in scorers:
             sc = scorer.score(request, backends)
             if total is None:
                 total = [x * weight for x in sc]
@@ -295,6 +302,11 @@ class Weighted(CheckedStrategy):
         return total
 
     def choose(self, request: RequestInfo, backends: Sequence[BackendSnapshot]) -> int:
+        if not self.profile.filters:  # every backend is scored: no index map to keep
+            pos = self.profile.picker.pick(self.scores(request, backends), self.rng)
+            for p in self._after_pick:
+                p.after_pick(request, backends, pos)
+            return pos
         keep = list(range(len(backends)))
         for f in self.profile.filters:
             view = [backends[i] for i in keep]
@@ -305,6 +317,6 @@ class Weighted(CheckedStrategy):
         view = backends if len(keep) == len(backends) else [backends[i] for i in keep]
         scores = self.scores(request, view)
         pos = self.profile.picker.pick(scores, self.rng)
-        for p in self.profile.plugins:
+        for p in self._after_pick:
             p.after_pick(request, view, pos)
         return keep[pos]
