@@ -81,25 +81,27 @@ class BlockOwners:
         if n <= 0:
             return
         get = self.masks.get
-        m_first = get(chain[0], 0)
-        if not m_first:
+        m_lo = get(chain[0], 0)
+        if not m_lo:
             return
-        m_last = get(chain[n - 1], 0) if n > 1 else m_first
+        last = n - 1
+        m_last = get(chain[last], 0) if last else m_lo
         _assign(m_last, n, out)
-        if m_first == m_last:
-            return
-        stack = [(0, n - 1, m_first, m_last)]  # mask at lo, mask at hi (a subset of it)
-        while stack:
-            lo, hi, m_lo, m_hi = stack.pop()
-            if hi - lo == 1:
-                _assign(m_lo & ~m_hi, lo + 1, out)
-                continue
-            mid = (lo + hi) >> 1
-            m_mid = get(chain[mid], 0)
-            if m_mid != m_lo:
-                stack.append((lo, mid, m_lo, m_mid))
-            if m_mid != m_hi:
-                stack.append((mid, hi, m_mid, m_hi))
+        lo = 0
+        # Walk the change points left to right, each found by bisection between the
+        # last one and the chain's end (plain locals, no stack of intervals: a decision
+        # usually meets one or two changes, and this loop is its hottest Python).
+        while m_lo != m_last:
+            hi, m_hi = last, m_last  # mask at lo is m_lo, at hi it differs
+            while hi - lo > 1:
+                mid = (lo + hi) >> 1
+                m = get(chain[mid], 0)
+                if m == m_lo:
+                    lo = mid
+                else:
+                    hi, m_hi = mid, m
+            _assign(m_lo & ~m_hi, hi, out)  # held through lo = hi - 1, not at hi
+            lo, m_lo = hi, m_hi
 
 
 def _assign(mask: int, depth: int, out: list[int]) -> None:

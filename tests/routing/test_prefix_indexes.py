@@ -213,3 +213,18 @@ def test_exact_mirror_counts_copies_of_a_block():
     assert idx.remove([2]) == 0 and idx.hit_blocks([1, 2]) == 2  # one copy of 2 is left
     assert idx.remove([2]) == 0 and idx.hit_blocks([1, 2]) == 1
     assert idx.remove([2]) == 1  # no copy left: an unknown removal
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 70), min_size=1, max_size=16), st.integers(0, 64))
+def test_owner_masks_find_every_distinct_depth(held, limit):
+    """Up to 16 backends each holding its own prefix of one 64-block chain (many distinct
+    depths, adjacent ones included): each depth is that prefix's length, capped at the limit."""
+    chain = list(range(1000, 1064))
+    owners = BlockOwners()
+    for i, k in enumerate(held):
+        for h in chain[:k]:
+            owners.set(h, 1 << i)
+    out = [0] * len(held)
+    owners.depths(chain, limit, out)
+    assert out == [min(k, limit, len(chain)) for k in held]
