@@ -184,15 +184,24 @@ class RecordWriter:
 
     Memory stays at one batch however many requests a run has; the file appears
     under its name only when ``close`` succeeds (written to a temporary name and
-    renamed), so a crash never leaves a partial unit behind.
+    renamed), so a crash never leaves a partial unit behind. A batch ends at
+    ``batch_rows`` records or at ``batch_itl_runs`` ITL runs, whichever comes
+    first: under load a record's inter-token gaps vary step to step and run to
+    about 200 runs (some 14 KB of Python floats), so 16k buffered records held
+    about 230 MB, more than a simulation of hundreds of replicas needs for its
+    own state.
     """
 
-    def __init__(self, path: str | Path, batch_rows: int = 16384) -> None:
+    def __init__(self, path: str | Path, batch_rows: int = 16384, batch_itl_runs: int = 262144) -> None:
+        if batch_rows < 1 or batch_itl_runs < 1:
+            raise ValueError(f"batch_rows and batch_itl_runs must be >= 1, got {batch_rows}, {batch_itl_runs}")
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.batch_rows = batch_rows
+        self.batch_itl_runs = batch_itl_runs
         self.rows = 0
         self._buffer: list[RequestRecord] = []
+        self._buffered_runs = 0
         self._writer: pq.ParquetWriter | None = None
         #: The engines' counters over the unit (``results.counters``), stored in the
         #: file's metadata when it closes; set it before leaving the ``with`` block.
@@ -200,7 +209,8 @@ class RecordWriter:
 
     def write(self, record: RequestRecord) -> None:
         self._buffer.append(record)
-        if len(self._buffer) >= self.batch_rows:
+        self._buffered_runs += len(record.itl_count)
+        if len(self._buffer) >= self.batch_rows or self._buffered_runs >= self.batch_itl_runs:
             self._flush()
 
     def _flush(self) -> None:
@@ -213,6 +223,7 @@ class RecordWriter:
         self._writer.write_table(table)
         self.rows += table.num_rows
         self._buffer.clear()
+        self._buffered_runs = 0
 
     def close(self) -> Path:
         self._flush()

@@ -32,6 +32,12 @@ tail's blocks. The simulator tells each request how long its shareable head is
 (computed over the whole trace); a caller that cannot know treats every known
 block as shareable, with identical results at a higher cost.
 
+Shareable blocks have ids, as vLLM's physical blocks do, and an id is reused once
+its block is reused for something else: at most ``num_blocks`` ids exist, so the
+per-block state (reference count, hash) lives in two lists indexed by id, 16 bytes
+a block, instead of dicts keyed by ever-growing ids (about 150 bytes a block with
+their int keys; big fleets hold millions of cached blocks).
+
 KV events. With an event sink, the cache reports what vLLM's block pool
 publishes (``routing.kv_events``): ``BlockStored`` when blocks become cached
 (one event per request and step, the blocks in chain order), ``BlockRemoved``
@@ -71,7 +77,7 @@ class Extent:
 class KVCache:
     __slots__ = (
         "num_gpu_blocks", "num_blocks", "block_size", "enable_caching", "num_free", "events",
-        "pending", "_queue", "_stale", "_ref", "_hash", "_cached", "_dups", "_next_id",
+        "pending", "_queue", "_stale", "_ref", "_hash", "_cached", "_dups", "_next_id", "_free_ids",
     )
 
     def __init__(self, num_gpu_blocks: int, block_size: int = 16, enable_caching: bool = True,
@@ -96,11 +102,19 @@ class KVCache:
         self._queue: deque[int | Extent] = deque([Extent(self.num_blocks)])
         #: Queue entries of a block id that were touched while free (skipped on pop).
         self._stale: dict[int, int] = {}
-        self._ref: dict[int, int] = {}
-        self._hash: dict[int, int] = {}
         self._cached: dict[int, int] = {}
         self._dups: dict[int, list[int]] = {}
+        self._forget_ids()
+
+    def _forget_ids(self) -> None:
+        """No block has an id: every id is unused (its count 0, no hash)."""
+        #: Users of each shareable block, by id (0: free, or id unused).
+        self._ref: list[int] = [0] * self.num_blocks
+        #: Each block's hash once cached, by id (None: not cached, or id unused).
+        self._hash: list[int | None] = [None] * self.num_blocks
+        #: Ids below ``_next_id`` have been used; ``_free_ids`` are the unused ones among them.
         self._next_id = 0
+        self._free_ids: list[int] = []
 
     # --- queries ------------------------------------------------------------------
     @property
@@ -184,12 +198,18 @@ class KVCache:
 
     def name_blocks(self, req: EngineRequest, n: int) -> None:
         """Give ``req`` ``n`` new shareable block ids (blocks it already holds or just took)."""
-        ref = self._ref
-        first = self._next_id
-        self._next_id = first + n
-        for b in range(first, first + n):
+        ref, free_ids, blocks = self._ref, self._free_ids, req.shared_blocks
+        while n and free_ids:
+            b = free_ids.pop()
             ref[b] = 1
-        req.shared_blocks.extend(range(first, first + n))
+            blocks.append(b)
+            n -= 1
+        if n:
+            first = self._next_id
+            self._next_id = first + n
+            for b in range(first, first + n):
+                ref[b] = 1
+            blocks.extend(range(first, first + n))
 
     def cache_next_block(self, req: EngineRequest) -> None:
         """Name and cache ``req``'s next shareable block (held, now full): ``register`` for
@@ -197,13 +217,16 @@ class KVCache:
         i = req.num_registered
         blocks = req.shared_blocks
         if len(blocks) == i:
-            b = self._next_id
-            self._next_id = b + 1
+            if self._free_ids:
+                b = self._free_ids.pop()
+            else:
+                b = self._next_id
+                self._next_id = b + 1
             self._ref[b] = 1
             blocks.append(b)
         else:
             b = blocks[i]
-        if b not in self._hash:
+        if self._hash[b] is None:
             h = req.block_hashes[i]
             self._hash[b] = h
             if h in self._cached:
@@ -242,7 +265,7 @@ class KVCache:
             cached, bhash, hashes = self._cached, self._hash, req.block_hashes
             while i < end:
                 b = blocks[i]
-                if b not in bhash:
+                if bhash[b] is None:
                     h = hashes[i]
                     bhash[b] = h
                     if h in cached:
@@ -288,7 +311,7 @@ class KVCache:
                     else:
                         queue.append(Extent(hashed))
         freed = n_private
-        ref = self._ref
+        ref, free_ids = self._ref, self._free_ids
         for i in range(k - 1, -1, -1):
             b = named[i]
             r = ref[b] - 1
@@ -300,7 +323,8 @@ class KVCache:
                 ref[b] = 0
                 queue.append(b)
             else:  # never cached: nothing can hit it, it is reused first
-                del ref[b]
+                ref[b] = 0
+                free_ids.append(b)
                 front += 1
         if front:
             first = queue[0] if queue else None
@@ -319,7 +343,7 @@ class KVCache:
 
     def _take(self, n: int) -> None:
         """Pop ``n`` free blocks from the front of the queue, evicting cache entries."""
-        queue, stale, ref = self._queue, self._stale, self._ref
+        queue, stale, bhash = self._queue, self._stale, self._hash
         events = self.events
         self.num_free -= n
         while n > 0:
@@ -347,10 +371,12 @@ class KVCache:
                 else:
                     stale[item] = s - 1
                 continue
-            # A free shareable block is reused: it stops existing as that block.
-            del ref[item]
-            h = self._hash.pop(item, None)
+            # A free shareable block is reused: it stops existing as that block (its
+            # count is 0 already; its id is free to name another block).
+            self._free_ids.append(item)
+            h = bhash[item]
             if h is not None:
+                bhash[item] = None
                 self._evict_hash(h, item)
                 if events is not None:
                     events(BlockRemoved((h,)))
@@ -382,8 +408,7 @@ class KVCache:
                 item.owner.freed_extent = None
         self._queue = deque([Extent(self.num_blocks)])
         self._stale.clear()
-        self._ref.clear()
-        self._hash.clear()
+        self._forget_ids()
         self._cached.clear()
         self._dups.clear()
         if self.events is not None:
@@ -399,8 +424,9 @@ class KVCache:
         queue's extents, which keep their names only with an event sink.
         """
         out: dict[int, int] = {}
-        for h in self._hash.values():
-            out[h] = out.get(h, 0) + 1
+        for h in self._hash:
+            if h is not None:
+                out[h] = out.get(h, 0) + 1
         for r in requests:
             for i in range(len(r.shared_blocks), min(r.num_registered, r.num_blocks)):
                 h = r.hash_of(i)
@@ -427,13 +453,17 @@ class KVCache:
             live = occurrences - self._stale.get(b, 0)
             assert live in (0, 1), f"block {b} is free {live} times"
             if live:
-                assert self._ref.get(b) == 0, f"free block {b} has references"
-                assert b in self._hash, f"free block {b} has no hash (it belongs at the front)"
+                assert self._ref[b] == 0, f"free block {b} has references"
+                assert self._hash[b] is not None, f"free block {b} has no hash (it belongs at the front)"
                 queued += 1
         assert queued == self.num_free, (queued, self.num_free)
         for h, b in self._cached.items():
-            assert self._hash.get(b) == h
-        used = sum(1 for r in self._ref.values() if r > 0)
+            assert self._hash[b] == h
+        assert self._next_id <= self.num_blocks, "more block ids than blocks"
+        for b in self._free_ids:
+            assert b < self._next_id and self._ref[b] == 0 and self._hash[b] is None, f"unused id {b} is in use"
+        assert len(set(self._free_ids)) == len(self._free_ids), "an id is free twice"
+        used = sum(1 for r in self._ref if r > 0)
         used += sum(r.num_private for r in requests)
         if requests:
             assert used == self.num_used, (used, self.num_used)

@@ -372,3 +372,28 @@ def test_file_metrics_streams_itl_runs_to_the_same_values(tmp_path):
     ok_runs = sum(len(r.itl_count) for r in recs if r.status == "ok")
     assert sum(chunks) % ok_runs == 0 and max(chunks) < ok_runs  # whole passes, in parts
     assert whole.values["mean_itl_ms"] > 0
+
+
+def test_record_writer_ends_a_batch_at_its_itl_run_budget(tmp_path):
+    """Records with many ITL runs flush before ``batch_rows``: the buffer is bounded by
+    what it holds, not by how many records (a loaded simulation's records carry ~200
+    runs each), and every record still arrives, in order."""
+    import pyarrow.parquet as pq
+
+    from results.records import RecordWriter, read_records
+
+    runs = [(0.01 * (j + 1), 0.0, 1) for j in range(10)]
+    itl = tuple(list(x) for x in zip(*runs))
+    recs = [rec(i, "ok", 0, i * 0.1, i * 0.1, i * 0.1 + 0.2, i * 0.1 + 3.0, i * 0.1 + 3.1, 10, 100, itl=itl)
+            for i in range(25)]
+    path = tmp_path / "records.parquet"
+    with RecordWriter(path, batch_rows=1000, batch_itl_runs=30) as w:  # 3 records of 10 runs a batch
+        for r in recs:
+            w.write(r)
+    f = pq.ParquetFile(path)
+    assert [f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)] == [3] * 8 + [1]
+    table = read_records(path)
+    assert table.column("request_id").to_pylist() == list(range(25))
+    assert table.column("itl_start").to_pylist()[7] == itl[0]
+    with pytest.raises(ValueError, match="batch_itl_runs"):
+        RecordWriter(path, batch_itl_runs=0)
