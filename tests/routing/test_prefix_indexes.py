@@ -216,15 +216,23 @@ def test_exact_mirror_counts_copies_of_a_block():
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.integers(0, 70), min_size=1, max_size=16), st.integers(0, 64))
-def test_owner_masks_find_every_distinct_depth(held, limit):
+@given(st.lists(st.lists(st.integers(0, 70), min_size=1, max_size=16), min_size=1, max_size=4),
+       st.lists(st.integers(0, 64), min_size=1, max_size=4))
+def test_owner_masks_find_every_distinct_depth(rounds, limits):
     """Up to 16 backends each holding its own prefix of one 64-block chain (many distinct
-    depths, adjacent ones included): each depth is that prefix's length, capped at the limit."""
+    depths, adjacent ones included): each depth is that prefix's length, capped at the limit.
+    One owner map answers several rounds in turn, so the change points a call leaves as
+    hints for the next are right, wrong or out of range."""
     chain = list(range(1000, 1064))
     owners = BlockOwners()
-    for i, k in enumerate(held):
-        for h in chain[:k]:
-            owners.set(h, 1 << i)
-    out = [0] * len(held)
-    owners.depths(chain, limit, out)
-    assert out == [min(k, limit, len(chain)) for k in held]
+    for r, held in enumerate(rounds):
+        for i in range(16):  # this round's holdings replace the last round's
+            for h in chain:
+                owners.clear(h, 1 << i)
+        for i, k in enumerate(held):
+            for h in chain[:k]:
+                owners.set(h, 1 << i)
+        for limit in limits:
+            out = [0] * len(held)
+            owners.depths(chain, limit, out)
+            assert out == [min(k, limit, len(chain)) for k in held]
