@@ -318,7 +318,7 @@ class Router:
             total = len(chain)
             held = [0] * size
             self._active_owners.depths(chain, total if shareable < 0 else min(shareable, total), held)
-            cols.new_blocks = [total - h for h in held]
+            cols.new_blocks = list(map(total.__sub__, held))  # total - held, in one C-level pass
             cols.active_blocks = self._active_blocks[:]
             cols.prefill_tokens = self._prefill_tokens[:]
 
