@@ -7,16 +7,24 @@
     python benchmarks/sim_speed.py --scaling --minutes 1   # 4, 16, 64, 256 replicas, rate per replica fixed
 
 ``--fleet`` is the production-sized configuration of issue 20: ``--replicas``
-``h100-llama2-70b-tp4`` backends (256) under Poisson arrivals at
-``--rate-per-replica`` (7.8125, so 2,000 req/s at 256) of multi-turn ShareGPT
-(every turn an open-loop arrival; later turns resend the conversation so far, so
-they hit the prefix cache where they land), for ``--minutes`` simulated minutes
-of arrivals (10), once per strategy in ``--strategies`` (``least_load`` and
-``cache_aware``). Printed as well: the CPU time spent inside the router's
+backends (256) of ``--fleet-profile`` (Llama-3.1-8B on one H100) under Poisson
+arrivals at ``--rate-per-replica`` (7.8125, so 2,000 req/s at 256) of multi-turn
+ShareGPT (every turn an open-loop arrival; later turns resend the conversation so
+far, so they hit the prefix cache where they land), for ``--minutes`` simulated
+minutes of arrivals (10), once per strategy in ``--strategies`` (``least_load``
+and ``cache_aware``). Printed as well: the CPU time spent inside the router's
 decisions (``Router.dispatch``: snapshot filling, the strategy, the bookkeeping),
 per request; it includes two ``process_time`` calls per decision (about 0.5 µs).
 ``--scaling`` runs the same at 4, 16, 64 and 256 replicas with the rate per
 replica held, so the cost per request shows how it grows with the fleet.
+
+A fleet that cannot serve its load measures a meltdown, not a fleet: its queues
+grow for the whole run, so memory and the cost per request grow with them. Each
+row therefore prints the median TTFT of the requests arriving in the first and in
+the last fifth of the arrivals, and says ``OVERLOADED`` when the last is more than
+twice the first plus half a second. (Llama-2-70B on four H100s, this benchmark's
+first fleet, is: at 7.8 req/s per replica its TTFT median climbs from 0.3 s to
+66 s within four minutes.)
 
 The trace (19,366 requests over 58 minutes; Splitwise, ISCA'24) is replayed on 16
 ``h100-llama2-70b-tp4`` backends behind ``least_load``, at its own rate and
@@ -30,10 +38,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
+from array import array
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 #: The packaged copy of the trace (gzip); ``--trace`` takes another.
@@ -74,7 +86,7 @@ def _run(args: argparse.Namespace, trace) -> dict:
     from sim.engine import EngineConfig
     from sim.latency import load_profile
 
-    prof = load_profile(args.profile)
+    prof = load_profile(args.fleet_profile if args.fleet_child else args.profile)
     d = prof.engine
     engine = EngineConfig(d.num_kv_blocks, d.block_size, d.max_num_seqs, d.max_num_batched_tokens)
     cfg = ClusterConfig([BackendConfig(f"b{i}", "h100", prof, engine) for i in range(args.backends)],
@@ -84,11 +96,16 @@ def _run(args: argparse.Namespace, trace) -> dict:
     # statuses are counted on the way (reading the file back would cost more memory
     # than the simulation itself at a million requests).
     statuses: Counter[str] = Counter()
+    # Arrival and TTFT of every served request, for the stability check (16 bytes each).
+    arrived, ttft = array("d"), array("d")
     with tempfile.TemporaryDirectory() as tmp:
         with RecordWriter(Path(tmp) / "records.parquet") as writer:
             def sink(rec) -> None:
                 statuses[rec.status] += 1
                 writer.write(rec)
+                if rec.status == "ok":
+                    arrived.append(rec.arrival_s)
+                    ttft.append(rec.first_token_s - rec.arrival_s)
 
             cpu0, wall0 = time.process_time(), time.perf_counter()
             sim = ClusterSim(trace, strategy, cfg, seed=0, sink=sink)
@@ -96,6 +113,7 @@ def _run(args: argparse.Namespace, trace) -> dict:
             result = sim.run()
             cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     ok = statuses["ok"]
+    first, last = ttft_first_and_last_fifth(np.frombuffer(arrived), np.frombuffer(ttft))
     return {
         "requests": len(trace), "ok": ok, "sim_s": result.end_time, "cpu_s": cpu, "wall_s": wall,
         "req_per_cpu_s": len(trace) / cpu, "speedup": result.end_time / cpu,
@@ -103,7 +121,24 @@ def _run(args: argparse.Namespace, trace) -> dict:
         "decision_us": decision_ns[0] / max(decision_ns[1], 1) / 1e3 if decision_ns else float("nan"),
         "decision_share": decision_ns[0] / 1e9 / cpu if decision_ns else float("nan"),
         "load_avg": os.getloadavg()[0],
+        "ttft_first_s": first, "ttft_last_s": last,
     }
+
+
+def ttft_first_and_last_fifth(arrival: np.ndarray, ttft: np.ndarray) -> tuple[float, float]:
+    """Median TTFT of the requests arriving in the first and the last fifth of the arrivals."""
+    if len(arrival) == 0:
+        return math.nan, math.nan
+    lo, hi = float(arrival.min()), float(arrival.max())
+    cut = (hi - lo) / 5.0
+    first = ttft[arrival <= lo + cut]
+    last = ttft[arrival >= hi - cut]
+    return float(np.median(first)), float(np.median(last))
+
+
+def overloaded(first: float, last: float) -> bool:
+    """Queues that grow for the whole run: the last fifth waits far longer than the first."""
+    return last > 2.0 * first + 0.5
 
 
 def _time_decisions(router) -> list[int]:
@@ -139,25 +174,29 @@ def fleet(args: argparse.Namespace) -> int:
     """The big-fleet table: one row per (replicas, strategy), each in its own process."""
     sizes = [4, 16, 64, 256] if args.scaling else [args.replicas]
     print(f"Multi-turn ShareGPT, Poisson {args.rate_per_replica:g} req/s per replica, "
-          f"{args.minutes:g} simulated minutes of arrivals, {args.profile}, one core")
+          f"{args.minutes:g} simulated minutes of arrivals, {args.fleet_profile}, one core")
     print(engine_line() + "\n")
     header = (f"{'replicas':>8s} {'req/s':>6s} {'strategy':14s} {'requests':>9s} {'ok':>9s} "
               f"{'sim time':>9s} {'CPU s':>8s} {'req/CPU-s':>10s} {'x real':>7s} {'peak RSS':>9s} "
-              f"{'decision µs/req':>15s} {'share':>6s} {'load':>5s}")
+              f"{'decision µs/req':>15s} {'share':>6s} {'load':>5s} {'TTFT p50 first/last fifth':>26s}")
     print(header)
     print("-" * len(header))
     for n in sizes:
         for strategy in args.strategies:
             r = run_child(["--fleet-child", "--decision-cost", "--backends", str(n),
-                           "--profile", args.profile, "--strategy", strategy,
+                           "--fleet-profile", args.fleet_profile, "--strategy", strategy,
                            "--rate-per-replica", repr(args.rate_per_replica),
                            "--minutes", repr(args.minutes)])
             print(f"{n:8d} {n * args.rate_per_replica:6.0f} {strategy:14s} {r['requests']:9,d} "
                   f"{r['ok']:9,d} {r['sim_s']:8.0f}s {r['cpu_s']:8.1f} {r['req_per_cpu_s']:10,.0f} "
                   f"{r['speedup']:6.1f}x {r['peak_rss_mb']:7.0f}MB {r['decision_us']:15.1f} "
-                  f"{r['decision_share']:6.0%} {r['load_avg']:5.1f}", flush=True)
+                  f"{r['decision_share']:6.0%} {r['load_avg']:5.1f} "
+                  f"{r['ttft_first_s']:9.3f}s / {r['ttft_last_s']:8.3f}s"
+                  f"{'  OVERLOADED' if overloaded(r['ttft_first_s'], r['ttft_last_s']) else ''}", flush=True)
     print("\nCPU s: the simulation alone (building the trace excluded); peak RSS includes the trace. "
-          "load: the 1-minute load average at the end of the run (timing is only firm near 1).")
+          "load: the 1-minute load average at the end of the run (timing is only firm near 1). "
+          "OVERLOADED: queues grew for the whole run (last fifth's TTFT median > 2x the first's + 0.5 s); "
+          "such a row measures a meltdown, not a fleet.")
     return 0
 
 
@@ -175,7 +214,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trace", default=str(DEFAULT_TRACE), help="Azure conversation trace CSV")
     p.add_argument("--backends", type=int, default=16)
-    p.add_argument("--profile", default="h100-llama2-70b-tp4")
+    p.add_argument("--profile", default="h100-llama2-70b-tp4", help="Azure rows: the backends' profile")
+    p.add_argument("--fleet-profile", default="derived-llama-3.1-8b-h100-sxm-tp1",
+                   help="big fleet: the replicas' profile (Llama-3.1-8B on one H100, which serves "
+                        "7.8 req/s of this workload; Llama-2-70B on four H100s does not)")
     p.add_argument("--strategy", default="least_load")
     p.add_argument("--million", action="store_true", help="also run 1,000,000 requests (minutes)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -207,6 +249,11 @@ def main() -> int:
         if not args.rate_per_replica > 0:
             p.error(f"--rate-per-replica must be > 0, got {args.rate_per_replica}")
         import routing
+        from sim.latency import load_profile
+        try:
+            load_profile(args.fleet_profile)
+        except (ValueError, FileNotFoundError, KeyError) as exc:
+            p.error(f"--fleet-profile: {exc}")
         unknown = [s for s in args.strategies if s not in routing.available()]
         if unknown:
             p.error(f"--strategies: unknown {unknown}; allowed: {', '.join(routing.available())}")
