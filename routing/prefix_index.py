@@ -65,15 +65,22 @@ class BlockOwners:
 
     def set(self, h: int, bit: int) -> None:
         masks = self.masks
-        masks[h] = masks.get(h, 0) | bit
+        m = masks.get(h)
+        # A block one backend holds (most blocks) keeps that backend's own bit object
+        # rather than a fresh int: with hundreds of backends a bit is a big int, and a
+        # million copies of it were most of a fleet's owner-map memory.
+        masks[h] = bit if m is None else m | bit
 
     def clear(self, h: int, bit: int) -> None:
         masks = self.masks
-        m = masks.get(h, 0) & ~bit
+        m = masks.get(h)
+        if m is None:
+            return
+        m &= ~bit
         if m:
             masks[h] = m
         else:
-            masks.pop(h, None)
+            del masks[h]
 
     def depths(self, chain: list[int], n: int, out: list[int]) -> None:
         """Write into ``out[i]`` the leading blocks of ``chain[:n]`` backend i holds.

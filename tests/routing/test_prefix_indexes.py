@@ -236,3 +236,20 @@ def test_owner_masks_find_every_distinct_depth(rounds, limits):
             out = [0] * len(held)
             owners.depths(chain, limit, out)
             assert out == [min(k, limit, len(chain)) for k in held]
+
+
+def test_owner_masks_of_single_owner_blocks_are_the_backends_own_bit():
+    """A block one backend holds shares that backend's bit object (no per-block big int);
+    a second owner makes a new mask, and clearing back to one owner keeps the right bit."""
+    owners = BlockOwners()
+    bit_a, bit_b = 1 << 200, 1 << 201  # big ints, as on a 256-backend fleet
+    for h in range(100):
+        owners.set(h, bit_a)
+    assert all(m is bit_a for m in owners.masks.values())
+    owners.set(7, bit_b)
+    assert owners.masks[7] == bit_a | bit_b
+    owners.clear(7, bit_a)
+    assert owners.masks[7] == bit_b
+    owners.clear(7, bit_b)
+    owners.clear(7, bit_b)  # clearing an absent block is a no-op
+    assert 7 not in owners.masks and len(owners.masks) == 99
