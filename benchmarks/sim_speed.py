@@ -91,7 +91,8 @@ def _run(args: argparse.Namespace, trace) -> dict:
     engine = EngineConfig(d.num_kv_blocks, d.block_size, d.max_num_seqs, d.max_num_batched_tokens)
     cfg = ClusterConfig([BackendConfig(f"b{i}", "h100", prof, engine) for i in range(args.backends)],
                         mode=args.mode)
-    strategy = routing.build(args.strategy, seed=0)
+    name, params = parse_strategy(args.strategy)
+    strategy = routing.build(name, seed=0, **params)
     # Records stream to a Parquet file as requests end, as `python -m sim` does; the
     # statuses are counted on the way (reading the file back would cost more memory
     # than the simulation itself at a million requests).
@@ -123,6 +124,31 @@ def _run(args: argparse.Namespace, trace) -> dict:
         "load_avg": os.getloadavg()[0],
         "ttft_first_s": first, "ttft_last_s": last,
     }
+
+
+def parse_strategy(spec: str) -> tuple[str, dict]:
+    """``NAME`` or ``NAME:KEY=VALUE,...`` (``cache_aware:index_blocks=0``) as a name and parameters.
+
+    Values are read as int, then float, then ``true``/``false``, else kept as text; the
+    strategy's own checks then name a wrong key or value and the allowed ones.
+    """
+    name, _, rest = spec.partition(":")
+    params: dict = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"strategy {spec!r}: {item!r} is not KEY=VALUE")
+        params[key.strip()] = _value(text.strip())
+    return name.strip(), params
+
+
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def ttft_first_and_last_fifth(arrival: np.ndarray, ttft: np.ndarray) -> tuple[float, float]:
@@ -187,7 +213,7 @@ def fleet(args: argparse.Namespace) -> int:
                            "--fleet-profile", args.fleet_profile, "--strategy", strategy,
                            "--rate-per-replica", repr(args.rate_per_replica),
                            "--minutes", repr(args.minutes)])
-            print(f"{n:8d} {n * args.rate_per_replica:6.0f} {strategy:14s} {r['requests']:9,d} "
+            print(f"{n:8d} {n * args.rate_per_replica:6.0f} {strategy:14s}{r['requests']:10,d} "
                   f"{r['ok']:9,d} {r['sim_s']:8.0f}s {r['cpu_s']:8.1f} {r['req_per_cpu_s']:10,.0f} "
                   f"{r['speedup']:6.1f}x {r['peak_rss_mb']:7.0f}MB {r['decision_us']:15.1f} "
                   f"{r['decision_share']:6.0%} {r['load_avg']:5.1f} "
@@ -234,7 +260,10 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=10.0,
                    help="big fleet: simulated minutes of arrivals (10; 1 for development)")
     p.add_argument("--strategies", nargs="+", default=["least_load", "cache_aware"],
-                   help="big fleet: strategies to run (least_load cache_aware)")
+                   help="big fleet: strategies to run (least_load cache_aware); each NAME or "
+                        "NAME:KEY=VALUE,... with the strategy's parameters, e.g. "
+                        "cache_aware:index_blocks=0 (the approximate index sized like each "
+                        "replica's KV cache instead of SGLang's 2^20 blocks)")
     p.add_argument("--fleet-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--decision-cost", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -254,9 +283,14 @@ def main() -> int:
             load_profile(args.fleet_profile)
         except (ValueError, FileNotFoundError, KeyError) as exc:
             p.error(f"--fleet-profile: {exc}")
-        unknown = [s for s in args.strategies if s not in routing.available()]
-        if unknown:
-            p.error(f"--strategies: unknown {unknown}; allowed: {', '.join(routing.available())}")
+        for spec in args.strategies:  # a bad name or parameter fails here, before any row runs
+            try:
+                name, params = parse_strategy(spec)
+                if name not in routing.available():
+                    raise ValueError(f"unknown strategy {name!r}; allowed: {', '.join(routing.available())}")
+                routing.build(name, seed=0, **params)
+            except (ValueError, TypeError) as exc:
+                p.error(f"--strategies {spec}: {exc}")
         return fleet(args)
     if not Path(args.trace).exists():
         print(f"trace not found: {args.trace} (give --trace)", file=sys.stderr)
