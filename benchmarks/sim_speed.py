@@ -85,6 +85,7 @@ def _run(args: argparse.Namespace, trace) -> dict:
     from sim.cluster import BackendConfig, ClusterConfig, ClusterSim
     from sim.engine import EngineConfig
     from sim.latency import load_profile
+    from tqdm import tqdm
 
     prof = load_profile(args.fleet_profile if args.fleet_child else args.profile)
     d = prof.engine
@@ -99,11 +100,20 @@ def _run(args: argparse.Namespace, trace) -> dict:
     statuses: Counter[str] = Counter()
     # Arrival and TTFT of every served request, for the stability check (16 bytes each).
     arrived, ttft = array("d"), array("d")
-    with tempfile.TemporaryDirectory() as tmp:
+    ended = 0
+    # On a terminal, a bar of requests ended (the big fleet's rows take many minutes each);
+    # updated every 16,384 requests so it costs nothing measurable.
+    bar = tqdm(total=len(trace), desc=f"{args.strategy} x {args.backends}", unit="req",
+               unit_scale=True, disable=None, leave=False)
+    with tempfile.TemporaryDirectory() as tmp, bar:
         with RecordWriter(Path(tmp) / "records.parquet") as writer:
             def sink(rec) -> None:
+                nonlocal ended
                 statuses[rec.status] += 1
                 writer.write(rec)
+                ended += 1
+                if not ended & 16383:
+                    bar.update(16384)
                 if rec.status == "ok":
                     arrived.append(rec.arrival_s)
                     ttft.append(rec.first_token_s - rec.arrival_s)
@@ -192,7 +202,8 @@ def run_child(extra: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if hasattr(os, "sched_getaffinity"):
         cmd = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+    # The child's stderr (its progress bar, or an error) goes straight to this terminal.
+    out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
