@@ -139,26 +139,15 @@ def _run(args: argparse.Namespace, trace) -> dict:
 def parse_strategy(spec: str) -> tuple[str, dict]:
     """``NAME`` or ``NAME:KEY=VALUE,...`` (``cache_aware:index_blocks=0``) as a name and parameters.
 
-    Values are read as int, then float, then ``true``/``false``, else kept as text; the
-    strategy's own checks then name a wrong key or value and the allowed ones.
+    Each ``KEY=VALUE`` is read as ``python -m sim --set`` reads one (VALUE in TOML, a
+    bare word as text); the strategy's own checks then name a wrong key or value and
+    the allowed ones. Commas separate parameters, so a value cannot hold one.
     """
+    from scenarios.overrides import parse_assignment
+
     name, _, rest = spec.partition(":")
-    params: dict = {}
-    for item in filter(None, rest.split(",")):
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"strategy {spec!r}: {item!r} is not KEY=VALUE")
-        params[key.strip()] = _value(text.strip())
+    params = dict(parse_assignment(item) for item in rest.split(",") if item.strip())
     return name.strip(), params
-
-
-def _value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def ttft_first_and_last_fifth(arrival: np.ndarray, ttft: np.ndarray) -> tuple[float, float]:
@@ -300,7 +289,7 @@ def main() -> int:
                 if name not in routing.available():
                     raise ValueError(f"unknown strategy {name!r}; allowed: {', '.join(routing.available())}")
                 routing.build(name, seed=0, **params)
-            except (ValueError, TypeError) as exc:
+            except (ValueError, TypeError) as exc:  # (a ScenarioError is a ValueError)
                 p.error(f"--strategies {spec}: {exc}")
         return fleet(args)
     if not Path(args.trace).exists():
