@@ -17,6 +17,7 @@ prompts (the approximate producers of llm-d, SGLang and vLLM's router).
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -56,12 +57,15 @@ class BlockOwners:
     distinct depth instead of one search per backend.
     """
 
-    __slots__ = ("masks", "_hints")
+    __slots__ = ("masks", "_hints", "_bits")
 
-    def __init__(self) -> None:
+    def __init__(self, bits: Sequence[int] = ()) -> None:
         self.masks: dict[int, int] = {}
         #: The change points the previous ``depths`` found, tried first by the next one.
         self._hints: list[int] = []
+        #: The backends' own bit objects (``1 << i`` at position i), which a block with one
+        #: owner stores instead of a copy of its own (see ``set``).
+        self._bits = list(bits)
 
     def set(self, h: int, bit: int) -> None:
         masks = self.masks
@@ -77,10 +81,14 @@ class BlockOwners:
         if m is None:
             return
         m &= ~bit
-        if m:
-            masks[h] = m
-        else:
+        if not m:
             del masks[h]
+            return
+        if not m & (m - 1):  # one owner left: store its own bit object, as ``set`` does
+            k = m.bit_length() - 1
+            if k < len(self._bits):
+                m = self._bits[k]
+        masks[h] = m
 
     def depths(self, chain: list[int], n: int, out: list[int]) -> None:
         """Write into ``out[i]`` the leading blocks of ``chain[:n]`` backend i holds.

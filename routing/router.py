@@ -113,15 +113,16 @@ class Router:
         # strategy on the exact mirrors alone reads an approximate hit only where a
         # mirror cannot be trusted, one backend at a time (``ApproxPrefixIndex.hit_blocks``).
         self._approx_all = self._want_approx or (self._want_active and not self._want_precise)
-        self._approx_owners = BlockOwners() if self._approx_all else None
-        self._prefix = [ApproxPrefixIndex(capacity or b.prefix_index_blocks, self._approx_owners, 1 << i)
+        bits = [1 << i for i in range(len(backends))]  # one object per backend, shared by the maps
+        self._approx_owners = BlockOwners(bits) if self._approx_all else None
+        self._prefix = [ApproxPrefixIndex(capacity or b.prefix_index_blocks, self._approx_owners, bits[i])
                         for i, b in enumerate(backends)]
         delay = float(getattr(strategy, "kv_event_delay_s", 0.0) or 0.0)
-        self._exact_owners = BlockOwners() if self._want_precise else None
-        self._feeds = ([EventFeed(delay, self._exact_owners, 1 << i) for i in range(len(backends))]
+        self._exact_owners = BlockOwners(bits) if self._want_precise else None
+        self._feeds = ([EventFeed(delay, self._exact_owners, bits[i]) for i in range(len(backends))]
                        if self._want_precise else None)
-        self._active_owners = BlockOwners() if self._want_active else None
-        self._active = ([ActiveWork(self._active_owners, 1 << i) for i in range(len(backends))]
+        self._active_owners = BlockOwners(bits) if self._want_active else None
+        self._active = ([ActiveWork(self._active_owners, bits[i]) for i in range(len(backends))]
                         if self._want_active else None)
         #: Each ``ActiveWork``'s ``blocks`` and ``prefill_tokens``, kept in step by every
         #: change the router makes to it (``_sync_active``): a decision copies two short

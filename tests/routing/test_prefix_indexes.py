@@ -240,16 +240,18 @@ def test_owner_masks_find_every_distinct_depth(rounds, limits):
 
 def test_owner_masks_of_single_owner_blocks_are_the_backends_own_bit():
     """A block one backend holds shares that backend's bit object (no per-block big int);
-    a second owner makes a new mask, and clearing back to one owner keeps the right bit."""
-    owners = BlockOwners()
-    bit_a, bit_b = 1 << 200, 1 << 201  # big ints, as on a 256-backend fleet
+    a second owner makes a new mask, and clearing back to one owner stores that owner's
+    own bit object again."""
+    bits = [1 << i for i in range(202)]  # big ints, as on a 256-backend fleet
+    owners = BlockOwners(bits)
+    bit_a, bit_b = bits[200], bits[201]
     for h in range(100):
         owners.set(h, bit_a)
     assert all(m is bit_a for m in owners.masks.values())
     owners.set(7, bit_b)
     assert owners.masks[7] == bit_a | bit_b
     owners.clear(7, bit_a)
-    assert owners.masks[7] == bit_b
+    assert owners.masks[7] == bit_b and owners.masks[7] is bit_b
     owners.clear(7, bit_b)
     owners.clear(7, bit_b)  # clearing an absent block is a no-op
     assert 7 not in owners.masks and len(owners.masks) == 99
