@@ -11,54 +11,46 @@ both for one backend from the router's dispatches alone:
   has not come back (released at the first token, or at the end for a router
   that never sees it);
 - ``blocks``: the distinct prompt blocks of requests in flight. Requests that
-  share a prefix share its blocks, as the engine's cache does, so each hash is
-  reference-counted. Every in-flight chain starts at its prompt's first block,
-  so the set is prefix-closed and the blocks a new request would add are found
-  by binary search.
+  share a prefix share its blocks, as the engine's cache does, so they are
+  counted once: the router's backends share one ``InflightTree`` of the prompts
+  in flight, which also finds the blocks a new request would add.
 """
 from __future__ import annotations
 
-from routing.prefix_index import BlockOwners, longest_prefix_in
+from routing.inflight_tree import InflightTree
 
 
 class ActiveWork:
-    __slots__ = ("prefill_tokens", "_refs", "_private", "_requests", "_owners", "_bit")
+    __slots__ = ("prefill_tokens", "_tree", "_index", "_private", "_requests")
 
-    def __init__(self, owners: BlockOwners | None = None, bit: int = 0) -> None:
-        self._owners = owners
-        self._bit = bit
+    def __init__(self, tree: InflightTree | None = None, index: int = 0) -> None:
+        #: The router's tree of prompts in flight (a tree of its own when used alone),
+        #: where this backend is ``index``.
+        self._tree = tree if tree is not None else InflightTree(index + 1)
+        self._index = index
         self.prefill_tokens = 0
-        self._refs: dict[int, int] = {}
         self._private = 0
-        #: request id -> (uncached tokens still counted, shared hashes, private block count)
+        #: request id -> [uncached tokens still counted, chain, shared head length, private blocks]
         self._requests: dict[int, list] = {}
 
     @property
     def blocks(self) -> int:
         """Distinct KV blocks held by the prompts in flight."""
-        return len(self._refs) + self._private
+        return self._tree.blocks[self._index] + self._private
 
     def new_blocks(self, chain: list[int], shareable: int) -> int:
         """Blocks of a prompt not already held here (what dispatching it would add)."""
         n = len(chain)
         k = n if shareable < 0 else min(shareable, n)
-        return n - longest_prefix_in(self._refs, chain, k)
+        return n - self._tree.depth(self._index, chain, k)
 
     def add(self, request_id: int, chain: list[int], shareable: int, uncached_tokens: int) -> None:
         n = len(chain)
         k = n if shareable < 0 else min(shareable, n)
-        refs = self._refs
-        head = chain[:k]
-        owners, bit = self._owners, self._bit
-        get = refs.get
-        for h in head:
-            c = get(h, 0)
-            refs[h] = c + 1
-            if not c and owners is not None:
-                owners.set(h, bit)
+        self._tree.add(self._index, chain, k)
         self._private += n - k
         self.prefill_tokens += uncached_tokens
-        self._requests[request_id] = [uncached_tokens, head, n - k]
+        self._requests[request_id] = [uncached_tokens, chain, k, n - k]
 
     def first_token(self, request_id: int) -> None:
         entry = self._requests.get(request_id)
@@ -70,16 +62,7 @@ class ActiveWork:
         entry = self._requests.pop(request_id, None)
         if entry is None:
             return
-        uncached, head, private = entry
+        uncached, chain, k, private = entry
         self.prefill_tokens -= uncached
-        refs = self._refs
-        owners, bit = self._owners, self._bit
-        for h in head:
-            c = refs[h] - 1
-            if c:
-                refs[h] = c
-            else:
-                del refs[h]
-                if owners is not None:
-                    owners.clear(h, bit)
+        self._tree.remove(self._index, chain, k)
         self._private -= private

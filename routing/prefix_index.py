@@ -231,6 +231,10 @@ class ApproxPrefixIndex:
 PrefixIndex = ApproxPrefixIndex
 
 
+#: ``dict.get`` default meaning "no child": a hash may be any value, None included.
+_NO_CHILD = object()
+
+
 class ExactPrefixIndex:
     """A backend's cached blocks as its KV-cache events describe them.
 
@@ -248,6 +252,10 @@ class ExactPrefixIndex:
     collector does not track such dicts, whereas a set per parent meant a million
     tracked objects in a 16-backend mirror and full collections of 0.2-0.4 s in the
     middle of routing decisions (``benchmarks/decision_latency.py --suite cache``).
+    A parent with one child (most blocks of a chain) maps straight to that child's
+    hash; only a parent with several (the end of a shared system prompt) gets a
+    dict of them. A dict per parent was about a third of a 16-backend mirror's
+    memory (``children`` reads either form).
     """
 
     __slots__ = ("stored", "rooted", "_parent", "_children", "_owners", "_bit")
@@ -259,7 +267,8 @@ class ExactPrefixIndex:
         #: Hashes reachable from a chain start (dict used as a set: see above).
         self.rooted: dict[int, None] = {}
         self._parent: dict[int, int | None] = {}
-        self._children: dict[int | None, dict[int, None]] = {}
+        #: parent -> its one stored child's hash, or a dict of several (see above).
+        self._children: dict[int | None, int | dict[int, None]] = {}
 
     def store(self, block_hashes, parent: int | None) -> int:
         """Record stored blocks (a chain starting after ``parent``); returns orphans.
@@ -269,6 +278,8 @@ class ExactPrefixIndex:
         """
         orphans = 0
         stored, rooted, parents, children = self.stored, self.rooted, self._parent, self._children
+        owners, bit = self._owners, self._bit
+        masks = owners.masks if owners is not None else None
         p = parent
         for h in block_hashes:
             copies = stored.get(h, 0)
@@ -277,13 +288,21 @@ class ExactPrefixIndex:
                 p = h
                 continue
             parents[h] = p
-            kids = children.get(p)
-            if kids is None:
-                children[p] = {h: None}
-            else:
+            kids = children.get(p, _NO_CHILD)
+            if kids is _NO_CHILD:
+                children[p] = h
+            elif type(kids) is dict:
                 kids[h] = None
+            elif kids != h:
+                children[p] = {kids: None, h: None}
             if p is None or p in rooted:
-                self._root(h)
+                if h in children:  # stored children that waited for it: root them too
+                    self._root(h)
+                else:  # the usual case, ``_root`` without the call (a block per event)
+                    rooted[h] = None
+                    if masks is not None:
+                        m = masks.get(h)
+                        masks[h] = bit if m is None else m | bit
             elif p not in stored:
                 orphans += 1
             p = h
@@ -292,7 +311,8 @@ class ExactPrefixIndex:
     def remove(self, block_hashes) -> int:
         """Forget evicted blocks; returns how many were not stored (missed stores)."""
         unknown = 0
-        stored, parents, children = self.stored, self._parent, self._children
+        stored, rooted, parents, children = self.stored, self.rooted, self._parent, self._children
+        owners, bit = self._owners, self._bit
         for h in block_hashes:
             copies = stored.get(h, 0)
             if copies == 0:
@@ -302,15 +322,31 @@ class ExactPrefixIndex:
                 stored[h] = copies - 1
                 continue
             del stored[h]
-            if h in self.rooted:
-                self._unroot(h)
+            if h in rooted:
+                if h in children:
+                    self._unroot(h)
+                else:  # a leaf, the usual case (vLLM evicts a chain's tail first)
+                    del rooted[h]
+                    if owners is not None:
+                        owners.clear(h, bit)
             p = parents.pop(h)
-            kids = children.get(p)
-            if kids is not None:
+            kids = children.get(p, _NO_CHILD)
+            if type(kids) is dict:
                 kids.pop(h, None)
-                if not kids:
+                if len(kids) == 1:
+                    children[p] = next(iter(kids))
+                elif not kids:
                     del children[p]
+            elif kids is not _NO_CHILD and kids == h:
+                del children[p]
         return unknown
+
+    def children(self, h) -> tuple:
+        """The stored blocks whose parent is ``h``."""
+        kids = self._children.get(h, _NO_CHILD)
+        if kids is _NO_CHILD:
+            return ()
+        return tuple(kids) if type(kids) is dict else (kids,)
 
     def clear(self) -> None:
         if self._owners is not None:
@@ -335,7 +371,10 @@ class ExactPrefixIndex:
             rooted[b] = None
             if owners is not None:
                 owners.set(b, bit)
-            for c in children.get(b, ()):
+            kids = children.get(b, _NO_CHILD)
+            if kids is _NO_CHILD:
+                continue
+            for c in (kids if type(kids) is dict else (kids,)):
                 if c in stored and c not in rooted:
                     todo.append(c)
 
@@ -348,7 +387,10 @@ class ExactPrefixIndex:
             rooted.pop(b, None)
             if owners is not None:
                 owners.clear(b, bit)
-            for c in children.get(b, ()):
+            kids = children.get(b, _NO_CHILD)
+            if kids is _NO_CHILD:
+                continue
+            for c in (kids if type(kids) is dict else (kids,)):
                 if c in rooted:
                     todo.append(c)
 

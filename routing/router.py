@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from routing.active import ActiveWork
 from routing.base import Strategy
 from routing.event_feed import EventFeed, FeedStats
+from routing.inflight_tree import InflightTree
 from routing.kv_events import KVEvent
 from routing.prefix_index import ApproxPrefixIndex, BlockOwners, PrefixIndex, as_list
 from routing.types import BackendSnapshot, Candidates, Outcome, RequestInfo, ScrapedMetrics
@@ -121,8 +122,10 @@ class Router:
         self._exact_owners = BlockOwners(bits) if self._want_precise else None
         self._feeds = ([EventFeed(delay, self._exact_owners, bits[i]) for i in range(len(backends))]
                        if self._want_precise else None)
-        self._active_owners = BlockOwners(bits) if self._want_active else None
-        self._active = ([ActiveWork(self._active_owners, bits[i]) for i in range(len(backends))]
+        # The prompts in flight are few and long: a tree of chain segments, not a mask
+        # per block (``routing.inflight_tree``).
+        self._inflight_tree = InflightTree(len(backends)) if self._want_active else None
+        self._active = ([ActiveWork(self._inflight_tree, i) for i in range(len(backends))]
                         if self._want_active else None)
         #: Each ``ActiveWork``'s ``blocks`` and ``prefill_tokens``, kept in step by every
         #: change the router makes to it (``_sync_active``): a decision copies two short
@@ -229,7 +232,7 @@ class Router:
     def _sync_active(self, b: int) -> None:
         """Copy backend ``b``'s work in flight into the router's columns after a change."""
         work = self._active[b]
-        self._active_blocks[b] = len(work._refs) + work._private
+        self._active_blocks[b] = self._inflight_tree.blocks[b] + work._private
         self._prefill_tokens[b] = work.prefill_tokens
 
     # --- decisions ------------------------------------------------------------
@@ -276,7 +279,9 @@ class Router:
         """What the strategy asked for, as columns of ``self._all`` (``Candidates``).
 
         The hot path of cache-aware routing: one bisection over the chain per index
-        finds every backend's hit at once (``BlockOwners.depths``). The exact mirrors
+        finds every backend's hit at once (``BlockOwners.depths``), and one walk down
+        the tree of prompts in flight (``InflightTree.depths``) what the work in
+        flight already holds of the chain. The exact mirrors
         are read for the candidates: a candidate whose mirror cannot be trusted gets
         the approximate hit instead (and is listed in ``untrusted``).
         """
@@ -318,7 +323,7 @@ class Router:
             shareable = request.num_shareable_blocks
             total = len(chain)
             held = [0] * size
-            self._active_owners.depths(chain, total if shareable < 0 else min(shareable, total), held)
+            self._inflight_tree.depths(chain, total if shareable < 0 else min(shareable, total), held)
             cols.new_blocks = list(map(total.__sub__, held))  # total - held, in one C-level pass
             cols.active_blocks = self._active_blocks[:]
             cols.prefill_tokens = self._prefill_tokens[:]

@@ -21,7 +21,7 @@ def test_shared_prefix_blocks_count_once_and_private_tails_count_fully():
     a.remove(1)
     assert a.blocks == 5 and a.prefill_tokens == 40  # 10, 11, 20 + 2 private
     a.remove(2)
-    assert a.blocks == 0 and a.prefill_tokens == 0 and not a._refs
+    assert a.blocks == 0 and a.prefill_tokens == 0 and len(a._tree) == 0
 
 
 def _work(cands, i):

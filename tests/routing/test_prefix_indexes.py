@@ -163,6 +163,25 @@ def test_exact_mirror_holds_no_container_the_garbage_collector_tracks():
     assert len(gc.get_objects()) - before < 50
 
 
+def test_exact_mirror_keeps_a_single_child_as_a_bare_hash():
+    # A dict per parent was a third of a 16-backend mirror's memory; a chain's blocks
+    # each have one child, so only a shared prefix's last block needs a dict.
+    idx = ExactPrefixIndex()
+    idx.store([1, 2, 3], None)
+    idx.store([4, 5], 3)
+    idx.store([6], 3)
+    assert idx._children[1] == 2 and type(idx._children[3]) is dict
+    assert set(idx.children(3)) == {4, 6} and idx.children(5) == () and idx.children(4) == (5,)
+    idx.remove([6])  # back to one child: a bare hash again
+    assert idx._children[3] == 4 and idx.children(3) == (4,)
+    idx.remove([5, 4])
+    assert 3 not in idx._children and 4 not in idx._children
+    idx.remove([2])  # 3 stays stored but unreachable; storing 2 again re-roots it
+    assert idx.hit_blocks([1, 2, 3]) == 1
+    idx.store([2], 1)
+    assert idx.hit_blocks([1, 2, 3]) == 3
+
+
 def test_exact_mirror_hand_worked_unroot_and_reroot():
     a, b, c = 1, 2, 3
     idx = ExactPrefixIndex()

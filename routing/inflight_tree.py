@@ -1,0 +1,196 @@
+"""The prompt blocks a router has in flight on every backend, as one radix tree.
+
+``kv_cost`` prices a backend by the KV blocks its running prompts hold and by
+the blocks a new prompt would add there (``routing.active``). The prompts in
+flight are few (tens per backend) but long (512 blocks for 8k tokens), and they
+share prefixes, so they form a small tree of long chain segments: a system
+prompt, then a branch per conversation. Keeping them as that tree, rather than
+as one dict entry per block, makes each dispatch and finish touch a few nodes
+instead of 512 hashes, and a lookup compares a few list items instead of
+probing a dict of a million blocks. On the benchmark's steady state
+(``benchmarks/decision_latency.py --suite cache``) the per-block map was half
+of ``kv_cost``'s bookkeeping between two decisions, and pushed the decision's
+own data out of the CPU's caches.
+
+The block hashes of a prompt are chained (each covers the blocks before it), so
+two chains that agree at position j agree at every position before it: one
+comparison tells whether a whole segment matches, and a bisection finds where
+two chains part.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class _Segment:
+    """Blocks ``chain[start:end]`` of the prompts that pass through here, per backend.
+
+    ``counts[b]``: prompts in flight on backend b that hold every block of the
+    segment; ``mask``: the backends with a count (bit b). ``children`` are keyed
+    by their first block's hash.
+    """
+
+    __slots__ = ("chain", "start", "end", "children", "counts", "mask")
+
+    def __init__(self, chain: Sequence[int], start: int, end: int, children: dict,
+                 counts: dict[int, int], mask: int) -> None:
+        self.chain = chain
+        self.start = start
+        self.end = end
+        self.children = children
+        self.counts = counts
+        self.mask = mask
+
+
+def _parting(seg_chain: Sequence[int], chain: Sequence[int], pos: int, end: int) -> int:
+    """The first position in ``[pos, end)`` where the chains differ (``end`` if none);
+    they agree at ``pos``."""
+    if seg_chain is chain or seg_chain[end - 1] == chain[end - 1]:
+        return end
+    lo, hi = pos + 1, end - 1  # they agree at lo - 1 and differ at hi
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if seg_chain[mid] == chain[mid]:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+class InflightTree:
+    """The leading blocks of every prompt in flight, shared by the backends of one router.
+
+    ``add(b, chain, k)`` counts ``chain[:k]`` in flight on backend ``b``;
+    ``remove`` undoes one ``add``; ``blocks[b]`` is the number of distinct blocks
+    backend b's prompts hold; ``depths`` gives every backend's longest prefix of a
+    chain in flight there, in one walk down the tree.
+    """
+
+    __slots__ = ("_root", "_bits", "blocks")
+
+    def __init__(self, size: int) -> None:
+        self._root = _Segment((), 0, 0, {}, {}, 0)
+        self._bits = [1 << b for b in range(size)]
+        self.blocks = [0] * size
+
+    def add(self, b: int, chain: Sequence[int], k: int) -> None:
+        if k <= 0:
+            return
+        path = []
+        children = self._root.children
+        pos = 0
+        while True:
+            seg = children.get(chain[pos])
+            if seg is None:
+                seg = _Segment(chain, pos, k, {}, {}, 0)
+                children[chain[pos]] = seg
+                path.append(seg)
+                break
+            end = seg.end if seg.end < k else k
+            at = _parting(seg.chain, chain, pos, end)
+            if at < seg.end:
+                _split(seg, at)
+            path.append(seg)
+            if at == k:
+                break
+            pos = at
+            children = seg.children  # parted inside: chain[at] is not a child, so a new one
+        bit, blocks = self._bits[b], self.blocks
+        for seg in path:
+            c = seg.counts.get(b, 0)
+            seg.counts[b] = c + 1
+            if not c:
+                seg.mask |= bit
+                blocks[b] += seg.end - seg.start
+
+    def remove(self, b: int, chain: Sequence[int], k: int) -> None:
+        """Undo ``add(b, chain, k)`` (which must have happened)."""
+        if k <= 0:
+            return
+        path = []
+        parent, pos = self._root, 0
+        while pos < k:  # ``add`` split the tree at k, and merges never erase a prompt's end
+            seg = parent.children[chain[pos]]
+            path.append((parent, seg))
+            parent, pos = seg, seg.end
+        bit, blocks = self._bits[b], self.blocks
+        for parent, seg in path:
+            c = seg.counts[b] - 1
+            if c:
+                seg.counts[b] = c
+                continue
+            del seg.counts[b]
+            seg.mask &= ~bit
+            blocks[b] -= seg.end - seg.start
+            if not seg.counts:  # nothing passes here, nor below
+                parent.children.pop(seg.chain[seg.start], None)
+        for parent, seg in path:
+            _merge_down(seg)
+
+    def depths(self, chain: Sequence[int], limit: int, out: list[int]) -> None:
+        """Write into ``out[b]`` the leading blocks of ``chain[:limit]`` in flight on backend b.
+
+        ``out`` must be zeros on entry.
+        """
+        children = self._root.children
+        pos = 0
+        while pos < limit:
+            seg = children.get(chain[pos])
+            if seg is None:
+                return
+            end = seg.end if seg.end < limit else limit
+            at = _parting(seg.chain, chain, pos, end)
+            mask = seg.mask  # deeper segments' backends are a subset: they overwrite below
+            while mask:
+                low = mask & -mask
+                out[low.bit_length() - 1] = at
+                mask ^= low
+            if at < seg.end:
+                return
+            pos = at
+            children = seg.children
+
+    def depth(self, b: int, chain: Sequence[int], limit: int) -> int:
+        """``depths`` for backend ``b`` alone."""
+        bit = self._bits[b]
+        children = self._root.children
+        pos = 0
+        while pos < limit:
+            seg = children.get(chain[pos])
+            if seg is None or not seg.mask & bit:
+                return pos
+            end = seg.end if seg.end < limit else limit
+            at = _parting(seg.chain, chain, pos, end)
+            if at < seg.end:
+                return at
+            pos = at
+            children = seg.children
+        return pos
+
+    def __len__(self) -> int:
+        """Segments in the tree (its size: a few per distinct prompt in flight)."""
+        todo, n = list(self._root.children.values()), 0
+        while todo:
+            seg = todo.pop()
+            n += 1
+            todo.extend(seg.children.values())
+        return n
+
+
+def _split(seg: _Segment, at: int) -> None:
+    """Cut ``seg`` at ``at``: it keeps the head, a new child takes the rest and its children."""
+    tail = _Segment(seg.chain, at, seg.end, seg.children, dict(seg.counts), seg.mask)
+    seg.end = at
+    seg.children = {seg.chain[at]: tail}
+
+
+def _merge_down(seg: _Segment) -> None:
+    """Join ``seg`` with its only child while the same prompts pass through both (no
+    prompt ends between them), so finished prompts leave no extra segments behind."""
+    while len(seg.children) == 1:
+        (child,) = seg.children.values()
+        if child.counts != seg.counts:
+            return
+        seg.chain = child.chain  # equal to seg.chain over seg's blocks, and it goes on
+        seg.end = child.end
+        seg.children = child.children
