@@ -7,10 +7,10 @@ share prefixes, so they form a small tree of long chain segments: a system
 prompt, then a branch per conversation. Keeping them as that tree, rather than
 as one dict entry per block, makes each dispatch and finish touch a few nodes
 instead of 512 hashes, and a lookup compares a few list items instead of
-probing a dict of a million blocks. On the benchmark's steady state
-(``benchmarks/decision_latency.py --suite cache``) the per-block map was half
-of ``kv_cost``'s bookkeeping between two decisions, and pushed the decision's
-own data out of the CPU's caches.
+probing a dict of a million blocks. In the steady state of
+``benchmarks/decision_latency.py --suite cache`` this took ``kv_cost``'s commit
+to 0.58x and its process's memory to 0.77x (docs/performance.md, "The work in
+flight as a tree"); the decision itself took as long as before.
 
 The block hashes of a prompt are chained (each covers the blocks before it), so
 two chains that agree at position j agree at every position before it: one

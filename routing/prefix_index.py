@@ -363,7 +363,7 @@ class ExactPrefixIndex:
         return longest_prefix_in(self.rooted, chain, n)
 
     def _root(self, h: int) -> None:
-        rooted, stored, children = self.rooted, self.stored, self._children
+        rooted, stored = self.rooted, self.stored
         owners, bit = self._owners, self._bit
         todo = [h]
         while todo:
@@ -371,15 +371,12 @@ class ExactPrefixIndex:
             rooted[b] = None
             if owners is not None:
                 owners.set(b, bit)
-            kids = children.get(b, _NO_CHILD)
-            if kids is _NO_CHILD:
-                continue
-            for c in (kids if type(kids) is dict else (kids,)):
+            for c in self.children(b):
                 if c in stored and c not in rooted:
                     todo.append(c)
 
     def _unroot(self, h: int) -> None:
-        rooted, children = self.rooted, self._children
+        rooted = self.rooted
         owners, bit = self._owners, self._bit
         todo = [h]
         while todo:
@@ -387,10 +384,7 @@ class ExactPrefixIndex:
             rooted.pop(b, None)
             if owners is not None:
                 owners.clear(b, bit)
-            kids = children.get(b, _NO_CHILD)
-            if kids is _NO_CHILD:
-                continue
-            for c in (kids if type(kids) is dict else (kids,)):
+            for c in self.children(b):
                 if c in rooted:
                     todo.append(c)
 
