@@ -1,4 +1,4 @@
-"""Shared by the routing tests: snapshot builders and the heuristic names."""
+"""Shared by the routing tests: snapshot builders, the heuristic names, chained prompts."""
 from __future__ import annotations
 
 import math
@@ -24,3 +24,9 @@ def snaps(inflight=None, tokens=None, kv=None, n=None) -> list[BackendSnapshot]:
 
 def req(i: int = 0, input_len: int = 100) -> RequestInfo:
     return RequestInfo(request_id=i, input_len=input_len, arrival_s=float(i))
+
+
+def tree_chain(path: list[int]) -> list[int]:
+    """A chain in a small prompt tree: block i's hash names the whole path to it, so two
+    chains agree at a block exactly when they agree on everything before it."""
+    return [hash(tuple(path[: i + 1])) & (2**63 - 1) for i in range(len(path))]

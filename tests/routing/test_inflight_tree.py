@@ -8,12 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routing.inflight_tree import InflightTree
-
-
-def tree_chain(path: list[int]) -> list[int]:
-    """A chained prompt: block i's hash names the whole path to it (small alphabet, so
-    prompts share prefixes and part at every depth)."""
-    return [hash(tuple(path[: i + 1])) & (2**63 - 1) for i in range(len(path))]
+from routing_helpers import tree_chain
 
 
 def held_depth(heads: list[list[int]], chain: list[int], limit: int) -> int:

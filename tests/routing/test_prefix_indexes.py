@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from routing.prefix_index import ApproxPrefixIndex, BlockOwners, ExactPrefixIndex, longest_prefix_in
+from routing_helpers import tree_chain
 
 
 def linear_hit(members, chain, limit=None) -> int:
@@ -22,11 +23,6 @@ def linear_hit(members, chain, limit=None) -> int:
             break
         n += 1
     return n
-
-
-def tree_chain(path: list[int]) -> list[int]:
-    """A chain in a small prompt tree: block i's hash names the whole path to it."""
-    return [hash(tuple(path[: i + 1])) & (2**63 - 1) for i in range(len(path))]
 
 
 paths = st.lists(st.integers(0, 2), min_size=1, max_size=12)
