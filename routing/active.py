@@ -30,7 +30,7 @@ class ActiveWork:
         self._index = index
         self.prefill_tokens = 0
         self._private = 0
-        #: request id -> [uncached tokens still counted, chain, shared head length, private blocks]
+        #: request id -> [uncached tokens still counted, chain, shared head length]
         self._requests: dict[int, list] = {}
 
     @property
@@ -50,7 +50,7 @@ class ActiveWork:
         self._tree.add(self._index, chain, k)
         self._private += n - k
         self.prefill_tokens += uncached_tokens
-        self._requests[request_id] = [uncached_tokens, chain, k, n - k]
+        self._requests[request_id] = [uncached_tokens, chain, k]
 
     def first_token(self, request_id: int) -> None:
         entry = self._requests.get(request_id)
@@ -62,7 +62,7 @@ class ActiveWork:
         entry = self._requests.pop(request_id, None)
         if entry is None:
             return
-        uncached, chain, k, private = entry
+        uncached, chain, k = entry
         self.prefill_tokens -= uncached
         self._tree.remove(self._index, chain, k)
-        self._private -= private
+        self._private -= len(chain) - k

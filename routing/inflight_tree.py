@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from routing.prefix_index import assign_depth
+
 
 class _Segment:
     """Blocks ``chain[start:end]`` of the prompts that pass through here, per backend.
@@ -140,32 +142,19 @@ class InflightTree:
                 return
             end = seg.end if seg.end < limit else limit
             at = _parting(seg.chain, chain, pos, end)
-            mask = seg.mask  # deeper segments' backends are a subset: they overwrite below
-            while mask:
-                low = mask & -mask
-                out[low.bit_length() - 1] = at
-                mask ^= low
+            # Deeper segments' backends are a subset of these: they overwrite below.
+            assign_depth(seg.mask, at, out)
             if at < seg.end:
                 return
             pos = at
             children = seg.children
 
     def depth(self, b: int, chain: Sequence[int], limit: int) -> int:
-        """``depths`` for backend ``b`` alone."""
-        bit = self._bits[b]
-        children = self._root.children
-        pos = 0
-        while pos < limit:
-            seg = children.get(chain[pos])
-            if seg is None or not seg.mask & bit:
-                return pos
-            end = seg.end if seg.end < limit else limit
-            at = _parting(seg.chain, chain, pos, end)
-            if at < seg.end:
-                return at
-            pos = at
-            children = seg.children
-        return pos
+        """``depths`` for backend ``b`` alone (the router reads ``depths``; this is for
+        ``ActiveWork.new_blocks``)."""
+        out = [0] * len(self.blocks)
+        self.depths(chain, limit, out)
+        return out[b]
 
     def __len__(self) -> int:
         """Segments in the tree (its size: a few per distinct prompt in flight)."""

@@ -103,7 +103,7 @@ class BlockOwners:
             return
         last = n - 1
         m_last = get(chain[last], 0) if last else m_lo
-        _assign(m_last, n, out)
+        assign_depth(m_last, n, out)
         lo = 0
         # Walk the change points left to right, each found by bisection between the
         # last one and the chain's end (plain locals, no stack of intervals: a decision
@@ -130,14 +130,15 @@ class BlockOwners:
                     lo = mid
                 else:
                     hi, m_hi = mid, m
-            _assign(m_lo & ~m_hi, hi, out)  # held through lo = hi - 1, not at hi
+            assign_depth(m_lo & ~m_hi, hi, out)  # held through lo = hi - 1, not at hi
             found.append(hi)
             lo, m_lo = hi, m_hi
         if found:
             self._hints = found[:4]
 
 
-def _assign(mask: int, depth: int, out: list[int]) -> None:
+def assign_depth(mask: int, depth: int, out: list[int]) -> None:
+    """``out[i] = depth`` for every bit i set in ``mask``."""
     while mask:
         low = mask & -mask
         out[low.bit_length() - 1] = depth
@@ -279,7 +280,6 @@ class ExactPrefixIndex:
         orphans = 0
         stored, rooted, parents, children = self.stored, self.rooted, self._parent, self._children
         owners, bit = self._owners, self._bit
-        masks = owners.masks if owners is not None else None
         p = parent
         for h in block_hashes:
             copies = stored.get(h, 0)
@@ -293,16 +293,15 @@ class ExactPrefixIndex:
                 children[p] = h
             elif type(kids) is dict:
                 kids[h] = None
-            elif kids != h:
+            else:  # a second child (h is new, so not the first)
                 children[p] = {kids: None, h: None}
             if p is None or p in rooted:
                 if h in children:  # stored children that waited for it: root them too
                     self._root(h)
-                else:  # the usual case, ``_root`` without the call (a block per event)
+                else:  # the usual case: ``_root`` without its loop (a block per event)
                     rooted[h] = None
-                    if masks is not None:
-                        m = masks.get(h)
-                        masks[h] = bit if m is None else m | bit
+                    if owners is not None:
+                        owners.set(h, bit)
             elif p not in stored:
                 orphans += 1
             p = h
@@ -337,7 +336,7 @@ class ExactPrefixIndex:
                     children[p] = next(iter(kids))
                 elif not kids:
                     del children[p]
-            elif kids is not _NO_CHILD and kids == h:
+            elif kids is not _NO_CHILD:  # h was p's only child
                 del children[p]
         return unknown
 

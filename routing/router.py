@@ -232,7 +232,7 @@ class Router:
     def _sync_active(self, b: int) -> None:
         """Copy backend ``b``'s work in flight into the router's columns after a change."""
         work = self._active[b]
-        self._active_blocks[b] = self._inflight_tree.blocks[b] + work._private
+        self._active_blocks[b] = work.blocks
         self._prefill_tokens[b] = work.prefill_tokens
 
     # --- decisions ------------------------------------------------------------
