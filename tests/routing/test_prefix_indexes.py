@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import gc
 import random
+from collections import Counter
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from routing.prefix_index import ApproxPrefixIndex, BlockOwners, ExactPrefixIndex, longest_prefix_in
@@ -76,27 +77,39 @@ def test_private_tails_count_against_capacity_but_never_match():
 
 
 class Engine:
-    """A hand-made cache with vLLM's event discipline (for the exact mirror's tests)."""
+    """A hand-made cache with vLLM's event discipline (for the exact mirror's tests).
+
+    A prompt's blocks from its first miss on are computed into new blocks and cached,
+    those whose hash is still cached further along included (the tail left behind when
+    an earlier block was evicted): the cache then holds two copies of that hash, and
+    reports each copy's store and, one at a time, each copy's eviction.
+    """
 
     def __init__(self):
-        self.cached: set[int] = set()
+        self.copies: Counter[int] = Counter()
         self.events: list[tuple[str, tuple, int | None]] = []
 
+    @property
+    def cached(self) -> set[int]:
+        return set(self.copies)
+
     def store(self, chain: list[int]) -> None:
-        start = linear_hit(self.cached, chain)
-        new = [h for h in chain[start:] if h not in self.cached]
-        if new:
+        start = linear_hit(self.copies, chain)
+        if start < len(chain):
             parent = chain[start - 1] if start else None
-            self.cached.update(chain[start:])
+            self.copies.update(chain[start:])
             self.events.append(("store", tuple(chain[start:]), parent))
 
     def evict(self, h: int) -> None:
-        if h in self.cached:
-            self.cached.discard(h)
+        """One copy of ``h`` goes (if there is one)."""
+        if h in self.copies:
+            self.copies[h] -= 1
+            if not self.copies[h]:
+                del self.copies[h]
             self.events.append(("remove", (h,), None))
 
     def clear(self) -> None:
-        self.cached.clear()
+        self.copies.clear()
         self.events.append(("clear", (), None))
 
 
@@ -122,6 +135,9 @@ ops = st.lists(
 
 @settings(max_examples=250, deadline=None)
 @given(ops, st.lists(paths, min_size=1, max_size=6))
+# Found by this test: a prompt stored again after its head was evicted makes a second
+# copy of its still-cached tail, and evicting one copy must leave the other.
+@example([("store", [1, 0]), ("evict", [1], 0), ("store", [1, 0]), ("evict", [1, 0], 1)], [[0]])
 def test_exact_mirror_gives_the_engines_hit_for_any_event_stream(operations, queries):
     engine = Engine()
     touched = []
