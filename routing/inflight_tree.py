@@ -20,28 +20,26 @@ two chains part.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from routing.prefix_index import assign_depth
 
 
+@dataclass(slots=True, eq=False)
 class _Segment:
     """Blocks ``chain[start:end]`` of the prompts that pass through here, per backend.
 
     ``counts[b]``: prompts in flight on backend b that hold every block of the
     segment; ``mask``: the backends with a count (bit b). ``children`` are keyed
-    by their first block's hash.
+    by their first block's hash. Compared by identity (``eq=False``).
     """
 
-    __slots__ = ("chain", "start", "end", "children", "counts", "mask")
-
-    def __init__(self, chain: Sequence[int], start: int, end: int, children: dict,
-                 counts: dict[int, int], mask: int) -> None:
-        self.chain = chain
-        self.start = start
-        self.end = end
-        self.children = children
-        self.counts = counts
-        self.mask = mask
+    chain: Sequence[int]
+    start: int
+    end: int
+    children: dict
+    counts: dict[int, int]
+    mask: int
 
 
 def _parting(seg_chain: Sequence[int], chain: Sequence[int], pos: int, end: int) -> int:
