@@ -91,20 +91,43 @@ def load_data(path: str | Path) -> tuple[pd.DataFrame, dict]:
     path = Path(path)
     if not path.is_file():
         raise FitError(f"profiling data {path} does not exist")
-    data = pd.read_csv(path)
+    try:
+        data = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as e:
+        raise FitError(f"profiling data {path} is not a readable CSV ({e})") from None
     need = ("unit", "phase", "input_len", "output_len", "ttft_s", "tpot_s", "e2el_s", "send_s",
             "request_id", "prefix_id", "shared_len", "ok")
     missing = [c for c in need if c not in data.columns]
     if missing:
         raise FitError(f"{path} lacks column(s) {', '.join(missing)}; write it with `python -m calibrate profile`")
+    mp = meta_path(path)
+    meta = json.loads(mp.read_text()) if mp.is_file() else {}
+    check_complete(path, data, meta)
     ok = data["ok"].astype(str).str.lower().isin(("true", "1"))
     data = data[ok & np.isfinite(data["ttft_s"]) & (data["output_len"] >= 1)].reset_index(drop=True)
     if data.empty:
         raise FitError(f"{path} has no successful requests to fit")
     data = screen_stream_stalls(data)
-    mp = meta_path(path)
-    meta = json.loads(mp.read_text()) if mp.is_file() else {}
     return data, meta
+
+
+def check_complete(path: Path, data: pd.DataFrame, meta: dict) -> None:
+    """Refuse profiling data cut short (an interrupted copy, a full disk).
+
+    ``calibrate profile`` writes whole rows and logs each unit's row count in the
+    metadata; a file that ends inside a row, or holds fewer rows of a unit than
+    logged, would otherwise be fitted as if those requests had never been sent.
+    """
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        if f.read(1) != b"\n":
+            raise FitError(f"{path} ends inside a row: the file is truncated; restore it or profile again")
+    have = data["unit"].value_counts()
+    short = [f"{u['unit']} has {int(have.get(u['unit'], 0))} of {u['requests']}"
+             for u in meta.get("unit_log", []) if have.get(u.get("unit"), 0) < u.get("requests", 0)]
+    if short:
+        raise FitError(f"{path} holds fewer rows than its metadata {meta_path(path).name} logged "
+                       f"({'; '.join(short)}): the file is truncated; restore it or profile again")
 
 
 #: A TPOT below this fraction of the idle median is a stalled stream, not a fast engine.

@@ -186,6 +186,27 @@ def test_missing_columns_are_named(tmp_path):
         load_data(tmp_path / "nope.csv")
 
 
+def test_truncated_profiling_data_is_refused(tmp_path):
+    """A recorded run cut short is named as truncated instead of being fitted as less load."""
+    src = DATA / "cpu-tiny-2026-12-03-profiling.csv"
+    meta = src.with_name(src.name + ".meta.json")
+    whole = src.read_bytes()
+    data, _ = load_data(src)  # the whole file loads
+    assert len(data) > 600
+    cut = tmp_path / "cut.csv"
+    (tmp_path / "cut.csv.meta.json").write_bytes(meta.read_bytes())
+    cut.write_bytes(whole[:len(whole) // 2])  # ends inside a row
+    with pytest.raises(FitError, match="ends inside a row"):
+        load_data(cut)
+    lines = whole.decode().splitlines(keepends=True)
+    cut.write_text("".join(lines[:len(lines) // 2]))  # whole rows, but half of them
+    with pytest.raises(FitError, match=r"fewer rows than its metadata cut.csv.meta.json logged \(.*has \d+ of \d+"):
+        load_data(cut)
+    cut.write_text("")
+    with pytest.raises(FitError, match="not a readable CSV"):
+        load_data(cut)
+
+
 def test_unknown_kv_blocks_must_be_given():
     with pytest.raises(FitError, match="--num-kv-blocks"):
         engine_defaults({})
