@@ -7,6 +7,12 @@ the load average before and after and the CPU time every *other* process used
 meanwhile (``calibrate.machine.OtherCpu``), the figure that says whether the
 command's timings are evidence: its own processes, however busy, do not count.
 ``scripts/measure-quiet.sh`` wraps each of its steps in it.
+
+Before and after the command it also runs ``calibrate.host_probe``'s stall probe
+(one second each, ``--host-probe-s``): the share of time the vCPUs stopped without
+the guest counting it as stolen, which a quiet guest on a busy host shows. A
+command whose microsecond tails are the figures (a decision-latency benchmark) is
+not evidence when that share is above ``UNSTEADY_STALL_SHARE``; the wrapper says so.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import sys
 import time
 from pathlib import Path
 
+from calibrate.host_probe import UNSTEADY_STALL_SHARE, stalls
 from calibrate.machine import BUSY_OTHER_SHARE, OtherCpu, loadavg, utc_now
 
 
@@ -65,12 +72,18 @@ def main(argv: list[str] | None = None) -> int:
                     "meanwhile (its own children excluded), with the load average before and after.")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the figures to this JSON file")
+    parser.add_argument("--host-probe-s", type=float, default=1.0,
+                        help="seconds of the host stall probe before and after the command "
+                             "(calibrate.host_probe; default 1, 0 skips it)")
     parser.add_argument("command", nargs=argparse.REMAINDER,
                         help="the command to run, after --")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("no command given (python -m calibrate.quiet -- COMMAND ...)")
+    if args.host_probe_s < 0:
+        parser.error(f"--host-probe-s must be >= 0, got {args.host_probe_s}")
+    host_before = stalls(args.host_probe_s) if args.host_probe_s else None
     before, started = loadavg(), utc_now()
     become_subreaper()
     others = OtherCpu().start()
@@ -81,14 +94,23 @@ def main(argv: list[str] | None = None) -> int:
         return 127
     reap_orphans()
     used = others.stop()
+    host_after = stalls(args.host_probe_s) if args.host_probe_s else None
     share = used["other_cpu_share"]
     busy = share == share and share > BUSY_OTHER_SHARE
     record = {"command": command, "started": started, "finished": utc_now(), "status": status,
-              "loadavg_before": before, "loadavg_after": loadavg(), **used, "busy": busy}
+              "loadavg_before": before, "loadavg_after": loadavg(), **used, "busy": busy,
+              "host_stalls_before": host_before, "host_stalls_after": host_after}
     verdict = ("BUSY MACHINE: its timings are not evidence" if busy
                else "quiet" if share == share else "unknown (no /proc here)")
     print(f"# other processes used {share * 100:.1f}% of the machine's CPU, the hypervisor stole "
           f"{used['stolen_cpu_share'] * 100:.1f}%: {verdict}", file=sys.stderr)
+    if host_before is not None:
+        shares = [host_before["stall_share"], host_after["stall_share"]]
+        record["host_unsteady"] = max(shares) > UNSTEADY_STALL_SHARE
+        note = ("UNSTEADY HOST: microsecond tails measured meanwhile are the host's"
+                if record["host_unsteady"] else "steady")
+        print(f"# hidden vCPU stalls (calibrate.host_probe): {shares[0] * 100:.2f}% of the time before, "
+              f"{shares[1] * 100:.2f}% after: {note}", file=sys.stderr)
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     return status

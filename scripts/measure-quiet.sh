@@ -18,7 +18,10 @@
 # OUT. Nothing else may run on the machine meanwhile (no test suite, no second benchmark):
 # every log starts and ends with `uptime` and ends with the share of the CPU that other
 # processes used during the step (python -m calibrate.quiet; also in OUT/STEP.quiet.json):
-# a step where others used more than 5% is marked BUSY and is not evidence. VALIDATION_BUDGET_S (default 2400) sets the live
+# a step where others used more than 5% is marked BUSY and is not evidence, and one where the
+# host stopped the vCPUs, unseen by the guest, for more than 1% of the one-second stall probe
+# run before or after it (python -m calibrate.host_probe) is marked UNSTEADY HOST: its
+# microsecond tails (the decision step) are the host's. VALIDATION_BUDGET_S (default 2400) sets the live
 # replay budget of the validation; SERVE_ARGS the arguments of its vLLM servers (default
 # "--nice -10" as root, none otherwise: a negative nice needs root).
 set -euo pipefail

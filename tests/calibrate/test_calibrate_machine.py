@@ -59,7 +59,8 @@ def test_the_quiet_wrapper_passes_the_status_through_and_records_the_figures(tmp
     from calibrate.quiet import main
 
     out = tmp_path / "step.quiet.json"
-    status = main(["--json", str(out), "--", sys.executable, "-c", "import sys; sys.exit(3)"])
+    status = main(["--json", str(out), "--host-probe-s", "0.05", "--",
+                   sys.executable, "-c", "import sys; sys.exit(3)"])
     assert status == 3
     import json
 
@@ -67,7 +68,26 @@ def test_the_quiet_wrapper_passes_the_status_through_and_records_the_figures(tmp
     assert rec["status"] == 3 and rec["command"][0] == sys.executable
     assert 0 <= rec["other_cpu_share"] <= 1 and isinstance(rec["busy"], bool)
     assert len(rec["loadavg_before"]) == 3
-    assert "of the machine's CPU" in capsys.readouterr().err
+    # the host's hidden stalls, before and after (calibrate.host_probe)
+    for key in ("host_stalls_before", "host_stalls_after"):
+        assert 0 <= rec[key]["stall_share"] <= 1 and rec[key]["seconds"] == 0.05
+    assert isinstance(rec["host_unsteady"], bool)
+    err = capsys.readouterr().err
+    assert "of the machine's CPU" in err and "hidden vCPU stalls" in err
+
+
+def test_the_quiet_wrapper_can_skip_the_host_probe_and_refuses_a_negative_one(tmp_path, capsys):
+    from calibrate.quiet import main
+
+    out = tmp_path / "step.quiet.json"
+    assert main(["--json", str(out), "--host-probe-s", "0", "--", sys.executable, "-c", "pass"]) == 0
+    import json
+
+    rec = json.loads(out.read_text())
+    assert rec["host_stalls_before"] is None and "host_unsteady" not in rec
+    with pytest.raises(SystemExit) as exc:
+        main(["--host-probe-s", "-1", "--", "true"])
+    assert exc.value.code == 2 and "--host-probe-s must be >= 0" in capsys.readouterr().err
 
 
 def test_the_quiet_wrapper_needs_a_command(capsys):
@@ -93,7 +113,7 @@ def test_an_orphaned_descendant_stays_in_the_tree_under_the_quiet_wrapper(tmp_pa
     script = ORPHANING.format(burn=BURN.format(s=0.8))
     # the command returns at once; its child burns 0.8 s more, orphaned, and ends
     # within the wrapper's wait, as a server's engine process ends after its API server
-    subprocess.run([sys.executable, "-m", "calibrate.quiet", "--json", str(out), "--",
+    subprocess.run([sys.executable, "-m", "calibrate.quiet", "--json", str(out), "--host-probe-s", "0.05", "--",
                     sys.executable, "-c", script], check=True)
     import json
 

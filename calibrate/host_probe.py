@@ -1,0 +1,233 @@
+"""How steady is the host under this machine? Three probes a guest's own accounting misses.
+
+    python -m calibrate.host_probe [--seconds 2] [--json FILE]
+
+``calibrate.quiet`` counts the CPU other processes use and the time the hypervisor
+says it stole. On some virtual machines that is not the whole story (measured on a
+2-core Firecracker VM, 2026-12-03, docs/calibration.md section 1):
+
+- **Hidden stalls.** The vCPU stops for tens of microseconds to milliseconds while
+  the guest reports no steal. A loop that only reads the clock sees them as gaps:
+  ``stalls`` reports the share of time lost in gaps longer than ``STALL_GAP_US``.
+  A tail latency measured in microseconds (a routing decision's p99) is the host's
+  when that share is a few percent.
+- **First touch of fresh memory.** Memory the guest freed may be handed back to the
+  host, and the next process to use it pays the host's page fault (12.6 us per
+  4 KiB page there, against 0.8 us for a page touched before): a benchmark that
+  grows its heap after another job freed gigabytes measures the host's faults.
+- **Cross-core interference.** Whether work on one core slows memory-bound work on
+  another (shared caches, memory bandwidth, or two vCPUs on one physical core).
+  There, a memory copy on core 0 took 1.41x as long while core 1 ran a busy loop, so
+  two vLLM servers on the two cores slow each other, and profiles fitted with each
+  server alone do not describe them side by side (docs/validation.md).
+
+Each probe takes a second or two and uses one core (the interference probe both).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: A clock-loop gap longer than this is a stall (a timer interrupt costs a few us).
+STALL_GAP_US = 20.0
+#: Share of time lost to stalls above which the host is called unsteady for tail latencies.
+UNSTEADY_STALL_SHARE = 0.01
+#: Slowdown of a memory copy by a busy neighbour core above which the cores interfere.
+INTERFERING_RATIO = 1.15
+PAGE = mmap.PAGESIZE
+
+
+def clock_gaps(seconds: float, gap_us: float = STALL_GAP_US, clock=time.perf_counter_ns) -> list[int]:
+    """Gaps (ns) longer than ``gap_us`` between consecutive reads of ``clock`` over ``seconds``."""
+    gap_ns = int(gap_us * 1000)
+    last = clock()
+    end = last + int(seconds * 1e9)
+    gaps = []
+    while last < end:
+        now = clock()
+        if now - last > gap_ns:
+            gaps.append(now - last)
+        last = now
+    return gaps
+
+
+def stall_summary(gaps_ns: list[int], seconds: float) -> dict:
+    """Share of ``seconds`` lost in the gaps, their number per second, median and longest (us)."""
+    lost = sum(gaps_ns) / 1e9
+    return {"seconds": seconds, "stalls": len(gaps_ns),
+            "stall_share": round(lost / seconds, 5) if seconds > 0 else float("nan"),
+            "stalls_per_s": round(len(gaps_ns) / seconds, 1) if seconds > 0 else float("nan"),
+            "median_us": round(float(np.median(gaps_ns)) / 1000, 1) if gaps_ns else 0.0,
+            "max_us": round(max(gaps_ns) / 1000, 1) if gaps_ns else 0.0}
+
+
+def stalls(seconds: float = 1.0, cores: list[int] | None = None) -> dict:
+    """``stall_summary`` of a clock loop on each core in turn (``seconds`` split between them).
+
+    The summary's ``stall_share`` is the worst core's; ``per_core`` has each.
+    """
+    cores = sorted(os.sched_getaffinity(0)) if cores is None and hasattr(os, "sched_getaffinity") else cores
+    if not cores or not hasattr(os, "sched_setaffinity"):
+        return {**stall_summary(clock_gaps(seconds), seconds), "per_core": {}}
+    allowed = os.sched_getaffinity(0)
+    per_core = {}
+    try:
+        for c in cores:
+            os.sched_setaffinity(0, {c})
+            per_core[c] = stall_summary(clock_gaps(seconds / len(cores)), seconds / len(cores))
+    finally:
+        os.sched_setaffinity(0, allowed)
+    worst = max(per_core.values(), key=lambda s: s["stall_share"])
+    return {**worst, "seconds": seconds, "worst_core": max(per_core, key=lambda c: per_core[c]["stall_share"]),
+            "per_core": per_core}
+
+
+def first_touch(mib: int = 256) -> dict:
+    """Microseconds per page to write one byte into each page of fresh anonymous memory,
+    and again into the same pages (then only the guest's own page tables are involved)."""
+    size = mib * 2**20
+    region = mmap.mmap(-1, size)
+    try:
+        pages = np.frombuffer(region, dtype=np.uint8)[::PAGE]  # one byte of every page, no copy
+        n = len(pages)
+        t = time.perf_counter()
+        pages[:] = 1
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        pages[:] = 2
+        again = time.perf_counter() - t
+        del pages
+    finally:
+        region.close()
+    return {"mib": mib, "page_bytes": PAGE, "first_us_per_page": round(first / n * 1e6, 3),
+            "again_us_per_page": round(again / n * 1e6, 3)}
+
+
+def _copy_seconds(mib: int, repeats: int) -> float:
+    """Best time of ``repeats`` copies of ``mib`` MiB (memory-bound work)."""
+    src = np.ones(mib * 2**20 // 8)
+    dst = np.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def _busy(core: int, stop) -> None:
+    """A neighbour's load: a Python loop on ``core`` until ``stop`` is set."""
+    os.sched_setaffinity(0, {core})
+    x = 0
+    while not stop.is_set():
+        for i in range(10000):
+            x ^= i
+
+
+def interference(core: int | None = None, neighbour: int | None = None, mib: int = 64,
+                 repeats: int = 8) -> dict:
+    """How much longer a memory copy on ``core`` takes while ``neighbour`` runs a busy loop.
+
+    Needs two cores this process may use; otherwise returns ``{"skipped": reason}``.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return {"skipped": "this platform cannot pin processes to cores"}
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return {"skipped": f"needs two cores, this process may use {len(allowed)}"}
+    core = allowed[0] if core is None else core
+    neighbour = next(c for c in allowed if c != core) if neighbour is None else neighbour
+    if core == neighbour or core not in allowed or neighbour not in allowed:
+        raise ValueError(f"core and neighbour must be two different cores of {allowed}; "
+                         f"got {core} and {neighbour}")
+    saved = os.sched_getaffinity(0)
+    ctx = multiprocessing.get_context("spawn")
+    stop = ctx.Event()
+    try:
+        os.sched_setaffinity(0, {core})
+        alone = _copy_seconds(mib, repeats)
+        proc = ctx.Process(target=_busy, args=(neighbour, stop), daemon=True)
+        proc.start()
+        try:
+            time.sleep(0.3)  # the neighbour is running
+            loaded = _copy_seconds(mib, repeats)
+        finally:
+            stop.set()
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+        again = _copy_seconds(mib, repeats)  # alone again: the host may have changed meanwhile
+    finally:
+        os.sched_setaffinity(0, saved)
+    alone = min(alone, again)
+    return {"core": core, "neighbour": neighbour, "mib": mib, "alone_s": round(alone, 5),
+            "with_busy_neighbour_s": round(loaded, 5), "ratio": round(loaded / alone, 3)}
+
+
+def describe(report: dict) -> list[str]:
+    """The report as lines a person reads, each with what it means for measurements."""
+    lines = []
+    s = report.get("stalls")
+    if s is not None:
+        verdict = ("unsteady: microsecond tails measured now are the host's"
+                   if s["stall_share"] > UNSTEADY_STALL_SHARE else "steady")
+        lines.append(f"hidden stalls: {s['stall_share'] * 100:.2f}% of the time lost in {s['stalls']} gaps "
+                     f"> {STALL_GAP_US:.0f} us over {s['seconds']:.1f} s (median {s['median_us']:.0f} us, "
+                     f"longest {s['max_us']:.0f} us): {verdict}")
+    f = report.get("first_touch")
+    if f is not None:
+        lines.append(f"first touch of fresh memory: {f['first_us_per_page']:.2f} us per "
+                     f"{f['page_bytes'] // 1024} KiB page (touched again: {f['again_us_per_page']:.2f} us)")
+    i = report.get("interference")
+    if i is not None:
+        if "skipped" in i:
+            lines.append(f"cross-core interference: not measured ({i['skipped']})")
+        else:
+            verdict = ("the cores interfere: servers on them slow each other; profile them side by side"
+                       if i["ratio"] > INTERFERING_RATIO else "no interference that matters")
+            lines.append(f"cross-core interference: a {i['mib']} MiB copy on core {i['core']} takes "
+                         f"{i['ratio']:.2f}x as long while core {i['neighbour']} runs a busy loop: {verdict}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m calibrate.host_probe",
+        description="Measure what a VM's own accounting misses: hidden vCPU stalls, the cost of "
+                    "touching fresh memory, and whether one core's work slows another's. Run it "
+                    "before measuring on a machine you do not know (nothing else running).")
+    parser.add_argument("--seconds", type=float, default=2.0,
+                        help="length of the stall probe, split over the cores (default 2)")
+    parser.add_argument("--first-touch-mib", type=int, default=256,
+                        help="fresh memory the first-touch probe writes (default 256 MiB; 0 skips it)")
+    parser.add_argument("--no-interference", action="store_true",
+                        help="skip the cross-core probe (it keeps both cores busy for a few seconds)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    if not args.seconds > 0:
+        parser.error(f"--seconds must be > 0, got {args.seconds}")
+    if args.first_touch_mib < 0:
+        parser.error(f"--first-touch-mib must be >= 0, got {args.first_touch_mib}")
+    report = {"stalls": stalls(args.seconds)}
+    if args.first_touch_mib:
+        report["first_touch"] = first_touch(args.first_touch_mib)
+    if not args.no_interference:
+        report["interference"] = interference()
+    report["loadavg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    for line in describe(report):
+        print(line)
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

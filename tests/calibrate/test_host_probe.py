@@ -1,0 +1,84 @@
+"""The host probes (``calibrate.host_probe``): stalls found from clock gaps, their summary,
+what the report says, and the command line."""
+import json
+import mmap
+import os
+
+import pytest
+
+from calibrate import host_probe
+from calibrate.host_probe import clock_gaps, describe, stall_summary
+
+
+def fake_clock(jumps: dict[int, int], step_ns: int = 1000):
+    """A clock that advances ``step_ns`` per read, and ``jumps[k]`` ns at read number k."""
+    state = {"t": 0, "reads": 0}
+
+    def clock():
+        state["reads"] += 1
+        state["t"] += jumps.get(state["reads"], step_ns)
+        return state["t"]
+
+    return clock
+
+
+def test_clock_gaps_are_exactly_the_jumps_longer_than_the_threshold():
+    # read 5 jumps 50 us (a stall), read 9 jumps 3 ms, read 12 jumps 15 us (below 20 us)
+    clock = fake_clock({5: 50_000, 9: 3_000_000, 12: 15_000})
+    assert clock_gaps(0.004, gap_us=20.0, clock=clock) == [50_000, 3_000_000]
+
+
+def test_stall_summary_by_hand():
+    s = stall_summary([30_000, 50_000, 1_000_000], 2.0)
+    # 1.08 ms lost in 2 s
+    assert s["stall_share"] == pytest.approx(0.00054)
+    assert s["stalls"] == 3 and s["stalls_per_s"] == 1.5
+    assert s["median_us"] == 50.0 and s["max_us"] == 1000.0
+    quiet = stall_summary([], 1.0)
+    assert quiet["stall_share"] == 0 and quiet["stalls"] == 0 and quiet["max_us"] == 0
+
+
+def test_the_report_says_what_each_probe_means():
+    steady = {"seconds": 2.0, "stalls": 3, "stall_share": 0.001, "median_us": 30.0, "max_us": 40.0}
+    unsteady = {**steady, "stall_share": 0.02}
+    assert "steady" in describe({"stalls": steady})[0] and "unsteady" not in describe({"stalls": steady})[0]
+    assert "unsteady" in describe({"stalls": unsteady})[0]
+    base = {"core": 0, "neighbour": 1, "mib": 64, "alone_s": 0.01}
+    assert "interfere" in describe({"interference": {**base, "ratio": 1.4}})[0]
+    assert "no interference" in describe({"interference": {**base, "ratio": 1.02}})[0]
+    assert "not measured" in describe({"interference": {"skipped": "needs two cores"}})[0]
+    touch = {"first_touch": {"mib": 4, "page_bytes": 4096, "first_us_per_page": 12.6, "again_us_per_page": 0.8}}
+    assert "12.60 us per 4 KiB page" in describe(touch)[0]
+
+
+def test_first_touch_reports_a_cost_per_page_for_both_touches():
+    got = host_probe.first_touch(4)
+    assert got["page_bytes"] == mmap.PAGESIZE and got["mib"] == 4
+    assert got["first_us_per_page"] > 0 and got["again_us_per_page"] > 0
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two cores")
+def test_interference_needs_two_different_cores():
+    core = min(os.sched_getaffinity(0))
+    with pytest.raises(ValueError, match="two different cores"):
+        host_probe.interference(core=core, neighbour=core)
+
+
+def test_the_command_line_writes_the_figures(tmp_path, capsys):
+    out = tmp_path / "host.json"
+    assert host_probe.main(["--seconds", "0.05", "--first-touch-mib", "4", "--no-interference",
+                            "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert 0 <= report["stalls"]["stall_share"] <= 1
+    assert report["first_touch"]["mib"] == 4 and "interference" not in report
+    printed = capsys.readouterr().out
+    assert "hidden stalls:" in printed and "first touch of fresh memory:" in printed
+
+
+@pytest.mark.parametrize("args, message", [(["--seconds", "0"], "--seconds must be > 0"),
+                                           (["--first-touch-mib", "-1"], "--first-touch-mib must be >= 0")])
+def test_bad_arguments_are_named(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        host_probe.main(args)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
