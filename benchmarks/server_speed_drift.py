@@ -32,13 +32,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
+from calibrate.host_probe import copy_seconds  # noqa: E402
 from calibrate.modeldir import SHAPES, TOKENIZER_VOCAB_SIZE  # noqa: E402
 from calibrate.prompts import prompt_tokens  # noqa: E402
 from calibrate.serve import ServeSpec, VllmServer  # noqa: E402
@@ -48,16 +47,9 @@ INPUT_LEN, OUTPUT_LEN = 512, 32
 WARMUP = 3
 
 
-def copy_bandwidth_gbs(mb: int = 256, repeats: int = 3) -> float:
-    """Best of ``repeats`` copies of ``mb`` MB: read + write bytes per second, in GB/s."""
-    src = np.ones(mb * 2**20 // 8)
-    dst = np.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        np.copyto(dst, src)
-        best = min(best, time.perf_counter() - t)
-    return 2 * src.nbytes / best / 1e9
+def copy_bandwidth_gbs(mib: int = 256, repeats: int = 3) -> float:
+    """Bytes read and written per second by the best of ``repeats`` copies of ``mib`` MiB, in GB/s."""
+    return 2 * mib * 2**20 / copy_seconds(mib, repeats) / 1e9
 
 
 async def reference_round(url: str, model: str, first_id: int, n: int) -> list[tuple[float, float]]:

@@ -72,11 +72,12 @@ def stall_summary(gaps_ns: list[int], seconds: float) -> dict:
 def stalls(seconds: float = 1.0, cores: list[int] | None = None) -> dict:
     """``stall_summary`` of a clock loop on each core in turn (``seconds`` split between them).
 
-    The summary's ``stall_share`` is the worst core's; ``per_core`` has each.
+    The summary is the worst core's (``worst_core``, over its share of the time);
+    ``per_core`` has each, ``total_seconds`` the probe's length.
     """
     cores = sorted(os.sched_getaffinity(0)) if cores is None and hasattr(os, "sched_getaffinity") else cores
     if not cores or not hasattr(os, "sched_setaffinity"):
-        return {**stall_summary(clock_gaps(seconds), seconds), "per_core": {}}
+        return {**stall_summary(clock_gaps(seconds), seconds), "total_seconds": seconds, "per_core": {}}
     allowed = os.sched_getaffinity(0)
     per_core = {}
     try:
@@ -85,9 +86,8 @@ def stalls(seconds: float = 1.0, cores: list[int] | None = None) -> dict:
             per_core[c] = stall_summary(clock_gaps(seconds / len(cores)), seconds / len(cores))
     finally:
         os.sched_setaffinity(0, allowed)
-    worst = max(per_core.values(), key=lambda s: s["stall_share"])
-    return {**worst, "seconds": seconds, "worst_core": max(per_core, key=lambda c: per_core[c]["stall_share"]),
-            "per_core": per_core}
+    worst = max(per_core, key=lambda c: per_core[c]["stall_share"])
+    return {**per_core[worst], "worst_core": worst, "total_seconds": seconds, "per_core": per_core}
 
 
 def first_touch(mib: int = 256) -> dict:
@@ -111,7 +111,7 @@ def first_touch(mib: int = 256) -> dict:
             "again_us_per_page": round(again / n * 1e6, 3)}
 
 
-def _copy_seconds(mib: int, repeats: int) -> float:
+def copy_seconds(mib: int, repeats: int) -> float:
     """Best time of ``repeats`` copies of ``mib`` MiB (memory-bound work)."""
     src = np.ones(mib * 2**20 // 8)
     dst = np.empty_like(src)
@@ -153,18 +153,18 @@ def interference(core: int | None = None, neighbour: int | None = None, mib: int
     stop = ctx.Event()
     try:
         os.sched_setaffinity(0, {core})
-        alone = _copy_seconds(mib, repeats)
+        alone = copy_seconds(mib, repeats)
         proc = ctx.Process(target=_busy, args=(neighbour, stop), daemon=True)
         proc.start()
         try:
             time.sleep(0.3)  # the neighbour is running
-            loaded = _copy_seconds(mib, repeats)
+            loaded = copy_seconds(mib, repeats)
         finally:
             stop.set()
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.kill()
-        again = _copy_seconds(mib, repeats)  # alone again: the host may have changed meanwhile
+        again = copy_seconds(mib, repeats)  # alone again: the host may have changed meanwhile
     finally:
         os.sched_setaffinity(0, saved)
     alone = min(alone, again)
@@ -179,9 +179,12 @@ def describe(report: dict) -> list[str]:
     if s is not None:
         verdict = ("unsteady: microsecond tails measured now are the host's"
                    if s["stall_share"] > UNSTEADY_STALL_SHARE else "steady")
+        several = s.get("per_core") and len(s["per_core"]) > 1
+        where = f" on core {s['worst_core']}" if several else ""
+        worst = f"the worst of {len(s['per_core'])} cores; " if several else ""
         lines.append(f"hidden stalls: {s['stall_share'] * 100:.2f}% of the time lost in {s['stalls']} gaps "
-                     f"> {STALL_GAP_US:.0f} us over {s['seconds']:.1f} s (median {s['median_us']:.0f} us, "
-                     f"longest {s['max_us']:.0f} us): {verdict}")
+                     f"> {STALL_GAP_US:.0f} us over {s['seconds']:.1f} s{where} ({worst}median "
+                     f"{s['median_us']:.0f} us, longest {s['max_us']:.0f} us): {verdict}")
     f = report.get("first_touch")
     if f is not None:
         lines.append(f"first touch of fresh memory: {f['first_us_per_page']:.2f} us per "

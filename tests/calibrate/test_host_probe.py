@@ -42,6 +42,8 @@ def test_the_report_says_what_each_probe_means():
     steady = {"seconds": 2.0, "stalls": 3, "stall_share": 0.001, "median_us": 30.0, "max_us": 40.0}
     unsteady = {**steady, "stall_share": 0.02}
     assert "steady" in describe({"stalls": steady})[0] and "unsteady" not in describe({"stalls": steady})[0]
+    two_cores = {**unsteady, "seconds": 1.0, "worst_core": 1, "per_core": {0: steady, 1: unsteady}}
+    assert "over 1.0 s on core 1 (the worst of 2 cores; median" in describe({"stalls": two_cores})[0]
     assert "unsteady" in describe({"stalls": unsteady})[0]
     base = {"core": 0, "neighbour": 1, "mib": 64, "alone_s": 0.01}
     assert "interfere" in describe({"interference": {**base, "ratio": 1.4}})[0]
@@ -70,7 +72,11 @@ def test_the_command_line_writes_the_figures(tmp_path, capsys):
     assert host_probe.main(["--seconds", "0.05", "--first-touch-mib", "4", "--no-interference",
                             "--json", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert 0 <= report["stalls"]["stall_share"] <= 1
+    stalls = report["stalls"]
+    assert 0 <= stalls["stall_share"] <= 1 and stalls["total_seconds"] == 0.05
+    if stalls["per_core"]:  # the summary is the worst core's, over its share of the probe
+        assert stalls["stall_share"] == max(c["stall_share"] for c in stalls["per_core"].values())
+        assert stalls["seconds"] == pytest.approx(0.05 / len(stalls["per_core"]))
     assert report["first_touch"]["mib"] == 4 and "interference" not in report
     printed = capsys.readouterr().out
     assert "hidden stalls:" in printed and "first touch of fresh memory:" in printed
