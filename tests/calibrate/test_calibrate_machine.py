@@ -70,7 +70,7 @@ def test_the_quiet_wrapper_passes_the_status_through_and_records_the_figures(tmp
     assert len(rec["loadavg_before"]) == 3
     # the host's hidden stalls, before and after (calibrate.host_probe)
     for key in ("host_stalls_before", "host_stalls_after"):
-        assert 0 <= rec[key]["stall_share"] <= 1 and rec[key]["seconds"] == 0.05
+        assert 0 <= rec[key]["stall_share"] <= 1 and rec[key]["total_seconds"] == 0.05
     assert isinstance(rec["host_unsteady"], bool)
     err = capsys.readouterr().err
     assert "of the machine's CPU" in err and "hidden vCPU stalls" in err
