@@ -88,3 +88,16 @@ def test_bad_arguments_are_named(args, message, capsys):
     with pytest.raises(SystemExit) as exc:
         host_probe.main(args)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two cores")
+def test_the_interference_probe_stops_its_neighbour_and_restores_the_cores():
+    import multiprocessing
+
+    before = os.sched_getaffinity(0)
+    got = host_probe.interference(mib=1, repeats=2)
+    assert os.sched_getaffinity(0) == before  # the probe pinned itself, and let go
+    assert multiprocessing.active_children() == []  # the busy neighbour is gone
+    assert got["core"] != got["neighbour"] and {got["core"], got["neighbour"]} <= before
+    assert got["ratio"] > 0 and got["alone_s"] > 0
