@@ -11,7 +11,8 @@ times (shapes alternate, so slow windows of the host touch every shape), sends
 output, a unique prompt each, one at a time) to each instance, and reports per
 shape the median TTFT and TPOT of every instance, the spread within instances
 (over rounds) and between them (over instance medians). Between rounds it times
-a 256 MB memory copy on its own core: the host's memory bandwidth, which other
+a 256 MiB memory copy in its own process (not pinned; the server's model threads
+are on ``--cores``): the memory bandwidth the host gives the VM, which other
 tenants share.
 
     python benchmarks/server_speed_drift.py --shapes tiny,mid --restarts 3 --rounds 6 \\
