@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from calibrate.machine import loadavg
+
 #: A clock-loop gap longer than this is a stall (a timer interrupt costs a few us).
 STALL_GAP_US = 20.0
 #: Share of time lost to stalls above which the host is called unsteady for tail latencies.
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         report["first_touch"] = first_touch(args.first_touch_mib)
     if not args.no_interference:
         report["interference"] = interference()
-    report["loadavg"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    report["loadavg"] = loadavg()
     for line in describe(report):
         print(line)
     if args.json is not None:
