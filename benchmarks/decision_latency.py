@@ -34,7 +34,10 @@ backend, and for the exact mirrors an event stream from an LRU model of each
 backend's cache (65,536 blocks). The bookkeeping after a decision (updating the
 indexes; llm-d does it off the request path) is timed apart and reported as
 ``commit``, and so is applying the KV events that arrived since the last decision
-(``events``; an event listener does that, not the request).
+(``events``; an event listener does that, not the request). Before and after the
+suite it runs ``calibrate.host_probe``'s stall probe (``--host-probe-s``) and prints
+the share of time the host stopped the vCPUs unseen; above 1% it says the p99s are
+the host's (docs/performance.md, "The host sets the floor").
 
     python benchmarks/decision_latency.py --suite cache      # about 15 minutes (1 with --repeats 1 --cache-decisions 1000 --cache-warmup 1000)
 """
@@ -52,6 +55,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import routing
+from calibrate.host_probe import stall_verdict, stalls
 from predictors import NUMERIC_FEATURES, make_model, save_model
 from predictors.features import training_rows
 from predictors.synthetic import synthetic_rows
@@ -290,10 +294,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="timed decisions per cache-aware strategy (each runs the router's steady state); default 5000")
     parser.add_argument("--cache-warmup", type=int, default=3000,
                         help="untimed decisions that fill the cache-aware router's indexes first; default 3000")
+    parser.add_argument("--host-probe-s", type=float, default=1.0,
+                        help="seconds of calibrate.host_probe's stall probe before and after the cache "
+                             "suite: above 1%% of the time lost, its p99s are the host's and it says so "
+                             "(0 skips it); default 1")
     args = parser.parse_args(argv)
+    if args.host_probe_s < 0:
+        parser.error(f"--host-probe-s must be >= 0, got {args.host_probe_s}")
     fmt = lambda v: f"{v:.1f}"  # noqa: E731
     if args.suite in ("all", "cache"):
+        host_before = stalls(args.host_probe_s) if args.host_probe_s else None
         table = run_cache_suite(args)
+        host_line = stall_verdict(host_before, stalls(args.host_probe_s))[1] if host_before else ""
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         print(
             f"cache-aware routing decisions (us): router prepare + choose over {args.backends} backends, "
@@ -301,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             f"warm-up, best p99 of {args.repeats} runs; commit = index bookkeeping after the decision. "
             f"Load average: {load}"
         )
+        if host_line:
+            print(host_line)
         print(table.to_string(index=False, float_format=fmt, na_rep="-"))
         if args.suite == "cache":
             return 0

@@ -92,6 +92,16 @@ def stalls(seconds: float = 1.0, cores: list[int] | None = None) -> dict:
     return {**per_core[worst], "worst_core": worst, "total_seconds": seconds, "per_core": per_core}
 
 
+def stall_verdict(before: dict, after: dict) -> tuple[bool, str]:
+    """Whether tail latencies measured between two ``stalls`` probes are the host's,
+    and a line that says so with both readings."""
+    shares = [before["stall_share"], after["stall_share"]]
+    unsteady = max(shares) > UNSTEADY_STALL_SHARE
+    note = "UNSTEADY HOST: microsecond tails measured meanwhile are the host's" if unsteady else "steady"
+    return unsteady, (f"hidden vCPU stalls (calibrate.host_probe): {shares[0] * 100:.2f}% of the time "
+                      f"before, {shares[1] * 100:.2f}% after: {note}")
+
+
 def first_touch(mib: int = 256) -> dict:
     """Microseconds per page to write one byte into each page of fresh anonymous memory,
     and again into the same pages (then only the guest's own page tables are involved)."""

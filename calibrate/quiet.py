@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from calibrate.host_probe import UNSTEADY_STALL_SHARE, stalls
+from calibrate.host_probe import stall_verdict, stalls
 from calibrate.machine import BUSY_OTHER_SHARE, OtherCpu, loadavg, utc_now
 
 
@@ -105,12 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# other processes used {share * 100:.1f}% of the machine's CPU, the hypervisor stole "
           f"{used['stolen_cpu_share'] * 100:.1f}%: {verdict}", file=sys.stderr)
     if host_before is not None:
-        shares = [host_before["stall_share"], host_after["stall_share"]]
-        record["host_unsteady"] = max(shares) > UNSTEADY_STALL_SHARE
-        note = ("UNSTEADY HOST: microsecond tails measured meanwhile are the host's"
-                if record["host_unsteady"] else "steady")
-        print(f"# hidden vCPU stalls (calibrate.host_probe): {shares[0] * 100:.2f}% of the time before, "
-              f"{shares[1] * 100:.2f}% after: {note}", file=sys.stderr)
+        record["host_unsteady"], line = stall_verdict(host_before, host_after)
+        print(f"# {line}", file=sys.stderr)
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     return status

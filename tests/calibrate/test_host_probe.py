@@ -53,6 +53,16 @@ def test_the_report_says_what_each_probe_means():
     assert "12.60 us per 4 KiB page" in describe(touch)[0]
 
 
+@pytest.mark.parametrize("before, after, unsteady", [
+    (0.002, 0.009, False), (0.0101, 0.0, True), (0.0, 0.03, True), (0.01, 0.01, False),
+])
+def test_the_verdict_on_a_window_takes_the_worse_of_its_two_readings(before, after, unsteady):
+    got, line = host_probe.stall_verdict({"stall_share": before}, {"stall_share": after})
+    assert got is unsteady
+    assert f"{before * 100:.2f}% of the time before, {after * 100:.2f}% after" in line
+    assert ("UNSTEADY HOST" in line) is unsteady and line.endswith("host's" if unsteady else "steady")
+
+
 def test_first_touch_reports_a_cost_per_page_for_both_touches():
     got = host_probe.first_touch(4)
     assert got["page_bytes"] == mmap.PAGESIZE and got["mib"] == 4

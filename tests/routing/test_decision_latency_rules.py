@@ -1,0 +1,54 @@
+"""``benchmarks/decision_latency.py``'s cache suite says when the host, not the code, set its tails.
+
+The benchmark itself is run by hand (docs/performance.md); this checks that its
+report carries the host's stall readings and their verdict, and refuses a bad probe length.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench():
+    spec = importlib.util.spec_from_file_location("decision_latency", ROOT / "benchmarks" / "decision_latency.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("decision_latency", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("shares, verdict", [((0.002, 0.03), "UNSTEADY HOST"), ((0.001, 0.004), ": steady")])
+def test_the_cache_suite_prints_the_host_stall_readings_around_it(monkeypatch, capsys, shares, verdict):
+    mod = bench()
+    readings = iter(shares)
+    probed = []
+
+    def fake_stalls(seconds):
+        probed.append(seconds)
+        return {"stall_share": next(readings)}
+
+    monkeypatch.setattr(mod, "stalls", fake_stalls)
+    monkeypatch.setattr(mod, "CACHE_CASES", [("least_load (baseline)", "least_load", {})])
+    assert mod.main(["--suite", "cache", "--cache-decisions", "20", "--cache-warmup", "10", "--repeats", "1",
+                     "--host-probe-s", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert probed == [0.5, 0.5]
+    assert f"{shares[0] * 100:.2f}% of the time before, {shares[1] * 100:.2f}% after" in out
+    assert verdict in out and "least_load (baseline)" in out
+
+
+def test_no_probe_when_asked_and_a_negative_length_is_refused(monkeypatch, capsys):
+    mod = bench()
+    monkeypatch.setattr(mod, "stalls", lambda seconds: pytest.fail("probed although --host-probe-s 0"))
+    monkeypatch.setattr(mod, "CACHE_CASES", [("least_load (baseline)", "least_load", {})])
+    assert mod.main(["--suite", "cache", "--cache-decisions", "20", "--cache-warmup", "10", "--repeats", "1",
+                     "--host-probe-s", "0"]) == 0
+    assert "hidden vCPU stalls" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        mod.main(["--suite", "cache", "--host-probe-s", "-1"])
+    assert "--host-probe-s must be >= 0, got -1" in capsys.readouterr().err
