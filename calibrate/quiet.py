@@ -12,7 +12,8 @@ Before and after the command it also runs ``calibrate.host_probe``'s stall probe
 (one second each, ``--host-probe-s``): the share of time the vCPUs stopped without
 the guest counting it as stolen, which a quiet guest on a busy host shows. A
 command whose microsecond tails are the figures (a decision-latency benchmark) is
-not evidence when that share is above ``UNSTEADY_STALL_SHARE``; the wrapper says so.
+not evidence when that share is above ``host_probe.UNSTEADY_STALL_SHARE``; the wrapper
+says so (``host_probe.stall_verdict``).
 """
 from __future__ import annotations
 

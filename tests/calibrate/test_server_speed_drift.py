@@ -1,20 +1,14 @@
 """``benchmarks/server_speed_drift.py``: a server that cannot start or dies is recorded, the
 others are kept, and the spreads are computed over the instances that gave rounds."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "server_speed_drift.py"
+from benchmark_scripts import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def drift():
-    spec = importlib.util.spec_from_file_location("server_speed_drift", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("server_speed_drift")
 
 
 def test_a_server_that_cannot_start_is_recorded_and_the_run_goes_on(drift, tmp_path, monkeypatch, capsys):

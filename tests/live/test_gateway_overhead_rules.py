@@ -6,27 +6,17 @@ and the emulator's ``--fixed-step`` mode is checked to be what it claims.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from benchmark_scripts import load_benchmark
 from live_helpers import arun
 
 from live.emulator.cli import build_parser, build_server
 from live.transport.client import make_session, stream_completion
 from live.transport.http import serving
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def bench():
-    spec = importlib.util.spec_from_file_location("gateway_overhead",
-                                                  ROOT / "benchmarks" / "gateway_overhead.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gateway_overhead", mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("gateway_overhead")
 
 
 def segment(target: str, ttft_ms: list[float], rate: float = 50.0, policy: str = "round_robin",

@@ -5,21 +5,12 @@ report carries the host's stall readings and their verdict, and refuses a bad pr
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from benchmark_scripts import load_benchmark
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("decision_latency", ROOT / "benchmarks" / "decision_latency.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("decision_latency", mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("decision_latency")
 
 
 @pytest.mark.parametrize("shares, verdict", [((0.002, 0.03), "UNSTEADY HOST"), ((0.001, 0.004), ": steady")])

@@ -5,22 +5,13 @@ that decide what a row means.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from benchmark_scripts import load_benchmark
 
 
 def bench():
-    spec = importlib.util.spec_from_file_location("sim_speed", ROOT / "benchmarks" / "sim_speed.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("sim_speed", mod)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("sim_speed")
 
 
 def test_strategy_specs_carry_typed_parameters():
