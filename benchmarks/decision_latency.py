@@ -34,8 +34,10 @@ backend, and for the exact mirrors an event stream from an LRU model of each
 backend's cache (65,536 blocks). The bookkeeping after a decision (updating the
 indexes; llm-d does it off the request path) is timed apart and reported as
 ``commit``, and so is applying the KV events that arrived since the last decision
-(``events``; an event listener does that, not the request). Before and after the
-suite it runs ``calibrate.host_probe``'s stall probe (``--host-probe-s``) and prints
+(``events``; an event listener does that, not the request).
+
+Before and after each suite's timing (models are trained first, outside it) the
+script runs ``calibrate.host_probe``'s stall probe (``--host-probe-s``) and prints
 the share of time the host stopped the vCPUs unseen; above 1% it says the p99s are
 the host's (docs/performance.md, "The host sets the floor").
 
@@ -295,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-warmup", type=int, default=3000,
                         help="untimed decisions that fill the cache-aware router's indexes first; default 3000")
     parser.add_argument("--host-probe-s", type=float, default=1.0,
-                        help="seconds of calibrate.host_probe's stall probe before and after the cache "
-                             "suite: above 1%% of the time lost, its p99s are the host's and it says so "
-                             "(0 skips it); default 1")
+                        help="seconds of calibrate.host_probe's stall probe before and after each "
+                             "suite's timing: above 1%% of the time lost, its p99s are the host's and it "
+                             "says so (0 skips it); default 1")
     args = parser.parse_args(argv)
     if args.host_probe_s < 0:
         parser.error(f"--host-probe-s must be >= 0, got {args.host_probe_s}")
@@ -328,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = train_models(frame, args.target, Path(tmp), args.seed, args.teacher_epochs)
+        host_before = stalls(args.host_probe_s) if args.host_probe_s else None
         for label, name, kind, target_us in CASES:
             params = {} if kind is None else {"model": str(paths[kind])}
             if name == "predictive":
@@ -350,12 +353,15 @@ def main(argv: list[str] | None = None) -> int:
                     "meets": "" if target_us is None else ("yes" if p99 <= target_us else "NO"),
                 }
             )
+        host_line = stall_verdict(host_before, stalls(args.host_probe_s))[1] if host_before else ""
     table = pd.DataFrame(rows)
     print(
         f"routing decision latency (us): {args.backends} backends, {args.decisions} decisions "
         f"per run, best p99 of {args.repeats} runs; models predict {args.target} "
         f"(trained on {len(frame)} rows)"
     )
+    if host_line:
+        print(host_line)
     print(table.to_string(index=False, float_format=fmt, na_rep="-"))
     return 0
 

@@ -1,4 +1,4 @@
-"""``benchmarks/decision_latency.py``'s cache suite says when the host, not the code, set its tails.
+"""``benchmarks/decision_latency.py`` says when the host, not the code, set its tails.
 
 The benchmark itself is run by hand (docs/performance.md); this checks that its
 report carries the host's stall readings and their verdict, and refuses a bad probe length.
@@ -43,3 +43,17 @@ def test_no_probe_when_asked_and_a_negative_length_is_refused(monkeypatch, capsy
     with pytest.raises(SystemExit):
         mod.main(["--suite", "cache", "--host-probe-s", "-1"])
     assert "--host-probe-s must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_the_predictive_suite_is_probed_too_after_its_training(monkeypatch, capsys):
+    mod = bench()
+    events = []
+    monkeypatch.setattr(mod, "stalls", lambda seconds: events.append("probe") or {"stall_share": 0.02})
+    trained = mod.train_models
+    monkeypatch.setattr(mod, "train_models", lambda *a: events.append("train") or trained(*a))
+    monkeypatch.setattr(mod, "CASES", [("least_load", "least_load", None, None)])
+    assert mod.main(["--suite", "predictive", "--rows", "300", "--decisions", "50", "--warmup", "10",
+                     "--repeats", "1", "--host-probe-s", "0.25"]) == 0
+    assert events == ["train", "probe", "probe"]  # training is not inside the probed window
+    out = capsys.readouterr().out
+    assert "2.00% of the time before, 2.00% after: UNSTEADY HOST" in out and "least_load" in out
