@@ -57,7 +57,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 import routing
-from calibrate.host_probe import stall_verdict, stalls
+from calibrate.host_probe import StallWindow
 from predictors import NUMERIC_FEATURES, make_model, save_model
 from predictors.features import training_rows
 from predictors.synthetic import synthetic_rows
@@ -305,9 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--host-probe-s must be >= 0, got {args.host_probe_s}")
     fmt = lambda v: f"{v:.1f}"  # noqa: E731
     if args.suite in ("all", "cache"):
-        host_before = stalls(args.host_probe_s) if args.host_probe_s else None
-        table = run_cache_suite(args)
-        host_line = stall_verdict(host_before, stalls(args.host_probe_s))[1] if host_before else ""
+        with StallWindow(args.host_probe_s) as host:
+            table = run_cache_suite(args)
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         print(
             f"cache-aware routing decisions (us): router prepare + choose over {args.backends} backends, "
@@ -315,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
             f"warm-up, best p99 of {args.repeats} runs; commit = index bookkeeping after the decision. "
             f"Load average: {load}"
         )
-        if host_line:
-            print(host_line)
+        if host.line:
+            print(host.line)
         print(table.to_string(index=False, float_format=fmt, na_rep="-"))
         if args.suite == "cache":
             return 0
@@ -330,38 +329,37 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         paths = train_models(frame, args.target, Path(tmp), args.seed, args.teacher_epochs)
-        host_before = stalls(args.host_probe_s) if args.host_probe_s else None
-        for label, name, kind, target_us in CASES:
-            params = {} if kind is None else {"model": str(paths[kind])}
-            if name == "predictive":
-                params["objective"] = args.target
-            elif name == "online_linear":
-                params["objective"] = args.target
-            strategy = routing.build(name, seed=args.seed, **params)
-            learn = name == "online_linear"
-            time_decisions(strategy, cases, args.warmup, learn)
-            runs = [time_decisions(strategy, cases, args.decisions, learn) / 1000.0 for _ in range(args.repeats)]
-            ns = min(runs, key=lambda r: np.percentile(r, 99))
-            p99 = float(np.percentile(ns, 99))
-            rows.append(
-                {
-                    "strategy": label,
-                    "p50_us": float(np.percentile(ns, 50)),
-                    "p99_us": p99,
-                    "mean_us": float(ns.mean()),
-                    "target_p99_us": target_us if target_us is not None else math.nan,
-                    "meets": "" if target_us is None else ("yes" if p99 <= target_us else "NO"),
-                }
-            )
-        host_line = stall_verdict(host_before, stalls(args.host_probe_s))[1] if host_before else ""
+        with StallWindow(args.host_probe_s) as host:  # after training: only the timing is probed
+            for label, name, kind, target_us in CASES:
+                params = {} if kind is None else {"model": str(paths[kind])}
+                if name == "predictive":
+                    params["objective"] = args.target
+                elif name == "online_linear":
+                    params["objective"] = args.target
+                strategy = routing.build(name, seed=args.seed, **params)
+                learn = name == "online_linear"
+                time_decisions(strategy, cases, args.warmup, learn)
+                runs = [time_decisions(strategy, cases, args.decisions, learn) / 1000.0 for _ in range(args.repeats)]
+                ns = min(runs, key=lambda r: np.percentile(r, 99))
+                p99 = float(np.percentile(ns, 99))
+                rows.append(
+                    {
+                        "strategy": label,
+                        "p50_us": float(np.percentile(ns, 50)),
+                        "p99_us": p99,
+                        "mean_us": float(ns.mean()),
+                        "target_p99_us": target_us if target_us is not None else math.nan,
+                        "meets": "" if target_us is None else ("yes" if p99 <= target_us else "NO"),
+                    }
+                )
     table = pd.DataFrame(rows)
     print(
         f"routing decision latency (us): {args.backends} backends, {args.decisions} decisions "
         f"per run, best p99 of {args.repeats} runs; models predict {args.target} "
         f"(trained on {len(frame)} rows)"
     )
-    if host_line:
-        print(host_line)
+    if host.line:
+        print(host.line)
     print(table.to_string(index=False, float_format=fmt, na_rep="-"))
     return 0
 

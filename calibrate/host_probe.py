@@ -92,14 +92,48 @@ def stalls(seconds: float = 1.0, cores: list[int] | None = None) -> dict:
     return {**per_core[worst], "worst_core": worst, "total_seconds": seconds, "per_core": per_core}
 
 
+def is_unsteady(stall_share: float) -> bool:
+    """Whether tail latencies measured while the host lost this share of time are the host's."""
+    return stall_share > UNSTEADY_STALL_SHARE
+
+
 def stall_verdict(before: dict, after: dict) -> tuple[bool, str]:
     """Whether tail latencies measured between two ``stalls`` probes are the host's,
     and a line that says so with both readings."""
     shares = [before["stall_share"], after["stall_share"]]
-    unsteady = max(shares) > UNSTEADY_STALL_SHARE
+    unsteady = is_unsteady(max(shares))
     note = "UNSTEADY HOST: microsecond tails measured meanwhile are the host's" if unsteady else "steady"
     return unsteady, (f"hidden vCPU stalls (calibrate.host_probe): {shares[0] * 100:.2f}% of the time "
                       f"before, {shares[1] * 100:.2f}% after: {note}")
+
+
+class StallWindow:
+    """Stall probes of ``seconds`` each around a measurement (none when ``seconds`` is 0).
+
+    ``with StallWindow(1.0) as window: ...`` probes before the block and after it,
+    exceptions included; then ``before``/``after`` hold the readings (None when
+    skipped), ``unsteady`` and ``line`` the verdict (``stall_verdict``; False and
+    "" when skipped).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"a stall probe lasts >= 0 s, got {seconds}")
+        self.seconds = seconds
+        self.before: dict | None = None
+        self.after: dict | None = None
+        self.unsteady = False
+        self.line = ""
+
+    def __enter__(self) -> "StallWindow":
+        if self.seconds:
+            self.before = stalls(self.seconds)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.before is not None:
+            self.after = stalls(self.seconds)
+            self.unsteady, self.line = stall_verdict(self.before, self.after)
 
 
 def first_touch(mib: int = 256) -> dict:
@@ -190,7 +224,7 @@ def describe(report: dict) -> list[str]:
     s = report.get("stalls")
     if s is not None:
         verdict = ("unsteady: microsecond tails measured now are the host's"
-                   if s["stall_share"] > UNSTEADY_STALL_SHARE else "steady")
+                   if is_unsteady(s["stall_share"]) else "steady")
         several = s.get("per_core") and len(s["per_core"]) > 1
         where = f" on core {s['worst_core']}" if several else ""
         worst = f"the worst of {len(s['per_core'])} cores; " if several else ""

@@ -13,7 +13,7 @@ Before and after the command it also runs ``calibrate.host_probe``'s stall probe
 the guest counting it as stolen, which a quiet guest on a busy host shows. A
 command whose microsecond tails are the figures (a decision-latency benchmark) is
 not evidence when that share is above ``host_probe.UNSTEADY_STALL_SHARE``; the wrapper
-says so (``host_probe.stall_verdict``).
+says so (``host_probe.StallWindow``).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from calibrate.host_probe import stall_verdict, stalls
+from calibrate.host_probe import StallWindow
 from calibrate.machine import BUSY_OTHER_SHARE, OtherCpu, loadavg, utc_now
 
 
@@ -84,30 +84,29 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no command given (python -m calibrate.quiet -- COMMAND ...)")
     if args.host_probe_s < 0:
         parser.error(f"--host-probe-s must be >= 0, got {args.host_probe_s}")
-    host_before = stalls(args.host_probe_s) if args.host_probe_s else None
-    before, started = loadavg(), utc_now()
-    become_subreaper()
-    others = OtherCpu().start()
-    try:
-        status = subprocess.call(command)
-    except OSError as exc:
-        print(f"calibrate.quiet: cannot run {command[0]!r}: {exc}", file=sys.stderr)
-        return 127
-    reap_orphans()
-    used = others.stop()
-    host_after = stalls(args.host_probe_s) if args.host_probe_s else None
+    with StallWindow(args.host_probe_s) as host:
+        before, started = loadavg(), utc_now()
+        become_subreaper()
+        others = OtherCpu().start()
+        try:
+            status = subprocess.call(command)
+        except OSError as exc:
+            print(f"calibrate.quiet: cannot run {command[0]!r}: {exc}", file=sys.stderr)
+            return 127
+        reap_orphans()
+        used = others.stop()
     share = used["other_cpu_share"]
     busy = share == share and share > BUSY_OTHER_SHARE
     record = {"command": command, "started": started, "finished": utc_now(), "status": status,
               "loadavg_before": before, "loadavg_after": loadavg(), **used, "busy": busy,
-              "host_stalls_before": host_before, "host_stalls_after": host_after}
+              "host_stalls_before": host.before, "host_stalls_after": host.after}
     verdict = ("BUSY MACHINE: its timings are not evidence" if busy
                else "quiet" if share == share else "unknown (no /proc here)")
     print(f"# other processes used {share * 100:.1f}% of the machine's CPU, the hypervisor stole "
           f"{used['stolen_cpu_share'] * 100:.1f}%: {verdict}", file=sys.stderr)
-    if host_before is not None:
-        record["host_unsteady"], line = stall_verdict(host_before, host_after)
-        print(f"# {line}", file=sys.stderr)
+    if host.line:
+        record["host_unsteady"] = host.unsteady
+        print(f"# {host.line}", file=sys.stderr)
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     return status

@@ -63,6 +63,28 @@ def test_the_verdict_on_a_window_takes_the_worse_of_its_two_readings(before, aft
     assert ("UNSTEADY HOST" in line) is unsteady and line.endswith("host's" if unsteady else "steady")
 
 
+def test_a_stall_window_probes_before_and_after_its_block_even_when_it_fails(monkeypatch):
+    calls = []
+    readings = iter([0.003, 0.025])
+    monkeypatch.setattr(host_probe, "stalls", lambda seconds: calls.append(seconds) or {"stall_share": next(readings)})
+    with pytest.raises(RuntimeError):
+        with host_probe.StallWindow(0.5) as window:
+            assert calls == [0.5] and window.after is None
+            raise RuntimeError("the measurement failed")
+    assert calls == [0.5, 0.5]
+    assert window.before == {"stall_share": 0.003} and window.after == {"stall_share": 0.025}
+    assert window.unsteady and "0.30% of the time before, 2.50% after: UNSTEADY HOST" in window.line
+
+
+def test_a_stall_window_of_zero_seconds_probes_nothing_and_a_negative_one_is_refused(monkeypatch):
+    monkeypatch.setattr(host_probe, "stalls", lambda seconds: pytest.fail("probed a 0 s window"))
+    with host_probe.StallWindow(0) as window:
+        pass
+    assert window.before is None and window.after is None and not window.unsteady and window.line == ""
+    with pytest.raises(ValueError, match="lasts >= 0 s, got -1"):
+        host_probe.StallWindow(-1)
+
+
 def test_first_touch_reports_a_cost_per_page_for_both_touches():
     got = host_probe.first_touch(4)
     assert got["page_bytes"] == mmap.PAGESIZE and got["mib"] == 4

@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 from benchmark_scripts import load_benchmark
 
+from calibrate import host_probe
+
 
 def bench():
     return load_benchmark("decision_latency")
@@ -23,7 +25,7 @@ def test_the_cache_suite_prints_the_host_stall_readings_around_it(monkeypatch, c
         probed.append(seconds)
         return {"stall_share": next(readings)}
 
-    monkeypatch.setattr(mod, "stalls", fake_stalls)
+    monkeypatch.setattr(host_probe, "stalls", fake_stalls)
     monkeypatch.setattr(mod, "CACHE_CASES", [("least_load (baseline)", "least_load", {})])
     assert mod.main(["--suite", "cache", "--cache-decisions", "20", "--cache-warmup", "10", "--repeats", "1",
                      "--host-probe-s", "0.5"]) == 0
@@ -35,7 +37,7 @@ def test_the_cache_suite_prints_the_host_stall_readings_around_it(monkeypatch, c
 
 def test_no_probe_when_asked_and_a_negative_length_is_refused(monkeypatch, capsys):
     mod = bench()
-    monkeypatch.setattr(mod, "stalls", lambda seconds: pytest.fail("probed although --host-probe-s 0"))
+    monkeypatch.setattr(host_probe, "stalls", lambda seconds: pytest.fail("probed although --host-probe-s 0"))
     monkeypatch.setattr(mod, "CACHE_CASES", [("least_load (baseline)", "least_load", {})])
     assert mod.main(["--suite", "cache", "--cache-decisions", "20", "--cache-warmup", "10", "--repeats", "1",
                      "--host-probe-s", "0"]) == 0
@@ -48,7 +50,7 @@ def test_no_probe_when_asked_and_a_negative_length_is_refused(monkeypatch, capsy
 def test_the_predictive_suite_is_probed_too_after_its_training(monkeypatch, capsys):
     mod = bench()
     events = []
-    monkeypatch.setattr(mod, "stalls", lambda seconds: events.append("probe") or {"stall_share": 0.02})
+    monkeypatch.setattr(host_probe, "stalls", lambda seconds: events.append("probe") or {"stall_share": 0.02})
     trained = mod.train_models
     monkeypatch.setattr(mod, "train_models", lambda *a: events.append("train") or trained(*a))
     monkeypatch.setattr(mod, "CASES", [("least_load", "least_load", None, None)])
