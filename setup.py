@@ -1,8 +1,8 @@
-"""Builds the compiled core: Cython compiles ``labcore.build_list()`` from the project's own .py files.
+"""Builds the compiled core: Cython compiles ``labcore.build_list()`` from the project's own sources.
 
 Metadata lives in setup.cfg; this file only adds the extensions: ``labcore.COMPILED``,
 or the modules ``VLLM_LAB_COMPILE`` names (``all``: every candidate). Each module is
-cythonized as it is into ``<package>/_compiled/<module><EXT_SUFFIX>`` with a
+cythonized as it is (from its typed ``.pyx`` twin where it has one) into ``<package>/_compiled/<module><EXT_SUFFIX>`` with a
 ``<module>.sha256`` beside it (the hash of the source it was built from), where
 ``labcore``'s finder looks; nothing there shadows the ``.py``. Every extension is
 optional: without Cython, a C compiler or Python's headers the install still
@@ -38,7 +38,9 @@ def _extension_name(module: str) -> str:
 
 
 def _source(module: str) -> str:
-    return str(Path(*module.split(".")).with_suffix(".py"))
+    """The file Cython compiles: the module's typed ``.pyx`` twin if it has one, else its ``.py``."""
+    py = Path(*module.split(".")).with_suffix(".py")
+    return str(labcore.build_source(ROOT / py).relative_to(ROOT))
 
 
 class build_ext(_build_ext):
@@ -60,7 +62,7 @@ class build_ext(_build_ext):
         kept = []
         for ext in self.extensions:
             module = ext.module
-            digest = labcore.source_hash(ROOT / _source(module))
+            digest = labcore.source_hash(ROOT / Path(*module.split(".")).with_suffix(".py"))
             key = hashlib.sha256(f"{digest} {cython_version} {sorted(DIRECTIVES.items())}".encode())
             c_dir = Path(self.build_temp) / "cython" / key.hexdigest()[:20]
             try:

@@ -39,7 +39,9 @@ indexes; llm-d does it off the request path) is timed apart and reported as
 Before and after each suite's timing (models are trained first, outside it) the
 script runs ``calibrate.host_probe``'s stall probe (``--host-probe-s``) and prints
 the share of time the host stopped the vCPUs unseen; above 1% it says the p99s are
-the host's (docs/performance.md, "The host sets the floor").
+the host's (docs/performance.md, "The host sets the floor"). It also says whether
+the router's hot parts ran compiled (``routing.decision_core``, built by a plain
+install; ``VLLM_LAB_PURE_PYTHON=1`` times the pure-Python reference instead).
 
     python benchmarks/decision_latency.py --suite cache      # about 15 minutes (1 with --repeats 1 --cache-decisions 1000 --cache-warmup 1000)
 """
@@ -56,6 +58,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+import labcore
 import routing
 from calibrate.host_probe import StallWindow
 from predictors import NUMERIC_FEATURES, make_model, save_model
@@ -312,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             f"cache-aware routing decisions (us): router prepare + choose over {args.backends} backends, "
             f"8,192-token prompts (512 blocks), {args.cache_decisions} decisions after {args.cache_warmup} "
             f"warm-up, best p99 of {args.repeats} runs; commit = index bookkeeping after the decision. "
-            f"Load average: {load}"
+            f"Load average: {load}. routing.decision_core: "
+            f"{labcore.status()['routing.decision_core']['running']}"
         )
         if host.line:
             print(host.line)

@@ -1,7 +1,8 @@
 """The compiled core: which modules Cython builds, and the import hook that loads them only when current.
 
 The simulator's modules are ordinary Python files and stay the reference.
-``setup.py`` can build any of ``CANDIDATES`` with Cython, as they are, into
+``setup.py`` can build any of ``CANDIDATES`` with Cython, as they are (or, for a
+module with a typed ``.pyx`` twin beside its ``.py``, from the twin), into
 ``<package>/_compiled/<module><EXT_SUFFIX>`` beside a ``<module>.sha256`` holding
 the hash of the source it was built from. The default import system never looks in
 ``_compiled/`` (not a package; the files are not named after a module there), so an
@@ -13,11 +14,12 @@ and says once, on one line of stderr, that the core is stale and how to rebuild.
 prints each module's state.
 
 What is built: ``COMPILED`` by default, or the modules named in
-``VLLM_LAB_COMPILE`` at build time (``all`` for every candidate). ``COMPILED`` is
-empty because compiling these modules unchanged made the simulator no faster on
-CPython 3.11 (docs/performance.md, "The compiled core"): its specialising
-interpreter already does what Cython does for untyped attribute-heavy code. A
-module earns a place in it once a typed version measures faster.
+``VLLM_LAB_COMPILE`` at build time (``all`` for every candidate). Compiling the
+simulator's modules unchanged made it no faster on CPython 3.11 (docs/performance.md,
+"The compiled core"): its specialising interpreter already does what Cython does for
+untyped attribute-heavy code. A module earns a place in ``COMPILED`` once a typed
+version measures faster; so far only ``routing.decision_core``, whose ``.pyx`` twin
+keeps the routing decision's owner masks in flat tables.
 
 This package imports nothing of the project: ``sim`` and ``routing`` install the
 finder from their ``__init__``, and ``setup.py`` loads this file by path.
@@ -38,10 +40,12 @@ CANDIDATES: tuple[str, ...] = (
     "sim.latency", "sim.sessions",
     "routing.router", "routing.prefix_index", "routing.types", "routing.active",
     "routing.strategies.heuristics", "routing.strategies.cache_affinity",
-    "routing.strategies.picking",
+    "routing.strategies.picking", "routing.decision_core",
 )
-# Built by a plain install; a missing one is reported at run time.
-COMPILED: tuple[str, ...] = ()
+# Built by a plain install; a missing one is reported at run time. Only modules whose
+# compiled form measured faster: ``routing.decision_core``, a typed .pyx twin
+# (docs/performance.md, "A decision over flat tables").
+COMPILED: tuple[str, ...] = ("routing.decision_core",)
 
 PURE_ENV = "VLLM_LAB_PURE_PYTHON"
 BUILD_ENV = "VLLM_LAB_COMPILE"
@@ -74,12 +78,21 @@ def forced_pure() -> bool:
 
 def source_hash(path: Path) -> str:
     """The hash the build records for a module's source: sha256 of the ``.py``'s bytes, and
-    of the augmenting ``.pxd`` beside it if there is one (it changes the compiled code too)."""
+    of the augmenting ``.pxd`` and the typed ``.pyx`` twin beside it if there are (either
+    changes the compiled code too)."""
     digest = hashlib.sha256(path.read_bytes())
-    pxd = path.with_suffix(".pxd")
-    if pxd.is_file():
-        digest.update(b"\0pxd\0" + pxd.read_bytes())
+    for ext in (".pxd", ".pyx"):
+        other = path.with_suffix(ext)
+        if other.is_file():
+            digest.update(b"\0" + ext[1:].encode() + b"\0" + other.read_bytes())
     return digest.hexdigest()
+
+
+def build_source(path: Path) -> Path:
+    """What Cython compiles for the module whose source is ``path``: its typed ``.pyx``
+    twin if it has one (the ``.py`` is then the pure-Python reference), else the ``.py``."""
+    pyx = path.with_suffix(".pyx")
+    return pyx if pyx.is_file() else path
 
 
 def compiled_paths(py: Path) -> tuple[Path, Path]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from routing import decision_core
 from routing.prefix_index import assign_depth
 
 
@@ -64,14 +65,30 @@ class InflightTree:
     ``remove`` undoes one ``add``; ``blocks[b]`` is the number of distinct blocks
     backend b's prompts hold; ``depths`` gives every backend's longest prefix of a
     chain in flight there, in one walk down the tree.
+
+    With ``flat`` (the default where ``routing.decision_core`` is compiled and the
+    fleet has at most 64 backends) the tree also keeps each block's segment mask
+    in a flat ``OwnerTable``, written when a segment's mask changes, and
+    ``depths`` bisects that table in compiled code instead of walking the
+    segments: the same answer, because a chained hash names its whole prefix, so
+    a block lies in one segment and the backends holding it can only shrink along
+    a chain. In pure Python that table would be the dict per block this tree
+    replaced, so it is not kept there.
     """
 
-    __slots__ = ("_root", "_bits", "blocks")
+    __slots__ = ("_root", "_bits", "blocks", "_table")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, flat: bool | None = None) -> None:
         self._root = _Segment((), 0, 0, {}, {}, 0)
         self._bits = [1 << b for b in range(size)]
         self.blocks = [0] * size
+        if flat is None:
+            flat = decision_core.FLAT
+        table = decision_core.owner_map(self._bits) if flat else None
+        if flat and not table.flat:
+            raise ValueError("a flat in-flight table needs the compiled routing.decision_core "
+                             f"and at most 64 backends (this tree has {size})")
+        self._table = table
 
     def add(self, b: int, chain: Sequence[int], k: int) -> None:
         if k <= 0:
@@ -95,13 +112,15 @@ class InflightTree:
                 break
             pos = at
             children = seg.children  # parted inside: chain[at] is not a child, so a new one
-        bit, blocks = self._bits[b], self.blocks
+        bit, blocks, table = self._bits[b], self.blocks, self._table
         for seg in path:
             c = seg.counts.get(b, 0)
             seg.counts[b] = c + 1
             if not c:
                 seg.mask |= bit
                 blocks[b] += seg.end - seg.start
+                if table is not None:
+                    table.set_range(seg.chain, seg.start, seg.end, bit)
 
     def remove(self, b: int, chain: Sequence[int], k: int) -> None:
         """Undo ``add(b, chain, k)`` (which must have happened)."""
@@ -113,7 +132,7 @@ class InflightTree:
             seg = parent.children[chain[pos]]
             path.append((parent, seg))
             parent, pos = seg, seg.end
-        bit, blocks = self._bits[b], self.blocks
+        bit, blocks, table = self._bits[b], self.blocks, self._table
         for parent, seg in path:
             c = seg.counts[b] - 1
             if c:
@@ -122,6 +141,8 @@ class InflightTree:
             del seg.counts[b]
             seg.mask &= ~bit
             blocks[b] -= seg.end - seg.start
+            if table is not None:
+                table.clear_range(seg.chain, seg.start, seg.end, bit)
             if not seg.counts:  # nothing passes here, nor below
                 parent.children.pop(seg.chain[seg.start], None)
         for parent, seg in path:
@@ -132,6 +153,9 @@ class InflightTree:
 
         ``out`` must be zeros on entry.
         """
+        if self._table is not None:
+            self._table.depths(chain, limit, out)
+            return
         children = self._root.children
         pos = 0
         while pos < limit:

@@ -59,6 +59,9 @@ class BlockOwners:
 
     __slots__ = ("masks", "_hints", "_bits")
 
+    #: Not a flat table (``routing.decision_core.OwnerTable`` is one).
+    flat = False
+
     def __init__(self, bits: Sequence[int] = ()) -> None:
         self.masks: dict[int, int] = {}
         #: The change points the previous ``depths`` found, tried first by the next one.
@@ -89,6 +92,24 @@ class BlockOwners:
             if k < len(self._bits):
                 m = self._bits[k]
         masks[h] = m
+
+    def set_range(self, chain: Sequence[int], start: int, end: int, bit: int) -> None:
+        """``set(chain[i], bit)`` for i in [start, end)."""
+        for i in range(start, end):
+            self.set(chain[i], bit)
+
+    def clear_range(self, chain: Sequence[int], start: int, end: int, bit: int) -> None:
+        """``clear(chain[i], bit)`` for i in [start, end)."""
+        for i in range(start, end):
+            self.clear(chain[i], bit)
+
+    def mask(self, h: int) -> int:
+        """The mask of the backends holding ``h`` (0: none)."""
+        return self.masks.get(h, 0)
+
+    def __len__(self) -> int:
+        """Blocks some backend holds."""
+        return len(self.masks)
 
     def depths(self, chain: list[int], n: int, out: list[int]) -> None:
         """Write into ``out[i]`` the leading blocks of ``chain[:n]`` backend i holds.

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 from routing.active import ActiveWork
 from routing.base import Strategy
+from routing.decision_core import owner_map
 from routing.event_feed import EventFeed, FeedStats
 from routing.inflight_tree import InflightTree
 from routing.kv_events import KVEvent
-from routing.prefix_index import ApproxPrefixIndex, BlockOwners, PrefixIndex, as_list
+from routing.prefix_index import ApproxPrefixIndex, PrefixIndex, as_list
 from routing.types import BackendSnapshot, Candidates, Outcome, RequestInfo, ScrapedMetrics
 
 __all__ = ["BackendSpec", "Decision", "NoHealthyBackend", "PrefixIndex", "Router", "ScrapeSource"]
@@ -109,17 +110,18 @@ class Router:
         self._track_prefix = (track_prefix or self._want_approx or self._want_precise
                               or self._want_active)
         capacity = int(getattr(strategy, "index_blocks", 0) or 0)
-        # Owner masks make every backend's hit one pass over the chain; they are
+        # Owner masks make every backend's hit one pass over the chain (a flat table
+        # where the compiled ``routing.decision_core`` is built); they are
         # kept only for strategies that read the approximate hit of every backend. A
         # strategy on the exact mirrors alone reads an approximate hit only where a
         # mirror cannot be trusted, one backend at a time (``ApproxPrefixIndex.hit_blocks``).
         self._approx_all = self._want_approx or (self._want_active and not self._want_precise)
         bits = [1 << i for i in range(len(backends))]  # one object per backend, shared by the maps
-        self._approx_owners = BlockOwners(bits) if self._approx_all else None
+        self._approx_owners = owner_map(bits) if self._approx_all else None
         self._prefix = [ApproxPrefixIndex(capacity or b.prefix_index_blocks, self._approx_owners, bits[i])
                         for i, b in enumerate(backends)]
         delay = float(getattr(strategy, "kv_event_delay_s", 0.0) or 0.0)
-        self._exact_owners = BlockOwners(bits) if self._want_precise else None
+        self._exact_owners = owner_map(bits) if self._want_precise else None
         self._feeds = ([EventFeed(delay, self._exact_owners, bits[i]) for i in range(len(backends))]
                        if self._want_precise else None)
         # The prompts in flight are few and long: a tree of chain segments, not a mask

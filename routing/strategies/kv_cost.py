@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from routing.base import register
+from routing.decision_core import default_kv_costs
 from routing.strategies.checked import CheckedStrategy
 from routing.strategies.picking import argmin, at_least, choice, softmin_sample
 from routing.types import BackendSnapshot, RequestInfo
@@ -100,7 +101,7 @@ class KvCost(CheckedStrategy):
         credit, scale, w = self.overlap_score_credit, self.prefill_load_scale, self.decode_active_request_weight
         hits = cols.precise_blocks if self.needs_precise_prefix else cols.hit_blocks
         if credit == 1 and scale == 1 and w == 0:
-            return _default_column_costs(n, bs, cols.prefill_tokens, hits, cols.active_blocks, new_blocks)
+            return default_kv_costs(n, bs, cols.prefill_tokens, hits, cols.active_blocks, new_blocks)
         out = []
         for pf, hit, active, new, load in zip(cols.prefill_tokens, hits, cols.active_blocks, new_blocks,
                                              cols.loads):
@@ -116,18 +117,3 @@ class KvCost(CheckedStrategy):
             return softmin_sample(costs, self.temperature, self.rng)
         return argmin(costs, self.rng)
 
-
-def _default_column_costs(n: int, bs: int, prefill_tokens, hits, active_blocks, new_blocks) -> list[float]:
-    """``KvCost._column_costs`` at Dynamo's defaults (credit 1, scale 1, request weight 0).
-
-    The same floats: multiplying by 1 and adding ``0 * requests`` change no value here
-    (every cost is >= 0, so no -0.0 arises), and skipping them saves a third of the
-    arithmetic of the hottest loop of a ``kv_cost`` decision.
-    """
-    out = []
-    for pf, hit, active, new in zip(prefill_tokens, hits, active_blocks, new_blocks):
-        adjusted = (pf + n) / bs - hit
-        if adjusted < 0.0:
-            adjusted = 0.0
-        out.append(adjusted + (active + new))
-    return out

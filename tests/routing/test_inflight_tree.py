@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from routing import decision_core
 from routing.inflight_tree import InflightTree
 from routing_helpers import tree_chain
 
@@ -62,11 +64,16 @@ ops = st.lists(
     max_size=40)
 
 
+@pytest.mark.parametrize("flat", [
+    False,
+    pytest.param(True, marks=pytest.mark.skipif(
+        not decision_core.FLAT, reason="the compiled routing.decision_core is not loaded")),
+], ids=["tree-walk", "flat-table"])
 @settings(max_examples=300, deadline=None)
 @given(ops, st.lists(st.lists(st.integers(0, 2), min_size=1, max_size=10), min_size=1, max_size=4))
-def test_tree_equals_the_heads_in_flight(operations, queries):
+def test_tree_equals_the_heads_in_flight(flat, operations, queries):
     size = 4
-    t = InflightTree(size)
+    t = InflightTree(size, flat=flat)
     heads: list[Counter] = [Counter() for _ in range(size)]
     live: list[tuple[int, tuple[int, ...]]] = []
     for op, b, path, k in operations:
