@@ -2,9 +2,10 @@
 
 Metadata lives in setup.cfg; this file only adds the extensions: ``labcore.COMPILED``,
 or the modules ``VLLM_LAB_COMPILE`` names (``all``: every candidate). Each module is
-cythonized as it is (from its typed ``.pyx`` twin where it has one) into ``<package>/_compiled/<module><EXT_SUFFIX>`` with a
-``<module>.sha256`` beside it (the hash of the source it was built from), where
-``labcore``'s finder looks; nothing there shadows the ``.py``. Every extension is
+cythonized as it is (from its typed ``.pyx`` twin where it has one) into
+``<package>/_compiled/<module><EXT_SUFFIX>`` with a ``<module>.sha256`` beside it
+(the hash of the source it was built from), where ``labcore``'s finder looks;
+nothing there shadows the ``.py``. Every extension is
 optional: without Cython, a C compiler or Python's headers the install still
 succeeds and the simulator runs as pure Python (``labcore`` says so at run time).
 """

@@ -42,11 +42,13 @@ cdef inline bint _as_key(object h, uint64_t* key):
     return True
 
 
-cdef inline void _assign(uint64_t mask, Py_ssize_t depth, list out):
-    """``out[i] = depth`` for every bit i set in ``mask`` (``assign_depth``)."""
+cdef inline int _assign(uint64_t mask, Py_ssize_t depth, list out) except -1:
+    """``out[i] = depth`` for every bit i set in ``mask`` (``assign_depth``); an ``out``
+    too short for a mask raises IndexError, as the reference does."""
     while mask:
         out[__builtin_ctzll(mask)] = depth
         mask &= mask - 1
+    return 0
 
 
 cdef class OwnerTable:

@@ -100,6 +100,19 @@ def test_an_augmenting_pxd_written_after_the_build_makes_it_stale(tree):
     assert "out of date" in res.stderr
 
 
+def test_a_typed_twin_is_what_the_build_compiles_and_is_part_of_the_hash(tree):
+    py = tree / "sim" / "timeline.py"
+    assert labcore.build_source(py) == py
+    stand_in_extension(tree, "timeline", sha(py))
+    (tree / "sim" / "timeline.pyx").write_text("def f():\n    return 1\n")
+    assert labcore.build_source(py) == tree / "sim" / "timeline.pyx"
+    assert labcore.source_hash(py) != sha(py)  # the build's hash covers the twin ...
+    res = run_py(IMPORT_TIMELINE, tree)  # ... so an extension built before it is stale
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == str(py)
+    assert "out of date" in res.stderr
+
+
 def test_forcing_pure_python_skips_a_current_extension_silently(tree):
     stand_in_extension(tree, "timeline", sha(tree / "sim" / "timeline.py"))
     res = run_py(IMPORT_TIMELINE, tree, **{labcore.PURE_ENV: "1"})
