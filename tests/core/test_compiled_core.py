@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import labcore
+from build_helpers import why_cannot_build
 
 REPO = Path(__file__).resolve().parents[2]
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -165,22 +166,8 @@ def test_the_build_list_comes_from_the_environment():
         labcore.build_list({"VLLM_LAB_COMPILE": "sim.kv_cache,sim.nope"})
 
 
-def _can_build() -> str | None:
-    """Why a real build cannot run here (None: it can)."""
-    try:
-        import Cython  # noqa: F401
-    except ImportError:
-        return "Cython is not installed (pip install -e '.[test]' brings it)"
-    if shutil.which("gcc") is None and shutil.which("cc") is None:
-        return "no C compiler on the PATH"
-    import sysconfig
-    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
-        return "no Python headers (Python.h; e.g. apt-get install python3-dev)"
-    return None
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(_can_build() is not None, reason=str(_can_build()))
+@pytest.mark.skipif(why_cannot_build() is not None, reason=str(why_cannot_build()))
 def test_a_real_build_is_loaded_refused_when_edited_and_rebuilt(tree):
     for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy(REPO / name, tree / name)

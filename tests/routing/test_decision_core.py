@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import labcore
+from build_helpers import why_cannot_build
 from routing import decision_core
 from routing.inflight_tree import InflightTree
 from routing.prefix_index import BlockOwners
@@ -50,7 +51,7 @@ def test_the_reference_costs_by_hand():
 def test_a_plain_install_builds_the_twin():
     """Where Cython, a C compiler and Python's headers exist, the default build list compiles
     the twin, so a checkout installed as the README says runs it (here: the test venv)."""
-    why_not = _cannot_build()
+    why_not = why_cannot_build()
     if why_not:
         pytest.skip(why_not)
     if os.environ.get(labcore.PURE_ENV, "").strip() not in ("", "0"):
@@ -62,18 +63,15 @@ def test_a_plain_install_builds_the_twin():
     assert TWIN
 
 
-def _cannot_build() -> str | None:
-    import shutil
-    import sysconfig
-    try:
-        import Cython  # noqa: F401
-    except ImportError:
-        return "Cython is not installed"
-    if shutil.which("gcc") is None and shutil.which("cc") is None:
-        return "no C compiler"
-    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
-        return "no Python headers"
-    return None
+def assert_same_depths(got_from, want_from, queries: list[list[int]], size: int) -> None:
+    """Both give the same depths for each query path's chain, whole and half of it."""
+    for q in queries:
+        chain = tree_chain(q)
+        for n in (len(chain), len(chain) // 2):
+            got, want = [0] * size, [0] * size
+            got_from.depths(chain, n, got)
+            want_from.depths(chain, n, want)
+            assert got == want, (q, n)
 
 
 # --- the owner table --------------------------------------------------------
@@ -169,13 +167,7 @@ def test_depths_match_the_dict_with_the_same_hints(operations, queries):
                 h = held[b].pop(p)
                 table.clear(h, bits[b])
                 model.clear(h, bits[b])
-        for q in queries:  # the hints carry over between queries in both
-            chain = tree_chain(q)
-            for n in (len(chain), len(chain) // 2):
-                got, want = [0] * 6, [0] * 6
-                table.depths(chain, n, got)
-                model.depths(chain, n, want)
-                assert got == want
+        assert_same_depths(table, model, queries, 6)  # the hints carry over between queries
 
 
 # --- kv_cost's costs ------------------------------------------------------------
@@ -217,13 +209,7 @@ def test_the_flat_tree_answers_as_the_walk(operations, queries):
             b, chain, k = live.pop(k % len(live))
             flat.remove(b, chain, k)
             walk.remove(b, chain, k)
-        for q in queries:
-            chain = tree_chain(q)
-            for limit in (len(chain), len(chain) // 2):
-                got, want = [0] * 4, [0] * 4
-                flat.depths(chain, limit, got)
-                walk.depths(chain, limit, want)
-                assert got == want
+        assert_same_depths(flat, walk, queries, 4)
     for b, chain, k in live:
         flat.remove(b, chain, k)
     assert len(flat._table) == 0  # every block's mask cleared with the last prompt
