@@ -181,7 +181,8 @@ cdef class OwnerTable:
         self._clear(h, bit)
 
     def set_range(self, chain, Py_ssize_t start, Py_ssize_t end, bit):
-        """``set(chain[i], bit)`` for i in [start, end)."""
+        """``set(chain[i], bit)`` for i in [start, end): a segment of the in-flight table
+        (``InflightTree``), which only a flat table keeps."""
         cdef Py_ssize_t i
         for i in range(start, end):
             self._set(chain[i], bit)

@@ -93,16 +93,6 @@ class BlockOwners:
                 m = self._bits[k]
         masks[h] = m
 
-    def set_range(self, chain: Sequence[int], start: int, end: int, bit: int) -> None:
-        """``set(chain[i], bit)`` for i in [start, end)."""
-        for i in range(start, end):
-            self.set(chain[i], bit)
-
-    def clear_range(self, chain: Sequence[int], start: int, end: int, bit: int) -> None:
-        """``clear(chain[i], bit)`` for i in [start, end)."""
-        for i in range(start, end):
-            self.clear(chain[i], bit)
-
     def mask(self, h: int) -> int:
         """The mask of the backends holding ``h`` (0: none)."""
         return self.masks.get(h, 0)
