@@ -158,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "request (default: 30; 0 lets the loaded units trade idle accuracy away)")
     f.add_argument("--no-front-end", action="store_true",
                    help="fit no API-server front end (sim.frontend): only the step model and a fixed overhead")
+    f.add_argument("--no-matmul-floor", action="store_true",
+                   help="fit no floor under the step's matmuls (sim.latency's matmul_floor_s; by default its "
+                        "knee, in decodes, is the one of least replayed cost among 1-64): a decode step then "
+                        "grows linearly from one sequence, where a real one costs about the same for a few "
+                        "(the model before the floor, for comparison)")
     f.add_argument("--unbounded-front-end", action="store_true",
                    help="ignore the API server's CPU per job that profiling measured (its frontend phase) and "
                         "fit the front end freely; for servers whose front end is not their process's CPU, "
@@ -312,7 +317,7 @@ def _fit(args) -> int:
                                  polish_nfev=args.polish_nfev, hardware=args.hardware,
                                  pin_weight=args.pin_weight, front_end=not args.no_front_end,
                                  measured_bounds=not args.unbounded_front_end,
-                                 engine_overrides=overrides)
+                                 matmul_floor=not args.no_matmul_floor, engine_overrides=overrides)
     out = Path(args.out or f"{args.name}.json")
     profile.save(out)
     if args.rows_out:
@@ -320,7 +325,8 @@ def _fit(args) -> int:
     m, fit = profile.model, profile.fit
     print(f"wrote {out}")
     print("coefficients: " + ", ".join(f"{k}={getattr(m, k):.4g}" for k in ("step_s", "token_s", "seq_s",
-                                                                            "prefill_attn_s", "decode_attn_s")))
+                                                                            "prefill_attn_s", "decode_attn_s",
+                                                                            "matmul_floor_s")))
     fe = profile.front_end
     print(f"request overhead {fit['request_overhead_s']:.4g} s, jitter_cv {profile.jitter_cv:.3f}, "
           f"{fit['replays']} replays")

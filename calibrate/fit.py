@@ -352,8 +352,10 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
                polish_nfev: int = POLISH_REPLAYS,
                init: tuple[LatencyModel, float] | None = None, huber_delta: float = 0.1,
                pin_weight: float = PIN_WEIGHT, front_end: bool = True, tol: float = TOL,
-               front_end_bounds: tuple[FrontEndModel, FrontEndModel] | None = None) -> FitResult:
+               front_end_bounds: tuple[FrontEndModel, FrontEndModel] | None = None,
+               knee: float = 1.0) -> FitResult:
     """The three stages of the module docstring; ``front_end=False`` keeps the front end at 0.
+    ``knee`` holds the matmuls' floor at that many decodes' matmuls (``replay.unpack``; 1: none).
 
     ``front_end_bounds`` (lower, upper) keeps each front-end cost in a measured
     range (``calibrate.frontend_cpu``: at least the API server's CPU time per
@@ -399,7 +401,7 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
         theta = np.maximum(x, 0.0) * scale
         if theta[0] + theta[1] <= 0:
             theta[0] = 1e-9
-        model, overhead, fe = unpack(theta)
+        model, overhead, fe = unpack(theta, knee)
         return linearize_units(which, len(data), model, engine, overhead, fe)
 
     # Stage 1: the idle requests alone (their schedule does not depend on the parameters).
@@ -477,18 +479,50 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
         stages["polish"] = {"ran": False}
     # A parameter a billionth of its effect scale changes no latency: write it as 0.
     x_final = np.where(x < 1e-9, 0.0, x)
-    model, overhead, fe = unpack(x_final * scale)
+    model, overhead, fe = unpack(x_final * scale, knee)
     final = linearize(x_final, idle_units)
     M_f, _, _, _ = _rows(data, final, scale, anchor)
     drift = float(np.max(np.abs(M_f @ x_final - idle_pred) / np.maximum(np.abs(idle_pred), 1e-12))) \
         if len(idle_pred) else math.nan
-    stages = {"idle": {"requests": int(anchor.sum()), "params": _named(x_idle * scale),
+    stages = {"idle": {"requests": int(anchor.sum()), "params": _named(x_idle * scale), "knee": knee,
                        "median_abs_rel_error": float(np.median(idle_fit_err)) if len(idle_fit_err) else math.nan},
               **stages}
     return FitResult(model, overhead, fe, dict(zip(PARAMS, map(float, pack(model0, overhead0)))), cost,
                      replays, "costs by iteration: " + ", ".join(f"{c:.4g}" for c in history),
                      converged=final_converged, iterations=total_iter, convergence=final_status,
                      idle_drift=drift, stages=stages)
+
+
+#: Knees tried for the matmuls' floor (``sim.latency``), in one-token decodes: 1 is the linear
+#: step model; CPU shapes measured 2-4 (docs/calibration.md), a GPU's decode stays memory-bound
+#: to batches of tens.
+KNEES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)
+#: A larger knee is taken only if it lowers the replayed cost by more than this fraction.
+KNEE_GAIN = 1e-3
+
+
+def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES, **kwargs) -> FitResult:
+    """``fit_replay`` with the matmuls' floor at the knee that explains the data best.
+
+    With the knee held, every step time stays linear in the parameters, so each
+    candidate is an ordinary fit; the knee is a single number, and a grid over it
+    finds it without a derivative, which the max() does not give where the floor
+    is inactive. Every knee gets the whole fit (the ranking before the polish is
+    unreliable: schedule flips leave stage 2 in pits that the polish climbs out
+    of). A larger knee must earn its place: ties (data without batches of a few
+    decodes) keep the smaller one, down to 1, the linear model.
+    """
+    knees = sorted(set(float(k) for k in knees))
+    if not knees or knees[0] < 1.0:
+        raise FitError(f"knees are counts of decodes >= 1, got {knees}")
+    trials = {k: fit_replay(data, engine, knee=k, **kwargs) for k in knees}
+    best_cost = min(t.cost for t in trials.values())
+    chosen = next(k for k in knees if trials[k].cost <= best_cost * (1 + KNEE_GAIN))
+    result = trials[chosen]
+    result.stages = {"knee": {"chosen": chosen,
+                              "replayed_cost_by_knee": {k: t.cost for k, t in trials.items()}},
+                     **result.stages}
+    return result
 
 
 #: Secant step of the polish: this fraction of each parameter's value, and at least
@@ -700,7 +734,7 @@ def engine_defaults(meta: dict, *, num_kv_blocks: int | None = None, block_size:
 
 def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_iter: int = 30,
                 polish_nfev: int = POLISH_REPLAYS, hardware: str = "", pin_weight: float = PIN_WEIGHT,
-                front_end: bool = True, measured_bounds: bool = True,
+                front_end: bool = True, measured_bounds: bool = True, matmul_floor: bool = True,
                 engine_overrides: dict | None = None) -> tuple[LatencyProfile, pd.DataFrame]:
     """Fit ``data_path`` into a named profile; also return the rows with simulated values."""
     data, meta = load_data(data_path)
@@ -708,8 +742,9 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
     measured = measured_front_end(meta) if measured_bounds else None
     bounds = (measured, FrontEndModel(**{k: WALL_FACTOR * v for k, v in measured.to_dict().items()})) \
         if measured is not None else None
-    result = fit_replay(data, engine, max_iter=max_iter, polish_nfev=polish_nfev, pin_weight=pin_weight,
-                        front_end=front_end, front_end_bounds=bounds)
+    result = fit_with_knee(data, engine, knees=KNEES if matmul_floor else (1.0,), max_iter=max_iter,
+                           polish_nfev=polish_nfev, pin_weight=pin_weight, front_end=front_end,
+                           front_end_bounds=bounds)
     units = prepare_units(data, engine.block_size)
     diag = diagnostics(data, units, engine, result.model, result.overhead_s, result.front_end)
     frame = diag.pop("_frame")
@@ -747,7 +782,9 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
             "method": "robust bounded least squares on the requests sent to an idle engine, whose predictions "
                       "are then pinned; iterated bounded linear least squares on relative TTFT/TPOT errors of "
                       "every request replayed through sim.engine and sim.frontend (schedule-linearised, Huber, "
-                      "units weighted equally, line search on the replayed cost); polished by least_squares on "
+                      + ("the matmuls' floor at the knee of least replayed cost, " if matmul_floor
+                         else "linear step model, ")
+                      + "units weighted equally, line search on the replayed cost); polished by least_squares on "
                       "the replayed residuals",
             "converged": result.converged,
             "convergence": result.convergence,

@@ -90,11 +90,28 @@ def pack(model: LatencyModel, overhead_s: float, front_end: FrontEndModel = Fron
                     + [getattr(front_end, c) for c in FRONT_END_COEFFICIENTS], float)
 
 
-def unpack(theta: np.ndarray) -> tuple[LatencyModel, float, FrontEndModel]:
+def unpack(theta: np.ndarray, knee: float = 1.0) -> tuple[LatencyModel, float, FrontEndModel]:
+    """The model, overhead and front end of ``theta``; with ``knee`` > 1 the matmuls' floor
+    (``sim.latency``) is ``knee`` decodes' worth of matmuls, ``knee * (token_s + seq_s)``."""
     theta = np.maximum(np.asarray(theta, float), 0.0)
-    model = LatencyModel(**{c: float(theta[i]) for i, c in enumerate(COEFFICIENTS)})
+    coeffs = {c: float(theta[i]) for i, c in enumerate(COEFFICIENTS)}
+    if knee > 1.0:
+        coeffs["matmul_floor_s"] = knee * (coeffs["token_s"] + coeffs["seq_s"])
+    model = LatencyModel(**coeffs)
     fe = FrontEndModel(**{c: float(theta[_FE[c]]) for c in FRONT_END_COEFFICIENTS})
     return model, float(theta[_OVERHEAD]), fe
+
+
+def matmul_knee(model: LatencyModel) -> float:
+    """How many one-token decodes' matmuls the model's floor equals (1: no floor).
+
+    The fit holds the floor at a fixed knee while it moves ``token_s`` and ``seq_s``,
+    which keeps every step time linear in the parameters for a given schedule.
+    """
+    per_decode = model.token_s + model.seq_s
+    if model.matmul_floor_s <= 0 or per_decode <= 0:
+        return 1.0
+    return max(model.matmul_floor_s / per_decode, 1.0)
 
 
 def make_profile(model: LatencyModel, engine: EngineDefaults, name: str = "candidate",
@@ -190,6 +207,8 @@ def linearize_units(units: list[PreparedUnit], n_rows: int, model: LatencyModel,
     from sim.engine import Engine
     from sim.request import EngineRequest
 
+    knee = matmul_knee(model)
+
     nanP = np.full((n_rows, NPARAM), np.nan)
     lin = Linearized(nanP.copy(), np.full(n_rows, np.nan), nanP.copy(), np.full(n_rows, np.nan), nanP.copy(),
                      np.full(n_rows, np.nan), 0, pack(model, max(overhead_s, 0.0), front_end))
@@ -271,7 +290,10 @@ def linearize_units(units: list[PreparedUnit], n_rows: int, model: LatencyModel,
             out = eng.complete(plan, 1, float(S[0]))
             tokens, seqs, work, ctx = rec.last
             phi = np.zeros(NPARAM)
-            phi[:5] = (1.0, tokens, seqs, work, ctx)
+            if model.matmul_floor_s > model.token_s * tokens + model.seq_s * seqs:
+                phi[:5] = (1.0, knee, knee, work, ctx)  # under the floor: knee decodes' worth of matmuls
+            else:
+                phi[:5] = (1.0, tokens, seqs, work, ctx)
             phis.append(phi)
             last_start, last_end = float(S[0]), float(S[0]) + plan.first
             steps += 1

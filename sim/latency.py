@@ -17,6 +17,20 @@ context length. This is the decomposition Vidur and BLIS use (linear in tokens,
 quadratic attention for prefill, linear attention for decode), with the few
 coefficients a profile can fit from measurements.
 
+A fitted profile may add one roofline term, ``matmul_floor_s``: the weight
+matmuls of a step (``token_s`` per token, and ``seq_s`` per sequence, which on
+the CPU shapes is mostly the vocabulary projection) stream their weights from
+memory once per step however few tokens they multiply, so they take at least
+that long:
+
+    t = step_s + max(matmul_floor_s, token_s * T + seq_s * S) + the attention terms
+
+A decode step then costs the same for one sequence as for a few, and grows
+linearly only past the knee, as measured on vLLM-CPU (docs/calibration.md: the
+`small` shape's decode step is 45-46 ms for 1-3 sequences and adds 2.0 ms per
+sequence beyond 4). A prefill step is far past the knee, so the floor leaves it
+alone. ``matmul_floor_s = 0`` is the linear form above.
+
 Derived profiles (``sim.profiles``) add roofline terms, all zero in fitted
 profiles, so those keep the linear form above exactly:
 
@@ -59,11 +73,12 @@ from sim.frontend import FrontEndError, FrontEndModel
 PROFILE_SCHEMA_VERSION = 2
 READABLE_SCHEMA_VERSIONS = (1, 2)
 COEFFICIENTS = ("step_s", "token_s", "seq_s", "prefill_attn_s", "decode_attn_s")
-#: Roofline terms of derived profiles (``sim.profiles``); 0 in fitted ones.
+#: Roofline terms of derived profiles (``sim.profiles``), and fitted profiles' ``matmul_floor_s``;
+#: 0 where unused, and then not written.
 ROOFLINE_TERMS = ("weight_s", "expert_s", "experts", "experts_per_token", "prefill_floor_s", "spill_tokens",
-                  "spill_token_s")
+                  "spill_token_s", "matmul_floor_s")
 #: The coefficients that are durations (the rest are counts: experts, tokens).
-TIME_TERMS = COEFFICIENTS + ("weight_s", "expert_s", "prefill_floor_s", "spill_token_s")
+TIME_TERMS = COEFFICIENTS + ("weight_s", "expert_s", "prefill_floor_s", "spill_token_s", "matmul_floor_s")
 
 
 class ProfileError(ValueError):
@@ -86,14 +101,21 @@ class LatencyModel:
     prefill_floor_s: float = 0.0
     spill_tokens: float = 0.0
     spill_token_s: float = 0.0
+    #: Fitted profiles' roofline: the least the step's matmuls (token_s * T + seq_s * S) take.
+    matmul_floor_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in COEFFICIENTS + ROOFLINE_TERMS:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ProfileError(f"latency coefficient {name} must be a finite number >= 0, got {v!r}")
-        if self.step_s + self.token_s + self.weight_s <= 0:
-            raise ProfileError("a latency model needs step_s, token_s or weight_s > 0 (steps must take time)")
+        if self.step_s + self.token_s + self.weight_s + self.matmul_floor_s <= 0:
+            raise ProfileError("a latency model needs step_s, token_s, weight_s or matmul_floor_s > 0 "
+                               "(steps must take time)")
+        if self.matmul_floor_s > 0 and self.weight_s > 0:
+            raise ProfileError("matmul_floor_s (a fitted profile's floor under token_s and seq_s) and weight_s "
+                               "(a derived profile's floor under token_s) model the same weight reads: "
+                               "give one of them")
         if self.expert_s > 0:
             e, k = self.experts, self.experts_per_token
             if not (isinstance(e, int) and isinstance(k, int) and 1 <= k <= e):
@@ -121,8 +143,12 @@ class LatencyModel:
             + self.prefill_attn_s * prefill_attn_work
             + self.decode_attn_s * decode_context
         )
+        if self.matmul_floor_s:
+            matmul = self.token_s * num_tokens + self.seq_s * num_seqs
+            if self.matmul_floor_s > matmul:
+                t += self.matmul_floor_s - matmul
         if not (self.weight_s or self.prefill_floor_s):
-            return t  # a fitted (linear) model: the hot path stays as cheap as before
+            return t  # a fitted model: the hot path stays as cheap as before
         memory = self.weight_s
         if self.expert_s:
             memory += self.expert_s * (1.0 - (1.0 - self.experts_per_token / self.experts) ** num_tokens)

@@ -32,7 +32,7 @@ from live.kv_events.engine_events import EngineEvents
 from routing.kv_events import AllBlocksCleared
 from sim.engine import Engine, EngineConfig, EngineMetrics, RequestTooLong
 from sim.frontend import FrontEnd
-from sim.latency import LatencyProfile
+from sim.latency import TIME_TERMS, LatencyProfile
 from sim.request import EngineRequest, Status
 from workload.hashing import block_hash_chain
 
@@ -94,9 +94,7 @@ def scaled_profile(profile: LatencyProfile, slowdown: float) -> LatencyProfile:
     if slowdown == 1.0:
         return profile
     m = profile.model
-    model = replace(m, step_s=m.step_s * slowdown, token_s=m.token_s * slowdown,
-                    seq_s=m.seq_s * slowdown, prefill_attn_s=m.prefill_attn_s * slowdown,
-                    decode_attn_s=m.decode_attn_s * slowdown)
+    model = replace(m, **{term: getattr(m, term) * slowdown for term in TIME_TERMS})
     return replace(profile, model=model)
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from calibrate.fit import FitError, closed_form_init, engine_defaults, fit_profile, fit_replay, load_data
+from calibrate.fit import (FitError, closed_form_init, engine_defaults, fit_profile, fit_replay, fit_with_knee,
+                           load_data)
 from calibrate.replay import linearize_units, pack, prepare_units, simulate_units
 from sim.frontend import FrontEndModel
 from sim.latency import LatencyModel, load_profile
@@ -83,6 +84,49 @@ def test_linearized_schedule_matches_the_cluster_simulation(synth, front_end):
     np.testing.assert_allclose(lin.e2el_const + lin.e2el_design @ theta, e2el, rtol=1e-9)
     if not front_end.enabled:  # the data were simulated without one
         np.testing.assert_allclose(ttft, synth["ttft_s"], rtol=1e-9)
+
+
+#: A decode step flat up to three sequences, as vLLM-CPU's is (sim.latency's matmul floor).
+FLOORED_MODEL = dataclasses.replace(TRUE_MODEL, matmul_floor_s=3 * (TRUE_MODEL.token_s + TRUE_MODEL.seq_s))
+
+
+@pytest.fixture(scope="module")
+def floored():
+    return synthetic_rows(model=FLOORED_MODEL, loaded_units=2)
+
+
+#: A shorter grid than the default, around the true knee, to keep the tests quick.
+TEST_KNEES = (1.0, 2.0, 3.0, 4.0, 6.0)
+
+
+def test_the_knee_of_the_matmul_floor_is_found(floored):
+    res = fit_with_knee(floored, ENGINE, knees=TEST_KNEES)
+    assert res.stages["knee"]["chosen"] == 3.0
+    assert res.converged, res.convergence
+    for name in ("step_s", "token_s", "seq_s", "matmul_floor_s"):
+        assert _rel(getattr(res.model, name), getattr(FLOORED_MODEL, name)) < 0.05, name
+    # The linear model (knee 1) cannot explain a flat start: its replayed cost is higher.
+    grid = res.stages["knee"]["replayed_cost_by_knee"]
+    assert grid[1.0] > 2 * grid[3.0]
+
+
+def test_data_without_a_floor_keep_the_linear_model(synth):
+    res = fit_with_knee(synth, ENGINE, knees=TEST_KNEES)
+    assert res.stages["knee"]["chosen"] == 1.0 and res.model.matmul_floor_s == 0.0
+
+
+def test_the_fit_replay_is_exact_under_the_floor(floored):
+    """Steps under the floor are linear in the parameters at a fixed knee: the replay stays exact."""
+    units = prepare_units(floored, ENGINE.block_size)
+    lin = linearize_units(units, len(floored), FLOORED_MODEL, ENGINE, TRUE_OVERHEAD)
+    theta = pack(FLOORED_MODEL, TRUE_OVERHEAD)
+    np.testing.assert_allclose(lin.tpot_const + lin.tpot_design @ theta, floored["tpot_s"], rtol=1e-9)
+    np.testing.assert_allclose(lin.ttft_const + lin.ttft_design @ theta, floored["ttft_s"], rtol=1e-9)
+    # The floor's share moves with token_s and seq_s: a 1% larger seq_s lengthens a lone decode by 3x
+    # its own share (three decodes' worth of matmuls), which the design row must say.
+    idle = (floored["unit"] == "idle/idle").to_numpy() & np.isfinite(floored["tpot_s"].to_numpy())
+    seq_col = 2
+    np.testing.assert_allclose(lin.tpot_design[idle, seq_col], 3.0, rtol=1e-9)
 
 
 #: Loaded units timed with a *linear* prefill (no attention term, a dearer token instead): the

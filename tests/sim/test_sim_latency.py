@@ -61,13 +61,46 @@ def test_every_shipped_profile_loads_and_says_where_it_came_from():
         assert 0 < small <= big
 
 
-def test_decode_run_closed_form_sums_its_steps():
-    m = LatencyModel(0.02, 1e-4, 1e-3, 1e-8, 2e-6)
+@pytest.mark.parametrize("floor", [0.0, 0.05])
+def test_decode_run_closed_form_sums_its_steps(floor):
+    m = LatencyModel(0.02, 1e-4, 1e-3, 1e-8, 2e-6, matmul_floor_s=floor)
     first, delta, total = m.decode_run(num_seqs=7, context_sum=7000, steps=25)
     steps = [m.step_time(7, 7, 0.0, 7000 + 7 * k) for k in range(25)]
     assert first == pytest.approx(steps[0])
     assert delta == pytest.approx(steps[1] - steps[0])
     assert total == pytest.approx(sum(steps))
+
+
+#: Matmuls of 2 ms per decoding sequence (0.5 ms per token, 1.5 ms per sequence) over a 5 ms floor.
+FLOORED = LatencyModel(step_s=0.03, token_s=5e-4, seq_s=1.5e-3, matmul_floor_s=0.005)
+
+
+def test_the_matmul_floor_makes_a_few_decodes_cost_what_one_does():
+    """vLLM-CPU's decode step is flat up to a knee, then linear (docs/calibration.md)."""
+    t = {s: FLOORED.step_time(s, s, 0.0, 0) for s in (1, 2, 3, 4, 8)}
+    assert t[1] == pytest.approx(0.035) and t[2] == pytest.approx(0.035)  # under the floor
+    assert t[3] == pytest.approx(0.03 + 3 * 0.002)  # past the knee (2.5 sequences)
+    assert t[8] - t[4] == pytest.approx(4 * 0.002)
+    # The linear model charges every sequence, however few.
+    linear = LatencyModel(step_s=0.03, token_s=5e-4, seq_s=1.5e-3)
+    assert linear.step_time(2, 2, 0.0, 0) - linear.step_time(1, 1, 0.0, 0) == pytest.approx(0.002)
+    # A prefill chunk is far past the knee: the floor leaves it alone, attention included.
+    work = FLOORED.prefill_work(512, 0)
+    assert FLOORED.step_time(512, 1, work, 0) == pytest.approx(linear.step_time(512, 1, work, 0))
+
+
+def test_the_matmul_floor_is_written_only_where_set_and_scales_with_the_machine(tmp_path):
+    p = LatencyProfile("f", FLOORED, EngineDefaults(100, 32, 64, 512))
+    assert json.loads(p.to_json())["coefficients"]["matmul_floor_s"] == 0.005
+    assert load_profile(str(p.save(tmp_path / "f.json"))) == p
+    plain = LatencyProfile("p", LatencyModel(0.03, 5e-4), EngineDefaults(100, 32, 64, 512))
+    assert "matmul_floor_s" not in json.loads(plain.to_json())["coefficients"]
+    assert p.slowed(2.0).model.step_time(1, 1, 0.0, 0) == pytest.approx(2 * 0.035)
+
+
+def test_one_floor_for_the_weights_not_two():
+    with pytest.raises(ProfileError, match="matmul_floor_s .* and weight_s"):
+        LatencyModel(step_s=0.01, token_s=1e-4, weight_s=0.01, matmul_floor_s=0.01)
 
 
 @needs_data
