@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the rows with their simulated TTFT/TPOT/E2EL to this CSV")
 
     c = sub.add_parser("check", help="replay an unseen workload on the backend and in the simulator",
-                       description="Poisson at 50%% and 80%% of capacity and a burst, with a prompt mix the "
+                       description="Poisson at 50% and 80% of capacity and a burst, with a prompt mix the "
                        "fit never saw; prints and saves the relative error of TTFT p50/p90, TPOT p50/p90 and "
                        "E2EL p50 (simulated vs real) and the largest of them. Exit code 0 either way; "
                        "see max_abs_err in check.json.")

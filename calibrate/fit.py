@@ -40,6 +40,11 @@ API-server front end (``sim.frontend``). Three stages:
    model expects less than 1e-4 of the cost to be gained, and otherwise says
    plainly that it did not (out of replays, or no step lowered the cost).
 
+Around the three stages, ``fit_with_knee`` fits the matmuls' floor
+(``sim.latency``'s ``matmul_floor_s``): the whole fit runs at each knee of a grid
+(the floor held at that many one-token decodes' matmuls, which keeps every step
+time linear in the parameters) and the knee of least replayed cost is kept.
+
 The result is a ``sim.latency.LatencyProfile`` with provenance (``source``) and
 diagnostics (``fit``: convergence, each stage, residuals per unit, phase and
 prompt-length bucket, and how far the idle predictions moved).
