@@ -499,8 +499,8 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
 
 
 #: Knees tried for the matmuls' floor (``sim.latency``), in one-token decodes: 1 is the linear
-#: step model; CPU shapes measured 2-4 (docs/calibration.md), a GPU's decode stays memory-bound
-#: to batches of tens.
+#: step model; vLLM-CPU's `small` shape measured about 3 (docs/calibration.md), and a GPU's decode
+#: stays memory-bound to batches of tens.
 KNEES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)
 #: A larger knee is taken only if it lowers the replayed cost by more than this fraction.
 KNEE_GAIN = 1e-3
