@@ -161,6 +161,10 @@ class LatencyModel:
             return self.prefill_floor_s
         return t
 
+    def scaled(self, factor: float) -> LatencyModel:
+        """Every duration (``TIME_TERMS``) times ``factor``; counts (experts, tokens) kept."""
+        return replace(self, **{t: getattr(self, t) * factor for t in TIME_TERMS})
+
     def prefill_work(self, new_tokens: int, computed: int) -> float:
         """Causal attention pairs for a chunk of ``new_tokens`` after ``computed`` tokens."""
         return new_tokens * (computed + (new_tokens + 1) / 2.0)
@@ -250,7 +254,7 @@ class LatencyProfile:
         """
         if not (math.isfinite(factor) and factor > 0):
             raise ProfileError(f"a speed factor must be a finite number > 0, got {factor!r}")
-        model = replace(self.model, **{t: getattr(self.model, t) * factor for t in TIME_TERMS})
+        model = self.model.scaled(factor)
         front = type(self.front_end)(**{f.name: getattr(self.front_end, f.name) * factor
                                         for f in fields(self.front_end)})
         return replace(self, model=model, front_end=front, request_overhead_s=self.request_overhead_s * factor)

@@ -32,7 +32,7 @@ from live.kv_events.engine_events import EngineEvents
 from routing.kv_events import AllBlocksCleared
 from sim.engine import Engine, EngineConfig, EngineMetrics, RequestTooLong
 from sim.frontend import FrontEnd
-from sim.latency import TIME_TERMS, LatencyProfile
+from sim.latency import LatencyProfile
 from sim.request import EngineRequest, Status
 from workload.hashing import block_hash_chain
 
@@ -93,9 +93,7 @@ def scaled_profile(profile: LatencyProfile, slowdown: float) -> LatencyProfile:
     """The profile with every step time multiplied by ``slowdown`` (fault injection)."""
     if slowdown == 1.0:
         return profile
-    m = profile.model
-    model = replace(m, **{term: getattr(m, term) * slowdown for term in TIME_TERMS})
-    return replace(profile, model=model)
+    return replace(profile, model=profile.model.scaled(slowdown))
 
 
 class EngineDriver:
