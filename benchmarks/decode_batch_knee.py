@@ -36,23 +36,12 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
+from calibrate.decode_steps import predicted_step, together_gaps  # noqa: E402
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE  # noqa: E402
 from calibrate.prompts import prompt_tokens  # noqa: E402
 from live.transport.client import stream_completion  # noqa: E402
 
 DEFAULT_BATCHES = "1,2,3,4,6,8,12,16,24,32"
-
-
-def together_gaps(chunk_times: list[list[float]]) -> list[float]:
-    """Gaps between consecutive tokens of each request, within the window where all decode.
-
-    ``chunk_times[i]`` are request i's token arrival times on one clock. The window
-    opens at the last first token and closes at the first last token; a gap counts
-    if both of its tokens fall inside it.
-    """
-    lo = max(t[0] for t in chunk_times)
-    hi = min(t[-1] for t in chunk_times)
-    return [b - a for t in chunk_times for a, b in zip(t, t[1:]) if a >= lo and b <= hi]
 
 
 async def batch_step(session, url: str, model: str | None, n: int, first_id: int, prompt_len: int,
@@ -99,8 +88,7 @@ def summarise(rows: list[dict], profile=None, prompt_len: int = 32, output_len: 
         if prev is not None:
             row["per_added_seq_ms"] = round((step - prev[1]) / (n - prev[0]), 3)
         if profile is not None:
-            context = n * (prompt_len + output_len // 2)
-            row["profile_step_ms"] = round(profile.model.step_time(n, n, 0.0, context) * 1e3, 2)
+            row["profile_step_ms"] = round(predicted_step(profile.model, n, prompt_len + output_len // 2) * 1e3, 2)
         out.append(row)
         prev = (n, step)
     return out

@@ -118,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="time budget in seconds; phases are capped at shares of it (default: 900)")
     pr.add_argument("--resume", action="store_true", help="continue an interrupted run: skip finished units")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    pr.add_argument("--phases", default="idle,prefix,concurrency,poisson,frontend",
-                    help="comma-separated phases to run (default: all: idle,prefix,concurrency,poisson,frontend)")
+    pr.add_argument("--phases", default="idle,prefix,concurrency,poisson,frontend,decode",
+                    help="comma-separated phases to run (default: all: idle,prefix,concurrency,poisson,frontend,"
+                         "decode)")
     pr.add_argument("--buckets", type=_csv_ints, default=None,
                     help="prompt-length buckets in tokens (default: 32,128,512,1024,2048)")
     pr.add_argument("--concurrency", type=_csv_ints, default=None,
@@ -181,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "E2EL p50 (simulated vs real) and the largest of them. Exit code 0 either way; "
                        "see max_abs_err in check.json.")
     c.add_argument("--profile", required=True, help="a latency profile name or JSON path")
-    c.add_argument("--backend", required=True, type=_url, help="base URL of the vLLM server the profile describes")
+    c.add_argument("--backend", default=None, type=_url,
+                   help="base URL of the vLLM server the profile describes (required unless --replay)")
     c.add_argument("--out", default=None, help="folder for check.json and check_requests.csv "
                                                "(default: runs/calibrate-check/<profile>)")
     c.add_argument("--loads", type=_csv_floats, default=(0.5, 0.8),
@@ -197,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0: no probes; default: 3)")
     c.add_argument("--replay", default=None, metavar="CHECK_REQUESTS_CSV",
                    help="send nothing: re-evaluate the profile on the requests an earlier check measured "
-                        "(its check_requests.csv); --backend is then only recorded")
+                        "(its check_requests.csv); --backend is then not needed")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     a = sub.add_parser("campaign", help="serve, profile, fit and check (twice) several shapes, resumably",
@@ -351,6 +353,9 @@ def _check(args) -> int:
     from calibrate.check import CheckSettings, format_reference, format_table, run_check
     from sim.latency import load_profile
 
+    if not args.replay and not args.backend:
+        raise ValueError("calibrate check needs --backend URL (or --replay CHECK_REQUESTS_CSV to "
+                         "re-evaluate the profile on an earlier check's measured requests)")
     profile = load_profile(args.profile)
     out = Path(args.out or Path("runs") / "calibrate-check" / profile.name)
     if args.replay:
@@ -366,7 +371,7 @@ def _check(args) -> int:
             # Re-evaluating in place: keep the measured columns, not the previous profile's simulation.
             measured = measured.drop(columns=[c for c in measured.columns if c.startswith("sim_")])
         earlier = source.with_name("check.json")
-        extra = {"replayed": str(source), "backend": args.backend}
+        extra = {"replayed": str(source), **({"backend": args.backend} if args.backend else {})}
         if earlier.is_file():
             prior = json.loads(earlier.read_text())
             extra.update({k: prior[k] for k in ("capacity_rps", "units", "loadavg_before") if k in prior})

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +61,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares, lsq_linear
 
+from calibrate import decode_steps as decode_steps_mod
 from calibrate.frontend_cpu import WALL_FACTOR
 from results.jsonsafe import json_safe
 from calibrate.modeldir import shape_for_served
@@ -267,10 +269,19 @@ def _unit_weights(data: pd.DataFrame) -> np.ndarray:
 QUANTILES = {"ttft": (10, 25, 50, 75, 90), "tpot": (10, 25, 50, 75, 90), "e2el": (50, 90)}
 
 
-def loaded_groups(data: pd.DataFrame, anchor: np.ndarray) -> list[np.ndarray]:
-    """Row positions of each loaded unit (everything but the requests sent to an idle engine)."""
+def loaded_groups(data: pd.DataFrame, anchor: np.ndarray) -> list[tuple[np.ndarray, float]]:
+    """Row positions of each loaded unit (everything but the requests sent to an idle engine), with
+    its weight: 1, but the decode phase's units share one unit's weight (``calibrate.decode_steps``:
+    many small units that measure one curve must not outweigh the mixed loads)."""
     pos = pd.Series(np.arange(len(data)), index=data.index)
-    return [pos[g.index].to_numpy() for _, g in data[~anchor].groupby("unit", sort=False)]
+    loaded = data[~anchor]
+    decode_units = loaded.loc[loaded["phase"] == decode_steps_mod.PHASE, "unit"].nunique() \
+        if "phase" in loaded else 0
+    out = []
+    for _, g in loaded.groupby("unit", sort=False):
+        decode = "phase" in g and (g["phase"] == decode_steps_mod.PHASE).all()
+        out.append((pos[g.index].to_numpy(), 1.0 / math.sqrt(decode_units) if decode else 1.0))
+    return out
 
 
 def _quantile_row(values: np.ndarray, design: np.ndarray, const: np.ndarray, q: float):
@@ -288,21 +299,22 @@ def _quantile_row(values: np.ndarray, design: np.ndarray, const: np.ndarray, q: 
     return (1 - f) * design[a] + f * design[b], (1 - f) * const[a] + f * const[b]
 
 
-def _weighted_system(data: pd.DataFrame, lin: Linearized, scale: np.ndarray, groups: list[np.ndarray]):
+def _weighted_system(data: pd.DataFrame, lin: Linearized, scale: np.ndarray,
+                     groups: list[tuple[np.ndarray, float]]):
     """Relative errors of each loaded unit's percentiles (``QUANTILES``), as ``M @ x - v`` rows.
 
     Matching percentiles, not requests one by one: the check judges percentiles,
     and a unit's percentiles change smoothly with the parameters, while a single
     replayed request jumps by a whole step when an arrival falls on the other
-    side of a step boundary. Each unit weighs the same (its rows share a unit of
-    weight). Returns ``(M, v, w)`` with ``w`` each row's weight.
+    side of a step boundary. Each unit weighs its group weight (its rows share it;
+    ``loaded_groups``). Returns ``(M, v, w)`` with ``w`` each row's weight.
     """
     measured = {"ttft": data["ttft_s"].to_numpy(float), "tpot": data["tpot_s"].to_numpy(float),
                 "e2el": data["e2el_s"].to_numpy(float)}
     sim = {"ttft": (lin.ttft_design, lin.ttft_const), "tpot": (lin.tpot_design, lin.tpot_const),
            "e2el": (lin.e2el_design, lin.e2el_const)}
     theta_rows, targets, weights = [], [], []
-    for rows in groups:
+    for rows, unit_weight in groups:
         unit_rows, unit_v = [], []
         for metric, qs in QUANTILES.items():
             real = measured[metric][rows]
@@ -319,7 +331,7 @@ def _weighted_system(data: pd.DataFrame, lin: Linearized, scale: np.ndarray, gro
                 unit_rows.append(d * scale / r_q)
                 unit_v.append((r_q - c) / r_q)
         if unit_rows:
-            w = 1.0 / np.sqrt(len(unit_rows))
+            w = unit_weight / np.sqrt(len(unit_rows))
             theta_rows += [r * w for r in unit_rows]
             targets += [v * w for v in unit_v]
             weights += [w] * len(unit_rows)
@@ -391,27 +403,37 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
     held = np.where(free, 0.0, lb)  # the values of the parameters that are not free
     replays = 0
 
-    def solve(M, v, w, fixed=None) -> np.ndarray:
-        """``_robust_solve`` over the free parameters, within their bounds; the others stay held."""
+    def solve(M, v, w, fixed=None, keep: np.ndarray | None = None) -> np.ndarray:
+        """``_robust_solve`` over the free parameters, within their bounds; the others stay held.
+        ``keep`` (a full parameter vector) also holds the front-end costs at its values."""
         out = held.copy()
-        out[free] = _robust_solve(M[:, free], v - M[:, ~free] @ held[~free], w, huber_delta,
+        move = free
+        if keep is not None:
+            out[fe_cols] = keep[fe_cols]
+            move = free & ~fe_cols
+        out[move] = _robust_solve(M[:, move], v - M[:, ~move] @ out[~move], w, huber_delta,
                                   fixed=None if fixed is None else
-                                  (fixed[0][:, free], fixed[1] - fixed[0][:, ~free] @ held[~free]),
-                                  lower=lb[free], upper=ub[free])
+                                  (fixed[0][:, move], fixed[1] - fixed[0][:, ~move] @ out[~move]),
+                                  lower=lb[move], upper=ub[move])
         return out
 
-    def linearize(x: np.ndarray, which=units) -> Linearized:
+    def linearize(x: np.ndarray, which=units, linear: bool = False) -> Linearized:
         nonlocal replays
         replays += 1
         theta = np.maximum(x, 0.0) * scale
         if theta[0] + theta[1] <= 0:
             theta[0] = 1e-9
-        model, overhead, fe = unpack(theta, knee)
+        model, overhead, fe = unpack(theta, 1.0 if linear else knee)
         return linearize_units(which, len(data), model, engine, overhead, fe)
 
-    # Stage 1: the idle requests alone (their schedule does not depend on the parameters).
-    x0 = np.where(fe_cols, lb, pack(model0, overhead0) / scale)
-    lin0 = linearize(x0, idle_units)
+    # Stage 1: the idle requests alone (their schedule does not depend on the parameters), with the
+    # linear step model whatever the knee: under the matmuls' floor a lone decode and a short prefill
+    # trade the fixed step against the per-sequence cost and the overhead, and a solution of that
+    # degenerate system lands where a prefill step ties with the floor, whose one-sided linearisation
+    # would then pin the other side shut. The pins are predictions (smoothed measurements), valid for
+    # any knee.
+    x_idle = np.where(fe_cols, lb, pack(model0, overhead0) / scale)
+    lin0 = linearize(x_idle, idle_units, linear=True)
     M_i, v_i, use_t, use_p = _rows(data, lin0, scale, anchor)
     uw = _unit_weights(data)
     w_i = np.concatenate([uw[use_t], uw[use_p]])
@@ -437,23 +459,28 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
         return cost, M, v, w, A, b
 
     # Stage 2: least squares on the schedule-linearised system to a fixed point, with a line search
-    # on the replayed cost.
+    # on the replayed cost, from the idle fit.
     x = x_idle.copy()
     cost, M, v, w, A, b = evaluate(x)
     history = [cost]
     converged, status, iterations, last_move = False, "", 0, math.inf
     for iterations in range(1, max_iter + 1):
-        new = solve(M, v, w, (A, b))
-        step = new - x
-        moved = False
-        for alpha in (1.0, 0.5, 0.25, 0.125):
-            cand = x + alpha * step
-            got = evaluate(cand)
-            if got[0] <= cost:
-                last_move = float(np.max(np.abs(alpha * step)))
-                x, (cost, M, v, w, A, b) = cand, got
-                moved = True
-                break
+        # Where the front end never queues, the linearisation sees its costs as a fixed delay,
+        # interchangeable with the overhead, and a step may move a fixed cost into it that then
+        # queues a burst. So the step is also solved with the front end held (which needs no queue
+        # to be right), and the better of the two, by replayed cost, is taken.
+        best = None
+        for keep in (None, x) if front_end and (fe_cols & free).any() else (None,):
+            step = solve(M, v, w, (A, b), keep=keep) - x
+            for alpha in (1.0, 0.5, 0.25, 0.125):
+                got = evaluate(x + alpha * step)
+                if got[0] <= cost:
+                    if best is None or got[0] < best[1][0]:
+                        best = (x + alpha * step, got, float(np.max(np.abs(alpha * step))))
+                    break
+        moved = best is not None
+        if moved:
+            x, (cost, M, v, w, A, b), last_move = best
         history.append(cost)
         if not moved:
             status = (f"stopped after {iterations} iteration(s): the schedule-linearised step (largest move "
@@ -489,8 +516,8 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
     M_f, _, _, _ = _rows(data, final, scale, anchor)
     drift = float(np.max(np.abs(M_f @ x_final - idle_pred) / np.maximum(np.abs(idle_pred), 1e-12))) \
         if len(idle_pred) else math.nan
-    stages = {"idle": {"requests": int(anchor.sum()), "params": _named(x_idle * scale), "knee": knee,
-                       "median_abs_rel_error": float(np.median(idle_fit_err)) if len(idle_fit_err) else math.nan},
+    stages = {"idle": {"requests": int(anchor.sum()), "params": _named(x_idle * scale),
+                       "step_model": "linear", "median_abs_rel_error": float(np.median(idle_fit_err)) if len(idle_fit_err) else math.nan},
               **stages}
     return FitResult(model, overhead, fe, dict(zip(PARAMS, map(float, pack(model0, overhead0)))), cost,
                      replays, "costs by iteration: " + ", ".join(f"{c:.4g}" for c in history),
@@ -506,7 +533,8 @@ KNEES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24
 KNEE_GAIN = 1e-3
 
 
-def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES, **kwargs) -> FitResult:
+def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES,
+                  decode_steps: Mapping[int, dict] | None = None, **kwargs) -> FitResult:
     """``fit_replay`` with the matmuls' floor at the knee that explains the data best.
 
     With the knee held, every step time stays linear in the parameters, so each
@@ -514,19 +542,30 @@ def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES, **
     finds it without a derivative, which the max() does not give where the floor
     is inactive. Every knee gets the whole fit (the ranking before the polish is
     unreliable: schedule flips leave stage 2 in pits that the polish climbs out
-    of). A larger knee must earn its place: ties (data without batches of a few
-    decodes) keep the smaller one, down to 1, the linear model.
+    of).
+
+    Which knee: with directly measured decode steps (``decode_steps``, profiling's
+    ``decode`` phase; ``calibrate.decode_steps``), the one whose fit predicts them
+    best, because the replayed cost is rugged in the knee and those steps measure
+    the batch curve itself; without them, the one of least replayed cost. Either
+    way a larger knee must earn its place: ties keep the smaller one, down to 1,
+    the linear model.
     """
     knees = sorted(set(float(k) for k in knees))
     if not knees or knees[0] < 1.0:
         raise FitError(f"knees are counts of decodes >= 1, got {knees}")
     trials = {k: fit_replay(data, engine, knee=k, **kwargs) for k in knees}
     best_cost = min(t.cost for t in trials.values())
-    chosen = next(k for k in knees if trials[k].cost <= best_cost * (1 + KNEE_GAIN))
+    by_cost = next(k for k in knees if trials[k].cost <= best_cost * (1 + KNEE_GAIN))
+    record: dict = {"replayed_cost_by_knee": {k: t.cost for k, t in trials.items()}, "by_replayed_cost": by_cost}
+    chosen = by_cost
+    if decode_steps and len(decode_steps) >= decode_steps_mod.MIN_BATCHES:
+        chosen, errors = decode_steps_mod.knee_by_decode_steps({k: t.model for k, t in trials.items()},
+                                                               decode_steps)
+        record.update({"decode_step_error_by_knee": errors, "by_decode_steps": chosen,
+                       "decode_batches": sorted(decode_steps)})
     result = trials[chosen]
-    result.stages = {"knee": {"chosen": chosen,
-                              "replayed_cost_by_knee": {k: t.cost for k, t in trials.items()}},
-                     **result.stages}
+    result.stages = {"knee": {"chosen": chosen, **record}, **result.stages}
     return result
 
 
@@ -747,7 +786,8 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
     measured = measured_front_end(meta) if measured_bounds else None
     bounds = (measured, FrontEndModel(**{k: WALL_FACTOR * v for k, v in measured.to_dict().items()})) \
         if measured is not None else None
-    result = fit_with_knee(data, engine, knees=KNEES if matmul_floor else (1.0,), max_iter=max_iter,
+    result = fit_with_knee(data, engine, knees=KNEES if matmul_floor else (1.0,),
+                           decode_steps=decode_steps_mod.measured_steps(meta), max_iter=max_iter,
                            polish_nfev=polish_nfev, pin_weight=pin_weight, front_end=front_end,
                            front_end_bounds=bounds)
     units = prepare_units(data, engine.block_size)
@@ -787,9 +827,12 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
             "method": "robust bounded least squares on the requests sent to an idle engine, whose predictions "
                       "are then pinned; iterated bounded linear least squares on relative TTFT/TPOT errors of "
                       "every request replayed through sim.engine and sim.frontend (schedule-linearised, Huber, "
-                      + ("the matmuls' floor at the knee of least replayed cost, " if matmul_floor
+                      + (("the matmuls' floor at the knee whose fit best predicts the measured decode steps, "
+                          if decode_steps_mod.measured_steps(meta) else
+                          "the matmuls' floor at the knee of least replayed cost, ") if matmul_floor
                          else "linear step model, ")
-                      + "units weighted equally, line search on the replayed cost); polished by least_squares on "
+                      + "units weighted equally (the decode phase as one unit), line search on the replayed "
+                      "cost); polished by least_squares on "
                       "the replayed residuals",
             "converged": result.converged,
             "convergence": result.convergence,

@@ -57,6 +57,8 @@ class Unit:
     concurrency: int = 1
     rate: float = math.nan
     time_cap_s: float = math.inf  # stop sending new requests after this long
+    #: Keep each request's token arrival times (``Runner.token_times``), e.g. to time decode steps.
+    keep_token_times: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -115,6 +117,8 @@ class Runner:
         self.t0 = time.perf_counter()
         #: Every decision, by request id (tests compare rows with them).
         self.decisions: dict[int, Decision] = {}
+        #: Token arrival times (perf_counter seconds) of the requests of units that keep them.
+        self.token_times: dict[int, list[float]] = {}
 
     async def __aenter__(self) -> Runner:
         await self.fleet.start(self.session)
@@ -153,6 +157,8 @@ class Runner:
                 request_id=req.request_id, backend_index=decision.backend, ok=ok, input_len=req.input_len,
                 output_len=res.output_tokens if res is not None else 0,
                 ttft_s=res.ttft_s if ok else math.nan, e2el_s=res.e2el_s if ok else math.nan))
+        if unit.keep_token_times and res.ok:
+            self.token_times[req.request_id] = [res.start + c for c in res.chunk_times_s]
         row.update({
             "ttft_s": res.ttft_s if res.ok else math.nan,
             "tpot_s": res.tpot_s if res.ok else math.nan,

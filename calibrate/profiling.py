@@ -1,6 +1,6 @@
 """The Phase 2 profiling sweep against one backend -> ``profiling_data.csv``.
 
-Four phases, from idle to overload, each a list of units (see ``calibrate.probe``):
+Six phases, from idle to overload and two direct measurements, each a list of units (see ``calibrate.probe``):
 
 1. ``idle``: one request at a time over prompt-length buckets x output lengths:
    the closed-form regime (``LatencyModel.single_request``) that anchors the fit.
@@ -14,6 +14,10 @@ Four phases, from idle to overload, each a list of units (see ``calibrate.probe`
 5. ``frontend``: four small units that measure the API server's CPU seconds per
    request, prompt token, engine step and streamed token
    (``calibrate.frontend_cpu``), when the server is a local process.
+6. ``decode``: ``n`` short requests sent at once for each batch size ``n``; the
+   gap between their tokens while all ``n`` decode is one decode step of ``n``
+   sequences (``calibrate.decode_steps``), recorded per batch size in the
+   metadata's ``decode_steps``: the fit places the matmuls' knee with it.
 
 Output lengths are controlled (``ignore_eos`` with ``max_tokens``). Prompts are
 token ids built so that prefix sharing is exact (``calibrate.prompts``).
@@ -33,16 +37,17 @@ import pandas as pd
 from tqdm import tqdm
 
 from calibrate.backend import BackendInfo, probe_backend
-from calibrate import frontend_cpu
+from calibrate import decode_steps, frontend_cpu
 from calibrate.probe import PlannedRequest, Runner, Unit
 from calibrate.procstat import listening_pid
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
 from live.transport.client import make_session
 
-PHASES = ("idle", "prefix", "concurrency", "poisson", "frontend")
+#: In the order they run; a new phase goes last, so that the others keep their seeds.
+PHASES = ("idle", "prefix", "concurrency", "poisson", "frontend", "decode")
 #: Share of the time budget each phase may use (caps; a fast backend finishes early).
-PHASE_SHARE = {"idle": 0.2, "prefix": 0.1, "concurrency": 0.35, "poisson": 0.35, "frontend": 0.1}
+PHASE_SHARE = {"idle": 0.2, "prefix": 0.1, "concurrency": 0.35, "poisson": 0.35, "frontend": 0.1, "decode": 0.1}
 META_VERSION = 1
 
 
@@ -67,6 +72,10 @@ class ProfileSettings:
     poisson_requests: int = 60
     #: Size of the front-end measurement units (1: the full plan of ``calibrate.frontend_cpu``).
     frontend_scale: float = 1.0
+    #: Batch sizes of the decode phase, and each request's prompt and output tokens there.
+    decode_batches: tuple[int, ...] = decode_steps.DEFAULT_BATCHES
+    decode_prompt_len: int = 32
+    decode_output_len: int = 96
     budget_s: float = 900.0
     seed: int = 0
     scrape_interval_s: float = 0.25
@@ -90,6 +99,12 @@ class ProfileSettings:
             )
         if any(b < 1 for b in self.buckets) or any(c < 1 for c in self.concurrency):
             raise ProfileError("buckets and concurrency levels must be >= 1")
+        if any(b < 1 for b in self.decode_batches) or self.decode_prompt_len < 1 or self.decode_output_len < 8:
+            raise ProfileError("decode batch sizes and decode_prompt_len must be >= 1, decode_output_len >= 8, got "
+                               f"{list(self.decode_batches)}, {self.decode_prompt_len}, {self.decode_output_len}")
+        if self.decode_prompt_len + self.decode_output_len > self.max_model_len:
+            raise ProfileError(f"a decode request ({self.decode_prompt_len + self.decode_output_len} tokens) "
+                               f"exceeds max_model_len {self.max_model_len}")
 
 
 @dataclass
@@ -164,6 +179,25 @@ def plan_poisson(ids: _Ids, s: ProfileSettings, rng: np.random.Generator, capaci
             r.at_s = float(at)
         units.append(Unit("poisson", f"r{f:g}", "open", reqs, rate=rate, time_cap_s=share))
     return units
+
+
+def plan_decode_phase(ids: _Ids, s: ProfileSettings) -> list[Unit]:
+    units = decode_steps.plan_decode(ids.request, s.decode_batches, s.decode_prompt_len, s.decode_output_len)
+    share = s.budget_s * PHASE_SHARE["decode"] / len(units)
+    for u in units:
+        u.time_cap_s = share
+    return units
+
+
+def _record_decode_step(meta: dict, runner: Runner, unit: Unit, s: ProfileSettings) -> None:
+    """The unit's decode step into ``meta["decode_steps"]`` (a batch with a failed request is left out)."""
+    times = [runner.token_times.pop(r.request_id, None) for r in unit.requests]
+    steps = meta.setdefault("decode_steps", {})
+    if any(t is None for t in times):
+        steps[str(unit.concurrency)] = None
+        return
+    steps[str(unit.concurrency)] = decode_steps.measure(unit.concurrency, times, s.decode_prompt_len,
+                                                        s.decode_output_len)
 
 
 def capacity_from_rows(rows: pd.DataFrame) -> float:
@@ -290,6 +324,8 @@ async def profile_backend(url: str, out: str | Path, settings: ProfileSettings |
                 elif phase == "frontend":
                     units = await _frontend_setup(meta, info.url)
                     units = frontend_cpu.plan_frontend(ids.request, s.frontend_scale) if units else []
+                elif phase == "decode":
+                    units = plan_decode_phase(ids, s)
                 else:
                     cap = meta.get("capacity_rps")
                     if not cap:
@@ -311,6 +347,8 @@ async def profile_backend(url: str, out: str | Path, settings: ProfileSettings |
                         fe["units"][unit.key] = record
                     else:
                         rows = await runner.run_unit(unit)
+                    if phase == "decode":
+                        _record_decode_step(meta, runner, unit, s)
                     _append(out, rows)
                     meta["units_done"].append(unit.key)
                     meta["unit_log"].append({"unit": unit.key, "requests": len(rows),

@@ -2,6 +2,7 @@
 import numpy as np
 import pandas as pd
 
+from calibrate.decode_steps import plan_decode
 from calibrate.profiling import ProfileSettings, _Ids, _mixed, plan_idle, plan_prefix
 from calibrate.prompts import hit_tokens, prompt_tokens
 from calibrate.replay import prepare_units, simulate_units
@@ -12,17 +13,20 @@ from workload.hashing import block_hash_chain
 VOCAB = 129280
 TRUE_MODEL = LatencyModel(step_s=0.02, token_s=2.5e-4, seq_s=2e-3, prefill_attn_s=5e-8, decode_attn_s=2e-6)
 TRUE_OVERHEAD = 0.01
+#: Prompt and output tokens of the synthetic decode units.
+DECODE_PROMPT, DECODE_OUTPUT = 32, 96
 ENGINE = EngineDefaults(num_kv_blocks=8192, block_size=32, max_num_seqs=256, max_num_batched_tokens=2048)
 
 
 def synthetic_rows(model=TRUE_MODEL, overhead=TRUE_OVERHEAD, engine=ENGINE, seed=0,
                    front_end: FrontEndModel = FrontEndModel(), loaded_model: LatencyModel | None = None,
-                   loaded_units: int = 1) -> pd.DataFrame:
+                   loaded_units: int = 1, decode_batches: tuple[int, ...] = ()) -> pd.DataFrame:
     """Idle, prefix, burst and Poisson units with send times, timed by ``sim`` with ``model``.
 
     ``loaded_model`` times the loaded units (burst, Poisson) with other coefficients than the
     idle ones: data no single model explains, to see what a fit gives up. ``loaded_units``
     repeats the burst and Poisson units (with new requests) for more loaded data.
+    ``decode_batches`` adds profiling's decode units (``calibrate.decode_steps``).
     """
     s = ProfileSettings(buckets=(32, 256, 1024, 2048), bucket_weights=(0.4, 0.3, 0.2, 0.1),
                         idle_outputs=(8, 96), idle_reps=1, prefix_lens=(512, 2048), prefix_reps=1)
@@ -43,6 +47,8 @@ def synthetic_rows(model=TRUE_MODEL, overhead=TRUE_OVERHEAD, engine=ENGINE, seed
         pois = _mixed(ids, s, rng, 60)
         t = np.cumsum(rng.exponential(1 / 4.0, size=len(pois)))
         rows += [("poisson", f"poisson/r4{tag}", r, float(at)) for r, at in zip(pois, t - t[0])]
+    for u in plan_decode(ids.request, decode_batches, DECODE_PROMPT, DECODE_OUTPUT) if decode_batches else []:
+        rows += [("decode", u.key, r, 0.0005 * i) for i, r in enumerate(u.requests)]
     seen: dict[str, set] = {}
     frame = pd.DataFrame([{
         "phase": ph, "unit": key, "request_id": r.request_id, "input_len": r.input_len,

