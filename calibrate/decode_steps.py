@@ -25,7 +25,7 @@ from sim.latency import LatencyModel
 
 PHASE = "decode"
 DEFAULT_BATCHES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-#: A larger knee is taken only if it lowers the decode steps' mean error by more than this.
+#: A larger knee is taken only if it lowers the decode steps' mean relative error by more than this.
 KNEE_MARGIN = 0.002
 #: Fewer measured batch sizes than this cannot place a knee: the fit falls back to its replayed cost.
 MIN_BATCHES = 4
@@ -37,7 +37,8 @@ def plan_decode(next_id: Callable[[], int], batches=DEFAULT_BATCHES, prompt_len:
     if not batches or min(batches) < 1:
         raise ValueError(f"decode batch sizes must be >= 1, got {list(batches)}")
     if prompt_len < 1 or output_len < 8:
-        raise ValueError(f"decode units need prompt_len >= 1 and output_len >= 8, got {prompt_len} and {output_len}")
+        raise ValueError(f"decode units need prompt_len >= 1 and output_len >= 8, "
+                         f"got {prompt_len} and {output_len}")
     units = []
     for n in sorted(set(int(b) for b in batches)):
         reqs = [PlannedRequest(next_id(), prompt_len, output_len, bucket=f"b{n}") for _ in range(n)]
@@ -89,8 +90,9 @@ def knee_by_decode_steps(models: Mapping[float, LatencyModel], steps: Mapping[in
                          ) -> tuple[float, dict[float, float]]:
     """The knee whose fitted model matches the measured decode steps best, and each knee's error.
 
-    A larger knee must beat the best smaller one by ``KNEE_MARGIN`` (absolute, in mean
-    relative error): measurements without a flat start keep the linear model.
+    The smallest knee within ``KNEE_MARGIN`` (absolute, in mean relative error) of the
+    best is kept: a larger knee must earn its place, and measurements without a flat
+    start keep the linear model.
     """
     if len(steps) < MIN_BATCHES:
         raise ValueError(f"need decode steps of at least {MIN_BATCHES} batch sizes, got {len(steps)}")

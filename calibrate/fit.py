@@ -516,8 +516,8 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
     M_f, _, _, _ = _rows(data, final, scale, anchor)
     drift = float(np.max(np.abs(M_f @ x_final - idle_pred) / np.maximum(np.abs(idle_pred), 1e-12))) \
         if len(idle_pred) else math.nan
-    stages = {"idle": {"requests": int(anchor.sum()), "params": _named(x_idle * scale),
-                       "step_model": "linear", "median_abs_rel_error": float(np.median(idle_fit_err)) if len(idle_fit_err) else math.nan},
+    stages = {"idle": {"requests": int(anchor.sum()), "params": _named(x_idle * scale), "step_model": "linear",
+                       "median_abs_rel_error": float(np.median(idle_fit_err)) if len(idle_fit_err) else math.nan},
               **stages}
     return FitResult(model, overhead, fe, dict(zip(PARAMS, map(float, pack(model0, overhead0)))), cost,
                      replays, "costs by iteration: " + ", ".join(f"{c:.4g}" for c in history),

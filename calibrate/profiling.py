@@ -182,6 +182,7 @@ def plan_poisson(ids: _Ids, s: ProfileSettings, rng: np.random.Generator, capaci
 
 
 def plan_decode_phase(ids: _Ids, s: ProfileSettings) -> list[Unit]:
+    """The decode units (``calibrate.decode_steps``), each capped at its share of the phase's time."""
     units = decode_steps.plan_decode(ids.request, s.decode_batches, s.decode_prompt_len, s.decode_output_len)
     share = s.budget_s * PHASE_SHARE["decode"] / len(units)
     for u in units:

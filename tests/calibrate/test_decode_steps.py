@@ -37,6 +37,16 @@ def test_bad_decode_plans_are_refused(kwargs):
         plan_decode(itertools.count().__next__, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, match", [({"decode_batches": (0, 4)}, "decode batch sizes"),
+                                           ({"decode_output_len": 4}, "decode_output_len >= 8"),
+                                           ({"decode_output_len": 4090}, "exceeds max_model_len")])
+def test_profiling_refuses_bad_decode_settings(kwargs, match):
+    from calibrate.profiling import ProfileError, ProfileSettings
+
+    with pytest.raises(ProfileError, match=match):
+        ProfileSettings(**kwargs)
+
+
 def test_a_batch_step_is_the_median_gap_while_all_decode():
     # a: tokens every 1 s from 0; b: first token at 2, then every 1.5 s. Together: [2, 4].
     rec = measure(2, [[0.0, 1.0, 2.0, 3.0, 4.0], [2.0, 3.5, 5.0]], prompt_len=32, output_len=4)
