@@ -275,13 +275,10 @@ def loaded_groups(data: pd.DataFrame, anchor: np.ndarray) -> list[tuple[np.ndarr
     many small units that measure one curve must not outweigh the mixed loads)."""
     pos = pd.Series(np.arange(len(data)), index=data.index)
     loaded = data[~anchor]
-    decode_units = loaded.loc[loaded["phase"] == decode_steps_mod.PHASE, "unit"].nunique() \
-        if "phase" in loaded else 0
-    out = []
-    for _, g in loaded.groupby("unit", sort=False):
-        decode = "phase" in g and (g["phase"] == decode_steps_mod.PHASE).all()
-        out.append((pos[g.index].to_numpy(), 1.0 / math.sqrt(decode_units) if decode else 1.0))
-    return out
+    units = list(loaded.groupby("unit", sort=False))
+    decode = [u for u, g in units if "phase" in g and (g["phase"] == decode_steps_mod.PHASE).all()]
+    shared = 1.0 / math.sqrt(len(decode)) if decode else 1.0
+    return [(pos[g.index].to_numpy(), shared if u in decode else 1.0) for u, g in units]
 
 
 def _quantile_row(values: np.ndarray, design: np.ndarray, const: np.ndarray, q: float):
@@ -828,7 +825,7 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
                       "are then pinned; iterated bounded linear least squares on relative TTFT/TPOT errors of "
                       "every request replayed through sim.engine and sim.frontend (schedule-linearised, Huber, "
                       + (("the matmuls' floor at the knee whose fit best predicts the measured decode steps, "
-                          if decode_steps_mod.measured_steps(meta) else
+                          if "by_decode_steps" in result.stages.get("knee", {}) else
                           "the matmuls' floor at the knee of least replayed cost, ") if matmul_floor
                          else "linear step model, ")
                       + "units weighted equally (the decode phase as one unit), line search on the replayed "
