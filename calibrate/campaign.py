@@ -41,10 +41,13 @@ from pathlib import Path
 
 from calibrate.check import STATS, CheckSettings, run_check
 from calibrate.fit import fit_profile
+from calibrate.host_probe import describe, speed_trace, wander_from_report
 from results.jsonsafe import json_safe
 from calibrate.machine import BUSY_OTHER_SHARE, OtherCpu, loadavg, utc_now
 from calibrate.modeldir import get_shape
 from calibrate.profiling import ProfileSettings, meta_path, profile_backend
+from calibrate.serve import parse_cores
+from sim.speed import SpeedWander
 
 #: Where other processes' CPU time cannot be read (not Linux): a step that started with a
 #: one-minute load average above this is flagged instead.
@@ -71,12 +74,17 @@ class CampaignSettings:
     measured_bounds: bool = True
     startup_timeout_s: float = 300.0
     progress: bool = True
+    #: Seconds of ``calibrate.host_probe``'s speed-wander probe before each check (the server idle);
+    #: the check then says how far its errors lie beyond the band that wander gives. 0: none.
+    speed_probe_s: float = 30.0
 
     def __post_init__(self) -> None:
         for s in self.shapes:
             get_shape(s)  # fails naming the known shapes
         if self.checks < 1:
             raise ValueError(f"checks must be >= 1, got {self.checks}")
+        if not (self.speed_probe_s == 0 or self.speed_probe_s >= 2):
+            raise ValueError(f"speed_probe_s must be 0 (no probe) or >= 2 seconds, got {self.speed_probe_s}")
 
 
 #: ``server(shape, settings)`` -> a context manager yielding the backend's URL.
@@ -241,10 +249,28 @@ class Campaign:
         for k in range(1, s.checks + 1):
             if f"check-{k}" in todo:
                 with self._step(shape, f"check-{k}"):
+                    speed = self._speed_trace(shape, k)
                     report = asyncio.run(run_check(profile, url, self.check_dir(shape, k), s.check,
-                                                   progress=s.progress))
+                                                   progress=s.progress, speed=speed))
                     record_input(self.check_json(shape, k), self.profile_json(shape))
                     self.say(f"{shape}: check {k}: largest error {report['max_abs_err'] * 100:.1f}%")
+
+    def _speed_trace(self, shape: str, run: int) -> SpeedWander | None:
+        """The speed wander of the core the model runs on, measured now (the server idle), kept
+        in the check's folder as host-speed.json; None when the probe is off or cannot run."""
+        if not self.settings.speed_probe_s:
+            return None
+        report = {"speed": speed_trace(self.settings.speed_probe_s), "loadavg": loadavg()}
+        folder = self.check_dir(shape, run)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "host-speed.json").write_text(json.dumps(report, indent=2) + "\n")
+        if "skipped" in report["speed"]:
+            self.say(f"{shape}: check {run}: no speed probe ({report['speed']['skipped']})")
+            return None
+        cores = parse_cores(self.settings.cores)
+        for line in describe(report):
+            self.say(f"{shape}: check {run}: {line}")
+        return wander_from_report(report, cores[0] if cores and cores[0] in report["speed"]["per_core"] else None)
 
     # --- the summary ---------------------------------------------------------------------
     def summarize(self) -> dict:
@@ -321,6 +347,8 @@ def _loads(runs: list[dict]) -> dict:
                             "stats": {f"{m}_p{q}": res[f"{m}_p{q}"] for m, q in STATS},
                             "speed_factor": ((r.get("reference") or {}).get("load_factors") or {}).get(name, math.nan),
                             "max_abs_err_speed_adjusted": adjusted.get("max_abs_err", math.nan),
+                            "max_abs_err_beyond_speed_band": (((r.get("speed_band") or {}).get("results") or {})
+                                                              .get(name) or {}).get("max_abs_err_beyond", math.nan),
                             "loadavg": [r.get("loadavg_before"), r.get("loadavg_after")],
                             "other_cpu_share": r.get("other_cpu_share", math.nan)})
         spread = {}
@@ -347,8 +375,9 @@ def summary_markdown(summary: dict) -> str:
             lines += ["(no check yet)", ""]
             continue
         head = ("| load | run | n | " + " | ".join(f"{m.upper()} p{q}" for m, q in STATS)
-                + " | largest | load avg | others' CPU | machine vs profile | largest at that speed |")
-        lines += [head, "|" + "---|" * (len(STATS) + 8)]
+                + " | largest | load avg | others' CPU | machine vs profile | largest at that speed "
+                  "| beyond the speed band |")
+        lines += [head, "|" + "---|" * (len(STATS) + 9)]
         for load, d in e["loads"].items():
             for k, run in enumerate(d["runs"], 1):
                 cells = " | ".join(_cell(run["stats"][f"{m}_p{q}"]) for m, q in STATS)
@@ -357,11 +386,13 @@ def summary_markdown(summary: dict) -> str:
                 other_txt = f"{other * 100:.1f}%" if other == other else "n/a"
                 speed = run.get("speed_factor", math.nan)
                 adj = run.get("max_abs_err_speed_adjusted", math.nan)
+                beyond = run.get("max_abs_err_beyond_speed_band", math.nan)
                 lines.append(f"| {load} | {k} | {run['requests']} | {cells} | {run['max_abs_err'] * 100:.1f}% | "
-                             f"{la:.2f} | {other_txt} | {_opt(speed, '{:.2f}x')} | {_opt(adj * 100, '{:.1f}%')} |")
+                             f"{la:.2f} | {other_txt} | {_opt(speed, '{:.2f}x')} | {_opt(adj * 100, '{:.1f}%')} | "
+                             f"{_opt(beyond * 100, '{:.1f}%')} |")
             if d["real_spread"]:
                 cells = " | ".join(f"{d['real_spread'][f'{m}_p{q}'] * 100:.1f}%" for m, q in STATS)
-                lines.append(f"| {load} | spread of real | | {cells} | | | | | |")
+                lines.append(f"| {load} | spread of real | | {cells} | | | | | | |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -47,6 +47,7 @@ from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
 from calibrate.replay import prepare_units, simulate_units
 from live.transport.client import make_session
 from sim.latency import LatencyProfile, ProfileError
+from sim.speed import SpeedWander
 
 #: The five statistics compared, as (metric column, percentile).
 STATS = (("ttft", 50), ("ttft", 90), ("tpot", 50), ("tpot", 90), ("e2el", 50))
@@ -235,6 +236,66 @@ def speed_adjusted(profile: LatencyProfile, measured: pd.DataFrame, factors: dic
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+#: Replays per speed band: the trace read from this many evenly spaced offsets.
+SPEED_REALISATIONS = 8
+
+
+def error_beyond(real: float, lo: float, hi: float) -> float:
+    """How far ``real`` lies outside the simulated band [lo, hi], as the error of its nearer edge
+    ((edge - real) / real; 0 inside the band, NaN where something is missing)."""
+    if not all(math.isfinite(v) for v in (real, lo, hi)) or real == 0:
+        return math.nan
+    if lo <= real <= hi:
+        return 0.0
+    edge = lo if real < lo else hi
+    return (edge - real) / real
+
+
+def speed_band(profile: LatencyProfile, measured: pd.DataFrame, wander: SpeedWander,
+               realisations: int = SPEED_REALISATIONS, vocab_size: int = TOKENIZER_VOCAB_SIZE) -> dict:
+    """Each statistic's range over ``realisations`` replays under the machine's speed wander.
+
+    The trace is read from offsets spread evenly over its period, so each replay
+    meets the dips at other moments. Per load and statistic: the lowest and highest
+    simulated value, the real one, and how far the real one lies beyond the band
+    (``error_beyond``); ``max_abs_err_beyond`` is the largest over the loads. An error
+    inside the band is one the machine's own wander can produce; one beyond it is the
+    model's (or a wander the trace did not catch).
+    """
+    if realisations < 1:
+        raise ValueError(f"realisations must be >= 1, got {realisations}")
+    runs = [compare(replay_check(profile, measured, vocab_size, wander.shifted(k * wander.period_s / realisations)))
+            for k in range(realisations)]
+    results: dict = {}
+    for load in runs[0]:
+        if load == "all":
+            continue
+        entry: dict = {}
+        for metric, q in STATS:
+            key = f"{metric}_p{q}"
+            sims = [r[load][key]["sim_s"] for r in runs if load in r and math.isfinite(r[load][key]["sim_s"])]
+            real = runs[0][load][key]["real_s"]
+            lo, hi = (min(sims), max(sims)) if sims else (math.nan, math.nan)
+            entry[key] = {"real_s": real, "sim_lo_s": lo, "sim_hi_s": hi, "err_beyond": error_beyond(real, lo, hi)}
+        errs = [abs(v["err_beyond"]) for v in entry.values() if math.isfinite(v["err_beyond"])]
+        entry["max_abs_err_beyond"] = max(errs) if errs else math.nan
+        results[load] = entry
+    beyond = [e["max_abs_err_beyond"] for e in results.values() if math.isfinite(e["max_abs_err_beyond"])]
+    return {"window_s": wander.window_s, "period_s": wander.period_s, "cv": wander.cv,
+            "realisations": realisations, "results": results,
+            "max_abs_err_beyond": max(beyond) if beyond else math.nan}
+
+
+def format_speed_band(band: dict | None) -> str:
+    """Lines on the speed band: per load the largest error beyond it; '' without a band."""
+    if not band:
+        return ""
+    per_load = ", ".join(f"{load} {e['max_abs_err_beyond'] * 100:.1f}%" for load, e in band["results"].items())
+    return (f"with the machine's speed wander (trace of {band['period_s']:g} s, cv {band['cv'] * 100:.1f}%, "
+            f"{band['realisations']} replays): largest error beyond the band {band['max_abs_err_beyond'] * 100:.1f}% "
+            f"({per_load}; 0 means the machine's own wander can explain the error)")
+
+
 def max_unit_error(result: dict) -> float:
     """The largest |error| over the load levels (the pooled ``all`` row is left out)."""
     errs = [e["max_abs_err"] for name, e in result.items() if name != "all" and math.isfinite(e["max_abs_err"])]
@@ -273,18 +334,20 @@ def format_reference(report: dict) -> str:
 
 
 def replay_check(profile: LatencyProfile, measured: pd.DataFrame,
-                 vocab_size: int = TOKENIZER_VOCAB_SIZE) -> pd.DataFrame:
-    """The measured ok rows with the simulator's TTFT/TPOT/E2EL of the same requests under ``profile``."""
+                 vocab_size: int = TOKENIZER_VOCAB_SIZE, speed: SpeedWander | None = None) -> pd.DataFrame:
+    """The measured ok rows with the simulator's TTFT/TPOT/E2EL of the same requests under ``profile``
+    (on a machine whose speed wanders so, when ``speed`` is given)."""
     ok = measured[measured["ok"].astype(str).str.lower().isin(("true", "1"))].reset_index(drop=True)
     units = prepare_units(ok, profile.engine.block_size, vocab_size)
     overhead = profile.request_overhead_s
     s_ttft, s_tpot, s_e2el = simulate_units(units, len(ok), profile.model, profile.engine, overhead,
-                                            profile.front_end)
+                                            profile.front_end, speed)
     return ok.assign(sim_ttft_s=s_ttft, sim_tpot_s=s_tpot, sim_e2el_s=s_e2el)
 
 
 async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
-                    settings: CheckSettings | None = None, *, progress: bool = True) -> dict:
+                    settings: CheckSettings | None = None, *, progress: bool = True,
+                    speed: SpeedWander | None = None) -> dict:
     s = settings or CheckSettings()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -312,14 +375,15 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
     extra = {"backend": info.to_dict(), "capacity_rps": cap,
              "units": {u.name: {"rate_rps": u.rate, "planned": len(u.requests)} for u in loads},
              "loadavg_before": load_before}
-    return write_report(profile, real, out_dir, extra, vocab_size=s.vocab_size)
+    return write_report(profile, real, out_dir, extra, vocab_size=s.vocab_size, speed=speed)
 
 
 def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str | Path, extra: dict,
-                 vocab_size: int = TOKENIZER_VOCAB_SIZE) -> dict:
+                 vocab_size: int = TOKENIZER_VOCAB_SIZE, speed: SpeedWander | None = None) -> dict:
     """Replay ``measured`` under ``profile``, compare, write check.json and check_requests.csv in ``out_dir``.
 
     Used by a live check and by ``check --replay`` alike, so both leave the same files.
+    With ``speed`` (the machine's measured wander) the report also has ``speed_band``.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -354,6 +418,8 @@ def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str |
         "reference": reference,
         "max_abs_err_speed_adjusted": max_unit_error(adjusted) if adjusted else math.nan,
         "results_speed_adjusted": adjusted or None,
+        # How far the machine's own speed wander moves each statistic: a diagnostic, not the verdict.
+        "speed_band": speed_band(profile, measured, speed, vocab_size=vocab_size) if speed is not None else None,
         "machine": machine_info(),
         "loadavg_after": loadavg(),
         "date": utc_now(),

@@ -200,6 +200,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--replay", default=None, metavar="CHECK_REQUESTS_CSV",
                    help="send nothing: re-evaluate the profile on the requests an earlier check measured "
                         "(its check_requests.csv); --backend is then not needed")
+    c.add_argument("--speed-trace", default=None, metavar="HOST_PROBE_JSON",
+                   help="a python -m calibrate.host_probe --json report with a speed trace, measured on this "
+                        "machine with nothing else running: each load is also replayed under that speed wander "
+                        "and the report says how far the real values lie beyond the band it gives (a diagnostic)")
+    c.add_argument("--speed-core", type=int, default=None,
+                   help="the core of the speed trace to use: the one the model's threads ran on "
+                        "(default: the trace's first core)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
     a = sub.add_parser("campaign", help="serve, profile, fit and check (twice) several shapes, resumably",
@@ -221,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "CAP_SYS_NICE, else the campaign stops before starting anything; default: 0)")
     a.add_argument("--budget-s", type=float, default=900.0, help="profiling time budget per shape (default: 900)")
     a.add_argument("--hardware", default="", help="hardware the profiles describe (default: the profiled CPU)")
+    a.add_argument("--speed-probe-s", type=float, default=30.0,
+                   help="seconds of calibrate.host_probe's speed-wander probe before each check, the server idle "
+                        "(kept as check-K/host-speed.json; each check then says how far its errors lie beyond the "
+                        "band that wander gives; 0: no probe; default: 30)")
     a.add_argument("--emulate", default=None, metavar="PROFILE",
                    help="serve every shape with the project's emulator (a stand-in for vLLM running the simulator's "
                         "model) with this latency profile: the whole loop against a known truth, no vLLM needed; "
@@ -349,8 +360,29 @@ def _fit(args) -> int:
     return 0
 
 
+def _speed_trace(path: str | None, core: int | None):
+    """The speed wander of ``--speed-trace`` (None without one); a clear error for a bad file."""
+    if path is None:
+        if core is not None:
+            raise ValueError("--speed-core needs --speed-trace")
+        return None
+    from calibrate.host_probe import wander_from_report
+
+    source = Path(path)
+    if not source.is_file():
+        raise FileNotFoundError(f"--speed-trace {source} does not exist (write one with python -m "
+                                f"calibrate.host_probe --json FILE)")
+    try:
+        report = json.loads(source.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--speed-trace {source} is not JSON: {exc}") from None
+    if not isinstance(report, dict):
+        raise ValueError(f"--speed-trace {source} is not a host_probe report (a JSON object)")
+    return wander_from_report(report, core)
+
+
 def _check(args) -> int:
-    from calibrate.check import CheckSettings, format_reference, format_table, run_check
+    from calibrate.check import CheckSettings, format_reference, format_speed_band, format_table, run_check
     from sim.latency import load_profile
 
     if not args.replay and not args.backend:
@@ -358,6 +390,7 @@ def _check(args) -> int:
                          "re-evaluate the profile on an earlier check's measured requests)")
     profile = load_profile(args.profile)
     out = Path(args.out or Path("runs") / "calibrate-check" / profile.name)
+    speed = _speed_trace(args.speed_trace, args.speed_core)
     if args.replay:
         import pandas as pd
 
@@ -377,23 +410,27 @@ def _check(args) -> int:
             extra.update({k: prior[k] for k in ("capacity_rps", "units", "loadavg_before") if k in prior})
             extra["measured_backend"] = prior.get("backend")
             extra["measured_date"] = prior.get("date")
-        report = write_report(profile, measured, out, extra)
+        report = write_report(profile, measured, out, extra, speed=speed)
         print(f"profile {profile.name} replayed on {len(measured) - report['failed_requests']} measured "
               f"requests of {source}")
         print(format_table(report["results"]))
         if report.get("reference"):
             print(format_reference(report))
+        if report.get("speed_band"):
+            print(format_speed_band(report["speed_band"]))
         print(f"largest error over the load levels {report['max_abs_err'] * 100:.1f}%; wrote {out / 'check.json'}")
         return 0
     settings = CheckSettings(load_fractions=args.loads, requests_per_level=args.requests_per_level,
                              burst=args.burst, capacity_rps=args.capacity_rps, seed=args.seed,
                              reference_requests=args.reference_requests)
-    report = asyncio.run(run_check(profile, args.backend, out, settings, progress=not args.quiet))
+    report = asyncio.run(run_check(profile, args.backend, out, settings, progress=not args.quiet, speed=speed))
     print(f"profile {profile.name} vs {args.backend}; capacity {report['capacity_rps']:.2f} req/s; "
           f"failed requests: {report['failed_requests']}")
     print(format_table(report["results"]))
     if report.get("reference"):
         print(format_reference(report))
+    if report.get("speed_band"):
+        print(format_speed_band(report["speed_band"]))
     verdict = "meets" if report["max_abs_err"] <= report["target"] else "misses"
     print(f"largest error over the load levels {report['max_abs_err'] * 100:.1f}% ({verdict} the "
           f"{report['target'] * 100:.0f}% target); "
@@ -408,7 +445,8 @@ def _campaign(args) -> int:
     shapes = tuple(x.strip() for x in args.shapes.split(",") if x.strip())
     settings = CampaignSettings(shapes=shapes, checks=args.checks, cores=args.cores, nice=args.nice,
                                 profile=ProfileSettings(budget_s=args.budget_s), hardware=args.hardware,
-                                progress=not args.quiet, measured_bounds=args.emulate is None)
+                                progress=not args.quiet, measured_bounds=args.emulate is None,
+                                speed_probe_s=args.speed_probe_s)
     if args.emulate:
         from calibrate.campaign import emulator_server
         from sim.latency import load_profile

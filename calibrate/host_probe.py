@@ -1,6 +1,6 @@
-"""How steady is the host under this machine? Three probes a guest's own accounting misses.
+"""How steady is the host under this machine? Four probes a guest's own accounting misses.
 
-    python -m calibrate.host_probe [--seconds 2] [--json FILE]
+    python -m calibrate.host_probe [--seconds 2] [--speed-seconds 20] [--json FILE]
 
 ``calibrate.quiet`` counts the CPU other processes use and the time the hypervisor
 says it stole. On some virtual machines that is not the whole story (measured on a
@@ -21,7 +21,17 @@ says it stole. On some virtual machines that is not the whole story (measured on
   two vLLM servers on the two cores slow each other, and profiles fitted with each
   server alone do not describe them side by side (docs/validation.md).
 
-Each probe takes a second or two and uses one core (the interference probe both).
+- **Speed wander.** Whether each core's compute speed holds over tens of seconds.
+  There (2026-12-04, AMD EPYC VM) a fixed matmul loop's rate per second varied by
+  10% (coefficient of variation), with dips to 0.7x lasting 10-15 s, uncorrelated
+  between the two vCPUs: a latency measured in one minute and its twin measured in
+  the next differ by that much with no model involved. ``calibrate check
+  --speed-trace`` replays its loads under the measured trace to show how far such a
+  wander moves each statistic (``sim.speed``).
+
+Each of the first three probes takes a second or two and uses one core (the
+interference probe both); the speed probe runs on every core at once for
+``--speed-seconds`` (20 s by default).
 """
 from __future__ import annotations
 
@@ -37,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from calibrate.machine import loadavg
+from sim.speed import SpeedWander
 
 #: A clock-loop gap longer than this is a stall (a timer interrupt costs a few us).
 STALL_GAP_US = 20.0
@@ -44,6 +55,10 @@ STALL_GAP_US = 20.0
 UNSTEADY_STALL_SHARE = 0.01
 #: Slowdown of a memory copy by a busy neighbour core above which the cores interfere.
 INTERFERING_RATIO = 1.15
+#: Coefficient of variation of a core's speed per window above which it wanders.
+WANDERING_CV = 0.03
+#: The speed probe's fixed work: a square float64 matmul of this size (about 1 ms on one core).
+SPEED_MATRIX = 160
 PAGE = mmap.PAGESIZE
 
 
@@ -218,6 +233,96 @@ def interference(core: int | None = None, neighbour: int | None = None, mib: int
             "with_busy_neighbour_s": round(loaded, 5), "ratio": round(loaded / alone, 3)}
 
 
+def _speed_worker(core: int, start_at: float, windows: int, window_s: float, queue) -> None:
+    """Fixed matmuls on ``core``: how many finished in each window from ``start_at`` on."""
+    os.sched_setaffinity(0, {core})
+    a = np.random.default_rng(core).random((SPEED_MATRIX, SPEED_MATRIX))
+    while time.time() < start_at:
+        a @ a
+    rates = []
+    t0 = time.perf_counter()
+    for w in range(1, windows + 1):
+        n = 0
+        end = t0 + w * window_s
+        while time.perf_counter() < end:
+            a @ a
+            n += 1
+        rates.append(n / window_s)
+    queue.put((core, rates))
+
+
+def speed_trace(seconds: float = 20.0, window_s: float = 1.0, cores: list[int] | None = None) -> dict:
+    """Each core's rate of a fixed matmul per window, all cores at once (so their wanders can be compared).
+
+    Returns ``{"window_s", "seconds", "per_core": {core: rates per second}}``, or
+    ``{"skipped": reason}`` where processes cannot be pinned. Runs one process per
+    core, each with one BLAS thread.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return {"skipped": "this platform cannot pin processes to cores"}
+    if not (seconds > 0 and window_s > 0 and window_s <= seconds):
+        raise ValueError(f"need 0 < window_s <= seconds, got window_s={window_s}, seconds={seconds}")
+    cores = sorted(os.sched_getaffinity(0)) if cores is None else list(cores)
+    windows = int(seconds // window_s)
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    threads = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update({k: "1" for k in threads})  # the children's BLAS: one thread each
+    try:
+        start_at = time.time() + 1.0 + 0.2 * len(cores)  # every child started and warm
+        procs = [ctx.Process(target=_speed_worker, args=(c, start_at, windows, window_s, queue), daemon=True)
+                 for c in cores]
+        for p in procs:
+            p.start()
+    finally:
+        for k, v in threads.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    try:
+        per_core = dict(queue.get(timeout=seconds + 60) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+    return {"window_s": window_s, "seconds": windows * window_s,
+            "per_core": {c: per_core[c] for c in sorted(per_core)}}
+
+
+def speed_summary(trace: dict) -> dict:
+    """Per core: the wander of its speed (``sim.speed.SpeedWander`` factors: cv, slowest, fastest);
+    and the correlation of the first two cores' rates (near 1: the whole machine slows at once)."""
+    if "skipped" in trace:
+        return dict(trace)
+    out: dict = {"window_s": trace["window_s"], "per_core": {}}
+    for core, rates in trace["per_core"].items():
+        w = SpeedWander.from_rates(rates, trace["window_s"])
+        out["per_core"][core] = {"cv": round(w.cv, 4), "slowest": round(max(w.factors), 3),
+                                 "fastest": round(min(w.factors), 3), "windows": len(rates)}
+    cores = list(trace["per_core"])
+    if len(cores) >= 2:
+        x, y = (np.asarray(trace["per_core"][c], float) for c in cores[:2])
+        n = min(len(x), len(y))
+        ok = n >= 3 and x[:n].std() > 0 and y[:n].std() > 0
+        out["correlation"] = round(float(np.corrcoef(x[:n], y[:n])[0, 1]), 3) if ok else None
+    return out
+
+
+def wander_from_report(report: dict, core: int | None = None) -> SpeedWander:
+    """The speed wander one core showed in a ``host_probe --json`` report (default: its first core)."""
+    trace = report.get("speed")
+    if not trace or "per_core" not in trace:
+        raise ValueError("the host probe report has no speed trace (run python -m calibrate.host_probe "
+                         "--speed-seconds 20 --json FILE with nothing else running)")
+    per_core = {int(c): r for c, r in trace["per_core"].items()}
+    core = min(per_core) if core is None else core
+    if core not in per_core:
+        raise ValueError(f"the speed trace has no core {core}; it has cores {sorted(per_core)}")
+    return SpeedWander.from_rates(per_core[core], float(trace["window_s"]))
+
+
 def describe(report: dict) -> list[str]:
     """The report as lines a person reads, each with what it means for measurements."""
     lines = []
@@ -244,6 +349,21 @@ def describe(report: dict) -> list[str]:
                        if i["ratio"] > INTERFERING_RATIO else "no interference that matters")
             lines.append(f"cross-core interference: a {i['mib']} MiB copy on core {i['core']} takes "
                          f"{i['ratio']:.2f}x as long while core {i['neighbour']} runs a busy loop: {verdict}")
+    sp = report.get("speed")
+    if sp is not None:
+        if "skipped" in sp:
+            lines.append(f"speed wander: not measured ({sp['skipped']})")
+        else:
+            summary = speed_summary(sp)
+            for core, c in summary["per_core"].items():
+                verdict = ("wanders: identical measurements minutes apart differ by this much"
+                           if c["cv"] > WANDERING_CV else "steady")
+                lines.append(f"speed wander on core {core}: a fixed matmul's time per {sp['window_s']:g} s window "
+                             f"varies by {c['cv'] * 100:.1f}% (cv over {c['windows']} windows; slowest "
+                             f"{c['slowest']:.2f}x, fastest {c['fastest']:.2f}x the mean): {verdict}")
+            if summary.get("correlation") is not None:
+                lines.append(f"speed wander across cores: correlation {summary['correlation']:.2f} "
+                             f"(near 1: the whole machine slows at once; near 0: each core on its own)")
     return lines
 
 
@@ -251,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m calibrate.host_probe",
         description="Measure what a VM's own accounting misses: hidden vCPU stalls, the cost of "
-                    "touching fresh memory, and whether one core's work slows another's. Run it "
+                    "touching fresh memory, whether one core's work slows another's, and how much "
+                    "each core's speed wanders over time (--json keeps the trace for calibrate check "
+                    "--speed-trace). Run it "
                     "before measuring on a machine you do not know (nothing else running).")
     parser.add_argument("--seconds", type=float, default=2.0,
                         help="length of the stall probe, split over the cores (default 2)")
@@ -259,8 +381,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="fresh memory the first-touch probe writes (default 256 MiB; 0 skips it)")
     parser.add_argument("--no-interference", action="store_true",
                         help="skip the cross-core probe (it keeps both cores busy for a few seconds)")
+    parser.add_argument("--speed-seconds", type=float, default=20.0,
+                        help="length of the speed-wander probe, on every core at once (default 20; 0 skips it)")
+    parser.add_argument("--speed-window", type=float, default=1.0,
+                        help="window of the speed-wander probe in seconds (default 1)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    if args.speed_seconds < 0:
+        parser.error(f"--speed-seconds must be >= 0, got {args.speed_seconds}")
+    if args.speed_seconds and not 0 < args.speed_window <= args.speed_seconds:
+        parser.error(f"--speed-window must be > 0 and at most --speed-seconds, got {args.speed_window}")
     if not args.seconds > 0:
         parser.error(f"--seconds must be > 0, got {args.seconds}")
     if args.first_touch_mib < 0:
@@ -270,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         report["first_touch"] = first_touch(args.first_touch_mib)
     if not args.no_interference:
         report["interference"] = interference()
+    if args.speed_seconds:
+        report["speed"] = speed_trace(args.speed_seconds, args.speed_window)
     report["loadavg"] = loadavg()
     for line in describe(report):
         print(line)

@@ -33,6 +33,7 @@ from sim.cluster import BackendConfig, ClusterConfig, simulate
 from sim.engine import EngineConfig
 from sim.frontend import FRONT_END_COEFFICIENTS, FrontEndModel, tokens_per_step
 from sim.latency import COEFFICIENTS, EngineDefaults, LatencyModel, LatencyProfile
+from sim.speed import SpeedWander
 from workload.trace import Trace
 
 #: Gap between replayed requests of a ``sequential`` unit: far longer than any request.
@@ -125,14 +126,18 @@ def _engine_config(engine: EngineDefaults) -> EngineConfig:
 
 
 def simulate_units(units: list[PreparedUnit], n_rows: int, model: LatencyModel, engine: EngineDefaults,
-                   overhead_s: float = 0.0, front_end: FrontEndModel = FrontEndModel()
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Simulated (ttft, tpot, e2el) per measured row (NaN for rows not replayed), by ``sim.cluster``."""
+                   overhead_s: float = 0.0, front_end: FrontEndModel = FrontEndModel(),
+                   speed: SpeedWander | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Simulated (ttft, tpot, e2el) per measured row (NaN for rows not replayed), by ``sim.cluster``.
+
+    ``speed``: replay on a machine whose speed wanders so (``sim.speed``); each unit
+    starts reading it at its own time 0.
+    """
     ttft = np.full(n_rows, np.nan)
     tpot = np.full(n_rows, np.nan)
     e2el = np.full(n_rows, np.nan)
     profile = make_profile(model, engine, front_end=front_end)
-    cluster = ClusterConfig([BackendConfig("backend", "backend", profile, _engine_config(engine))],
+    cluster = ClusterConfig([BackendConfig("backend", "backend", profile, _engine_config(engine), speed)],
                             network_delay_s=max(overhead_s, 0.0) / 2.0, drain_s=3600.0)
     for unit in units:
         result = simulate(unit.trace, routing.build("round_robin"), cluster)

@@ -36,6 +36,7 @@ from sim.engine import Engine, EngineConfig, EngineMetrics, Plan, RequestTooLong
 from sim.frontend import FrontEnd
 from sim.latency import LatencyProfile
 from sim.request import EngineRequest, Status
+from sim.speed import SpeedWander
 from sim.sessions import SessionDriver
 from workload.sessions import SessionPlan
 from workload.trace import Trace
@@ -50,6 +51,9 @@ class BackendConfig:
     group: str
     profile: LatencyProfile
     engine: EngineConfig
+    #: The machine's speed wander (``sim.speed``): each step's duration times the factor at
+    #: its start. None: the profile's speed throughout.
+    speed: SpeedWander | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,9 @@ class BackendDriver:
         self.index = index
         self.engine = engine
         self.phase = phase
-        self.max_steps = MAX_RUN_STEPS if cluster.config.mode == "fast" else 1
+        self.speed = cluster.config.backends[index].speed
+        # A wandering machine gives every step its own factor: one step per plan.
+        self.max_steps = MAX_RUN_STEPS if cluster.config.mode == "fast" and self.speed is None else 1
         self.plan: Plan | None = None
         self.plan_start = 0.0
         self.published_at = 0.0
@@ -212,6 +218,10 @@ class BackendDriver:
                 continue
             plan = eng.plan(self.max_steps)
             start = env.now
+            if self.speed is not None:
+                factor = self.speed.factor_at(start)
+                plan.first *= factor
+                plan.delta *= factor
             self.plan, self.plan_start = plan, start
             if self.frontend is not None:
                 self.frontend.track(start, plan)

@@ -33,7 +33,7 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
             yield url
 
     settings = CampaignSettings(shapes=("tiny",), checks=2, profile=SMALL, check=CHECK, progress=False,
-                                fit_replays=60)
+                                fit_replays=60, speed_probe_s=2)
     lines = []
     camp = Campaign(tmp_path, settings, server=counting, log=lines.append)
     assert camp.pending("tiny") == ["profile", "fit", "check-1", "check-2"]
@@ -56,6 +56,15 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
     assert "machine vs profile" in md
     for d in loads.values():  # every check ran its reference probes: a speed and an adjusted error per run
         assert all(r["speed_factor"] > 0 and r["max_abs_err_speed_adjusted"] >= 0 for r in d["runs"])
+    # Before each check the machine's speed wander was probed and the check replayed under it.
+    for k in (1, 2):
+        probe = json.loads((tmp_path / "tiny" / f"check-{k}" / "host-speed.json").read_text())
+        assert len(probe["speed"]["per_core"]["0"]) == 2  # two 1-s windows of the model's core
+        band = json.loads((tmp_path / "tiny" / f"check-{k}" / "check.json").read_text())["speed_band"]
+        assert band["realisations"] == 8 and band["period_s"] == 2.0
+    for d in loads.values():
+        assert all(r["max_abs_err_beyond_speed_band"] >= 0 for r in d["runs"])
+    assert "beyond the speed band" in md
     # Resuming does nothing more (no server is even started).
     before = (tmp_path / "tiny" / "check-1" / "check.json").stat().st_mtime_ns
     Campaign(tmp_path, settings, server=counting, log=lines.append).run()

@@ -1,15 +1,17 @@
 """Reference probes of ``calibrate check``: the machine's speed against the profile, told apart
 from the model's error. The 'measured' times here are the simulator's own under a profile
 slowed by a known factor, so every expected value is set by construction."""
+import json
 import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from calibrate.check import (REFERENCE_PHASE, CheckSettings, load_speed_factors, plan_check, reference_speed,
-                             replay_check, with_reference_probes, write_report)
+from calibrate.check import (REFERENCE_PHASE, SPEED_REALISATIONS, CheckSettings, error_beyond, load_speed_factors,
+                             plan_check, reference_speed, replay_check, with_reference_probes, write_report)
 from sim.latency import ProfileError, load_profile
+from sim.speed import SpeedWander
 
 SETTINGS = CheckSettings(requests_per_level=12, burst=6, max_input=300, max_output=12, prefix_len=64,
                          capacity_rps=2.0, reference_requests=2, reference_input=128, reference_output=8)
@@ -113,3 +115,42 @@ def test_slowed_scales_every_duration_and_keeps_limits_and_counts():
     for bad in (0.0, -1.0, math.nan, math.inf):
         with pytest.raises(ProfileError, match="speed factor"):
             p.slowed(bad)
+
+
+@pytest.mark.parametrize("real, lo, hi, expected", [(1.0, 0.9, 1.1, 0.0), (1.0, 1.0, 1.0, 0.0),
+                                                    (1.0, 1.2, 1.3, 0.2), (2.0, 1.0, 1.5, -0.25),
+                                                    (1.0, math.nan, 1.1, math.nan), (0.0, 0.1, 0.2, math.nan)])
+def test_the_error_beyond_a_band_is_its_nearer_edges(real, lo, hi, expected):
+    got = error_beyond(real, lo, hi)
+    assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected)
+
+
+def test_a_check_measured_on_a_wandering_machine_lies_inside_the_band_of_that_wander(tmp_path):
+    profile = load_profile("cpu-tiny")
+    # The 'machine': every step slowed by the wander read from offset 0, which is one of the band's replays.
+    wander = SpeedWander(0.5, (0.7, 1.0, 1.6, 1.3, 0.8, 0.6))
+    frame = _planned_frame(SETTINGS)
+    sim = replay_check(profile, frame.assign(ttft_s=1.0, tpot_s=1.0, e2el_s=1.0), speed=wander)
+    measured = frame.assign(ttft_s=sim["sim_ttft_s"], tpot_s=sim["sim_tpot_s"], e2el_s=sim["sim_e2el_s"])
+    report = write_report(profile, measured, tmp_path, {}, speed=wander)
+    band = report["speed_band"]
+    assert band["realisations"] == SPEED_REALISATIONS and band["period_s"] == pytest.approx(3.0)
+    assert set(band["results"]) == {"poisson-50", "poisson-80", "burst"}
+    for entry in band["results"].values():
+        for key, cell in entry.items():
+            if key.endswith("_p50") or key.endswith("_p90"):
+                assert cell["sim_lo_s"] <= cell["real_s"] <= cell["sim_hi_s"], key
+        assert entry["max_abs_err_beyond"] == 0.0
+    # The wander moves the simulated statistics: the band has width somewhere.
+    assert any(c["sim_hi_s"] > c["sim_lo_s"] for e in band["results"].values()
+               for k, c in e.items() if k != "max_abs_err_beyond")
+    assert json.loads((tmp_path / "check.json").read_text())["speed_band"]["max_abs_err_beyond"] == 0.0
+
+
+def test_a_machine_slower_than_its_wander_lies_beyond_the_band(tmp_path):
+    profile = load_profile("cpu-tiny")
+    measured = _measured_on(profile.slowed(1.5), _planned_frame(SETTINGS))
+    report = write_report(profile, measured, tmp_path, {}, speed=SpeedWander(1.0, (0.95, 1.05)))
+    # A 1.5x machine is at least a third slower than any replay a +-5% wander gives.
+    assert report["speed_band"]["max_abs_err_beyond"] > 0.25
+    assert write_report(profile, measured, tmp_path, {})["speed_band"] is None

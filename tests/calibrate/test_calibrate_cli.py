@@ -202,3 +202,42 @@ def test_replaying_a_recorded_real_check_gives_its_recorded_errors(shape, check,
         assert report["results"][load]["ttft_p50"]["real_s"] == recorded["results"][load]["ttft_p50"]["real_s"]
     assert report["capacity_rps"] == recorded["capacity_rps"] and report["measured_date"] == recorded["date"]
     capsys.readouterr()
+
+
+HOST_SPEED = Path(__file__).resolve().parents[1] / "data" / "host-speed-2026-12-04.json"
+
+
+def test_check_replay_under_a_measured_speed_trace_reports_the_band(tmp_path, capsys):
+    """A real check (small, 2026-12-04) replayed under the host's measured wander (core 0, 120 s)."""
+    folder = REAL_CHECKS / "small-check-1"
+    out = tmp_path / "band"
+    assert main(["check", "--profile", str(REAL_CHECKS / "cpu-small.json"), "--replay",
+                 str(folder / "check_requests.csv"), "--out", str(out), "--speed-trace", str(HOST_SPEED),
+                 "--speed-core", "0"]) == 0
+    report = json.loads((out / "check.json").read_text())
+    band = report["speed_band"]
+    assert band["period_s"] == 120.0 and band["realisations"] == 8 and 0.05 < band["cv"] < 0.3
+    for load, entry in band["results"].items():
+        plain = report["results"][load]
+        for key in ("ttft_p50", "tpot_p50", "e2el_p50"):
+            cell = entry[key]
+            assert cell["sim_lo_s"] < cell["sim_hi_s"]  # the wander moves every replayed statistic
+            assert cell["real_s"] == plain[key]["real_s"]
+    # The band is wider than one replay, so what lies beyond it is at most the plain error.
+    assert band["max_abs_err_beyond"] <= report["max_abs_err"]
+    assert "largest error beyond the band" in capsys.readouterr().out
+
+
+def test_a_bad_speed_trace_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    source = _measured_check("cpu-tiny", tmp_path)
+    base = ["check", "--profile", "cpu-tiny", "--replay", str(source)]
+    assert main(base + ["--out", str(tmp_path / "a"), "--speed-trace", str(tmp_path / "none.json")]) == 2
+    assert "none.json does not exist" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "b"), "--speed-core", "0"]) == 2
+    assert "--speed-core needs --speed-trace" in capsys.readouterr().err
+    (tmp_path / "stalls-only.json").write_text(json.dumps({"stalls": {"stall_share": 0.01}}))
+    assert main(base + ["--out", str(tmp_path / "c"), "--speed-trace", str(tmp_path / "stalls-only.json")]) == 2
+    assert "has no speed trace" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "d"), "--speed-trace", str(HOST_SPEED), "--speed-core", "7"]) == 2
+    assert "no core 7" in capsys.readouterr().err
+    assert not any((tmp_path / x).exists() for x in "abcd")

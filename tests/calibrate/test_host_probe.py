@@ -133,3 +133,55 @@ def test_the_interference_probe_stops_its_neighbour_and_restores_the_cores():
     assert multiprocessing.active_children() == []  # the busy neighbour is gone
     assert got["core"] != got["neighbour"] and {got["core"], got["neighbour"]} <= before
     assert got["ratio"] > 0 and got["alone_s"] > 0
+
+
+def test_the_speed_summary_by_hand():
+    # Core 0 did the fixed work at 100/s then 50/s: slowdowns 2/3 and 4/3 (mean 1), cv 1/3.
+    trace = {"window_s": 1.0, "per_core": {0: [100.0, 50.0, 100.0, 50.0], 1: [50.0, 100.0, 50.0, 100.0]}}
+    s = host_probe.speed_summary(trace)
+    c0 = s["per_core"][0]
+    assert c0["cv"] == pytest.approx(1 / 3, abs=1e-4)
+    assert c0["slowest"] == pytest.approx(4 / 3, abs=1e-3) and c0["fastest"] == pytest.approx(2 / 3, abs=1e-3)
+    assert c0["windows"] == 4
+    assert s["correlation"] == pytest.approx(-1.0)  # one core slow exactly when the other is fast
+    steady = host_probe.speed_summary({"window_s": 1.0, "per_core": {0: [10.0, 10.0, 10.0], 1: [5.0, 6.0, 7.0]}})
+    assert steady["per_core"][0]["cv"] == 0.0 and steady["correlation"] is None  # no variation: undefined
+
+
+def test_a_wander_is_read_from_a_report_with_the_core_named():
+    report = {"speed": {"window_s": 0.5, "per_core": {"0": [100.0, 50.0], "1": [80.0, 80.0]}}}
+    w = host_probe.wander_from_report(report)  # JSON keys are strings; the first core by default
+    assert w.window_s == 0.5 and w.factors == pytest.approx((2 / 3, 4 / 3))
+    assert host_probe.wander_from_report(report, 1).factors == (1.0, 1.0)
+    with pytest.raises(ValueError, match=r"no core 3; it has cores \[0, 1\]"):
+        host_probe.wander_from_report(report, 3)
+    with pytest.raises(ValueError, match="has no speed trace"):
+        host_probe.wander_from_report({"stalls": {}})
+
+
+def test_the_speed_probe_runs_on_every_core_at_once_and_says_what_it_means(tmp_path, capsys):
+    import multiprocessing
+
+    out = tmp_path / "host.json"
+    env = dict(os.environ)
+    assert host_probe.main(["--seconds", "0.05", "--first-touch-mib", "0", "--no-interference",
+                            "--speed-seconds", "1", "--speed-window", "0.5", "--json", str(out)]) == 0
+    speed = json.loads(out.read_text())["speed"]
+    cores = sorted(os.sched_getaffinity(0))
+    assert speed["window_s"] == 0.5 and sorted(int(c) for c in speed["per_core"]) == cores
+    assert all(len(r) == 2 and min(r) > 0 for r in speed["per_core"].values())
+    assert multiprocessing.active_children() == []
+    assert dict(os.environ) == env  # the children's one-thread BLAS settings are not left behind
+    printed = capsys.readouterr().out
+    assert "speed wander on core" in printed
+
+
+@pytest.mark.parametrize("args, message", [(["--speed-seconds", "-1"], "--speed-seconds must be >= 0"),
+                                           (["--speed-seconds", "2", "--speed-window", "0"],
+                                            "--speed-window must be > 0 and at most --speed-seconds"),
+                                           (["--speed-seconds", "1", "--speed-window", "3"],
+                                            "--speed-window must be > 0 and at most --speed-seconds")])
+def test_bad_speed_probe_arguments_are_named(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        host_probe.main(args)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
