@@ -13,6 +13,17 @@ replayed cost of the loaded units is rugged in the knee (a schedule flip moves i
 more than the knee does), while these steps measure the batch curve that the knee
 describes. ``knee_by_decode_steps`` picks, among the fits at each candidate knee,
 the one whose decode steps match the measured ones best.
+
+The same measurement at long context pins the decode attention. ``n`` requests
+with long prompts (``DEFAULT_CONTEXT_PROMPTS``) decode together, right after ``n``
+with short ones; against the short-prompt step, the extra time per step is the attention
+over the extra context, ``decode_attn_s * n * (context - short context)``, with
+nothing else in the difference (same batch, same matmuls). ``decode_attention``
+solves it. The replayed cost cannot: on the 2026-12-04 data it left
+``decode_attn_s`` 7x too small for ``tiny`` and 4x too large for ``mid``
+against this direct measurement (docs/calibration.md), because in the loaded
+units the attention is a small share of each step and trades against the other
+per-step costs.
 """
 from __future__ import annotations
 
@@ -29,6 +40,10 @@ DEFAULT_BATCHES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 KNEE_MARGIN = 0.002
 #: Fewer measured batch sizes than this cannot place a knee: the fit falls back to its replayed cost.
 MIN_BATCHES = 4
+#: Prompt lengths of the long-context decode units, their batch size, and their output tokens.
+DEFAULT_CONTEXT_PROMPTS = (1024, 2048)
+CONTEXT_BATCH = 8
+CONTEXT_OUTPUT_LEN = 48
 
 
 def plan_decode(next_id: Callable[[], int], batches=DEFAULT_BATCHES, prompt_len: int = 32,
@@ -43,6 +58,19 @@ def plan_decode(next_id: Callable[[], int], batches=DEFAULT_BATCHES, prompt_len:
     for n in sorted(set(int(b) for b in batches)):
         reqs = [PlannedRequest(next_id(), prompt_len, output_len, bucket=f"b{n}") for _ in range(n)]
         units.append(Unit(PHASE, f"b{n}", "open", reqs, concurrency=n, keep_token_times=True))
+    return units
+
+
+def plan_decode_context(next_id: Callable[[], int], n: int = CONTEXT_BATCH, prompts=DEFAULT_CONTEXT_PROMPTS,
+                        output_len: int = CONTEXT_OUTPUT_LEN) -> list[Unit]:
+    """One unit per prompt length ``p``: ``n`` unique ``p``-token prompts sent at once (decode at long context)."""
+    if n < 1 or not prompts or min(prompts) < 1 or output_len < 8:
+        raise ValueError(f"long-context decode units need n >= 1, prompt lengths >= 1 and output_len >= 8, "
+                         f"got {n}, {list(prompts)} and {output_len}")
+    units = []
+    for p in sorted(set(int(x) for x in prompts)):
+        reqs = [PlannedRequest(next_id(), p, output_len, bucket=f"ctx{p}") for _ in range(n)]
+        units.append(Unit(PHASE, f"n{n}-ctx{p}", "open", reqs, concurrency=n, keep_token_times=True))
     return units
 
 
@@ -73,6 +101,41 @@ def measured_steps(meta: Mapping) -> dict[int, dict]:
     """Batch size -> record, from profiling metadata (empty without a decode phase)."""
     steps = meta.get("decode_steps") or {}
     return {int(k): v for k, v in steps.items() if v and math.isfinite(v.get("step_s", math.nan))}
+
+
+def measured_context_steps(meta: Mapping) -> list[dict]:
+    """The long-context decode records (``measure``'s), from profiling metadata (empty without them)."""
+    steps = meta.get("decode_context_steps") or {}
+    return [v for _, v in sorted(steps.items(), key=lambda kv: int(kv[0]))
+            if v and math.isfinite(v.get("step_s", math.nan))]
+
+
+def decode_attention(records: list[dict], short: Mapping[int, dict] | None = None) -> dict | None:
+    """``decode_attn_s`` from decode steps of one batch size at several contexts.
+
+    Per batch size the record of least context is the base (measured minutes
+    apart from the others, so a machine whose speed drifts between phases does
+    not enter the difference); a batch size with a single record takes its base
+    from ``short`` (the decode phase's steps). Least squares through the origin of
+    (extra step time) on (``n`` times extra context); at least 0. None when no
+    record has a base of less context.
+    """
+    by_n: dict[int, list[dict]] = {}
+    for rec in records:
+        by_n.setdefault(int(rec["n"]), []).append(rec)
+    pairs = []
+    for n, recs in by_n.items():
+        recs = sorted(recs, key=lambda r: r["context"])
+        base = recs[0] if len(recs) >= 2 else (short or {}).get(n)
+        for rec in recs:
+            if base is None or rec["context"] <= base["context"]:
+                continue
+            pairs.append((n * (rec["context"] - base["context"]), rec["step_s"] - base["step_s"]))
+    if not pairs:
+        return None
+    slope = sum(x * y for x, y in pairs) / sum(x * x for x, _ in pairs)
+    return {"decode_attn_s": max(slope, 0.0), "pairs": len(pairs),
+            "contexts": sorted(int(r["context"]) for r in records)}
 
 
 def predicted_step(model: LatencyModel, n: int, context: int) -> float:

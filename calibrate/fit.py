@@ -367,9 +367,11 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
                init: tuple[LatencyModel, float] | None = None, huber_delta: float = 0.1,
                pin_weight: float = PIN_WEIGHT, front_end: bool = True, tol: float = TOL,
                front_end_bounds: tuple[FrontEndModel, FrontEndModel] | None = None,
-               knee: float = 1.0) -> FitResult:
+               knee: float = 1.0, decode_attn_s: float | None = None) -> FitResult:
     """The three stages of the module docstring; ``front_end=False`` keeps the front end at 0.
     ``knee`` holds the matmuls' floor at that many decodes' matmuls (``replay.unpack``; 1: none).
+    ``decode_attn_s`` holds the decode attention at a directly measured value
+    (``calibrate.decode_steps.decode_attention``); None leaves it free.
 
     ``front_end_bounds`` (lower, upper) keeps each front-end cost in a measured
     range (``calibrate.frontend_cpu``: at least the API server's CPU time per
@@ -396,6 +398,11 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
         lb[fe_cols] = pack(LatencyModel(1.0, 0.0), 0.0, front_end_bounds[0])[fe_cols] / scale[fe_cols]
         ub[fe_cols] = np.maximum(pack(LatencyModel(1.0, 0.0), 0.0, front_end_bounds[1])[fe_cols] / scale[fe_cols],
                                  lb[fe_cols])
+    if decode_attn_s is not None:
+        if not (math.isfinite(decode_attn_s) and decode_attn_s >= 0):
+            raise FitError(f"a held decode_attn_s must be a finite number >= 0, got {decode_attn_s!r}")
+        col = PARAMS.index("decode_attn_s")
+        lb[col] = ub[col] = decode_attn_s / scale[col]
     free = ub > lb
     held = np.where(free, 0.0, lb)  # the values of the parameters that are not free
     replays = 0
@@ -783,10 +790,13 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
     measured = measured_front_end(meta) if measured_bounds else None
     bounds = (measured, FrontEndModel(**{k: WALL_FACTOR * v for k, v in measured.to_dict().items()})) \
         if measured is not None else None
+    short_steps = decode_steps_mod.measured_steps(meta)
+    attention = decode_steps_mod.decode_attention(decode_steps_mod.measured_context_steps(meta), short_steps)
     result = fit_with_knee(data, engine, knees=KNEES if matmul_floor else (1.0,),
-                           decode_steps=decode_steps_mod.measured_steps(meta), max_iter=max_iter,
+                           decode_steps=short_steps, max_iter=max_iter,
                            polish_nfev=polish_nfev, pin_weight=pin_weight, front_end=front_end,
-                           front_end_bounds=bounds)
+                           front_end_bounds=bounds,
+                           decode_attn_s=attention["decode_attn_s"] if attention else None)
     units = prepare_units(data, engine.block_size)
     diag = diagnostics(data, units, engine, result.model, result.overhead_s, result.front_end)
     frame = diag.pop("_frame")
@@ -828,6 +838,8 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
                           if "by_decode_steps" in result.stages.get("knee", {}) else
                           "the matmuls' floor at the knee of least replayed cost, ") if matmul_floor
                          else "linear step model, ")
+                      + ("decode attention held at the long-context decode steps' measurement, " if attention
+                         else "")
                       + "units weighted equally (the decode phase as one unit), line search on the replayed "
                       "cost); polished by least_squares on "
                       "the replayed residuals",
@@ -842,6 +854,8 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
                                 f"{WALL_FACTOR:g} times it" if measured is not None else
                                 "unbounded (no CPU measurement of the API server in the profiling data)",
             "pin_weight": pin_weight,
+            # decode_attn_s measured directly (calibrate.decode_steps.decode_attention) and held; None: fitted.
+            "decode_attention": attention,
             "init": result.init,
             "stages": result.stages,
             "cost": result.cost,

@@ -17,7 +17,11 @@ Six phases, from idle to overload and two direct measurements, each a list of un
 6. ``decode``: ``n`` short requests sent at once for each batch size ``n``; the
    gap between their tokens while all ``n`` decode is one decode step of ``n``
    sequences (``calibrate.decode_steps``), recorded per batch size in the
-   metadata's ``decode_steps``: the fit places the matmuls' knee with it.
+   metadata's ``decode_steps``: the fit places the matmuls' knee with it. Then
+   the same at long context (``decode_context_batch`` requests of each
+   ``decode_context_prompts`` length, and of the short length again as their base,
+   in ``decode_context_steps``): the fit holds the decode attention at what they
+   measure.
 
 Output lengths are controlled (``ignore_eos`` with ``max_tokens``). Prompts are
 token ids built so that prefix sharing is exact (``calibrate.prompts``).
@@ -76,6 +80,9 @@ class ProfileSettings:
     decode_batches: tuple[int, ...] = decode_steps.DEFAULT_BATCHES
     decode_prompt_len: int = 32
     decode_output_len: int = 96
+    #: Long-context decode units: prompt lengths and batch size (empty: none).
+    decode_context_prompts: tuple[int, ...] = decode_steps.DEFAULT_CONTEXT_PROMPTS
+    decode_context_batch: int = decode_steps.CONTEXT_BATCH
     budget_s: float = 900.0
     seed: int = 0
     scrape_interval_s: float = 0.25
@@ -105,6 +112,17 @@ class ProfileSettings:
         if self.decode_prompt_len + self.decode_output_len > self.max_model_len:
             raise ProfileError(f"a decode request ({self.decode_prompt_len + self.decode_output_len} tokens) "
                                f"exceeds max_model_len {self.max_model_len}")
+        if self.decode_context_prompts:
+            if self.decode_context_batch < 1 or min(self.decode_context_prompts) < 1:
+                raise ProfileError(f"decode_context_batch and decode_context_prompts must be >= 1, got "
+                                   f"{self.decode_context_batch} and {list(self.decode_context_prompts)}")
+            if self.decode_context_batch not in self.decode_batches:
+                raise ProfileError(f"decode_context_batch {self.decode_context_batch} needs a short-context step of "
+                                   f"the same batch: add it to decode_batches {list(self.decode_batches)}")
+            longest = max(self.decode_context_prompts) + decode_steps.CONTEXT_OUTPUT_LEN
+            if longest > self.max_model_len:
+                raise ProfileError(f"a long-context decode request ({longest} tokens) exceeds max_model_len "
+                                   f"{self.max_model_len}")
 
 
 @dataclass
@@ -184,6 +202,10 @@ def plan_poisson(ids: _Ids, s: ProfileSettings, rng: np.random.Generator, capaci
 def plan_decode_phase(ids: _Ids, s: ProfileSettings) -> list[Unit]:
     """The decode units (``calibrate.decode_steps``), each capped at its share of the phase's time."""
     units = decode_steps.plan_decode(ids.request, s.decode_batches, s.decode_prompt_len, s.decode_output_len)
+    if s.decode_context_prompts:
+        # The short prompt again at the same batch, beside the long ones: the base of their difference.
+        units += decode_steps.plan_decode_context(ids.request, s.decode_context_batch,
+                                                  (s.decode_prompt_len, *s.decode_context_prompts))
     share = s.budget_s * PHASE_SHARE["decode"] / len(units)
     for u in units:
         u.time_cap_s = share
@@ -193,12 +215,14 @@ def plan_decode_phase(ids: _Ids, s: ProfileSettings) -> list[Unit]:
 def _record_decode_step(meta: dict, runner: Runner, unit: Unit, s: ProfileSettings) -> None:
     """The unit's decode step into ``meta["decode_steps"]`` (a batch with a failed request is left out)."""
     times = [runner.token_times.pop(r.request_id, None) for r in unit.requests]
-    steps = meta.setdefault("decode_steps", {})
+    first = unit.requests[0]
+    long_context = first.bucket.startswith("ctx")
+    steps = meta.setdefault("decode_context_steps" if long_context else "decode_steps", {})
+    key = str(first.input_len) if long_context else str(unit.concurrency)
     if any(t is None for t in times):
-        steps[str(unit.concurrency)] = None
+        steps[key] = None
         return
-    steps[str(unit.concurrency)] = decode_steps.measure(unit.concurrency, times, s.decode_prompt_len,
-                                                        s.decode_output_len)
+    steps[key] = decode_steps.measure(unit.concurrency, times, first.input_len, first.output_len)
 
 
 def capacity_from_rows(rows: pd.DataFrame) -> float:

@@ -135,6 +135,20 @@ def test_measured_decode_steps_place_the_knee_that_thin_loaded_data_cannot():
         assert _rel(getattr(res.model, name), getattr(FLOORED_MODEL, name)) < 0.05, name
 
 
+def test_a_measured_decode_attention_is_held_and_the_rest_fitted_around_it(synth):
+    """Profiling's long-context decode steps measure decode_attn_s directly; the fit keeps it."""
+    truth = fit_replay(synth, ENGINE, decode_attn_s=TRUE_MODEL.decode_attn_s, polish_nfev=0)
+    assert truth.model.decode_attn_s == pytest.approx(TRUE_MODEL.decode_attn_s, rel=1e-9)
+    for name in ("step_s", "token_s", "prefill_attn_s"):
+        assert _rel(getattr(truth.model, name), getattr(TRUE_MODEL, name)) < 0.02, name
+    # Held means held: a value twice the truth stays, and the fit is worse for it.
+    wrong = fit_replay(synth, ENGINE, decode_attn_s=2 * TRUE_MODEL.decode_attn_s, polish_nfev=0)
+    assert wrong.model.decode_attn_s == pytest.approx(2 * TRUE_MODEL.decode_attn_s, rel=1e-9)
+    assert wrong.cost > truth.cost
+    with pytest.raises(FitError, match="held decode_attn_s"):
+        fit_replay(synth, ENGINE, decode_attn_s=-1.0)
+
+
 def test_the_fit_replay_is_exact_under_the_floor(floored):
     """Steps under the floor are linear in the parameters at a fixed knee: the replay stays exact."""
     units = prepare_units(floored, ENGINE.block_size)

@@ -21,7 +21,7 @@ SMALL = ProfileSettings(buckets=(32, 256), bucket_weights=(0.5, 0.5), idle_outpu
                         prefix_lens=(128,), prefix_reps=1, prefix_group_size=3, mix_outputs=(8, 24),
                         concurrency=(2, 6), per_level_min=8, poisson_fractions=(0.5, 1.0), poisson_requests=10,
                         budget_s=60, scrape_interval_s=0.1, frontend_scale=0.25, decode_batches=(1, 2, 4, 8),
-                        decode_output_len=24)
+                        decode_output_len=24, decode_context_prompts=(512,), decode_context_batch=4)
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +77,14 @@ def test_the_decode_phase_times_the_emulators_decode_step_per_batch(profiled):
 
     data = pd.read_csv(profiled)
     decode = data[data["phase"] == "decode"]
-    # n requests of 32 prompt tokens per unit, sent at once.
-    assert decode.groupby("unit").size().to_dict() == {"decode/b1": 1, "decode/b2": 2, "decode/b4": 4, "decode/b8": 8}
-    assert (decode["input_len"] == 32).all() and (decode["output_len"] == 24).all()
+    # n requests of 32 prompt tokens per unit, sent at once; then 4 of 512 tokens (long context).
+    assert decode.groupby("unit").size().to_dict() == {"decode/b1": 1, "decode/b2": 2, "decode/b4": 4, "decode/b8": 8,
+                                                       "decode/n4-ctx32": 4, "decode/n4-ctx512": 4}
+    short = decode[decode["unit"].str.startswith("decode/b")]
+    assert (short["input_len"] == 32).all() and (short["output_len"] == 24).all()
+    by_context = decode[decode["unit"].str.startswith("decode/n4")].groupby("unit")
+    assert by_context["input_len"].max().to_dict() == {"decode/n4-ctx32": 32, "decode/n4-ctx512": 512}
+    assert (decode[decode["unit"].str.startswith("decode/n4")]["output_len"] == 48).all()
     assert decode.groupby("unit")["send_s"].max().max() < 0.5
     steps = json.loads(meta_path(profiled).read_text())["decode_steps"]
     assert sorted(steps, key=int) == ["1", "2", "4", "8"]
@@ -88,6 +93,11 @@ def test_the_decode_phase_times_the_emulators_decode_step_per_batch(profiled):
         assert rec["n"] == int(n) and rec["gaps"] >= int(n) and rec["context"] == 32 + 12
         want = predicted_step(model, int(n), 32 + 12)
         assert rec["step_s"] == pytest.approx(want, rel=0.35), n
+    long_steps = json.loads(meta_path(profiled).read_text())["decode_context_steps"]
+    assert sorted(long_steps, key=int) == ["32", "512"]
+    for prompt, rec in long_steps.items():
+        assert rec["n"] == 4 and rec["context"] == int(prompt) + 24
+        assert rec["step_s"] == pytest.approx(predicted_step(model, 4, int(prompt) + 24), rel=0.35), prompt
 
 
 def test_resume_skips_finished_units_and_overwrite_is_explicit(profiled, emulator):

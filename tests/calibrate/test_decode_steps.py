@@ -4,8 +4,9 @@ import itertools
 
 import pytest
 
-from calibrate.decode_steps import (KNEE_MARGIN, decode_error, knee_by_decode_steps, measure, plan_decode,
-                                    predicted_step, together_gaps)
+from calibrate.decode_steps import (KNEE_MARGIN, decode_attention, decode_error, knee_by_decode_steps, measure,
+                                    measured_context_steps, plan_decode, plan_decode_context, predicted_step,
+                                    together_gaps)
 from sim.latency import LatencyModel
 
 LINEAR = LatencyModel(step_s=0.040, token_s=0.0005, seq_s=0.0015, decode_attn_s=1e-6)
@@ -39,7 +40,10 @@ def test_bad_decode_plans_are_refused(kwargs):
 
 @pytest.mark.parametrize("kwargs, match", [({"decode_batches": (0, 4)}, "decode batch sizes"),
                                            ({"decode_output_len": 4}, "decode_output_len >= 8"),
-                                           ({"decode_output_len": 4090}, "exceeds max_model_len")])
+                                           ({"decode_output_len": 4090}, "exceeds max_model_len"),
+                                           ({"decode_context_batch": 5}, "needs a short-context step of the same"),
+                                           ({"decode_context_batch": 0}, "must be >= 1"),
+                                           ({"decode_context_prompts": (4080,)}, "long-context decode request")])
 def test_profiling_refuses_bad_decode_settings(kwargs, match):
     from calibrate.profiling import ProfileError, ProfileSettings
 
@@ -100,3 +104,47 @@ def test_real_profiling_metadata_holds_every_batchs_step(shape):
     assert all(r["gaps"] >= 90 * n // 2 and r["context"] == 32 + 48 for n, r in steps.items())
     # A batch of 32 costs several single steps, but far less than 32 of them.
     assert 2 * steps[1]["step_s"] < steps[32]["step_s"] < 8 * steps[1]["step_s"]
+
+
+def test_long_context_units_send_n_long_prompts_at_once():
+    ids = itertools.count(7)
+    units = plan_decode_context(lambda: next(ids), n=8, prompts=(2048, 1024))
+    assert [u.key for u in units] == ["decode/n8-ctx1024", "decode/n8-ctx2048"]
+    assert all(u.concurrency == 8 and len(u.requests) == 8 and u.keep_token_times for u in units)
+    assert [r.input_len for r in units[1].requests] == [2048] * 8
+    assert all(r.output_len == 48 and r.bucket.startswith("ctx") for u in units for r in u.requests)
+    with pytest.raises(ValueError, match="long-context decode units"):
+        plan_decode_context(lambda: next(ids), n=0)
+
+
+def test_the_decode_attention_by_hand():
+    records = [{"n": 8, "step_s": 0.180, "context": 2072}, {"n": 8, "step_s": 0.100, "context": 80},
+               {"n": 8, "step_s": 0.140, "context": 1048}]
+    # Extra step time over the least-context record on n x extra context, through the origin:
+    # x = 8*968 = 7744 and 8*1992 = 15936; y = 0.04 and 0.08;
+    # slope = (7744*0.04 + 15936*0.08) / (7744**2 + 15936**2) = 1584.64 / 313925632.
+    elsewhere = {8: {"n": 8, "step_s": 0.5, "context": 80}}  # another phase's step: not used, a base is here
+    got = decode_attention(records, elsewhere)
+    assert got["decode_attn_s"] == pytest.approx(1584.64 / 313925632, rel=1e-12)
+    assert got["pairs"] == 2 and got["contexts"] == [80, 1048, 2072]
+    # A model's own steps give its coefficient back exactly, whatever its other costs.
+    model = floored(3.0, dataclasses.replace(LINEAR, decode_attn_s=3.3e-6))
+    own = [{"n": 8, "step_s": predicted_step(model, 8, c), "context": c} for c in (80, 1048, 2072)]
+    assert decode_attention(own)["decode_attn_s"] == pytest.approx(3.3e-6, rel=1e-9)
+
+
+def test_a_lone_long_record_takes_its_base_from_the_decode_phase():
+    long = [{"n": 8, "step_s": 0.09, "context": 1048}]
+    assert decode_attention(long, {4: {"n": 4, "step_s": 0.1, "context": 80}}) is None  # no batch of 8
+    assert decode_attention(long, {8: {"n": 8, "step_s": 0.1, "context": 2000}}) is None  # not longer
+    assert decode_attention(long, {8: {"n": 8, "step_s": 0.1, "context": 80}})["decode_attn_s"] == 0.0  # never < 0
+    got = decode_attention(long, {8: {"n": 8, "step_s": 0.08, "context": 80}})
+    assert got["decode_attn_s"] == pytest.approx(0.01 / (8 * 968), rel=1e-12)
+    assert decode_attention([]) is None
+
+
+def test_long_context_records_are_read_in_prompt_order_and_failed_ones_dropped():
+    meta = {"decode_context_steps": {"2048": {"n": 8, "step_s": 0.2, "context": 2072},
+                                     "1024": {"n": 8, "step_s": 0.15, "context": 1048}, "512": None}}
+    assert [r["context"] for r in measured_context_steps(meta)] == [1048, 2072]
+    assert measured_context_steps({}) == []
