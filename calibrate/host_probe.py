@@ -21,11 +21,11 @@ says it stole. On some virtual machines that is not the whole story (measured on
   two vLLM servers on the two cores slow each other, and profiles fitted with each
   server alone do not describe them side by side (docs/validation.md).
 
-- **Speed wander.** Whether each core's compute speed holds over tens of seconds.
-  There (2026-12-04, AMD EPYC VM) a fixed matmul loop's rate per second varied by
-  10% (coefficient of variation), with dips to 0.7x lasting 10-15 s, uncorrelated
-  between the two vCPUs: a latency measured in one minute and its twin measured in
-  the next differ by that much with no model involved. ``calibrate check
+- **Speed wander.** Whether each core's compute speed holds from second to second.
+  There (2026-12-04, AMD EPYC VM) a fixed matmul loop's time per second varied by
+  10-12% (coefficient of variation), with slow spells of 1.4-1.7x lasting seconds,
+  correlated only 0.2-0.5 between the two vCPUs: a latency measured in one minute
+  and its twin measured in the next differ by that much with no model involved. ``calibrate check
   --speed-trace`` replays its loads under the measured trace to show how far such a
   wander moves each statistic (``sim.speed``).
 

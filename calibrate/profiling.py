@@ -213,7 +213,8 @@ def plan_decode_phase(ids: _Ids, s: ProfileSettings) -> list[Unit]:
 
 
 def _record_decode_step(meta: dict, runner: Runner, unit: Unit, s: ProfileSettings) -> None:
-    """The unit's decode step into ``meta["decode_steps"]`` (a batch with a failed request is left out)."""
+    """The unit's decode step into ``meta["decode_steps"]`` by batch size, or for a long-context unit into
+    ``meta["decode_context_steps"]`` by prompt length (a batch with a failed request is recorded as None)."""
     times = [runner.token_times.pop(r.request_id, None) for r in unit.requests]
     first = unit.requests[0]
     long_context = first.bucket.startswith("ctx")

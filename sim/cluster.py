@@ -36,8 +36,8 @@ from sim.engine import Engine, EngineConfig, EngineMetrics, Plan, RequestTooLong
 from sim.frontend import FrontEnd
 from sim.latency import LatencyProfile
 from sim.request import EngineRequest, Status
-from sim.speed import SpeedWander
 from sim.sessions import SessionDriver
+from sim.speed import SpeedWander
 from workload.sessions import SessionPlan
 from workload.trace import Trace
 

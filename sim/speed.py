@@ -1,9 +1,9 @@
 """A machine whose speed wanders: engine steps slowed by a measured factor that changes with time.
 
 On a shared virtual machine one vCPU's compute speed is not constant: measured on the
-2-core AMD EPYC VM (2026-12-04, docs/calibration.md section 1), a fixed matmul loop ran
-with a per-second coefficient of variation of 10%, with dips to 0.7x lasting 10-15 s,
-and uncorrelated between the two vCPUs. Independent per-step jitter (a profile's
+2-core AMD EPYC VM (2026-12-04, docs/calibration.md section 1), a fixed matmul loop's
+time per second varied by 10-12% (coefficient of variation), with slow spells of
+1.4-1.7x lasting seconds, correlated only 0.2-0.5 between the two vCPUs. Independent per-step jitter (a profile's
 ``jitter_cv``) averages out over a few steps; a dip that lasts seconds does not: a
 queue that builds in it stays built. ``calibrate check`` replays its loads under such
 a trace (measured by ``calibrate.host_probe``) to show how far the machine's own

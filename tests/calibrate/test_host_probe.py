@@ -102,14 +102,14 @@ def test_interference_needs_two_different_cores():
 def test_the_command_line_writes_the_figures(tmp_path, capsys):
     out = tmp_path / "host.json"
     assert host_probe.main(["--seconds", "0.05", "--first-touch-mib", "4", "--no-interference",
-                            "--json", str(out)]) == 0
+                            "--speed-seconds", "0", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     stalls = report["stalls"]
     assert 0 <= stalls["stall_share"] <= 1 and stalls["total_seconds"] == 0.05
     if stalls["per_core"]:  # the summary is the worst core's, over its share of the probe
         assert stalls["stall_share"] == max(c["stall_share"] for c in stalls["per_core"].values())
         assert stalls["seconds"] == pytest.approx(0.05 / len(stalls["per_core"]))
-    assert report["first_touch"]["mib"] == 4 and "interference" not in report
+    assert report["first_touch"]["mib"] == 4 and "interference" not in report and "speed" not in report
     printed = capsys.readouterr().out
     assert "hidden stalls:" in printed and "first touch of fresh memory:" in printed
 
