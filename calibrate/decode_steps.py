@@ -54,11 +54,8 @@ def plan_decode(next_id: Callable[[], int], batches=DEFAULT_BATCHES, prompt_len:
     if prompt_len < 1 or output_len < 8:
         raise ValueError(f"decode units need prompt_len >= 1 and output_len >= 8, "
                          f"got {prompt_len} and {output_len}")
-    units = []
-    for n in sorted(set(int(b) for b in batches)):
-        reqs = [PlannedRequest(next_id(), prompt_len, output_len, bucket=f"b{n}") for _ in range(n)]
-        units.append(Unit(PHASE, f"b{n}", "open", reqs, concurrency=n, keep_token_times=True))
-    return units
+    return [_sent_together(next_id, n, prompt_len, output_len, f"b{n}", f"b{n}")
+            for n in sorted(set(int(b) for b in batches))]
 
 
 def plan_decode_context(next_id: Callable[[], int], n: int = CONTEXT_BATCH, prompts=DEFAULT_CONTEXT_PROMPTS,
@@ -67,11 +64,15 @@ def plan_decode_context(next_id: Callable[[], int], n: int = CONTEXT_BATCH, prom
     if n < 1 or not prompts or min(prompts) < 1 or output_len < 8:
         raise ValueError(f"long-context decode units need n >= 1, prompt lengths >= 1 and output_len >= 8, "
                          f"got {n}, {list(prompts)} and {output_len}")
-    units = []
-    for p in sorted(set(int(x) for x in prompts)):
-        reqs = [PlannedRequest(next_id(), p, output_len, bucket=f"ctx{p}") for _ in range(n)]
-        units.append(Unit(PHASE, f"n{n}-ctx{p}", "open", reqs, concurrency=n, keep_token_times=True))
-    return units
+    return [_sent_together(next_id, n, p, output_len, f"n{n}-ctx{p}", f"ctx{p}")
+            for p in sorted(set(int(x) for x in prompts))]
+
+
+def _sent_together(next_id: Callable[[], int], n: int, prompt_len: int, output_len: int, name: str,
+                   bucket: str) -> Unit:
+    """A decode unit: ``n`` unique prompts sent at once, their token times kept."""
+    reqs = [PlannedRequest(next_id(), prompt_len, output_len, bucket=bucket) for _ in range(n)]
+    return Unit(PHASE, name, "open", reqs, concurrency=n, keep_token_times=True)
 
 
 def together_gaps(chunk_times: list[list[float]]) -> list[float]:
