@@ -108,7 +108,11 @@ def load_data(path: str | Path) -> tuple[pd.DataFrame, dict]:
     if missing:
         raise FitError(f"{path} lacks column(s) {', '.join(missing)}; write it with `python -m calibrate profile`")
     mp = meta_path(path)
-    meta = json.loads(mp.read_text()) if mp.is_file() else {}
+    try:
+        meta = json.loads(mp.read_text()) if mp.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise FitError(f"the metadata {mp} of {path} is not readable JSON ({e}); it was cut short or edited: "
+                       f"profile again, or resume the run that wrote it") from None
     check_complete(path, data, meta)
     ok = data["ok"].astype(str).str.lower().isin(("true", "1"))
     data = data[ok & np.isfinite(data["ttft_s"]) & (data["output_len"] >= 1)].reset_index(drop=True)

@@ -162,6 +162,15 @@ def test_check_replay_needs_no_backend_but_a_live_check_does(tmp_path, capsys):
     assert not (tmp_path / "live").exists()
 
 
+def test_a_check_against_a_dead_backend_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "dead"
+    assert main(["check", "--profile", "cpu-tiny", "--backend", "http://127.0.0.1:9", "--out", str(out),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "http://127.0.0.1:9" in err and "unreachable" in err
+    assert not out.exists()
+
+
 def test_check_replay_of_a_missing_file_is_a_clear_error(tmp_path, capsys):
     assert main(["check", "--profile", "cpu-tiny", "--backend", "http://127.0.0.1:9", "--replay",
                  str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")]) == 2

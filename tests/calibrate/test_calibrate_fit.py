@@ -283,6 +283,10 @@ def test_truncated_profiling_data_is_refused(tmp_path):
     cut.write_text("")
     with pytest.raises(FitError, match="not a readable CSV"):
         load_data(cut)
+    cut.write_bytes(whole)
+    (tmp_path / "cut.csv.meta.json").write_bytes(meta.read_bytes()[:3000])  # metadata cut short
+    with pytest.raises(FitError, match=r"metadata .*cut.csv.meta.json of .*cut.csv is not readable JSON"):
+        load_data(cut)
 
 
 def test_unknown_kv_blocks_must_be_given():
