@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +45,7 @@ from calibrate.probe import PlannedRequest, Runner, Unit
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
 from calibrate.replay import prepare_units, simulate_units
+from calibrate.step_times import TOKEN_TIMES_FILE, step_report, write_token_times
 from live.transport.client import make_session
 from sim.latency import LatencyProfile, ProfileError
 from sim.speed import SpeedWander
@@ -351,8 +352,11 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
     s = settings or CheckSettings()
     out_dir = Path(out_dir)  # made by write_report: a check that cannot start leaves nothing
     loads, cap = plan_check(profile, s)
+    # Every token's arrival of the loads (not the probes) is kept: calibrate.step_times times each engine step.
+    loads = [replace(u, keep_token_times=True) for u in loads]
     units = with_reference_probes(loads, s)
     rows: list[dict] = []
+    times: dict[int, list[float]] = {}
     load_before = loadavg()
     async with make_session(concurrency=512) as session:
         info = await probe_backend(session, url)
@@ -368,21 +372,26 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
                 for unit in units:
                     bar.set_description(f"check {unit.name}")
                     rows.extend(await runner.run_unit(unit))
+                times = {rid: [t - runner.t0 for t in ts] for rid, ts in runner.token_times.items()}
         finally:
             bar.close()
     real = pd.DataFrame(rows)
     extra = {"backend": info.to_dict(), "capacity_rps": cap,
              "units": {u.name: {"rate_rps": u.rate, "planned": len(u.requests)} for u in loads},
              "loadavg_before": load_before}
-    return write_report(profile, real, out_dir, extra, vocab_size=s.vocab_size, speed=speed)
+    return write_report(profile, real, out_dir, extra, vocab_size=s.vocab_size, speed=speed, token_times=times)
 
 
 def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str | Path, extra: dict,
-                 vocab_size: int = TOKENIZER_VOCAB_SIZE, speed: SpeedWander | None = None) -> dict:
+                 vocab_size: int = TOKENIZER_VOCAB_SIZE, speed: SpeedWander | None = None,
+                 token_times: dict[int, list[float]] | None = None) -> dict:
     """Replay ``measured`` under ``profile``, compare, write check.json and check_requests.csv in ``out_dir``.
 
     Used by a live check and by ``check --replay`` alike, so both leave the same files.
-    With ``speed`` (the machine's measured wander) the report also has ``speed_band``.
+    With ``speed`` (the machine's measured wander) the report also has ``speed_band``;
+    with ``token_times`` (request id -> token arrivals) it has ``steps``, each engine
+    step's real duration against the model's (``calibrate.step_times``), and the folder
+    has token_times.json and steps.csv.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -419,10 +428,14 @@ def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str |
         "results_speed_adjusted": adjusted or None,
         # How far the machine's own speed wander moves each statistic: a diagnostic, not the verdict.
         "speed_band": speed_band(profile, measured, speed, vocab_size=vocab_size) if speed is not None else None,
+        # Each engine step of the loads against the model's step time: a diagnostic, not the verdict.
+        "steps": step_report(profile, measured, token_times, out_dir) if token_times else None,
         "machine": machine_info(),
         "loadavg_after": loadavg(),
         "date": utc_now(),
         "command": command_line(),
     }
+    if token_times:
+        write_token_times(out_dir / TOKEN_TIMES_FILE, token_times)
     (out_dir / "check.json").write_text(json.dumps(json_safe(report, drop_private=True), indent=2) + "\n")
     return report

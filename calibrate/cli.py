@@ -200,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--replay", default=None, metavar="CHECK_REQUESTS_CSV",
                    help="send nothing: re-evaluate the profile on the requests an earlier check measured "
                         "(its check_requests.csv); --backend is then not needed")
+    c.add_argument("--token-times", default=None, metavar="TOKEN_TIMES_JSON",
+                   help="with --replay: the earlier check's token arrivals, to time each engine step against the "
+                        "model (default: token_times.json beside the replayed CSV, when there is one)")
     c.add_argument("--speed-trace", default=None, metavar="HOST_PROBE_JSON",
                    help="a python -m calibrate.host_probe --json report with a speed trace, measured on this "
                         "machine with nothing else running: each load is also replayed under that speed wander "
@@ -383,11 +386,14 @@ def _speed_trace(path: str | None, core: int | None):
 
 def _check(args) -> int:
     from calibrate.check import CheckSettings, format_reference, format_speed_band, format_table, run_check
+    from calibrate.step_times import TOKEN_TIMES_FILE, format_summary, read_token_times
     from sim.latency import load_profile
 
     if not args.replay and not args.backend:
         raise ValueError("calibrate check needs --backend URL (or --replay CHECK_REQUESTS_CSV to "
                          "re-evaluate the profile on an earlier check's measured requests)")
+    if args.token_times and not args.replay:
+        raise ValueError("--token-times goes with --replay (a live check records its own token_times.json)")
     profile = load_profile(args.profile)
     out = Path(args.out or Path("runs") / "calibrate-check" / profile.name)
     speed = _speed_trace(args.speed_trace, args.speed_core)
@@ -403,6 +409,8 @@ def _check(args) -> int:
         if source.resolve() == (out / "check_requests.csv").resolve():
             # Re-evaluating in place: keep the measured columns, not the previous profile's simulation.
             measured = measured.drop(columns=[c for c in measured.columns if c.startswith("sim_")])
+        times_file = Path(args.token_times) if args.token_times else source.with_name(TOKEN_TIMES_FILE)
+        times = read_token_times(times_file) if args.token_times or times_file.is_file() else None
         earlier = source.with_name("check.json")
         extra = {"replayed": str(source), **({"backend": args.backend} if args.backend else {})}
         if earlier.is_file():
@@ -410,7 +418,7 @@ def _check(args) -> int:
             extra.update({k: prior[k] for k in ("capacity_rps", "units", "loadavg_before") if k in prior})
             extra["measured_backend"] = prior.get("backend")
             extra["measured_date"] = prior.get("date")
-        report = write_report(profile, measured, out, extra, speed=speed)
+        report = write_report(profile, measured, out, extra, speed=speed, token_times=times)
         print(f"profile {profile.name} replayed on {len(measured) - report['failed_requests']} measured "
               f"requests of {source}")
         print(format_table(report["results"]))
@@ -418,6 +426,8 @@ def _check(args) -> int:
             print(format_reference(report))
         if report.get("speed_band"):
             print(format_speed_band(report["speed_band"]))
+        if report.get("steps"):
+            print(format_summary(report["steps"]))
         print(f"largest error over the load levels {report['max_abs_err'] * 100:.1f}%; wrote {out / 'check.json'}")
         return 0
     settings = CheckSettings(load_fractions=args.loads, requests_per_level=args.requests_per_level,
@@ -431,6 +441,8 @@ def _check(args) -> int:
         print(format_reference(report))
     if report.get("speed_band"):
         print(format_speed_band(report["speed_band"]))
+    if report.get("steps"):
+        print(format_summary(report["steps"]))
     verdict = "meets" if report["max_abs_err"] <= report["target"] else "misses"
     print(f"largest error over the load levels {report['max_abs_err'] * 100:.1f}% ({verdict} the "
           f"{report['target'] * 100:.0f}% target); "

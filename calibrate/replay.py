@@ -120,7 +120,7 @@ def make_profile(model: LatencyModel, engine: EngineDefaults, name: str = "candi
     return LatencyProfile(name=name, model=model, engine=engine, front_end=front_end)
 
 
-def _engine_config(engine: EngineDefaults) -> EngineConfig:
+def engine_config(engine: EngineDefaults) -> EngineConfig:
     return EngineConfig(num_kv_blocks=engine.num_kv_blocks, block_size=engine.block_size,
                         max_num_seqs=engine.max_num_seqs, max_num_batched_tokens=engine.max_num_batched_tokens)
 
@@ -137,7 +137,7 @@ def simulate_units(units: list[PreparedUnit], n_rows: int, model: LatencyModel, 
     tpot = np.full(n_rows, np.nan)
     e2el = np.full(n_rows, np.nan)
     profile = make_profile(model, engine, front_end=front_end)
-    cluster = ClusterConfig([BackendConfig("backend", "backend", profile, _engine_config(engine), speed)],
+    cluster = ClusterConfig([BackendConfig("backend", "backend", profile, engine_config(engine), speed)],
                             network_delay_s=max(overhead_s, 0.0) / 2.0, drain_s=3600.0)
     for unit in units:
         result = simulate(unit.trace, routing.build("round_robin"), cluster)
@@ -151,7 +151,7 @@ def simulate_units(units: list[PreparedUnit], n_rows: int, model: LatencyModel, 
     return ttft, tpot, e2el
 
 
-class _RecordingLatency:
+class StepRecorder:
     """Wraps a ``LatencyModel`` and records each step's composition as the engine plans it."""
 
     def __init__(self, model: LatencyModel) -> None:
@@ -217,7 +217,7 @@ def linearize_units(units: list[PreparedUnit], n_rows: int, model: LatencyModel,
     nanP = np.full((n_rows, NPARAM), np.nan)
     lin = Linearized(nanP.copy(), np.full(n_rows, np.nan), nanP.copy(), np.full(n_rows, np.nan), nanP.copy(),
                      np.full(n_rows, np.nan), 0, pack(model, max(overhead_s, 0.0), front_end))
-    cfg = _engine_config(engine)
+    cfg = engine_config(engine)
     theta = lin.theta
     zero = np.zeros(NPARAM + 1)
     half = zero.copy()
@@ -232,7 +232,7 @@ def linearize_units(units: list[PreparedUnit], n_rows: int, model: LatencyModel,
     out_tok[0], out_tok[1 + _FE["output_token_s"]] = front_end.output_token_s, 1.0
     for unit in units:
         trace = unit.trace
-        rec = _RecordingLatency(model)
+        rec = StepRecorder(model)
         eng = Engine(cfg, rec)  # duck-typed latency: records every planned step
         shareable = trace.shareable_blocks().tolist()
         arrivals = trace.arrival_s

@@ -141,6 +141,13 @@ def test_fit_then_check_against_the_emulator(profiled, emulator, tmp_path):
     assert 0.5 < ref["e2el_ratio"] < 2.0
     assert set(ref["load_factors"]) == {"poisson-50", "poisson-80", "burst"}
     assert set(saved["results_speed_adjusted"]) == {"poisson-50", "poisson-80", "burst", "all"}
+    # Every load's tokens were kept and its engine steps timed: the emulator runs the engine model,
+    # so the replayed scheduler gives the emulator's own step compositions.
+    steps = saved["steps"]["loads"]
+    assert set(steps) == {"poisson-50", "poisson-80", "burst"}
+    assert all(e["matched_share"] > 0.7 for e in steps.values()), steps
+    assert 0.5 < steps["poisson-80"]["kinds"]["decode"]["median"] < 2.0
+    assert (tmp_path / "check" / "steps.csv").is_file() and (tmp_path / "check" / "token_times.json").is_file()
 
 
 # --- the rows are the router's decisions -------------------------------------------------

@@ -1,0 +1,271 @@
+"""Every engine step of a check, timed from its tokens and set against the latency model.
+
+A check's error says *that* the simulator is off under load, not *where*. A
+streaming client sees each token as it arrives, and the tokens one engine step
+produces reach it together: clustering every request's token arrivals gives the
+real steps' end times, so each busy step's real duration. What a step held (new
+tokens, sequences, prefill attention work, decode context) the client cannot
+see; it is recovered by replaying vLLM's scheduler (``sim.engine``, step for step
+the same as vLLM's own, see ``tests/engine``) on the *real* timeline: before each
+real step, the requests that had reached the engine by the end of the one
+before are added, and one step is planned and applied. The step is *matched*
+when the requests it gives a token are exactly those the client saw in that
+cluster; only matched steps are compared.
+
+Each matched busy step then has ``ratio`` = real duration / the model's
+``step_time`` for that composition. A ratio the same for every kind, batch size
+and context says the machine ran at another speed than when it was profiled; a
+ratio that moves with one of them points at the term of the model that is off.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from calibrate.replay import StepRecorder, engine_config, prepare_units
+from sim.latency import LatencyProfile
+
+#: File in a check's folder with each request's token arrival times.
+TOKEN_TIMES_FILE = "token_times.json"
+#: File in a check's folder with one row per real engine step.
+STEPS_FILE = "steps.csv"
+#: Tokens further apart than this share of the model's shortest step belong to different steps.
+GAP_SHARE = 0.25
+#: Batch-size and per-sequence-context bins of the summary.
+SEQ_BINS = (0, 1, 2, 4, 8, 16, 32, 64, 1 << 30)
+CONTEXT_BINS = (0, 128, 256, 512, 1024, 2048, 1 << 30)
+
+
+class StepTimesError(ValueError):
+    """Token times that cannot be read or do not fit the measured requests."""
+
+
+def write_token_times(path: str | Path, times: dict[int, list[float]]) -> None:
+    """``times``: request id -> its token arrival times, in seconds on the clock of the rows'
+    ``unit_start_s + send_s`` (rounded to the microsecond)."""
+    payload = {"clock": "seconds since the check started (unit_start_s + send_s of check_requests.csv)",
+               "requests": {str(k): [round(float(t), 6) for t in v] for k, v in sorted(times.items())}}
+    Path(path).write_text(json.dumps(payload) + "\n")
+
+
+def read_token_times(path: str | Path) -> dict[int, list[float]]:
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text())
+        raw = payload["requests"]
+        times = {int(k): [float(t) for t in v] for k, v in raw.items()}
+    except FileNotFoundError:
+        raise StepTimesError(f"token times {path} do not exist (a check's {TOKEN_TIMES_FILE})") from None
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise StepTimesError(f"token times {path} are not a {TOKEN_TIMES_FILE} of a check "
+                             f"({{'requests': {{id: [seconds, ...]}}}}): {e}") from None
+    for rid, ts in times.items():
+        if any(not math.isfinite(t) for t in ts) or any(b < a for a, b in zip(ts, ts[1:])):
+            raise StepTimesError(f"token times {path}: request {rid}'s times are not finite and non-decreasing")
+    return times
+
+
+def cluster_steps(times: dict[int, list[float]], gap_s: float) -> list[tuple[float, list[tuple[int, int]]]]:
+    """Token arrivals -> real steps, in order: (first arrival, [(request id, token index), ...]).
+
+    Arrivals closer than ``gap_s`` to the one before belong to the same step.
+    """
+    if not gap_s > 0:
+        raise StepTimesError(f"the gap between steps must be > 0 s, got {gap_s!r}")
+    events = sorted((t, rid, k) for rid, ts in times.items() for k, t in enumerate(ts))
+    steps: list[tuple[float, list[tuple[int, int]]]] = []
+    last = -math.inf
+    for t, rid, k in events:
+        if t - last > gap_s:
+            steps.append((t, []))
+        steps[-1][1].append((rid, k))
+        last = t
+    return steps
+
+
+def default_gap_s(profile: LatencyProfile) -> float:
+    """``GAP_SHARE`` of the model's shortest step (one sequence decoding alone)."""
+    return GAP_SHARE * profile.model.step_time(1, 1, 0.0, 1)
+
+
+def engine_arrivals(profile: LatencyProfile, sent_s: np.ndarray, input_len: np.ndarray) -> np.ndarray:
+    """When each request reaches the engine, as the simulator models it: half the request
+    overhead after its send, then the front end's input job, one job at a time in send order."""
+    fe = profile.front_end
+    order = np.argsort(sent_s, kind="stable")
+    reach = np.empty(len(sent_s))
+    free = -math.inf
+    for i in order:
+        start = max(sent_s[i] + profile.request_overhead_s / 2.0, free)
+        free = reach[i] = start + fe.input_s + fe.input_token_s * float(input_len[i])
+    return reach
+
+
+def replay_steps(profile: LatencyProfile, measured: pd.DataFrame, times: dict[int, list[float]],
+                 gap_s: float | None = None) -> pd.DataFrame:
+    """One row per real engine step of each load in ``measured`` (its ok rows with token times).
+
+    Columns: ``load``, ``step``, ``end_s`` (first token arrival of the step), ``duration_s``
+    (since the step before; NaN after an idle engine), ``kind`` (``decode``: no prefill
+    work; ``prefill``: some), ``tokens``, ``seqs``, ``prefill_work``, ``decode_context``,
+    ``predicted_s``, ``ratio`` and ``matched``.
+    """
+    from sim.engine import Engine
+    from sim.request import EngineRequest
+
+    gap = default_gap_s(profile) if gap_s is None else gap_s
+    ok = measured[measured["ok"].astype(str).str.lower().isin(("true", "1"))]
+    if "phase" in ok:
+        ok = ok[ok["phase"] != "reference"]
+    ok = ok[ok["request_id"].isin(list(times))].reset_index(drop=True)
+    if ok.empty:
+        return pd.DataFrame(columns=["load", "step", "end_s", "duration_s", "kind", "tokens", "seqs",
+                                     "prefill_work", "decode_context", "predicted_s", "ratio", "matched"])
+    out_delay = profile.request_overhead_s / 2.0 + profile.front_end.output_step_s
+    rows: list[dict] = []
+    for load, g in ok.groupby("load", sort=False):
+        g = g.reset_index(drop=True)
+        (unit,) = prepare_units(g.assign(unit=str(load)), profile.engine.block_size)
+        trace, order = unit.trace, unit.rows
+        rid = g["request_id"].to_numpy()[order]
+        sent = (g["unit_start_s"] + g["send_s"]).to_numpy(float)[order]
+        reach = engine_arrivals(profile, sent, trace.input_len)
+        index = {int(r): i for i, r in enumerate(rid)}
+        steps = cluster_steps({int(r): times[int(r)] for r in rid}, gap)
+        rec = StepRecorder(profile.model)
+        eng = Engine(engine_config(profile.engine), rec)
+        shareable = trace.shareable_blocks().tolist()
+        nxt, n = 0, len(trace)
+        by_reach = np.argsort(reach, kind="stable")
+        prev_end = None
+
+        def admit(until: float) -> None:
+            nonlocal nxt
+            while nxt < n and reach[by_reach[nxt]] <= until:
+                i = int(by_reach[nxt])
+                eng.add_request(EngineRequest(i, int(trace.input_len[i]), int(trace.output_len[i]),
+                                              trace.hashes(i), arrival=float(reach[i]),
+                                              num_shareable=shareable[i]))
+                nxt += 1
+
+        for k, (seen, toks) in enumerate(steps):
+            end = seen - out_delay
+            busy = prev_end is not None and eng.has_work
+            if busy:
+                admit(prev_end)
+            if not eng.has_work:
+                busy = False
+                if nxt < n:  # an idle engine starts with the next request to reach it
+                    admit(reach[by_reach[nxt]])
+            real = {index[r] for r, _ in toks if r in index}
+            plan = eng.plan(1)
+            if plan is None:
+                rows.append(dict(load=load, step=k, end_s=seen, duration_s=math.nan, kind="", tokens=0, seqs=0,
+                                 prefill_work=0.0, decode_context=0, predicted_s=math.nan, matched=False))
+                prev_end = end
+                continue
+            out = eng.complete(plan, 1, prev_end if busy else end)
+            tokens, seqs, work, ctx = rec.last
+            emitted = {r.id for r in out.emitted}
+            # A request twice in one cluster means two steps ran together: not a step.
+            once = len(real) == len(toks)
+            rows.append(dict(load=load, step=k, end_s=seen, duration_s=(end - prev_end) if busy else math.nan,
+                             kind="prefill" if work > 0 else "decode", tokens=int(tokens), seqs=int(seqs),
+                             prefill_work=float(work), decode_context=int(ctx),
+                             predicted_s=profile.model.step_time(tokens, seqs, work, ctx),
+                             matched=bool(once and emitted == real)))
+            prev_end = end
+    frame = pd.DataFrame(rows)
+    frame["ratio"] = frame["duration_s"] / frame["predicted_s"]
+    return frame
+
+
+def _bin_label(lo: int, hi: int) -> str:
+    return f"{lo + 1}-{hi}" if hi < 1 << 30 else f">{lo}"
+
+
+def _ratio_stats(r: pd.Series) -> dict:
+    v = r.to_numpy(float)
+    return {"steps": int(len(v)), "median": float(np.median(v)),
+            "p25": float(np.percentile(v, 25)), "p75": float(np.percentile(v, 75))}
+
+
+#: Fewest matched decode steps, and distinct batch sizes among them, for a decode fit.
+MIN_FIT_STEPS = 20
+MIN_FIT_BATCHES = 3
+
+
+def decode_fit(decode: pd.DataFrame) -> dict | None:
+    """Least squares of the decode steps' real durations on (1, sequences, decode context):
+    the fixed, per-sequence and per-context-token costs the load itself shows, to set beside
+    the model's ``step_s``, ``token_s + seq_s`` and ``decode_attn_s``. None with too few steps
+    or batch sizes to tell them apart."""
+    if len(decode) < MIN_FIT_STEPS or decode["seqs"].nunique() < MIN_FIT_BATCHES:
+        return None
+    x = np.c_[np.ones(len(decode)), decode["seqs"].to_numpy(float), decode["decode_context"].to_numpy(float)]
+    coef, *_ = np.linalg.lstsq(x, decode["duration_s"].to_numpy(float), rcond=None)
+    return {"steps": int(len(decode)), "fixed_s": float(coef[0]), "per_seq_s": float(coef[1]),
+            "per_context_token_s": float(coef[2])}
+
+
+def summarise(steps: pd.DataFrame, profile: LatencyProfile | None = None) -> dict:
+    """Per load and kind, and for decode steps per batch size and per-sequence context:
+    the matched busy steps' ratio (median, quartiles) and the share of steps matched; and
+    the decode fit of each load beside the model's terms (with ``profile``)."""
+    out: dict = {"loads": {}}
+    if profile is not None:
+        m = profile.model
+        out["model_decode"] = {"fixed_s": m.step_s, "per_seq_s": m.token_s + m.seq_s,
+                               "per_context_token_s": m.decode_attn_s, "matmul_floor_s": m.matmul_floor_s}
+    for load, g in steps.groupby("load", sort=False):
+        busy = g[g["duration_s"].notna()]
+        good = busy[busy["matched"]]
+        entry: dict = {"steps": int(len(g)), "busy": int(len(busy)),
+                       "matched_share": float(busy["matched"].mean()) if len(busy) else math.nan,
+                       "real_busy_s": float(good["duration_s"].sum()),
+                       "predicted_busy_s": float(good["predicted_s"].sum()), "kinds": {}}
+        for kind, h in good.groupby("kind"):
+            entry["kinds"][str(kind)] = _ratio_stats(h["ratio"])
+        dec = good[good["kind"] == "decode"]
+        if len(dec):
+            seq_bin = pd.cut(dec["seqs"], SEQ_BINS)
+            entry["decode_by_seqs"] = {_bin_label(int(b.left), int(b.right)): _ratio_stats(h["ratio"])
+                                       for b, h in dec.groupby(seq_bin, observed=True)}
+            ctx_bin = pd.cut(dec["decode_context"] / dec["seqs"], CONTEXT_BINS)
+            entry["decode_by_context"] = {_bin_label(int(b.left), int(b.right)): _ratio_stats(h["ratio"])
+                                          for b, h in dec.groupby(ctx_bin, observed=True)}
+        entry["decode_fit"] = decode_fit(dec)
+        out["loads"][str(load)] = entry
+    return out
+
+
+def format_summary(summary: dict) -> str:
+    """A few lines: per load, the matched share and the median ratio per kind of step."""
+    lines = ["engine steps (real duration / the model's, matched busy steps):"]
+    for load, e in summary["loads"].items():
+        kinds = ", ".join(f"{k} {v['median']:.2f} (IQR {v['p25']:.2f}-{v['p75']:.2f}, {v['steps']} steps)"
+                          for k, v in e["kinds"].items()) or "none matched"
+        lines.append(f"  {load:<12} {e['matched_share'] * 100:5.1f}% of {e['busy']} busy steps matched; {kinds}")
+        fit = e.get("decode_fit")
+        if fit:
+            lines.append(f"  {'':<12} decode steps under this load: {fit['fixed_s'] * 1e3:.1f} ms + "
+                         f"{fit['per_seq_s'] * 1e3:.2f} ms/sequence + "
+                         f"{fit['per_context_token_s'] * 1e6:.2f} us/context token")
+    model = summary.get("model_decode")
+    if model:
+        lines.append(f"  {'model':<12} decode steps: {model['fixed_s'] * 1e3:.1f} ms + {model['per_seq_s'] * 1e3:.2f} "
+                     f"ms/sequence + {model['per_context_token_s'] * 1e6:.2f} us/context token "
+                     f"(at least {model['matmul_floor_s'] * 1e3:.1f} ms of matmuls)")
+    return "\n".join(lines)
+
+
+def step_report(profile: LatencyProfile, measured: pd.DataFrame, times: dict[int, list[float]],
+                out_dir: str | Path) -> dict:
+    """Replay the steps, write ``steps.csv`` in ``out_dir``, return the summary."""
+    steps = replay_steps(profile, measured, times)
+    steps.to_csv(Path(out_dir) / STEPS_FILE, index=False)
+    return summarise(steps, profile)

@@ -1,0 +1,190 @@
+"""Engine steps timed from token arrivals (calibrate.step_times): by hand, and on the simulator's own
+token streams, where every step's real duration and composition are known."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from calibrate.replay import engine_config, prepare_units
+from calibrate.step_times import (MIN_FIT_STEPS, STEPS_FILE, TOKEN_TIMES_FILE, StepTimesError, cluster_steps,
+                                  decode_fit, engine_arrivals, read_token_times, replay_steps, summarise,
+                                  write_token_times)
+from results.records import expand_itl
+import routing
+from sim.cluster import BackendConfig, ClusterConfig, simulate
+from sim.frontend import FrontEndModel
+from sim.latency import LatencyProfile, load_profile
+
+
+def test_tokens_close_together_are_one_step():
+    times = {7: [0.0, 0.100, 0.200], 9: [0.002, 0.1015, 0.300]}
+    steps = cluster_steps(times, gap_s=0.01)
+    assert [round(t, 4) for t, _ in steps] == [0.0, 0.1, 0.2, 0.3]
+    assert [sorted(toks) for _, toks in steps] == [[(7, 0), (9, 0)], [(7, 1), (9, 1)], [(7, 2)], [(9, 2)]]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.integers(0, 50), st.lists(st.floats(0, 100, allow_nan=False), min_size=1, max_size=30),
+                       min_size=1, max_size=8),
+       st.floats(1e-4, 1.0))
+def test_every_token_lands_in_exactly_one_step_and_steps_lie_a_gap_apart(raw, gap):
+    times = {r: sorted(ts) for r, ts in raw.items()}
+    steps = cluster_steps(times, gap)
+    seen = [tok for _, toks in steps for tok in toks]
+    assert sorted(seen) == sorted((r, k) for r, ts in times.items() for k in range(len(ts)))
+    arrivals = [[times[r][k] for r, k in toks] for _, toks in steps]
+    assert all(min(a) == t for (t, _), a in zip(steps, arrivals))
+    assert all(min(b) - max(a) > gap for a, b in zip(arrivals, arrivals[1:]))
+
+
+def test_a_gap_must_be_positive():
+    with pytest.raises(StepTimesError, match="must be > 0"):
+        cluster_steps({1: [0.0]}, gap_s=0.0)
+
+
+def test_token_times_round_trip_and_bad_files_name_the_file(tmp_path):
+    path = tmp_path / TOKEN_TIMES_FILE
+    write_token_times(path, {3: [0.1, 0.2000004], 1: [1.0]})
+    assert read_token_times(path) == {1: [1.0], 3: [0.1, 0.2]}
+    with pytest.raises(StepTimesError, match="missing.json.* do not exist"):
+        read_token_times(tmp_path / "missing.json")
+    (tmp_path / "cut.json").write_text('{"requests": {"1": [0.1,')
+    with pytest.raises(StepTimesError, match="cut.json are not a token_times.json"):
+        read_token_times(tmp_path / "cut.json")
+    (tmp_path / "back.json").write_text(json.dumps({"requests": {"4": [0.3, 0.2]}}))
+    with pytest.raises(StepTimesError, match="request 4's times are not finite and non-decreasing"):
+        read_token_times(tmp_path / "back.json")
+
+
+def test_engine_arrivals_queue_behind_the_front_end():
+    profile = replace(load_profile("cpu-tiny"), request_overhead_s=0.002,
+                      front_end=FrontEndModel(input_s=0.010, input_token_s=0.001))
+    # Sent at 0 and 0.001: the second waits for the first's input job (0.001 + 0.010 + 0.1 s).
+    reach = engine_arrivals(profile, np.array([0.001, 0.0, 5.0]), np.array([20, 100, 0]))
+    assert reach[1] == pytest.approx(0.001 + 0.010 + 0.100)
+    assert reach[0] == pytest.approx(reach[1] + 0.010 + 0.020)
+    assert reach[2] == pytest.approx(5.001 + 0.010)
+
+
+def test_decode_fit_recovers_known_costs_and_needs_enough_steps():
+    rng = np.random.default_rng(3)
+    seqs = rng.integers(1, 30, size=60)
+    ctx = seqs * rng.integers(50, 900, size=60)
+    frame = pd.DataFrame({"seqs": seqs, "decode_context": ctx, "duration_s": 0.03 + 0.004 * seqs + 2e-6 * ctx})
+    fit = decode_fit(frame)
+    assert fit["fixed_s"] == pytest.approx(0.03) and fit["per_seq_s"] == pytest.approx(0.004)
+    assert fit["per_context_token_s"] == pytest.approx(2e-6) and fit["steps"] == 60
+    assert decode_fit(frame.head(MIN_FIT_STEPS - 1)) is None
+    assert decode_fit(frame.assign(seqs=4)) is None  # one batch size cannot separate the terms
+
+
+# --- the simulator's own token streams: every step known ------------------------------
+
+def _quiet(profile: LatencyProfile) -> LatencyProfile:
+    """No jitter and no front-end cost: each token reaches the client a fixed time after its step."""
+    return replace(profile, jitter_cv=0.0, front_end=FrontEndModel())
+
+
+def _workload(n: int = 120, seed: int = 5) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "request_id": np.arange(500, 500 + n), "input_len": rng.integers(40, 400, size=n),
+        "output_len": rng.integers(4, 40, size=n), "prefix_id": -1, "shared_len": 0,
+        "send_s": np.cumsum(rng.exponential(0.25, size=n)), "unit_start_s": 0.0, "load": "poisson-80",
+        "phase": "check", "ok": True, "mode": "open"})
+
+
+def _simulated_token_times(truth: LatencyProfile, frame: pd.DataFrame) -> dict[int, list[float]]:
+    """Run ``frame`` through the simulator on ``truth``; each request's token arrivals."""
+    (unit,) = prepare_units(frame.assign(unit="u"), truth.engine.block_size)
+    cluster = ClusterConfig([BackendConfig("b", "b", truth, engine_config(truth.engine))],
+                            drain_s=3600.0)  # the profile adds half its overhead each way
+    result = simulate(unit.trace, routing.build("round_robin"), cluster)
+    start = frame["send_s"].min()
+    times = {}
+    for rec in result.records:
+        gaps = expand_itl(rec.itl_start, rec.itl_step, rec.itl_count)
+        times[int(rec.request_id)] = list(start + rec.first_token_s + np.concatenate([[0.0], np.cumsum(gaps)]))
+    return times
+
+
+def test_on_the_simulators_own_tokens_every_step_matches_at_ratio_one():
+    profile = _quiet(load_profile("cpu-tiny"))
+    frame = _workload()
+    steps = replay_steps(profile, frame, _simulated_token_times(profile, frame))
+    busy = steps[steps["duration_s"].notna()]
+    assert len(busy) > 150 and set(busy["kind"]) == {"decode", "prefill"}
+    assert busy["matched"].all()
+    assert np.allclose(busy["ratio"], 1.0, rtol=1e-6)
+    summary = summarise(steps, profile)["loads"]["poisson-80"]
+    assert summary["matched_share"] == 1.0 and summary["kinds"]["decode"]["median"] == pytest.approx(1.0)
+
+
+def test_a_machine_half_again_slower_shows_a_ratio_of_one_and_a_half():
+    profile = _quiet(load_profile("cpu-tiny"))
+    frame = _workload(seed=8)
+    truth = profile.slowed(1.5)
+    steps = replay_steps(profile, frame, _simulated_token_times(truth, frame))
+    busy = steps[steps["duration_s"].notna()]
+    good = busy[busy["matched"]]
+    assert len(good) >= 0.9 * len(busy)
+    assert np.median(good["ratio"]) == pytest.approx(1.5, rel=1e-6)
+    assert (np.abs(good["ratio"] - 1.5) < 1e-6).mean() >= 0.95
+
+
+def test_a_wrong_decode_attention_shows_as_a_ratio_growing_with_context():
+    base = _quiet(load_profile("cpu-tiny"))
+    profile = replace(base, model=replace(base.model, matmul_floor_s=0.0))  # step time linear in the terms
+    truth = replace(profile, model=replace(profile.model, decode_attn_s=profile.model.decode_attn_s * 6 + 2e-6))
+    frame = _workload(seed=11).assign(output_len=60)
+    steps = replay_steps(profile, frame, _simulated_token_times(truth, frame))
+    summary = summarise(steps, profile)["loads"]["poisson-80"]
+    by_ctx = [v["median"] for v in summary["decode_by_context"].values()]
+    assert len(by_ctx) >= 2 and by_ctx[-1] > by_ctx[0] > 1.0
+    fit = summary["decode_fit"]
+    assert fit["per_context_token_s"] == pytest.approx(truth.model.decode_attn_s, rel=1e-6)
+    assert fit["fixed_s"] == pytest.approx(truth.model.step_s, rel=1e-6)
+
+
+def test_a_check_folder_replayed_with_its_token_times_writes_the_step_table(tmp_path, capsys):
+    from calibrate.cli import main
+
+    profile = _quiet(load_profile("cpu-tiny"))
+    path = profile.save(tmp_path / "quiet.json")
+    frame = _workload(n=40)
+    times = _simulated_token_times(profile, frame)
+    ttft = [times[r][0] - s for r, s in zip(frame["request_id"], frame["send_s"])]
+    frame = frame.assign(unit="check/poisson-80", ttft_s=ttft, tpot_s=0.05, e2el_s=1.0,
+                         prompt_tokens=frame["input_len"], max_tokens=frame["output_len"])
+    src = tmp_path / "measured"
+    src.mkdir()
+    frame.to_csv(src / "check_requests.csv", index=False)
+    write_token_times(src / TOKEN_TIMES_FILE, times)
+    out = tmp_path / "again"
+    assert main(["check", "--profile", str(path), "--replay", str(src / "check_requests.csv"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "engine steps" in printed and "100.0% of" in printed
+    saved = json.loads((out / "check.json").read_text())
+    assert saved["steps"]["loads"]["poisson-80"]["matched_share"] == 1.0
+    assert (out / STEPS_FILE).is_file() and read_token_times(out / TOKEN_TIMES_FILE) == read_token_times(
+        src / TOKEN_TIMES_FILE)
+
+
+def test_token_times_without_replay_or_unreadable_are_clear_errors(tmp_path, capsys):
+    from calibrate.cli import main
+
+    assert main(["check", "--profile", "cpu-tiny", "--backend", "http://127.0.0.1:9",
+                 "--token-times", str(tmp_path / "t.json")]) != 0
+    assert "--token-times goes with --replay" in capsys.readouterr().err
+    frame = _workload(n=5).assign(unit="check/poisson-80", ttft_s=0.1, tpot_s=0.01, e2el_s=0.3)
+    frame.to_csv(tmp_path / "check_requests.csv", index=False)
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert main(["check", "--profile", "cpu-tiny", "--replay", str(tmp_path / "check_requests.csv"),
+                 "--token-times", str(tmp_path / "bad.json"), "--out", str(tmp_path / "o")]) != 0
+    assert "bad.json are not a token_times.json" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
