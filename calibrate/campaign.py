@@ -349,6 +349,7 @@ def _loads(runs: list[dict]) -> dict:
                             "max_abs_err_speed_adjusted": adjusted.get("max_abs_err", math.nan),
                             "max_abs_err_beyond_speed_band": (((r.get("speed_band") or {}).get("results") or {})
                                                               .get(name) or {}).get("max_abs_err_beyond", math.nan),
+                            "step_ratios": _step_ratios(r, name),
                             "loadavg": [r.get("loadavg_before"), r.get("loadavg_after")],
                             "other_cpu_share": r.get("other_cpu_share", math.nan)})
         spread = {}
@@ -360,6 +361,13 @@ def _loads(runs: list[dict]) -> dict:
         out[name] = {"runs": per_run, "real_spread": spread,
                      "largest_error": max((p["max_abs_err"] for p in per_run), default=math.nan)}
     return out
+
+
+def _step_ratios(report: dict, load: str) -> dict[str, float]:
+    """The median real / model duration of the load's matched decode and prefill steps
+    (``calibrate.step_times``; NaN for a check without token times, or a kind it lacks)."""
+    kinds = ((((report.get("steps") or {}).get("loads") or {}).get(load) or {}).get("kinds") or {})
+    return {k: (kinds.get(k) or {}).get("median", math.nan) for k in ("decode", "prefill")}
 
 
 def summary_markdown(summary: dict) -> str:
@@ -376,8 +384,8 @@ def summary_markdown(summary: dict) -> str:
             continue
         head = ("| load | run | n | " + " | ".join(f"{m.upper()} p{q}" for m, q in STATS)
                 + " | largest | load avg | others' CPU | machine vs profile | largest at that speed "
-                  "| beyond the speed band |")
-        lines += [head, "|" + "---|" * (len(STATS) + 9)]
+                  "| beyond the speed band | steps real / model: decode, prefill |")
+        lines += [head, "|" + "---|" * (len(STATS) + 10)]
         for load, d in e["loads"].items():
             for k, run in enumerate(d["runs"], 1):
                 cells = " | ".join(_cell(run["stats"][f"{m}_p{q}"]) for m, q in STATS)
@@ -387,12 +395,14 @@ def summary_markdown(summary: dict) -> str:
                 speed = run.get("speed_factor", math.nan)
                 adj = run.get("max_abs_err_speed_adjusted", math.nan)
                 beyond = run.get("max_abs_err_beyond_speed_band", math.nan)
+                steps = run.get("step_ratios") or {}
+                step_txt = ", ".join(_opt(steps.get(kind, math.nan), "{:.2f}x") for kind in ("decode", "prefill"))
                 lines.append(f"| {load} | {k} | {run['requests']} | {cells} | {run['max_abs_err'] * 100:.1f}% | "
                              f"{la:.2f} | {other_txt} | {_opt(speed, '{:.2f}x')} | {_opt(adj * 100, '{:.1f}%')} | "
-                             f"{_opt(beyond * 100, '{:.1f}%')} |")
+                             f"{_opt(beyond * 100, '{:.1f}%')} | {step_txt} |")
             if d["real_spread"]:
                 cells = " | ".join(f"{d['real_spread'][f'{m}_p{q}'] * 100:.1f}%" for m, q in STATS)
-                lines.append(f"| {load} | spread of real | | {cells} | | | | | | |")
+                lines.append(f"| {load} | spread of real | | {cells} | | | | | | | |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

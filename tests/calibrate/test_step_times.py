@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -81,6 +82,7 @@ def test_decode_fit_recovers_known_costs_and_needs_enough_steps():
     assert fit["per_context_token_s"] == pytest.approx(2e-6) and fit["steps"] == 60
     assert decode_fit(frame.head(MIN_FIT_STEPS - 1)) is None
     assert decode_fit(frame.assign(seqs=4)) is None  # one batch size cannot separate the terms
+    assert decode_fit(frame.assign(decode_context=frame["seqs"] * 300)) is None  # context moves with batch
 
 
 # --- the simulator's own token streams: every step known ------------------------------
@@ -125,6 +127,24 @@ def test_on_the_simulators_own_tokens_every_step_matches_at_ratio_one():
     assert summary["matched_share"] == 1.0 and summary["kinds"]["decode"]["median"] == pytest.approx(1.0)
 
 
+def test_tokens_the_client_got_late_and_together_stay_matched_without_a_duration():
+    """A stalled front end or client delivers several steps' tokens at once: one cluster with
+    several tokens per request. Those steps are replayed, without durations, and the rest match."""
+    profile = _quiet(load_profile("cpu-tiny"))
+    frame = _workload()
+    times = _simulated_token_times(profile, frame)
+    ends = sorted({t for ts in times.values() for t in ts})
+    lo, hi = ends[300], ends[303]  # the tokens of three steps arrive with the fourth's
+    stalled = {r: [hi if lo <= t < hi else t for t in ts] for r, ts in times.items()}
+    steps = replay_steps(profile, frame, stalled)
+    depth = max(sum(lo <= t <= hi for t in ts) for ts in times.values())  # steps a request ran in them
+    merged = steps[steps["end_s"] == hi]
+    assert depth >= 2 and len(merged) == depth
+    assert merged["duration_s"].isna().all() and merged["matched"].all()
+    busy = steps[steps["duration_s"].notna()]
+    assert busy["matched"].all() and np.allclose(busy["ratio"], 1.0, rtol=1e-6)
+
+
 def test_a_machine_half_again_slower_shows_a_ratio_of_one_and_a_half():
     profile = _quiet(load_profile("cpu-tiny"))
     frame = _workload(seed=8)
@@ -141,7 +161,11 @@ def test_a_wrong_decode_attention_shows_as_a_ratio_growing_with_context():
     base = _quiet(load_profile("cpu-tiny"))
     profile = replace(base, model=replace(base.model, matmul_floor_s=0.0))  # step time linear in the terms
     truth = replace(profile, model=replace(profile.model, decode_attn_s=profile.model.decode_attn_s * 6 + 2e-6))
-    frame = _workload(seed=11).assign(output_len=60)
+    # Long and short prompts in turns, arriving about a second apart: batch size and context
+    # vary apart, so the decode fit can tell the per-sequence cost from the per-token one.
+    frame = _workload(seed=11)
+    frame = frame.assign(output_len=60, input_len=np.where((np.arange(len(frame)) // 3) % 2 == 0, 900, 30),
+                         send_s=np.cumsum(np.random.default_rng(1).exponential(1.0, size=len(frame))))
     steps = replay_steps(profile, frame, _simulated_token_times(truth, frame))
     summary = summarise(steps, profile)["loads"]["poisson-80"]
     by_ctx = [v["median"] for v in summary["decode_by_context"].values()]
@@ -188,3 +212,31 @@ def test_token_times_without_replay_or_unreadable_are_clear_errors(tmp_path, cap
                  "--token-times", str(tmp_path / "bad.json"), "--out", str(tmp_path / "o")]) != 0
     assert "bad.json are not a token_times.json" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+# --- real vLLM-CPU checks (2026-12-04, evening) ------------------------------------------
+
+REAL = Path(__file__).resolve().parents[1] / "data" / "checks-2026-12-04e"
+
+
+@pytest.mark.parametrize("shape", ["tiny", "small", "mid"])
+def test_the_replayed_scheduler_matches_most_real_vllm_steps(shape, tmp_path):
+    """A real check's token arrivals: vLLM's own steps, clustered; the replayed scheduler gives the
+    same requests a token in most of them, and the report is what ``check --replay`` writes."""
+    folder = REAL / f"{shape}-check-1"
+    measured = pd.read_csv(folder / "check_requests.csv")
+    profile = load_profile(REAL.parent / "checks-2026-12-04d" / f"cpu-{shape}.json")
+    steps = replay_steps(profile, measured, read_token_times(folder / TOKEN_TIMES_FILE))
+    summary = summarise(steps, profile)
+    assert set(summary["loads"]) == {"poisson-50", "poisson-80", "burst"}
+    for load, entry in summary["loads"].items():
+        assert entry["matched_share"] >= 0.85, (load, entry["matched_share"])
+        assert entry["busy"] >= 100 and 0.5 < entry["kinds"]["decode"]["median"] < 2.0
+    # The check kept every streamed token of its loads, and none of the reference probes'.
+    times = read_token_times(folder / TOKEN_TIMES_FILE)
+    loads = measured[(measured["phase"] != "reference") & measured["ok"]]
+    assert set(times) == set(loads["request_id"])
+    assert all(len(times[r]) == n for r, n in zip(loads["request_id"], loads["output_len"]))
+    recorded = json.loads((folder / "check.json").read_text())["steps"]
+    assert recorded["loads"]["poisson-80"]["matched_share"] == pytest.approx(
+        summary["loads"]["poisson-80"]["matched_share"])
