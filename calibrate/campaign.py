@@ -350,6 +350,8 @@ def _loads(runs: list[dict]) -> dict:
                             "max_abs_err_beyond_speed_band": (((r.get("speed_band") or {}).get("results") or {})
                                                               .get(name) or {}).get("max_abs_err_beyond", math.nan),
                             "step_ratios": _step_ratios(r, name),
+                            "max_abs_err_step_speed": ((((r.get("step_speed") or {}).get("results") or {})
+                                                        .get(name) or {}).get("max_abs_err", math.nan)),
                             "loadavg": [r.get("loadavg_before"), r.get("loadavg_after")],
                             "other_cpu_share": r.get("other_cpu_share", math.nan)})
         spread = {}
@@ -384,8 +386,8 @@ def summary_markdown(summary: dict) -> str:
             continue
         head = ("| load | run | n | " + " | ".join(f"{m.upper()} p{q}" for m, q in STATS)
                 + " | largest | load avg | others' CPU | machine vs profile | largest at that speed "
-                  "| beyond the speed band | steps real / model: decode, prefill |")
-        lines += [head, "|" + "---|" * (len(STATS) + 10)]
+                  "| beyond the speed band | steps real / model: decode, prefill | largest at its steps' speed |")
+        lines += [head, "|" + "---|" * (len(STATS) + 11)]
         for load, d in e["loads"].items():
             for k, run in enumerate(d["runs"], 1):
                 cells = " | ".join(_cell(run["stats"][f"{m}_p{q}"]) for m, q in STATS)
@@ -399,10 +401,11 @@ def summary_markdown(summary: dict) -> str:
                 step_txt = ", ".join(_opt(steps.get(kind, math.nan), "{:.2f}x") for kind in ("decode", "prefill"))
                 lines.append(f"| {load} | {k} | {run['requests']} | {cells} | {run['max_abs_err'] * 100:.1f}% | "
                              f"{la:.2f} | {other_txt} | {_opt(speed, '{:.2f}x')} | {_opt(adj * 100, '{:.1f}%')} | "
-                             f"{_opt(beyond * 100, '{:.1f}%')} | {step_txt} |")
+                             f"{_opt(beyond * 100, '{:.1f}%')} | {step_txt} | "
+                             f"{_opt(run.get('max_abs_err_step_speed', math.nan) * 100, '{:.1f}%')} |")
             if d["real_spread"]:
                 cells = " | ".join(f"{d['real_spread'][f'{m}_p{q}'] * 100:.1f}%" for m, q in STATS)
-                lines.append(f"| {load} | spread of real | | {cells} | | | | | | | |")
+                lines.append(f"| {load} | spread of real | | {cells} | | | | | | | | |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

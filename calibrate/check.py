@@ -315,6 +315,44 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def step_speed_check(profile: LatencyProfile, frame: pd.DataFrame, steps: dict,
+                     vocab_size: int = TOKENIZER_VOCAB_SIZE) -> dict | None:
+    """Each load replayed on the profile slowed by the speed its own steps ran at.
+
+    The factor is the load's matched busy steps' real time over the model's time for the
+    same steps (``calibrate.step_times``): the machine's speed *during* that load, for the
+    compositions it ran, rather than a probe's before and after. What error remains at
+    that speed is the model's queueing and balance of terms, not the machine's speed.
+    None when no load has a factor.
+    """
+    factors = {}
+    for load, entry in steps["loads"].items():
+        if entry["predicted_busy_s"] > 0 and entry["real_busy_s"] > 0:
+            factors[load] = entry["real_busy_s"] / entry["predicted_busy_s"]
+    if not factors:
+        return None
+    try:
+        replayed = speed_adjusted(profile, frame.drop(columns=[c for c in frame if c.startswith("sim_")]),
+                                  factors, vocab_size)
+    except ProfileError:
+        return None
+    if not len(replayed):
+        return None
+    results = compare(replayed)
+    return {"factors": factors, "max_abs_err": max_unit_error(results), "results": results}
+
+
+def format_step_speed(report: dict) -> str:
+    """One line: the largest error with each load replayed at its own steps' speed; '' without it."""
+    e = report.get("step_speed")
+    if not e:
+        return ""
+    per_load = ", ".join(f"{name} {r['max_abs_err'] * 100:.1f}% at {e['factors'][name]:.3f}x"
+                         for name, r in e["results"].items() if name != "all")
+    return (f"largest error with each load replayed at the speed its own steps ran (diagnostic): "
+            f"{e['max_abs_err'] * 100:.1f}% ({per_load})")
+
+
 def format_reference(report: dict) -> str:
     """Lines on the machine's speed (reference probes) and the speed-adjusted errors; '' without probes."""
     ref = report.get("reference")
@@ -400,6 +438,7 @@ def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str |
     result = compare(frame)
     frame.to_csv(out_dir / "check_requests.csv", index=False)
     reference = reference_speed(frame)
+    steps = step_report(profile, measured, token_times, out_dir) if token_times else None
     adjusted: dict = {}
     if reference is not None:
         loads = [name for name in result if name != "all"]
@@ -428,8 +467,10 @@ def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str |
         "results_speed_adjusted": adjusted or None,
         # How far the machine's own speed wander moves each statistic: a diagnostic, not the verdict.
         "speed_band": speed_band(profile, measured, speed, vocab_size=vocab_size) if speed is not None else None,
-        # Each engine step of the loads against the model's step time: a diagnostic, not the verdict.
-        "steps": step_report(profile, measured, token_times, out_dir) if token_times else None,
+        # Each engine step of the loads against the model's step time, and each load replayed at the
+        # speed its own steps ran: diagnostics, not the verdict.
+        "steps": steps,
+        "step_speed": step_speed_check(profile, frame, steps, vocab_size) if steps else None,
         "machine": machine_info(),
         "loadavg_after": loadavg(),
         "date": utc_now(),

@@ -385,7 +385,8 @@ def _speed_trace(path: str | None, core: int | None):
 
 
 def _check(args) -> int:
-    from calibrate.check import CheckSettings, format_reference, format_speed_band, format_table, run_check
+    from calibrate.check import (CheckSettings, format_reference, format_speed_band, format_step_speed,
+                                 format_table, run_check)
     from calibrate.step_times import TOKEN_TIMES_FILE, format_summary, read_token_times
     from sim.latency import load_profile
 
@@ -428,6 +429,8 @@ def _check(args) -> int:
             print(format_speed_band(report["speed_band"]))
         if report.get("steps"):
             print(format_summary(report["steps"]))
+        if report.get("step_speed"):
+            print(format_step_speed(report))
         print(f"largest error over the load levels {report['max_abs_err'] * 100:.1f}%; wrote {out / 'check.json'}")
         return 0
     settings = CheckSettings(load_fractions=args.loads, requests_per_level=args.requests_per_level,
@@ -443,6 +446,8 @@ def _check(args) -> int:
         print(format_speed_band(report["speed_band"]))
     if report.get("steps"):
         print(format_summary(report["steps"]))
+    if report.get("step_speed"):
+        print(format_step_speed(report))
     verdict = "meets" if report["max_abs_err"] <= report["target"] else "misses"
     print(f"largest error over the load levels {report['max_abs_err'] * 100:.1f}% ({verdict} the "
           f"{report['target'] * 100:.0f}% target); "

@@ -75,7 +75,10 @@ def read_token_times(path: str | Path) -> dict[int, list[float]]:
 def cluster_steps(times: dict[int, list[float]], gap_s: float) -> list[tuple[float, list[tuple[int, int]]]]:
     """Token arrivals -> real steps, in order: (first arrival, [(request id, token index), ...]).
 
-    Arrivals closer than ``gap_s`` to the one before belong to the same step.
+    Arrivals closer than ``gap_s`` to the one before belong to the same step. A cluster
+    whose requests are none of the cluster's before, and which holds a request's next
+    token although its previous one came earlier still, is the rest of that step,
+    delivered after a pause (a running request gets a token in every step), and joins it.
     """
     if not gap_s > 0:
         raise StepTimesError(f"the gap between steps must be > 0 s, got {gap_s!r}")
@@ -87,7 +90,23 @@ def cluster_steps(times: dict[int, list[float]], gap_s: float) -> list[tuple[flo
             steps.append((t, []))
         steps[-1][1].append((rid, k))
         last = t
-    return steps
+    joined: list[tuple[float, list[tuple[int, int]]]] = []
+    where: dict[tuple[int, int], int] = {}  # (request, token) -> its step in ``joined``
+    for t, toks in steps:
+        if joined:
+            prev = joined[-1][1]
+            before = {r for r, _ in prev}
+            rest = all(r not in before for r, _ in toks) and any(
+                j > 0 and where.get((r, j - 1), len(joined)) < len(joined) - 1 for r, j in toks)
+            if rest:
+                prev.extend(toks)
+                for tok in toks:
+                    where[tok] = len(joined) - 1
+                continue
+        joined.append((t, list(toks)))
+        for tok in toks:
+            where[tok] = len(joined) - 1
+    return joined
 
 
 def default_gap_s(profile: LatencyProfile) -> float:

@@ -70,6 +70,9 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
     for d in loads.values():
         assert all(0.5 < r["step_ratios"]["decode"] < 2.0 for r in d["runs"]), d["runs"]
     assert "steps real / model: decode, prefill" in md and md.count("x, ") >= 6
+    assert "largest at its steps' speed" in md
+    for d in loads.values():
+        assert all(r["max_abs_err_step_speed"] >= 0 for r in d["runs"])
     # Resuming does nothing more (no server is even started).
     before = (tmp_path / "tiny" / "check-1" / "check.json").stat().st_mtime_ns
     Campaign(tmp_path, settings, server=counting, log=lines.append).run()

@@ -23,10 +23,21 @@ from sim.latency import LatencyProfile, load_profile
 
 
 def test_tokens_close_together_are_one_step():
-    times = {7: [0.0, 0.100, 0.200], 9: [0.002, 0.1015, 0.300]}
+    times = {7: [0.0, 0.100, 0.200], 9: [0.002, 0.1015, 0.2012], 4: [0.300]}
     steps = cluster_steps(times, gap_s=0.01)
     assert [round(t, 4) for t, _ in steps] == [0.0, 0.1, 0.2, 0.3]
-    assert [sorted(toks) for _, toks in steps] == [[(7, 0), (9, 0)], [(7, 1), (9, 1)], [(7, 2)], [(9, 2)]]
+    assert [sorted(toks) for _, toks in steps] == [[(7, 0), (9, 0)], [(7, 1), (9, 1)], [(7, 2), (9, 2)], [(4, 0)]]
+
+
+def test_the_rest_of_a_step_delivered_after_a_pause_joins_it():
+    # Request 9's third token comes 15 ms after 7's, apart by more than the gap, but 9 had a token
+    # in the step before and none since: it is the same step's, delivered late.
+    times = {7: [0.0, 0.100, 0.200], 9: [0.002, 0.1015, 0.215]}
+    steps = cluster_steps(times, gap_s=0.01)
+    assert [sorted(toks) for _, toks in steps] == [[(7, 0), (9, 0)], [(7, 1), (9, 1)], [(7, 2), (9, 2)]]
+    # A cluster of first tokens only, after the others ended, is a step of its own.
+    steps = cluster_steps({7: [0.0, 0.1], 9: [0.115]}, gap_s=0.01)
+    assert [sorted(toks) for _, toks in steps] == [[(7, 0)], [(7, 1)], [(9, 0)]]
 
 
 @settings(max_examples=60, deadline=None)
@@ -155,6 +166,29 @@ def test_a_machine_half_again_slower_shows_a_ratio_of_one_and_a_half():
     assert len(good) >= 0.9 * len(busy)
     assert np.median(good["ratio"]) == pytest.approx(1.5, rel=1e-6)
     assert (np.abs(good["ratio"] - 1.5) < 1e-6).mean() >= 0.95
+
+
+def _measured(frame: pd.DataFrame, times: dict[int, list[float]]) -> pd.DataFrame:
+    """``frame`` with the latencies a client would have measured from ``times``."""
+    ttft = np.array([times[r][0] - s for r, s in zip(frame["request_id"], frame["send_s"])])
+    e2el = np.array([times[r][-1] - s for r, s in zip(frame["request_id"], frame["send_s"])])
+    n = frame["output_len"].to_numpy(float)
+    return frame.assign(unit="check/" + frame["load"], ttft_s=ttft, e2el_s=e2el,
+                        tpot_s=np.where(n > 1, (e2el - ttft) / np.maximum(n - 1, 1), np.nan))
+
+
+def test_replayed_at_the_speed_its_own_steps_ran_a_slower_machine_leaves_no_error(tmp_path):
+    from calibrate.check import write_report
+
+    profile = _quiet(load_profile("cpu-tiny"))
+    frame = _workload(seed=8)
+    times = _simulated_token_times(profile.slowed(1.5), frame)
+    report = write_report(profile, _measured(frame, times), tmp_path, {}, token_times=times)
+    assert report["max_abs_err"] > 0.25  # the profile is a third too fast for this machine
+    step_speed = report["step_speed"]
+    assert step_speed["factors"]["poisson-80"] == pytest.approx(1.5, rel=1e-3)
+    assert step_speed["max_abs_err"] < 0.01  # at that speed the profile is the machine
+    assert json.loads((tmp_path / "check.json").read_text())["step_speed"]["max_abs_err"] < 0.01
 
 
 def test_a_wrong_decode_attention_shows_as_a_ratio_growing_with_context():
