@@ -237,6 +237,17 @@ def speed_adjusted(profile: LatencyProfile, measured: pd.DataFrame, factors: dic
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def errors_at_speeds(profile: LatencyProfile, frame: pd.DataFrame, factors: dict[str, float],
+                     vocab_size: int = TOKENIZER_VOCAB_SIZE) -> dict:
+    """``compare`` of the loads in ``factors`` replayed at those speeds ({}: none could be)."""
+    try:
+        replayed = speed_adjusted(profile, frame.drop(columns=[c for c in frame if c.startswith("sim_")]),
+                                  factors, vocab_size)
+    except ProfileError:
+        return {}
+    return compare(replayed) if len(replayed) else {}
+
+
 #: Replays per speed band: the trace read from this many evenly spaced offsets.
 SPEED_REALISATIONS = 8
 
@@ -329,16 +340,9 @@ def step_speed_check(profile: LatencyProfile, frame: pd.DataFrame, steps: dict,
     for load, entry in steps["loads"].items():
         if entry["predicted_busy_s"] > 0 and entry["real_busy_s"] > 0:
             factors[load] = entry["real_busy_s"] / entry["predicted_busy_s"]
-    if not factors:
+    results = errors_at_speeds(profile, frame, factors, vocab_size)
+    if not results:
         return None
-    try:
-        replayed = speed_adjusted(profile, frame.drop(columns=[c for c in frame if c.startswith("sim_")]),
-                                  factors, vocab_size)
-    except ProfileError:
-        return None
-    if not len(replayed):
-        return None
-    results = compare(replayed)
     return {"factors": factors, "max_abs_err": max_unit_error(results), "results": results}
 
 
@@ -444,13 +448,7 @@ def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str |
         loads = [name for name in result if name != "all"]
         factors = load_speed_factors(reference, loads)
         reference["load_factors"] = factors
-        try:
-            adjusted_frame = speed_adjusted(profile, frame.drop(columns=[c for c in frame if c.startswith("sim_")]),
-                                            factors, vocab_size)
-        except ProfileError:
-            adjusted_frame = pd.DataFrame()
-        if len(adjusted_frame):
-            adjusted = compare(adjusted_frame)
+        adjusted = errors_at_speeds(profile, frame, factors, vocab_size)
     report = {
         "profile": profile.name,
         **extra,
