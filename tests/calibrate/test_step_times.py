@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
+import routing
 from calibrate.replay import engine_config, prepare_units
 from calibrate.step_times import (MIN_FIT_STEPS, STEPS_FILE, TOKEN_TIMES_FILE, StepTimesError, cluster_steps,
                                   decode_fit, engine_arrivals, read_token_times, replay_steps, summarise,
                                   write_token_times)
 from results.records import expand_itl
-import routing
 from sim.cluster import BackendConfig, ClusterConfig, simulate
 from sim.frontend import FrontEndModel
 from sim.latency import LatencyProfile, load_profile
