@@ -45,7 +45,7 @@ from calibrate.probe import PlannedRequest, Runner, Unit
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
 from calibrate.replay import prepare_units, simulate_units
-from calibrate.step_times import TOKEN_TIMES_FILE, step_report, write_token_times
+from calibrate.step_times import STEPS_FILE, TOKEN_TIMES_FILE, replay_steps, summarise, write_token_times
 from live.transport.client import make_session
 from sim.latency import LatencyProfile, ProfileError
 from sim.speed import SpeedWander
@@ -436,13 +436,18 @@ def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str |
     has token_times.json and steps.csv.
     """
     out_dir = Path(out_dir)
+    # The steps first: token times that are not these requests' fail before anything is written.
+    step_frame = replay_steps(profile, measured, token_times) if token_times else None
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = replay_check(profile, measured, vocab_size)
     failed = int(len(measured) - len(frame))
     result = compare(frame)
     frame.to_csv(out_dir / "check_requests.csv", index=False)
     reference = reference_speed(frame)
-    steps = step_report(profile, measured, token_times, out_dir) if token_times else None
+    steps = None
+    if step_frame is not None:
+        step_frame.to_csv(out_dir / STEPS_FILE, index=False)
+        steps = summarise(step_frame, profile)
     adjusted: dict = {}
     if reference is not None:
         loads = [name for name in result if name != "all"]

