@@ -127,6 +127,11 @@ def engine_arrivals(profile: LatencyProfile, sent_s: np.ndarray, input_len: np.n
     return reach
 
 
+def _output_delay(profile: LatencyProfile) -> float:
+    """From a step's end to its first token at the client, as the simulator has it."""
+    return profile.request_overhead_s / 2.0 + profile.front_end.output_step_s
+
+
 #: How far (s) a request's first token time may lie from its send time plus its measured TTFT.
 TTFT_TOLERANCE_S = 1e-3
 
@@ -191,9 +196,8 @@ def replay_steps(profile: LatencyProfile, measured: pd.DataFrame, times: dict[in
             early = np.flatnonzero((replay_first >= 0) & (real_first > 0) & (replay_first < real_first))
             if not len(early):
                 break
-            out_delay = profile.request_overhead_s / 2.0 + profile.front_end.output_step_s
             reach = reach.copy()
-            reach[early] = [steps[real_first[i] - 1][0] - out_delay for i in early]
+            reach[early] = [steps[real_first[i] - 1][0] - _output_delay(profile) for i in early]
         parts.append(best)
     frame = pd.concat(parts, ignore_index=True)
     frame["ratio"] = frame["duration_s"] / frame["predicted_s"]
@@ -205,7 +209,7 @@ def _replay_load(profile: LatencyProfile, load: str, trace, reach: np.ndarray,
                  ) -> tuple[pd.DataFrame, np.ndarray]:
     """One pass of ``replay_steps`` over one load: its rows, and the step at which the replay
     gave each request its first token (-1: never)."""
-    out_delay = profile.request_overhead_s / 2.0 + profile.front_end.output_step_s
+    out_delay = _output_delay(profile)
     rec = StepRecorder(profile.model)
     eng = Engine(engine_config(profile.engine), rec)
     shareable = trace.shareable_blocks().tolist()
