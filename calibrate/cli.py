@@ -417,8 +417,10 @@ def _check(args) -> int:
         if earlier.is_file():
             prior = json.loads(earlier.read_text())
             extra.update({k: prior[k] for k in ("capacity_rps", "units", "loadavg_before") if k in prior})
-            extra["measured_backend"] = prior.get("backend")
-            extra["measured_date"] = prior.get("date")
+            # A replay's report names the measurement it replayed; keep that, not the replay's date.
+            replayed_before = "replayed" in prior
+            extra["measured_backend"] = prior.get("measured_backend" if replayed_before else "backend")
+            extra["measured_date"] = prior.get("measured_date" if replayed_before else "date")
         report = write_report(profile, measured, out, extra, speed=speed, token_times=times)
         print(f"profile {profile.name} replayed on {len(measured) - report['failed_requests']} measured "
               f"requests of {source}")

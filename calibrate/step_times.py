@@ -152,7 +152,7 @@ def _check_times_fit(rows: pd.DataFrame, times: dict[int, list[float]]) -> None:
 
 
 #: Replays of a load at most: each after the first admits the requests the one before
-#: prefilled earlier than vLLM did at the latest moment their real first token allows.
+#: prefilled earlier than vLLM did just before the step their real first token came in.
 MAX_PASSES = 3
 
 
@@ -182,87 +182,144 @@ def replay_steps(profile: LatencyProfile, measured: pd.DataFrame, times: dict[in
         sent = (g["unit_start_s"] + g["send_s"]).to_numpy(float)[unit.rows]
         steps = cluster_steps({int(r): times[int(r)] for r in rid}, gap)
         index = {int(r): i for i, r in enumerate(rid)}
+        # Where each request's first token came: its cluster, and how many of its tokens that
+        # cluster holds (in a cluster of several steps, a request with fewer tokens than the
+        # others began in a later one of them).
         real_first = np.full(len(rid), -1)
+        real_tokens = np.zeros(len(rid), dtype=int)
         for k, (_, toks) in enumerate(steps):
             for r, j in toks:
                 if j == 0:
                     real_first[index[r]] = k
+            for r, c in Counter(r for r, _ in toks).items():
+                if real_first[index[r]] == k:
+                    real_tokens[index[r]] = c
         reach = engine_arrivals(profile, sent, unit.trace.input_len)
+        hold: dict[int, tuple[int, int]] = {}
         best = None
         for _ in range(MAX_PASSES):
-            frame, replay_first = _replay_load(profile, str(load), unit.trace, reach, steps, index)
+            frame, first, replayed = _replay_load(profile, str(load), unit.trace, reach, hold, steps, index)
             if best is None or frame["matched"].sum() > best["matched"].sum():
                 best = frame
-            early = np.flatnonzero((replay_first >= 0) & (real_first > 0) & (replay_first < real_first))
-            if not len(early):
+            early = {}
+            for i in np.flatnonzero((first[:, 0] >= 0) & (real_first >= 0)):
+                k = int(real_first[i])
+                due = (k, max(0, int(replayed[k]) - int(real_tokens[i])))
+                if tuple(first[i]) < due:
+                    early[int(i)] = due
+            if not early:
                 break
-            reach = reach.copy()
-            reach[early] = [steps[real_first[i] - 1][0] - _output_delay(profile) for i in early]
+            hold = {**hold, **early}
         parts.append(best)
     frame = pd.concat(parts, ignore_index=True)
     frame["ratio"] = frame["duration_s"] / frame["predicted_s"]
     return frame
 
 
-def _replay_load(profile: LatencyProfile, load: str, trace, reach: np.ndarray,
+def steps_to_replay(real: set[tuple[int, int]], given: dict[int, int]) -> int:
+    """How many engine steps a cluster of real tokens stands for, given the tokens the replay
+    has produced so far (``given``: request -> count).
+
+    Each request in the cluster asks for as many steps as bring the replay to its latest
+    token there; the answer is the count most of them ask for (the larger on a tie). A
+    request whose token of the step before came only now (the client read its stream late)
+    asks for none more, one with two tokens here asks for two, and one the replay lags or
+    leads on (a prefill a step apart) is outvoted, so one late or merged delivery does not
+    leave the replay a step off for every request after it. At least one step, unless every
+    request's tokens are ones the replay has already produced.
+    """
+    latest: dict[int, int] = {}
+    for i, j in real:
+        latest[i] = max(latest.get(i, -1), j)
+    asks = Counter(max(0, j + 1 - given.get(i, 0)) for i, j in latest.items())
+    if not asks:
+        return 1
+    count, _ = max(asks.items(), key=lambda kv: (kv[1], kv[0]))
+    return count
+
+
+def _replay_load(profile: LatencyProfile, load: str, trace, reach: np.ndarray, hold: dict[int, tuple[int, int]],
                  steps: list[tuple[float, list[tuple[int, int]]]], index: dict[int, int]
-                 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """One pass of ``replay_steps`` over one load: its rows, and the step at which the replay
-    gave each request its first token (-1: never)."""
+                 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """One pass of ``replay_steps`` over one load.
+
+    Requests reach the engine at ``reach``, except those in ``hold`` (request -> (cluster,
+    step within it)), which a pass before prefilled earlier than vLLM did and which are
+    added just before that step. Returns the rows, where the replay gave each request its
+    first token ((cluster, step within it); (-1, -1): never) and how many steps it
+    replayed for each cluster.
+    """
     out_delay = _output_delay(profile)
     rec = StepRecorder(profile.model)
     eng = Engine(engine_config(profile.engine), rec)
     shareable = trace.shareable_blocks().tolist()
     n = len(trace)
-    by_reach = np.argsort(reach, kind="stable")
+    by_reach = [int(i) for i in np.argsort(reach, kind="stable") if int(i) not in hold]
+    held_in: dict[int, list[tuple[int, int]]] = {}
+    for i, (k, u) in sorted(hold.items(), key=lambda kv: kv[1]):
+        held_in.setdefault(k, []).append((u, i))
     admitted = np.zeros(n, dtype=bool)
-    replay_first = np.full(n, -1)
+    first = np.full((n, 2), -1)
+    replayed = np.zeros(len(steps), dtype=int)
+    given: dict[int, int] = {}  # tokens the replay has given each request so far
     nxt = 0
     prev_end = None
     rows: list[dict] = []
 
+    def add(i: int) -> None:
+        eng.add_request(EngineRequest(i, int(trace.input_len[i]), int(trace.output_len[i]), trace.hashes(i),
+                                      arrival=float(reach[i]), num_shareable=shareable[i]))
+        admitted[i] = True
+
     def admit(until: float) -> None:
         nonlocal nxt
-        while nxt < n and reach[by_reach[nxt]] <= until:
-            i = int(by_reach[nxt])
-            eng.add_request(EngineRequest(i, int(trace.input_len[i]), int(trace.output_len[i]), trace.hashes(i),
-                                          arrival=float(reach[i]), num_shareable=shareable[i]))
-            admitted[i] = True
+        while nxt < len(by_reach) and reach[by_reach[nxt]] <= until:
+            add(by_reach[nxt])
             nxt += 1
+
+    def admit_held(k: int, upto: float) -> None:
+        due = held_in.get(k, [])
+        while due and due[0][0] <= upto:
+            add(due.pop(0)[1])
 
     for k, (seen, toks) in enumerate(steps):
         end = seen - out_delay
         real = {(index[r], j) for r, j in toks if r in index}
         # A request with a token in this step had reached the engine before it, whatever the
         # estimate of its arrival says (the front end's input cost is a fitted mean).
-        late = [reach[i] for i, _ in real if not admitted[i]]
+        late = [reach[i] for i, _ in real if not admitted[i] and i not in hold]
         busy = prev_end is not None and eng.has_work
         if busy or late:
             admit(max([prev_end if prev_end is not None else -math.inf, *late]))
+        admit_held(k, 0)
         if not eng.has_work:
             busy = False
-            if nxt < n:  # an idle engine starts with the next request to reach it
+            if nxt < len(by_reach) and not held_in.get(k):  # an idle engine starts with the next request to reach it
                 admit(reach[by_reach[nxt]])
         # Several tokens of one request together: the front end or the client stalled and
         # delivered that many steps at once. They are replayed, but their durations are unknown.
-        merged = max(Counter(i for i, _ in real).values(), default=1)
+        merged = steps_to_replay(real, given)
         emitted: set[tuple[int, int]] = set()
         first_row = len(rows)
-        for _ in range(merged):
+        for u in range(merged):
+            admit_held(k, u if u < merged - 1 else math.inf)
             plan = eng.plan(1)
             if plan is None:
                 break
+            replayed[k] += 1
             # (The engine's clock only stamps its own token times, which are not read here.)
             out = eng.complete(plan, 1, prev_end if busy else end)
             tokens, seqs, work, ctx = rec.last
             for r in out.first_tokens:
-                replay_first[r.id] = k
+                first[r.id] = (k, u)
             emitted |= {(r.id, r.num_output - 1) for r in out.emitted}
+            given.update((r.id, r.num_output) for r in out.emitted)
             rows.append(dict(load=load, step=k, end_s=seen,
                              duration_s=(end - prev_end) if busy and merged == 1 else math.nan,
                              kind="prefill" if work > 0 else "decode", tokens=int(tokens), seqs=int(seqs),
                              prefill_work=float(work), decode_context=int(ctx),
                              predicted_s=profile.model.step_time(tokens, seqs, work, ctx), matched=False))
+        admit_held(k, math.inf)
         if len(rows) == first_row:
             rows.append(dict(load=load, step=k, end_s=seen, duration_s=math.nan, kind="", tokens=0, seqs=0,
                              prefill_work=0.0, decode_context=0, predicted_s=math.nan, matched=False))
@@ -271,7 +328,7 @@ def _replay_load(profile: LatencyProfile, load: str, trace, reach: np.ndarray,
         for row in rows[first_row:]:
             row["matched"] = emitted == real
         prev_end = end
-    return pd.DataFrame(rows), replay_first
+    return pd.DataFrame(rows), first, replayed
 
 
 def _bin_label(lo: int, hi: int) -> str:

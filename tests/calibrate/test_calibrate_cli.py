@@ -210,6 +210,13 @@ def test_replaying_a_recorded_real_check_gives_its_recorded_errors(shape, check,
     for load in ("poisson-50", "poisson-80", "burst"):
         assert report["results"][load]["ttft_p50"]["real_s"] == recorded["results"][load]["ttft_p50"]["real_s"]
     assert report["capacity_rps"] == recorded["capacity_rps"] and report["measured_date"] == recorded["date"]
+    assert report["measured_backend"] == recorded["backend"] and report["measured_backend"]["version"]
+    # Replayed again, from the replay's folder: still the measurement's server and date, not the replay's.
+    assert main(["check", "--profile", str(REAL_CHECKS / f"cpu-{shape}.json"), "--replay",
+                 str(out / "check_requests.csv"), "--out", str(out)]) == 0
+    again = json.loads((out / "check.json").read_text())
+    assert again["measured_date"] == recorded["date"] and again["measured_backend"] == recorded["backend"]
+    assert again["max_abs_err"] == pytest.approx(recorded["max_abs_err"], rel=1e-9)
     capsys.readouterr()
 
 

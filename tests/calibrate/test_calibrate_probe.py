@@ -145,7 +145,7 @@ def test_fit_then_check_against_the_emulator(profiled, emulator, tmp_path):
     # so the replayed scheduler gives the emulator's own step compositions.
     steps = saved["steps"]["loads"]
     assert set(steps) == {"poisson-50", "poisson-80", "burst"}
-    assert all(e["matched_share"] > 0.7 for e in steps.values()), steps
+    assert all(e["matched_share"] > 0.7 for e in steps.values()), {k: e["matched_share"] for k, e in steps.items()}
     assert 0.5 < steps["poisson-80"]["kinds"]["decode"]["median"] < 2.0
     assert (tmp_path / "check" / "steps.csv").is_file() and (tmp_path / "check" / "token_times.json").is_file()
 

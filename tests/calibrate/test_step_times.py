@@ -14,8 +14,8 @@ from hypothesis import given, settings, strategies as st
 import routing
 from calibrate.replay import engine_config, prepare_units
 from calibrate.step_times import (MIN_FIT_STEPS, STEPS_FILE, TOKEN_TIMES_FILE, StepTimesError, cluster_steps,
-                                  decode_fit, engine_arrivals, read_token_times, replay_steps, summarise,
-                                  write_token_times)
+                                  decode_fit, engine_arrivals, read_token_times, replay_steps, steps_to_replay,
+                                  summarise, write_token_times)
 from results.records import expand_itl
 from sim.cluster import BackendConfig, ClusterConfig, simulate
 from sim.frontend import FrontEndModel
@@ -156,6 +156,71 @@ def test_tokens_the_client_got_late_and_together_stay_matched_without_a_duration
     assert busy["matched"].all() and np.allclose(busy["ratio"], 1.0, rtol=1e-6)
 
 
+def test_a_cluster_stands_for_the_steps_most_of_its_requests_ask_for():
+    # In step with the replay: each request's next token, one step.
+    assert steps_to_replay({(1, 5), (2, 5), (3, 0)}, {1: 5, 2: 5}) == 1
+    # A stall delivered two steps at once: two tokens each.
+    assert steps_to_replay({(1, 5), (1, 6), (2, 5), (2, 6)}, {1: 5, 2: 5}) == 2
+    # The client read request 2's and 3's second token only later: one request's two tokens do
+    # not outvote the others (the late tokens then ask for the step they missed).
+    assert steps_to_replay({(1, 5), (1, 6), (2, 5), (3, 5)}, {1: 5, 2: 5, 3: 5}) == 1
+    assert steps_to_replay({(2, 6), (3, 6), (1, 7), (2, 7), (3, 7)}, {1: 6, 2: 6, 3: 6}) == 2
+    # Two requests, two answers: the larger (a request's two tokens prove two steps).
+    assert steps_to_replay({(1, 5), (1, 6), (2, 5)}, {1: 5, 2: 5}) == 2
+    # A request the replay leads on (prefilled a step early) is outvoted, and one it lags on too.
+    assert steps_to_replay({(1, 5), (2, 5), (3, 2)}, {1: 5, 2: 5, 3: 3}) == 1
+    assert steps_to_replay({(1, 5), (2, 5), (3, 2)}, {1: 5, 2: 5, 3: 1}) == 1
+    # Nothing the replay has not given already: no step.
+    assert steps_to_replay({(1, 5), (2, 5)}, {1: 6, 2: 6}) == 0
+
+
+def _busy_workload() -> pd.DataFrame:
+    """Requests close enough together that the engine never idles: one replay error would last."""
+    frame = _workload(seed=11)
+    return frame.assign(send_s=frame["send_s"] * 0.3)
+
+
+def test_one_stream_read_late_costs_its_own_steps_not_the_rest_of_the_load():
+    """The client read one request's token of a step only with the next step's tokens (its
+    stream was read late). The replay must not run a step ahead of every request from then on."""
+    profile = _quiet(load_profile("cpu-tiny"))
+    frame = _busy_workload()
+    times = _simulated_token_times(profile, frame)
+    clean = cluster_steps(times, 1e-4)
+    k = next(k for k in range(len(clean) // 3, len(clean))
+             if len({r for r, _ in clean[k][1]} & {r for r, _ in clean[k + 1][1]}) >= 3)
+    r, j = next((r, j) for r, j in clean[k][1] if r in {q for q, _ in clean[k + 1][1]})
+    late = dict(times)
+    late[r] = [clean[k + 1][0] if i == j else t for i, t in enumerate(times[r])]
+    steps = replay_steps(profile, frame, late)
+    per_step = steps.groupby("end_s")["matched"].all()
+    assert steps["duration_s"].notna().sum() > 40
+    # The cluster it was read late in, and the one it left, are off; every other step matches.
+    assert (~per_step).sum() <= 2
+    assert per_step[per_step.index > clean[k + 1][0] + 1e-9].all()
+
+
+def test_a_request_first_served_in_the_second_of_two_merged_steps_is_replayed_there():
+    """Two steps delivered at once, the second of them a new request's first token: the replay
+    must prefill it in the second, not the first (or it stays a token ahead ever after)."""
+    profile = _quiet(load_profile("cpu-tiny"))
+    frame = _busy_workload()
+    times = _simulated_token_times(profile, frame)
+    clean = cluster_steps(times, 1e-4)
+    k = next(k for k in range(1, len(clean) - 1)
+             if any(j == 0 for _, j in clean[k + 1][1]) and not any(j == 0 for _, j in clean[k][1])
+             and len({r for r, _ in clean[k][1]} & {r for r, _ in clean[k + 1][1]}) >= 2)
+    newcomer = next(r for r, j in clean[k + 1][1] if j == 0)
+    at = clean[k + 1][0]
+    merged = {r: [at if clean[k][0] - 1e-9 <= t <= at else t for t in ts] for r, ts in times.items()}
+    steps = replay_steps(profile, frame, merged)
+    together = steps[steps["end_s"] == at]
+    assert len(together) == 2 and together["matched"].all() and together["duration_s"].isna().all()
+    assert together["kind"].tolist()[-1] == "prefill"
+    assert steps["matched"].all()
+    assert newcomer in set(frame["request_id"])
+
+
 def test_a_machine_half_again_slower_shows_a_ratio_of_one_and_a_half():
     profile = _quiet(load_profile("cpu-tiny"))
     frame = _workload(seed=8)
@@ -260,18 +325,21 @@ def test_token_times_without_replay_or_unreadable_are_clear_errors(tmp_path, cap
 REAL = Path(__file__).resolve().parents[1] / "data" / "checks-2026-12-04e"
 
 
-@pytest.mark.parametrize("shape", ["tiny", "small", "mid"])
-def test_the_replayed_scheduler_matches_most_real_vllm_steps(shape, tmp_path):
+@pytest.mark.parametrize("shape, check", [("tiny", 1), ("small", 1), ("mid", 1), ("mid", 2)])
+def test_the_replayed_scheduler_matches_most_real_vllm_steps(shape, check, tmp_path):
     """A real check's token arrivals: vLLM's own steps, clustered; the replayed scheduler gives the
-    same requests a token in most of them, and the report is what ``check --replay`` writes."""
-    folder = REAL / f"{shape}-check-1"
+    same requests a token in nearly all of them, and the report is what ``check --replay`` writes.
+    (mid's second check has a long prefill and the step after delivered together, one request's
+    token of it only with the next step: 90.7% of Poisson 80%'s steps matched before the replay
+    resynchronised on such deliveries.)"""
+    folder = REAL / f"{shape}-check-{check}"
     measured = pd.read_csv(folder / "check_requests.csv")
     profile = load_profile(REAL.parent / "checks-2026-12-04d" / f"cpu-{shape}.json")
     steps = replay_steps(profile, measured, read_token_times(folder / TOKEN_TIMES_FILE))
     summary = summarise(steps, profile)
     assert set(summary["loads"]) == {"poisson-50", "poisson-80", "burst"}
     for load, entry in summary["loads"].items():
-        assert entry["matched_share"] >= 0.85, (load, entry["matched_share"])
+        assert entry["matched_share"] >= 0.98, (load, entry["matched_share"])
         assert entry["busy"] >= 100 and 0.5 < entry["kinds"]["decode"]["median"] < 2.0
     # The check kept every streamed token of its loads, and none of the reference probes'.
     times = read_token_times(folder / TOKEN_TIMES_FILE)
