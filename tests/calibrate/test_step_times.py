@@ -210,7 +210,6 @@ def test_a_request_first_served_in_the_second_of_two_merged_steps_is_replayed_th
     k = next(k for k in range(1, len(clean) - 1)
              if any(j == 0 for _, j in clean[k + 1][1]) and not any(j == 0 for _, j in clean[k][1])
              and len({r for r, _ in clean[k][1]} & {r for r, _ in clean[k + 1][1]}) >= 2)
-    newcomer = next(r for r, j in clean[k + 1][1] if j == 0)
     at = clean[k + 1][0]
     merged = {r: [at if clean[k][0] - 1e-9 <= t <= at else t for t in ts] for r, ts in times.items()}
     steps = replay_steps(profile, frame, merged)
@@ -218,7 +217,6 @@ def test_a_request_first_served_in_the_second_of_two_merged_steps_is_replayed_th
     assert len(together) == 2 and together["matched"].all() and together["duration_s"].isna().all()
     assert together["kind"].tolist()[-1] == "prefill"
     assert steps["matched"].all()
-    assert newcomer in set(frame["request_id"])
 
 
 def test_a_machine_half_again_slower_shows_a_ratio_of_one_and_a_half():
@@ -329,9 +327,9 @@ REAL = Path(__file__).resolve().parents[1] / "data" / "checks-2026-12-04e"
 def test_the_replayed_scheduler_matches_most_real_vllm_steps(shape, check, tmp_path):
     """A real check's token arrivals: vLLM's own steps, clustered; the replayed scheduler gives the
     same requests a token in nearly all of them, and the report is what ``check --replay`` writes.
-    (mid's second check has a long prefill and the step after delivered together, one request's
-    token of it only with the next step: 90.7% of Poisson 80%'s steps matched before the replay
-    resynchronised on such deliveries.)"""
+    (In mid's second check a long prefill step and the step after reached the client together,
+    a new request's first token in the second of them: 90.7% of Poisson 80%'s steps matched before
+    the replay admitted such a request just before that step.)"""
     folder = REAL / f"{shape}-check-{check}"
     measured = pd.read_csv(folder / "check_requests.csv")
     profile = load_profile(REAL.parent / "checks-2026-12-04d" / f"cpu-{shape}.json")
