@@ -352,6 +352,7 @@ def _loads(runs: list[dict]) -> dict:
                             "step_ratios": _step_ratios(r, name),
                             "max_abs_err_step_speed": ((((r.get("step_speed") or {}).get("results") or {})
                                                         .get(name) or {}).get("max_abs_err", math.nan)),
+                            "max_abs_err_redraws": _redraws(r, name),
                             "loadavg": [r.get("loadavg_before"), r.get("loadavg_after")],
                             "other_cpu_share": r.get("other_cpu_share", math.nan)})
         spread = {}
@@ -365,11 +366,23 @@ def _loads(runs: list[dict]) -> dict:
     return out
 
 
+def _redraws(report: dict, load: str) -> list[float]:
+    """The interval of the load's largest error over redraws of its requests
+    (``calibrate.sampling``; NaN for a check from before it)."""
+    entry = (((report.get("sampling") or {}).get("results") or {}).get(load) or {})
+    return [entry.get("max_abs_err_lo", math.nan), entry.get("max_abs_err_hi", math.nan)]
+
+
 def _step_ratios(report: dict, load: str) -> dict[str, float]:
     """The median real / model duration of the load's matched decode and prefill steps
     (``calibrate.step_times``; NaN for a check without token times, or a kind it lacks)."""
     kinds = ((((report.get("steps") or {}).get("loads") or {}).get(load) or {}).get("kinds") or {})
     return {k: (kinds.get(k) or {}).get("median", math.nan) for k in ("decode", "prefill")}
+
+
+def _interval_cell(lo_hi: list[float]) -> str:
+    lo, hi = lo_hi
+    return f"{lo * 100:.1f}-{hi * 100:.1f}%" if math.isfinite(lo) and math.isfinite(hi) else "n/a"
 
 
 def summary_markdown(summary: dict) -> str:
@@ -386,8 +399,9 @@ def summary_markdown(summary: dict) -> str:
             continue
         head = ("| load | run | n | " + " | ".join(f"{m.upper()} p{q}" for m, q in STATS)
                 + " | largest | load avg | others' CPU | machine vs profile | largest at that speed "
-                  "| beyond the speed band | steps real / model: decode, prefill | largest at its steps' speed |")
-        lines += [head, "|" + "---|" * (len(STATS) + 11)]
+                  "| beyond the speed band | steps real / model: decode, prefill | largest at its steps' speed "
+                  "| largest over redraws (90%) |")
+        lines += [head, "|" + "---|" * (len(STATS) + 12)]
         for load, d in e["loads"].items():
             for k, run in enumerate(d["runs"], 1):
                 cells = " | ".join(_cell(run["stats"][f"{m}_p{q}"]) for m, q in STATS)
@@ -402,10 +416,11 @@ def summary_markdown(summary: dict) -> str:
                 lines.append(f"| {load} | {k} | {run['requests']} | {cells} | {run['max_abs_err'] * 100:.1f}% | "
                              f"{la:.2f} | {other_txt} | {_opt(speed, '{:.2f}x')} | {_opt(adj * 100, '{:.1f}%')} | "
                              f"{_opt(beyond * 100, '{:.1f}%')} | {step_txt} | "
-                             f"{_opt(run.get('max_abs_err_step_speed', math.nan) * 100, '{:.1f}%')} |")
+                             f"{_opt(run.get('max_abs_err_step_speed', math.nan) * 100, '{:.1f}%')} | "
+                             f"{_interval_cell(run.get('max_abs_err_redraws') or [math.nan, math.nan])} |")
             if d["real_spread"]:
                 cells = " | ".join(f"{d['real_spread'][f'{m}_p{q}'] * 100:.1f}%" for m, q in STATS)
-                lines.append(f"| {load} | spread of real | | {cells} | | | | | | | | |")
+                lines.append(f"| {load} | spread of real | | {cells} | | | | | | | | | |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

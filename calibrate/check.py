@@ -45,6 +45,7 @@ from calibrate.probe import PlannedRequest, Runner, Unit
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
 from calibrate.replay import prepare_units, simulate_units
+from calibrate.sampling import finite_percentile, relative_error, sampling_intervals
 from calibrate.step_times import STEPS_FILE, TOKEN_TIMES_FILE, replay_steps, summarise, write_token_times
 from live.transport.client import make_session
 from sim.latency import LatencyProfile, ProfileError
@@ -158,23 +159,17 @@ def with_reference_probes(units: list[Unit], s: CheckSettings) -> list[Unit]:
     return out
 
 
-def _pct(v: np.ndarray, q: float) -> float:
-    v = v[np.isfinite(v)]
-    return float(np.percentile(v, q)) if len(v) else math.nan
-
-
 def compare(frame: pd.DataFrame) -> dict:
     """Errors per unit and pooled: {scope: {stat: {real, sim, err}}, ..., max_abs_err}."""
     out = {}
-    if "phase" in frame:
-        frame = frame[frame["phase"] != REFERENCE_PHASE]
+    frame = _loads_only(frame)
     scopes = [(str(k), g) for k, g in frame.groupby("load", sort=False)] + [("all", frame)]
     for name, g in scopes:
         entry = {}
         for metric, q in STATS:
-            real = _pct(g[f"{metric}_s"].to_numpy(float), q)
-            sim = _pct(g[f"sim_{metric}_s"].to_numpy(float), q)
-            err = (sim - real) / real if real and math.isfinite(real) and math.isfinite(sim) else math.nan
+            real = finite_percentile(g[f"{metric}_s"].to_numpy(float), q)
+            sim = finite_percentile(g[f"sim_{metric}_s"].to_numpy(float), q)
+            err = relative_error(real, sim)
             entry[f"{metric}_p{q}"] = {"real_s": real, "sim_s": sim, "err": err}
         errs = [abs(v["err"]) for v in entry.values() if math.isfinite(v["err"])]
         entry["max_abs_err"] = max(errs) if errs else math.nan
@@ -424,6 +419,11 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
     return write_report(profile, real, out_dir, extra, vocab_size=s.vocab_size, speed=speed, token_times=times)
 
 
+def _loads_only(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the loads: no reference probe."""
+    return frame[frame["phase"] != REFERENCE_PHASE] if "phase" in frame else frame
+
+
 def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str | Path, extra: dict,
                  vocab_size: int = TOKENIZER_VOCAB_SIZE, speed: SpeedWander | None = None,
                  token_times: dict[int, list[float]] | None = None) -> dict:
@@ -474,6 +474,8 @@ def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str |
         # speed its own steps ran: diagnostics, not the verdict.
         "steps": steps,
         "step_speed": step_speed_check(profile, frame, steps, vocab_size) if steps else None,
+        # How far the errors move with another draw of the loads' requests: a diagnostic, not the verdict.
+        "sampling": sampling_intervals(_loads_only(frame), STATS),
         "machine": machine_info(),
         "loadavg_after": loadavg(),
         "date": utc_now(),

@@ -384,10 +384,27 @@ def _speed_trace(path: str | None, core: int | None):
     return wander_from_report(report, core)
 
 
+def _print_diagnostics(report: dict) -> None:
+    """The check's diagnostics beside its verdict, each where the report has it."""
+    from calibrate.check import format_reference, format_speed_band, format_step_speed
+    from calibrate.sampling import format_sampling
+    from calibrate.step_times import format_summary
+
+    if report.get("reference"):
+        print(format_reference(report))
+    if report.get("speed_band"):
+        print(format_speed_band(report["speed_band"]))
+    if report.get("steps"):
+        print(format_summary(report["steps"]))
+    if report.get("step_speed"):
+        print(format_step_speed(report))
+    if report.get("sampling"):
+        print(format_sampling(report["sampling"]))
+
+
 def _check(args) -> int:
-    from calibrate.check import (CheckSettings, format_reference, format_speed_band, format_step_speed,
-                                 format_table, run_check)
-    from calibrate.step_times import TOKEN_TIMES_FILE, format_summary, read_token_times
+    from calibrate.check import CheckSettings, format_table, run_check
+    from calibrate.step_times import TOKEN_TIMES_FILE, read_token_times
     from sim.latency import load_profile
 
     if not args.replay and not args.backend:
@@ -425,14 +442,7 @@ def _check(args) -> int:
         print(f"profile {profile.name} replayed on {len(measured) - report['failed_requests']} measured "
               f"requests of {source}")
         print(format_table(report["results"]))
-        if report.get("reference"):
-            print(format_reference(report))
-        if report.get("speed_band"):
-            print(format_speed_band(report["speed_band"]))
-        if report.get("steps"):
-            print(format_summary(report["steps"]))
-        if report.get("step_speed"):
-            print(format_step_speed(report))
+        _print_diagnostics(report)
         print(f"largest error over the load levels {report['max_abs_err'] * 100:.1f}%; wrote {out / 'check.json'}")
         return 0
     settings = CheckSettings(load_fractions=args.loads, requests_per_level=args.requests_per_level,
@@ -442,14 +452,7 @@ def _check(args) -> int:
     print(f"profile {profile.name} vs {args.backend}; capacity {report['capacity_rps']:.2f} req/s; "
           f"failed requests: {report['failed_requests']}")
     print(format_table(report["results"]))
-    if report.get("reference"):
-        print(format_reference(report))
-    if report.get("speed_band"):
-        print(format_speed_band(report["speed_band"]))
-    if report.get("steps"):
-        print(format_summary(report["steps"]))
-    if report.get("step_speed"):
-        print(format_step_speed(report))
+    _print_diagnostics(report)
     verdict = "meets" if report["max_abs_err"] <= report["target"] else "misses"
     print(f"largest error over the load levels {report['max_abs_err'] * 100:.1f}% ({verdict} the "
           f"{report['target'] * 100:.0f}% target); "

@@ -73,6 +73,10 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
     assert "largest at its steps' speed" in md
     for d in loads.values():
         assert all(r["max_abs_err_step_speed"] >= 0 for r in d["runs"])
+    # Each run's largest error over redraws of its requests brackets a non-negative interval.
+    for d in loads.values():
+        assert all(0 <= r["max_abs_err_redraws"][0] <= r["max_abs_err_redraws"][1] for r in d["runs"])
+    assert "largest over redraws (90%)" in md
     # Resuming does nothing more (no server is even started).
     before = (tmp_path / "tiny" / "check-1" / "check.json").stat().st_mtime_ns
     Campaign(tmp_path, settings, server=counting, log=lines.append).run()

@@ -211,6 +211,10 @@ def test_replaying_a_recorded_real_check_gives_its_recorded_errors(shape, check,
         assert report["results"][load]["ttft_p50"]["real_s"] == recorded["results"][load]["ttft_p50"]["real_s"]
     assert report["capacity_rps"] == recorded["capacity_rps"] and report["measured_date"] == recorded["date"]
     assert report["measured_backend"] == recorded["backend"] and report["measured_backend"]["version"]
+    sampling = report["sampling"]
+    assert set(sampling["results"]) == {"poisson-50", "poisson-80", "burst"}
+    assert sampling["max_abs_err_lo"] <= sampling["max_abs_err_hi"]
+    assert "redraws of each load's requests" in capsys.readouterr().out
     # Replayed again, from the replay's folder: still the measurement's server and date, not the replay's.
     assert main(["check", "--profile", str(REAL_CHECKS / f"cpu-{shape}.json"), "--replay",
                  str(out / "check_requests.csv"), "--out", str(out)]) == 0
