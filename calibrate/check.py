@@ -371,6 +371,36 @@ def format_reference(report: dict) -> str:
     return "\n".join(lines)
 
 
+#: Columns the replay needs in every row of a check's check_requests.csv, failed requests included.
+MEASURED_COLUMNS = ("load", "ok", "input_len", "send_s")
+
+
+def read_measured(path: str | Path) -> pd.DataFrame:
+    """An earlier check's check_requests.csv, refused when it ends mid-line or a row lacks what
+    the replay needs (a truncated copy would otherwise count its last request as failed and go on)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--replay {path} does not exist (a check_requests.csv of an earlier check)")
+    with path.open("rb") as f:
+        f.seek(0, 2)
+        if f.tell():
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                raise ValueError(f"--replay {path} ends in the middle of a line (a truncated copy?)")
+    try:
+        measured = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(f"--replay {path} is not a check_requests.csv: {e}") from None
+    missing = [c for c in MEASURED_COLUMNS if c not in measured.columns]
+    if missing:
+        raise ValueError(f"--replay {path} lacks the columns {', '.join(missing)} of a check_requests.csv")
+    holes = measured.index[measured[list(MEASURED_COLUMNS)].isna().any(axis=1)]
+    if len(holes):
+        raise ValueError(f"--replay {path}: line {int(holes[0]) + 2} lacks a value of "
+                         f"{', '.join(MEASURED_COLUMNS)} ({len(holes)} such row(s))")
+    return measured
+
+
 def replay_check(profile: LatencyProfile, measured: pd.DataFrame,
                  vocab_size: int = TOKENIZER_VOCAB_SIZE, speed: SpeedWander | None = None) -> pd.DataFrame:
     """The measured ok rows with the simulator's TTFT/TPOT/E2EL of the same requests under ``profile``

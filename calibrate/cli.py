@@ -416,14 +416,10 @@ def _check(args) -> int:
     out = Path(args.out or Path("runs") / "calibrate-check" / profile.name)
     speed = _speed_trace(args.speed_trace, args.speed_core)
     if args.replay:
-        import pandas as pd
-
-        from calibrate.check import write_report
+        from calibrate.check import read_measured, write_report
 
         source = Path(args.replay)
-        if not source.is_file():
-            raise FileNotFoundError(f"--replay {source} does not exist (a check_requests.csv of an earlier check)")
-        measured = pd.read_csv(source)
+        measured = read_measured(source)
         if source.resolve() == (out / "check_requests.csv").resolve():
             # Re-evaluating in place: keep the measured columns, not the previous profile's simulation.
             measured = measured.drop(columns=[c for c in measured.columns if c.startswith("sim_")])

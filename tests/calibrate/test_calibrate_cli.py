@@ -224,6 +224,22 @@ def test_replaying_a_recorded_real_check_gives_its_recorded_errors(shape, check,
     capsys.readouterr()
 
 
+def test_a_truncated_or_foreign_csv_is_refused_before_anything_is_written(tmp_path, capsys):
+    """A copy cut mid-row would count its last request as failed and go on; a file of another
+    kind has none of the columns. Both are named, and no report folder appears."""
+    text = (REAL_CHECKS / "small-check-1" / "check_requests.csv").read_text()
+    cut = tmp_path / "cut.csv"
+    cut.write_text(text[: len(text) // 2])
+    foreign = tmp_path / "foreign.csv"
+    foreign.write_text("a,b\n1,2\n")
+    profile = str(REAL_CHECKS / "cpu-small.json")
+    assert main(["check", "--profile", profile, "--replay", str(cut), "--out", str(tmp_path / "o1")]) == 2
+    assert "cut.csv ends in the middle of a line" in capsys.readouterr().err
+    assert main(["check", "--profile", profile, "--replay", str(foreign), "--out", str(tmp_path / "o2")]) == 2
+    assert "lacks the columns load, ok, input_len, send_s" in capsys.readouterr().err
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+
+
 HOST_SPEED = Path(__file__).resolve().parents[1] / "data" / "host-speed-2026-12-04.json"
 
 
