@@ -164,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "knee, in decodes, is the one of least replayed cost among 1-64): a decode step then "
                         "grows linearly from one sequence, where a real one costs about the same for a few "
                         "(the model before the floor, for comparison)")
+    f.add_argument("--no-timed-steps", action="store_true",
+                   help="do not fit the step model to the loaded units' engine steps timed from their tokens "
+                        "(calibrate.step_fit; by default, when profiling kept them, the five step coefficients "
+                        "and the knee come from those steps and the replay fits the overhead and front end "
+                        "around them): let the replay fit the step model too (the method before 2026-12-05)")
     f.add_argument("--unbounded-front-end", action="store_true",
                    help="ignore the API server's CPU per job that profiling measured (its frontend phase) and "
                         "fit the front end freely; for servers whose front end is not their process's CPU, "
@@ -333,7 +338,8 @@ def _fit(args) -> int:
                                  polish_nfev=args.polish_nfev, hardware=args.hardware,
                                  pin_weight=args.pin_weight, front_end=not args.no_front_end,
                                  measured_bounds=not args.unbounded_front_end,
-                                 matmul_floor=not args.no_matmul_floor, engine_overrides=overrides)
+                                 matmul_floor=not args.no_matmul_floor, engine_overrides=overrides,
+                                 timed_steps=not args.no_timed_steps)
     out = Path(args.out or f"{args.name}.json")
     profile.save(out)
     if args.rows_out:
@@ -349,6 +355,15 @@ def _fit(args) -> int:
     print("front end: " + (", ".join(f"{k}={getattr(fe, k):.4g}" for k in ("input_s", "input_token_s",
                                                                           "output_step_s", "output_token_s"))
                            if fe.enabled else "none"))
+    timed = fit.get("timed_steps") or {}
+    if timed.get("used"):
+        st = fit["stages"]["steps"]
+        print(f"step model fitted to {st['steps']} timed busy steps of the loaded units "
+              f"({timed['matched_share'] * 100:.1f}% of {timed['steps']} steps matched), knee {st['knee']:g}: "
+              f"mean |error| {st['mean_abs_error'] * 100:.1f}%, median real/model "
+              + ", ".join(f"{k} {v['median_ratio']:.3f}" for k, v in st["by_kind"].items()))
+    else:
+        print(f"step model fitted by the replay: {timed.get('reason', 'no timed steps')}")
     print(f"fixed point: {fit['convergence']}")
     if not fit["converged"]:
         print("WARNING: the fit did NOT converge; the profile is the best point it found (see fit.stages "

@@ -66,11 +66,12 @@ from calibrate.frontend_cpu import WALL_FACTOR
 from results.jsonsafe import json_safe
 from calibrate.modeldir import shape_for_served
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
-from calibrate.profiling import meta_path
+from calibrate import step_fit as step_fit_mod
+from calibrate.profiling import LOADED_PHASES, meta_path, read_unit_token_times
 from calibrate.replay import (NPARAM, PARAMS, Linearized, linearize_units, pack, prepare_units,
                               simulate_units, unpack)
 from sim.frontend import FRONT_END_COEFFICIENTS, FrontEndModel
-from sim.latency import EngineDefaults, LatencyModel, LatencyProfile
+from sim.latency import COEFFICIENTS, EngineDefaults, LatencyModel, LatencyProfile
 
 class FitError(ValueError):
     """The profiling data cannot be fitted (missing columns, too few usable rows)."""
@@ -371,11 +372,13 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
                init: tuple[LatencyModel, float] | None = None, huber_delta: float = 0.1,
                pin_weight: float = PIN_WEIGHT, front_end: bool = True, tol: float = TOL,
                front_end_bounds: tuple[FrontEndModel, FrontEndModel] | None = None,
-               knee: float = 1.0, decode_attn_s: float | None = None) -> FitResult:
+               knee: float = 1.0, decode_attn_s: float | None = None,
+               held_steps: Mapping[str, float] | None = None) -> FitResult:
     """The three stages of the module docstring; ``front_end=False`` keeps the front end at 0.
     ``knee`` holds the matmuls' floor at that many decodes' matmuls (``replay.unpack``; 1: none).
     ``decode_attn_s`` holds the decode attention at a directly measured value
-    (``calibrate.decode_steps.decode_attention``); None leaves it free.
+    (``calibrate.decode_steps.decode_attention``); None leaves it free. ``held_steps``
+    holds step coefficients by name (``calibrate.step_fit``: fitted to the timed steps).
 
     ``front_end_bounds`` (lower, upper) keeps each front-end cost in a measured
     range (``calibrate.frontend_cpu``: at least the API server's CPU time per
@@ -407,6 +410,13 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
             raise FitError(f"a held decode_attn_s must be a finite number >= 0, got {decode_attn_s!r}")
         col = PARAMS.index("decode_attn_s")
         lb[col] = ub[col] = decode_attn_s / scale[col]
+    for name, value in (held_steps or {}).items():
+        if name not in COEFFICIENTS:
+            raise FitError(f"held_steps names {name!r}; allowed: {', '.join(COEFFICIENTS)}")
+        if not (math.isfinite(value) and value >= 0):
+            raise FitError(f"a held {name} must be a finite number >= 0, got {value!r}")
+        col = PARAMS.index(name)
+        lb[col] = ub[col] = value / scale[col]
     free = ub > lb
     held = np.where(free, 0.0, lb)  # the values of the parameters that are not free
     replays = 0
@@ -440,7 +450,7 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
     # degenerate system lands where a prefill step ties with the floor, whose one-sided linearisation
     # would then pin the other side shut. The pins are predictions (smoothed measurements), valid for
     # any knee.
-    x_idle = np.where(fe_cols, lb, pack(model0, overhead0) / scale)
+    x_idle = np.where(fe_cols | ~free, lb, pack(model0, overhead0) / scale)
     lin0 = linearize(x_idle, idle_units, linear=True)
     M_i, v_i, use_t, use_p = _rows(data, lin0, scale, anchor)
     uw = _unit_weights(data)
@@ -541,8 +551,15 @@ KNEES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24
 KNEE_GAIN = 1e-3
 
 
+#: The step coefficients the timed steps fix (``fit_with_knee``). ``prefill_attn_s`` stays with the
+#: idle requests, whose TTFT over 32-2048-token prompts measures its superlinear cost with nothing
+#: else in the step; ``decode_attn_s`` is held at its own direct measurement where there is one.
+STEP_HELD = ("step_s", "token_s", "seq_s")
+
+
 def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES,
-                  decode_steps: Mapping[int, dict] | None = None, **kwargs) -> FitResult:
+                  decode_steps: Mapping[int, dict] | None = None, steps: pd.DataFrame | None = None,
+                  **kwargs) -> FitResult:
     """``fit_replay`` with the matmuls' floor at the knee that explains the data best.
 
     With the knee held, every step time stays linear in the parameters, so each
@@ -558,10 +575,26 @@ def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES,
     the batch curve itself; without them, the one of least replayed cost. Either
     way a larger knee must earn its place: ties keep the smaller one, down to 1,
     the linear model.
+
+    With timed engine steps (``steps``: ``calibrate.step_fit.busy_steps`` of the
+    profiled loaded units), the steps choose the knee and fix ``STEP_HELD`` at it
+    (``calibrate.step_fit``), and only that knee is fitted: the replay moves the
+    prefill attention (pinned by the idle requests, whose TTFT measures it
+    cleanly), the overhead and the front end.
     """
     knees = sorted(set(float(k) for k in knees))
     if not knees or knees[0] < 1.0:
         raise FitError(f"knees are counts of decodes >= 1, got {knees}")
+    if steps is not None:
+        chosen_fit, errors = step_fit_mod.choose_knee(steps, knees, kwargs.get("decode_attn_s"))
+        chosen = chosen_fit["knee"]
+        held = {k: v for k, v in chosen_fit["coefficients"].items() if k in STEP_HELD}
+        result = fit_replay(data, engine, knee=chosen, held_steps=held, **kwargs)
+        record = {"chosen": chosen, "by_timed_steps": chosen, "timed_step_error_by_knee": errors}
+        if decode_steps:
+            record["decode_step_error"] = decode_steps_mod.decode_error(result.model, decode_steps)
+        result.stages = {"knee": record, "steps": chosen_fit, **result.stages}
+        return result
     trials = {k: fit_replay(data, engine, knee=k, **kwargs) for k in knees}
     best_cost = min(t.cost for t in trials.values())
     by_cost = next(k for k in knees if trials[k].cost <= best_cost * (1 + KNEE_GAIN))
@@ -784,11 +817,41 @@ def engine_defaults(meta: dict, *, num_kv_blocks: int | None = None, block_size:
     )
 
 
+def timed_profile_steps(data_path: str | Path, data: pd.DataFrame, engine: EngineDefaults,
+                        front_end: FrontEndModel | None) -> tuple[pd.DataFrame | None, dict]:
+    """The loaded units' busy engine steps, timed from their kept tokens, and a record of them;
+    (None, why) when the profile kept no token times or too few steps were matched."""
+    times = read_unit_token_times(data_path)
+    if not times:
+        return None, {"used": False, "reason": "the profiling data kept no token times (profiled before "
+                                               "2026-12-05, or not by `python -m calibrate profile`)"}
+    # Which steps the tokens show does not depend on the model; it only estimates when a request
+    # reached the engine (the replay then resynchronises on the real first tokens).
+    model0, overhead0 = closed_form_init(data, engine.max_num_batched_tokens)
+    candidate = LatencyProfile(name="candidate", model=model0, engine=engine, request_overhead_s=overhead0,
+                               front_end=front_end or FrontEndModel())
+    raw = pd.read_csv(data_path)
+    all_steps = step_fit_mod.profiled_steps(candidate, raw[raw["phase"].isin(LOADED_PHASES)], times)
+    busy = step_fit_mod.busy_steps(all_steps)
+    record = {"units": int(all_steps["load"].nunique()) if len(all_steps) else 0,
+              "steps": int(len(all_steps)),
+              "matched_share": float(all_steps["matched"].mean()) if len(all_steps) else math.nan,
+              "busy_matched": int(len(busy))}
+    if len(busy) < step_fit_mod.MIN_STEPS:
+        return None, {"used": False, **record,
+                      "reason": f"only {len(busy)} matched busy steps (at least {step_fit_mod.MIN_STEPS} needed)"}
+    return busy, {"used": True, **record}
+
+
 def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_iter: int = 30,
                 polish_nfev: int = POLISH_REPLAYS, hardware: str = "", pin_weight: float = PIN_WEIGHT,
                 front_end: bool = True, measured_bounds: bool = True, matmul_floor: bool = True,
-                engine_overrides: dict | None = None) -> tuple[LatencyProfile, pd.DataFrame]:
-    """Fit ``data_path`` into a named profile; also return the rows with simulated values."""
+                engine_overrides: dict | None = None, timed_steps: bool = True
+                ) -> tuple[LatencyProfile, pd.DataFrame]:
+    """Fit ``data_path`` into a named profile; also return the rows with simulated values.
+
+    ``timed_steps``: when profiling kept the loaded units' token times, fit the step model
+    to their engine steps and hold it (``calibrate.step_fit``); False: the replay fits it."""
     data, meta = load_data(data_path)
     engine = engine_defaults(meta, **(engine_overrides or {}))
     measured = measured_front_end(meta) if measured_bounds else None
@@ -796,11 +859,14 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
         if measured is not None else None
     short_steps = decode_steps_mod.measured_steps(meta)
     attention = decode_steps_mod.decode_attention(decode_steps_mod.measured_context_steps(meta), short_steps)
+    held_attn = attention["decode_attn_s"] if attention else None
+    steps, step_record = (timed_profile_steps(data_path, data, engine, measured)
+                          if timed_steps else (None, {"used": False, "reason": "not asked for (--no-timed-steps)"}))
     result = fit_with_knee(data, engine, knees=KNEES if matmul_floor else (1.0,),
-                           decode_steps=short_steps, max_iter=max_iter,
+                           decode_steps=short_steps, steps=steps, max_iter=max_iter,
                            polish_nfev=polish_nfev, pin_weight=pin_weight, front_end=front_end,
                            front_end_bounds=bounds,
-                           decode_attn_s=attention["decode_attn_s"] if attention else None)
+                           decode_attn_s=held_attn)
     units = prepare_units(data, engine.block_size)
     diag = diagnostics(data, units, engine, result.model, result.overhead_s, result.front_end)
     frame = diag.pop("_frame")
@@ -844,6 +910,8 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
                          else "linear step model, ")
                       + ("decode attention held at the long-context decode steps' measurement, " if attention
                          else "")
+                      + ("step coefficients and knee fitted to the loaded units' engine steps timed from their "
+                         "tokens and held (calibrate.step_fit), " if steps is not None else "")
                       + "units weighted equally (the decode phase as one unit), line search on the replayed "
                       "cost); polished by least_squares on "
                       "the replayed residuals",
@@ -860,6 +928,8 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
             "pin_weight": pin_weight,
             # decode_attn_s measured directly (calibrate.decode_steps.decode_attention) and held; None: fitted.
             "decode_attention": attention,
+            # The loaded units' engine steps, timed from their tokens (calibrate.step_fit).
+            "timed_steps": step_record,
             "init": result.init,
             "stages": result.stages,
             "cost": result.cost,

@@ -23,6 +23,11 @@ Six phases, from idle to overload and two direct measurements, each a list of un
    in ``decode_context_steps``): the fit holds the decode attention at what they
    measure.
 
+Every token's arrival time of the loaded units (``concurrency`` and ``poisson``) is
+kept in ``<out>.token_times.jsonl``, one line per unit (``LOADED_PHASES``): the fit
+recovers each of their engine steps from them (``calibrate.step_fit``) and fits the
+step-time model to the steps themselves.
+
 Output lengths are controlled (``ignore_eos`` with ``max_tokens``). Prompts are
 token ids built so that prefix sharing is exact (``calibrate.prompts``).
 
@@ -53,6 +58,8 @@ PHASES = ("idle", "prefix", "concurrency", "poisson", "frontend", "decode")
 #: Share of the time budget each phase may use (caps; a fast backend finishes early).
 PHASE_SHARE = {"idle": 0.2, "prefix": 0.1, "concurrency": 0.35, "poisson": 0.35, "frontend": 0.1, "decode": 0.1}
 META_VERSION = 1
+#: Phases whose units keep every token's arrival time (``token_times_path``): their engine steps are timed.
+LOADED_PHASES = ("concurrency", "poisson")
 
 
 class ProfileError(RuntimeError):
@@ -261,6 +268,38 @@ def meta_path(out: Path) -> Path:
     return out.with_name(out.name + ".meta.json")
 
 
+def token_times_path(out: Path) -> Path:
+    """The loaded units' token arrival times: one JSON line per unit, ``{"unit": key, "requests":
+    {id: [seconds, ...]}}``, on the clock of the rows' ``unit_start_s + send_s``."""
+    return out.with_name(out.name + ".token_times.jsonl")
+
+
+def _append_token_times(out: Path, unit: Unit, runner: Runner) -> None:
+    times = {r.request_id: runner.token_times.pop(r.request_id) for r in unit.requests
+             if r.request_id in runner.token_times}
+    line = {"unit": unit.key, "requests": {str(k): [round(t - runner.t0, 6) for t in v]
+                                           for k, v in sorted(times.items())}}
+    with token_times_path(out).open("a") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+def read_unit_token_times(out: str | Path) -> dict[int, list[float]]:
+    """Every loaded unit's token times by request id (empty when the profile kept none). A line
+    cut short (a crash while it was written) is refused, as the fit refuses cut rows."""
+    path = token_times_path(Path(out))
+    if not path.is_file():
+        return {}
+    times: dict[int, list[float]] = {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            times.update({int(k): [float(t) for t in v] for k, v in json.loads(line)["requests"].items()})
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ProfileError(f"{path} line {n} is not a unit's token times ({e}): cut short or edited") from None
+    return times
+
+
 def _load_state(out: Path, resume: bool, overwrite: bool) -> dict | None:
     meta_file = meta_path(out)
     if out.exists() or meta_file.exists():
@@ -276,6 +315,7 @@ def _load_state(out: Path, resume: bool, overwrite: bool) -> dict | None:
             raise ProfileError(f"{out} already exists; pass --resume to continue it or --overwrite to replace it")
         out.unlink(missing_ok=True)
         meta_file.unlink(missing_ok=True)
+        token_times_path(out).unlink(missing_ok=True)
     elif resume:
         raise ProfileError(f"cannot resume: {out} does not exist")
     return None
@@ -363,6 +403,8 @@ async def profile_backend(url: str, out: str | Path, settings: ProfileSettings |
                 for unit in units:
                     if unit.key in meta["units_done"]:
                         continue
+                    if phase in LOADED_PHASES:
+                        unit.keep_token_times = True
                     bar.total += len(unit.requests)
                     bar.set_description(f"profiling {unit.key}")
                     bar.refresh()
@@ -375,6 +417,8 @@ async def profile_backend(url: str, out: str | Path, settings: ProfileSettings |
                         rows = await runner.run_unit(unit)
                     if phase == "decode":
                         _record_decode_step(meta, runner, unit, s)
+                    if phase in LOADED_PHASES:
+                        _append_token_times(out, unit, runner)
                     _append(out, rows)
                     meta["units_done"].append(unit.key)
                     meta["unit_log"].append({"unit": unit.key, "requests": len(rows),

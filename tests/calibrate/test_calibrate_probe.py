@@ -100,6 +100,30 @@ def test_the_decode_phase_times_the_emulators_decode_step_per_batch(profiled):
         assert rec["step_s"] == pytest.approx(predicted_step(model, 4, int(prompt) + 24), rel=0.35), prompt
 
 
+def test_the_loaded_units_keep_their_token_times_and_the_fit_times_their_steps(profiled):
+    from calibrate.profiling import read_unit_token_times, token_times_path
+
+    data = pd.read_csv(profiled)
+    lines = [json.loads(line) for line in token_times_path(profiled).read_text().splitlines()]
+    assert [line["unit"] for line in lines] == ["concurrency/c2", "concurrency/c6", "poisson/r0.5", "poisson/r1"]
+    times = read_unit_token_times(profiled)
+    loaded = data[data["phase"].isin(["concurrency", "poisson"])].set_index("request_id")
+    assert set(times) == set(loaded.index)
+    for rid, ts in times.items():
+        row = loaded.loc[rid]
+        assert len(ts) == row["output_len"]
+        assert ts[0] - (row["unit_start_s"] + row["send_s"]) == pytest.approx(row["ttft_s"], abs=2e-3)
+    profile, _ = fit_profile(profiled, "emu", max_iter=8, polish_nfev=0)
+    timed = profile.fit["timed_steps"]
+    assert timed["used"] and timed["units"] == 4 and timed["matched_share"] > 0.9 and timed["busy_matched"] > 100
+    # The emulator serves cpu-tiny's step model on the wall clock: its steps give it back.
+    served = load_profile("cpu-tiny").model
+    for name in ("step_s", "token_s", "seq_s"):
+        assert getattr(profile.model, name) == pytest.approx(getattr(served, name), rel=0.15), name
+    replayed, _ = fit_profile(profiled, "emu", max_iter=8, polish_nfev=0, timed_steps=False)
+    assert not replayed.fit["timed_steps"]["used"] and "steps" not in replayed.fit["stages"]
+
+
 def test_resume_skips_finished_units_and_overwrite_is_explicit(profiled, emulator):
     before = len(pd.read_csv(profiled))
     asyncio.run(profile_backend(emulator, profiled, SMALL, resume=True, progress=False))

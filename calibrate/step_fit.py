@@ -1,0 +1,144 @@
+"""The step-time model fitted to the profiled engine steps themselves.
+
+The replay fit (``calibrate.fit``) matches each loaded unit's latency percentiles,
+and a request's latency is a sum of steps, front-end jobs and queueing: the fit
+can buy a unit's percentiles with a per-sequence cost here and a front-end cost
+there. On the 2026-12-04 campaign it did: ``tiny``'s fitted per-sequence cost was
+1.33 ms where the checks' own engine steps, timed one by one, said 1.7-1.8 ms, so
+every busy step of the checks ran 3-8% over the model, and at 80% of capacity
+that became a 13-20% TTFT and TPOT error (docs/calibration.md).
+
+Profiling keeps every token's arrival of its loaded units
+(``calibrate.profiling.token_times_path``). ``calibrate.step_times`` turns them
+into engine steps: the real duration of each busy step and, from vLLM's scheduler
+replayed on the real timeline, what it held (new tokens ``T``, sequences ``S``,
+prefill attention work, decode context). Thousands of steps of known composition
+pin the five step coefficients by ordinary (robust, bounded) least squares on
+their relative errors, without any request latency in between. The fit then holds
+them and fits only what the steps cannot see: the overhead and the front end.
+
+With the matmuls' floor at a knee ``k`` (``sim.latency``) a step's matmul term is
+``max(k * (token_s + seq_s), token_s * T + seq_s * S)``: for each step, the side
+that is larger at the current solution is taken, and the fit is repeated until
+no step changes side. The knee is chosen by the same steps: the one of least
+error, a larger one only if it lowers the mean absolute relative error by more
+than ``KNEE_MARGIN``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from calibrate.step_times import replay_steps
+from sim.latency import COEFFICIENTS, LatencyModel, LatencyProfile
+
+#: Fewer matched busy steps than this cannot pin five coefficients: the fit falls back to the replay.
+MIN_STEPS = 50
+#: A larger knee must lower the steps' mean absolute relative error by more than this (absolute).
+KNEE_MARGIN = 0.002
+#: Scale of the robust loss on relative errors: steps off by much more than this (a host stall,
+#: a step mismatched in time) weigh as in an absolute-value fit.
+ROBUST_SCALE = 0.05
+#: Rounds of re-deciding each step's side of the matmuls' floor.
+SIDE_ROUNDS = 5
+
+
+class StepFitError(ValueError):
+    """Steps that cannot pin the step-time model."""
+
+
+def profiled_steps(profile: LatencyProfile, rows: pd.DataFrame, times: dict[int, list[float]]) -> pd.DataFrame:
+    """Every engine step of the loaded units whose tokens were kept (``calibrate.step_times``),
+    each unit replayed as a load of its own."""
+    kept = rows[rows["request_id"].isin(list(times))]
+    if kept.empty:
+        return replay_steps(profile, kept.assign(load=pd.Series(dtype=str)), times)
+    return replay_steps(profile, kept.assign(load=kept["unit"].astype(str)), times)
+
+
+def busy_steps(steps: pd.DataFrame) -> pd.DataFrame:
+    """The matched steps with a measured duration (a step after an idle engine has none)."""
+    d = steps[steps["matched"].astype(bool) & steps["duration_s"].notna()]
+    return d[d["duration_s"] > 0].reset_index(drop=True)
+
+
+def _design(steps: pd.DataFrame, knee: float, floor_side: np.ndarray) -> np.ndarray:
+    """Columns in ``COEFFICIENTS`` order; on the floor's side a step's matmuls are ``knee`` decodes'."""
+    T = steps["tokens"].to_numpy(float)
+    S = steps["seqs"].to_numpy(float)
+    T = np.where(floor_side, knee, T)
+    S = np.where(floor_side, knee, S)
+    return np.c_[np.ones(len(steps)), T, S, steps["prefill_work"].to_numpy(float),
+                 steps["decode_context"].to_numpy(float)]
+
+
+def fit_steps(steps: pd.DataFrame, knee: float = 1.0, decode_attn_s: float | None = None) -> dict:
+    """The five step coefficients that best time ``steps`` (``busy_steps``'s rows), with the floor at ``knee``.
+
+    ``decode_attn_s`` holds the decode attention (a direct measurement); None fits it.
+    Returns ``{"coefficients", "knee", "steps", "mean_abs_error", "median_ratio", "by_kind"}``.
+    """
+    if knee < 1.0:
+        raise StepFitError(f"the knee is a count of decodes >= 1, got {knee}")
+    if len(steps) < MIN_STEPS:
+        raise StepFitError(f"need at least {MIN_STEPS} timed busy steps to fit the step model, got {len(steps)}")
+    if decode_attn_s is not None and not (math.isfinite(decode_attn_s) and decode_attn_s >= 0):
+        raise StepFitError(f"a held decode_attn_s must be a finite number >= 0, got {decode_attn_s!r}")
+    dur = steps["duration_s"].to_numpy(float)
+    T = steps["tokens"].to_numpy(float)
+    S = steps["seqs"].to_numpy(float)
+    free = np.ones(len(COEFFICIENTS), bool)
+    if decode_attn_s is not None:
+        free[COEFFICIENTS.index("decode_attn_s")] = False
+    held = np.zeros(len(COEFFICIENTS))
+    if decode_attn_s is not None:
+        held[~free] = decode_attn_s
+    side = np.zeros(len(steps), bool)
+    coeffs = None
+    for _ in range(SIDE_ROUNDS if knee > 1.0 else 1):
+        X = _design(steps, knee, side) / dur[:, None]
+        # Columns scaled to a mean step's worth, so that the solver sees comparable parameters; a
+        # column no step has (no prefill at all) stays at 0.
+        mean = np.mean(np.abs(X), axis=0)
+        scale = np.where(mean > 0, 1.0 / np.where(mean > 0, mean, 1.0), 0.0)
+        A = X[:, free] * scale[free]
+        rest = X[:, ~free] @ held[~free]
+        start = np.full(int(free.sum()), 0.1 / free.sum())
+        sol = least_squares(lambda z: A @ z + rest - 1.0, start, bounds=(0.0, np.inf), loss="soft_l1",
+                            f_scale=ROBUST_SCALE, method="trf")
+        coeffs = held.copy()
+        coeffs[free] = sol.x * scale[free]
+        a, b = coeffs[1], coeffs[2]
+        new_side = (knee * (a + b) > a * T + b * S) if knee > 1.0 else side
+        if np.array_equal(new_side, side):
+            break
+        side = new_side
+    named = {c: float(v) for c, v in zip(COEFFICIENTS, coeffs)}
+    model = model_at_knee(named, knee)
+    pred = np.array([model.step_time(int(t), int(s), float(w), int(c)) for t, s, w, c in
+                     zip(steps["tokens"], steps["seqs"], steps["prefill_work"], steps["decode_context"])])
+    ratio = dur / pred
+    by_kind = {k: {"steps": int(m.sum()), "median_ratio": float(np.median(ratio[m]))}
+               for k in ("decode", "prefill") if (m := (steps["kind"] == k).to_numpy()).any()}
+    return {"coefficients": named, "knee": float(knee), "steps": int(len(steps)),
+            "mean_abs_error": float(np.mean(np.abs(ratio - 1.0))), "median_ratio": float(np.median(ratio)),
+            "by_kind": by_kind}
+
+
+def model_at_knee(coefficients: dict[str, float], knee: float) -> LatencyModel:
+    """The step model of ``coefficients`` with the matmuls' floor at ``knee`` decodes (1: none)."""
+    extra = {"matmul_floor_s": knee * (coefficients["token_s"] + coefficients["seq_s"])} if knee > 1.0 else {}
+    return LatencyModel(**coefficients, **extra)
+
+
+def choose_knee(steps: pd.DataFrame, knees, decode_attn_s: float | None = None) -> tuple[dict, dict[float, float]]:
+    """``fit_steps`` at each knee; the smallest knee within ``KNEE_MARGIN`` of the least error,
+    and every knee's mean absolute relative error."""
+    fits = {float(k): fit_steps(steps, float(k), decode_attn_s) for k in sorted(set(knees))}
+    errors = {k: f["mean_abs_error"] for k, f in fits.items()}
+    best = min(errors.values())
+    chosen = next(k for k, e in errors.items() if e <= best + KNEE_MARGIN)
+    return fits[chosen], errors

@@ -1,0 +1,111 @@
+"""The step model fitted to timed engine steps (calibrate.step_fit) and held by the replay fit."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from calibrate.fit import STEP_HELD, fit_with_knee
+from calibrate.profiling import ProfileError, read_unit_token_times, token_times_path
+from calibrate.step_fit import MIN_STEPS, StepFitError, choose_knee, fit_steps, model_at_knee
+from sim.latency import COEFFICIENTS, LatencyModel
+
+from calibrate_synth import ENGINE, TRUE_MODEL, synthetic_rows
+
+LINEAR = LatencyModel(step_s=0.017, token_s=2.0e-4, seq_s=1.7e-3, prefill_attn_s=1.7e-7, decode_attn_s=5e-7)
+
+
+def timed_steps(model: LatencyModel, n: int = 1500, noise: float = 0.02, outliers: float = 0.05,
+                seed: int = 0) -> pd.DataFrame:
+    """Busy steps as ``calibrate.step_times`` gives them: 85% decode batches of 1-32 sequences with
+    100-1500 tokens of context each, 15% with a prefill chunk beside some decodes; durations are
+    ``model``'s with ``noise`` and a share of ``outliers`` stalled by 30-80% (a host stall)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        seqs = int(rng.integers(1, 33))
+        context = int(seqs * rng.integers(100, 1500))
+        if rng.random() < 0.15:
+            chunk = int(rng.integers(16, 2048))
+            done = int(rng.integers(0, 1024))
+            # causal attention of the chunk over what came before it and over itself
+            work = float(chunk * done + chunk * (chunk + 1) / 2)
+            rows.append(("prefill", chunk + seqs - 1, seqs, work, context))
+        else:
+            rows.append(("decode", seqs, seqs, 0.0, context))
+    frame = pd.DataFrame(rows, columns=["kind", "tokens", "seqs", "prefill_work", "decode_context"])
+    true = np.array([model.step_time(t, s, w, c) for t, s, w, c in
+                     zip(frame.tokens, frame.seqs, frame.prefill_work, frame.decode_context)])
+    factor = 1 + rng.normal(0, noise, n)
+    stalled = rng.random(n) < outliers
+    factor[stalled] += rng.uniform(0.3, 0.8, stalled.sum())
+    return frame.assign(duration_s=true * factor, matched=True)
+
+
+def _rel(a, b):
+    return abs(a - b) / abs(b)
+
+
+def test_the_step_coefficients_are_recovered_from_timed_steps_despite_stalls():
+    got = fit_steps(timed_steps(LINEAR))
+    for name in COEFFICIENTS:
+        assert _rel(got["coefficients"][name], getattr(LINEAR, name)) < 0.05, (name, got["coefficients"])
+    assert got["steps"] == 1500 and got["knee"] == 1.0
+    assert got["median_ratio"] == pytest.approx(1.0, abs=0.01)
+    assert set(got["by_kind"]) == {"decode", "prefill"}
+
+
+def test_a_measured_decode_attention_is_held_and_the_rest_fitted_around_it():
+    got = fit_steps(timed_steps(LINEAR), decode_attn_s=LINEAR.decode_attn_s)
+    assert got["coefficients"]["decode_attn_s"] == LINEAR.decode_attn_s
+    assert _rel(got["coefficients"]["seq_s"], LINEAR.seq_s) < 0.03
+    # Held at a wrong value, the per-sequence cost takes up what the context no longer explains.
+    wrong = fit_steps(timed_steps(LINEAR), decode_attn_s=0.0)
+    assert wrong["coefficients"]["seq_s"] > 1.2 * LINEAR.seq_s
+
+
+def test_the_steps_place_the_knee_of_the_matmul_floor():
+    floored = model_at_knee({c: getattr(LINEAR, c) for c in COEFFICIENTS}, 4.0)
+    steps = timed_steps(floored, noise=0.01, outliers=0.0, seed=1)
+    chosen, errors = choose_knee(steps, (1.0, 2.0, 3.0, 4.0, 6.0, 8.0))
+    assert chosen["knee"] == 4.0, errors
+    assert errors[1.0] > 1.5 * errors[4.0]
+    for name in ("step_s", "token_s", "seq_s"):
+        assert _rel(chosen["coefficients"][name], getattr(LINEAR, name)) < 0.05, name
+    # Steps from a linear model keep the linear model.
+    linear, _ = choose_knee(timed_steps(LINEAR, noise=0.01, outliers=0.0), (1.0, 2.0, 4.0))
+    assert linear["knee"] == 1.0
+
+
+def test_too_few_steps_or_a_bad_knee_are_refused():
+    with pytest.raises(StepFitError, match=f"at least {MIN_STEPS} timed busy steps"):
+        fit_steps(timed_steps(LINEAR, n=MIN_STEPS - 1))
+    with pytest.raises(StepFitError, match="knee"):
+        fit_steps(timed_steps(LINEAR), knee=0.5)
+    with pytest.raises(StepFitError, match="decode_attn_s"):
+        fit_steps(timed_steps(LINEAR), decode_attn_s=float("nan"))
+
+
+def test_the_replay_fit_holds_the_timed_step_coefficients_and_fits_the_rest():
+    synth = synthetic_rows()
+    steps = timed_steps(TRUE_MODEL, noise=0.01, outliers=0.02, seed=2)
+    res = fit_with_knee(synth, ENGINE, knees=(1.0,), steps=steps, max_iter=8, polish_nfev=0)
+    want = fit_steps(steps)["coefficients"]
+    for name in STEP_HELD:
+        assert getattr(res.model, name) == pytest.approx(want[name], rel=1e-9), name
+    # The prefill attention stays with the idle requests, which measure it on this synthetic data exactly.
+    assert _rel(res.model.prefill_attn_s, TRUE_MODEL.prefill_attn_s) < 0.03
+    assert res.stages["knee"]["by_timed_steps"] == 1.0 and res.stages["steps"]["steps"] == len(steps)
+
+
+def test_token_times_of_the_loaded_units_are_read_and_a_cut_line_is_refused(tmp_path):
+    out = tmp_path / "profiling.csv"
+    path = token_times_path(out)
+    assert read_unit_token_times(out) == {}
+    path.write_text(json.dumps({"unit": "concurrency/c2", "requests": {"7": [1.0, 1.02], "8": [1.5]}}) + "\n"
+                    + json.dumps({"unit": "poisson/r0.5", "requests": {"9": [3.0, 3.1, 3.2]}}) + "\n")
+    assert read_unit_token_times(out) == {7: [1.0, 1.02], 8: [1.5], 9: [3.0, 3.1, 3.2]}
+    with path.open("a") as f:
+        f.write('{"unit": "poisson/r1", "requests": {"10": [4.0, 4.')
+    with pytest.raises(ProfileError, match="line 3"):
+        read_unit_token_times(out)
