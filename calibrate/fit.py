@@ -67,7 +67,8 @@ from results.jsonsafe import json_safe
 from calibrate.modeldir import shape_for_served
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate import step_fit as step_fit_mod
-from calibrate.profiling import LOADED_PHASES, meta_path, read_unit_token_times
+from calibrate.profiling import LOADED_PHASES, meta_path, read_unit_token_times, token_times_path
+from calibrate.step_times import StepTimesError
 from calibrate.replay import (NPARAM, PARAMS, Linearized, linearize_units, pack, prepare_units,
                               simulate_units, unpack)
 from sim.frontend import FRONT_END_COEFFICIENTS, FrontEndModel
@@ -831,7 +832,11 @@ def timed_profile_steps(data_path: str | Path, data: pd.DataFrame, engine: Engin
     candidate = LatencyProfile(name="candidate", model=model0, engine=engine, request_overhead_s=overhead0,
                                front_end=front_end or FrontEndModel())
     raw = pd.read_csv(data_path)
-    all_steps = step_fit_mod.profiled_steps(candidate, raw[raw["phase"].isin(LOADED_PHASES)], times)
+    try:
+        all_steps = step_fit_mod.profiled_steps(candidate, raw[raw["phase"].isin(LOADED_PHASES)], times)
+    except StepTimesError as e:
+        raise FitError(f"{token_times_path(Path(data_path))} does not fit {data_path}: {e} (profile again, "
+                       f"or fit without the timed steps: --no-timed-steps)") from None
     busy = step_fit_mod.busy_steps(all_steps)
     record = {"units": int(all_steps["load"].nunique()) if len(all_steps) else 0,
               "steps": int(len(all_steps)),

