@@ -166,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the model before the floor, for comparison)")
     f.add_argument("--no-timed-steps", action="store_true",
                    help="do not fit the step model to the loaded units' engine steps timed from their tokens "
-                        "(calibrate.step_fit; by default, when profiling kept them, the five step coefficients "
-                        "and the knee come from those steps and the replay fits the overhead and front end "
-                        "around them): let the replay fit the step model too (the method before 2026-12-05)")
+                        "(calibrate.step_fit; by default, when profiling kept them, the per-step, per-token and "
+                        "per-sequence costs and the knee come from those steps, and the replay fits the prefill "
+                        "attention, overhead and front end around them): let the replay fit the step model too "
+                        "(the method before 2026-12-05, for comparison)")
     f.add_argument("--unbounded-front-end", action="store_true",
                    help="ignore the API server's CPU per job that profiling measured (its frontend phase) and "
                         "fit the front end freely; for servers whose front end is not their process's CPU, "

@@ -909,14 +909,15 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
             "method": "robust bounded least squares on the requests sent to an idle engine, whose predictions "
                       "are then pinned; iterated bounded linear least squares on relative TTFT/TPOT errors of "
                       "every request replayed through sim.engine and sim.frontend (schedule-linearised, Huber, "
-                      + (("the matmuls' floor at the knee whose fit best predicts the measured decode steps, "
+                      + (("the matmuls' floor at the knee the timed steps chose, " if steps is not None else
+                          "the matmuls' floor at the knee whose fit best predicts the measured decode steps, "
                           if "by_decode_steps" in result.stages.get("knee", {}) else
                           "the matmuls' floor at the knee of least replayed cost, ") if matmul_floor
                          else "linear step model, ")
                       + ("decode attention held at the long-context decode steps' measurement, " if attention
                          else "")
-                      + ("step coefficients and knee fitted to the loaded units' engine steps timed from their "
-                         "tokens and held (calibrate.step_fit), " if steps is not None else "")
+                      + ("per-step, per-token and per-sequence costs fitted to the loaded units' engine steps "
+                         "timed from their tokens and held (calibrate.step_fit), " if steps is not None else "")
                       + "units weighted equally (the decode phase as one unit), line search on the replayed "
                       "cost); polished by least_squares on "
                       "the replayed residuals",

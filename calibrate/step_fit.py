@@ -1,21 +1,23 @@
 """The step-time model fitted to the profiled engine steps themselves.
 
 The replay fit (``calibrate.fit``) matches each loaded unit's latency percentiles,
-and a request's latency is a sum of steps, front-end jobs and queueing: the fit
-can buy a unit's percentiles with a per-sequence cost here and a front-end cost
-there. On the 2026-12-04 campaign it did: ``tiny``'s fitted per-sequence cost was
-1.33 ms where the checks' own engine steps, timed one by one, said 1.7-1.8 ms, so
-every busy step of the checks ran 3-8% over the model, and at 80% of capacity
-that became a 13-20% TTFT and TPOT error (docs/calibration.md).
+and a request's latency is a sum of steps, front-end jobs and queueing: such a fit
+could buy a unit's percentiles with a per-sequence cost here and a front-end cost
+there, and nothing would show it. On the 2026-12-04 evening campaign ``tiny``'s
+fitted per-sequence cost was 1.33 ms where its checks' own engine steps, timed one
+by one, said 1.66-1.77 ms; whether the fit or the machine was off could not be told,
+because the profile kept no token times (docs/calibration.md).
 
-Profiling keeps every token's arrival of its loaded units
+Profiling now keeps every token's arrival of its loaded units
 (``calibrate.profiling.token_times_path``). ``calibrate.step_times`` turns them
 into engine steps: the real duration of each busy step and, from vLLM's scheduler
 replayed on the real timeline, what it held (new tokens ``T``, sequences ``S``,
 prefill attention work, decode context). Thousands of steps of known composition
-pin the five step coefficients by ordinary (robust, bounded) least squares on
-their relative errors, without any request latency in between. The fit then holds
-them and fits only what the steps cannot see: the overhead and the front end.
+pin the step coefficients by ordinary (robust, bounded) least squares on their
+relative errors, with no request latency in between. The fit then holds the
+per-step, per-token and per-sequence costs (``calibrate.fit.STEP_HELD``) and fits
+the rest: the prefill attention (pinned by the idle requests), the overhead and the
+front end.
 
 With the matmuls' floor at a knee ``k`` (``sim.latency``) a step's matmul term is
 ``max(k * (token_s + seq_s), token_s * T + seq_s * S)``: for each step, the side

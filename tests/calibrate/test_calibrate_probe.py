@@ -116,6 +116,7 @@ def test_the_loaded_units_keep_their_token_times_and_the_fit_times_their_steps(p
     profile, _ = fit_profile(profiled, "emu", max_iter=8, polish_nfev=0)
     timed = profile.fit["timed_steps"]
     assert timed["used"] and timed["units"] == 4 and timed["matched_share"] > 0.9 and timed["busy_matched"] > 100
+    assert "knee the timed steps chose" in profile.fit["method"] and "(calibrate.step_fit)" in profile.fit["method"]
     # The emulator serves cpu-tiny's step model on the wall clock: its steps give it back.
     served = load_profile("cpu-tiny").model
     for name in ("step_s", "token_s", "seq_s"):
