@@ -161,6 +161,11 @@ def knee_by_decode_steps(models: Mapping[float, LatencyModel], steps: Mapping[in
     if len(steps) < MIN_BATCHES:
         raise ValueError(f"need decode steps of at least {MIN_BATCHES} batch sizes, got {len(steps)}")
     errors = {k: decode_error(m, steps) for k, m in sorted(models.items())}
+    return smallest_within(errors, KNEE_MARGIN), errors
+
+
+def smallest_within(errors: Mapping[float, float], margin: float) -> float:
+    """The smallest knee whose error is within ``margin`` (absolute) of the least: a larger
+    knee must earn its place (also ``calibrate.step_fit.choose_knee``'s rule)."""
     best = min(errors.values())
-    chosen = next(k for k, e in errors.items() if e <= best + KNEE_MARGIN)
-    return chosen, errors
+    return next(k for k in sorted(errors) if errors[k] <= best + margin)

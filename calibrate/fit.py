@@ -406,12 +406,10 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
         lb[fe_cols] = pack(LatencyModel(1.0, 0.0), 0.0, front_end_bounds[0])[fe_cols] / scale[fe_cols]
         ub[fe_cols] = np.maximum(pack(LatencyModel(1.0, 0.0), 0.0, front_end_bounds[1])[fe_cols] / scale[fe_cols],
                                  lb[fe_cols])
+    held_values = dict(held_steps or {})
     if decode_attn_s is not None:
-        if not (math.isfinite(decode_attn_s) and decode_attn_s >= 0):
-            raise FitError(f"a held decode_attn_s must be a finite number >= 0, got {decode_attn_s!r}")
-        col = PARAMS.index("decode_attn_s")
-        lb[col] = ub[col] = decode_attn_s / scale[col]
-    for name, value in (held_steps or {}).items():
+        held_values["decode_attn_s"] = decode_attn_s
+    for name, value in held_values.items():
         if name not in COEFFICIENTS:
             raise FitError(f"held_steps names {name!r}; allowed: {', '.join(COEFFICIENTS)}")
         if not (math.isfinite(value) and value >= 0):
@@ -831,6 +829,7 @@ def timed_profile_steps(data_path: str | Path, data: pd.DataFrame, engine: Engin
     model0, overhead0 = closed_form_init(data, engine.max_num_batched_tokens)
     candidate = LatencyProfile(name="candidate", model=model0, engine=engine, request_overhead_s=overhead0,
                                front_end=front_end or FrontEndModel())
+    # The raw rows, not load_data's: the replay needs every request the engine saw, also those the fit screens out.
     raw = pd.read_csv(data_path)
     try:
         all_steps = step_fit_mod.profiled_steps(candidate, raw[raw["phase"].isin(LOADED_PHASES)], times)

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
+from calibrate.decode_steps import smallest_within
 from calibrate.step_times import replay_steps
 from sim.latency import COEFFICIENTS, LatencyModel, LatencyProfile
 
@@ -56,8 +57,6 @@ def profiled_steps(profile: LatencyProfile, rows: pd.DataFrame, times: dict[int,
     """Every engine step of the loaded units whose tokens were kept (``calibrate.step_times``),
     each unit replayed as a load of its own."""
     kept = rows[rows["request_id"].isin(list(times))]
-    if kept.empty:
-        return replay_steps(profile, kept.assign(load=pd.Series(dtype=str)), times)
     return replay_steps(profile, kept.assign(load=kept["unit"].astype(str)), times)
 
 
@@ -141,6 +140,4 @@ def choose_knee(steps: pd.DataFrame, knees, decode_attn_s: float | None = None) 
     and every knee's mean absolute relative error."""
     fits = {float(k): fit_steps(steps, float(k), decode_attn_s) for k in sorted(set(knees))}
     errors = {k: f["mean_abs_error"] for k, f in fits.items()}
-    best = min(errors.values())
-    chosen = next(k for k, e in errors.items() if e <= best + KNEE_MARGIN)
-    return fits[chosen], errors
+    return fits[smallest_within(errors, KNEE_MARGIN)], errors
