@@ -550,10 +550,11 @@ KNEES = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 16.0, 24
 KNEE_GAIN = 1e-3
 
 
-#: The step coefficients the timed steps fix (``fit_with_knee``). ``prefill_attn_s`` stays with the
-#: idle requests, whose TTFT over 32-2048-token prompts measures its superlinear cost with nothing
-#: else in the step; ``decode_attn_s`` is held at its own direct measurement where there is one.
-STEP_HELD = ("step_s", "token_s", "seq_s")
+#: The step coefficients the timed steps always fix (``fit_with_knee``). ``prefill_attn_s`` joins
+#: them where enough steps pin it (``calibrate.step_fit.held_coefficients``); otherwise it stays
+#: with the idle requests, whose TTFT over 32-2048-token prompts measures its superlinear cost.
+#: ``decode_attn_s`` is held at its own direct measurement where there is one.
+STEP_HELD = step_fit_mod.ALWAYS_HELD
 
 
 def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES,
@@ -577,9 +578,10 @@ def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES,
 
     With timed engine steps (``steps``: ``calibrate.step_fit.busy_steps`` of the
     profiled loaded units), the steps choose the knee and fix ``STEP_HELD`` at it
-    (``calibrate.step_fit``), and only that knee is fitted: the replay moves the
-    prefill attention (pinned by the idle requests, whose TTFT measures it
-    cleanly), the overhead and the front end.
+    (``calibrate.step_fit``), and the prefill attention too where enough steps pin
+    it; only that knee is fitted: the replay moves the overhead, the front end and,
+    where the steps do not pin it, the prefill attention (then pinned by the idle
+    requests).
     """
     knees = sorted(set(float(k) for k in knees))
     if not knees or knees[0] < 1.0:
@@ -587,9 +589,11 @@ def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES,
     if steps is not None:
         chosen_fit, errors = step_fit_mod.choose_knee(steps, knees, kwargs.get("decode_attn_s"))
         chosen = chosen_fit["knee"]
-        held = {k: v for k, v in chosen_fit["coefficients"].items() if k in STEP_HELD}
+        names = step_fit_mod.held_coefficients(chosen_fit)
+        held = {k: v for k, v in chosen_fit["coefficients"].items() if k in names}
         result = fit_replay(data, engine, knee=chosen, held_steps=held, **kwargs)
-        record = {"chosen": chosen, "by_timed_steps": chosen, "timed_step_error_by_knee": errors}
+        record = {"chosen": chosen, "by_timed_steps": chosen, "timed_step_error_by_knee": errors,
+                  "held": list(names)}
         if decode_steps:
             record["decode_step_error"] = decode_steps_mod.decode_error(result.model, decode_steps)
         result.stages = {"knee": record, "steps": chosen_fit, **result.stages}
@@ -915,7 +919,7 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
                          else "linear step model, ")
                       + ("decode attention held at the long-context decode steps' measurement, " if attention
                          else "")
-                      + ("per-step, per-token and per-sequence costs fitted to the loaded units' engine steps "
+                      + (f"{', '.join(result.stages['knee']['held'])} fitted to the loaded units' engine steps "
                          "timed from their tokens and held (calibrate.step_fit), " if steps is not None else "")
                       + "units weighted equally (the decode phase as one unit), line search on the replayed "
                       "cost); polished by least_squares on "

@@ -15,9 +15,19 @@ replayed on the real timeline, what it held (new tokens ``T``, sequences ``S``,
 prefill attention work, decode context). Thousands of steps of known composition
 pin the step coefficients by ordinary (robust, bounded) least squares on their
 relative errors, with no request latency in between. The fit then holds the
-per-step, per-token and per-sequence costs (``calibrate.fit.STEP_HELD``) and fits
-the rest: the prefill attention (pinned by the idle requests), the overhead and the
-front end.
+per-step, per-token and per-sequence costs (``calibrate.fit.STEP_HELD``), and the
+prefill attention too where enough steps spend a real share of their time on it
+(``held_coefficients``); it fits the rest: the overhead, the front end, and the
+prefill attention from the idle requests where the steps do not pin it.
+
+Why the steps' prefill attention wins over the idle requests' where both exist: under
+load nearly every prompt chunk runs beside decodes, and those mixed steps are what the
+simulator prices; the steps time them one by one, while an idle request's TTFT also
+holds the front end and the overhead that the replay fits at the same time. On the
+2026-12-05 campaign's `small` the two disagreed by 14% (0.58 against 0.68 us per
+query-key pair): under the idle requests' value its loaded steps with a prompt chunk of
+more than 256 tokens ran 2.5% slower than predicted while profiling, and 3-6% in
+both checks (docs/calibration.md).
 
 With the matmuls' floor at a knee ``k`` (``sim.latency``) a step's matmul term is
 ``max(k * (token_s + seq_s), token_s * T + seq_s * S)``: for each step, the side
@@ -47,6 +57,12 @@ KNEE_MARGIN = 0.002
 ROBUST_SCALE = 0.05
 #: Rounds of re-deciding each step's side of the matmuls' floor.
 SIDE_ROUNDS = 5
+#: The steps pin the prefill attention when at least this many of them spend at least
+#: ``ATTENTION_SHARE`` of their fitted time on it; fewer leave it to the idle requests.
+MIN_ATTENTION_STEPS = 30
+ATTENTION_SHARE = 0.10
+#: Fixed by the steps whenever they are used (``calibrate.fit.STEP_HELD`` names the same).
+ALWAYS_HELD = ("step_s", "token_s", "seq_s")
 
 
 class StepFitError(ValueError):
@@ -80,7 +96,9 @@ def fit_steps(steps: pd.DataFrame, knee: float = 1.0, decode_attn_s: float | Non
     """The five step coefficients that best time ``steps`` (``busy_steps``'s rows), with the floor at ``knee``.
 
     ``decode_attn_s`` holds the decode attention (a direct measurement); None fits it.
-    Returns ``{"coefficients", "knee", "steps", "mean_abs_error", "median_ratio", "by_kind"}``.
+    Returns ``{"coefficients", "knee", "steps", "mean_abs_error", "median_ratio", "by_kind",
+    "attention_steps"}``; the last counts the steps that spend ``ATTENTION_SHARE`` or more of
+    their fitted time on prefill attention.
     """
     if knee < 1.0:
         raise StepFitError(f"the knee is a count of decodes >= 1, got {knee}")
@@ -122,11 +140,12 @@ def fit_steps(steps: pd.DataFrame, knee: float = 1.0, decode_attn_s: float | Non
     pred = np.array([model.step_time(int(t), int(s), float(w), int(c)) for t, s, w, c in
                      zip(steps["tokens"], steps["seqs"], steps["prefill_work"], steps["decode_context"])])
     ratio = dur / pred
+    attention_share = named["prefill_attn_s"] * steps["prefill_work"].to_numpy(float) / pred
     by_kind = {k: {"steps": int(m.sum()), "median_ratio": float(np.median(ratio[m]))}
                for k in ("decode", "prefill") if (m := (steps["kind"] == k).to_numpy()).any()}
     return {"coefficients": named, "knee": float(knee), "steps": int(len(steps)),
             "mean_abs_error": float(np.mean(np.abs(ratio - 1.0))), "median_ratio": float(np.median(ratio)),
-            "by_kind": by_kind}
+            "by_kind": by_kind, "attention_steps": int((attention_share >= ATTENTION_SHARE).sum())}
 
 
 def model_at_knee(coefficients: dict[str, float], knee: float) -> LatencyModel:
@@ -141,3 +160,10 @@ def choose_knee(steps: pd.DataFrame, knees, decode_attn_s: float | None = None) 
     fits = {float(k): fit_steps(steps, float(k), decode_attn_s) for k in sorted(set(knees))}
     errors = {k: f["mean_abs_error"] for k, f in fits.items()}
     return fits[smallest_within(errors, KNEE_MARGIN)], errors
+
+
+def held_coefficients(fit: dict) -> tuple[str, ...]:
+    """The coefficients of ``fit`` (``fit_steps``'s result) that the replay fit should hold:
+    ``ALWAYS_HELD``, and ``prefill_attn_s`` when ``MIN_ATTENTION_STEPS`` steps pin it."""
+    pinned = fit.get("attention_steps", 0) >= MIN_ATTENTION_STEPS
+    return ALWAYS_HELD + (("prefill_attn_s",) if pinned else ())

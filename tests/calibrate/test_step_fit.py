@@ -1,5 +1,6 @@
 """The step model fitted to timed engine steps (calibrate.step_fit) and held by the replay fit."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -7,7 +8,8 @@ import pytest
 
 from calibrate.fit import STEP_HELD, fit_with_knee
 from calibrate.profiling import ProfileError, read_unit_token_times, token_times_path
-from calibrate.step_fit import MIN_STEPS, StepFitError, choose_knee, fit_steps, model_at_knee
+from calibrate.step_fit import (MIN_ATTENTION_STEPS, MIN_STEPS, StepFitError, choose_knee, fit_steps,
+                                held_coefficients, model_at_knee)
 from sim.latency import COEFFICIENTS, LatencyModel
 
 from calibrate_synth import ENGINE, TRUE_MODEL, synthetic_rows
@@ -88,14 +90,33 @@ def test_too_few_steps_or_a_bad_knee_are_refused():
 
 def test_the_replay_fit_holds_the_timed_step_coefficients_and_fits_the_rest():
     synth = synthetic_rows()
+    # Too few prompt steps to pin the prefill attention: the idle requests do, as before the steps.
     steps = timed_steps(TRUE_MODEL, noise=0.01, outliers=0.02, seed=2)
+    steps = pd.concat([steps[steps["kind"] == "decode"], steps[steps["kind"] == "prefill"].head(MIN_ATTENTION_STEPS - 5)])
     res = fit_with_knee(synth, ENGINE, knees=(1.0,), steps=steps, max_iter=8, polish_nfev=0)
-    want = fit_steps(steps)["coefficients"]
+    want = fit_steps(steps)
+    assert want["attention_steps"] < MIN_ATTENTION_STEPS
+    assert held_coefficients(want) == STEP_HELD == ("step_s", "token_s", "seq_s")
     for name in STEP_HELD:
-        assert getattr(res.model, name) == pytest.approx(want[name], rel=1e-9), name
+        assert getattr(res.model, name) == pytest.approx(want["coefficients"][name], rel=1e-9), name
     # The prefill attention stays with the idle requests, which measure it on this synthetic data exactly.
     assert _rel(res.model.prefill_attn_s, TRUE_MODEL.prefill_attn_s) < 0.03
     assert res.stages["knee"]["by_timed_steps"] == 1.0 and res.stages["steps"]["steps"] == len(steps)
+    assert res.stages["knee"]["held"] == list(STEP_HELD)
+
+
+def test_prompt_steps_that_pin_the_prefill_attention_hold_it_against_the_idle_requests():
+    """Loaded prompt chunks (beside decodes) costing 40% more attention than the idle prompts show:
+    with enough such steps the fit keeps the steps' value, which is what the simulator prices under load."""
+    loaded = replace(TRUE_MODEL, prefill_attn_s=1.4 * TRUE_MODEL.prefill_attn_s)
+    steps = timed_steps(loaded, noise=0.01, outliers=0.02, seed=3)
+    want = fit_steps(steps)
+    assert want["attention_steps"] >= MIN_ATTENTION_STEPS
+    assert held_coefficients(want) == STEP_HELD + ("prefill_attn_s",)
+    assert _rel(want["coefficients"]["prefill_attn_s"], loaded.prefill_attn_s) < 0.05
+    res = fit_with_knee(synthetic_rows(), ENGINE, knees=(1.0,), steps=steps, max_iter=8, polish_nfev=0)
+    assert res.model.prefill_attn_s == pytest.approx(want["coefficients"]["prefill_attn_s"], rel=1e-9)
+    assert res.stages["knee"]["held"] == [*STEP_HELD, "prefill_attn_s"]
 
 
 def test_token_times_of_the_loaded_units_are_read_and_a_cut_line_is_refused(tmp_path):
