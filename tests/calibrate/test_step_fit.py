@@ -92,7 +92,8 @@ def test_the_replay_fit_holds_the_timed_step_coefficients_and_fits_the_rest():
     synth = synthetic_rows()
     # Too few prompt steps to pin the prefill attention: the idle requests do, as before the steps.
     steps = timed_steps(TRUE_MODEL, noise=0.01, outliers=0.02, seed=2)
-    steps = pd.concat([steps[steps["kind"] == "decode"], steps[steps["kind"] == "prefill"].head(MIN_ATTENTION_STEPS - 5)])
+    steps = pd.concat([steps[steps["kind"] == "decode"],
+                       steps[steps["kind"] == "prefill"].head(MIN_ATTENTION_STEPS - 5)])
     res = fit_with_knee(synth, ENGINE, knees=(1.0,), steps=steps, max_iter=8, polish_nfev=0)
     want = fit_steps(steps)
     assert want["attention_steps"] < MIN_ATTENTION_STEPS
