@@ -170,8 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "per-sequence costs and the knee come from those steps, and the prefill attention too "
                         "where 30 or more steps spend 10%% of their time on it; the replay fits the overhead, "
                         "the front end and any attention left free around them): let the replay fit the step "
-                        "model too "
-                        "(the method before 2026-12-05, for comparison)")
+                        "model too (the method before 2026-12-05, for comparison)")
     f.add_argument("--unbounded-front-end", action="store_true",
                    help="ignore the API server's CPU per job that profiling measured (its frontend phase) and "
                         "fit the front end freely; for servers whose front end is not their process's CPU, "
@@ -365,8 +364,8 @@ def _fit(args) -> int:
               f"({timed['matched_share'] * 100:.1f}% of {timed['steps']} steps matched), knee {st['knee']:g}: "
               f"mean |error| {st['mean_abs_error'] * 100:.1f}%, median real/model "
               + ", ".join(f"{k} {v['median_ratio']:.3f}" for k, v in st["by_kind"].items())
-              + f"; held: {', '.join(fit['stages']['knee'].get('held', []))}"
-              + f" ({st.get('attention_steps', 0)} steps pin the prefill attention)")
+              + f"; held: {', '.join(fit['stages']['knee']['held'])}"
+              + f" ({st['attention_steps']} steps pin the prefill attention)")
     else:
         print(f"step model fitted by the replay: {timed.get('reason', 'no timed steps')}")
     print(f"fixed point: {fit['convergence']}")

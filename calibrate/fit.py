@@ -554,7 +554,7 @@ KNEE_GAIN = 1e-3
 #: them where enough steps pin it (``calibrate.step_fit.held_coefficients``); otherwise it stays
 #: with the idle requests, whose TTFT over 32-2048-token prompts measures its superlinear cost.
 #: ``decode_attn_s`` is held at its own direct measurement where there is one.
-STEP_HELD = step_fit_mod.ALWAYS_HELD
+STEP_HELD = step_fit_mod.STEP_HELD
 
 
 def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES,

@@ -15,7 +15,7 @@ replayed on the real timeline, what it held (new tokens ``T``, sequences ``S``,
 prefill attention work, decode context). Thousands of steps of known composition
 pin the step coefficients by ordinary (robust, bounded) least squares on their
 relative errors, with no request latency in between. The fit then holds the
-per-step, per-token and per-sequence costs (``calibrate.fit.STEP_HELD``), and the
+per-step, per-token and per-sequence costs (``STEP_HELD``), and the
 prefill attention too where enough steps spend a real share of their time on it
 (``held_coefficients``); it fits the rest: the overhead, the front end, and the
 prefill attention from the idle requests where the steps do not pin it.
@@ -61,8 +61,8 @@ SIDE_ROUNDS = 5
 #: ``ATTENTION_SHARE`` of their fitted time on it; fewer leave it to the idle requests.
 MIN_ATTENTION_STEPS = 30
 ATTENTION_SHARE = 0.10
-#: Fixed by the steps whenever they are used (``calibrate.fit.STEP_HELD`` names the same).
-ALWAYS_HELD = ("step_s", "token_s", "seq_s")
+#: Fixed by the steps whenever the fit uses them (``calibrate.fit.fit_with_knee``).
+STEP_HELD = ("step_s", "token_s", "seq_s")
 
 
 class StepFitError(ValueError):
@@ -164,6 +164,5 @@ def choose_knee(steps: pd.DataFrame, knees, decode_attn_s: float | None = None) 
 
 def held_coefficients(fit: dict) -> tuple[str, ...]:
     """The coefficients of ``fit`` (``fit_steps``'s result) that the replay fit should hold:
-    ``ALWAYS_HELD``, and ``prefill_attn_s`` when ``MIN_ATTENTION_STEPS`` steps pin it."""
-    pinned = fit.get("attention_steps", 0) >= MIN_ATTENTION_STEPS
-    return ALWAYS_HELD + (("prefill_attn_s",) if pinned else ())
+    ``STEP_HELD``, and ``prefill_attn_s`` when ``MIN_ATTENTION_STEPS`` steps pin it."""
+    return STEP_HELD + (("prefill_attn_s",) if fit["attention_steps"] >= MIN_ATTENTION_STEPS else ())
