@@ -62,6 +62,7 @@ import pandas as pd
 from scipy.optimize import least_squares, lsq_linear
 
 from calibrate import decode_steps as decode_steps_mod
+from calibrate import frontend_cpu
 from calibrate.frontend_cpu import WALL_FACTOR
 from results.jsonsafe import json_safe
 from calibrate.modeldir import shape_for_served
@@ -796,8 +797,14 @@ def jitter_from_idle(frame: pd.DataFrame) -> float:
 
 
 def measured_front_end(meta: dict) -> FrontEndModel | None:
-    """The API server's CPU seconds per job that profiling measured (its ``frontend`` phase), if any."""
-    est = meta.get("frontend_cpu", {}).get("estimate", {})
+    """The API server's CPU seconds per job that profiling measured (its ``frontend`` phase), if any.
+
+    Estimated afresh from the recorded units when they are there, so that a refit of older
+    data uses the current estimator (``calibrate.frontend_cpu.estimate``).
+    """
+    fe = meta.get("frontend_cpu", {})
+    est = (frontend_cpu.estimate(fe["units"], fe["baseline_cpu_per_s"]) if fe.get("units")
+           else fe.get("estimate", {}))
     if not est.get("ok"):
         return None
     return FrontEndModel(**{k: float(est[k]) for k in FRONT_END_COEFFICIENTS})

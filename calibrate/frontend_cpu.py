@@ -12,13 +12,25 @@ terms in different proportions:
     frontend/stream32  32 requests at once, 32-token prompts, 256 output tokens each
 
 For each, the API server's CPU seconds (``/proc/<pid>/stat``, the process
-listening on the backend's port), less what it spends idle in the same time
-(``/metrics`` scrapes, periodic logging: measured over ``BASELINE_S`` first),
-and the engine steps it handled (``vllm:iteration_tokens_total``'s count) give
-one equation; non-negative least squares over the five gives the costs (the
-process's CPU clock ticks every 10 ms, hence units of a few seconds). They are
-CPU time: the least a job takes on the loop. ``calibrate.fit`` keeps the fitted
-front end between them and ``WALL_FACTOR`` times them.
+listening on the backend's port) and the engine steps it handled
+(``vllm:iteration_tokens_total``'s count) give one equation. The process also
+burns CPU while idle (``/metrics`` scrapes, periodic logging), at a rate
+measured over ``BASELINE_S`` first; that rate is a fifth unknown, and its
+measurement a sixth equation. Non-negative least squares over the six gives
+the costs (the process's CPU clock ticks every 10 ms, hence units of a few
+seconds). They are CPU time: the least a job takes on the loop.
+``calibrate.fit`` keeps the fitted front end between them and ``WALL_FACTOR``
+times them.
+
+Why the idle rate is fitted rather than subtracted: only ``frontend/long`` has
+prompts of other than 32 tokens, so it alone tells the per-request cost from
+the per-prompt-token one. Its 16 requests cost the loop a few tens of ms in 11
+to 30 s, less than a 3-s measurement of the idle rate can resolve, and with the
+rate subtracted its CPU often came out negative. Dropping it then left the two
+costs indistinguishable, and the solver gave the whole per-request cost to the
+prompt tokens (2026-12-05b: 71 us per token for mid, 73 ms on a 1024-token
+prompt, which the fit could not go below). Fitted with the rest, the idle rate
+absorbs that noise and the long unit keeps its say.
 """
 from __future__ import annotations
 
@@ -40,6 +52,8 @@ from sim.frontend import FRONT_END_COEFFICIENTS
 WALL_FACTOR = 3.0
 #: Seconds of idle measurement for the API server's background CPU rate.
 BASELINE_S = 3.0
+#: The resolution of a process's CPU time in /proc (one clock tick at the usual 100 Hz).
+CPU_TICK_S = 0.01
 STEPS_METRIC = "vllm:iteration_tokens_total_count"
 
 
@@ -91,20 +105,26 @@ async def measure_unit(runner, unit: Unit, pid: int, session: aiohttp.ClientSess
     }
 
 
-def estimate(units: dict[str, dict], baseline_cpu_per_s: float) -> dict:
-    """Non-negative least squares of the four costs on the units' CPU seconds (relative errors)."""
-    def above_baseline(u: dict) -> float:
-        return u["cpu_s"] - baseline_cpu_per_s * u["seconds"]
+def estimate(units: dict[str, dict], baseline_cpu_per_s: float, baseline_s: float = BASELINE_S) -> dict:
+    """Non-negative least squares of the four costs and the idle CPU rate on the units' CPU seconds.
 
-    # A unit that used no CPU beyond the baseline fell below the CPU clock's 10 ms tick.
-    keys = [k for k, u in units.items() if u["requests"] and np.isfinite(u["steps"]) and above_baseline(u) > 0]
-    if len(keys) < len(FRONT_END_COEFFICIENTS):
-        return {"ok": False, "reason": f"only {len(keys)} of {len(units)} units are usable (a unit needs its "
-                                       f"engine steps and CPU time above the idle baseline)"}
-    A = np.array([[units[k]["requests"], units[k]["prompt_tokens"], units[k]["steps"], units[k]["output_tokens"]]
-                  for k in keys], float)
-    y = np.array([above_baseline(units[k]) for k in keys])
-    x, _ = nnls(A / y[:, None], np.ones(len(y)))
+    Every equation is weighted by its own size (relative errors), but never finer than
+    two CPU clock ticks: a unit whose jobs barely register is held to that resolution.
+    """
+    keys = [k for k, u in units.items() if u["requests"] and np.isfinite(u["steps"])]
+    A = np.array([[units[k]["requests"], units[k]["prompt_tokens"], units[k]["steps"], units[k]["output_tokens"],
+                   units[k]["seconds"]] for k in keys], float).reshape(-1, len(FRONT_END_COEFFICIENTS) + 1)
+    y = np.array([units[k]["cpu_s"] for k in keys], float)
+    A = np.vstack([A, [0.0] * len(FRONT_END_COEFFICIENTS) + [baseline_s]])
+    y = np.append(y, baseline_cpu_per_s * baseline_s)
+    if np.linalg.matrix_rank(A[:-1, :-1]) < len(FRONT_END_COEFFICIENTS):
+        return {"ok": False, "reason": f"the {len(keys)} usable units of {len(units)} do not tell the four costs "
+                                       f"apart (a unit needs its requests and engine steps; the per-request and "
+                                       f"per-prompt-token costs need prompts of two lengths)"}
+    scale = np.maximum(np.abs(y), 2 * CPU_TICK_S)
+    x, _ = nnls(A / scale[:, None], y / scale)
     fitted = A @ x
     return {"ok": True, **{name: float(v) for name, v in zip(FRONT_END_COEFFICIENTS, x)},
-            "relative_residuals": {k: float(f / t - 1) for k, f, t in zip(keys, fitted, y)}}
+            "idle_cpu_per_s": float(x[-1]),
+            "relative_residuals": {k: float(f / t - 1) if t else float("nan")
+                                   for k, f, t in zip([*keys, "idle"], fitted, y)}}

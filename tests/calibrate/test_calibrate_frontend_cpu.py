@@ -54,12 +54,62 @@ def test_the_estimate_solves_the_units_exactly():
     assert not estimate({"short": units["short"]}, 0.01)["ok"]
 
 
+def test_a_long_unit_below_the_idle_baseline_still_separates_the_prompt_cost():
+    # The shape of mid's 2026-12-05b measurement: 2.2 ms per request and nothing per prompt
+    # token; the API server idles at 0.034 CPU-s per second, but the 3-s idle measurement
+    # read 0.040. With that rate subtracted, the long unit's 16 requests (44 ms of work in
+    # 11 s) come out below zero; dropping it left only 32-token prompts, and the per-request
+    # cost went to the prompt tokens instead: 70 us per token, 72 ms on a 1024-token prompt.
+    cost = np.array([2.2e-3, 0.0, 5.6e-4, 6e-5])
+    idle_rate = 0.034
+    units = {}
+    for key, (req, prompt, steps, toks, secs) in {
+        "short": (48, 48 * 32, 48, 48, 2.37), "long": (16, 16 * 1024, 16, 16, 11.16),
+        "stream1": (1, 32, 512, 512, 13.6), "stream8": (8, 256, 257, 2048, 11.6),
+        "stream32": (32, 1024, 257, 8192, 26.3)}.items():
+        cpu = np.dot([req, prompt, steps, toks], cost) + idle_rate * secs
+        units[key] = {"requests": req, "prompt_tokens": prompt, "steps": float(steps), "output_tokens": toks,
+                      "cpu_s": round(cpu, 2), "seconds": secs}   # /proc's 10-ms ticks
+    assert units["long"]["cpu_s"] < 0.040 * units["long"]["seconds"]
+    got = estimate(units, 0.040)
+    assert got["ok"]
+    assert got["input_token_s"] * 1024 < 0.1 * got["input_s"]
+    assert got["input_s"] == pytest.approx(cost[0], rel=0.25)
+    assert got["idle_cpu_per_s"] == pytest.approx(idle_rate, rel=0.1)
+
+
+def test_units_with_one_prompt_length_do_not_pass_for_an_estimate():
+    # Without prompts of two lengths the per-request and per-prompt-token costs are one
+    # column: any split fits, so there is no estimate to bound the fit with.
+    units = {key: {"requests": req, "prompt_tokens": 32 * req, "steps": float(steps), "output_tokens": toks,
+                   "cpu_s": 0.1 + 0.01 * k, "seconds": 5.0}
+             for k, (key, (req, steps, toks)) in enumerate({
+                 "short": (48, 48, 48), "stream1": (1, 512, 512), "stream8": (8, 257, 2048),
+                 "stream32": (32, 257, 8192)}.items())}
+    got = estimate(units, 0.01)
+    assert not got["ok"] and "prompts of two lengths" in got["reason"]
+
+
 def test_profiling_metadata_gives_the_fit_its_front_end():
     meta = {"frontend_cpu": {"estimate": {"ok": True, "input_s": 0.002, "input_token_s": 1e-6,
                                           "output_step_s": 5e-4, "output_token_s": 4e-5}}}
     assert measured_front_end(meta) == FrontEndModel(0.002, 1e-6, 5e-4, 4e-5)
     assert measured_front_end({"frontend_cpu": {"ok": False, "reason": "remote"}}) is None
     assert measured_front_end({}) is None
+
+
+def test_recorded_units_are_estimated_afresh_over_the_stored_estimate():
+    # Data profiled before an estimator fix keeps its units; a refit uses them, not the old answer.
+    units = {key: {"requests": req, "prompt_tokens": prompt, "steps": float(steps), "output_tokens": toks,
+                   "cpu_s": req * 2e-3 + steps * 5e-4 + toks * 4e-5 + 0.01 * secs, "seconds": secs}
+             for key, (req, prompt, steps, toks, secs) in {
+                 "short": (48, 48 * 32, 48, 48, 2.0), "long": (16, 16 * 1024, 16, 16, 5.0),
+                 "stream1": (1, 32, 512, 512, 8.0), "stream8": (8, 256, 260, 2048, 9.0),
+                 "stream32": (32, 1024, 270, 8192, 12.0)}.items()}
+    stale = {"ok": True, "input_s": 0.0, "input_token_s": 7e-5, "output_step_s": 5e-4, "output_token_s": 4e-5}
+    got = measured_front_end({"frontend_cpu": {"units": units, "baseline_cpu_per_s": 0.01, "estimate": stale}})
+    assert got.input_s == pytest.approx(2e-3, rel=1e-6)
+    assert got.input_token_s == pytest.approx(0.0, abs=1e-12)
 
 
 def test_a_measured_front_end_bounds_the_fit():
