@@ -851,7 +851,8 @@ def timed_profile_steps(data_path: str | Path, data: pd.DataFrame, engine: Engin
     record = {"units": int(all_steps["load"].nunique()) if len(all_steps) else 0,
               "steps": int(len(all_steps)),
               "matched_share": float(all_steps["matched"].mean()) if len(all_steps) else math.nan,
-              "busy_matched": int(len(busy))}
+              "busy_matched": int(len(busy)),
+              "skipped_units": dict(all_steps.attrs.get("skipped_loads", {}))}
     if len(busy) < step_fit_mod.MIN_STEPS:
         return None, {"used": False, **record,
                       "reason": f"only {len(busy)} matched busy steps (at least {step_fit_mod.MIN_STEPS} needed)"}

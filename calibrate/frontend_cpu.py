@@ -126,5 +126,5 @@ def estimate(units: dict[str, dict], baseline_cpu_per_s: float, baseline_s: floa
     fitted = A @ x
     return {"ok": True, **{name: float(v) for name, v in zip(FRONT_END_COEFFICIENTS, x)},
             "idle_cpu_per_s": float(x[-1]),
-            "relative_residuals": {k: float(f / t - 1) if t else float("nan")
+            "relative_residuals": {k: float(f / t - 1) if t else None   # None: no CPU time to compare
                                    for k, f, t in zip([*keys, "idle"], fitted, y)}}

@@ -137,11 +137,13 @@ TTFT_TOLERANCE_S = 1e-3
 
 
 def _check_times_fit(rows: pd.DataFrame, times: dict[int, list[float]]) -> None:
-    """Token times are those of these requests: as many as each received, the first one TTFT
-    after its send (another check's file has the same request ids)."""
+    """Token times are those of these requests: no more than each received, the first one TTFT
+    after its send (another check's file has the same request ids). Fewer are allowed: one SSE
+    chunk carries several tokens when vLLM's API server read the request's outputs late (its
+    ``RequestOutputCollector`` merges them), and the client times chunks, not tokens."""
     for r in rows.itertuples(index=False):
         ts = times[int(r.request_id)]
-        if len(ts) != int(r.output_len):
+        if not 0 < len(ts) <= int(r.output_len):
             raise StepTimesError(f"the token times do not belong to these requests: request {r.request_id} "
                                  f"received {int(r.output_len)} tokens but has {len(ts)} token times")
         ttft = getattr(r, "ttft_s", math.nan)
@@ -163,7 +165,8 @@ def replay_steps(profile: LatencyProfile, measured: pd.DataFrame, times: dict[in
     Columns: ``load``, ``step``, ``end_s`` (first token arrival of the step), ``duration_s``
     (since the step before; NaN after an idle engine), ``kind`` (``decode``: no prefill
     work; ``prefill``: some), ``tokens``, ``seqs``, ``prefill_work``, ``decode_context``,
-    ``predicted_s``, ``ratio`` and ``matched``.
+    ``predicted_s``, ``ratio`` and ``matched``. A load with a request whose chunks carried
+    several tokens is left out, and named with why in ``frame.attrs["skipped_loads"]``.
     """
     gap = default_gap_s(profile) if gap_s is None else gap_s
     ok = measured[measured["ok"].astype(str).str.lower().isin(("true", "1"))]
@@ -172,11 +175,20 @@ def replay_steps(profile: LatencyProfile, measured: pd.DataFrame, times: dict[in
     ok = ok[ok["request_id"].isin(list(times))].reset_index(drop=True)
     _check_times_fit(ok, times)
     if ok.empty:
-        return pd.DataFrame(columns=["load", "step", "end_s", "duration_s", "kind", "tokens", "seqs",
-                                     "prefill_work", "decode_context", "predicted_s", "ratio", "matched"])
+        return _empty_steps()
     parts = []
+    skipped: dict[str, str] = {}
     for load, g in ok.groupby("load", sort=False):
         g = g.reset_index(drop=True)
+        merged = [(int(r), len(times[int(r)]), int(n)) for r, n in zip(g["request_id"], g["output_len"])
+                  if len(times[int(r)]) < int(n)]
+        if merged:
+            # Which of its chunks carried two tokens the client cannot tell, so the steps of
+            # this load cannot be told apart from that request's tokens on.
+            r, got, n = merged[0]
+            skipped[str(load)] = (f"{len(merged)} request(s) had chunks of several tokens (request {r}: "
+                                  f"{got} chunks for {n} tokens)")
+            continue
         (unit,) = prepare_units(g.assign(unit=str(load)), profile.engine.block_size)
         rid = g["request_id"].to_numpy()[unit.rows]
         sent = (g["unit_start_s"] + g["send_s"]).to_numpy(float)[unit.rows]
@@ -211,9 +223,15 @@ def replay_steps(profile: LatencyProfile, measured: pd.DataFrame, times: dict[in
                 break
             hold = {**hold, **early}
         parts.append(best)
-    frame = pd.concat(parts, ignore_index=True)
+    frame = pd.concat(parts, ignore_index=True) if parts else _empty_steps()
     frame["ratio"] = frame["duration_s"] / frame["predicted_s"]
+    frame.attrs["skipped_loads"] = skipped
     return frame
+
+
+def _empty_steps() -> pd.DataFrame:
+    return pd.DataFrame(columns=["load", "step", "end_s", "duration_s", "kind", "tokens", "seqs",
+                                 "prefill_work", "decode_context", "predicted_s", "ratio", "matched"])
 
 
 def steps_to_replay(real: set[tuple[int, int]], given: dict[int, int]) -> int:
@@ -370,7 +388,7 @@ def summarise(steps: pd.DataFrame, profile: LatencyProfile | None = None) -> dic
     """Per load and kind, and for decode steps per batch size and per-sequence context:
     the matched busy steps' ratio (median, quartiles) and the share of steps matched; and
     the decode fit of each load beside the model's terms (with ``profile``)."""
-    out: dict = {"loads": {}}
+    out: dict = {"loads": {}, "skipped_loads": dict(steps.attrs.get("skipped_loads", {}))}
     if profile is not None:
         m = profile.model
         out["model_decode"] = {"fixed_s": m.step_s, "per_seq_s": m.token_s + m.seq_s,
@@ -411,6 +429,8 @@ def format_summary(summary: dict) -> str:
             lines.append(f"  {'':<12} decode steps under this load: {fit['fixed_s'] * 1e3:.1f} ms + "
                          f"{fit['per_seq_s'] * 1e3:.2f} ms/sequence + "
                          f"{fit['per_context_token_s'] * 1e6:.2f} us/context token")
+    for load, why in summary.get("skipped_loads", {}).items():
+        lines.append(f"  {load:<12} not timed: {why}")
     model = summary.get("model_decode")
     if model:
         lines.append(f"  {'model':<12} decode steps: {model['fixed_s'] * 1e3:.1f} ms + {model['per_seq_s'] * 1e3:.2f} "
