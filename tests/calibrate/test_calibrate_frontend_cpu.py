@@ -3,6 +3,7 @@ import json
 import os
 import socket
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -76,6 +77,18 @@ def test_a_long_unit_below_the_idle_baseline_still_separates_the_prompt_cost():
     assert got["input_token_s"] * 1024 < 0.1 * got["input_s"]
     assert got["input_s"] == pytest.approx(cost[0], rel=0.25)
     assert got["idle_cpu_per_s"] == pytest.approx(idle_rate, rel=0.1)
+
+
+def test_mid_2026_12_05b_measured_no_prompt_cost_once_the_idle_rate_is_fitted():
+    # The real record the fix came from: its long unit read 0.37 CPU-s in 11.2 s against an
+    # idle rate of 0.040/s. Subtracted, that unit was dropped and the prompts got 71 us per token.
+    meta = json.loads((Path(__file__).resolve().parents[1] / "data"
+                       / "cpu-mid-2026-12-05b-profiling.csv.meta.json").read_text())
+    fe = meta["frontend_cpu"]
+    assert fe["estimate"]["input_token_s"] > 5e-5   # what profiling wrote then
+    got = estimate(fe["units"], fe["baseline_cpu_per_s"])
+    assert got["ok"] and got["input_token_s"] < 1e-6
+    assert 1e-3 < got["input_s"] < 4e-3   # mid on 2026-12-05a, whose long unit was usable: 2.2 ms
 
 
 def test_units_with_one_prompt_length_do_not_pass_for_an_estimate():

@@ -156,6 +156,32 @@ def test_tokens_the_client_got_late_and_together_stay_matched_without_a_duration
     assert busy["matched"].all() and np.allclose(busy["ratio"], 1.0, rtol=1e-6)
 
 
+def test_a_load_with_a_chunk_of_two_tokens_is_left_out_and_named_and_the_others_still_time():
+    """vLLM's API server merges a request's outputs when it reads them late, and streams them as
+    one chunk: the client has one time for two tokens (2026-12-05c, tiny's c64 burst). Which
+    of that request's steps the chunk closed cannot be known, so its load is left out; another
+    load is timed as before."""
+    profile = _quiet(load_profile("cpu-tiny"))
+    first = _workload(n=40, seed=5)
+    second = _workload(n=40, seed=6).assign(load="poisson-50", request_id=lambda f: f["request_id"] + 1000)
+    times = {**_simulated_token_times(profile, first), **_simulated_token_times(profile, second)}
+    victim = int(first["request_id"].iloc[3])
+    assert len(times[victim]) >= 3
+    times[victim] = times[victim][:1] + times[victim][2:]   # tokens 2 and 3 came in one chunk
+    steps = replay_steps(profile, pd.concat([first, second], ignore_index=True), times)
+    assert set(steps["load"]) == {"poisson-50"}
+    why = steps.attrs["skipped_loads"]["poisson-80"]
+    assert f"request {victim}" in why and "chunks of several tokens" in why
+    busy = steps[steps["duration_s"].notna()]
+    assert len(busy) > 50 and busy["matched"].all() and np.allclose(busy["ratio"], 1.0, rtol=1e-6)
+    summary = summarise(steps, profile)
+    assert set(summary["loads"]) == {"poisson-50"} and "poisson-80" in summary["skipped_loads"]
+    # More token times than tokens are not these requests' at all.
+    times[victim] = times[victim] + [times[victim][-1]] * 3
+    with pytest.raises(StepTimesError, match=f"request {victim} received"):
+        replay_steps(profile, first, times)
+
+
 def test_a_cluster_stands_for_the_steps_most_of_its_requests_ask_for():
     # In step with the replay: each request's next token, one step.
     assert steps_to_replay({(1, 5), (2, 5), (3, 0)}, {1: 5, 2: 5}) == 1
@@ -347,3 +373,17 @@ def test_the_replayed_scheduler_matches_most_real_vllm_steps(shape, check, tmp_p
     recorded = json.loads((folder / "check.json").read_text())["steps"]
     assert recorded["loads"]["poisson-80"]["matched_share"] == pytest.approx(
         summary["loads"]["poisson-80"]["matched_share"])
+
+
+def test_real_profiling_with_a_merged_chunk_fits_without_that_unit():
+    """2026-12-05c's profiling of tiny: in the 64-request burst, request 208 got 16 tokens in 15
+    chunks. The fit stopped there before; now that unit is left out and named, and the other
+    units' steps are timed."""
+    from calibrate.fit import engine_defaults, load_data, measured_front_end, timed_profile_steps
+
+    path = Path(__file__).resolve().parents[1] / "data" / "cpu-tiny-2026-12-05c-profiling.csv"
+    data, meta = load_data(path)
+    busy, record = timed_profile_steps(path, data, engine_defaults(meta), measured_front_end(meta))
+    assert record["used"] and set(record["skipped_units"]) == {"concurrency/c64"}
+    assert "request 208: 15 chunks for 16 tokens" in record["skipped_units"]["concurrency/c64"]
+    assert "concurrency/c64" not in set(busy["load"]) and record["busy_matched"] > 3000
