@@ -366,6 +366,8 @@ def _fit(args) -> int:
               + ", ".join(f"{k} {v['median_ratio']:.3f}" for k, v in st["by_kind"].items())
               + f"; held: {', '.join(fit['stages']['knee']['held'])}"
               + f" ({st['attention_steps']} steps pin the prefill attention)")
+        for unit, why in timed["skipped_units"].items():
+            print(f"  not timed: {unit}: {why}")
     else:
         print(f"step model fitted by the replay: {timed.get('reason', 'no timed steps')}")
     print(f"fixed point: {fit['convergence']}")

@@ -183,8 +183,8 @@ def replay_steps(profile: LatencyProfile, measured: pd.DataFrame, times: dict[in
         merged = [(int(r), len(times[int(r)]), int(n)) for r, n in zip(g["request_id"], g["output_len"])
                   if len(times[int(r)]) < int(n)]
         if merged:
-            # Which of its chunks carried two tokens the client cannot tell, so the steps of
-            # this load cannot be told apart from that request's tokens on.
+            # The client cannot tell which chunk carried two tokens, so from there on that
+            # request's tokens cannot be placed in steps, nor the load's steps told apart.
             r, got, n = merged[0]
             skipped[str(load)] = (f"{len(merged)} request(s) had chunks of several tokens (request {r}: "
                                   f"{got} chunks for {n} tokens)")
