@@ -63,7 +63,6 @@ from scipy.optimize import least_squares, lsq_linear
 
 from calibrate import decode_steps as decode_steps_mod
 from calibrate import frontend_cpu
-from calibrate.frontend_cpu import WALL_FACTOR
 from results.jsonsafe import json_safe
 from calibrate.modeldir import shape_for_served
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
@@ -871,7 +870,7 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
     data, meta = load_data(data_path)
     engine = engine_defaults(meta, **(engine_overrides or {}))
     measured = measured_front_end(meta) if measured_bounds else None
-    bounds = (measured, FrontEndModel(**{k: WALL_FACTOR * v for k, v in measured.to_dict().items()})) \
+    bounds = (measured, FrontEndModel(**{k: frontend_cpu.WALL_FACTOR * v for k, v in measured.to_dict().items()})) \
         if measured is not None else None
     short_steps = decode_steps_mod.measured_steps(meta)
     attention = decode_steps_mod.decode_attention(decode_steps_mod.measured_context_steps(meta), short_steps)
@@ -940,7 +939,7 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
             "front_end": result.front_end.to_dict(),
             "front_end_cpu": measured.to_dict() if measured is not None else None,
             "front_end_bounds": "between the API server's measured CPU time per job and "
-                                f"{WALL_FACTOR:g} times it" if measured is not None else
+                                f"{frontend_cpu.WALL_FACTOR:g} times it" if measured is not None else
                                 "unbounded (no CPU measurement of the API server in the profiling data)",
             "pin_weight": pin_weight,
             # decode_attn_s measured directly (calibrate.decode_steps.decode_attention) and held; None: fitted.

@@ -42,7 +42,7 @@ import numpy as np
 from scipy.optimize import nnls
 
 from calibrate.probe import PlannedRequest, Unit
-from calibrate.procstat import cpu_seconds
+from calibrate.procstat import clock_tick_s, cpu_seconds
 from live.transport.prometheus import iter_samples
 from sim.frontend import FRONT_END_COEFFICIENTS
 
@@ -52,8 +52,6 @@ from sim.frontend import FRONT_END_COEFFICIENTS
 WALL_FACTOR = 3.0
 #: Seconds of idle measurement for the API server's background CPU rate.
 BASELINE_S = 3.0
-#: The resolution of a process's CPU time in /proc (one clock tick at the usual 100 Hz).
-CPU_TICK_S = 0.01
 STEPS_METRIC = "vllm:iteration_tokens_total_count"
 
 
@@ -121,7 +119,7 @@ def estimate(units: dict[str, dict], baseline_cpu_per_s: float, baseline_s: floa
         return {"ok": False, "reason": f"the {len(keys)} usable units of {len(units)} do not tell the four costs "
                                        f"apart (a unit needs its requests and engine steps; the per-request and "
                                        f"per-prompt-token costs need prompts of two lengths)"}
-    scale = np.maximum(np.abs(y), 2 * CPU_TICK_S)
+    scale = np.maximum(np.abs(y), 2 * clock_tick_s())
     x, _ = nnls(A / scale[:, None], y / scale)
     fitted = A @ x
     return {"ok": True, **{name: float(v) for name, v in zip(FRONT_END_COEFFICIENTS, x)},

@@ -65,16 +65,21 @@ def _stat_fields(text: str) -> list[str]:
     return text.rsplit(")", 1)[1].split()
 
 
+def clock_tick_s() -> float:
+    """The resolution of a process's CPU time in /proc: one clock tick (10 ms at the usual 100 Hz)."""
+    return 1.0 / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int, proc: str | Path = "/proc") -> float:
     """User plus system CPU seconds the process has used (its own threads, not its children)."""
     fields = _stat_fields((Path(proc) / str(pid) / "stat").read_text())
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) * clock_tick_s()
 
 
 def process_table(proc: str | Path = "/proc") -> dict[int, tuple[int, float]]:
     """pid -> (parent pid, CPU seconds of the process and of the children it reaped)."""
     out = {}
-    tick = os.sysconf("SC_CLK_TCK")
+    tick = clock_tick_s()
     for entry in Path(proc).iterdir():
         if not entry.name.isdigit():
             continue
@@ -82,7 +87,7 @@ def process_table(proc: str | Path = "/proc") -> dict[int, tuple[int, float]]:
             fields = _stat_fields((entry / "stat").read_text())
         except OSError:
             continue  # it ended meanwhile
-        out[int(entry.name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) / tick)
+        out[int(entry.name)] = (int(fields[1]), sum(int(x) for x in fields[11:15]) * tick)
     return out
 
 

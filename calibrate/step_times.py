@@ -136,13 +136,17 @@ def _output_delay(profile: LatencyProfile) -> float:
 TTFT_TOLERANCE_S = 1e-3
 
 
-def _check_times_fit(rows: pd.DataFrame, times: dict[int, list[float]]) -> None:
+def _check_times_fit(rows: pd.DataFrame, times: dict[int, list[float]]) -> dict[int, tuple[int, int]]:
     """Token times are those of these requests: no more than each received, the first one TTFT
     after its send (another check's file has the same request ids). Fewer are allowed: one SSE
     chunk carries several tokens when vLLM's API server read the request's outputs late (its
-    ``RequestOutputCollector`` merges them), and the client times chunks, not tokens."""
+    ``RequestOutputCollector`` merges them), and the client times chunks, not tokens. Returns
+    those requests: id -> (chunks, tokens)."""
+    merged = {}
     for r in rows.itertuples(index=False):
         ts = times[int(r.request_id)]
+        if len(ts) < int(r.output_len):
+            merged[int(r.request_id)] = (len(ts), int(r.output_len))
         if not 0 < len(ts) <= int(r.output_len):
             raise StepTimesError(f"the token times do not belong to these requests: request {r.request_id} "
                                  f"received {int(r.output_len)} tokens but has {len(ts)} token times")
@@ -151,6 +155,7 @@ def _check_times_fit(rows: pd.DataFrame, times: dict[int, list[float]]) -> None:
             raise StepTimesError(f"the token times do not belong to these requests: request {r.request_id}'s "
                                  f"first token time is {ts[0] - (r.unit_start_s + r.send_s):.4f} s after its send, "
                                  f"its measured TTFT {ttft:.4f} s")
+    return merged
 
 
 #: Replays of a load at most: each after the first admits the requests the one before
@@ -173,20 +178,19 @@ def replay_steps(profile: LatencyProfile, measured: pd.DataFrame, times: dict[in
     if "phase" in ok:
         ok = ok[ok["phase"] != "reference"]
     ok = ok[ok["request_id"].isin(list(times))].reset_index(drop=True)
-    _check_times_fit(ok, times)
+    merged = _check_times_fit(ok, times)
     if ok.empty:
         return _empty_steps()
     parts = []
     skipped: dict[str, str] = {}
     for load, g in ok.groupby("load", sort=False):
         g = g.reset_index(drop=True)
-        merged = [(int(r), len(times[int(r)]), int(n)) for r, n in zip(g["request_id"], g["output_len"])
-                  if len(times[int(r)]) < int(n)]
-        if merged:
+        short = [int(r) for r in g["request_id"] if int(r) in merged]
+        if short:
             # The client cannot tell which chunk carried two tokens, so from there on that
             # request's tokens cannot be placed in steps, nor the load's steps told apart.
-            r, got, n = merged[0]
-            skipped[str(load)] = (f"{len(merged)} request(s) had chunks of several tokens (request {r}: "
+            got, n = merged[short[0]]
+            skipped[str(load)] = (f"{len(short)} request(s) had chunks of several tokens (request {short[0]}: "
                                   f"{got} chunks for {n} tokens)")
             continue
         (unit,) = prepare_units(g.assign(unit=str(load)), profile.engine.block_size)
@@ -429,7 +433,7 @@ def format_summary(summary: dict) -> str:
             lines.append(f"  {'':<12} decode steps under this load: {fit['fixed_s'] * 1e3:.1f} ms + "
                          f"{fit['per_seq_s'] * 1e3:.2f} ms/sequence + "
                          f"{fit['per_context_token_s'] * 1e6:.2f} us/context token")
-    for load, why in summary.get("skipped_loads", {}).items():
+    for load, why in summary["skipped_loads"].items():
         lines.append(f"  {load:<12} not timed: {why}")
     model = summary.get("model_decode")
     if model:
