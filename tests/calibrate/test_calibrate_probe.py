@@ -6,6 +6,7 @@ tests are in ``test_calibrate_vllm.py`` (``pytest -m vllm``).
 """
 import asyncio
 import json
+import urllib.request
 
 import pandas as pd
 import pytest
@@ -100,8 +101,15 @@ def test_the_decode_phase_times_the_emulators_decode_step_per_batch(profiled):
         assert rec["step_s"] == pytest.approx(predicted_step(model, 4, int(prompt) + 24), rel=0.35), prompt
 
 
-def test_the_loaded_units_keep_their_token_times_and_the_fit_times_their_steps(profiled):
+def test_the_loaded_units_keep_their_token_times_and_the_fit_times_their_steps(profiled, emulator):
     from calibrate.profiling import read_unit_token_times, token_times_path
+
+    state = json.loads(urllib.request.urlopen(f"{emulator}/_emulator/state", timeout=10).read())
+    if state["mean_step_lateness_s"] > 2e-3:
+        # Measured with six busy loops at nice -5 on two cores: 4.4 ms per step, and the
+        # served 21-ms steps were not what the clock ran. The premise does not hold there.
+        pytest.skip(f"the emulator ran {state['mean_step_lateness_s'] * 1e3:.1f} ms late per step: "
+                    "the host was too busy for it to serve its model on the wall clock")
 
     data = pd.read_csv(profiled)
     lines = [json.loads(line) for line in token_times_path(profiled).read_text().splitlines()]
@@ -118,9 +126,13 @@ def test_the_loaded_units_keep_their_token_times_and_the_fit_times_their_steps(p
     assert timed["used"] and timed["units"] == 4 and timed["matched_share"] > 0.9 and timed["busy_matched"] > 100
     assert "knee the timed steps chose" in profile.fit["method"] and "(calibrate.step_fit)" in profile.fit["method"]
     # The emulator serves cpu-tiny's step model on the wall clock: its steps give it back.
+    # Held on the step durations of the shapes these units ran, not per coefficient: the
+    # three linear terms trade against each other when the host delays a few steps (on a
+    # busy 2-core CI machine token_s came out 15% high while the steps stayed close).
     served = load_profile("cpu-tiny").model
-    for name in ("step_s", "token_s", "seq_s"):
-        assert getattr(profile.model, name) == pytest.approx(getattr(served, name), rel=0.15), name
+    for tokens, seqs, prompt in [(1, 1, 0), (6, 6, 0), (32, 1, 32), (37, 6, 32), (256, 1, 256), (261, 6, 256)]:
+        got, want = (m.step_time(tokens, seqs, m.prefill_work(prompt, 0), 0) for m in (profile.model, served))
+        assert got == pytest.approx(want, rel=0.12), (tokens, seqs, prompt)
     replayed, _ = fit_profile(profiled, "emu", max_iter=8, polish_nfev=0, timed_steps=False)
     assert not replayed.fit["timed_steps"]["used"] and "steps" not in replayed.fit["stages"]
 
