@@ -83,6 +83,9 @@ class CheckSettings:
     reference_output: int = 32
 
     def __post_init__(self) -> None:
+        if self.requests_per_level < 1 or self.burst < 1:
+            raise ValueError(f"requests_per_level and burst must be >= 1, got {self.requests_per_level} "
+                             f"and {self.burst}")
         if self.reference_requests < 0:
             raise ValueError(f"reference_requests must be >= 0, got {self.reference_requests}")
         if self.reference_requests and (self.reference_input < 1 or self.reference_output < 2):

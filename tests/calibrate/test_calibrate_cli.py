@@ -189,6 +189,24 @@ def test_campaign_refuses_a_used_folder_without_resume_and_summarizes_one(tmp_pa
     assert "unknown model shape 'huge'" in capsys.readouterr().err
 
 
+def test_campaign_requests_per_level_reaches_its_checks_and_a_bad_count_is_named(tmp_path, capsys, monkeypatch):
+    import calibrate.campaign
+
+    seen = {}
+
+    def run(self):  # what the campaign would check with; nothing is served
+        seen["check"] = self.settings.check
+        self.out.mkdir(parents=True)
+        (self.out / "summary.md").write_text("# Calibration campaign\n")
+
+    monkeypatch.setattr(calibrate.campaign.Campaign, "run", run)
+    monkeypatch.setattr(calibrate.campaign, "set_own_priority", lambda nice: None)
+    assert main(["campaign", "--out", str(tmp_path / "d"), "--shapes", "tiny", "--requests-per-level", "240"]) == 0
+    assert seen["check"].requests_per_level == 240 and seen["check"].burst == 32
+    assert main(["campaign", "--out", str(tmp_path / "e"), "--shapes", "tiny", "--requests-per-level", "0"]) == 2
+    assert "requests_per_level" in capsys.readouterr().err
+
+
 def test_campaign_emulate_names_a_bad_profile(tmp_path, capsys):
     assert main(["campaign", "--out", str(tmp_path / "c"), "--shapes", "tiny", "--emulate", "no-such"]) == 2
     assert "no-such" in capsys.readouterr().err
