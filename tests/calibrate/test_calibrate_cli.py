@@ -295,3 +295,17 @@ def test_a_bad_speed_trace_is_a_clear_error_and_writes_nothing(tmp_path, capsys)
     assert main(base + ["--out", str(tmp_path / "d"), "--speed-trace", str(HOST_SPEED), "--speed-core", "7"]) == 2
     assert "no core 7" in capsys.readouterr().err
     assert not any((tmp_path / x).exists() for x in "abcd")
+
+
+@pytest.mark.parametrize("check", [1, 2])
+def test_the_shipped_xeon_small_profile_replays_its_campaigns_checks_within_target(check, tmp_path):
+    """cpu-small-xeon-2026-12-05d is campaign 2026-12-05d's fit (an Intel Xeon VM); both its checks
+    replay under the shipped profile with the errors the campaign recorded, within 10%."""
+    folder = Path(__file__).resolve().parents[1] / "data" / "checks-2026-12-05d" / f"small-check-{check}"
+    recorded = json.loads((folder / "check.json").read_text())
+    out = tmp_path / "again"
+    assert main(["check", "--profile", "cpu-small-xeon-2026-12-05d", "--replay", str(folder / "check_requests.csv"),
+                 "--out", str(out), "--quiet"]) == 0
+    report = json.loads((out / "check.json").read_text())
+    assert report["max_abs_err"] == pytest.approx(recorded["max_abs_err"], rel=1e-6)
+    assert report["max_abs_err"] <= 0.10 and report["steps"]["loads"]["poisson-80"]["matched_share"] > 0.9
