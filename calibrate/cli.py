@@ -239,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--budget-s", type=float, default=900.0, help="profiling time budget per shape (default: 900)")
     a.add_argument("--requests-per-level", type=int, default=120,
                    help="requests per Poisson load in each check (default: 120); the p50s of two identical checks "
-                        "moved up to 20%% apart at 120 on the development VM: more narrow that spread and "
+                        "moved up to 22%% apart at 120 on a 2-core VM (8%% at 240): more narrow that spread and "
                         "lengthen each check in proportion")
     a.add_argument("--hardware", default="", help="hardware the profiles describe (default: the profiled CPU)")
     a.add_argument("--speed-probe-s", type=float, default=30.0,
