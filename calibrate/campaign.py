@@ -205,9 +205,16 @@ class Campaign:
     def run(self) -> dict:
         s = self.settings
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "settings.json").write_text(json.dumps(json_safe({
+        now = json.loads(json.dumps(json_safe({
             "shapes": s.shapes, "checks": s.checks, "cores": s.cores, "nice": s.nice,
-            "profile": vars(s.profile), "check": vars(s.check)}), indent=2) + "\n")
+            "profile": vars(s.profile), "check": vars(s.check)})))
+        changed = changed_measurement_settings(self.out / "settings.json", now)
+        if changed:
+            # Resumed steps would be measured otherwise than the finished ones, and the
+            # summary would set them side by side.
+            raise ValueError(f"{self.out} was measured with other settings ({'; '.join(changed)}); "
+                             "resume it with those, or choose another --out")
+        (self.out / "settings.json").write_text(json.dumps(now, indent=2) + "\n")
         expected, worst = expected_duration([sh for sh in s.shapes if self.pending(sh)])
         self.say(f"calibration campaign in {self.out}: shapes {', '.join(s.shapes)}; expected about "
                  f"{expected:.0f} min for what is left (at most {worst:.0f} min)")
@@ -299,6 +306,17 @@ class Campaign:
         (self.out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
         (self.out / "summary.md").write_text(summary_markdown(summary))
         return summary
+
+
+def changed_measurement_settings(path: Path, now: dict) -> list[str]:
+    """How ``now``'s profiling and check settings differ from a campaign's ``settings.json``:
+    "section.key: was X, now Y" for each key both know (none when there is no file yet)."""
+    if not path.is_file():
+        return []
+    before = json.loads(path.read_text())
+    return [f"{section}.{key}: was {before[section][key]!r}, now {value!r}"
+            for section in ("profile", "check") for key, value in now[section].items()
+            if key in before.get(section, {}) and before[section][key] != value]
 
 
 def file_sha256(path: Path) -> str:

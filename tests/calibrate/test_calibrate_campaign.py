@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from calibrate.campaign import Campaign, CampaignSettings, expected_duration, record_input
+from calibrate.campaign import (Campaign, CampaignSettings, changed_measurement_settings, expected_duration,
+                                record_input)
 from calibrate.check import CheckSettings
 from calibrate.profiling import meta_path
 from live.emulator import spawn
@@ -202,3 +203,22 @@ def test_settings_and_duration():
         CampaignSettings(shapes=("tiny", "huge"))
     expected, worst = expected_duration(["tiny", "small", "mid"])
     assert 0 < expected < worst
+
+
+def test_a_campaign_resumed_with_other_check_settings_is_refused_naming_them(tmp_path):
+    camp, d = fake_campaign(tmp_path)
+    written = json.dumps({"shapes": ["tiny"], "checks": 2, "profile": {"budget_s": 900.0},
+                          "check": {"requests_per_level": 120, "burst": 32, "retired_key": 1}})
+    (tmp_path / "settings.json").write_text(written)
+
+    def no_server(shape, settings):
+        raise AssertionError("a refused campaign starts nothing")
+
+    other = CampaignSettings(shapes=("tiny",), progress=False, check=CheckSettings(requests_per_level=240))
+    with pytest.raises(ValueError, match=r"check\.requests_per_level: was 120, now 240"):
+        Campaign(tmp_path, other, server=no_server, log=lambda line: None).run()
+    assert (tmp_path / "settings.json").read_text() == written  # nothing lost
+    # The same settings (and keys the file does not know, or it no longer has) pass.
+    now = {"profile": {"budget_s": 900.0, "new_key": 3}, "check": {"requests_per_level": 120, "burst": 32}}
+    assert changed_measurement_settings(tmp_path / "settings.json", now) == []
+    assert changed_measurement_settings(tmp_path / "none.json", now) == []
