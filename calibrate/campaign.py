@@ -39,9 +39,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from calibrate.check import STATS, CheckSettings, run_check
+from calibrate.check import STATS, TARGET, CheckSettings, run_check
 from calibrate.fit import fit_profile
-from calibrate.host_probe import describe, speed_trace, wander_from_report
+from calibrate.host_probe import describe, mean_rate, speed_trace, wander_from_report
 from results.jsonsafe import json_safe
 from calibrate.machine import BUSY_OTHER_SHARE, OtherCpu, loadavg, utc_now
 from calibrate.modeldir import get_shape
@@ -138,6 +138,10 @@ class Campaign:
 
     def check_dir(self, shape: str, run: int) -> Path:
         return self.shape_dir(shape) / f"check-{run}"
+
+    def profile_speed_json(self, shape: str) -> Path:
+        """The host's speed probed before and after profiling (``{"before": report, "after": report}``)."""
+        return self.shape_dir(shape) / "profile-host-speed.json"
 
     def profiling_done(self, shape: str) -> bool:
         meta = meta_path(self.profiling_csv(shape))
@@ -239,8 +243,10 @@ class Campaign:
         csv = self.profiling_csv(shape)
         if "profile" in todo:
             with self._step(shape, "profile"):
+                self._profile_speed(shape, "before")
                 asyncio.run(profile_backend(url, csv, s.profile, resume=csv.exists() or meta_path(csv).exists(),
                                             progress=s.progress))
+                self._profile_speed(shape, "after")
         if "fit" in todo:
             with self._step(shape, "fit"):
                 profile, _ = fit_profile(csv, f"cpu-{shape}", hardware=s.hardware, polish_nfev=s.fit_replays,
@@ -260,24 +266,60 @@ class Campaign:
                     report = asyncio.run(run_check(profile, url, self.check_dir(shape, k), s.check,
                                                    progress=s.progress, speed=speed))
                     record_input(self.check_json(shape, k), self.profile_json(shape))
-                    self.say(f"{shape}: check {k}: largest error {report['max_abs_err'] * 100:.1f}%")
+                    self.say(f"{shape}: check {k}: largest error {report['max_abs_err'] * 100:.1f}%"
+                             + host_drift_note(self.host_vs_profiling(shape, k), TARGET))
+
+    def _speed_report(self, what: str) -> dict | None:
+        """The host's speed trace measured now (the server idle), said in the log; None when
+        the probe is off."""
+        if not self.settings.speed_probe_s:
+            return None
+        report = {"speed": speed_trace(self.settings.speed_probe_s), "loadavg": loadavg()}
+        if "skipped" in report["speed"]:
+            self.say(f"{what}: no speed probe ({report['speed']['skipped']})")
+        else:
+            for line in describe(report):
+                self.say(f"{what}: {line}")
+        return report
+
+    def _model_core(self, report: dict) -> int | None:
+        """The core the model's threads run on, where the report traced it (else its first core)."""
+        cores = parse_cores(self.settings.cores)
+        return cores[0] if cores and cores[0] in (report.get("speed") or {}).get("per_core", {}) else None
+
+    def _profile_speed(self, shape: str, when: str) -> None:
+        """Probe the host's speed ``when`` ("before" or "after") profiling, into profile-host-speed.json:
+        the checks compare their own probe with it (the host's drift between profiling and checking)."""
+        report = self._speed_report(f"{shape}: {when} profiling")
+        if report is None:
+            return
+        path = self.profile_speed_json(shape)
+        doc = json.loads(path.read_text()) if path.is_file() else {}
+        doc[when] = report
+        path.write_text(json.dumps(doc, indent=2) + "\n")
 
     def _speed_trace(self, shape: str, run: int) -> SpeedWander | None:
         """The speed wander of the core the model runs on, measured now (the server idle), kept
         in the check's folder as host-speed.json; None when the probe is off or cannot run."""
-        if not self.settings.speed_probe_s:
+        report = self._speed_report(f"{shape}: check {run}")
+        if report is None:
             return None
-        report = {"speed": speed_trace(self.settings.speed_probe_s), "loadavg": loadavg()}
         folder = self.check_dir(shape, run)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "host-speed.json").write_text(json.dumps(report, indent=2) + "\n")
         if "skipped" in report["speed"]:
-            self.say(f"{shape}: check {run}: no speed probe ({report['speed']['skipped']})")
             return None
-        cores = parse_cores(self.settings.cores)
-        for line in describe(report):
-            self.say(f"{shape}: check {run}: {line}")
-        return wander_from_report(report, cores[0] if cores and cores[0] in report["speed"]["per_core"] else None)
+        return wander_from_report(report, self._model_core(report))
+
+    def host_vs_profiling(self, shape: str, run: int) -> float:
+        """How much slower the host ran before check ``run`` than while ``shape`` was profiled, by
+        the matmul probe on the model's core (>1: slower); NaN without both probes."""
+        check_path = self.check_dir(shape, run) / "host-speed.json"
+        if not (check_path.is_file() and self.profile_speed_json(shape).is_file()):
+            return math.nan
+        check = json.loads(check_path.read_text())
+        profiling = json.loads(self.profile_speed_json(shape).read_text())
+        return slowdown(list(profiling.values()), check, self._model_core(check))
 
     # --- the summary ---------------------------------------------------------------------
     def summarize(self) -> dict:
@@ -292,6 +334,7 @@ class Campaign:
                     run = json.loads(path.read_text())
                     run["other_cpu_share"] = steps.get((shape, f"check-{k}"), {}).get(
                         "other_cpu_share", math.nan)
+                    run["host_vs_profiling"] = self.host_vs_profiling(shape, k)
                     runs.append(run)
             entry: dict = {"runs": runs}
             if self.profile_json(shape).is_file():
@@ -301,7 +344,7 @@ class Campaign:
                                     "converged": doc.get("fit", {}).get("converged"),
                                     "convergence": doc.get("fit", {}).get("convergence")}
             shapes[shape] = entry
-        summary = {"created": utc_now(), "target": 0.10, "shapes": {
+        summary = {"created": utc_now(), "target": TARGET, "shapes": {
             shape: {"profile": e.get("profile"), "loads": _loads(e["runs"])} for shape, e in shapes.items()}}
         (self.out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
         (self.out / "summary.md").write_text(summary_markdown(summary))
@@ -317,6 +360,24 @@ def changed_measurement_settings(path: Path, now: dict) -> list[str]:
     return [f"{section}.{key}: was {before[section][key]!r}, now {value!r}"
             for section in ("profile", "check") for key, value in now[section].items()
             if key in before.get(section, {}) and before[section][key] != value]
+
+
+def slowdown(profiling: list[dict], check: dict, core: int | None) -> float:
+    """The profiling probes' mean matmul rate over the check probe's (>1: the host ran slower at
+    the check); NaN where a probe is missing or skipped."""
+    before = [r for r in (mean_rate(p, core) for p in profiling) if math.isfinite(r)]
+    now = mean_rate(check, core)
+    return sum(before) / len(before) / now if before and math.isfinite(now) and now > 0 else math.nan
+
+
+def host_drift_note(ratio: float, target: float) -> str:
+    """The check's host speed against profiling's, as a clause of the check's log line ("" without it)."""
+    if not math.isfinite(ratio):
+        return ""
+    note = f"; the host ran {ratio:.2f}x as slow as while profiled (matmul probe)"
+    if abs(ratio - 1) > target:
+        note += ": more than the target, so no profile of that host can be held to it here"
+    return note
 
 
 def file_sha256(path: Path) -> str:
@@ -372,7 +433,8 @@ def _loads(runs: list[dict]) -> dict:
                                                         .get(name) or {}).get("max_abs_err", math.nan)),
                             "max_abs_err_redraws": _redraws(r, name),
                             "loadavg": [r.get("loadavg_before"), r.get("loadavg_after")],
-                            "other_cpu_share": r.get("other_cpu_share", math.nan)})
+                            "other_cpu_share": r.get("other_cpu_share", math.nan),
+                            "host_vs_profiling": r.get("host_vs_profiling", math.nan)})
         spread = {}
         if len(per_run) >= 2:
             for m, q in STATS:
@@ -416,10 +478,11 @@ def summary_markdown(summary: dict) -> str:
             lines += ["(no check yet)", ""]
             continue
         head = ("| load | run | n | " + " | ".join(f"{m.upper()} p{q}" for m, q in STATS)
-                + " | largest | load avg | others' CPU | machine vs profile | largest at that speed "
+                + " | largest | load avg | others' CPU | host vs profiling (matmul probe) "
+                  "| machine vs profile | largest at that speed "
                   "| beyond the speed band | steps real / model: decode, prefill | largest at its steps' speed "
                   "| largest over redraws (90%) |")
-        lines += [head, "|" + "---|" * (len(STATS) + 12)]
+        lines += [head, "|" + "---|" * (len(STATS) + 13)]
         for load, d in e["loads"].items():
             for k, run in enumerate(d["runs"], 1):
                 cells = " | ".join(_cell(run["stats"][f"{m}_p{q}"]) for m, q in STATS)
@@ -432,13 +495,14 @@ def summary_markdown(summary: dict) -> str:
                 steps = run.get("step_ratios") or {}
                 step_txt = ", ".join(_opt(steps.get(kind, math.nan), "{:.2f}x") for kind in ("decode", "prefill"))
                 lines.append(f"| {load} | {k} | {run['requests']} | {cells} | {run['max_abs_err'] * 100:.1f}% | "
-                             f"{la:.2f} | {other_txt} | {_opt(speed, '{:.2f}x')} | {_opt(adj * 100, '{:.1f}%')} | "
+                             f"{la:.2f} | {other_txt} | {_opt(run.get('host_vs_profiling', math.nan), '{:.2f}x')} | "
+                             f"{_opt(speed, '{:.2f}x')} | {_opt(adj * 100, '{:.1f}%')} | "
                              f"{_opt(beyond * 100, '{:.1f}%')} | {step_txt} | "
                              f"{_opt(run.get('max_abs_err_step_speed', math.nan) * 100, '{:.1f}%')} | "
                              f"{_interval_cell(run.get('max_abs_err_redraws') or [math.nan, math.nan])} |")
             if d["real_spread"]:
                 cells = " | ".join(f"{d['real_spread'][f'{m}_p{q}'] * 100:.1f}%" for m, q in STATS)
-                lines.append(f"| {load} | spread of real | | {cells} | | | | | | | | | |")
+                lines.append(f"| {load} | spread of real | | {cells} | | | | | | | | | | |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -245,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--speed-probe-s", type=float, default=30.0,
                    help="seconds of calibrate.host_probe's speed-wander probe before each check, the server idle "
                         "(kept as check-K/host-speed.json; each check then says how far its errors lie beyond the "
-                        "band that wander gives; 0: no probe; default: 30)")
+                        "band that wander gives), and before and after profiling (profile-host-speed.json; each "
+                        "check also says how much slower or faster the host ran than while profiled); 0: no "
+                        "probe; default: 30")
     a.add_argument("--emulate", default=None, metavar="PROFILE",
                    help="serve every shape with the project's emulator (a stand-in for vLLM running the simulator's "
                         "model) with this latency profile: the whole loop against a known truth, no vLLM needed; "

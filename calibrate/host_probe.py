@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import mmap
 import multiprocessing
 import os
@@ -321,6 +322,14 @@ def wander_from_report(report: dict, core: int | None = None) -> SpeedWander:
     if core not in per_core:
         raise ValueError(f"the speed trace has no core {core}; it has cores {sorted(per_core)}")
     return SpeedWander.from_rates(per_core[core], float(trace["window_s"]))
+
+
+def mean_rate(report: dict, core: int | None = None) -> float:
+    """One core's mean matmul rate in a report's speed trace (default: its first core; NaN
+    without a trace or that core). Two reports of one machine compare its speed at two times."""
+    per_core = {int(c): r for c, r in ((report.get("speed") or {}).get("per_core") or {}).items()}
+    rates = per_core.get(min(per_core) if core is None and per_core else core) or []
+    return float(np.mean(rates)) if rates else math.nan
 
 
 def describe(report: dict) -> list[str]:

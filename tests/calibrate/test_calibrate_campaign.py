@@ -6,7 +6,7 @@ import json
 import pytest
 
 from calibrate.campaign import (Campaign, CampaignSettings, changed_measurement_settings, expected_duration,
-                                record_input)
+                                host_drift_note, record_input, slowdown)
 from calibrate.check import CheckSettings
 from calibrate.profiling import meta_path
 from live.emulator import spawn
@@ -66,6 +66,15 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
     for d in loads.values():
         assert all(r["max_abs_err_beyond_speed_band"] >= 0 for r in d["runs"])
     assert "beyond the speed band" in md
+    # The host's speed was probed before and after profiling too; each check says how its own
+    # probe compares (on one quiet machine minutes apart: near 1).
+    profiling = json.loads((tmp_path / "tiny" / "profile-host-speed.json").read_text())
+    assert set(profiling) == {"before", "after"}
+    assert all(len(profiling[w]["speed"]["per_core"]["0"]) == 2 for w in profiling)
+    for d in loads.values():
+        assert all(0.5 < r["host_vs_profiling"] < 2.0 for r in d["runs"]), d["runs"]
+    assert "host vs profiling (matmul probe)" in md
+    assert sum("as slow as while profiled (matmul probe)" in line for line in lines) == 2
     # Every check timed its engine steps: the emulator runs the engine model, so the median
     # decode step ran near the fitted model's duration, and the table shows it per run.
     for d in loads.values():
@@ -222,3 +231,28 @@ def test_a_campaign_resumed_with_other_check_settings_is_refused_naming_them(tmp
     now = {"profile": {"budget_s": 900.0, "new_key": 3}, "check": {"requests_per_level": 120, "burst": 32}}
     assert changed_measurement_settings(tmp_path / "settings.json", now) == []
     assert changed_measurement_settings(tmp_path / "none.json", now) == []
+
+
+def _speed(*rates_of_core_0, core_1=(1.0,)):
+    return {"speed": {"window_s": 1.0, "seconds": float(len(rates_of_core_0)),
+                      "per_core": {"0": list(rates_of_core_0), "1": list(core_1)}}}
+
+
+def test_the_host_slowdown_compares_the_model_cores_matmul_rate_while_profiling_and_at_the_check():
+    # Profiled at 110 (a mean of 100 before and 120 after), checked at 100: 1.1x as slow.
+    assert slowdown([_speed(100.0, 100.0), _speed(120.0, 120.0)], _speed(100.0, 100.0), 0) == pytest.approx(1.1)
+    # Core 1 sped up meanwhile, but the model runs on core 0.
+    assert slowdown([_speed(100.0, core_1=(50.0,))], _speed(80.0, core_1=(100.0,)), 0) == pytest.approx(1.25)
+    assert slowdown([_speed(100.0, core_1=(50.0,))], _speed(80.0, core_1=(100.0,)), 1) == pytest.approx(0.5)
+    # A skipped probe on either side gives no number, not a guess.
+    skipped = {"speed": {"skipped": "this platform cannot pin processes to cores"}}
+    assert slowdown([skipped], _speed(100.0), 0) != slowdown([skipped], _speed(100.0), 0)  # NaN
+    assert slowdown([_speed(100.0)], skipped, 0) != slowdown([_speed(100.0)], skipped, 0)
+    assert slowdown([skipped, _speed(90.0)], _speed(100.0), 0) == pytest.approx(0.9)
+
+
+def test_a_host_drift_beyond_the_target_is_called_out():
+    assert host_drift_note(float("nan"), 0.10) == ""
+    assert "1.05x" in host_drift_note(1.05, 0.10) and "more than the target" not in host_drift_note(1.05, 0.10)
+    assert "more than the target" in host_drift_note(1.18, 0.10)
+    assert "more than the target" in host_drift_note(0.85, 0.10)

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from calibrate import host_probe
-from calibrate.host_probe import clock_gaps, describe, stall_summary
+from calibrate.host_probe import clock_gaps, describe, mean_rate, stall_summary
 
 
 def fake_clock(jumps: dict[int, int], step_ns: int = 1000):
@@ -185,3 +185,11 @@ def test_bad_speed_probe_arguments_are_named(args, message, capsys):
     with pytest.raises(SystemExit) as exc:
         host_probe.main(args)
     assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_mean_rate_is_of_the_named_core_or_the_first_and_nan_without_a_trace():
+    report = {"speed": {"window_s": 1.0, "seconds": 2.0, "per_core": {"1": [30.0, 50.0], "0": [10.0, 20.0]}}}
+    assert mean_rate(report, 1) == 40.0
+    assert mean_rate(report) == 15.0  # core 0, the lowest, though listed second
+    for missing in (mean_rate(report, 7), mean_rate({"speed": {"skipped": "no pinning"}}), mean_rate({})):
+        assert missing != missing  # NaN
