@@ -44,7 +44,9 @@ from results.jsonsafe import json_safe
 from calibrate.probe import PlannedRequest, Runner, Unit
 from calibrate.machine import command_line, loadavg, machine_info, utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
+from calibrate.procstat import listening_pid
 from calibrate.replay import prepare_units, simulate_units
+from calibrate.runqueue import difference, snapshot
 from calibrate.sampling import finite_percentile, relative_error, sampling_intervals
 from calibrate.step_times import STEPS_FILE, TOKEN_TIMES_FILE, replay_steps, summarise, write_token_times
 from live.transport.client import make_session
@@ -427,6 +429,8 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
     units = with_reference_probes(loads, s)
     rows: list[dict] = []
     times: dict[int, list[float]] = {}
+    load_names = {u.name for u in loads}
+    runqueue: dict[str, dict] = {}  # load -> the server's processes' run and run-queue wait (calibrate.runqueue)
     load_before = loadavg()
     async with make_session(concurrency=512) as session:
         info = await probe_backend(session, url)
@@ -439,16 +443,20 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
                               num_kv_blocks=info.num_kv_blocks, scrape_interval_s=s.scrape_interval_s,
                               salt=int(np.random.default_rng().integers(1, 1 << 31)), model=info.model,
                               on_done=lambda _r: bar.update(1)) as runner:
+                server = listening_pid(info.url)  # None: not on this machine, so no run-queue figures
                 for unit in units:
                     bar.set_description(f"check {unit.name}")
+                    before = snapshot(server) if server is not None else None
                     rows.extend(await runner.run_unit(unit))
+                    if before is not None and unit.name in load_names:
+                        runqueue[unit.name] = difference(before, snapshot(server))
                 times = {rid: [t - runner.t0 for t in ts] for rid, ts in runner.token_times.items()}
         finally:
             bar.close()
     real = pd.DataFrame(rows)
     extra = {"backend": info.to_dict(), "capacity_rps": cap,
              "units": {u.name: {"rate_rps": u.rate, "planned": len(u.requests)} for u in loads},
-             "loadavg_before": load_before}
+             "loadavg_before": load_before, "runqueue": runqueue or None}
     return write_report(profile, real, out_dir, extra, vocab_size=s.vocab_size, speed=speed, token_times=times)
 
 

@@ -75,6 +75,13 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
         assert all(0.5 < r["host_vs_profiling"] < 2.0 for r in d["runs"]), d["runs"]
     assert "host vs profiling (matmul probe)" in md
     assert sum("as slow as while profiled (matmul probe)" in line for line in lines) == 2
+    # Each check found the server's processes by its port and kept, per load, how long they
+    # ran and waited for a core: the emulator is one process that ran in every load.
+    for k in (1, 2):
+        runqueue = json.loads((tmp_path / "tiny" / f"check-{k}" / "check.json").read_text())["runqueue"]
+        assert set(runqueue) == {"poisson-50", "poisson-80", "burst"}
+        for procs in runqueue.values():
+            assert procs and all(p["run_s"] > 0 and p["wait_s"] >= 0 for p in procs.values()), procs
     # Every check timed its engine steps: the emulator runs the engine model, so the median
     # decode step ran near the fitted model's duration, and the table shows it per run.
     for d in loads.values():
