@@ -43,6 +43,7 @@ from calibrate.check import STATS, TARGET, CheckSettings, run_check
 from calibrate.fit import fit_profile
 from calibrate.host_probe import describe, mean_rate, speed_trace, wander_from_report
 from results.jsonsafe import json_safe
+from results.rundir import atomic_write_text
 from calibrate.machine import BUSY_OTHER_SHARE, OtherCpu, loadavg, utc_now
 from calibrate.modeldir import get_shape
 from calibrate.profiling import ProfileSettings, meta_path, profile_backend
@@ -289,14 +290,17 @@ class Campaign:
 
     def _profile_speed(self, shape: str, when: str) -> None:
         """Probe the host's speed ``when`` ("before" or "after") profiling, into profile-host-speed.json:
-        the checks compare their own probe with it (the host's drift between profiling and checking)."""
-        report = self._speed_report(f"{shape}: {when} profiling")
-        if report is None:
-            return
+        the checks compare their own probe with it (the host's drift between profiling and checking).
+        "before" starts the file afresh, so no probe of an earlier profiling is left in it."""
         path = self.profile_speed_json(shape)
-        doc = json.loads(path.read_text()) if path.is_file() else {}
-        doc[when] = report
-        path.write_text(json.dumps(doc, indent=2) + "\n")
+        report = self._speed_report(f"{shape}: {when} profiling")
+        doc = (read_json(path) or {}) if when == "after" else {}
+        if report is not None:
+            doc[when] = report
+        if doc:
+            atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+        else:
+            path.unlink(missing_ok=True)
 
     def _speed_trace(self, shape: str, run: int) -> SpeedWander | None:
         """The speed wander of the core the model runs on, measured now (the server idle), kept
@@ -314,11 +318,10 @@ class Campaign:
     def host_vs_profiling(self, shape: str, run: int) -> float:
         """How much slower the host ran before check ``run`` than while ``shape`` was profiled, by
         the matmul probe on the model's core (>1: slower); NaN without both probes."""
-        check_path = self.check_dir(shape, run) / "host-speed.json"
-        if not (check_path.is_file() and self.profile_speed_json(shape).is_file()):
+        check = read_json(self.check_dir(shape, run) / "host-speed.json")
+        profiling = read_json(self.profile_speed_json(shape))
+        if not (check and profiling):
             return math.nan
-        check = json.loads(check_path.read_text())
-        profiling = json.loads(self.profile_speed_json(shape).read_text())
         return slowdown(list(profiling.values()), check, self._model_core(check))
 
     # --- the summary ---------------------------------------------------------------------
@@ -360,6 +363,15 @@ def changed_measurement_settings(path: Path, now: dict) -> list[str]:
     return [f"{section}.{key}: was {before[section][key]!r}, now {value!r}"
             for section in ("profile", "check") for key, value in now[section].items()
             if key in before.get(section, {}) and before[section][key] != value]
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object file, or None where it is missing or unreadable (a probe cut short)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def slowdown(profiling: list[dict], check: dict, core: int | None) -> float:

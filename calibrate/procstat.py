@@ -59,6 +59,11 @@ def listening_pid(url: str, proc: str | Path = "/proc") -> int | None:
     return None
 
 
+def command_name(text: str) -> str:
+    """The command name of a ``/proc/PID/stat`` text (between the first '(' and the last ')')."""
+    return text[text.index("(") + 1:text.rindex(")")]
+
+
 def _stat_fields(text: str) -> list[str]:
     """The fields of a ``/proc/PID/stat`` after the command name (which may hold spaces
     and parentheses): [0] state, [1] parent pid, [11:15] utime, stime, cutime, cstime."""
@@ -91,19 +96,24 @@ def process_table(proc: str | Path = "/proc") -> dict[int, tuple[int, float]]:
     return out
 
 
-def tree_cpu_seconds(root: int, table: dict[int, tuple[int, float]] | None = None) -> float:
-    """CPU seconds used by ``root`` and its descendants (living, or reaped by one of them)."""
-    table = process_table() if table is None else table
+def tree_pids(root: int, table: dict[int, tuple[int, float]]) -> list[int]:
+    """``root`` and its descendants in a ``process_table`` (living, or reaped by one of them)."""
     children: dict[int, list[int]] = {}
     for pid, (ppid, _) in table.items():
         children.setdefault(ppid, []).append(pid)
-    total, todo = 0.0, [root]
+    out, todo = [], [root]
     while todo:
         pid = todo.pop()
         if pid in table:
-            total += table[pid][1]
+            out.append(pid)
         todo += children.get(pid, [])
-    return total
+    return sorted(out)
+
+
+def tree_cpu_seconds(root: int, table: dict[int, tuple[int, float]] | None = None) -> float:
+    """CPU seconds used by ``root`` and its descendants (living, or reaped by one of them)."""
+    table = process_table() if table is None else table
+    return sum(table[pid][1] for pid in tree_pids(root, table))
 
 
 def machine_cpu_seconds(proc: str | Path = "/proc") -> tuple[float, float] | None:

@@ -16,12 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from calibrate.procstat import process_table
-
-
-def _comm(stat_text: str) -> str:
-    """The command name of a ``/proc/PID/stat`` (between the first '(' and the last ')')."""
-    return stat_text[stat_text.index("(") + 1:stat_text.rindex(")")]
+from calibrate.procstat import command_name, process_table, tree_pids
 
 
 def process_schedstat(pid: int, proc: str | Path = "/proc") -> tuple[str, dict[int, tuple[float, float]]] | None:
@@ -29,7 +24,7 @@ def process_schedstat(pid: int, proc: str | Path = "/proc") -> tuple[str, dict[i
     has ended or the kernel keeps no schedstat."""
     root = Path(proc) / str(pid)
     try:
-        name = _comm((root / "stat").read_text())
+        name = command_name((root / "stat").read_text())
         tids = [t.name for t in (root / "task").iterdir()]
     except (OSError, ValueError):
         return None
@@ -41,20 +36,6 @@ def process_schedstat(pid: int, proc: str | Path = "/proc") -> tuple[str, dict[i
         except (OSError, ValueError, IndexError):
             continue  # the thread ended meanwhile
     return (name, threads) if threads else None
-
-
-def tree_pids(root: int, table: dict[int, tuple[int, float]]) -> list[int]:
-    """``root`` and its descendants in a ``procstat.process_table``."""
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        if pid in table:
-            out.append(pid)
-        todo += children.get(pid, [])
-    return sorted(out)
 
 
 Snapshot = dict[int, tuple[str, dict[int, tuple[float, float]]]]

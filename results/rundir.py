@@ -85,9 +85,9 @@ class RunDir:
             raise FileExistsError(f"{run.path} already holds a run; pass --resume to continue it")
         run.path.mkdir(parents=True, exist_ok=True)
         full = {"environment": environment(), **manifest}
-        _atomic_write_text(run.manifest_path, dumps(full))
+        atomic_write_text(run.manifest_path, dumps(full))
         if scenario_text is not None:
-            _atomic_write_text(run.path / "scenario.toml", scenario_text)
+            atomic_write_text(run.path / "scenario.toml", scenario_text)
         return run
 
     @classmethod
@@ -113,7 +113,7 @@ class RunDir:
     def update_manifest(self, **changes: Any) -> None:
         m = self.manifest
         m.update(changes)
-        _atomic_write_text(self.manifest_path, dumps(m))
+        atomic_write_text(self.manifest_path, dumps(m))
 
     # --- units ----------------------------------------------------------------
     def unit_path(self, unit: Unit) -> Path:
@@ -169,7 +169,7 @@ class RunDir:
     def record_failure(self, unit: Unit, error: str) -> None:
         path = self.failure_path(unit)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(path, error)
+        atomic_write_text(path, error)
 
     def failures(self) -> dict[str, str]:
         folder = self.path / "failures"
@@ -192,7 +192,7 @@ class RunDir:
         return self.read_table().to_pandas()
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        _atomic_write_text(
+        atomic_write_text(
             self.path / "summary.json", dumps(summary)
         )
 
@@ -233,7 +233,8 @@ def iter_units(points: Iterable[str], strategies: Iterable[str], seeds: Iterable
     return [Unit(p, s, int(n)) for p in points for s in strategies for n in seeds]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary file and a rename: a crash leaves the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)

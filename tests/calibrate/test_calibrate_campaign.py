@@ -263,3 +263,23 @@ def test_a_host_drift_beyond_the_target_is_called_out():
     assert "1.05x" in host_drift_note(1.05, 0.10) and "more than the target" not in host_drift_note(1.05, 0.10)
     assert "more than the target" in host_drift_note(1.18, 0.10)
     assert "more than the target" in host_drift_note(0.85, 0.10)
+
+
+def test_a_cut_short_speed_probe_file_gives_no_host_ratio_and_the_summary_still_builds(tmp_path):
+    camp, d = fake_campaign(tmp_path)
+    (d / "check-1" / "host-speed.json").write_text(json.dumps(_speed(100.0)))
+    (d / "profile-host-speed.json").write_text(json.dumps({"before": _speed(110.0)}))
+    assert camp.host_vs_profiling("tiny", 1) == pytest.approx(1.1)
+    (d / "profile-host-speed.json").write_text('{"before": {"speed": {"window_s": 1.0, "per')  # a crash mid-write
+    ratio = camp.host_vs_profiling("tiny", 1)
+    assert ratio != ratio  # NaN
+    summary = camp.summarize()  # read the cut file, as every summary does, and did not fail
+    assert "tiny" in summary["shapes"] and (tmp_path / "summary.md").is_file()
+
+
+def test_profiling_again_without_the_probe_leaves_no_earlier_profilings_speed(tmp_path):
+    camp, d = fake_campaign(tmp_path)
+    (d / "profile-host-speed.json").write_text(json.dumps({"before": _speed(110.0), "after": _speed(90.0)}))
+    camp.settings.speed_probe_s = 0
+    camp._profile_speed("tiny", "before")
+    assert not (d / "profile-host-speed.json").exists()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from calibrate.runqueue import difference, format_runqueue, process_schedstat, snapshot, tree_pids
+from calibrate.procstat import process_table, tree_pids
+from calibrate.runqueue import difference, format_runqueue, process_schedstat, snapshot
 
 HAS_SCHEDSTAT = Path("/proc/self/schedstat").is_file() and hasattr(os, "sched_setaffinity")
 
@@ -84,7 +85,7 @@ def test_two_busy_processes_sharing_one_core_each_wait_about_as_long_as_they_run
     parent.start()
     try:
         deadline = time.monotonic() + 10
-        while len(tree_pids(parent.pid, _table())) < 3 and time.monotonic() < deadline:
+        while len(tree_pids(parent.pid, process_table())) < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
         before = snapshot(parent.pid)
         time.sleep(0.6)
@@ -98,8 +99,3 @@ def test_two_busy_processes_sharing_one_core_each_wait_about_as_long_as_they_run
         assert child["wait_share"] > 0.4, got  # alone on the core it would be near 0
     assert sum(c["run_s"] for c in children) <= 0.6 * 1.15  # one core: at most the wall time between them
 
-
-def _table():
-    from calibrate.procstat import process_table
-
-    return process_table()
