@@ -10,6 +10,8 @@ and the next shape starts. Everything goes under ``OUT/<shape>/``:
     OUT/<shape>/profiling.csv (+ .meta.json)     the profiling rows
     OUT/<shape>/cpu-<shape>.json                  the fitted profile
     OUT/<shape>/check-1/, check-2/                check.json and check_requests.csv of each run
+    OUT/<shape>/profile-reference.json            the engine's reference latency at the start and end of profiling
+    OUT/<shape>/check-K/speed-gate.json           the speed gate's tries before check K (``calibrate.speed_gate``)
     OUT/log.jsonl                                 every step: start, end, load average before and after
     OUT/summary.json, OUT/summary.md              the table docs/calibration.md shows
 
@@ -48,6 +50,8 @@ from calibrate.machine import BUSY_OTHER_SHARE, OtherCpu, loadavg, utc_now
 from calibrate.modeldir import get_shape
 from calibrate.profiling import ProfileSettings, meta_path, profile_backend
 from calibrate.serve import parse_cores
+from calibrate import speed_gate
+from calibrate.speed_gate import GateSettings
 from sim.speed import SpeedWander
 
 #: Where other processes' CPU time cannot be read (not Linux): a step that started with a
@@ -78,6 +82,9 @@ class CampaignSettings:
     #: Seconds of ``calibrate.host_probe``'s speed-wander probe before each check (the server idle);
     #: the check then says how far its errors lie beyond the band that wander gives. 0: none.
     speed_probe_s: float = 30.0
+    #: Start each check only once the engine's reference latency is within the tolerance of
+    #: its latency while profiled (``calibrate.speed_gate``); tolerance 0: no gate.
+    gate: GateSettings = field(default_factory=GateSettings)
 
     def __post_init__(self) -> None:
         for s in self.shapes:
@@ -143,6 +150,14 @@ class Campaign:
     def profile_speed_json(self, shape: str) -> Path:
         """The host's speed probed before and after profiling (``{"before": report, "after": report}``)."""
         return self.shape_dir(shape) / "profile-host-speed.json"
+
+    def profile_reference_json(self, shape: str) -> Path:
+        """The engine's reference latency measured at the start and end of profiling
+        (``{"before": measurement, "after": measurement}``): the speed gate's baseline."""
+        return self.shape_dir(shape) / "profile-reference.json"
+
+    def gate_json(self, shape: str, run: int) -> Path:
+        return self.check_dir(shape, run) / "speed-gate.json"
 
     def profiling_done(self, shape: str) -> bool:
         meta = meta_path(self.profiling_csv(shape))
@@ -212,7 +227,7 @@ class Campaign:
         self.out.mkdir(parents=True, exist_ok=True)
         now = json.loads(json.dumps(json_safe({
             "shapes": s.shapes, "checks": s.checks, "cores": s.cores, "nice": s.nice,
-            "profile": vars(s.profile), "check": vars(s.check)})))
+            "profile": vars(s.profile), "check": vars(s.check), "speed_gate": vars(s.gate)})))
         changed = changed_measurement_settings(self.out / "settings.json", now)
         if changed:
             # Resumed steps would be measured otherwise than the finished ones, and the
@@ -245,8 +260,10 @@ class Campaign:
         if "profile" in todo:
             with self._step(shape, "profile"):
                 self._profile_speed(shape, "before")
+                self._profile_reference(shape, url, "before")
                 asyncio.run(profile_backend(url, csv, s.profile, resume=csv.exists() or meta_path(csv).exists(),
                                             progress=s.progress))
+                self._profile_reference(shape, url, "after")
                 self._profile_speed(shape, "after")
         if "fit" in todo:
             with self._step(shape, "fit"):
@@ -264,6 +281,7 @@ class Campaign:
             if f"check-{k}" in todo:
                 with self._step(shape, f"check-{k}"):
                     speed = self._speed_trace(shape, k)
+                    self._gate(shape, k, url)
                     report = asyncio.run(run_check(profile, url, self.check_dir(shape, k), s.check,
                                                    progress=s.progress, speed=speed))
                     record_input(self.check_json(shape, k), self.profile_json(shape))
@@ -302,6 +320,34 @@ class Campaign:
         else:
             path.unlink(missing_ok=True)
 
+    def _profile_reference(self, shape: str, url: str, when: str) -> None:
+        """The engine's reference latency ``when`` ("before" or "after") profiling, into
+        profile-reference.json (the speed gate's baseline); "before" starts the file afresh."""
+        path = self.profile_reference_json(shape)
+        if not self.settings.gate.on:
+            path.unlink(missing_ok=True)
+            return
+        doc = (read_json(path) or {}) if when == "after" else {}
+        doc[when] = asyncio.run(speed_gate.reference_latency(url))
+        self.say(f"{shape}: {when} profiling: reference requests' E2EL {doc[when]['e2el_s'] * 1e3:.0f} ms")
+        atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+
+    def _gate(self, shape: str, run: int, url: str) -> None:
+        """Wait until the engine runs at its profiling speed (``calibrate.speed_gate``); the record
+        of the tries goes beside the check."""
+        baseline = speed_gate.baseline_e2el(read_json(self.profile_reference_json(shape)))
+        record = asyncio.run(speed_gate.wait_for_speed(lambda: speed_gate.reference_latency(url), baseline,
+                                                       self.settings.gate,
+                                                       say=lambda m: self.say(f"{shape}: check {run}: {m}")))
+        if "skipped" in record:
+            self.say(f"{shape}: check {run}: no speed gate ({record['skipped']})")
+        else:
+            self.say(f"{shape}: check {run}: the engine runs {speed_gate.describe(record)} its profiling speed "
+                     "(reference requests)")
+        folder = self.check_dir(shape, run)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.gate_json(shape, run), json.dumps(json_safe(record), indent=2) + "\n")
+
     def _speed_trace(self, shape: str, run: int) -> SpeedWander | None:
         """The speed wander of the core the model runs on, measured now (the server idle), kept
         in the check's folder as host-speed.json; None when the probe is off or cannot run."""
@@ -338,6 +384,7 @@ class Campaign:
                     run["other_cpu_share"] = steps.get((shape, f"check-{k}"), {}).get(
                         "other_cpu_share", math.nan)
                     run["host_vs_profiling"] = self.host_vs_profiling(shape, k)
+                    run["speed_gate"] = read_json(self.gate_json(shape, k))
                     runs.append(run)
             entry: dict = {"runs": runs}
             if self.profile_json(shape).is_file():
@@ -446,7 +493,8 @@ def _loads(runs: list[dict]) -> dict:
                             "max_abs_err_redraws": _redraws(r, name),
                             "loadavg": [r.get("loadavg_before"), r.get("loadavg_after")],
                             "other_cpu_share": r.get("other_cpu_share", math.nan),
-                            "host_vs_profiling": r.get("host_vs_profiling", math.nan)})
+                            "host_vs_profiling": r.get("host_vs_profiling", math.nan),
+                            "speed_gate": speed_gate.describe(r.get("speed_gate"))})
         spread = {}
         if len(per_run) >= 2:
             for m, q in STATS:
@@ -490,11 +538,12 @@ def summary_markdown(summary: dict) -> str:
             lines += ["(no check yet)", ""]
             continue
         head = ("| load | run | n | " + " | ".join(f"{m.upper()} p{q}" for m, q in STATS)
-                + " | largest | load avg | others' CPU | host vs profiling (matmul probe) "
+                + " | largest | load avg | others' CPU | engine vs profiling at the start (speed gate) "
+                  "| host vs profiling (matmul probe) "
                   "| machine vs profile | largest at that speed "
                   "| beyond the speed band | steps real / model: decode, prefill | largest at its steps' speed "
                   "| largest over redraws (90%) |")
-        lines += [head, "|" + "---|" * (len(STATS) + 13)]
+        lines += [head, "|" + "---|" * (len(STATS) + 14)]
         for load, d in e["loads"].items():
             for k, run in enumerate(d["runs"], 1):
                 cells = " | ".join(_cell(run["stats"][f"{m}_p{q}"]) for m, q in STATS)
@@ -507,14 +556,15 @@ def summary_markdown(summary: dict) -> str:
                 steps = run.get("step_ratios") or {}
                 step_txt = ", ".join(_opt(steps.get(kind, math.nan), "{:.2f}x") for kind in ("decode", "prefill"))
                 lines.append(f"| {load} | {k} | {run['requests']} | {cells} | {run['max_abs_err'] * 100:.1f}% | "
-                             f"{la:.2f} | {other_txt} | {_opt(run.get('host_vs_profiling', math.nan), '{:.2f}x')} | "
+                             f"{la:.2f} | {other_txt} | {run.get('speed_gate', 'n/a')} | "
+                             f"{_opt(run.get('host_vs_profiling', math.nan), '{:.2f}x')} | "
                              f"{_opt(speed, '{:.2f}x')} | {_opt(adj * 100, '{:.1f}%')} | "
                              f"{_opt(beyond * 100, '{:.1f}%')} | {step_txt} | "
                              f"{_opt(run.get('max_abs_err_step_speed', math.nan) * 100, '{:.1f}%')} | "
                              f"{_interval_cell(run.get('max_abs_err_redraws') or [math.nan, math.nan])} |")
             if d["real_spread"]:
                 cells = " | ".join(f"{d['real_spread'][f'{m}_p{q}'] * 100:.1f}%" for m, q in STATS)
-                lines.append(f"| {load} | spread of real | | {cells} | | | | | | | | | | |")
+                lines.append(f"| {load} | spread of real | | {cells} | | | | | | | | | | | |")
         lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -248,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "band that wander gives), and before and after profiling (profile-host-speed.json; each "
                         "check also says how much slower or faster the host ran than while profiled); 0: no "
                         "probe; default: 30")
+    a.add_argument("--speed-gate", type=float, default=0.03, metavar="TOLERANCE",
+                   help="start each check only once the engine's reference requests (512 in, 32 out, alone) take "
+                        "within this fraction of their latency at the start and end of profiling (kept as "
+                        "profile-reference.json and check-K/speed-gate.json): a host running at another speed is "
+                        "waited out, not measured; 0: no gate; default: 0.03")
+    a.add_argument("--speed-gate-wait-s", type=float, default=240.0,
+                   help="longest wait for that speed before a check, in seconds; then it starts anyway and the "
+                        "summary says the speed was not reached (default: 240)")
     a.add_argument("--emulate", default=None, metavar="PROFILE",
                    help="serve every shape with the project's emulator (a stand-in for vLLM running the simulator's "
                         "model) with this latency profile: the whole loop against a known truth, no vLLM needed; "
@@ -490,12 +498,14 @@ def _campaign(args) -> int:
     from calibrate.campaign import Campaign, CampaignSettings, set_own_priority
     from calibrate.check import CheckSettings
     from calibrate.profiling import ProfileSettings
+    from calibrate.speed_gate import GateSettings
 
     shapes = tuple(x.strip() for x in args.shapes.split(",") if x.strip())
     settings = CampaignSettings(shapes=shapes, checks=args.checks, cores=args.cores, nice=args.nice,
                                 profile=ProfileSettings(budget_s=args.budget_s), hardware=args.hardware,
                                 progress=not args.quiet, measured_bounds=args.emulate is None,
                                 speed_probe_s=args.speed_probe_s,
+                                gate=GateSettings(tolerance=args.speed_gate, max_wait_s=args.speed_gate_wait_s),
                                 check=CheckSettings(requests_per_level=args.requests_per_level))
     if args.emulate:
         from calibrate.campaign import emulator_server

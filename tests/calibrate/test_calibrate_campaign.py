@@ -9,6 +9,7 @@ from calibrate.campaign import (Campaign, CampaignSettings, changed_measurement_
                                 host_drift_note, record_input, slowdown)
 from calibrate.check import CheckSettings
 from calibrate.profiling import meta_path
+from calibrate.speed_gate import GateSettings
 from live.emulator import spawn
 
 from test_calibrate_probe import SMALL
@@ -33,8 +34,9 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
         with emulated(shape, settings) as url:
             yield url
 
+    # A wide tolerance and no wait: the emulator's timing on a busy CI machine must not hold the test.
     settings = CampaignSettings(shapes=("tiny",), checks=2, profile=SMALL, check=CHECK, progress=False,
-                                fit_replays=60, speed_probe_s=2)
+                                fit_replays=60, speed_probe_s=2, gate=GateSettings(tolerance=0.5, max_wait_s=0))
     lines = []
     camp = Campaign(tmp_path, settings, server=counting, log=lines.append)
     assert camp.pending("tiny") == ["profile", "fit", "check-1", "check-2"]
@@ -74,6 +76,18 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
     for d in loads.values():
         assert all(0.5 < r["host_vs_profiling"] < 2.0 for r in d["runs"]), d["runs"]
     assert "host vs profiling (matmul probe)" in md
+    # The engine's reference latency was measured at the start and end of profiling, and each
+    # check was started once the engine ran within the gate's tolerance of it (the emulator: near 1).
+    reference = json.loads((tmp_path / "tiny" / "profile-reference.json").read_text())
+    assert set(reference) == {"before", "after"} and all(reference[w]["e2el_s"] > 0 for w in reference)
+    for k in (1, 2):
+        record = json.loads((tmp_path / "tiny" / f"check-{k}" / "speed-gate.json").read_text())
+        assert record["baseline_e2el_s"] == pytest.approx((reference["before"]["e2el_s"]
+                                                           + reference["after"]["e2el_s"]) / 2)
+        assert len(record["tries"]) == 1 and 0.5 <= record["tries"][0]["ratio"] <= 1.5 and record["within"]
+    assert "engine vs profiling at the start (speed gate)" in md
+    for d in loads.values():
+        assert all(r["speed_gate"].endswith("x") for r in d["runs"]), d["runs"]
     assert sum("as slow as while profiled (matmul probe)" in line for line in lines) == 2
     # Each check found the server's processes by its port and kept, per load, how long they
     # ran and waited for a core: the emulator is one process that ran in every load.
