@@ -342,8 +342,8 @@ class Campaign:
         if "skipped" in record:
             self.say(f"{shape}: check {run}: no speed gate ({record['skipped']})")
         else:
-            self.say(f"{shape}: check {run}: the engine runs {speed_gate.describe(record)} its profiling speed "
-                     "(reference requests)")
+            self.say(f"{shape}: check {run}: speed gate: the idle engine's reference requests ran "
+                     f"{speed_gate.describe(record)} their time while profiled")
         folder = self.check_dir(shape, run)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.gate_json(shape, run), json.dumps(json_safe(record), indent=2) + "\n")

@@ -251,11 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--speed-gate", type=float, default=0.03, metavar="TOLERANCE",
                    help="start each check only once the engine's reference requests (512 in, 32 out, alone) take "
                         "within this fraction of their latency at the start and end of profiling (kept as "
-                        "profile-reference.json and check-K/speed-gate.json): a host running at another speed is "
-                        "waited out, not measured; 0: no gate; default: 0.03")
-    a.add_argument("--speed-gate-wait-s", type=float, default=240.0,
+                        "profile-reference.json and check-K/speed-gate.json); with --speed-gate-wait-s a host "
+                        "running at another speed is waited out; 0: no gate; default: 0.03")
+    a.add_argument("--speed-gate-wait-s", type=float, default=0.0,
                    help="longest wait for that speed before a check, in seconds; then it starts anyway and the "
-                        "summary says the speed was not reached (default: 240)")
+                        "summary says the speed was not reached; 0: measure once and record, never wait "
+                        "(default: 0; in its first campaign the idle engine's speed did not predict the "
+                        "check's, see docs/calibration.md)")
     a.add_argument("--emulate", default=None, metavar="PROFILE",
                    help="serve every shape with the project's emulator (a stand-in for vLLM running the simulator's "
                         "model) with this latency profile: the whole loop against a known truth, no vLLM needed; "

@@ -59,7 +59,7 @@ def test_a_host_that_never_returns_starts_the_check_anyway_and_says_so():
     # tries at 2, 24, 46 s: another wait would pass the 60 s
     assert len(record["tries"]) == 3 and record["waited_s"] <= 60
     assert "starting anyway" in said[-1]
-    assert describe(record) == f"1.10x after {record['waited_s'] / 60:.1f} min, not reached"
+    assert describe(record) == f"1.10x after {record['waited_s'] / 60:.1f} min, outside 3%"
 
 
 def test_a_fast_host_is_outside_the_tolerance_too():
@@ -102,3 +102,11 @@ def test_the_reference_latency_is_measured_on_a_real_server():
 def test_a_dead_backend_is_named():
     with pytest.raises(BackendError, match="127.0.0.1:9"):
         asyncio.run(reference_latency("http://127.0.0.1:9"))
+
+
+def test_by_default_the_gate_measures_once_and_never_waits():
+    said = []
+    host = FakeHost([1.10, 1.0])
+    record = gate(host, 1.0, GateSettings(), said)
+    assert host.calls == 1 and record["within"] is False and record["waited_s"] == pytest.approx(2.0)
+    assert said == [] and describe(record) == "1.10x, outside 3%"
