@@ -82,8 +82,9 @@ class CampaignSettings:
     #: Seconds of ``calibrate.host_probe``'s speed-wander probe before each check (the server idle);
     #: the check then says how far its errors lie beyond the band that wander gives. 0: none.
     speed_probe_s: float = 30.0
-    #: Start each check only once the engine's reference latency is within the tolerance of
-    #: its latency while profiled (``calibrate.speed_gate``); tolerance 0: no gate.
+    #: Time the engine's reference latency before each check against its latency while profiled,
+    #: and wait up to ``max_wait_s`` for it to come within the tolerance (``calibrate.speed_gate``;
+    #: the default only measures); tolerance 0: no gate.
     gate: GateSettings = field(default_factory=GateSettings)
 
     def __post_init__(self) -> None:

@@ -249,10 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "check also says how much slower or faster the host ran than while profiled); 0: no "
                         "probe; default: 30")
     a.add_argument("--speed-gate", type=float, default=0.03, metavar="TOLERANCE",
-                   help="start each check only once the engine's reference requests (512 in, 32 out, alone) take "
-                        "within this fraction of their latency at the start and end of profiling (kept as "
-                        "profile-reference.json and check-K/speed-gate.json); with --speed-gate-wait-s a host "
-                        "running at another speed is waited out; 0: no gate; default: 0.03")
+                   help="before each check, time the engine's reference requests (512 in, 32 out, alone) against "
+                        "their latency at the start and end of profiling and say whether they are within this "
+                        "fraction of it (kept as profile-reference.json and check-K/speed-gate.json); with "
+                        "--speed-gate-wait-s a host running at another speed is waited out; 0: no gate; "
+                        "default: 0.03")
     a.add_argument("--speed-gate-wait-s", type=float, default=0.0,
                    help="longest wait for that speed before a check, in seconds; then it starts anyway and the "
                         "summary says the speed was not reached; 0: measure once and record, never wait "

@@ -1,4 +1,4 @@
-"""Start a check only when the engine runs at the speed it was profiled at.
+"""Does the engine run at the speed it was profiled at? Measured before each check, and waited for on request.
 
 Why: on a shared VM the host's speed moves in steps of 5-9% that hold for minutes
 (docs/calibration.md, "Waiting for the host's speed"). At 80% of capacity a step
@@ -11,14 +11,14 @@ The gate needs no model. It sends a few identical *reference requests* (the chec
 divides their median E2EL by the same requests' median measured at the start and end
 of profiling (the baseline). Within ``tolerance`` of 1 the check starts; otherwise it
 waits ``interval_s`` and tries again, for at most ``max_wait_s``, and then starts
-anyway with the record saying the speed was not reached. The default waits not at
-all: it measures once and records. In its first campaign (2026-12-05g) the idle
-engine ran 3-12% faster at every check than while profiled, while the check's loaded
-steps ran 1-7% slower than the fitted model, so waiting for the idle speed chose
-nothing that mattered (docs/calibration.md, "Waiting for the host's speed"). The record of every try is
+anyway with the record saying the speed was not reached. The record of every try is
 kept beside the check (``speed-gate.json``). The gate never looks at a check's errors,
-so it cannot pick the checks that pass; it only refuses to start on a host that is
-known to run at another speed.
+so it cannot pick the checks that pass.
+
+The default waits not at all: it measures once and records. In its first campaign
+(2026-12-05g) the idle engine ran 3-12% faster before every check than while profiled,
+while the checks' loaded steps ran 0.95-1.08x the fitted model, so waiting for the idle
+speed chose nothing that mattered (docs/calibration.md, "Waiting for the host's speed").
 """
 from __future__ import annotations
 
@@ -31,15 +31,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from calibrate.backend import probe_backend
+from calibrate.check import CheckSettings
 from calibrate.machine import utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
 from calibrate.probe import PlannedRequest, Runner, Unit
 from live.transport.client import make_session
 
-#: The reference request of ``calibrate.check`` (``CheckSettings.reference_*``).
-REFERENCE_INPUT = 512
-REFERENCE_OUTPUT = 32
-REFERENCE_REQUESTS = 3
+#: The reference request of ``calibrate.check``, so that the gate and the check's probes time the same thing.
+REFERENCE_INPUT = CheckSettings.reference_input
+REFERENCE_OUTPUT = CheckSettings.reference_output
+REFERENCE_REQUESTS = CheckSettings.reference_requests
 #: Request ids of the gate's requests (the check's own start at 1,000,000 and 2,000,000).
 GATE_FIRST_ID = 3_000_000
 
