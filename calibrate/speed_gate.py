@@ -1,6 +1,6 @@
 """Does the engine run at the speed it was profiled at? Measured before each check, and waited for on request.
 
-Why: on a shared VM the host's speed moves in steps of 5-9% that hold for minutes
+Why: on a shared VM the host's speed moves in steps of 5-8% that hold for minutes
 (docs/calibration.md, "Waiting for the host's speed"). At 80% of capacity a step
 model a few percent off moves the p90s by three times as much, so a check that
 starts while the host runs at another speed than during profiling measures the host,
