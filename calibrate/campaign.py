@@ -311,27 +311,16 @@ class Campaign:
         """Probe the host's speed ``when`` ("before" or "after") profiling, into profile-host-speed.json:
         the checks compare their own probe with it (the host's drift between profiling and checking).
         "before" starts the file afresh, so no probe of an earlier profiling is left in it."""
-        path = self.profile_speed_json(shape)
-        report = self._speed_report(f"{shape}: {when} profiling")
-        doc = (read_json(path) or {}) if when == "after" else {}
-        if report is not None:
-            doc[when] = report
-        if doc:
-            atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
-        else:
-            path.unlink(missing_ok=True)
+        record_around_profiling(self.profile_speed_json(shape), when,
+                                self._speed_report(f"{shape}: {when} profiling"))
 
     def _profile_reference(self, shape: str, url: str, when: str) -> None:
         """The engine's reference latency ``when`` ("before" or "after") profiling, into
         profile-reference.json (the speed gate's baseline); "before" starts the file afresh."""
-        path = self.profile_reference_json(shape)
-        if not self.settings.gate.on:
-            path.unlink(missing_ok=True)
-            return
-        doc = (read_json(path) or {}) if when == "after" else {}
-        doc[when] = asyncio.run(speed_gate.reference_latency(url))
-        self.say(f"{shape}: {when} profiling: reference requests' E2EL {doc[when]['e2el_s'] * 1e3:.0f} ms")
-        atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+        measured = asyncio.run(speed_gate.reference_latency(url)) if self.settings.gate.on else None
+        if measured is not None:
+            self.say(f"{shape}: {when} profiling: reference requests' E2EL {measured['e2el_s'] * 1e3:.0f} ms")
+        record_around_profiling(self.profile_reference_json(shape), when, measured)
 
     def _gate(self, shape: str, run: int, url: str) -> None:
         """Wait until the engine runs at its profiling speed (``calibrate.speed_gate``); the record
@@ -345,8 +334,6 @@ class Campaign:
         else:
             self.say(f"{shape}: check {run}: speed gate: the idle engine's reference requests ran "
                      f"{speed_gate.describe(record)} their time while profiled")
-        folder = self.check_dir(shape, run)
-        folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.gate_json(shape, run), json.dumps(json_safe(record), indent=2) + "\n")
 
     def _speed_trace(self, shape: str, run: int) -> SpeedWander | None:
@@ -411,6 +398,19 @@ def changed_measurement_settings(path: Path, now: dict) -> list[str]:
     return [f"{section}.{key}: was {before[section][key]!r}, now {value!r}"
             for section in ("profile", "check") for key, value in now[section].items()
             if key in before.get(section, {}) and before[section][key] != value]
+
+
+def record_around_profiling(path: Path, when: str, measured: dict | None) -> None:
+    """Keep ``measured`` as ``when`` ("before" or "after") profiling in ``path``, written atomically.
+    "before" starts the file afresh, so nothing of an earlier profiling is left in it; with
+    nothing measured and nothing kept, the file goes."""
+    doc = (read_json(path) or {}) if when == "after" else {}
+    if measured is not None:
+        doc[when] = measured
+    if doc:
+        atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
+    else:
+        path.unlink(missing_ok=True)
 
 
 def read_json(path: Path) -> dict | None:

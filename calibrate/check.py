@@ -143,6 +143,14 @@ def plan_check(profile: LatencyProfile, s: CheckSettings) -> tuple[list[Unit], f
     return units, cap
 
 
+def reference_unit(label: str, first_id: int, s: CheckSettings) -> Unit:
+    """One probe: ``s.reference_requests`` identical reference requests, one at a time to the idle
+    engine (the speed gate of ``calibrate.speed_gate`` sends the same)."""
+    reqs = [PlannedRequest(first_id + k, s.reference_input, s.reference_output, bucket=REFERENCE_PHASE)
+            for k in range(s.reference_requests)]
+    return Unit(REFERENCE_PHASE, label, "sequential", reqs, time_cap_s=s.time_cap_s)
+
+
 def with_reference_probes(units: list[Unit], s: CheckSettings) -> list[Unit]:
     """``units`` with a probe of reference requests before each and after the last.
 
@@ -153,12 +161,8 @@ def with_reference_probes(units: list[Unit], s: CheckSettings) -> list[Unit]:
         return list(units)
     out: list[Unit] = []
     labels = [f"before-{u.name}" for u in units] + ["after"]
-    next_id = REFERENCE_FIRST_ID
     for i, label in enumerate(labels):
-        reqs = [PlannedRequest(next_id + k, s.reference_input, s.reference_output, bucket=REFERENCE_PHASE)
-                for k in range(s.reference_requests)]
-        next_id += len(reqs)
-        out.append(Unit(REFERENCE_PHASE, label, "sequential", reqs, time_cap_s=s.time_cap_s))
+        out.append(reference_unit(label, REFERENCE_FIRST_ID + i * s.reference_requests, s))
         if i < len(units):
             out.append(units[i])
     return out

@@ -31,16 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from calibrate.backend import probe_backend
-from calibrate.check import CheckSettings
+from calibrate.check import CheckSettings, reference_unit
 from calibrate.machine import utc_now
 from calibrate.modeldir import TOKENIZER_VOCAB_SIZE
-from calibrate.probe import PlannedRequest, Runner, Unit
+from calibrate.probe import Runner
 from live.transport.client import make_session
 
-#: The reference request of ``calibrate.check``, so that the gate and the check's probes time the same thing.
-REFERENCE_INPUT = CheckSettings.reference_input
-REFERENCE_OUTPUT = CheckSettings.reference_output
-REFERENCE_REQUESTS = CheckSettings.reference_requests
 #: Request ids of the gate's requests (the check's own start at 1,000,000 and 2,000,000).
 GATE_FIRST_ID = 3_000_000
 
@@ -72,18 +68,17 @@ class GateSettings:
         return self.tolerance > 0
 
 
-async def reference_latency(url: str, requests: int = REFERENCE_REQUESTS, input_len: int = REFERENCE_INPUT,
-                            output_len: int = REFERENCE_OUTPUT) -> dict:
-    """Median latencies of ``requests`` identical reference requests sent one at a time to ``url``."""
+async def reference_latency(url: str, settings: CheckSettings | None = None) -> dict:
+    """Median latencies of the check's reference requests (``calibrate.check.reference_unit``:
+    the same requests its probes send) sent one at a time to ``url``."""
+    s = settings or CheckSettings()
     async with make_session(concurrency=4) as session:
         info = await probe_backend(session, url)
         salt = int(np.random.default_rng().integers(1, 1 << 31))  # fresh prompts: no prefix hit
-        reqs = [PlannedRequest(GATE_FIRST_ID + k, input_len, output_len, bucket="reference")
-                for k in range(requests)]
         async with Runner(session, info.url, "speed-gate", TOKENIZER_VOCAB_SIZE,
                           info.block_size if info.block_size > 0 else 16,
                           num_kv_blocks=info.num_kv_blocks, salt=salt, model=info.model) as runner:
-            rows = await runner.run_unit(Unit("reference", "speed-gate", "sequential", reqs))
+            rows = await runner.run_unit(reference_unit("speed-gate", GATE_FIRST_ID, s))
     ok = [r for r in rows if r.get("ok")]
     if not ok:
         errors = sorted({str(r.get("error")) for r in rows})

@@ -5,6 +5,7 @@ import math
 import pytest
 
 from calibrate.backend import BackendError
+from calibrate.check import CheckSettings
 from calibrate.speed_gate import GateSettings, baseline_e2el, describe, reference_latency, wait_for_speed
 from live.emulator import spawn
 
@@ -94,7 +95,8 @@ def test_the_reference_latency_is_measured_on_a_real_server():
     # The emulator (a STAND-IN for vLLM) serves cpu-tiny: 512 prompt tokens and 32 out take
     # tens of milliseconds of TTFT and tens per output token.
     with spawn(1, "cpu-tiny", args=["--block-size", "32"]) as urls:
-        m = asyncio.run(reference_latency(urls[0], requests=2, input_len=64, output_len=4))
+        m = asyncio.run(reference_latency(urls[0], CheckSettings(reference_requests=2, reference_input=64,
+                                                                  reference_output=4)))
     assert m["requests"] == 2
     assert 0 < m["ttft_s"] < m["e2el_s"] and m["tpot_s"] > 0
 
