@@ -76,7 +76,10 @@ class CheckSettings:
     burst: int = 32
     capacity_rps: float = 0.0  # 0: simulated from the profile
     seed: int = 1234
-    time_cap_s: float = 300.0  # per unit
+    #: Seconds after which a burst or reference unit sends nothing more. A Poisson level's
+    #: span is fixed by its plan (requests / rate), so it always sends all of it: a longer
+    #: check is asked for with requests_per_level, never cut short here.
+    time_cap_s: float = 300.0
     scrape_interval_s: float = 0.25
     vocab_size: int = TOKENIZER_VOCAB_SIZE
     #: Reference requests per probe (before each load and after the last; 0: none).
@@ -137,7 +140,9 @@ def plan_check(profile: LatencyProfile, s: CheckSettings) -> tuple[list[Unit], f
         t = np.cumsum(rng.exponential(1.0 / rate, size=len(reqs)))
         for r, at in zip(reqs, t - t[0]):
             r.at_s = float(at)
-        units.append(Unit("check", f"poisson-{int(round(f * 100))}", "open", reqs, rate=rate, time_cap_s=s.time_cap_s))
+        span_s = float(t[-1] - t[0])
+        units.append(Unit("check", f"poisson-{int(round(f * 100))}", "open", reqs, rate=rate,
+                          time_cap_s=max(s.time_cap_s, span_s + 1.0)))
     burst = held_out_requests(s, rng, s.burst, next_id, prefix_base)
     units.append(Unit("check", "burst", "open", burst, concurrency=len(burst), time_cap_s=s.time_cap_s))
     return units, cap

@@ -154,3 +154,14 @@ def test_a_machine_slower_than_its_wander_lies_beyond_the_band(tmp_path):
     # A 1.5x machine is at least a third slower than any replay a +-5% wander gives.
     assert report["speed_band"]["max_abs_err_beyond"] > 0.25
     assert write_report(profile, measured, tmp_path, {})["speed_band"] is None
+
+
+def test_a_poisson_level_sends_its_whole_plan_however_long():
+    # 480 requests at 0.5/s span about 960 s, beyond the 300-s cap of a burst or probe:
+    # the cap must not cut the level, or the check would replay fewer requests than asked.
+    settings = CheckSettings(requests_per_level=480, capacity_rps=1.0, load_fractions=(0.5,))
+    loads, _ = plan_check(load_profile("cpu-tiny"), settings)
+    poisson, burst = loads
+    assert max(r.at_s for r in poisson.requests) > 600
+    assert poisson.time_cap_s > max(r.at_s for r in poisson.requests)
+    assert burst.time_cap_s == settings.time_cap_s == 300.0
