@@ -57,11 +57,16 @@ from sim.speed import SpeedWander
 #: Where other processes' CPU time cannot be read (not Linux): a step that started with a
 #: one-minute load average above this is flagged instead.
 BUSY_LOAD = 1.0
-#: Minutes per shape on one core of the development VM (startup, profile, fit, two checks),
-#: from the development runs: mid took 10 min on a busy machine; small checks run into their 5-min caps.
-EXPECTED_MINUTES = {"tiny": 15, "small": 40, "mid": 15}
-#: The most a shape can take: startup 5 min, profiling's budget, the fit, two checks of three 5-min units.
-WORST_MINUTES_PER_SHAPE = 5 + 15 + 5 + 2 * 3 * 6
+#: Minutes per shape on one core of the development VM (campaign 2026-12-05g): the server's
+#: start, profiling and the fit; a check's probes and burst; and its two Poisson levels at 240
+#: requests each, which last in proportion to their requests (240 / rate).
+EXPECTED_SETUP_MINUTES = {"tiny": 6, "small": 14, "mid": 8}
+EXPECTED_CHECK_FIXED_MINUTES = {"tiny": 1.5, "small": 2.5, "mid": 2}
+EXPECTED_POISSON_MINUTES_AT_240 = {"tiny": 2, "small": 7.5, "mid": 3.6}
+#: The most a shape's start, profiling (its 15-min budget) and fit can take, and about the
+#: most a check's burst (its 5-min cap), four probes, speed probe and gate take.
+WORST_SETUP_MINUTES = 5 + 15 + 5
+WORST_CHECK_FIXED_MINUTES = 12
 
 
 @dataclass
@@ -119,10 +124,19 @@ def vllm_server(shape: str, settings: CampaignSettings) -> Iterator[str]:
         yield server.url
 
 
-def expected_duration(shapes: Sequence[str]) -> tuple[float, float]:
-    """(expected, worst case) minutes for a campaign over ``shapes``."""
-    expected = sum(EXPECTED_MINUTES.get(s, 30) for s in shapes)
-    return expected, WORST_MINUTES_PER_SHAPE * len(shapes)
+def expected_duration(shapes: Sequence[str], checks: int = 2,
+                      requests_per_level: int = 240) -> tuple[float, float]:
+    """(expected, worst case) minutes for a campaign over ``shapes``: the worst case lets each
+    check's Poisson levels run three times as long as expected (a host slower than the
+    development VM gets a lower capacity, so a slower rate and a longer plan)."""
+    scale = requests_per_level / 240
+    expected = worst = 0.0
+    for shape in shapes:
+        poisson = EXPECTED_POISSON_MINUTES_AT_240.get(shape, 10) * scale
+        expected += EXPECTED_SETUP_MINUTES.get(shape, 30) + checks * (EXPECTED_CHECK_FIXED_MINUTES.get(shape, 5)
+                                                                      + poisson)
+        worst += WORST_SETUP_MINUTES + checks * (WORST_CHECK_FIXED_MINUTES + 3 * poisson)
+    return expected, worst
 
 
 class Campaign:
@@ -236,7 +250,8 @@ class Campaign:
             raise ValueError(f"{self.out} was measured with other settings ({'; '.join(changed)}); "
                              "resume it with those, or choose another --out")
         (self.out / "settings.json").write_text(json.dumps(now, indent=2) + "\n")
-        expected, worst = expected_duration([sh for sh in s.shapes if self.pending(sh)])
+        expected, worst = expected_duration([sh for sh in s.shapes if self.pending(sh)], s.checks,
+                                            s.check.requests_per_level)
         self.say(f"calibration campaign in {self.out}: shapes {', '.join(s.shapes)}; expected about "
                  f"{expected:.0f} min for what is left (at most {worst:.0f} min)")
         for shape in s.shapes:

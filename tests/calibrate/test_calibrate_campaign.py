@@ -235,6 +235,16 @@ def test_settings_and_duration():
     assert 0 < expected < worst
 
 
+def test_the_duration_estimate_grows_with_the_checks_poisson_requests():
+    at = {n: expected_duration(["small"], 2, n) for n in (240, 480, 720)}
+    assert at[240][0] < at[480][0] < at[720][0] and at[240][1] < at[480][1]
+    # Only the Poisson levels lengthen, in proportion; the start, profiling and probes do not.
+    assert at[720][0] - at[480][0] == pytest.approx(at[480][0] - at[240][0])
+    assert at[480][0] < 2 * at[240][0]
+    assert expected_duration(["small"], 0, 240) == expected_duration(["small"], 0, 960)
+    assert expected_duration(["small"], 4, 240)[0] > at[240][0]
+
+
 def test_a_campaign_resumed_with_other_check_settings_is_refused_naming_them(tmp_path):
     camp, d = fake_campaign(tmp_path)
     written = json.dumps({"shapes": ["tiny"], "checks": 2, "profile": {"budget_s": 900.0},
