@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests per Poisson load in each check, all sent (default: 480, about 90 minutes for "
                         "three shapes; 120 takes about 55). Longer loads average the host's speed over more "
                         "minutes: at 120 on a 2-core VM the p50s of two identical checks moved up to 22%% apart, "
-                        "and five of six checks met 10%% at 480 against two to four at 240 "
+                        "and five of six checks met 10%% at 480 against none to three at 240 "
                         "(docs/calibration.md)")
     a.add_argument("--hardware", default="", help="hardware the profiles describe (default: the profiled CPU)")
     a.add_argument("--speed-probe-s", type=float, default=30.0,
