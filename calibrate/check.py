@@ -140,9 +140,8 @@ def plan_check(profile: LatencyProfile, s: CheckSettings) -> tuple[list[Unit], f
         t = np.cumsum(rng.exponential(1.0 / rate, size=len(reqs)))
         for r, at in zip(reqs, t - t[0]):
             r.at_s = float(at)
-        span_s = float(t[-1] - t[0])
-        units.append(Unit("check", f"poisson-{int(round(f * 100))}", "open", reqs, rate=rate,
-                          time_cap_s=max(s.time_cap_s, span_s + 1.0)))
+        # No time cap: the plan's arrivals already fix how long the level sends.
+        units.append(Unit("check", f"poisson-{int(round(f * 100))}", "open", reqs, rate=rate))
     burst = held_out_requests(s, rng, s.burst, next_id, prefix_base)
     units.append(Unit("check", "burst", "open", burst, concurrency=len(burst), time_cap_s=s.time_cap_s))
     return units, cap

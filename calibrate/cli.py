@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: 0.03")
     a.add_argument("--speed-gate-wait-s", type=float, default=0.0,
                    help="longest wait for that speed before a check, in seconds; then it starts anyway and the "
-                        "summary says the speed was not reached; 0: measure once and record, never wait "
+                        "summary says the speed was outside the tolerance; 0: measure once and record, never wait "
                         "(default: 0; in its first campaign the idle engine's speed did not predict the "
                         "check's, see docs/calibration.md)")
     a.add_argument("--emulate", default=None, metavar="PROFILE",
