@@ -216,6 +216,8 @@ CAMPAIGN_05H = {("tiny", 1): 0.081, ("tiny", 2): 0.098, ("small", 1): 0.062, ("s
 # Campaign 2026-12-05j: the same method again, its own fits kept beside its checks.
 CAMPAIGN_05J = {("tiny", 1): 0.093, ("tiny", 2): 0.096, ("small", 1): 0.091, ("small", 2): 0.055,
                 ("mid", 1): 0.077, ("mid", 2): 0.111}
+# Campaign 2026-12-05k: mid alone, the same settings; its fit ships as cpu-mid-xeon-2026-12-05k.
+CAMPAIGN_05K = {("mid", 1): 0.053, ("mid", 2): 0.075}
 DATA = Path(__file__).resolve().parents[1] / "data"
 
 
@@ -246,6 +248,15 @@ def test_campaign_05j_checks_replay_under_their_own_fits(shape, check, tmp_path)
     folder = DATA / "checks-2026-12-05j"
     _replay_campaign_check(str(folder / f"cpu-{shape}.json"), folder / f"{shape}-check-{check}",
                            CAMPAIGN_05J[shape, check], tmp_path / "again")
+
+
+@pytest.mark.parametrize("shape,check", sorted(CAMPAIGN_05K))
+def test_the_shipped_xeon_05k_mid_profile_replays_its_campaigns_checks(shape, check, tmp_path):
+    """cpu-mid-xeon-2026-12-05k is campaign 2026-12-05k's fit: both its checks replay to the
+    recorded largest errors, each within the 10% target."""
+    _replay_campaign_check(f"cpu-{shape}-xeon-2026-12-05k",
+                           DATA / "checks-2026-12-05k" / f"{shape}-check-{check}",
+                           CAMPAIGN_05K[shape, check], tmp_path / "again")
 
 
 def test_campaign_emulate_names_a_bad_profile(tmp_path, capsys):
