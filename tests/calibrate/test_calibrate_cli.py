@@ -218,7 +218,7 @@ CAMPAIGN_05J = {("tiny", 1): 0.093, ("tiny", 2): 0.096, ("small", 1): 0.091, ("s
                 ("mid", 1): 0.077, ("mid", 2): 0.111}
 # Campaign 2026-12-05k: mid alone, the same settings; its fit ships as cpu-mid-xeon-2026-12-05k.
 CAMPAIGN_05K = {("mid", 1): 0.053, ("mid", 2): 0.075}
-DATA = Path(__file__).resolve().parents[1] / "data"
+TESTS_DATA = DATA.parent  # tests/data: the campaigns' folders
 
 
 def _replay_campaign_check(profile, folder, expected, out):
@@ -237,7 +237,7 @@ def test_the_shipped_xeon_05h_profiles_replay_their_campaigns_checks(shape, chec
     """cpu-<shape>-xeon-2026-12-05h are campaign 2026-12-05h's fits; each check's measured
     requests replay under the shipped profile to the largest error the campaign recorded."""
     _replay_campaign_check(f"cpu-{shape}-xeon-2026-12-05h",
-                           DATA / "checks-2026-12-05h" / f"{shape}-check-{check}",
+                           TESTS_DATA / "checks-2026-12-05h" / f"{shape}-check-{check}",
                            CAMPAIGN_05H[shape, check], tmp_path / "again")
 
 
@@ -245,7 +245,7 @@ def test_the_shipped_xeon_05h_profiles_replay_their_campaigns_checks(shape, chec
 def test_campaign_05j_checks_replay_under_their_own_fits(shape, check, tmp_path):
     """Campaign 2026-12-05j's fits are kept as data, not shipped; each check replays under its
     shape's fit to the recorded largest error, mid's 11.1% miss included."""
-    folder = DATA / "checks-2026-12-05j"
+    folder = TESTS_DATA / "checks-2026-12-05j"
     _replay_campaign_check(str(folder / f"cpu-{shape}.json"), folder / f"{shape}-check-{check}",
                            CAMPAIGN_05J[shape, check], tmp_path / "again")
 
@@ -255,7 +255,7 @@ def test_the_shipped_xeon_05k_mid_profile_replays_its_campaigns_checks(shape, ch
     """cpu-mid-xeon-2026-12-05k is campaign 2026-12-05k's fit: both its checks replay to the
     recorded largest errors, each within the 10% target."""
     _replay_campaign_check(f"cpu-{shape}-xeon-2026-12-05k",
-                           DATA / "checks-2026-12-05k" / f"{shape}-check-{check}",
+                           TESTS_DATA / "checks-2026-12-05k" / f"{shape}-check-{check}",
                            CAMPAIGN_05K[shape, check], tmp_path / "again")
 
 
