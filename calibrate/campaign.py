@@ -124,8 +124,8 @@ def vllm_server(shape: str, settings: CampaignSettings) -> Iterator[str]:
         yield server.url
 
 
-def expected_duration(shapes: Sequence[str], checks: int = 2,
-                      requests_per_level: int = 240) -> tuple[float, float]:
+def expected_duration(shapes: Sequence[str], checks: int,
+                      requests_per_level: int) -> tuple[float, float]:
     """(expected, worst case) minutes for a campaign over ``shapes``: the worst case lets each
     check's Poisson levels run three times as long as expected (a host slower than the
     development VM gets a lower capacity, so a slower rate and a longer plan)."""

@@ -23,4 +23,4 @@ PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || PY=python3
 # The profiles name the CPU they were measured on (read from the machine; --hardware overrides).
 exec "$PY" -m calibrate campaign --shapes tiny,small,mid --out "$OUT" --resume --cores 0 --nice -10 \
-  --requests-per-level "${REQUESTS_PER_LEVEL:-480}"
+  ${REQUESTS_PER_LEVEL:+--requests-per-level "$REQUESTS_PER_LEVEL"}

@@ -231,7 +231,7 @@ def test_a_step_is_busy_when_other_processes_used_the_machine_not_by_its_own_loa
 def test_settings_and_duration():
     with pytest.raises(ValueError, match="unknown model shape 'huge'"):
         CampaignSettings(shapes=("tiny", "huge"))
-    expected, worst = expected_duration(["tiny", "small", "mid"])
+    expected, worst = expected_duration(["tiny", "small", "mid"], 2, 480)
     assert 0 < expected < worst
 
 

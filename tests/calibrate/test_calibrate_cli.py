@@ -209,15 +209,15 @@ def test_campaign_requests_per_level_reaches_its_checks_and_a_bad_count_is_named
     assert "requests_per_level" in capsys.readouterr().err
 
 
-#: Campaign 2026-12-05h (480 requests per Poisson load, an Intel Xeon VM): each check's
-#: recorded largest error. Five of six are within 10%; mid's first misses at Poisson 80%.
-CAMPAIGN_05H = {("tiny", 1): 0.081, ("tiny", 2): 0.098, ("small", 1): 0.062, ("small", 2): 0.094,
-                ("mid", 1): 0.148, ("mid", 2): 0.063}
+#: Campaigns on an Intel Xeon VM at 480 requests per Poisson load whose fits ship as
+#: cpu-<shape>-xeon-2026-12-<campaign>: each check's recorded largest error. 05h: five of six
+#: within 10%, mid's first misses at Poisson 80%; 05k: mid alone, both within 10%.
+SHIPPED_CAMPAIGNS = {("05h", "tiny", 1): 0.081, ("05h", "tiny", 2): 0.098, ("05h", "small", 1): 0.062,
+                     ("05h", "small", 2): 0.094, ("05h", "mid", 1): 0.148, ("05h", "mid", 2): 0.063,
+                     ("05k", "mid", 1): 0.053, ("05k", "mid", 2): 0.075}
 # Campaign 2026-12-05j: the same method again, its own fits kept beside its checks.
 CAMPAIGN_05J = {("tiny", 1): 0.093, ("tiny", 2): 0.096, ("small", 1): 0.091, ("small", 2): 0.055,
                 ("mid", 1): 0.077, ("mid", 2): 0.111}
-# Campaign 2026-12-05k: mid alone, the same settings; its fit ships as cpu-mid-xeon-2026-12-05k.
-CAMPAIGN_05K = {("mid", 1): 0.053, ("mid", 2): 0.075}
 TESTS_DATA = DATA.parent  # tests/data: the campaigns' folders
 
 
@@ -232,13 +232,13 @@ def _replay_campaign_check(profile, folder, expected, out):
         "poisson-50": 480, "poisson-80": 480, "burst": 32, "all": 992}
 
 
-@pytest.mark.parametrize("shape,check", sorted(CAMPAIGN_05H))
-def test_the_shipped_xeon_05h_profiles_replay_their_campaigns_checks(shape, check, tmp_path):
-    """cpu-<shape>-xeon-2026-12-05h are campaign 2026-12-05h's fits; each check's measured
+@pytest.mark.parametrize("campaign,shape,check", sorted(SHIPPED_CAMPAIGNS))
+def test_the_shipped_xeon_profiles_replay_their_campaigns_checks(campaign, shape, check, tmp_path):
+    """cpu-<shape>-xeon-2026-12-<campaign> are that campaign's fits; each check's measured
     requests replay under the shipped profile to the largest error the campaign recorded."""
-    _replay_campaign_check(f"cpu-{shape}-xeon-2026-12-05h",
-                           TESTS_DATA / "checks-2026-12-05h" / f"{shape}-check-{check}",
-                           CAMPAIGN_05H[shape, check], tmp_path / "again")
+    _replay_campaign_check(f"cpu-{shape}-xeon-2026-12-{campaign}",
+                           TESTS_DATA / f"checks-2026-12-{campaign}" / f"{shape}-check-{check}",
+                           SHIPPED_CAMPAIGNS[campaign, shape, check], tmp_path / "again")
 
 
 @pytest.mark.parametrize("shape,check", sorted(CAMPAIGN_05J))
@@ -248,15 +248,6 @@ def test_campaign_05j_checks_replay_under_their_own_fits(shape, check, tmp_path)
     folder = TESTS_DATA / "checks-2026-12-05j"
     _replay_campaign_check(str(folder / f"cpu-{shape}.json"), folder / f"{shape}-check-{check}",
                            CAMPAIGN_05J[shape, check], tmp_path / "again")
-
-
-@pytest.mark.parametrize("shape,check", sorted(CAMPAIGN_05K))
-def test_the_shipped_xeon_05k_mid_profile_replays_its_campaigns_checks(shape, check, tmp_path):
-    """cpu-mid-xeon-2026-12-05k is campaign 2026-12-05k's fit: both its checks replay to the
-    recorded largest errors, each within the 10% target."""
-    _replay_campaign_check(f"cpu-{shape}-xeon-2026-12-05k",
-                           TESTS_DATA / "checks-2026-12-05k" / f"{shape}-check-{check}",
-                           CAMPAIGN_05K[shape, check], tmp_path / "again")
 
 
 def test_campaign_emulate_names_a_bad_profile(tmp_path, capsys):
