@@ -58,11 +58,12 @@ from sim.speed import SpeedWander
 #: one-minute load average above this is flagged instead.
 BUSY_LOAD = 1.0
 #: Minutes per shape on one core of the development VM (campaign 2026-12-05g): the server's
-#: start, profiling and the fit; a check's probes and burst; and its two Poisson levels at 240
-#: requests each, which last in proportion to their requests (240 / rate).
+#: start, profiling and the fit; a check's probes and burst; and its two Poisson levels
+#: (EXPECTED_AT_LOADS) at 240 requests each, which last in proportion to their requests (240 / rate).
 EXPECTED_SETUP_MINUTES = {"tiny": 6, "small": 14, "mid": 8}
 EXPECTED_CHECK_FIXED_MINUTES = {"tiny": 1.5, "small": 2.5, "mid": 2}
 EXPECTED_POISSON_MINUTES_AT_240 = {"tiny": 2, "small": 7.5, "mid": 3.6}
+EXPECTED_AT_LOADS = (0.5, 0.8)
 #: The most a shape's start, profiling (its 15-min budget) and fit can take, and about the
 #: most a check's burst (its 5-min cap), four probes, speed probe and gate take.
 WORST_SETUP_MINUTES = 5 + 15 + 5
@@ -124,12 +125,15 @@ def vllm_server(shape: str, settings: CampaignSettings) -> Iterator[str]:
         yield server.url
 
 
-def expected_duration(shapes: Sequence[str], checks: int,
-                      requests_per_level: int) -> tuple[float, float]:
-    """(expected, worst case) minutes for a campaign over ``shapes``: the worst case lets each
-    check's Poisson levels run three times as long as expected (a host slower than the
-    development VM gets a lower capacity, so a slower rate and a longer plan)."""
-    scale = requests_per_level / 240
+def expected_duration(shapes: Sequence[str], checks: int, level_requests: Sequence[int],
+                      load_fractions: Sequence[float]) -> tuple[float, float]:
+    """(expected, worst case) minutes for a campaign over ``shapes`` whose checks send
+    ``level_requests[i]`` requests at ``load_fractions[i]`` of capacity: a load lasts its requests
+    over its rate. The worst case lets each check's Poisson levels run three times as long as
+    expected (a host slower than the development VM gets a lower capacity, so a slower rate and a
+    longer plan)."""
+    scale = (sum(n / f for n, f in zip(level_requests, load_fractions))
+             / sum(240 / f for f in EXPECTED_AT_LOADS))
     expected = worst = 0.0
     for shape in shapes:
         poisson = EXPECTED_POISSON_MINUTES_AT_240.get(shape, 10) * scale
@@ -251,7 +255,7 @@ class Campaign:
                              "resume it with those, or choose another --out")
         (self.out / "settings.json").write_text(json.dumps(now, indent=2) + "\n")
         expected, worst = expected_duration([sh for sh in s.shapes if self.pending(sh)], s.checks,
-                                            s.check.requests_per_level)
+                                            s.check.level_requests(), s.check.load_fractions)
         self.say(f"calibration campaign in {self.out}: shapes {', '.join(s.shapes)}; expected about "
                  f"{expected:.0f} min for what is left (at most {worst:.0f} min)")
         for shape in s.shapes:

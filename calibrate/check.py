@@ -72,7 +72,9 @@ class CheckSettings:
     num_prefixes: int = 3
     prefix_len: int = 384
     load_fractions: tuple[float, ...] = (0.5, 0.8)
-    requests_per_level: int = 120
+    #: Requests per Poisson load: one count for every load, or one per load_fractions entry
+    #: (a load near capacity needs more of them for its tails to settle; see level_requests).
+    requests_per_level: int | tuple[int, ...] = 120
     burst: int = 32
     capacity_rps: float = 0.0  # 0: simulated from the profile
     seed: int = 1234
@@ -88,7 +90,13 @@ class CheckSettings:
     reference_output: int = 32
 
     def __post_init__(self) -> None:
-        if self.requests_per_level < 1 or self.burst < 1:
+        if not isinstance(self.requests_per_level, int):
+            self.requests_per_level = tuple(int(n) for n in self.requests_per_level)
+            if len(self.requests_per_level) != len(self.load_fractions):
+                raise ValueError(f"requests_per_level has {len(self.requests_per_level)} counts "
+                                 f"{self.requests_per_level} for {len(self.load_fractions)} loads "
+                                 f"{self.load_fractions}: give one count, or one per load")
+        if min(self.level_requests(), default=1) < 1 or self.burst < 1:
             raise ValueError(f"requests_per_level and burst must be >= 1, got {self.requests_per_level} "
                              f"and {self.burst}")
         if self.reference_requests < 0:
@@ -96,6 +104,11 @@ class CheckSettings:
         if self.reference_requests and (self.reference_input < 1 or self.reference_output < 2):
             raise ValueError("reference requests need reference_input >= 1 and reference_output >= 2 "
                              f"(a TPOT), got {self.reference_input} and {self.reference_output}")
+
+    def level_requests(self) -> tuple[int, ...]:
+        """The requests each Poisson load sends, in load_fractions' order."""
+        n = self.requests_per_level
+        return (n,) * len(self.load_fractions) if isinstance(n, int) else n
 
 
 def held_out_requests(s: CheckSettings, rng: np.random.Generator, n: int, first_id: int,
@@ -132,9 +145,9 @@ def plan_check(profile: LatencyProfile, s: CheckSettings) -> tuple[list[Unit], f
     cap = s.capacity_rps or simulated_capacity(profile, s)
     rng = np.random.default_rng(s.seed)
     units, next_id, prefix_base = [], 1_000_000, 1_000_000
-    for f in s.load_fractions:
+    for f, n in zip(s.load_fractions, s.level_requests()):
         rate = f * cap
-        reqs = held_out_requests(s, rng, s.requests_per_level, next_id, prefix_base)
+        reqs = held_out_requests(s, rng, n, next_id, prefix_base)
         next_id += len(reqs)
         prefix_base += s.num_prefixes  # each unit starts with its prefixes uncached, as its replay does
         t = np.cumsum(rng.exponential(1.0 / rate, size=len(reqs)))

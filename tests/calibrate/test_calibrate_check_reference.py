@@ -165,3 +165,20 @@ def test_a_poisson_level_sends_its_whole_plan_however_long():
     assert max(r.at_s for r in poisson.requests) > 600
     assert poisson.time_cap_s > max(r.at_s for r in poisson.requests)
     assert burst.time_cap_s == settings.time_cap_s == 300.0
+
+
+def test_each_poisson_load_sends_its_own_count_and_a_count_per_load_must_match_the_loads():
+    settings = CheckSettings(requests_per_level=(20, 50), capacity_rps=1.0, load_fractions=(0.5, 0.8), burst=4)
+    half, high, burst = plan_check(load_profile("cpu-tiny"), settings)[0]
+    assert (half.name, len(half.requests), high.name, len(high.requests), len(burst.requests)) == \
+        ("poisson-50", 20, "poisson-80", 50, 4)
+    # The half load is the same draw whether the 80% load sends 20 or 50: only what follows it moves.
+    same = plan_check(load_profile("cpu-tiny"), CheckSettings(requests_per_level=20, capacity_rps=1.0,
+                                                              load_fractions=(0.5, 0.8), burst=4))[0]
+    assert [(r.input_len, r.output_len, r.at_s) for r in same[0].requests] == \
+        [(r.input_len, r.output_len, r.at_s) for r in half.requests]
+    assert settings.level_requests() == (20, 50) and CheckSettings(requests_per_level=7).level_requests() == (7, 7)
+    with pytest.raises(ValueError, match=r"3 counts \(1, 2, 3\) for 2 loads"):
+        CheckSettings(requests_per_level=(1, 2, 3))
+    with pytest.raises(ValueError, match="requests_per_level and burst must be >= 1"):
+        CheckSettings(requests_per_level=(480, 0))

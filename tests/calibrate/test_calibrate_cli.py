@@ -204,9 +204,15 @@ def test_campaign_requests_per_level_reaches_its_checks_and_a_bad_count_is_named
     assert main(["campaign", "--out", str(tmp_path / "d"), "--shapes", "tiny", "--requests-per-level", "240"]) == 0
     assert seen["check"].requests_per_level == 240 and seen["check"].burst == 32
     assert main(["campaign", "--out", str(tmp_path / "f"), "--shapes", "tiny"]) == 0
-    assert seen["check"].requests_per_level == 480  # the default: long enough to average the host's speed
+    # The default: long enough to average the host's speed, twice that at 80% of capacity.
+    assert seen["check"].level_requests() == (480, 960) and seen["check"].load_fractions == (0.5, 0.8)
+    assert main(["campaign", "--out", str(tmp_path / "g"), "--shapes", "tiny", "--requests-per-level", "300,600"]) == 0
+    assert seen["check"].level_requests() == (300, 600)
     assert main(["campaign", "--out", str(tmp_path / "e"), "--shapes", "tiny", "--requests-per-level", "0"]) == 2
     assert "requests_per_level" in capsys.readouterr().err
+    assert main(["campaign", "--out", str(tmp_path / "h"), "--shapes", "tiny", "--requests-per-level", "1,2,3"]) == 2
+    assert "3 counts (1, 2, 3) for 2 loads" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists() and not (tmp_path / "h").exists()
 
 
 #: Campaigns on an Intel Xeon VM at 480 requests per Poisson load whose fits ship as
