@@ -221,13 +221,18 @@ def test_campaign_requests_per_level_reaches_its_checks_and_a_bad_count_is_named
 SHIPPED_CAMPAIGNS = {("05h", "tiny", 1): 0.081, ("05h", "tiny", 2): 0.098, ("05h", "small", 1): 0.062,
                      ("05h", "small", 2): 0.094, ("05h", "mid", 1): 0.148, ("05h", "mid", 2): 0.063,
                      ("05k", "mid", 1): 0.053, ("05k", "mid", 2): 0.075}
-# Campaign 2026-12-05j: the same method again, its own fits kept beside its checks.
-CAMPAIGN_05J = {("tiny", 1): 0.093, ("tiny", 2): 0.096, ("small", 1): 0.091, ("small", 2): 0.055,
-                ("mid", 1): 0.077, ("mid", 2): 0.111}
+#: Campaigns whose fits are kept as data beside their checks, not shipped: each check's recorded
+#: largest error, and the requests of its two Poisson loads. 05j: the 480 campaign again; 05l:
+#: twice the requests at 80% of capacity.
+KEPT_CAMPAIGNS = {("05j", "tiny", 1): 0.093, ("05j", "tiny", 2): 0.096, ("05j", "small", 1): 0.091,
+                  ("05j", "small", 2): 0.055, ("05j", "mid", 1): 0.077, ("05j", "mid", 2): 0.111,
+                  ("05l", "tiny", 1): 0.104, ("05l", "tiny", 2): 0.088, ("05l", "small", 1): 0.113,
+                  ("05l", "small", 2): 0.107, ("05l", "mid", 1): 0.081, ("05l", "mid", 2): 0.0945}
+KEPT_POISSON_REQUESTS = {"05j": (480, 480), "05l": (480, 960)}
 TESTS_DATA = DATA.parent  # tests/data: the campaigns' folders
 
 
-def _replay_campaign_check(profile, folder, expected, out):
+def _replay_campaign_check(profile, folder, expected, out, poisson=(480, 480)):
     recorded = json.loads((folder / "check.json").read_text())
     assert main(["check", "--profile", profile, "--replay",
                  str(folder / "check_requests.csv"), "--out", str(out), "--quiet"]) == 0
@@ -235,7 +240,7 @@ def _replay_campaign_check(profile, folder, expected, out):
     assert report["max_abs_err"] == pytest.approx(recorded["max_abs_err"], rel=1e-6)
     assert report["max_abs_err"] == pytest.approx(expected, abs=5e-4)
     assert {load: r["requests"] for load, r in report["results"].items()} == {
-        "poisson-50": 480, "poisson-80": 480, "burst": 32, "all": 992}
+        "poisson-50": poisson[0], "poisson-80": poisson[1], "burst": 32, "all": sum(poisson) + 32}
 
 
 @pytest.mark.parametrize("campaign,shape,check", sorted(SHIPPED_CAMPAIGNS))
@@ -247,13 +252,14 @@ def test_the_shipped_xeon_profiles_replay_their_campaigns_checks(campaign, shape
                            SHIPPED_CAMPAIGNS[campaign, shape, check], tmp_path / "again")
 
 
-@pytest.mark.parametrize("shape,check", sorted(CAMPAIGN_05J))
-def test_campaign_05j_checks_replay_under_their_own_fits(shape, check, tmp_path):
-    """Campaign 2026-12-05j's fits are kept as data, not shipped; each check replays under its
-    shape's fit to the recorded largest error, mid's 11.1% miss included."""
-    folder = TESTS_DATA / "checks-2026-12-05j"
+@pytest.mark.parametrize("campaign,shape,check", sorted(KEPT_CAMPAIGNS))
+def test_kept_campaigns_checks_replay_under_their_own_fits(campaign, shape, check, tmp_path):
+    """Campaigns 2026-12-05j's and 05l's fits are kept as data, not shipped; each check replays
+    under its shape's fit to the recorded largest error, the misses included."""
+    folder = TESTS_DATA / f"checks-2026-12-{campaign}"
     _replay_campaign_check(str(folder / f"cpu-{shape}.json"), folder / f"{shape}-check-{check}",
-                           CAMPAIGN_05J[shape, check], tmp_path / "again")
+                           KEPT_CAMPAIGNS[campaign, shape, check], tmp_path / "again",
+                           KEPT_POISSON_REQUESTS[campaign])
 
 
 def test_campaign_emulate_names_a_bad_profile(tmp_path, capsys):
