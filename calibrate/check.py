@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -90,7 +91,9 @@ class CheckSettings:
     reference_output: int = 32
 
     def __post_init__(self) -> None:
-        if not isinstance(self.requests_per_level, int):
+        if isinstance(self.requests_per_level, numbers.Integral):
+            self.requests_per_level = int(self.requests_per_level)
+        else:
             self.requests_per_level = tuple(int(n) for n in self.requests_per_level)
             if len(self.requests_per_level) != len(self.load_fractions):
                 raise ValueError(f"requests_per_level has {len(self.requests_per_level)} counts "

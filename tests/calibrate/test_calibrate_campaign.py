@@ -234,6 +234,10 @@ def test_settings_and_duration():
     loads = (0.5, 0.8)
     expected, worst = expected_duration(["tiny", "small", "mid"], 2, (480, 480), loads)
     assert 0 < expected < worst
+
+
+def test_the_duration_estimate_grows_with_the_checks_poisson_requests():
+    loads = (0.5, 0.8)
     at = {n: expected_duration(["small"], 2, (n, n), loads) for n in (240, 480, 720)}
     assert at[240][0] < at[480][0] < at[720][0] and at[240][1] < at[480][1]
     # Only the Poisson levels lengthen, in proportion; the start, profiling and probes do not.

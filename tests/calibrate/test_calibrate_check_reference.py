@@ -178,6 +178,7 @@ def test_each_poisson_load_sends_its_own_count_and_a_count_per_load_must_match_t
     assert [(r.input_len, r.output_len, r.at_s) for r in same[0].requests] == \
         [(r.input_len, r.output_len, r.at_s) for r in half.requests]
     assert settings.level_requests() == (20, 50) and CheckSettings(requests_per_level=7).level_requests() == (7, 7)
+    assert CheckSettings(requests_per_level=np.int64(7)).level_requests() == (7, 7)  # a count from numpy
     with pytest.raises(ValueError, match=r"3 counts \(1, 2, 3\) for 2 loads"):
         CheckSettings(requests_per_level=(1, 2, 3))
     with pytest.raises(ValueError, match="requests_per_level and burst must be >= 1"):
