@@ -222,17 +222,17 @@ SHIPPED_CAMPAIGNS = {("05h", "tiny", 1): 0.081, ("05h", "tiny", 2): 0.098, ("05h
                      ("05h", "small", 2): 0.094, ("05h", "mid", 1): 0.148, ("05h", "mid", 2): 0.063,
                      ("05k", "mid", 1): 0.053, ("05k", "mid", 2): 0.075}
 #: Campaigns whose fits are kept as data beside their checks, not shipped: each check's recorded
-#: largest error, and the requests of its two Poisson loads. 05j: the 480 campaign again; 05l:
-#: twice the requests at 80% of capacity.
+#: largest error. 05j: the 480 campaign again; 05l: twice the requests at 80% of capacity.
 KEPT_CAMPAIGNS = {("05j", "tiny", 1): 0.093, ("05j", "tiny", 2): 0.096, ("05j", "small", 1): 0.091,
                   ("05j", "small", 2): 0.055, ("05j", "mid", 1): 0.077, ("05j", "mid", 2): 0.111,
                   ("05l", "tiny", 1): 0.104, ("05l", "tiny", 2): 0.088, ("05l", "small", 1): 0.113,
                   ("05l", "small", 2): 0.107, ("05l", "mid", 1): 0.081, ("05l", "mid", 2): 0.0945}
-KEPT_POISSON_REQUESTS = {"05j": (480, 480), "05l": (480, 960)}
+#: The requests each campaign's checks sent at half and at 80% of capacity.
+POISSON_REQUESTS = {"05h": (480, 480), "05j": (480, 480), "05k": (480, 480), "05l": (480, 960)}
 TESTS_DATA = DATA.parent  # tests/data: the campaigns' folders
 
 
-def _replay_campaign_check(profile, folder, expected, out, poisson=(480, 480)):
+def _replay_campaign_check(profile, folder, expected, out, poisson):
     recorded = json.loads((folder / "check.json").read_text())
     assert main(["check", "--profile", profile, "--replay",
                  str(folder / "check_requests.csv"), "--out", str(out), "--quiet"]) == 0
@@ -249,7 +249,8 @@ def test_the_shipped_xeon_profiles_replay_their_campaigns_checks(campaign, shape
     requests replay under the shipped profile to the largest error the campaign recorded."""
     _replay_campaign_check(f"cpu-{shape}-xeon-2026-12-{campaign}",
                            TESTS_DATA / f"checks-2026-12-{campaign}" / f"{shape}-check-{check}",
-                           SHIPPED_CAMPAIGNS[campaign, shape, check], tmp_path / "again")
+                           SHIPPED_CAMPAIGNS[campaign, shape, check], tmp_path / "again",
+                           POISSON_REQUESTS[campaign])
 
 
 @pytest.mark.parametrize("campaign,shape,check", sorted(KEPT_CAMPAIGNS))
@@ -259,7 +260,7 @@ def test_kept_campaigns_checks_replay_under_their_own_fits(campaign, shape, chec
     folder = TESTS_DATA / f"checks-2026-12-{campaign}"
     _replay_campaign_check(str(folder / f"cpu-{shape}.json"), folder / f"{shape}-check-{check}",
                            KEPT_CAMPAIGNS[campaign, shape, check], tmp_path / "again",
-                           KEPT_POISSON_REQUESTS[campaign])
+                           POISSON_REQUESTS[campaign])
 
 
 def test_campaign_emulate_names_a_bad_profile(tmp_path, capsys):
