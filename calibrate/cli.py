@@ -436,8 +436,9 @@ def _speed_trace(path: str | None, core: int | None):
 
 def _print_diagnostics(report: dict) -> None:
     """The check's diagnostics beside its verdict, each where the report has it."""
-    from calibrate.check import format_reference, format_speed_band, format_step_speed
+    from calibrate.check import TARGET, format_reference, format_speed_band, format_step_speed
     from calibrate.runqueue import format_runqueue
+    from calibrate.verdict import miss_clauses
     from calibrate.sampling import format_sampling
     from calibrate.step_times import format_summary
 
@@ -449,6 +450,9 @@ def _print_diagnostics(report: dict) -> None:
         print(format_summary(report["steps"]))
     if report.get("step_speed"):
         print(format_step_speed(report))
+        misses = miss_clauses(report, report.get("target", TARGET))
+        if misses:
+            print("loads that missed the target, by what the miss is made of (diagnostic): " + "; ".join(misses))
     if report.get("runqueue"):
         print(format_runqueue(report["runqueue"]))
     if report.get("sampling"):

