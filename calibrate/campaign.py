@@ -52,8 +52,8 @@ from calibrate.profiling import ProfileSettings, meta_path, profile_backend
 from calibrate.serve import parse_cores
 from calibrate import speed_gate
 from calibrate.speed_gate import GateSettings
-from sim.speed import SpeedWander
 from calibrate.verdict import describe_misses, load_verdicts
+from sim.speed import SpeedWander
 
 #: Where other processes' CPU time cannot be read (not Linux): a step that started with a
 #: one-minute load average above this is flagged instead.
@@ -597,7 +597,7 @@ def summary_markdown(summary: dict) -> str:
 
 
 #: The last column of the summary's tables (``calibrate.verdict``'s causes).
-MISS_CELLS = {"within": "", "speed": "the machine's speed", "model": "not the speed",
+MISS_CELLS = {"within": "", "speed": "the machine's speed", "not_speed": "not the speed",
               "unknown": "n/a (no timed steps)"}
 
 
@@ -608,7 +608,7 @@ def _cause_counts_line(loads: dict) -> str:
     text = f"Within target: {within} of {len(causes)} loads."
     if within < len(causes):
         text += (f" Misses: {causes.count('speed')} within target at the speed their own engine steps ran "
-                 f"(the machine's speed), {causes.count('model')} not")
+                 f"(the machine's speed), {causes.count('not_speed')} not")
         text += f", {causes.count('unknown')} without timed steps." if causes.count("unknown") else "."
     return text
 

@@ -15,7 +15,7 @@ names each missed load's cause:
 - ``within``: the load met the target.
 - ``speed``: it missed, but replayed at the speed its own steps ran it is within the
   target: the profile models this load; the machine ran at another speed.
-- ``model``: it misses at its steps' speed too: the error is not the machine's speed
+- ``not_speed``: it misses at its steps' speed too: the error is not the machine's speed
   (the model, or the draw of the requests: ``sampling`` gives that interval).
 - ``unknown``: no timed steps to tell (a check without token times).
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-CAUSES = ("within", "speed", "model", "unknown")
+CAUSES = ("within", "speed", "not_speed", "unknown")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def load_verdicts(report: dict, target: float) -> list[LoadVerdict]:
         elif not math.isfinite(again):
             cause = "unknown"
         else:
-            cause = "speed" if again <= target else "model"
+            cause = "speed" if again <= target else "not_speed"
         out.append(LoadVerdict(load, error, factor, again, cause))
     return out
 

@@ -29,9 +29,9 @@ def test_each_load_is_within_a_miss_of_the_speed_or_a_miss_the_speed_does_not_ex
                 "burst": (0.12, 0.99, 0.11)}, None)    # missed at its steps' speed too: not the machine
     verdicts = load_verdicts(r, 0.10)
     assert [(v.load, v.cause) for v in verdicts] == [("poisson-50", "within"), ("poisson-80", "speed"),
-                                                     ("burst", "model")]
+                                                     ("burst", "not_speed")]
     assert verdicts[1].steps_speed == 1.04 and verdicts[1].error_at_steps_speed == 0.05
-    assert count_causes([r, r], 0.10) == {"within": 2, "speed": 2, "model": 2, "unknown": 0}
+    assert count_causes([r, r], 0.10) == {"within": 2, "speed": 2, "not_speed": 2, "unknown": 0}
 
 
 def test_the_target_itself_is_within_and_the_adjusted_error_at_the_target_is_the_speed():
@@ -64,7 +64,7 @@ def test_the_log_clause_names_each_missed_load_its_speed_and_its_error_there():
     # with its steps 1.04x the model, 2.5% at that speed; mid's in 05h at 14.8%, 10.6% at its
     # steps' speed (0.98x): the one miss of the 480-request campaigns the speed does not explain.
     ("05l", "small-check-1", "poisson-80", "speed", 0.113, 0.025),
-    ("05h", "mid-check-1", "poisson-80", "model", 0.148, 0.106),
+    ("05h", "mid-check-1", "poisson-80", "not_speed", 0.148, 0.106),
     ("05l", "mid-check-1", "poisson-80", "within", 0.066, 0.039),
     # 06a, a noisy host: tiny's 80% load missed by 31.1% with its steps 1.11x the model, 4.8% there.
     ("06a", "tiny-check-2", "poisson-80", "speed", 0.311, 0.048),
