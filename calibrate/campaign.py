@@ -52,7 +52,7 @@ from calibrate.profiling import ProfileSettings, meta_path, profile_backend
 from calibrate.serve import parse_cores
 from calibrate import speed_gate
 from calibrate.speed_gate import GateSettings
-from calibrate.verdict import describe_misses, load_verdicts
+from calibrate.verdict import count_causes, describe_misses, load_verdicts
 from sim.speed import SpeedWander
 
 #: Where other processes' CPU time cannot be read (not Linux): a step that started with a
@@ -603,13 +603,13 @@ MISS_CELLS = {"within": "", "speed": "the machine's speed", "not_speed": "not th
 
 def _cause_counts_line(loads: dict) -> str:
     """How many of the shape's checked loads met the target, and what the misses were made of."""
-    causes = [run.get("miss_cause", "unknown") for d in loads.values() for run in d["runs"]]
-    within = causes.count("within")
-    text = f"Within target: {within} of {len(causes)} loads."
-    if within < len(causes):
-        text += (f" Misses: {causes.count('speed')} within target at the speed their own engine steps ran "
-                 f"(the machine's speed), {causes.count('not_speed')} not")
-        text += f", {causes.count('unknown')} without timed steps." if causes.count("unknown") else "."
+    counts = count_causes(run.get("miss_cause", "unknown") for d in loads.values() for run in d["runs"])
+    total = sum(counts.values())
+    text = f"Within target: {counts['within']} of {total} loads."
+    if counts["within"] < total:
+        text += (f" Misses: {counts['speed']} within target at the speed their own engine steps ran "
+                 f"(the machine's speed), {counts['not_speed']} not")
+        text += f", {counts['unknown']} without timed steps." if counts["unknown"] else "."
     return text
 
 

@@ -24,6 +24,7 @@ The verdict itself stays the raw largest error; this only says what a miss is ma
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 CAUSES = ("within", "speed", "not_speed", "unknown")
@@ -85,10 +86,9 @@ def describe_misses(report: dict, target: float) -> str:
     return "; missed at " + "; ".join(parts) if parts else ""
 
 
-def count_causes(reports: list[dict], target: float) -> dict[str, int]:
-    """How many loads of ``reports`` have each cause (``CAUSES``, every key present)."""
+def count_causes(causes: Iterable[str]) -> dict[str, int]:
+    """How many of ``causes`` (``LoadVerdict.cause``) are each cause (``CAUSES``, every key present)."""
     counts = dict.fromkeys(CAUSES, 0)
-    for report in reports:
-        for v in load_verdicts(report, target):
-            counts[v.cause] += 1
+    for cause in causes:
+        counts[cause] += 1
     return counts

@@ -222,7 +222,8 @@ SHIPPED_CAMPAIGNS = {("05h", "tiny", 1): 0.081, ("05h", "tiny", 2): 0.098, ("05h
                      ("05h", "small", 2): 0.094, ("05h", "mid", 1): 0.148, ("05h", "mid", 2): 0.063,
                      ("05k", "mid", 1): 0.053, ("05k", "mid", 2): 0.075}
 #: Campaigns whose fits are kept as data beside their checks, not shipped: each check's recorded
-#: largest error. 05j: the 480 campaign again; 05l: twice the requests at 80% of capacity.
+#: largest error. 05j: the 480 campaign again; 05l: twice the requests at 80% of capacity;
+#: 06a: 05l's campaign again on a noisy host.
 KEPT_CAMPAIGNS = {("05j", "tiny", 1): 0.093, ("05j", "tiny", 2): 0.096, ("05j", "small", 1): 0.091,
                   ("05j", "small", 2): 0.055, ("05j", "mid", 1): 0.077, ("05j", "mid", 2): 0.111,
                   ("05l", "tiny", 1): 0.104, ("05l", "tiny", 2): 0.088, ("05l", "small", 1): 0.113,

@@ -31,7 +31,8 @@ def test_each_load_is_within_a_miss_of_the_speed_or_a_miss_the_speed_does_not_ex
     assert [(v.load, v.cause) for v in verdicts] == [("poisson-50", "within"), ("poisson-80", "speed"),
                                                      ("burst", "not_speed")]
     assert verdicts[1].steps_speed == 1.04 and verdicts[1].error_at_steps_speed == 0.05
-    assert count_causes([r, r], 0.10) == {"within": 2, "speed": 2, "not_speed": 2, "unknown": 0}
+    assert count_causes(v.cause for v in load_verdicts(r, 0.10) * 2) == {"within": 2, "speed": 2, "not_speed": 2,
+                                                                       "unknown": 0}
 
 
 def test_the_target_itself_is_within_and_the_adjusted_error_at_the_target_is_the_speed():
