@@ -27,6 +27,17 @@ held to the target by any model), and, as a diagnostic beside the verdict,
 each load replayed on a machine slowed by the mean of the probes around it
 (``LatencyProfile.slowed``: every duration scaled, so queueing follows). The
 verdict (``max_abs_err``) stays the unadjusted error.
+
+**Warm-ups: the loaded speed, measured before each load.** An idle request
+does not run at a loaded engine's speed: on 2026-12-06 the probes read the
+host 3-7% faster than profiled while the loads' own engine steps ran 5-14%
+slower. With ``warmup_s`` > 0 each load is preceded by that many seconds of
+other held-out requests at its rate (the burst: at the highest Poisson rate),
+whose engine steps are timed like the loads' (``calibrate.step_times``). Each
+load is then also replayed at the speed its warm-up ran (``warmup_speed``).
+That speed is known before the load's first request, so the result is still a
+prediction, unlike the load replayed at its own steps' speed (``step_speed``).
+It is reported beside the verdict, not in its place.
 """
 from __future__ import annotations
 
@@ -61,6 +72,11 @@ TARGET = 0.10
 REFERENCE_PHASE = "reference"
 #: Request ids of reference requests start here (the loads' start at 1,000,000).
 REFERENCE_FIRST_ID = 2_000_000
+#: Phase of the warm-up before each load (see the module docstring); its unit is "warmup-<load>".
+WARMUP_PHASE = "warmup"
+WARMUP_PREFIX = "warmup-"
+#: Request ids and shared-prefix ids of warm-ups start here, apart from the loads' and the probes'.
+WARMUP_FIRST_ID = 3_000_000
 
 
 @dataclass
@@ -89,6 +105,9 @@ class CheckSettings:
     reference_requests: int = 3
     reference_input: int = 512
     reference_output: int = 32
+    #: Seconds of warm-up before each load, at its rate, to time the loaded engine's speed just
+    #: before it (0: none; see the module docstring).
+    warmup_s: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.requests_per_level, numbers.Integral):
@@ -102,6 +121,8 @@ class CheckSettings:
         if min(self.level_requests(), default=1) < 1 or self.burst < 1:
             raise ValueError(f"requests_per_level and burst must be >= 1, got {self.requests_per_level} "
                              f"and {self.burst}")
+        if not (self.warmup_s == 0 or 1 <= self.warmup_s <= 3600):
+            raise ValueError(f"warmup_s must be 0 (no warm-up) or 1-3600 seconds, got {self.warmup_s}")
         if self.reference_requests < 0:
             raise ValueError(f"reference_requests must be >= 0, got {self.reference_requests}")
         if self.reference_requests and (self.reference_input < 1 or self.reference_output < 2):
@@ -185,6 +206,40 @@ def with_reference_probes(units: list[Unit], s: CheckSettings) -> list[Unit]:
         out.append(reference_unit(label, REFERENCE_FIRST_ID + i * s.reference_requests, s))
         if i < len(units):
             out.append(units[i])
+    return out
+
+
+def warmup_units(loads: list[Unit], s: CheckSettings) -> list[Unit]:
+    """One warm-up per load: ``s.warmup_s`` seconds of held-out requests at the load's rate
+    (a burst's: the highest Poisson rate), drawn apart from the loads' (own seed stream, ids and
+    shared prefixes), their token times kept so their engine steps are timed. [] without warm-ups."""
+    if not s.warmup_s:
+        return []
+    rates = [u.rate for u in loads if math.isfinite(u.rate)]
+    if not rates:
+        raise ValueError("warm-ups take their rate from a Poisson load, and this check has none")
+    rng = np.random.default_rng([s.seed, 7])
+    out, next_id = [], WARMUP_FIRST_ID
+    for i, load in enumerate(loads):
+        rate = load.rate if math.isfinite(load.rate) else max(rates)
+        n = max(1, int(round(rate * s.warmup_s)))
+        reqs = held_out_requests(s, rng, n, next_id, WARMUP_FIRST_ID + i * s.num_prefixes)
+        next_id += n
+        t = np.cumsum(rng.exponential(1.0 / rate, size=n))
+        for r, at in zip(reqs, t - t[0]):
+            r.at_s = float(at)
+        out.append(Unit(WARMUP_PHASE, WARMUP_PREFIX + load.name, "open", reqs, rate=rate, keep_token_times=True))
+    return out
+
+
+def with_warmups(units: list[Unit], warmups: list[Unit]) -> list[Unit]:
+    """``units`` with each warm-up right before the load it is named after (after that load's probe)."""
+    by_load = {w.name[len(WARMUP_PREFIX):]: w for w in warmups}
+    out: list[Unit] = []
+    for u in units:
+        if u.phase != REFERENCE_PHASE and u.name in by_load:
+            out.append(by_load[u.name])
+        out.append(u)
     return out
 
 
@@ -360,10 +415,31 @@ def step_speed_check(profile: LatencyProfile, frame: pd.DataFrame, steps: dict,
     that speed is the model's queueing and balance of terms, not the machine's speed.
     None when no load has a factor.
     """
-    factors = {}
-    for load, entry in steps["loads"].items():
-        if entry["predicted_busy_s"] > 0 and entry["real_busy_s"] > 0:
-            factors[load] = entry["real_busy_s"] / entry["predicted_busy_s"]
+    loads = set(_loads_only(frame)["load"].astype(str))
+    factors = {load: r for load, r in busy_ratios(steps).items() if load in loads}
+    results = errors_at_speeds(profile, frame, factors, vocab_size)
+    if not results:
+        return None
+    return {"factors": factors, "max_abs_err": max_unit_error(results), "results": results}
+
+
+def busy_ratios(steps: dict) -> dict[str, float]:
+    """Per unit with timed steps: its matched busy steps' real time over the model's."""
+    return {name: e["real_busy_s"] / e["predicted_busy_s"] for name, e in steps["loads"].items()
+            if e["predicted_busy_s"] > 0 and e["real_busy_s"] > 0}
+
+
+def warmup_speed_check(profile: LatencyProfile, frame: pd.DataFrame, steps: dict,
+                       vocab_size: int = TOKENIZER_VOCAB_SIZE) -> dict | None:
+    """Each load replayed on the profile slowed by the speed its warm-up's steps ran at.
+
+    The warm-up ran just before the load, so this speed is known before the load starts:
+    the errors are a prediction made with the engine's loaded speed of that moment. None
+    when no load had a warm-up with timed steps.
+    """
+    ratios = busy_ratios(steps)
+    loads = set(_loads_only(frame)["load"].astype(str))
+    factors = {load: ratios[WARMUP_PREFIX + load] for load in sorted(loads) if WARMUP_PREFIX + load in ratios}
     results = errors_at_speeds(profile, frame, factors, vocab_size)
     if not results:
         return None
@@ -379,6 +455,19 @@ def format_step_speed(report: dict) -> str:
                          for name, r in e["results"].items() if name != "all")
     return (f"largest error with each load replayed at the speed its own steps ran (diagnostic): "
             f"{e['max_abs_err'] * 100:.1f}% ({per_load})")
+
+
+def format_warmup_speed(report: dict) -> str:
+    """One line: the largest error with each load replayed at its warm-up's speed; '' without warm-ups."""
+    e = report.get("warmup_speed")
+    if not e:
+        return ""
+    per_load = ", ".join(f"{name} {r['max_abs_err'] * 100:.1f}% at {e['factors'][name]:.3f}x"
+                         for name, r in e["results"].items() if name != "all")
+    target = report.get("target", TARGET)
+    verdict = "within" if e["max_abs_err"] <= target else "beyond"
+    return (f"largest error with each load replayed at the speed its warm-up ran, measured before the load "
+            f"(a prediction): {e['max_abs_err'] * 100:.1f}%, {verdict} the {target * 100:.0f}% target ({per_load})")
 
 
 def format_reference(report: dict) -> str:
@@ -450,7 +539,7 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
     loads, cap = plan_check(profile, s)
     # Every token's arrival of the loads (not the probes) is kept: calibrate.step_times times each engine step.
     loads = [replace(u, keep_token_times=True) for u in loads]
-    units = with_reference_probes(loads, s)
+    units = with_warmups(with_reference_probes(loads, s), warmup_units(loads, s))
     rows: list[dict] = []
     times: dict[int, list[float]] = {}
     load_names = {u.name for u in loads}
@@ -480,13 +569,14 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
     real = pd.DataFrame(rows)
     extra = {"backend": info.to_dict(), "capacity_rps": cap,
              "units": {u.name: {"rate_rps": u.rate, "planned": len(u.requests)} for u in loads},
+             "warmup_s": s.warmup_s,
              "loadavg_before": load_before, "runqueue": runqueue or None}
     return write_report(profile, real, out_dir, extra, vocab_size=s.vocab_size, speed=speed, token_times=times)
 
 
 def _loads_only(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the loads: no reference probe."""
-    return frame[frame["phase"] != REFERENCE_PHASE] if "phase" in frame else frame
+    """The rows of the loads: no reference probe, no warm-up."""
+    return frame[~frame["phase"].isin((REFERENCE_PHASE, WARMUP_PHASE))] if "phase" in frame else frame
 
 
 def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str | Path, extra: dict,
@@ -539,6 +629,9 @@ def write_report(profile: LatencyProfile, measured: pd.DataFrame, out_dir: str |
         # speed its own steps ran: diagnostics, not the verdict.
         "steps": steps,
         "step_speed": step_speed_check(profile, frame, steps, vocab_size) if steps else None,
+        # Each load replayed at the speed its warm-up's steps ran, just before it: a prediction beside the
+        # verdict, not the verdict (the verdict is the profile's speed as fitted).
+        "warmup_speed": warmup_speed_check(profile, frame, steps, vocab_size) if steps else None,
         # How far the errors move with another draw of the loads' requests: a diagnostic, not the verdict.
         "sampling": sampling_intervals(_loads_only(frame), STATS),
         "machine": machine_info(),

@@ -16,7 +16,7 @@ from test_calibrate_probe import SMALL
 
 pytestmark = pytest.mark.timeout(600)
 
-CHECK = CheckSettings(max_input=400, max_output=24, prefix_len=64, requests_per_level=10, burst=5)
+CHECK = CheckSettings(max_input=400, max_output=24, prefix_len=64, requests_per_level=10, burst=5, warmup_s=1)
 
 
 @contextlib.contextmanager
@@ -114,6 +114,16 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
             assert (r["miss_cause"] == "within") == (r["max_abs_err"] <= 0.10), r
             assert r["miss_cause"] in ("within", "speed", "not_speed"), r
     assert "| a miss is |" in md and md.count("Within target: ") == 1
+    # Each load had a one-second warm-up before it, and was replayed at the speed its steps ran.
+    for d in loads.values():
+        assert all(r["max_abs_err_warmup_speed"] >= 0 for r in d["runs"]), d["runs"]
+    assert "| largest at its warm-up's speed |" in md
+    assert md.count("At the speed each load's warm-up ran, measured before it: ") == 1
+    assert sum("at the speed of each load's warm-up, measured before it: " in line for line in lines) == 2
+    header = next(line for line in md.splitlines() if line.startswith("| load |"))
+    rule = md.splitlines()[md.splitlines().index(header) + 1]
+    assert header.count("|") == rule.count("|")  # every column has its rule
+    assert all(line.count("|") == header.count("|") for line in md.splitlines() if line.startswith("| poisson"))
     # Resuming does nothing more (no server is even started).
     before = (tmp_path / "tiny" / "check-1" / "check.json").stat().st_mtime_ns
     Campaign(tmp_path, settings, server=counting, log=lines.append).run()
@@ -240,6 +250,9 @@ def test_settings_and_duration():
     loads = (0.5, 0.8)
     expected, worst = expected_duration(["tiny", "small", "mid"], 2, (480, 480), loads)
     assert 0 < expected < worst
+    # A minute of warm-up before each of a check's three loads: three minutes per check, six per shape.
+    warm = expected_duration(["tiny", "small", "mid"], 2, (480, 480), loads, warmup_s=60)
+    assert warm[0] == pytest.approx(expected + 3 * 2 * 3) and warm[1] == pytest.approx(worst + 3 * 2 * 3 * 2)
 
 
 def test_the_duration_estimate_grows_with_the_checks_poisson_requests():
