@@ -449,15 +449,19 @@ def warmup_speed_check(profile: LatencyProfile, frame: pd.DataFrame, steps: dict
     return _replayed_at(profile, frame, factors, vocab_size)
 
 
+def _per_load_at_speeds(e: dict) -> str:
+    """"poisson-50 5.5% at 1.239x, ..." of a ``_replayed_at`` result."""
+    return ", ".join(f"{name} {r['max_abs_err'] * 100:.1f}% at {e['factors'][name]:.3f}x"
+                     for name, r in e["results"].items() if name != "all")
+
+
 def format_step_speed(report: dict) -> str:
     """One line: the largest error with each load replayed at its own steps' speed; '' without it."""
     e = report.get("step_speed")
     if not e:
         return ""
-    per_load = ", ".join(f"{name} {r['max_abs_err'] * 100:.1f}% at {e['factors'][name]:.3f}x"
-                         for name, r in e["results"].items() if name != "all")
     return (f"largest error with each load replayed at the speed its own steps ran (diagnostic): "
-            f"{e['max_abs_err'] * 100:.1f}% ({per_load})")
+            f"{e['max_abs_err'] * 100:.1f}% ({_per_load_at_speeds(e)})")
 
 
 def format_warmup_speed(report: dict) -> str:
@@ -465,8 +469,7 @@ def format_warmup_speed(report: dict) -> str:
     e = report.get("warmup_speed")
     if not e:
         return ""
-    per_load = ", ".join(f"{name} {r['max_abs_err'] * 100:.1f}% at {e['factors'][name]:.3f}x"
-                         for name, r in e["results"].items() if name != "all")
+    per_load = _per_load_at_speeds(e)
     target = report.get("target", TARGET)
     verdict = "within" if e["max_abs_err"] <= target else "beyond"
     return (f"largest error with each load replayed at the speed its warm-up ran, measured before the load "
