@@ -30,7 +30,7 @@ verdict (``max_abs_err``) stays the unadjusted error.
 
 **Warm-ups: the loaded speed, measured before each load.** An idle request
 does not run at a loaded engine's speed: on 2026-12-06 the probes read the
-host 3-7% faster than profiled while the loads' own engine steps ran 5-14%
+host 3-8% faster than profiled while the loads' own engine steps ran 5-14%
 slower. With ``warmup_s`` > 0 each load is preceded by that many seconds of
 other held-out requests at its rate (the burst: at the highest Poisson rate),
 whose engine steps are timed like the loads' (``calibrate.step_times``). Each
