@@ -518,14 +518,11 @@ def _loads(runs: list[dict]) -> dict:
                             "stats": {f"{m}_p{q}": res[f"{m}_p{q}"] for m, q in STATS},
                             "speed_factor": ((r.get("reference") or {}).get("load_factors") or {}).get(name, math.nan),
                             "max_abs_err_speed_adjusted": adjusted.get("max_abs_err", math.nan),
-                            "max_abs_err_beyond_speed_band": (((r.get("speed_band") or {}).get("results") or {})
-                                                              .get(name) or {}).get("max_abs_err_beyond", math.nan),
+                            "max_abs_err_beyond_speed_band": _load_entry(r, "speed_band", name, "max_abs_err_beyond"),
                             "step_ratios": _step_ratios(r, name),
-                            "max_abs_err_step_speed": ((((r.get("step_speed") or {}).get("results") or {})
-                                                        .get(name) or {}).get("max_abs_err", math.nan)),
+                            "max_abs_err_step_speed": _load_entry(r, "step_speed", name),
                             "max_abs_err_redraws": _redraws(r, name),
-                            "max_abs_err_warmup_speed": ((((r.get("warmup_speed") or {}).get("results") or {})
-                                                          .get(name) or {}).get("max_abs_err", math.nan)),
+                            "max_abs_err_warmup_speed": _load_entry(r, "warmup_speed", name),
                             "miss_cause": verdict.cause,
                             "loadavg": [r.get("loadavg_before"), r.get("loadavg_after")],
                             "other_cpu_share": r.get("other_cpu_share", math.nan),
@@ -540,6 +537,12 @@ def _loads(runs: list[dict]) -> dict:
         out[name] = {"runs": per_run, "real_spread": spread,
                      "largest_error": max((p["max_abs_err"] for p in per_run), default=math.nan)}
     return out
+
+
+def _load_entry(report: dict, section: str, load: str, field: str = "max_abs_err") -> float:
+    """``report[section]["results"][load][field]`` of a check's diagnostic replays (speed band,
+    step speed, warm-up speed); NaN where the check has no such section or load."""
+    return (((report.get(section) or {}).get("results") or {}).get(load) or {}).get(field, math.nan)
 
 
 def _redraws(report: dict, load: str) -> list[float]:
