@@ -31,13 +31,25 @@ verdict (``max_abs_err``) stays the unadjusted error.
 **Warm-ups: the loaded speed, measured before each load.** An idle request
 does not run at a loaded engine's speed: on 2026-12-06 the probes read the
 host 3-8% faster than profiled while the loads' own engine steps ran 5-14%
-slower. With ``warmup_s`` > 0 each load is preceded by that many seconds of
-other held-out requests at its rate (the burst: at the highest Poisson rate),
-whose engine steps are timed like the loads' (``calibrate.step_times``). Each
-load is then also replayed at the speed its warm-up ran (``warmup_speed``).
-That speed is known before the load's first request, so the result is still a
-prediction, unlike the load replayed at its own steps' speed (``step_speed``).
-It is reported beside the verdict, not in its place.
+slower. With ``warmup_s`` > 0 each Poisson load is preceded by that many
+seconds of other held-out requests at its rate, and the burst by a burst of
+as many other requests (the same batch sizes; a Poisson warm-up read one burst
+9.6% too fast in campaign 06b). Their engine steps are timed like the loads'
+(``calibrate.step_times``). Each load is then also replayed at the speed its
+warm-up ran (``warmup_speed``). That speed is known before the load's first
+request, so the result is still a prediction, unlike the load replayed at its
+own steps' speed (``step_speed``). It is reported beside the verdict, not in
+its place.
+
+**Paced loads.** A load planned at 80% of the *profile's* capacity is nearer
+94% of an engine running 1.17x slower, where its latencies move about five
+points per 1% of speed (campaign 06b). So by default (``pace_to_warmup``) each
+Poisson load's arrivals are stretched by its warm-up's speed before it starts:
+the same requests, in the same order, at the rate that is its fraction of the
+engine's capacity at that moment. Both sides of every comparison replay the
+sent times, so the verdict still compares the same arrivals; ``units`` in
+check.json records each load's planned rate, the speed it was paced by and the
+rate sent.
 """
 from __future__ import annotations
 
@@ -60,7 +72,8 @@ from calibrate.procstat import listening_pid
 from calibrate.replay import prepare_units, simulate_units
 from calibrate.runqueue import difference, snapshot
 from calibrate.sampling import finite_percentile, relative_error, sampling_intervals
-from calibrate.step_times import STEPS_FILE, TOKEN_TIMES_FILE, replay_steps, summarise, write_token_times
+from calibrate.step_times import (STEPS_FILE, TOKEN_TIMES_FILE, StepTimesError, replay_steps, summarise,
+                                  write_token_times)
 from live.transport.client import make_session
 from sim.latency import LatencyProfile, ProfileError
 from sim.speed import SpeedWander
@@ -105,9 +118,12 @@ class CheckSettings:
     reference_requests: int = 3
     reference_input: int = 512
     reference_output: int = 32
-    #: Seconds of warm-up before each load, at its rate, to time the loaded engine's speed just
-    #: before it (0: none; see the module docstring).
+    #: Seconds of warm-up before each Poisson load, at its rate, to time the loaded engine's speed
+    #: just before it; the burst's warm-up is a burst (0: none; see the module docstring).
     warmup_s: float = 0.0
+    #: With warm-ups: stretch each Poisson load's arrivals by the speed its warm-up ran, so that
+    #: its fraction is of the engine's capacity at that moment (see the module docstring).
+    pace_to_warmup: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.requests_per_level, numbers.Integral):
@@ -210,26 +226,53 @@ def with_reference_probes(units: list[Unit], s: CheckSettings) -> list[Unit]:
 
 
 def warmup_units(loads: list[Unit], s: CheckSettings) -> list[Unit]:
-    """One warm-up per load: ``s.warmup_s`` seconds of held-out requests at the load's rate
-    (a burst's: the highest Poisson rate), drawn apart from the loads' (own seed stream, ids and
-    shared prefixes), their token times kept so their engine steps are timed. [] without warm-ups."""
+    """One warm-up per load, drawn apart from the loads' requests (own seed stream, ids and shared
+    prefixes), their token times kept so their engine steps are timed: ``s.warmup_s`` seconds of
+    held-out requests at a Poisson load's rate, and a burst of as many requests before a burst.
+    [] without warm-ups."""
     if not s.warmup_s:
         return []
-    rates = [u.rate for u in loads if math.isfinite(u.rate)]
-    if not rates:
-        raise ValueError("warm-ups take their rate from a Poisson load, and this check has none")
     rng = np.random.default_rng([s.seed, 7])
     out, next_id = [], WARMUP_FIRST_ID
     for i, load in enumerate(loads):
-        rate = load.rate if math.isfinite(load.rate) else max(rates)
-        n = max(1, int(round(rate * s.warmup_s)))
-        reqs = held_out_requests(s, rng, n, next_id, WARMUP_FIRST_ID + i * s.num_prefixes)
-        next_id += n
-        t = np.cumsum(rng.exponential(1.0 / rate, size=n))
-        for r, at in zip(reqs, t - t[0]):
-            r.at_s = float(at)
-        out.append(Unit(WARMUP_PHASE, WARMUP_PREFIX + load.name, "open", reqs, rate=rate, keep_token_times=True))
+        prefixes = WARMUP_FIRST_ID + i * s.num_prefixes
+        name = WARMUP_PREFIX + load.name
+        if not math.isfinite(load.rate):  # a burst: the same batch sizes, not a stream at some rate
+            reqs = held_out_requests(s, rng, len(load.requests), next_id, prefixes)
+            out.append(Unit(WARMUP_PHASE, name, "open", reqs, concurrency=len(reqs), time_cap_s=s.time_cap_s,
+                            keep_token_times=True))
+        else:
+            n = max(1, int(round(load.rate * s.warmup_s)))
+            reqs = held_out_requests(s, rng, n, next_id, prefixes)
+            t = np.cumsum(rng.exponential(1.0 / load.rate, size=n))
+            for r, at in zip(reqs, t - t[0]):
+                r.at_s = float(at)
+            out.append(Unit(WARMUP_PHASE, name, "open", reqs, rate=load.rate, keep_token_times=True))
+        next_id += len(reqs)
     return out
+
+
+def paced(load: Unit, speed: float) -> Unit:
+    """``load`` on an engine ``speed`` times slower than the profile: a Poisson load's same
+    requests with every arrival ``speed`` times later (its rate divided by it); a burst as it is."""
+    if not (math.isfinite(speed) and speed > 0):
+        raise ValueError(f"a load is paced by a positive finite speed, got {speed}")
+    if not math.isfinite(load.rate):
+        return load
+    return replace(load, requests=[replace(r, at_s=r.at_s * speed) for r in load.requests], rate=load.rate / speed)
+
+
+def warmup_speed(profile: LatencyProfile, rows: list[dict], times: dict[int, list[float]]) -> float | None:
+    """A warm-up's matched busy steps' real time over the model's (``busy_ratios``), from its
+    measured rows and token times; None when none of its steps could be timed."""
+    frame = pd.DataFrame(rows)
+    if frame.empty or not times:
+        return None
+    try:
+        steps = replay_steps(profile, frame, times)
+    except StepTimesError:  # token times that do not fit the rows: no speed, and the load goes unpaced
+        return None
+    return next(iter(busy_ratios(summarise(steps)).values()), None)
 
 
 def with_warmups(units: list[Unit], warmups: list[Unit]) -> list[Unit]:
@@ -476,6 +519,16 @@ def format_warmup_speed(report: dict) -> str:
             f"(a prediction): {e['max_abs_err'] * 100:.1f}%, {verdict} the {target * 100:.0f}% target ({per_load})")
 
 
+def format_pacing(report: dict) -> str:
+    """One line: each Poisson load's planned and sent rate where its warm-up paced it; '' where none was."""
+    units = {name: u for name, u in (report.get("units") or {}).items() if u.get("paced_by") is not None}
+    if not units:
+        return ""
+    return "loads paced by their warm-up's speed: " + ", ".join(
+        f"{name} {u['planned_rate_rps']:.3g} -> {u['rate_rps']:.3g} req/s ({u['paced_by']:.3f}x)"
+        for name, u in units.items())
+
+
 def format_reference(report: dict) -> str:
     """Lines on the machine's speed (reference probes) and the speed-adjusted errors; '' without probes."""
     ref = report.get("reference")
@@ -549,6 +602,10 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
     rows: list[dict] = []
     times: dict[int, list[float]] = {}
     load_names = {u.name for u in loads}
+    # Per load: the rate planned from the profile's capacity, and the rate sent (paced_by: the speed of
+    # its warm-up that stretched its arrivals; None when it was not paced).
+    sent = {u.name: {"planned_rate_rps": u.rate, "rate_rps": u.rate, "paced_by": None, "planned": len(u.requests)}
+            for u in loads}
     runqueue: dict[str, dict] = {}  # load -> the server's processes' run and run-queue wait (calibrate.runqueue)
     load_before = loadavg()
     async with make_session(concurrency=512) as session:
@@ -563,19 +620,28 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
                               salt=int(np.random.default_rng().integers(1, 1 << 31)), model=info.model,
                               on_done=lambda _r: bar.update(1)) as runner:
                 server = listening_pid(info.url)  # None: not on this machine, so no run-queue figures
+                pace: float | None = None  # the speed the last warm-up ran, for the load after it
                 for unit in units:
                     bar.set_description(f"check {unit.name}")
+                    if unit.name in load_names and pace is not None:  # only a Poisson load's warm-up sets one
+                        unit = paced(unit, pace)
+                        sent[unit.name].update(rate_rps=unit.rate, paced_by=pace)
                     before = snapshot(server) if server is not None else None
-                    rows.extend(await runner.run_unit(unit))
+                    done = await runner.run_unit(unit)
+                    rows.extend(done)
                     if before is not None and unit.name in load_names:
                         runqueue[unit.name] = difference(before, snapshot(server))
+                    pace = None
+                    if unit.phase == WARMUP_PHASE and s.pace_to_warmup and math.isfinite(unit.rate):
+                        ids = {r["request_id"] for r in done}
+                        pace = warmup_speed(profile, done, {rid: [t - runner.t0 for t in ts]
+                                                            for rid, ts in runner.token_times.items() if rid in ids})
                 times = {rid: [t - runner.t0 for t in ts] for rid, ts in runner.token_times.items()}
         finally:
             bar.close()
     real = pd.DataFrame(rows)
-    extra = {"backend": info.to_dict(), "capacity_rps": cap,
-             "units": {u.name: {"rate_rps": u.rate, "planned": len(u.requests)} for u in loads},
-             "warmup_s": s.warmup_s,
+    extra = {"backend": info.to_dict(), "capacity_rps": cap, "units": sent,
+             "warmup_s": s.warmup_s, "pace_to_warmup": bool(s.warmup_s and s.pace_to_warmup),
              "loadavg_before": load_before, "runqueue": runqueue or None}
     return write_report(profile, real, out_dir, extra, vocab_size=s.vocab_size, speed=speed, token_times=times)
 

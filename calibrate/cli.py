@@ -22,6 +22,14 @@ examples:
   python -m calibrate campaign --shapes tiny,small,mid --out runs/calibration --resume   # all of it
 """
 
+WARMUP_HELP = ("seconds of warm-up before each load: other held-out requests at a Poisson load's rate, a burst "
+               "of as many other requests before the burst; their engine steps are timed, and each load is then "
+               "also replayed at the speed its warm-up ran, a speed known before the load starts (0: none; "
+               "default: 60)")
+FIXED_RATES_HELP = ("send each Poisson load at its fraction of the profile's capacity even after a warm-up "
+                    "(default: its arrivals are stretched by the speed its warm-up ran, so that 80%% is 80%% of "
+                    "the engine's capacity at that moment; both sides replay the times sent either way)")
+
 
 def _csv(cast, what: str):
     """An argparse type: comma-separated values of ``cast``, at least one."""
@@ -213,10 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests per reference probe, sent alone to the idle engine before each load and "
                         "after the last, to measure how fast the machine ran compared with the profile "
                         "(0: no probes; default: 3)")
-    c.add_argument("--warmup-s", type=float, default=60.0,
-                   help="seconds of warm-up before each load: other held-out requests at the load's rate (the burst: at "
-                        "the highest Poisson rate) whose engine steps are timed; each load is then also replayed "
-                        "at the speed its warm-up ran, a speed known before the load starts (0: none; default: 60)")
+    c.add_argument("--warmup-s", type=float, default=60.0, help=WARMUP_HELP)
+    c.add_argument("--fixed-rates", action="store_true", help=FIXED_RATES_HELP)
     c.add_argument("--replay", default=None, metavar="CHECK_REQUESTS_CSV",
                    help="send nothing: re-evaluate the profile on the requests an earlier check measured "
                         "(its check_requests.csv); --backend is then not needed")
@@ -257,10 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "more minutes: at 120 on a 2-core VM the p50s of two identical checks moved up to 22%% "
                         "apart; at 480 the 80%% load's statistics still moved 7-17%% (the half load's 2-11%%), "
                         "hence twice the requests there (docs/calibration.md)")
-    a.add_argument("--warmup-s", type=float, default=60.0,
-                   help="each check's " + "seconds of warm-up before each load: other held-out requests at the load's rate (the burst: at "
-                        "the highest Poisson rate) whose engine steps are timed; each load is then also replayed "
-                        "at the speed its warm-up ran, a speed known before the load starts (0: none; default: 60)")
+    a.add_argument("--warmup-s", type=float, default=60.0, help="each check's " + WARMUP_HELP)
+    a.add_argument("--fixed-rates", action="store_true", help="each check's loads: " + FIXED_RATES_HELP)
     a.add_argument("--hardware", default="", help="hardware the profiles describe (default: the profiled CPU)")
     a.add_argument("--speed-probe-s", type=float, default=30.0,
                    help="seconds of calibrate.host_probe's speed-wander probe before each check, the server idle "
@@ -444,7 +448,8 @@ def _speed_trace(path: str | None, core: int | None):
 
 def _print_diagnostics(report: dict) -> None:
     """The check's diagnostics beside its verdict, each where the report has it."""
-    from calibrate.check import TARGET, format_reference, format_speed_band, format_step_speed, format_warmup_speed
+    from calibrate.check import (TARGET, format_pacing, format_reference, format_speed_band, format_step_speed,
+                                format_warmup_speed)
     from calibrate.runqueue import format_runqueue
     from calibrate.verdict import miss_clauses
     from calibrate.sampling import format_sampling
@@ -463,6 +468,8 @@ def _print_diagnostics(report: dict) -> None:
             print("loads that missed the target, by what the miss is made of (diagnostic): " + "; ".join(misses))
     if report.get("warmup_speed"):
         print(format_warmup_speed(report))
+    if format_pacing(report):
+        print(format_pacing(report))
     if report.get("runqueue"):
         print(format_runqueue(report["runqueue"]))
     if report.get("sampling"):
@@ -510,7 +517,8 @@ def _check(args) -> int:
         return 0
     settings = CheckSettings(load_fractions=args.loads, requests_per_level=args.requests_per_level,
                              burst=args.burst, capacity_rps=args.capacity_rps, seed=args.seed,
-                             reference_requests=args.reference_requests, warmup_s=args.warmup_s)
+                             reference_requests=args.reference_requests, warmup_s=args.warmup_s,
+                             pace_to_warmup=not args.fixed_rates)
     report = asyncio.run(run_check(profile, args.backend, out, settings, progress=not args.quiet, speed=speed))
     print(f"profile {profile.name} vs {args.backend}; capacity {report['capacity_rps']:.2f} req/s; "
           f"failed requests: {report['failed_requests']}")
@@ -536,7 +544,8 @@ def _campaign(args) -> int:
                                 speed_probe_s=args.speed_probe_s,
                                 gate=GateSettings(tolerance=args.speed_gate, max_wait_s=args.speed_gate_wait_s),
                                 check=CheckSettings(requests_per_level=args.requests_per_level,
-                                                    warmup_s=args.warmup_s))
+                                                    warmup_s=args.warmup_s,
+                                                    pace_to_warmup=not args.fixed_rates))
     if args.emulate:
         from calibrate.campaign import emulator_server
         from sim.latency import load_profile

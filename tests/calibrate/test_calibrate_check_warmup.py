@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from calibrate.check import (REFERENCE_PHASE, WARMUP_FIRST_ID, WARMUP_PHASE, CheckSettings, compare,
-                             format_warmup_speed, plan_check, replay_check, step_speed_check, warmup_speed_check,
+                             format_pacing, format_warmup_speed, paced, plan_check, replay_check, step_speed_check, warmup_speed_check,
                              warmup_units, with_reference_probes, with_warmups)
 from sim.latency import load_profile
 
@@ -44,13 +44,17 @@ def test_each_load_gets_a_warm_up_at_its_rate_right_before_it():
                                        "before-poisson-80", "warmup-poisson-80", "poisson-80",
                                        "before-burst", "warmup-burst", "burst", "after"]
     warm = {u.name: u for u in units if u.phase == WARMUP_PHASE}
-    rates = {u.name: u.rate for u in loads}
     assert warm["warmup-poisson-50"].rate == pytest.approx(1.0) and warm["warmup-poisson-80"].rate == pytest.approx(1.6)
-    assert warm["warmup-burst"].rate == pytest.approx(max(r for r in rates.values() if math.isfinite(r)))
     for w in warm.values():
         assert w.mode == "open" and w.keep_token_times
+    for name in ("warmup-poisson-50", "warmup-poisson-80"):
+        w = warm[name]
         assert len(w.requests) == round(w.rate * SETTINGS.warmup_s)
-        assert w.requests[-1].at_s < 3 * SETTINGS.warmup_s  # about warmup_s of arrivals at that rate
+        assert 0 < w.requests[-1].at_s < 3 * SETTINGS.warmup_s  # about warmup_s of arrivals at that rate
+    # The burst's warm-up is a burst of as many other requests: the same batch sizes.
+    burst = warm["warmup-burst"]
+    assert not math.isfinite(burst.rate) and len(burst.requests) == SETTINGS.burst == burst.concurrency
+    assert all(r.at_s == 0 for r in burst.requests)
     # Drawn apart from the loads: no request id or shared prefix of a load is warmed by a warm-up.
     load_ids = {r.request_id for u in loads for r in u.requests}
     warm_reqs = [r for w in warm.values() for r in w.requests]
@@ -70,8 +74,7 @@ def test_no_warm_up_by_default_and_bad_durations_are_refused():
         with pytest.raises(ValueError, match="warmup_s must be 0"):
             CheckSettings(warmup_s=bad)
     burst_only = [u for u in loads if not math.isfinite(u.rate)]
-    with pytest.raises(ValueError, match="Poisson load"):
-        warmup_units(burst_only, SETTINGS)
+    assert [len(w.requests) for w in warmup_units(burst_only, SETTINGS)] == [SETTINGS.burst]
 
 
 def test_warm_ups_are_not_loads_in_the_comparison():
@@ -119,3 +122,27 @@ def test_probes_stay_first_and_keep_their_labels():
     _, units = _units()
     probes = [u.name for u in units if u.phase == REFERENCE_PHASE]
     assert probes == ["before-poisson-50", "before-poisson-80", "before-burst", "after"]
+
+
+def test_a_paced_load_sends_the_same_requests_stretched_by_its_warm_ups_speed():
+    loads, _ = _units()
+    poisson, burst = loads[1], loads[2]
+    slow = paced(poisson, 1.25)
+    assert slow.rate == pytest.approx(poisson.rate / 1.25)
+    assert [r.request_id for r in slow.requests] == [r.request_id for r in poisson.requests]
+    assert [r.at_s for r in slow.requests] == pytest.approx([1.25 * r.at_s for r in poisson.requests])
+    assert [(r.input_len, r.output_len, r.prefix_id) for r in slow.requests] == \
+        [(r.input_len, r.output_len, r.prefix_id) for r in poisson.requests]
+    assert poisson.requests[-1].at_s > 0 and slow.requests[-1].at_s > poisson.requests[-1].at_s  # plan untouched
+    assert paced(burst, 1.25) is burst  # a burst is sent at once at any speed
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="positive finite speed"):
+            paced(poisson, bad)
+
+
+def test_the_pacing_line_names_each_paced_loads_planned_and_sent_rate():
+    units = {"poisson-50": {"planned_rate_rps": 3.0, "rate_rps": 2.4, "paced_by": 1.25, "planned": 480},
+             "burst": {"planned_rate_rps": None, "rate_rps": None, "paced_by": None, "planned": 32}}
+    assert format_pacing({"units": units}) == \
+        "loads paced by their warm-up's speed: poisson-50 3 -> 2.4 req/s (1.250x)"
+    assert format_pacing({"units": {"burst": units["burst"]}}) == "" and format_pacing({}) == ""
