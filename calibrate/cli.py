@@ -503,7 +503,8 @@ def _check(args) -> int:
         extra = {"replayed": str(source), **({"backend": args.backend} if args.backend else {})}
         if earlier.is_file():
             prior = json.loads(earlier.read_text())
-            extra.update({k: prior[k] for k in ("capacity_rps", "units", "loadavg_before") if k in prior})
+            extra.update({k: prior[k] for k in ("capacity_rps", "units", "warmup_s", "pace_to_warmup",
+                                                "loadavg_before") if k in prior})
             # A replay's report names the measurement it replayed; keep that, not the replay's date.
             replayed_before = "replayed" in prior
             extra["measured_backend"] = prior.get("measured_backend" if replayed_before else "backend")

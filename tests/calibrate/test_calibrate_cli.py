@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from calibrate.check import CheckSettings, plan_check, read_measured
 from calibrate.cli import build_parser, main
+from sim.latency import load_profile
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "cpu-tiny-profiling.csv"
 
@@ -114,10 +117,8 @@ def test_serve_kv_events_publishes_on_a_local_socket_and_a_loopback_replay_port(
 def _measured_check(profile_name: str, tmp_path: Path) -> Path:
     """A check_requests.csv whose 'measured' times are the simulator's own under ``profile_name``."""
     import numpy as np
-    import pandas as pd
 
-    from calibrate.check import CheckSettings, plan_check, replay_check
-    from sim.latency import load_profile
+    from calibrate.check import replay_check
 
     profile = load_profile(profile_name)
     settings = CheckSettings(requests_per_level=12, burst=6, max_input=300, max_output=12, prefix_len=64,
@@ -223,7 +224,7 @@ SHIPPED_CAMPAIGNS = {("05h", "tiny", 1): 0.081, ("05h", "tiny", 2): 0.098, ("05h
                      ("05k", "mid", 1): 0.053, ("05k", "mid", 2): 0.075}
 #: Campaigns whose fits are kept as data beside their checks, not shipped: each check's recorded
 #: largest error. 05j: the 480 campaign again; 05l: twice the requests at 80% of capacity;
-#: 06a: 05l's campaign again on a noisy host.
+#: 06a: 05l's campaign again on a noisy host; 06c: tiny and mid on an AMD host, loads paced by warm-ups.
 KEPT_CAMPAIGNS = {("05j", "tiny", 1): 0.093, ("05j", "tiny", 2): 0.096, ("05j", "small", 1): 0.091,
                   ("05j", "small", 2): 0.055, ("05j", "mid", 1): 0.077, ("05j", "mid", 2): 0.111,
                   ("05l", "tiny", 1): 0.104, ("05l", "tiny", 2): 0.088, ("05l", "small", 1): 0.113,
@@ -231,12 +232,14 @@ KEPT_CAMPAIGNS = {("05j", "tiny", 1): 0.093, ("05j", "tiny", 2): 0.096, ("05j", 
                   ("06a", "tiny", 1): 0.1852, ("06a", "tiny", 2): 0.3113, ("06a", "small", 1): 0.1382,
                   ("06a", "small", 2): 0.2679, ("06a", "mid", 1): 0.0375, ("06a", "mid", 2): 0.1699,
                   ("06b", "tiny", 1): 0.4492, ("06b", "tiny", 2): 0.4985, ("06b", "small", 1): 0.057,
-                  ("06b", "small", 2): 0.0798, ("06b", "mid", 1): 0.2636, ("06b", "mid", 2): 0.2615}
+                  ("06b", "small", 2): 0.0798, ("06b", "mid", 1): 0.2636, ("06b", "mid", 2): 0.2615,
+                  ("06c", "tiny", 1): 0.154, ("06c", "tiny", 2): 0.2093, ("06c", "mid", 1): 0.1933,
+                  ("06c", "mid", 2): 0.2964}
 #: Campaigns that checked another campaign's fits again (06b: 06a's, three hours later, with warm-ups).
 FITS_OF = {"06b": "06a"}
 #: The requests each campaign's checks sent at half and at 80% of capacity.
 POISSON_REQUESTS = {"05h": (480, 480), "05j": (480, 480), "05k": (480, 480), "05l": (480, 960),
-                    "06a": (480, 960), "06b": (480, 960)}
+                    "06a": (480, 960), "06b": (480, 960), "06c": (480, 960)}
 TESTS_DATA = DATA.parent  # tests/data: the campaigns' folders
 
 
@@ -263,7 +266,7 @@ def test_the_shipped_xeon_profiles_replay_their_campaigns_checks(campaign, shape
 
 @pytest.mark.parametrize("campaign,shape,check", sorted(KEPT_CAMPAIGNS))
 def test_kept_campaigns_checks_replay_under_their_own_fits(campaign, shape, check, tmp_path):
-    """Campaigns 2026-12-05j's, 05l's and 06a's fits are kept as data, not shipped; each check replays
+    """Campaigns 2026-12-05j's, 05l's, 06a's and 06c's fits are kept as data, not shipped; each check replays
     under its shape's fit to the recorded largest error, the misses included (06b's under 06a's fits)."""
     folder = TESTS_DATA / f"checks-2026-12-{campaign}"
     fits = TESTS_DATA / f"checks-2026-12-{FITS_OF.get(campaign, campaign)}"
@@ -318,6 +321,38 @@ def test_a_replayed_check_with_warm_ups_predicts_each_load_at_its_warm_ups_speed
     assert set(report["results"]) == {"poisson-50", "poisson-80", "burst", "all"}
 
 
+
+
+def test_a_replayed_paced_check_finds_the_speeds_that_paced_its_loads(tmp_path, capsys):
+    """06c's tiny check 1 (vLLM-CPU, AMD host) paced each Poisson load by the speed its warm-up had
+    just run, computed live between the two. Replayed offline from the token times, the warm-ups'
+    steps give the same speeds, and the replay prints the planned and sent rates."""
+    folder = TESTS_DATA / "checks-2026-12-06c" / "tiny-check-1"
+    recorded = json.loads((folder / "check.json").read_text())
+    assert main(["check", "--profile", str(TESTS_DATA / "checks-2026-12-06c" / "cpu-tiny.json"), "--replay",
+                 str(folder / "check_requests.csv"), "--out", str(tmp_path / "again")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [x for x in out if x.startswith("loads paced")] == [
+        "loads paced by their warm-up's speed: poisson-50 1.58 -> 1.4 req/s (1.126x), "
+        "poisson-80 2.53 -> 2.42 req/s (1.042x)"]
+    report = json.loads((tmp_path / "again" / "check.json").read_text())
+    assert report["pace_to_warmup"] is True and report["warmup_s"] == 60
+    # The campaign's plan, drawn again: the same requests, each sent at its planned time stretched.
+    plan, _ = plan_check(load_profile(str(TESTS_DATA / "checks-2026-12-06c" / "cpu-tiny.json")),
+                         CheckSettings(requests_per_level=(480, 960), warmup_s=60))
+    rows = read_measured(folder / "check_requests.csv")
+    for load in plan[:2]:
+        unit = recorded["units"][load.name]
+        assert report["warmup_speed"]["factors"][load.name] == pytest.approx(unit["paced_by"], rel=1e-4)
+        assert unit["rate_rps"] == pytest.approx(unit["planned_rate_rps"] / unit["paced_by"])
+        assert unit["planned_rate_rps"] == pytest.approx(load.rate)
+        sent = rows[rows["load"] == load.name].set_index("request_id")["send_s"]
+        planned = pd.Series({r.request_id: r.at_s * unit["paced_by"] for r in load.requests})
+        assert sorted(sent.index) == sorted(planned.index)
+        # The client's lateness, nothing more (unpaced, the last would have left 4-48 s earlier).
+        late = (sent - planned[sent.index]).abs()
+        assert late.median() < 0.01 and late.max() < 0.25
+    assert recorded["units"]["burst"]["paced_by"] is None
 REAL_CHECKS = Path(__file__).resolve().parents[1] / "data" / "checks-2026-12-04c"
 
 
