@@ -37,11 +37,12 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from calibrate.check import STATS, TARGET, CheckSettings, run_check
+from calibrate.check_duration import check_seconds
 from calibrate.fit import fit_profile
 from calibrate.host_probe import describe, mean_rate, speed_trace, wander_from_report
 from results.jsonsafe import json_safe
@@ -59,16 +60,17 @@ from sim.speed import SpeedWander
 #: one-minute load average above this is flagged instead.
 BUSY_LOAD = 1.0
 #: Minutes per shape on one core of the development VM (campaign 2026-12-05g): the server's
-#: start, profiling and the fit; a check's probes and burst; and its two Poisson levels
-#: (EXPECTED_AT_LOADS) at 240 requests each, which last in proportion to their requests (240 / rate).
+#: start, profiling and the fit. A check's units are simulated instead (``calibrate.check_duration``).
 EXPECTED_SETUP_MINUTES = {"tiny": 6, "small": 14, "mid": 8}
-EXPECTED_CHECK_FIXED_MINUTES = {"tiny": 1.5, "small": 2.5, "mid": 2}
-EXPECTED_POISSON_MINUTES_AT_240 = {"tiny": 2, "small": 7.5, "mid": 3.6}
-EXPECTED_AT_LOADS = (0.5, 0.8)
+#: A check's minutes besides its units: the speed probe (30 s), the speed gate's reference
+#: requests and the report's replays (campaign 2026-12-06c: 0.4-1.4 min on an AMD EPYC VM).
+EXPECTED_CHECK_FIXED_MINUTES = 1.5
 #: The most a shape's start, profiling (its 15-min budget) and fit can take, and about the
-#: most a check's burst (its 5-min cap), four probes, speed probe and gate take.
+#: most a check's speed probe, gate and report take; a check's units may take three times
+#: what the profile at hand says (a host that much slower than the one it describes).
 WORST_SETUP_MINUTES = 5 + 15 + 5
 WORST_CHECK_FIXED_MINUTES = 12
+WORST_CHECK_SLOWDOWN = 3.0
 
 
 @dataclass
@@ -126,22 +128,14 @@ def vllm_server(shape: str, settings: CampaignSettings) -> Iterator[str]:
         yield server.url
 
 
-def expected_duration(shapes: Sequence[str], checks: int, level_requests: Sequence[int],
-                      load_fractions: Sequence[float], warmup_s: float = 0.0) -> tuple[float, float]:
-    """(expected, worst case) minutes for a campaign over ``shapes`` whose checks send
-    ``level_requests[i]`` requests at ``load_fractions[i]`` of capacity: a load lasts its requests
-    over its rate. The worst case lets each check's Poisson levels run three times as long as
-    expected (a host slower than the development VM gets a lower capacity, so a slower rate and a
-    longer plan). Each load's warm-up adds ``warmup_s`` (twice that in the worst case: its queue drains)."""
-    scale = (sum(n / f for n, f in zip(level_requests, load_fractions))
-             / sum(240 / f for f in EXPECTED_AT_LOADS))
+def expected_duration(shapes: Sequence[str], checks: int, check_minutes: Mapping[str, float]) -> tuple[float, float]:
+    """(expected, worst case) minutes for a campaign over ``shapes``, each checked ``checks`` times,
+    where one check's units last ``check_minutes[shape]`` (``calibrate.check_duration``)."""
     expected = worst = 0.0
-    warmups = (len(load_fractions) + 1) * warmup_s / 60.0
     for shape in shapes:
-        poisson = EXPECTED_POISSON_MINUTES_AT_240.get(shape, 10) * scale
-        expected += EXPECTED_SETUP_MINUTES.get(shape, 30) + checks * (EXPECTED_CHECK_FIXED_MINUTES.get(shape, 5)
-                                                                      + poisson + warmups)
-        worst += WORST_SETUP_MINUTES + checks * (WORST_CHECK_FIXED_MINUTES + 3 * poisson + 2 * warmups)
+        units = check_minutes[shape]
+        expected += EXPECTED_SETUP_MINUTES.get(shape, 30) + checks * (EXPECTED_CHECK_FIXED_MINUTES + units)
+        worst += WORST_SETUP_MINUTES + checks * (WORST_CHECK_FIXED_MINUTES + WORST_CHECK_SLOWDOWN * units)
     return expected, worst
 
 
@@ -256,8 +250,8 @@ class Campaign:
             raise ValueError(f"{self.out} was measured with other settings ({'; '.join(changed)}); "
                              "resume it with those, or choose another --out")
         (self.out / "settings.json").write_text(json.dumps(now, indent=2) + "\n")
-        expected, worst = expected_duration([sh for sh in s.shapes if self.pending(sh)], s.checks,
-                                            s.check.level_requests(), s.check.load_fractions, s.check.warmup_s)
+        left = [sh for sh in s.shapes if self.pending(sh)]
+        expected, worst = expected_duration(left, s.checks, {sh: self.check_minutes(sh)[0] for sh in left})
         self.say(f"calibration campaign in {self.out}: shapes {', '.join(s.shapes)}; expected about "
                  f"{expected:.0f} min for what is left (at most {worst:.0f} min)")
         for shape in s.shapes:
@@ -294,6 +288,8 @@ class Campaign:
                 profile.save(self.profile_json(shape))
                 record_input(self.profile_json(shape), csv)
                 self.say(f"{shape}: {profile.fit['convergence']}")
+                minutes, on = self.check_minutes(shape)
+                self.say(f"{shape}: a check's units last about {minutes:.1f} min ({on})")
         from sim.latency import load_profile
 
         if not any(step.startswith("check-") for step in todo):
@@ -310,6 +306,16 @@ class Campaign:
                     self.say(f"{shape}: check {k}: largest error {report['max_abs_err'] * 100:.1f}%"
                              + host_drift_note(self.host_vs_profiling(shape, k))
                              + describe_misses(report, TARGET) + warmup_note(report))
+
+    def check_minutes(self, shape: str) -> tuple[float, str]:
+        """(minutes, on what) of one check's units, simulated on the profile that will set its rates:
+        the campaign's own fit where it has one, else the shape's shipped ``cpu-<shape>``."""
+        from sim.latency import load_profile
+
+        own = self.profile_json(shape)
+        profile = load_profile(own if own.is_file() else f"cpu-{shape}")
+        what = "simulated on this campaign's fit" if own.is_file() else f"simulated on the shipped cpu-{shape}"
+        return sum(check_seconds(profile, self.settings.check).values()) / 60.0, what
 
     def _speed_report(self, what: str) -> dict | None:
         """The host's speed trace measured now (the server idle), said in the log; None when

@@ -167,14 +167,19 @@ def held_out_requests(s: CheckSettings, rng: np.random.Generator, n: int, first_
     return reqs
 
 
+def planned_frame(unit: str | list[str], reqs: list[PlannedRequest]) -> pd.DataFrame:
+    """Planned requests as the rows ``calibrate.replay.prepare_units`` replays: sent at their
+    ``at_s``, in ``unit`` (one name, or one per request)."""
+    return pd.DataFrame({"unit": unit, "request_id": [r.request_id for r in reqs],
+                         "input_len": [r.input_len for r in reqs], "output_len": [r.output_len for r in reqs],
+                         "prefix_id": [r.prefix_id for r in reqs], "shared_len": [r.shared_len for r in reqs],
+                         "send_s": [r.at_s for r in reqs]})
+
+
 def simulated_capacity(profile: LatencyProfile, s: CheckSettings, n: int = 128) -> float:
     """Completed requests per second of ``n`` held-out requests sent at once, simulated."""
     rng = np.random.default_rng([s.seed, 99])
-    reqs = held_out_requests(s, rng, n, 0, 0)
-    frame = pd.DataFrame({"unit": "capacity", "request_id": [r.request_id for r in reqs],
-                          "input_len": [r.input_len for r in reqs], "output_len": [r.output_len for r in reqs],
-                          "prefix_id": [r.prefix_id for r in reqs], "shared_len": [r.shared_len for r in reqs],
-                          "send_s": 0.0})
+    frame = planned_frame("capacity", held_out_requests(s, rng, n, 0, 0))
     units = prepare_units(frame, profile.engine.block_size, s.vocab_size)
     overhead = profile.request_overhead_s
     _, _, e2el = simulate_units(units, len(frame), profile.model, profile.engine, overhead, profile.front_end)

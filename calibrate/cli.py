@@ -258,8 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--budget-s", type=float, default=900.0, help="profiling time budget per shape (default: 900)")
     a.add_argument("--requests-per-level", type=_requests_per_level, default=(480, 960),
                    help="requests per Poisson load (50%% and 80%% of capacity) in each check, all sent: one "
-                        "count for both, or one each (default: 480,960, about 110 minutes for three shapes; "
-                        "120 takes about 55). Longer loads average the host's speed and the queue's swings over "
+                        "count for both, or one each (default: 480,960). The campaign says how long it expects to run "
+                        "before it starts, each check's plan simulated on the shipped profile: for three shapes "
+                        "about 245 minutes at the shipped CPU profiles' speed, 135 at the 2026-12-05h Xeon fits' "
+                        "(120 requests: about 100 and 70). Longer loads average the host's speed and the queue's swings over "
                         "more minutes: at 120 on a 2-core VM the p50s of two identical checks moved up to 22%% "
                         "apart; at 480 the 80%% load's statistics still moved 7-17%% (the half load's 2-11%%), "
                         "hence twice the requests there (docs/calibration.md)")

@@ -43,6 +43,8 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
     summary = camp.run()
     assert started == ["tiny"] and camp.pending("tiny") == []
     assert "expected about" in lines[0]
+    assert any(line.startswith("tiny: a check's units last about ") and line.endswith("(simulated on this campaign's fit)")
+               for line in lines), lines
     for f in ("tiny/profiling.csv", "tiny/cpu-tiny.json", "tiny/check-1/check.json", "tiny/check-2/check.json",
               "log.jsonl", "summary.md", "summary.json"):
         assert (tmp_path / f).exists(), f
@@ -247,30 +249,36 @@ def test_a_step_is_busy_when_other_processes_used_the_machine_not_by_its_own_loa
 def test_settings_and_duration():
     with pytest.raises(ValueError, match="unknown model shape 'huge'"):
         CampaignSettings(shapes=("tiny", "huge"))
-    loads = (0.5, 0.8)
-    expected, worst = expected_duration(["tiny", "small", "mid"], 2, (480, 480), loads)
-    assert 0 < expected < worst
-    # A minute of warm-up before each of a check's three loads: three minutes per check, six per shape.
-    warm = expected_duration(["tiny", "small", "mid"], 2, (480, 480), loads, warmup_s=60)
-    assert warm[0] == pytest.approx(expected + 3 * 2 * 3) and warm[1] == pytest.approx(worst + 3 * 2 * 3 * 2)
+    minutes = {"tiny": 14.0, "small": 50.0, "mid": 23.0}
+    expected, worst = expected_duration(["tiny", "small", "mid"], 2, minutes)
+    assert 2 * (14 + 50 + 23) < expected < worst
+    # No checks: only each shape's start, profiling and fit, whatever the checks would take.
+    assert expected_duration(["small"], 0, {"small": 5.0}) == expected_duration(["small"], 0, {"small": 500.0})
 
 
-def test_the_duration_estimate_grows_with_the_checks_poisson_requests():
-    loads = (0.5, 0.8)
-    at = {n: expected_duration(["small"], 2, (n, n), loads) for n in (240, 480, 720)}
-    assert at[240][0] < at[480][0] < at[720][0] and at[240][1] < at[480][1]
-    # Only the Poisson levels lengthen, in proportion; the start, profiling and probes do not.
-    assert at[720][0] - at[480][0] == pytest.approx(at[480][0] - at[240][0])
-    assert at[480][0] < 2 * at[240][0]
-    assert expected_duration(["small"], 0, (240, 240), loads) == expected_duration(["small"], 0, (960, 960), loads)
-    assert expected_duration(["small"], 4, (240, 240), loads)[0] > at[240][0]
-    # A load lasts its requests over its rate: 480 more at 80% of capacity cost what 300 more at
-    # 50% do (480 / 0.8 = 300 / 0.5), and less than 480 more at 50%.
-    more_at_80 = expected_duration(["small"], 2, (480, 960), loads)[0]
-    assert more_at_80 == pytest.approx(expected_duration(["small"], 2, (780, 480), loads)[0])
-    assert more_at_80 < expected_duration(["small"], 2, (960, 480), loads)[0]
-    # The campaign's default, 480 and 960, for the three shapes: about 110 minutes (cli.py's help).
-    assert 105 < expected_duration(["tiny", "small", "mid"], 2, (480, 960), loads)[0] < 115
+def test_the_duration_estimate_grows_with_each_checks_simulated_minutes():
+    at = {m: expected_duration(["small"], 2, {"small": m}) for m in (10.0, 20.0, 30.0)}
+    assert at[10.0][0] < at[20.0][0] < at[30.0][0] and at[10.0][1] < at[20.0][1] < at[30.0][1]
+    # Each check adds its units' minutes once to the expected figure, and allows three times as many
+    # in the worst case (a host that much slower than the profile says).
+    assert at[30.0][0] - at[20.0][0] == pytest.approx(2 * 10.0)
+    assert at[30.0][1] - at[20.0][1] == pytest.approx(2 * 3 * 10.0)
+    assert expected_duration(["small"], 4, {"small": 10.0})[0] > at[10.0][0]
+    with pytest.raises(KeyError):  # a shape whose check was not simulated is not guessed
+        expected_duration(["tiny"], 2, {"small": 10.0})
+
+
+def test_a_campaign_estimates_its_checks_on_the_shipped_profile_then_on_its_own_fit(tmp_path):
+    camp = Campaign(tmp_path, CampaignSettings(shapes=("tiny",), check=CHECK), log=lambda _m: None)
+    shipped, on = camp.check_minutes("tiny")
+    assert on == "simulated on the shipped cpu-tiny" and shipped > 0
+    # A fit of a machine twice as slow: twice the minutes for its loads and probes (rates half, requests
+    # twice as long); its Poisson warm-ups still send for warmup_s, at half the rate.
+    from sim.latency import load_profile
+    camp.shape_dir("tiny").mkdir(parents=True)
+    load_profile("cpu-tiny").slowed(2.0).save(camp.profile_json("tiny"))
+    own, on = camp.check_minutes("tiny")
+    assert on == "simulated on this campaign's fit" and 1.8 * shipped < own <= 2 * shipped * (1 + 1e-9)
 
 
 def test_a_campaign_resumed_with_other_check_settings_is_refused_naming_them(tmp_path):
