@@ -251,9 +251,12 @@ class Campaign:
                              "resume it with those, or choose another --out")
         (self.out / "settings.json").write_text(json.dumps(now, indent=2) + "\n")
         left = [sh for sh in s.shapes if self.pending(sh)]
-        expected, worst = expected_duration(left, s.checks, {sh: self.check_minutes(sh)[0] for sh in left})
-        self.say(f"calibration campaign in {self.out}: shapes {', '.join(s.shapes)}; expected about "
-                 f"{expected:.0f} min for what is left (at most {worst:.0f} min)")
+        try:
+            expected, worst = expected_duration(left, s.checks, {sh: self.check_minutes(sh)[0] for sh in left})
+            when = f"expected about {expected:.0f} min for what is left (at most {worst:.0f} min)"
+        except ValueError as e:  # an estimate only: the steps themselves say what is wrong, if anything
+            when = f"no time estimate ({e})"
+        self.say(f"calibration campaign in {self.out}: shapes {', '.join(s.shapes)}; {when}")
         for shape in s.shapes:
             todo = self.pending(shape)
             if not todo:
@@ -288,8 +291,11 @@ class Campaign:
                 profile.save(self.profile_json(shape))
                 record_input(self.profile_json(shape), csv)
                 self.say(f"{shape}: {profile.fit['convergence']}")
-                minutes, on = self.check_minutes(shape)
-                self.say(f"{shape}: a check's units last about {minutes:.1f} min ({on})")
+                try:
+                    minutes, on = self.check_minutes(shape)
+                    self.say(f"{shape}: a check's units last about {minutes:.1f} min ({on})")
+                except ValueError as e:
+                    self.say(f"{shape}: no time estimate for its checks ({e})")
         from sim.latency import load_profile
 
         if not any(step.startswith("check-") for step in todo):

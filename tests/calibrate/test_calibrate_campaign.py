@@ -281,6 +281,22 @@ def test_a_campaign_estimates_its_checks_on_the_shipped_profile_then_on_its_own_
     assert on == "simulated on this campaign's fit" and 1.8 * shipped < own <= 2 * shipped * (1 + 1e-9)
 
 
+def test_a_campaign_that_cannot_estimate_its_time_says_why_and_goes_on(tmp_path, monkeypatch):
+    def no_estimate(profile, settings):
+        raise ValueError("unit check/poisson-50: 3 request(s) cannot be served by profile cpu-tiny")
+
+    def server(shape, settings):
+        raise RuntimeError("the server would start here")
+
+    monkeypatch.setattr("calibrate.campaign.check_seconds", no_estimate)
+    lines = []
+    camp = Campaign(tmp_path, CampaignSettings(shapes=("tiny",), check=CHECK), server=server, log=lines.append)
+    with pytest.raises(RuntimeError, match="the server would start here"):
+        camp.run()
+    assert lines[0].endswith("shapes tiny; no time estimate (unit check/poisson-50: 3 request(s) cannot be "
+                             "served by profile cpu-tiny)")
+
+
 def test_a_campaign_resumed_with_other_check_settings_is_refused_naming_them(tmp_path):
     camp, d = fake_campaign(tmp_path)
     written = json.dumps({"shapes": ["tiny"], "checks": 2, "profile": {"budget_s": 900.0},

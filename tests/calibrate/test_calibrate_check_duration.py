@@ -1,4 +1,5 @@
 """A check's length, simulated from its plan: against real vLLM checks, and its own invariants."""
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -80,3 +81,11 @@ def test_a_closed_unit_is_refused_naming_it():
     unit = Unit("p", "loop", "closed", [PlannedRequest(0, 100, 10)], concurrency=2)
     with pytest.raises(ValueError, match="unit loop: a closed unit"):
         unit_seconds(load_profile("cpu-tiny"), unit, SHORT.vocab_size)
+
+
+def test_a_plan_the_profile_cannot_serve_is_refused_naming_the_unit():
+    # Four KV blocks of 32 tokens: a 300-token prompt never fits, so the simulator rejects it.
+    tiny = load_profile("cpu-tiny")
+    profile = replace(tiny, engine=replace(tiny.engine, num_kv_blocks=4))
+    with pytest.raises(ValueError, match="unit huge: 1 request.s. cannot be served by profile cpu-tiny"):
+        unit_seconds(profile, Unit("p", "huge", "open", [PlannedRequest(0, 300, 20)]), SHORT.vocab_size)
