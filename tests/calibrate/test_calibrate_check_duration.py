@@ -9,9 +9,9 @@ from calibrate.check_duration import check_seconds, unit_seconds
 from calibrate.probe import PlannedRequest, Unit
 from sim.latency import load_profile
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "checks-2026-12-06c"
-#: The settings campaign 2026-12-06c checked with (its check.json: 480 and 960 requests, a minute's warm-up).
-CAMPAIGN_06C = CheckSettings(requests_per_level=(480, 960), warmup_s=60)
+DATA = Path(__file__).resolve().parents[1] / "data"
+#: The settings campaigns 2026-12-06c and 06d checked with (its check.json: 480 and 960 requests, a minute's warm-up).
+CAMPAIGNS_06 = CheckSettings(requests_per_level=(480, 960), warmup_s=60)
 SHORT = CheckSettings(max_input=400, max_output=24, prefix_len=64, requests_per_level=12, burst=6, warmup_s=2)
 
 
@@ -22,14 +22,15 @@ def measured_minutes(check_dir: Path) -> float:
     return float(end - m["unit_start_s"].min()) / 60.0
 
 
-@pytest.mark.parametrize("shape", ["tiny", "mid"])
-def test_the_simulated_plan_lasts_what_real_vllm_checks_took(shape):
-    # Campaign 06c on an AMD EPYC VM: the checks took 14.4-15.2 (tiny) and 24.6-25.4 (mid) minutes;
-    # the constants the campaign used before allowed about 10 and 15. Their loads were paced by
-    # their warm-ups' speed (up to 1.13x longer), which no plan can know: at most 10% over.
-    estimate = sum(check_seconds(load_profile(DATA / f"cpu-{shape}.json"), CAMPAIGN_06C).values()) / 60.0
+@pytest.mark.parametrize("campaign,shape", [("06c", "tiny"), ("06c", "mid"), ("06d", "tiny")])
+def test_the_simulated_plan_lasts_what_real_vllm_checks_took(campaign, shape):
+    # Campaigns 06c and 06d on an AMD EPYC VM: the checks' units took 14.4-15.4 (tiny) and 24.6-25.4
+    # (mid) minutes; the constants the campaign used before allowed about 10 and 15. Their loads were
+    # paced by their warm-ups' speed (up to 1.13x longer), which no plan can know: at most 12% over.
+    folder = DATA / f"checks-2026-12-{campaign}"
+    estimate = sum(check_seconds(load_profile(folder / f"cpu-{shape}.json"), CAMPAIGNS_06).values()) / 60.0
     for k in (1, 2):
-        real = measured_minutes(DATA / f"{shape}-check-{k}")
+        real = measured_minutes(folder / f"{shape}-check-{k}")
         assert 0.88 * real < estimate < 1.02 * real, (shape, k, estimate, real)
 
 

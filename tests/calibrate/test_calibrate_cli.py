@@ -234,12 +234,13 @@ KEPT_CAMPAIGNS = {("05j", "tiny", 1): 0.093, ("05j", "tiny", 2): 0.096, ("05j", 
                   ("06b", "tiny", 1): 0.4492, ("06b", "tiny", 2): 0.4985, ("06b", "small", 1): 0.057,
                   ("06b", "small", 2): 0.0798, ("06b", "mid", 1): 0.2636, ("06b", "mid", 2): 0.2615,
                   ("06c", "tiny", 1): 0.154, ("06c", "tiny", 2): 0.2093, ("06c", "mid", 1): 0.1933,
-                  ("06c", "mid", 2): 0.2964}
+                  ("06c", "mid", 2): 0.2964, ("06d", "tiny", 1): 0.0953, ("06d", "tiny", 2): 0.1677}
 #: Campaigns that checked another campaign's fits again (06b: 06a's, three hours later, with warm-ups).
 FITS_OF = {"06b": "06a"}
 #: The requests each campaign's checks sent at half and at 80% of capacity.
 POISSON_REQUESTS = {"05h": (480, 480), "05j": (480, 480), "05k": (480, 480), "05l": (480, 960),
-                    "06a": (480, 960), "06b": (480, 960), "06c": (480, 960)}
+                    "06a": (480, 960), "06b": (480, 960), "06c": (480, 960),
+                    "06d": (480, 960)}
 TESTS_DATA = DATA.parent  # tests/data: the campaigns' folders
 
 
@@ -266,7 +267,7 @@ def test_the_shipped_xeon_profiles_replay_their_campaigns_checks(campaign, shape
 
 @pytest.mark.parametrize("campaign,shape,check", sorted(KEPT_CAMPAIGNS))
 def test_kept_campaigns_checks_replay_under_their_own_fits(campaign, shape, check, tmp_path):
-    """Campaigns 2026-12-05j's, 05l's, 06a's and 06c's fits are kept as data, not shipped; each check replays
+    """Campaigns 2026-12-05j's, 05l's, 06a's, 06c's and 06d's fits are kept as data, not shipped; each check replays
     under its shape's fit to the recorded largest error, the misses included (06b's under 06a's fits)."""
     folder = TESTS_DATA / f"checks-2026-12-{campaign}"
     fits = TESTS_DATA / f"checks-2026-12-{FITS_OF.get(campaign, campaign)}"
