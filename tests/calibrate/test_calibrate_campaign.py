@@ -43,8 +43,8 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
     summary = camp.run()
     assert started == ["tiny"] and camp.pending("tiny") == []
     assert "expected about" in lines[0]
-    assert any(line.startswith("tiny: a check's units last about ") and line.endswith("(simulated on this campaign's fit)")
-               for line in lines), lines
+    assert any(line.startswith("tiny: a check's units last about ")
+               and line.endswith("(simulated on this campaign's fit)") for line in lines), lines
     for f in ("tiny/profiling.csv", "tiny/cpu-tiny.json", "tiny/check-1/check.json", "tiny/check-2/check.json",
               "log.jsonl", "summary.md", "summary.json"):
         assert (tmp_path / f).exists(), f
