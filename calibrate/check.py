@@ -291,6 +291,12 @@ def with_warmups(units: list[Unit], warmups: list[Unit]) -> list[Unit]:
     return out
 
 
+def check_units(loads: list[Unit], s: CheckSettings) -> list[Unit]:
+    """Every unit a check sends, in order: before each load its reference probe and its warm-up,
+    and a last probe after them (what ``run_check`` sends and ``calibrate.check_duration`` times)."""
+    return with_warmups(with_reference_probes(loads, s), warmup_units(loads, s))
+
+
 def compare(frame: pd.DataFrame) -> dict:
     """Errors per unit and pooled: {scope: {stat: {real, sim, err}}, ..., max_abs_err}."""
     out = {}
@@ -603,7 +609,7 @@ async def run_check(profile: LatencyProfile, url: str, out_dir: str | Path,
     loads, cap = plan_check(profile, s)
     # Every token's arrival of the loads (not the probes) is kept: calibrate.step_times times each engine step.
     loads = [replace(u, keep_token_times=True) for u in loads]
-    units = with_warmups(with_reference_probes(loads, s), warmup_units(loads, s))
+    units = check_units(loads, s)
     rows: list[dict] = []
     times: dict[int, list[float]] = {}
     load_names = {u.name for u in loads}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from calibrate.check import CheckSettings, planned_frame, plan_check, warmup_units, with_reference_probes, with_warmups
+from calibrate.check import CheckSettings, check_units, plan_check, planned_frame
 from calibrate.probe import Unit
 from calibrate.replay import prepare_units, simulate_units
 from sim.latency import LatencyProfile
@@ -47,5 +47,4 @@ def check_seconds(profile: LatencyProfile, s: CheckSettings) -> dict[str, float]
     """Seconds per unit (by ``Unit.key``) of the check ``s`` plans for ``profile``, in the order it
     runs them (before each load its reference probe and its warm-up), simulated on ``profile``."""
     loads, _ = plan_check(profile, s)
-    units = with_warmups(with_reference_probes(loads, s), warmup_units(loads, s))
-    return {unit.key: unit_seconds(profile, unit, s.vocab_size) for unit in units}
+    return {unit.key: unit_seconds(profile, unit, s.vocab_size) for unit in check_units(loads, s)}

@@ -6,9 +6,9 @@ import math
 import pandas as pd
 import pytest
 
-from calibrate.check import (REFERENCE_PHASE, WARMUP_FIRST_ID, WARMUP_PHASE, CheckSettings, compare,
-                             format_pacing, format_warmup_speed, paced, plan_check, replay_check, step_speed_check, warmup_speed_check,
-                             warmup_units, with_reference_probes, with_warmups)
+from calibrate.check import (REFERENCE_PHASE, WARMUP_FIRST_ID, WARMUP_PHASE, CheckSettings, check_units, compare,
+                             format_pacing, format_warmup_speed, paced, plan_check, replay_check, step_speed_check,
+                             warmup_speed_check, warmup_units)
 from sim.latency import load_profile
 
 SETTINGS = CheckSettings(requests_per_level=12, burst=6, max_input=300, max_output=12, prefix_len=64,
@@ -19,7 +19,7 @@ LOADS = ("poisson-50", "poisson-80", "burst")
 
 def _units(settings: CheckSettings = SETTINGS):
     loads, _ = plan_check(load_profile("cpu-tiny"), settings)
-    return loads, with_warmups(with_reference_probes(loads, settings), warmup_units(loads, settings))
+    return loads, check_units(loads, settings)
 
 
 def _measured_on(profile, units) -> pd.DataFrame:

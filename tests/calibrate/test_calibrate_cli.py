@@ -224,7 +224,8 @@ SHIPPED_CAMPAIGNS = {("05h", "tiny", 1): 0.081, ("05h", "tiny", 2): 0.098, ("05h
                      ("05k", "mid", 1): 0.053, ("05k", "mid", 2): 0.075}
 #: Campaigns whose fits are kept as data beside their checks, not shipped: each check's recorded
 #: largest error. 05j: the 480 campaign again; 05l: twice the requests at 80% of capacity;
-#: 06a: 05l's campaign again on a noisy host; 06c: tiny and mid on an AMD host, loads paced by warm-ups.
+#: 06a: 05l's campaign again on a noisy host; 06c: tiny and mid on an AMD host, loads paced by warm-ups;
+#: 06d: tiny again on that host.
 KEPT_CAMPAIGNS = {("05j", "tiny", 1): 0.093, ("05j", "tiny", 2): 0.096, ("05j", "small", 1): 0.091,
                   ("05j", "small", 2): 0.055, ("05j", "mid", 1): 0.077, ("05j", "mid", 2): 0.111,
                   ("05l", "tiny", 1): 0.104, ("05l", "tiny", 2): 0.088, ("05l", "small", 1): 0.113,
@@ -267,8 +268,8 @@ def test_the_shipped_xeon_profiles_replay_their_campaigns_checks(campaign, shape
 
 @pytest.mark.parametrize("campaign,shape,check", sorted(KEPT_CAMPAIGNS))
 def test_kept_campaigns_checks_replay_under_their_own_fits(campaign, shape, check, tmp_path):
-    """Campaigns 2026-12-05j's, 05l's, 06a's, 06c's and 06d's fits are kept as data, not shipped; each check replays
-    under its shape's fit to the recorded largest error, the misses included (06b's under 06a's fits)."""
+    """Campaigns 2026-12-05j's, 05l's, 06a's, 06c's and 06d's fits are kept as data, not shipped; each
+    check replays under its shape's fit to the recorded largest error, the misses included (06b's under 06a's fits)."""
     folder = TESTS_DATA / f"checks-2026-12-{campaign}"
     fits = TESTS_DATA / f"checks-2026-12-{FITS_OF.get(campaign, campaign)}"
     _replay_campaign_check(str(fits / f"cpu-{shape}.json"), folder / f"{shape}-check-{check}",
@@ -322,8 +323,6 @@ def test_a_replayed_check_with_warm_ups_predicts_each_load_at_its_warm_ups_speed
     assert set(report["results"]) == {"poisson-50", "poisson-80", "burst", "all"}
 
 
-
-
 def test_a_replayed_paced_check_finds_the_speeds_that_paced_its_loads(tmp_path, capsys):
     """06c's tiny check 1 (vLLM-CPU, AMD host) paced each Poisson load by the speed its warm-up had
     just run, computed live between the two. Replayed offline from the token times, the warm-ups'
@@ -354,6 +353,8 @@ def test_a_replayed_paced_check_finds_the_speeds_that_paced_its_loads(tmp_path, 
         late = (sent - planned[sent.index]).abs()
         assert late.median() < 0.01 and late.max() < 0.25
     assert recorded["units"]["burst"]["paced_by"] is None
+
+
 REAL_CHECKS = Path(__file__).resolve().parents[1] / "data" / "checks-2026-12-04c"
 
 
