@@ -11,4 +11,16 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q torch==2.13.0 -e '.[test]'
-exec .venv/bin/python -m pytest "$@"
+# The suite runs on every core the process may use (pytest-xdist; on CI's 2 cores in about
+# half the serial time). Serially instead when the caller picks the workers (-n 0 runs in one
+# process) or selects the real-vLLM tests, which start servers sized for the whole machine.
+parallel=(-n logical --dist worksteal)
+prev=""
+for arg in "$@"; do
+  case "$arg" in
+    -n|-n*|--numprocesses*|-pno:xdist|no:xdist) parallel=() ;;
+  esac
+  if [ "$prev" = "-m" ] && [[ "$arg" == *vllm* && "$arg" != *"not vllm"* ]]; then parallel=(); fi
+  prev="$arg"
+done
+exec .venv/bin/python -m pytest "${parallel[@]}" "$@"
