@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = ["sim", "scenarios", "workload", "results", "predictors", "live", "live.gateway",
                 "live.emulator", "calibrate", "validation"]
 #: Import names of what the extras add beyond install_requires ([ray], [test]).
-EXTRAS_ONLY = ["ray", "pytest", "_pytest", "hypothesis", "openai", "pytest_timeout"]
+EXTRAS_ONLY = ["ray", "pytest", "_pytest", "hypothesis", "openai", "pytest_timeout", "xdist", "execnet"]
 
 _RUNNER = """
 import importlib.abc, runpy, sys
