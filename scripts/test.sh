@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 # The suite runs on every core the process may use (pytest-xdist; on CI's 2 cores in about
 # half the serial time). Serially instead when the caller picks the workers (-n 0 runs in one
 # process) or selects the real-vLLM tests, which start servers sized for the whole machine.
+# "logical", not "auto": with psutil installed, auto counts physical cores, one worker where
+# a VM's two vCPUs are one core's hyperthreads.
 parallel=(-n logical --dist worksteal)
 prev=""
 for arg in "$@"; do
