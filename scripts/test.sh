@@ -13,7 +13,7 @@ parallel=(-n logical --dist worksteal)
 prev=""
 for arg in "$@"; do
   case "$arg" in
-    -n|-n*|--numprocesses*|-pno:xdist|no:xdist) parallel=() ;;
+    -n*|--numprocesses*|-pno:xdist|no:xdist) parallel=() ;;
   esac
   if [ "$prev" = "-m" ] && [[ "$arg" == *vllm* && "$arg" != *"not vllm"* ]]; then parallel=(); fi
   prev="$arg"
