@@ -15,7 +15,10 @@ for arg in "$@"; do
   case "$arg" in
     -n*|--numprocesses*|-pno:xdist|no:xdist) parallel=() ;;
   esac
-  if [ "$prev" = "-m" ] && [[ "$arg" == *vllm* && "$arg" != *"not vllm"* ]]; then parallel=(); fi
+  # The marker expression: "-m EXPR", or "-mEXPR" as pytest also reads it.
+  expr=""
+  if [ "$prev" = "-m" ]; then expr="$arg"; elif [[ "$arg" == -m?* ]]; then expr="${arg#-m}"; fi
+  if [[ "$expr" == *vllm* && "$expr" != *"not vllm"* ]]; then parallel=(); fi
   prev="$arg"
 done
 if [ -n "${VLLM_LAB_PRINT_PYTEST_ARGS:-}" ]; then

@@ -40,3 +40,8 @@ def test_a_caller_who_picks_the_workers_gets_exactly_that(args):
 @pytest.mark.parametrize("marker", ["vllm", "vllm and not slow"])
 def test_the_real_vllm_tests_run_serially(marker):
     assert pytest_args("-m", marker, "tests/calibrate") == ["-m", marker, "tests/calibrate"]
+
+
+def test_the_marker_expression_joined_to_its_option_is_read_too():
+    assert pytest_args("-mvllm") == ["-mvllm"]
+    assert pytest_args("-mnot vllm") == PARALLEL + ["-mnot vllm"]
