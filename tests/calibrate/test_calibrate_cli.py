@@ -225,7 +225,7 @@ SHIPPED_CAMPAIGNS = {("05h", "tiny", 1): 0.081, ("05h", "tiny", 2): 0.098, ("05h
 #: Campaigns whose fits are kept as data beside their checks, not shipped: each check's recorded
 #: largest error. 05j: the 480 campaign again; 05l: twice the requests at 80% of capacity;
 #: 06a: 05l's campaign again on a noisy host; 06c: tiny and mid on an AMD host, loads paced by warm-ups;
-#: 06d: tiny again on that host; 06e: mid again on that host.
+#: 06d: tiny again on that host; 06e: mid again on that host; 06f: small on that host.
 KEPT_CAMPAIGNS = {("05j", "tiny", 1): 0.093, ("05j", "tiny", 2): 0.096, ("05j", "small", 1): 0.091,
                   ("05j", "small", 2): 0.055, ("05j", "mid", 1): 0.077, ("05j", "mid", 2): 0.111,
                   ("05l", "tiny", 1): 0.104, ("05l", "tiny", 2): 0.088, ("05l", "small", 1): 0.113,
@@ -236,13 +236,14 @@ KEPT_CAMPAIGNS = {("05j", "tiny", 1): 0.093, ("05j", "tiny", 2): 0.096, ("05j", 
                   ("06b", "small", 2): 0.0798, ("06b", "mid", 1): 0.2636, ("06b", "mid", 2): 0.2615,
                   ("06c", "tiny", 1): 0.154, ("06c", "tiny", 2): 0.2093, ("06c", "mid", 1): 0.1933,
                   ("06c", "mid", 2): 0.2964, ("06d", "tiny", 1): 0.0953, ("06d", "tiny", 2): 0.1677,
-                  ("06e", "mid", 1): 0.1068, ("06e", "mid", 2): 0.1465}
+                  ("06e", "mid", 1): 0.1068, ("06e", "mid", 2): 0.1465, ("06f", "small", 1): 0.1076,
+                  ("06f", "small", 2): 0.0644}
 #: Campaigns that checked another campaign's fits again (06b: 06a's, three hours later, with warm-ups).
 FITS_OF = {"06b": "06a"}
 #: The requests each campaign's checks sent at half and at 80% of capacity.
 POISSON_REQUESTS = {"05h": (480, 480), "05j": (480, 480), "05k": (480, 480), "05l": (480, 960),
                     "06a": (480, 960), "06b": (480, 960), "06c": (480, 960),
-                    "06d": (480, 960), "06e": (480, 960)}
+                    "06d": (480, 960), "06e": (480, 960), "06f": (480, 960)}
 TESTS_DATA = DATA.parent  # tests/data: the campaigns' folders
 
 
@@ -269,7 +270,7 @@ def test_the_shipped_xeon_profiles_replay_their_campaigns_checks(campaign, shape
 
 @pytest.mark.parametrize("campaign,shape,check", sorted(KEPT_CAMPAIGNS))
 def test_kept_campaigns_checks_replay_under_their_own_fits(campaign, shape, check, tmp_path):
-    """Campaigns 2026-12-05j's, 05l's, 06a's, 06c's, 06d's and 06e's fits are kept as data, not shipped; each
+    """Campaigns 2026-12-05j's, 05l's, 06a's, 06c's, 06d's, 06e's and 06f's fits are kept as data, not shipped; each
     check replays under its shape's fit to the recorded largest error, the misses included (06b's under 06a's fits)."""
     folder = TESTS_DATA / f"checks-2026-12-{campaign}"
     fits = TESTS_DATA / f"checks-2026-12-{FITS_OF.get(campaign, campaign)}"
