@@ -270,8 +270,8 @@ def test_the_shipped_xeon_profiles_replay_their_campaigns_checks(campaign, shape
 
 @pytest.mark.parametrize("campaign,shape,check", sorted(KEPT_CAMPAIGNS))
 def test_kept_campaigns_checks_replay_under_their_own_fits(campaign, shape, check, tmp_path):
-    """Campaigns 2026-12-05j's, 05l's, 06a's, 06c's, 06d's, 06e's and 06f's fits are kept as data, not shipped; each
-    check replays under its shape's fit to the recorded largest error, the misses included (06b's under 06a's fits)."""
+    """The fits of the campaigns in KEPT_CAMPAIGNS are kept as data, not shipped; each check replays under its
+    shape's fit to the recorded largest error, the misses included (06b's under 06a's fits)."""
     folder = TESTS_DATA / f"checks-2026-12-{campaign}"
     fits = TESTS_DATA / f"checks-2026-12-{FITS_OF.get(campaign, campaign)}"
     _replay_campaign_check(str(fits / f"cpu-{shape}.json"), folder / f"{shape}-check-{check}",
