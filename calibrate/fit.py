@@ -374,12 +374,13 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
                pin_weight: float = PIN_WEIGHT, front_end: bool = True, tol: float = TOL,
                front_end_bounds: tuple[FrontEndModel, FrontEndModel] | None = None,
                knee: float = 1.0, decode_attn_s: float | None = None,
-               held_steps: Mapping[str, float] | None = None) -> FitResult:
+               held_steps: Mapping[str, float] | None = None, single_row_s: float = 0.0) -> FitResult:
     """The three stages of the module docstring; ``front_end=False`` keeps the front end at 0.
     ``knee`` holds the matmuls' floor at that many decodes' matmuls (``replay.unpack``; 1: none).
     ``decode_attn_s`` holds the decode attention at a directly measured value
     (``calibrate.decode_steps.decode_attention``); None leaves it free. ``held_steps``
-    holds step coefficients by name (``calibrate.step_fit``: fitted to the timed steps).
+    holds step coefficients by name (``calibrate.step_fit``: fitted to the timed steps), and
+    ``single_row_s`` the one-token step's correction measured there (``sim.latency``).
 
     ``front_end_bounds`` (lower, upper) keeps each front-end cost in a measured
     range (``calibrate.frontend_cpu``: at least the API server's CPU time per
@@ -440,7 +441,7 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
         theta = np.maximum(x, 0.0) * scale
         if theta[0] + theta[1] <= 0:
             theta[0] = 1e-9
-        model, overhead, fe = unpack(theta, 1.0 if linear else knee)
+        model, overhead, fe = unpack(theta, 1.0 if linear else knee, single_row_s)
         return linearize_units(which, len(data), model, engine, overhead, fe)
 
     # Stage 1: the idle requests alone (their schedule does not depend on the parameters), with the
@@ -528,7 +529,7 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
         stages["polish"] = {"ran": False}
     # A parameter a billionth of its effect scale changes no latency: write it as 0.
     x_final = np.where(x < 1e-9, 0.0, x)
-    model, overhead, fe = unpack(x_final * scale, knee)
+    model, overhead, fe = unpack(x_final * scale, knee, single_row_s)
     final = linearize(x_final, idle_units)
     M_f, _, _, _ = _rows(data, final, scale, anchor)
     drift = float(np.max(np.abs(M_f @ x_final - idle_pred) / np.maximum(np.abs(idle_pred), 1e-12))) \
@@ -559,7 +560,7 @@ STEP_HELD = step_fit_mod.STEP_HELD
 
 def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES,
                   decode_steps: Mapping[int, dict] | None = None, steps: pd.DataFrame | None = None,
-                  **kwargs) -> FitResult:
+                  single_row: bool = True, **kwargs) -> FitResult:
     """``fit_replay`` with the matmuls' floor at the knee that explains the data best.
 
     With the knee held, every step time stays linear in the parameters, so each
@@ -587,11 +588,12 @@ def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES,
     if not knees or knees[0] < 1.0:
         raise FitError(f"knees are counts of decodes >= 1, got {knees}")
     if steps is not None:
-        chosen_fit, errors = step_fit_mod.choose_knee(steps, knees, kwargs.get("decode_attn_s"))
+        chosen_fit, errors = step_fit_mod.choose_knee(steps, knees, kwargs.get("decode_attn_s"), single_row)
         chosen = chosen_fit["knee"]
         names = step_fit_mod.held_coefficients(chosen_fit)
         held = {k: v for k, v in chosen_fit["coefficients"].items() if k in names}
-        result = fit_replay(data, engine, knee=chosen, held_steps=held, **kwargs)
+        result = fit_replay(data, engine, knee=chosen, held_steps=held,
+                            single_row_s=chosen_fit["coefficients"].get("single_row_s", 0.0), **kwargs)
         record = {"chosen": chosen, "by_timed_steps": chosen, "timed_step_error_by_knee": errors,
                   "held": list(names)}
         if decode_steps:
@@ -861,12 +863,13 @@ def timed_profile_steps(data_path: str | Path, data: pd.DataFrame, engine: Engin
 def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_iter: int = 30,
                 polish_nfev: int = POLISH_REPLAYS, hardware: str = "", pin_weight: float = PIN_WEIGHT,
                 front_end: bool = True, measured_bounds: bool = True, matmul_floor: bool = True,
-                engine_overrides: dict | None = None, timed_steps: bool = True
+                engine_overrides: dict | None = None, timed_steps: bool = True, single_row: bool = True
                 ) -> tuple[LatencyProfile, pd.DataFrame]:
     """Fit ``data_path`` into a named profile; also return the rows with simulated values.
 
     ``timed_steps``: when profiling kept the loaded units' token times, fit the step model
-    to their engine steps and hold it (``calibrate.step_fit``); False: the replay fits it."""
+    to their engine steps and hold it (``calibrate.step_fit``); False: the replay fits it.
+    ``single_row``: let those steps fit the one-token step's correction (``sim.latency``)."""
     data, meta = load_data(data_path)
     engine = engine_defaults(meta, **(engine_overrides or {}))
     measured = measured_front_end(meta) if measured_bounds else None
@@ -878,7 +881,7 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
     steps, step_record = (timed_profile_steps(data_path, data, engine, measured)
                           if timed_steps else (None, {"used": False, "reason": "not asked for (--no-timed-steps)"}))
     result = fit_with_knee(data, engine, knees=KNEES if matmul_floor else (1.0,),
-                           decode_steps=short_steps, steps=steps, max_iter=max_iter,
+                           decode_steps=short_steps, steps=steps, single_row=single_row, max_iter=max_iter,
                            polish_nfev=polish_nfev, pin_weight=pin_weight, front_end=front_end,
                            front_end_bounds=bounds,
                            decode_attn_s=held_attn)

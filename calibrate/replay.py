@@ -91,13 +91,17 @@ def pack(model: LatencyModel, overhead_s: float, front_end: FrontEndModel = Fron
                     + [getattr(front_end, c) for c in FRONT_END_COEFFICIENTS], float)
 
 
-def unpack(theta: np.ndarray, knee: float = 1.0) -> tuple[LatencyModel, float, FrontEndModel]:
+def unpack(theta: np.ndarray, knee: float = 1.0,
+           single_row_s: float = 0.0) -> tuple[LatencyModel, float, FrontEndModel]:
     """The model, overhead and front end of ``theta``; with ``knee`` > 1 the matmuls' floor
-    (``sim.latency``) is ``knee`` decodes' worth of matmuls, ``knee * (token_s + seq_s)``."""
+    (``sim.latency``) is ``knee`` decodes' worth of matmuls, ``knee * (token_s + seq_s)``.
+    ``single_row_s`` is held, not a parameter (``calibrate.step_fit`` measures it)."""
     theta = np.maximum(np.asarray(theta, float), 0.0)
     coeffs = {c: float(theta[i]) for i, c in enumerate(COEFFICIENTS)}
     if knee > 1.0:
         coeffs["matmul_floor_s"] = knee * (coeffs["token_s"] + coeffs["seq_s"])
+    if single_row_s:
+        coeffs["single_row_s"] = single_row_s
     model = LatencyModel(**coeffs)
     fe = FrontEndModel(**{c: float(theta[_FE[c]]) for c in FRONT_END_COEFFICIENTS})
     return model, float(theta[_OVERHEAD]), fe

@@ -63,6 +63,11 @@ MIN_ATTENTION_STEPS = 30
 ATTENTION_SHARE = 0.10
 #: Fixed by the steps whenever the fit uses them (``calibrate.fit.fit_with_knee``).
 STEP_HELD = ("step_s", "token_s", "seq_s")
+#: What the steps fit: the step coefficients and the one-token step's signed correction
+#: (``sim.latency.LatencyModel.single_row_s``), which the replay then holds too.
+FITTED = COEFFICIENTS + ("single_row_s",)
+#: Fewest one-token steps, and fewest others, for ``single_row_s`` to be fitted (else it is 0).
+MIN_SINGLE_ROW_STEPS = 30
 
 
 class StepFitError(ValueError):
@@ -83,21 +88,25 @@ def busy_steps(steps: pd.DataFrame) -> pd.DataFrame:
 
 
 def _design(steps: pd.DataFrame, knee: float, floor_side: np.ndarray) -> np.ndarray:
-    """Columns in ``COEFFICIENTS`` order; on the floor's side a step's matmuls are ``knee`` decodes'."""
-    T = steps["tokens"].to_numpy(float)
-    S = steps["seqs"].to_numpy(float)
-    T = np.where(floor_side, knee, T)
-    S = np.where(floor_side, knee, S)
+    """Columns in ``FITTED`` order; on the floor's side a step's matmuls are ``knee`` decodes'.
+    The last column marks the one-token steps (``single_row_s``)."""
+    tokens = steps["tokens"].to_numpy(float)
+    T = np.where(floor_side, knee, tokens)
+    S = np.where(floor_side, knee, steps["seqs"].to_numpy(float))
     return np.c_[np.ones(len(steps)), T, S, steps["prefill_work"].to_numpy(float),
-                 steps["decode_context"].to_numpy(float)]
+                 steps["decode_context"].to_numpy(float), (tokens == 1).astype(float)]
 
 
-def fit_steps(steps: pd.DataFrame, knee: float = 1.0, decode_attn_s: float | None = None) -> dict:
-    """The five step coefficients that best time ``steps`` (``busy_steps``'s rows), with the floor at ``knee``.
+def fit_steps(steps: pd.DataFrame, knee: float = 1.0, decode_attn_s: float | None = None,
+              single_row: bool = True) -> dict:
+    """The step coefficients (``FITTED``) that best time ``steps`` (``busy_steps``'s rows), with the floor
+    at ``knee``.
 
     ``decode_attn_s`` holds the decode attention (a direct measurement); None fits it.
-    Returns ``{"coefficients", "knee", "steps", "mean_abs_error", "median_ratio", "by_kind",
-    "attention_steps"}``; the last counts the steps that spend ``ATTENTION_SHARE`` or more of
+    ``single_row``: fit the one-token step's correction where ``MIN_SINGLE_ROW_STEPS`` one-token steps
+    and as many others pin it; otherwise (or False) it is 0.
+    Returns ``{"coefficients", "knee", "steps", "single_row_steps", "mean_abs_error", "median_ratio",
+    "by_kind", "attention_steps"}``; the last counts the steps that spend ``ATTENTION_SHARE`` or more of
     their fitted time on prefill attention.
     """
     if knee < 1.0:
@@ -109,12 +118,17 @@ def fit_steps(steps: pd.DataFrame, knee: float = 1.0, decode_attn_s: float | Non
     dur = steps["duration_s"].to_numpy(float)
     T = steps["tokens"].to_numpy(float)
     S = steps["seqs"].to_numpy(float)
-    free = np.ones(len(COEFFICIENTS), bool)
+    singles = int((T == 1).sum())
+    free = np.ones(len(FITTED), bool)
+    held = np.zeros(len(FITTED))
     if decode_attn_s is not None:
-        free[COEFFICIENTS.index("decode_attn_s")] = False
-    held = np.zeros(len(COEFFICIENTS))
-    if decode_attn_s is not None:
-        held[~free] = decode_attn_s
+        free[FITTED.index("decode_attn_s")] = False
+        held[FITTED.index("decode_attn_s")] = decode_attn_s
+    single = FITTED.index("single_row_s")
+    if not single_row or min(singles, len(steps) - singles) < MIN_SINGLE_ROW_STEPS:
+        free[single] = False
+    # Every coefficient is a cost >= 0 except the one-token step's correction, which may be either sign.
+    lower = np.where(np.arange(len(FITTED)) == single, -np.inf, 0.0)[free]
     side = np.zeros(len(steps), bool)
     coeffs = None
     for _ in range(SIDE_ROUNDS if knee > 1.0 else 1):
@@ -125,8 +139,8 @@ def fit_steps(steps: pd.DataFrame, knee: float = 1.0, decode_attn_s: float | Non
         scale = np.where(mean > 0, 1.0 / np.where(mean > 0, mean, 1.0), 0.0)
         A = X[:, free] * scale[free]
         rest = X[:, ~free] @ held[~free]
-        start = np.full(int(free.sum()), 0.1 / free.sum())
-        sol = least_squares(lambda z: A @ z + rest - 1.0, start, bounds=(0.0, np.inf), loss="soft_l1",
+        start = np.where(lower < 0, 0.0, 0.1 / free.sum())
+        sol = least_squares(lambda z: A @ z + rest - 1.0, start, bounds=(lower, np.inf), loss="soft_l1",
                             f_scale=ROBUST_SCALE, method="trf")
         coeffs = held.copy()
         coeffs[free] = sol.x * scale[free]
@@ -135,7 +149,7 @@ def fit_steps(steps: pd.DataFrame, knee: float = 1.0, decode_attn_s: float | Non
         if np.array_equal(new_side, side):
             break
         side = new_side
-    named = {c: float(v) for c, v in zip(COEFFICIENTS, coeffs)}
+    named = {c: float(v) for c, v in zip(FITTED, coeffs)}
     model = model_at_knee(named, knee)
     pred = np.array([model.step_time(int(t), int(s), float(w), int(c)) for t, s, w, c in
                      zip(steps["tokens"], steps["seqs"], steps["prefill_work"], steps["decode_context"])])
@@ -143,7 +157,7 @@ def fit_steps(steps: pd.DataFrame, knee: float = 1.0, decode_attn_s: float | Non
     attention_share = named["prefill_attn_s"] * steps["prefill_work"].to_numpy(float) / pred
     by_kind = {k: {"steps": int(m.sum()), "median_ratio": float(np.median(ratio[m]))}
                for k in ("decode", "prefill") if (m := (steps["kind"] == k).to_numpy()).any()}
-    return {"coefficients": named, "knee": float(knee), "steps": int(len(steps)),
+    return {"coefficients": named, "knee": float(knee), "steps": int(len(steps)), "single_row_steps": singles,
             "mean_abs_error": float(np.mean(np.abs(ratio - 1.0))), "median_ratio": float(np.median(ratio)),
             "by_kind": by_kind, "attention_steps": int((attention_share >= ATTENTION_SHARE).sum())}
 
@@ -154,10 +168,11 @@ def model_at_knee(coefficients: dict[str, float], knee: float) -> LatencyModel:
     return LatencyModel(**coefficients, **extra)
 
 
-def choose_knee(steps: pd.DataFrame, knees, decode_attn_s: float | None = None) -> tuple[dict, dict[float, float]]:
+def choose_knee(steps: pd.DataFrame, knees, decode_attn_s: float | None = None,
+                single_row: bool = True) -> tuple[dict, dict[float, float]]:
     """``fit_steps`` at each knee; the smallest knee within ``KNEE_MARGIN`` of the least error,
     and every knee's mean absolute relative error."""
-    fits = {float(k): fit_steps(steps, float(k), decode_attn_s) for k in sorted(set(knees))}
+    fits = {float(k): fit_steps(steps, float(k), decode_attn_s, single_row) for k in sorted(set(knees))}
     errors = {k: f["mean_abs_error"] for k, f in fits.items()}
     return fits[smallest_within(errors, KNEE_MARGIN)], errors
 

@@ -396,7 +396,8 @@ def summarise(steps: pd.DataFrame, profile: LatencyProfile | None = None) -> dic
     if profile is not None:
         m = profile.model
         out["model_decode"] = {"fixed_s": m.step_s, "per_seq_s": m.token_s + m.seq_s,
-                               "per_context_token_s": m.decode_attn_s, "matmul_floor_s": m.matmul_floor_s}
+                               "per_context_token_s": m.decode_attn_s, "matmul_floor_s": m.matmul_floor_s,
+                               "single_row_s": m.single_row_s}
     for load, g in steps.groupby("load", sort=False):
         busy = g[g["duration_s"].notna()]
         good = busy[busy["matched"]]
@@ -439,5 +440,6 @@ def format_summary(summary: dict) -> str:
     if model:
         lines.append(f"  {'model':<12} decode steps: {model['fixed_s'] * 1e3:.1f} ms + {model['per_seq_s'] * 1e3:.2f} "
                      f"ms/sequence + {model['per_context_token_s'] * 1e6:.2f} us/context token "
-                     f"(at least {model['matmul_floor_s'] * 1e3:.1f} ms of matmuls)")
+                     f"(at least {model['matmul_floor_s'] * 1e3:.1f} ms of matmuls; a lone decode "
+                     f"{model.get('single_row_s', 0.0) * 1e3:+.2f} ms)")
     return "\n".join(lines)

