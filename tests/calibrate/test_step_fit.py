@@ -105,7 +105,7 @@ def test_a_lone_decodes_own_cost_is_recovered_of_either_sign(single_row_s):
         assert _rel(got["coefficients"][name], getattr(model, name)) < 0.03, name
     # Without the term one line through every batch size is a compromise: it moves the fixed cost toward
     # the lone decodes and tilts the per-sequence cost, so that small batches are mispriced the other way
-    # (the signature of the half loads' decode steps on the AMD host, docs/calibration.md).
+    # (part of what the half loads' decode steps show on the AMD host, docs/calibration.md).
     line = fit_steps(steps, decode_attn_s=model.decode_attn_s, single_row=False)
     assert line["coefficients"]["single_row_s"] == 0.0
     if single_row_s:
