@@ -415,6 +415,9 @@ def _fit(args) -> int:
               + ", ".join(f"{k} {v['median_ratio']:.3f}" for k, v in st["by_kind"].items())
               + f"; held: {', '.join(fit['stages']['knee']['held'])}"
               + f" ({st['attention_steps']} steps pin the prefill attention)")
+        direct = st.get("decode_phase_single_row_s")
+        print(f"a lone decode: {m.single_row_s * 1e3:+.2f} ms off the batches' line as fitted"
+              + (f", {direct * 1e3:+.2f} ms as profiling's decode phase measured it" if direct is not None else ""))
         for unit, why in timed["skipped_units"].items():
             print(f"  not timed: {unit}: {why}")
     else:

@@ -164,6 +164,20 @@ def knee_by_decode_steps(models: Mapping[float, LatencyModel], steps: Mapping[in
     return smallest_within(errors, KNEE_MARGIN), errors
 
 
+def lone_decode_offset(steps: Mapping[int, dict]) -> float | None:
+    """How far the measured step of one sequence sits off the least-squares line through the
+    measured batches of two and more (seconds, signed; ``sim.latency``'s ``single_row_s``
+    measured directly); None without a batch of one and ``MIN_BATCHES`` - 1 larger ones."""
+    larger = sorted(n for n in steps if n >= 2)
+    if 1 not in steps or len(larger) < MIN_BATCHES - 1:
+        return None
+    x = [float(n) for n in larger]
+    y = [float(steps[n]["step_s"]) for n in larger]
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sum((a - mx) ** 2 for a in x)
+    return float(steps[1]["step_s"]) - (my + slope * (1.0 - mx))
+
+
 def smallest_within(errors: Mapping[float, float], margin: float) -> float:
     """The smallest knee whose error is within ``margin`` (absolute) of the least: a larger
     knee must earn its place (also ``calibrate.step_fit.choose_knee``'s rule)."""

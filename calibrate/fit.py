@@ -72,7 +72,7 @@ from calibrate.step_times import StepTimesError
 from calibrate.replay import (NPARAM, PARAMS, Linearized, linearize_units, pack, prepare_units,
                               simulate_units, unpack)
 from sim.frontend import FRONT_END_COEFFICIENTS, FrontEndModel
-from sim.latency import COEFFICIENTS, EngineDefaults, LatencyModel, LatencyProfile
+from sim.latency import COEFFICIENTS, SIGNED_TERMS, EngineDefaults, LatencyModel, LatencyProfile
 
 class FitError(ValueError):
     """The profiling data cannot be fitted (missing columns, too few usable rows)."""
@@ -374,13 +374,13 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
                pin_weight: float = PIN_WEIGHT, front_end: bool = True, tol: float = TOL,
                front_end_bounds: tuple[FrontEndModel, FrontEndModel] | None = None,
                knee: float = 1.0, decode_attn_s: float | None = None,
-               held_steps: Mapping[str, float] | None = None, single_row_s: float = 0.0) -> FitResult:
+               held_steps: Mapping[str, float] | None = None) -> FitResult:
     """The three stages of the module docstring; ``front_end=False`` keeps the front end at 0.
     ``knee`` holds the matmuls' floor at that many decodes' matmuls (``replay.unpack``; 1: none).
     ``decode_attn_s`` holds the decode attention at a directly measured value
     (``calibrate.decode_steps.decode_attention``); None leaves it free. ``held_steps``
-    holds step coefficients by name (``calibrate.step_fit``: fitted to the timed steps), and
-    ``single_row_s`` the one-token step's correction measured there (``sim.latency``).
+    holds step coefficients by name (``calibrate.step_fit``: fitted to the timed steps), the
+    one-token step's signed correction ``single_row_s`` (``sim.latency``) among them.
 
     ``front_end_bounds`` (lower, upper) keeps each front-end cost in a measured
     range (``calibrate.frontend_cpu``: at least the API server's CPU time per
@@ -410,9 +410,13 @@ def fit_replay(data: pd.DataFrame, engine: EngineDefaults, *, max_iter: int = 30
     held_values = dict(held_steps or {})
     if decode_attn_s is not None:
         held_values["decode_attn_s"] = decode_attn_s
+    # Not a replay parameter: held in every model the replay builds (``replay.unpack``).
+    single_row_s = held_values.pop("single_row_s", 0.0)
+    if not math.isfinite(single_row_s):
+        raise FitError(f"a held single_row_s must be a finite number, got {single_row_s!r}")
     for name, value in held_values.items():
         if name not in COEFFICIENTS:
-            raise FitError(f"held_steps names {name!r}; allowed: {', '.join(COEFFICIENTS)}")
+            raise FitError(f"held_steps names {name!r}; allowed: {', '.join(COEFFICIENTS + SIGNED_TERMS)}")
         if not (math.isfinite(value) and value >= 0):
             raise FitError(f"a held {name} must be a finite number >= 0, got {value!r}")
         col = PARAMS.index(name)
@@ -591,14 +595,16 @@ def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES,
         chosen_fit, errors = step_fit_mod.choose_knee(steps, knees, kwargs.get("decode_attn_s"), single_row)
         chosen = chosen_fit["knee"]
         names = step_fit_mod.held_coefficients(chosen_fit)
-        held = {k: v for k, v in chosen_fit["coefficients"].items() if k in names}
-        result = fit_replay(data, engine, knee=chosen, held_steps=held,
-                            single_row_s=chosen_fit["coefficients"].get("single_row_s", 0.0), **kwargs)
+        held = {k: v for k, v in chosen_fit["coefficients"].items() if k in names + SIGNED_TERMS}
+        result = fit_replay(data, engine, knee=chosen, held_steps=held, **kwargs)
         record = {"chosen": chosen, "by_timed_steps": chosen, "timed_step_error_by_knee": errors,
                   "held": list(names)}
+        steps_record = dict(chosen_fit)
         if decode_steps:
             record["decode_step_error"] = decode_steps_mod.decode_error(result.model, decode_steps)
-        result.stages = {"knee": record, "steps": chosen_fit, **result.stages}
+            # The same correction measured directly, beside the fitted one (docs/calibration.md, item 8).
+            steps_record["decode_phase_single_row_s"] = decode_steps_mod.lone_decode_offset(decode_steps)
+        result.stages = {"knee": record, "steps": steps_record, **result.stages}
         return result
     trials = {k: fit_replay(data, engine, knee=k, **kwargs) for k in knees}
     best_cost = min(t.cost for t in trials.values())

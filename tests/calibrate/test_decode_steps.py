@@ -167,3 +167,14 @@ def test_real_long_context_steps_measure_attention_in_proportion_to_the_kv_cache
         got[shape] = decode_attention(records)["decode_attn_s"]
     assert 2.5 < got["small"] / got["tiny"] < 6 and 2 < got["small"] / got["mid"] < 5
     assert 0.5 < got["mid"] / got["tiny"] < 2
+
+
+def test_the_lone_decode_offset_is_the_batch_of_one_against_the_line_through_the_others():
+    from calibrate.decode_steps import MIN_BATCHES, lone_decode_offset
+
+    line = {n: {"n": n, "step_s": 0.040 + 0.003 * n, "context": 80} for n in (2, 3, 4, 8)}
+    assert lone_decode_offset({**line, 1: {"n": 1, "step_s": 0.040}}) == pytest.approx(-0.003)
+    assert lone_decode_offset({**line, 1: {"n": 1, "step_s": 0.045}}) == pytest.approx(0.002)
+    assert lone_decode_offset(line) is None  # no batch of one
+    few = {n: line[n] for n in sorted(line)[:MIN_BATCHES - 2]}
+    assert lone_decode_offset({**few, 1: {"n": 1, "step_s": 0.04}}) is None

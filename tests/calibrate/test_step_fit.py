@@ -264,11 +264,10 @@ def test_real_vllm_lone_decodes_sit_off_the_batches_line_as_the_decode_phase_mea
     path = Path(__file__).resolve().parents[1] / "data" / data_file
     _, meta = load_data(path)
     measured = decode_steps.measured_steps(meta)
-    batches = np.array([b for b in sorted(measured) if b >= 2])
-    slope, intercept = np.polyfit(batches, [measured[b]["step_s"] for b in batches], 1)
-    direct = measured[1]["step_s"] - (intercept + slope)
+    direct = decode_steps.lone_decode_offset(measured)
     assert abs(direct) > 0.05 * measured[1]["step_s"]
     profile, _ = fit_profile(path, "lone", max_iter=4, polish_nfev=0)
+    assert profile.fit["stages"]["steps"]["decode_phase_single_row_s"] == direct
     fitted = profile.model.single_row_s
     assert np.sign(fitted) == np.sign(direct) and 0.3 < fitted / direct < 1.5, (fitted, direct)
     assert profile.fit["stages"]["steps"]["single_row_steps"] >= 400
