@@ -26,7 +26,9 @@ records the load average and the CPU time every *other* process used meanwhile
 (``calibrate.machine.OtherCpu``), and a step during which others used more than
 ``BUSY_OTHER_SHARE`` of the machine is flagged busy. (The load average alone cannot
 say: right after a vLLM server starts, or after a profiling run, it shows the
-campaign's own load.)
+campaign's own load.) Neither sees a host whose speed wanders under a quiet guest:
+before profiling and before each check the steadiness gate (``calibrate.steady_gate``)
+waits for the model core's wander to settle, and stops the campaign when it does not.
 """
 from __future__ import annotations
 
@@ -51,8 +53,9 @@ from calibrate.machine import BUSY_OTHER_SHARE, OtherCpu, loadavg, utc_now
 from calibrate.modeldir import get_shape
 from calibrate.profiling import ProfileSettings, meta_path, profile_backend
 from calibrate.serve import parse_cores
-from calibrate import speed_gate
+from calibrate import speed_gate, steady_gate
 from calibrate.speed_gate import GateSettings
+from calibrate.steady_gate import SteadySettings
 from calibrate.verdict import count_causes, describe_misses, load_verdicts
 from sim.speed import SpeedWander
 
@@ -95,6 +98,9 @@ class CampaignSettings:
     #: and wait up to ``max_wait_s`` for it to come within the tolerance (``calibrate.speed_gate``;
     #: the default only measures); tolerance 0: no gate.
     gate: GateSettings = field(default_factory=GateSettings)
+    #: Before profiling and before each check, wait for the speed probe's wander to fall to
+    #: ``max_cv`` on the model's core, else stop (``calibrate.steady_gate``; needs the probe).
+    steady: SteadySettings = field(default_factory=SteadySettings)
 
     def __post_init__(self) -> None:
         for s in self.shapes:
@@ -336,6 +342,26 @@ class Campaign:
                 self.say(f"{what}: {line}")
         return report
 
+    def _steady_report(self, what: str) -> dict | None:
+        """The host's speed trace, probed again until its wander on the model's core is within the
+        steadiness gate (``calibrate.steady_gate``; raises ``HostUnsteady`` when the wait ends first).
+        The gate's record rides in the report as ``steady_gate``; None when the probe is off."""
+        if not self.settings.speed_probe_s:
+            return None
+
+        def probe() -> tuple[dict, float]:
+            report = self._speed_report(what)
+            if "skipped" in report["speed"]:
+                return report, math.nan
+            return report, wander_from_report(report, self._model_core(report)).cv
+
+        report, record = steady_gate.wait_for_steady(probe, self.settings.steady, what=what, say=self.say)
+        if record["steady"]:
+            self.say(f"{what}: steadiness gate: the model's core wanders by {steady_gate.describe(record)}, "
+                     f"within {self.settings.steady.max_cv:.0%}")
+        report["steady_gate"] = record
+        return report
+
     def _model_core(self, report: dict) -> int | None:
         """The core the model's threads run on, where the report traced it (else its first core)."""
         cores = parse_cores(self.settings.cores)
@@ -345,8 +371,9 @@ class Campaign:
         """Probe the host's speed ``when`` ("before" or "after") profiling, into profile-host-speed.json:
         the checks compare their own probe with it (the host's drift between profiling and checking).
         "before" starts the file afresh, so no probe of an earlier profiling is left in it."""
+        what = f"{shape}: {when} profiling"
         record_around_profiling(self.profile_speed_json(shape), when,
-                                self._speed_report(f"{shape}: {when} profiling"))
+                                self._steady_report(what) if when == "before" else self._speed_report(what))
 
     def _profile_reference(self, shape: str, url: str, when: str) -> None:
         """The engine's reference latency ``when`` ("before" or "after") profiling, into
@@ -373,7 +400,7 @@ class Campaign:
     def _speed_trace(self, shape: str, run: int) -> SpeedWander | None:
         """The speed wander of the core the model runs on, measured now (the server idle), kept
         in the check's folder as host-speed.json; None when the probe is off or cannot run."""
-        report = self._speed_report(f"{shape}: check {run}")
+        report = self._steady_report(f"{shape}: check {run}")
         if report is None:
             return None
         folder = self.check_dir(shape, run)
@@ -392,6 +419,16 @@ class Campaign:
             return math.nan
         return slowdown(list(profiling.values()), check, self._model_core(check))
 
+    def host_wander(self, shape: str, run: int) -> str:
+        """The wander of the model's core in the probe before check ``run`` ("3.1%", "4.2% after 6.0 min"
+        where the steadiness gate waited; "n/a" without a probe)."""
+        check = read_json(self.check_dir(shape, run) / "host-speed.json")
+        if not check or "per_core" not in (check.get("speed") or {}):
+            return "n/a"
+        if check.get("steady_gate"):
+            return steady_gate.describe(check["steady_gate"])
+        return f"{wander_from_report(check, self._model_core(check)).cv:.1%}"  # probed before the gate existed
+
     # --- the summary ---------------------------------------------------------------------
     def summarize(self) -> dict:
         """summary.json and summary.md from the checks that exist."""
@@ -406,6 +443,7 @@ class Campaign:
                     run["other_cpu_share"] = steps.get((shape, f"check-{k}"), {}).get(
                         "other_cpu_share", math.nan)
                     run["host_vs_profiling"] = self.host_vs_profiling(shape, k)
+                    run["host_wander"] = self.host_wander(shape, k)
                     run["speed_gate"] = read_json(self.gate_json(shape, k))
                     runs.append(run)
             entry: dict = {"runs": runs}
@@ -540,6 +578,7 @@ def _loads(runs: list[dict]) -> dict:
                             "loadavg": [r.get("loadavg_before"), r.get("loadavg_after")],
                             "other_cpu_share": r.get("other_cpu_share", math.nan),
                             "host_vs_profiling": r.get("host_vs_profiling", math.nan),
+                            "host_wander": r.get("host_wander", "n/a"),
                             "speed_gate": speed_gate.describe(r.get("speed_gate"))})
         spread = {}
         if len(per_run) >= 2:
@@ -591,7 +630,7 @@ def summary_markdown(summary: dict) -> str:
             continue
         head = ("| load | run | n | " + " | ".join(f"{m.upper()} p{q}" for m, q in STATS)
                 + " | largest | load avg | others' CPU | engine vs profiling at the start (speed gate) "
-                  "| host vs profiling (matmul probe) "
+                  "| host vs profiling (matmul probe), its wander "
                   "| machine vs profile | largest at that speed "
                   "| beyond the speed band | steps real / model: decode, prefill | largest at its steps' speed "
                   "| largest over redraws (90%) | largest at its warm-up's speed | a miss is |")
@@ -609,7 +648,8 @@ def summary_markdown(summary: dict) -> str:
                 step_txt = ", ".join(_opt(steps.get(kind, math.nan), "{:.2f}x") for kind in ("decode", "prefill"))
                 lines.append(f"| {load} | {k} | {run['requests']} | {cells} | {run['max_abs_err'] * 100:.1f}% | "
                              f"{la:.2f} | {other_txt} | {run.get('speed_gate', 'n/a')} | "
-                             f"{_opt(run.get('host_vs_profiling', math.nan), '{:.2f}x')} | "
+                             f"{_opt(run.get('host_vs_profiling', math.nan), '{:.2f}x')}, "
+                             f"{run.get('host_wander', 'n/a')} | "
                              f"{_opt(speed, '{:.2f}x')} | {_opt(adj * 100, '{:.1f}%')} | "
                              f"{_opt(beyond * 100, '{:.1f}%')} | {step_txt} | "
                              f"{_opt(run.get('max_abs_err_step_speed', math.nan) * 100, '{:.1f}%')} | "

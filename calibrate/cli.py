@@ -54,6 +54,17 @@ def _requests_per_level(text: str) -> int | tuple[int, ...]:
     return counts[0] if len(counts) == 1 else counts
 
 
+def _percent_arg(text: str) -> float:
+    """A percentage in [0, 100)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a percentage such as 5, got {text!r}") from None
+    if not (0 <= value < 100):
+        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100), got {text!r}")
+    return value
+
+
 def _url(text: str) -> str:
     try:
         return check_url(text)
@@ -280,6 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "band that wander gives), and before and after profiling (profile-host-speed.json; each "
                         "check also says how much slower or faster the host ran than while profiled); 0: no "
                         "probe; default: 30")
+    a.add_argument("--max-wander", type=_percent_arg, default=6.0, metavar="PERCENT",
+                   help="steadiness gate: before profiling and before each check, the speed probe's wander on the "
+                        "model's core (cv of a fixed matmul's rate over 1-s windows) must be at most this many "
+                        "percent; above it the campaign probes again every minute for --steady-wait-s, then stops "
+                        "(finished steps kept; --resume goes on). Of 106 kept checks, those probed below 6%% met the "
+                        "10%% target in 39 of 89, those at 6%% or more in 3 of 17 (docs/calibration.md). 0: no gate "
+                        "(the probes are still recorded); needs --speed-probe-s > 0; default: 6")
+    a.add_argument("--steady-wait-s", type=float, default=900.0,
+                   help="longest wait for a steady host before a step, in seconds (default: 900)")
     a.add_argument("--speed-gate", type=float, default=0.03, metavar="TOLERANCE",
                    help="before each check, time the engine's reference requests (512 in, 32 out, alone) against "
                         "their latency at the start and end of profiling and say whether they are within this "
@@ -548,6 +568,7 @@ def _campaign(args) -> int:
     from calibrate.check import CheckSettings
     from calibrate.profiling import ProfileSettings
     from calibrate.speed_gate import GateSettings
+    from calibrate.steady_gate import SteadySettings
 
     shapes = tuple(x.strip() for x in args.shapes.split(",") if x.strip())
     settings = CampaignSettings(shapes=shapes, checks=args.checks, cores=args.cores, nice=args.nice,
@@ -555,6 +576,8 @@ def _campaign(args) -> int:
                                 progress=not args.quiet, measured_bounds=args.emulate is None,
                                 speed_probe_s=args.speed_probe_s,
                                 gate=GateSettings(tolerance=args.speed_gate, max_wait_s=args.speed_gate_wait_s),
+                                steady=SteadySettings(max_cv=args.max_wander / 100.0,
+                                                      max_wait_s=args.steady_wait_s),
                                 check=CheckSettings(requests_per_level=args.requests_per_level,
                                                     warmup_s=args.warmup_s,
                                                     pace_to_warmup=not args.fixed_rates))

@@ -10,6 +10,7 @@ from calibrate.campaign import (Campaign, CampaignSettings, changed_measurement_
 from calibrate.check import CheckSettings
 from calibrate.profiling import meta_path
 from calibrate.speed_gate import GateSettings
+from calibrate.steady_gate import HostUnsteady, SteadySettings
 from live.emulator import spawn
 
 from test_calibrate_probe import SMALL
@@ -35,8 +36,10 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
             yield url
 
     # A wide tolerance and no wait: the emulator's timing on a busy CI machine must not hold the test.
+    # No steadiness gate either: a CI machine's speed may wander more than a measurement's host should.
     settings = CampaignSettings(shapes=("tiny",), checks=2, profile=SMALL, check=CHECK, progress=False,
-                                fit_replays=60, speed_probe_s=2, gate=GateSettings(tolerance=0.5, max_wait_s=0))
+                                fit_replays=60, speed_probe_s=2, gate=GateSettings(tolerance=0.5, max_wait_s=0),
+                                steady=SteadySettings(max_cv=0))
     lines = []
     camp = Campaign(tmp_path, settings, server=counting, log=lines.append)
     assert camp.pending("tiny") == ["profile", "fit", "check-1", "check-2"]
@@ -65,6 +68,7 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
     for k in (1, 2):
         probe = json.loads((tmp_path / "tiny" / f"check-{k}" / "host-speed.json").read_text())
         assert len(probe["speed"]["per_core"]["0"]) == 2  # two 1-s windows of the model's core
+        assert probe["steady_gate"]["skipped"] == "gate off" and len(probe["steady_gate"]["tries"]) == 1
         band = json.loads((tmp_path / "tiny" / f"check-{k}" / "check.json").read_text())["speed_band"]
         assert band["realisations"] == 8 and band["period_s"] == 2.0
     for d in loads.values():
@@ -77,7 +81,7 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
     assert all(len(profiling[w]["speed"]["per_core"]["0"]) == 2 for w in profiling)
     for d in loads.values():
         assert all(0.5 < r["host_vs_profiling"] < 2.0 for r in d["runs"]), d["runs"]
-    assert "host vs profiling (matmul probe)" in md
+    assert "host vs profiling (matmul probe), its wander" in md
     # The engine's reference latency was measured at the start and end of profiling, and each
     # check was started once the engine ran within the gate's tolerance of it (the emulator: near 1).
     reference = json.loads((tmp_path / "tiny" / "profile-reference.json").read_text())
@@ -363,3 +367,57 @@ def test_profiling_again_without_the_probe_leaves_no_earlier_profilings_speed(tm
     camp.settings.speed_probe_s = 0
     camp._profile_speed("tiny", "before")
     assert not (d / "profile-host-speed.json").exists()
+
+
+def _traces(*traces):
+    """A stand-in for ``speed_trace`` returning the given traces in turn (core 0's rates per window)."""
+    it = iter(traces)
+    return lambda seconds: _speed(*next(it))["speed"]
+
+
+WANDERING = (100.0, 50.0, 100.0, 50.0)  # slowdown factors 0.67 / 1.33: a cv of 33%
+STEADY = (100.0, 98.0, 102.0, 100.0)     # a cv of 1.4%
+
+
+def test_a_wandering_host_stops_the_campaign_before_profiling_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr("calibrate.campaign.speed_trace", lambda seconds: _speed(*WANDERING)["speed"])
+    lines = []
+    settings = CampaignSettings(shapes=("tiny",), progress=False,
+                                steady=SteadySettings(max_cv=0.06, max_wait_s=0.05, interval_s=0.01))
+    camp = Campaign(tmp_path, settings, log=lines.append)
+    with pytest.raises(HostUnsteady, match=r"tiny: before profiling: .* wanders by 33\.3%.*--resume"):
+        camp._profile_speed("tiny", "before")
+    assert not (tmp_path / "tiny" / "profile-host-speed.json").exists()
+    assert any("probing again" in line for line in lines)
+
+
+def test_the_campaign_waits_for_a_steady_host_and_records_the_wait(tmp_path, monkeypatch):
+    monkeypatch.setattr("calibrate.campaign.speed_trace", _traces(WANDERING, STEADY, WANDERING))
+    settings = CampaignSettings(shapes=("tiny",), progress=False,
+                                steady=SteadySettings(max_cv=0.06, max_wait_s=60, interval_s=0.01))
+    camp = Campaign(tmp_path, settings, log=lambda line: None)
+    camp._profile_speed("tiny", "before")
+    before = json.loads((tmp_path / "tiny" / "profile-host-speed.json").read_text())["before"]
+    assert before["speed"]["per_core"]["0"] == list(STEADY)  # the probe kept is the steady one
+    gate = before["steady_gate"]
+    assert gate["steady"] is True and [round(t["cv"], 3) for t in gate["tries"]] == [0.333, 0.014]
+    # After profiling the host is only recorded: a wander then stops nothing.
+    camp._profile_speed("tiny", "after")
+    after = json.loads((tmp_path / "tiny" / "profile-host-speed.json").read_text())["after"]
+    assert "steady_gate" not in after and after["speed"]["per_core"]["0"] == list(WANDERING)
+
+
+def test_each_check_waits_for_a_steady_host_and_its_summary_row_gives_the_wander(tmp_path, monkeypatch):
+    camp, d = fake_campaign(tmp_path)
+    camp.settings.steady = SteadySettings(max_cv=0.06, max_wait_s=60, interval_s=0.01)
+    monkeypatch.setattr("calibrate.campaign.speed_trace", _traces(WANDERING, STEADY))
+    wander = camp._speed_trace("tiny", 1)
+    assert wander.cv == pytest.approx(0.0141, abs=1e-3)
+    kept = json.loads((d / "check-1" / "host-speed.json").read_text())
+    assert len(kept["steady_gate"]["tries"]) == 2
+    assert camp.host_wander("tiny", 1).startswith("1.4% after ")
+    # A probe kept before the gate existed still gives its wander; no probe gives none.
+    (d / "check-2" / "host-speed.json").write_text(json.dumps(_speed(*WANDERING)))
+    assert camp.host_wander("tiny", 2) == "33.3%"
+    (d / "check-2" / "host-speed.json").unlink()
+    assert camp.host_wander("tiny", 2) == "n/a"

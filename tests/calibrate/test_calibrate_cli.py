@@ -216,6 +216,31 @@ def test_campaign_requests_per_level_reaches_its_checks_and_a_bad_count_is_named
     assert not (tmp_path / "e").exists() and not (tmp_path / "h").exists()
 
 
+def test_campaign_max_wander_reaches_its_steadiness_gate_and_a_bad_one_is_named(tmp_path, capsys, monkeypatch):
+    import calibrate.campaign
+
+    seen = {}
+
+    def run(self):  # nothing is served
+        seen["steady"] = self.settings.steady
+        self.out.mkdir(parents=True)
+        (self.out / "summary.md").write_text("# Calibration campaign\n")
+
+    monkeypatch.setattr(calibrate.campaign.Campaign, "run", run)
+    monkeypatch.setattr(calibrate.campaign, "set_own_priority", lambda nice: None)
+    assert main(["campaign", "--out", str(tmp_path / "a"), "--shapes", "tiny"]) == 0
+    assert seen["steady"].max_cv == 0.06 and seen["steady"].max_wait_s == 900 and seen["steady"].on
+    assert main(["campaign", "--out", str(tmp_path / "b"), "--shapes", "tiny", "--max-wander", "0",
+                 "--steady-wait-s", "60"]) == 0
+    assert not seen["steady"].on and seen["steady"].max_wait_s == 60
+    for bad in ("150", "-1", "five"):
+        with pytest.raises(SystemExit):
+            main(["campaign", "--out", str(tmp_path / "c"), "--shapes", "tiny", "--max-wander", bad])
+        assert "--max-wander" in capsys.readouterr().err
+    assert main(["campaign", "--out", str(tmp_path / "d"), "--shapes", "tiny", "--steady-wait-s", "-5"]) == 2
+    assert "max_wait_s" in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
 #: Campaigns on an Intel Xeon VM at 480 requests per Poisson load whose fits ship as
 #: cpu-<shape>-xeon-2026-12-<campaign>: each check's recorded largest error. 05h: five of six
 #: within 10%, mid's first misses at Poisson 80%; 05k: mid alone, both within 10%.
