@@ -57,7 +57,7 @@ from calibrate import speed_gate, steady_gate
 from calibrate.speed_gate import GateSettings
 from calibrate.steady_gate import SteadySettings
 from calibrate.verdict import count_causes, describe_misses, load_verdicts
-from sim.speed import SpeedWander
+from sim.speed import SpeedWander, SpeedWanderError
 
 #: Where other processes' CPU time cannot be read (not Linux): a step that started with a
 #: one-minute load average above this is flagged instead.
@@ -353,7 +353,10 @@ class Campaign:
             report = self._speed_report(what)
             if "skipped" in report["speed"]:
                 return report, math.nan
-            return report, wander_from_report(report, self._model_core(report)).cv
+            try:
+                return report, wander_from_report(report, self._model_core(report)).cv
+            except SpeedWanderError:  # a window with no matmul done: the core stalled for a second
+                return report, math.inf
 
         report, record = steady_gate.wait_for_steady(probe, self.settings.steady, what=what, say=self.say)
         if record["steady"]:
@@ -408,7 +411,11 @@ class Campaign:
         (folder / "host-speed.json").write_text(json.dumps(report, indent=2) + "\n")
         if "skipped" in report["speed"]:
             return None
-        return wander_from_report(report, self._model_core(report))
+        try:
+            return wander_from_report(report, self._model_core(report))
+        except SpeedWanderError:  # only past a gate that is off: a stalled window has no wander to replay
+            self.say(f"{shape}: check {run}: the speed probe stalled; the check gets no speed band")
+            return None
 
     def host_vs_profiling(self, shape: str, run: int) -> float:
         """How much slower the host ran before check ``run`` than while ``shape`` was profiled, by
@@ -427,7 +434,10 @@ class Campaign:
             return "n/a"
         if check.get("steady_gate"):
             return steady_gate.describe(check["steady_gate"])
-        return f"{wander_from_report(check, self._model_core(check)).cv:.1%}"  # probed before the gate existed
+        try:  # probed before the gate existed
+            return f"{wander_from_report(check, self._model_core(check)).cv:.1%}"
+        except SpeedWanderError:
+            return "stalled"
 
     # --- the summary ---------------------------------------------------------------------
     def summarize(self) -> dict:

@@ -299,6 +299,10 @@ def speed_summary(trace: dict) -> dict:
         return dict(trace)
     out: dict = {"window_s": trace["window_s"], "per_core": {}}
     for core, rates in trace["per_core"].items():
+        idle = sum(1 for r in rates if not r > 0)
+        if idle:  # a window with no matmul done: the core stopped for a whole window; no cv describes it
+            out["per_core"][core] = {"stalled_windows": idle, "windows": len(rates)}
+            continue
         w = SpeedWander.from_rates(rates, trace["window_s"])
         out["per_core"][core] = {"cv": round(w.cv, 4), "slowest": round(max(w.factors), 3),
                                  "fastest": round(min(w.factors), 3), "windows": len(rates)}
@@ -365,6 +369,11 @@ def describe(report: dict) -> list[str]:
         else:
             summary = speed_summary(sp)
             for core, c in summary["per_core"].items():
+                if "stalled_windows" in c:
+                    lines.append(f"speed wander on core {core}: {c['stalled_windows']} of {c['windows']} "
+                                 f"{sp['window_s']:g}-s windows did no matmul at all: the core stalled for whole "
+                                 "windows, and measurements now are the host's")
+                    continue
                 verdict = ("wanders: identical measurements minutes apart differ by this much"
                            if c["cv"] > WANDERING_CV else "steady")
                 lines.append(f"speed wander on core {core}: a fixed matmul's time per {sp['window_s']:g} s window "

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 from calibrate.machine import utc_now
 
-#: ``probe()`` -> (the report to keep, the wander's cv on the model's core; NaN where it could not be probed).
+#: ``probe()`` -> (the report to keep, the wander's cv on the model's core; NaN where it could not be
+#: probed, infinity where a window did no work at all).
 Probe = Callable[[], "tuple[dict, float]"]
 
 
@@ -71,9 +72,10 @@ def wait_for_steady(probe: Probe, settings: SteadySettings, *, what: str = "the 
     t0 = clock()
     while True:
         report, cv = probe()
-        record["tries"].append({"cv": cv if math.isfinite(cv) else None, "utc": utc_now()})
+        record["tries"].append({"cv": cv if math.isfinite(cv) else None, "utc": utc_now(),
+                                **({"stalled": True} if math.isinf(cv) else {})})
         record["waited_s"] = clock() - t0
-        if not settings.on or not math.isfinite(cv):
+        if not settings.on or math.isnan(cv):
             record["skipped"] = "gate off" if not settings.on else "no speed probe"
             return report, record
         record["steady"] = cv <= settings.max_cv
@@ -81,21 +83,29 @@ def wait_for_steady(probe: Probe, settings: SteadySettings, *, what: str = "the 
             return report, record
         if record["waited_s"] + settings.interval_s > settings.max_wait_s:
             raise HostUnsteady(
-                f"{what}: the speed of the model's core still wanders by {cv:.1%} (cv over the probe's windows) "
+                f"{what}: the speed of the model's core still wanders by {_wander(cv)} (cv over the probe's windows) "
                 f"after {record['waited_s'] / 60:.1f} min of waiting, above the {settings.max_cv:.0%} the "
                 "steadiness gate allows: timings measured now would be the host's, not vLLM's. Finished steps "
                 "are kept; rerun with --resume later or on a steadier machine, or pass --max-wander 0 to "
                 "measure anyway (docs/calibration.md, section 6)")
-        say(f"{what}: the model's core wanders by {cv:.1%}, above {settings.max_cv:.0%}; probing again in "
+        say(f"{what}: the model's core wanders by {_wander(cv)}, above {settings.max_cv:.0%}; probing again in "
             f"{settings.interval_s:.0f} s (waited {record['waited_s'] / 60:.1f} of {settings.max_wait_s / 60:.0f} min)")
         sleep(settings.interval_s)
 
 
+def _wander(cv: float) -> str:
+    return f"{cv:.1%}" if math.isfinite(cv) else "without bound (a window did no work)"
+
+
 def describe(record: dict | None) -> str:
     """One cell: the last try's cv, the wait if there was one ("3.1%", "4.2% after 6.0 min"); "n/a" without."""
-    if not record or not record.get("tries") or record["tries"][-1].get("cv") is None:
+    last = (record or {}).get("tries") or [{}]
+    if last[-1].get("stalled"):
+        text = "stalled"
+    elif last[-1].get("cv") is None:
         return "n/a"
-    text = f"{record['tries'][-1]['cv']:.1%}"
+    else:
+        text = f"{last[-1]['cv']:.1%}"
     if len(record["tries"]) > 1:
         text += f" after {record['waited_s'] / 60:.1f} min"
     return text

@@ -421,3 +421,14 @@ def test_each_check_waits_for_a_steady_host_and_its_summary_row_gives_the_wander
     assert camp.host_wander("tiny", 2) == "33.3%"
     (d / "check-2" / "host-speed.json").unlink()
     assert camp.host_wander("tiny", 2) == "n/a"
+
+
+def test_a_probe_window_with_no_work_done_is_waited_out_not_a_crash(tmp_path, monkeypatch):
+    camp, d = fake_campaign(tmp_path)
+    camp.settings.steady = SteadySettings(max_cv=0.06, max_wait_s=60, interval_s=0.01)
+    monkeypatch.setattr("calibrate.campaign.speed_trace", _traces((100.0, 0.0, 100.0), STEADY))
+    camp._speed_trace("tiny", 1)
+    tries = json.loads((d / "check-1" / "host-speed.json").read_text())["steady_gate"]["tries"]
+    assert tries[0]["stalled"] is True and tries[1]["cv"] == pytest.approx(0.0141, abs=1e-3)
+    (d / "check-2" / "host-speed.json").write_text(json.dumps(_speed(100.0, 0.0)))  # kept before the gate
+    assert camp.host_wander("tiny", 2) == "stalled"

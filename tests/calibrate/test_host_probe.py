@@ -148,6 +148,14 @@ def test_the_speed_summary_by_hand():
     assert steady["per_core"][0]["cv"] == 0.0 and steady["correlation"] is None  # no variation: undefined
 
 
+def test_a_core_that_did_no_work_in_a_window_is_reported_stalled_not_a_crash():
+    report = {"speed": {"window_s": 1.0, "per_core": {0: [100.0, 0.0, 100.0], 1: [90.0, 95.0, 100.0]}}}
+    s = host_probe.speed_summary(report["speed"])
+    assert s["per_core"][0] == {"stalled_windows": 1, "windows": 3} and "cv" in s["per_core"][1]
+    lines = host_probe.describe(report)
+    assert any(line.startswith("speed wander on core 0: 1 of 3 1-s windows did no matmul at all") for line in lines)
+
+
 def test_a_wander_is_read_from_a_report_with_the_core_named():
     report = {"speed": {"window_s": 0.5, "per_core": {"0": [100.0, 50.0], "1": [80.0, 80.0]}}}
     w = host_probe.wander_from_report(report)  # JSON keys are strings; the first core by default

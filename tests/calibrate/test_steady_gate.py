@@ -102,5 +102,15 @@ def test_bad_settings_are_refused_naming_the_setting(kwargs, word):
         SteadySettings(**kwargs)
 
 
+def test_a_probe_window_that_did_no_work_is_unsteady_and_said_so():
+    with pytest.raises(HostUnsteady, match=r"without bound \(a window did no work\)"):
+        gate([math.inf] * 20, SteadySettings(max_cv=0.06, max_wait_s=100, interval_s=60))
+    report, record, said, t = gate([math.inf, 0.02], SteadySettings(max_cv=0.06, max_wait_s=900, interval_s=60))
+    assert record["tries"][0] == {"cv": None, "stalled": True, "utc": record["tries"][0]["utc"]}
+    assert record["steady"] is True and "without bound" in said[0]
+    json.dumps(record, allow_nan=False)
+    assert describe({"tries": [{"cv": None, "stalled": True}], "waited_s": 0}) == "stalled"
+
+
 def test_describe_without_a_record_is_na():
     assert describe(None) == "n/a" and describe({"tries": []}) == "n/a"
