@@ -361,7 +361,7 @@ class Campaign:
         report, record = steady_gate.wait_for_steady(probe, self.settings.steady, what=what, say=self.say)
         if record["steady"]:
             self.say(f"{what}: steadiness gate: the model's core wanders by {steady_gate.describe(record)}, "
-                     f"within {self.settings.steady.max_cv:.0%}")
+                     f"within {steady_gate.percent(self.settings.steady.max_cv)}")
         report["steady_gate"] = record
         return report
 

@@ -84,13 +84,18 @@ def wait_for_steady(probe: Probe, settings: SteadySettings, *, what: str = "the 
         if record["waited_s"] + settings.interval_s > settings.max_wait_s:
             raise HostUnsteady(
                 f"{what}: the speed of the model's core still wanders by {_wander(cv)} (cv over the probe's windows) "
-                f"after {record['waited_s'] / 60:.1f} min of waiting, above the {settings.max_cv:.0%} the "
+                f"after {record['waited_s'] / 60:.1f} min of waiting, above the {percent(settings.max_cv)} the "
                 "steadiness gate allows: timings measured now would be the host's, not vLLM's. Finished steps "
                 "are kept; rerun with --resume later or on a steadier machine, or pass --max-wander 0 to "
                 "measure anyway (docs/calibration.md, section 6)")
-        say(f"{what}: the model's core wanders by {_wander(cv)}, above {settings.max_cv:.0%}; probing again in "
+        say(f"{what}: the model's core wanders by {_wander(cv)}, above {percent(settings.max_cv)}; probing again in "
             f"{settings.interval_s:.0f} s (waited {record['waited_s'] / 60:.1f} of {settings.max_wait_s / 60:.0f} min)")
         sleep(settings.interval_s)
+
+
+def percent(share: float) -> str:
+    """A share as a percentage with no needless digits: 0.06 -> "6%", 0.065 -> "6.5%"."""
+    return f"{share * 100:g}%"
 
 
 def _wander(cv: float) -> str:

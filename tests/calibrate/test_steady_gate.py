@@ -112,5 +112,10 @@ def test_a_probe_window_that_did_no_work_is_unsteady_and_said_so():
     assert describe({"tries": [{"cv": None, "stalled": True}], "waited_s": 0}) == "stalled"
 
 
+def test_a_line_with_a_fraction_of_a_percent_is_said_as_given():
+    with pytest.raises(HostUnsteady, match=r"above the 6\.5% the steadiness gate allows"):
+        gate([0.07] * 20, SteadySettings(max_cv=0.065, max_wait_s=100, interval_s=60))
+
+
 def test_describe_without_a_record_is_na():
     assert describe(None) == "n/a" and describe({"tries": []}) == "n/a"
