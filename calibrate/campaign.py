@@ -353,10 +353,8 @@ class Campaign:
             report = self._speed_report(what)
             if "skipped" in report["speed"]:
                 return report, math.nan
-            try:
-                return report, wander_from_report(report, self._model_core(report)).cv
-            except SpeedWanderError:  # a window with no matmul done: the core stalled for a second
-                return report, math.inf
+            wander = self._model_wander(report)
+            return report, math.inf if wander is None else wander.cv
 
         report, record = steady_gate.wait_for_steady(probe, self.settings.steady, what=what, say=self.say)
         if record["steady"]:
@@ -364,6 +362,14 @@ class Campaign:
                      f"within {steady_gate.percent(self.settings.steady.max_cv)}")
         report["steady_gate"] = record
         return report
+
+    def _model_wander(self, report: dict) -> SpeedWander | None:
+        """The wander of the model's core in a probe report with a trace; None where a window did no
+        work at all (the core stalled for a whole window, which no slowdown factor describes)."""
+        try:
+            return wander_from_report(report, self._model_core(report))
+        except SpeedWanderError:
+            return None
 
     def _model_core(self, report: dict) -> int | None:
         """The core the model's threads run on, where the report traced it (else its first core)."""
@@ -411,11 +417,10 @@ class Campaign:
         (folder / "host-speed.json").write_text(json.dumps(report, indent=2) + "\n")
         if "skipped" in report["speed"]:
             return None
-        try:
-            return wander_from_report(report, self._model_core(report))
-        except SpeedWanderError:  # only past a gate that is off: a stalled window has no wander to replay
+        wander = self._model_wander(report)
+        if wander is None:  # only past a gate that is off: a stalled window has no wander to replay
             self.say(f"{shape}: check {run}: the speed probe stalled; the check gets no speed band")
-            return None
+        return wander
 
     def host_vs_profiling(self, shape: str, run: int) -> float:
         """How much slower the host ran before check ``run`` than while ``shape`` was profiled, by
@@ -434,10 +439,8 @@ class Campaign:
             return "n/a"
         if check.get("steady_gate"):
             return steady_gate.describe(check["steady_gate"])
-        try:  # probed before the gate existed
-            return f"{wander_from_report(check, self._model_core(check)).cv:.1%}"
-        except SpeedWanderError:
-            return "stalled"
+        wander = self._model_wander(check)  # probed before the gate existed
+        return "stalled" if wander is None else f"{wander.cv:.1%}"
 
     # --- the summary ---------------------------------------------------------------------
     def summarize(self) -> dict:
