@@ -11,6 +11,8 @@ and the next shape starts. Everything goes under ``OUT/<shape>/``:
     OUT/<shape>/cpu-<shape>.json                  the fitted profile
     OUT/<shape>/check-1/, check-2/                check.json and check_requests.csv of each run
     OUT/<shape>/profile-reference.json            the engine's reference latency at the start and end of profiling
+    OUT/<shape>/profile-drift.json                each profiling's drift across it, and whether it was kept
+    OUT/<shape>/drifted-profiling-K/              the files of a profiling set aside for drifting (``calibrate.drift_gate``)
     OUT/<shape>/check-K/speed-gate.json           the speed gate's tries before check K (``calibrate.speed_gate``)
     OUT/log.jsonl                                 every step: start, end, load average before and after
     OUT/summary.json, OUT/summary.md              the table docs/calibration.md shows
@@ -28,7 +30,9 @@ records the load average and the CPU time every *other* process used meanwhile
 say: right after a vLLM server starts, or after a profiling run, it shows the
 campaign's own load.) Neither sees a host whose speed wanders under a quiet guest:
 before profiling and before each check the steadiness gate (``calibrate.steady_gate``)
-waits for the model core's wander to settle, and stops the campaign when it does not.
+waits for the model core's wander to settle, and stops the campaign when it does not;
+after profiling, the drift gate (``calibrate.drift_gate``) redoes a profiling during
+which the engine's own speed changed.
 """
 from __future__ import annotations
 
@@ -51,9 +55,10 @@ from results.jsonsafe import json_safe
 from results.rundir import atomic_write_text
 from calibrate.machine import BUSY_OTHER_SHARE, OtherCpu, loadavg, utc_now
 from calibrate.modeldir import get_shape
-from calibrate.profiling import ProfileSettings, meta_path, profile_backend
+from calibrate.profiling import ProfileSettings, meta_path, profile_backend, token_times_path
 from calibrate.serve import parse_cores
-from calibrate import speed_gate, steady_gate
+from calibrate import drift_gate, speed_gate, steady_gate
+from calibrate.drift_gate import DriftSettings
 from calibrate.speed_gate import GateSettings
 from calibrate.steady_gate import SteadySettings
 from calibrate.verdict import count_causes, describe_misses, load_verdicts
@@ -101,6 +106,9 @@ class CampaignSettings:
     #: Before profiling and before each check, wait for the speed probe's wander to fall to
     #: ``max_cv`` on the model's core, else stop (``calibrate.steady_gate``; needs the probe).
     steady: SteadySettings = field(default_factory=SteadySettings)
+    #: After profiling, compare the engine's reference requests with their time before it; a
+    #: profiling that drifted beyond ``max_drift`` is set aside and redone (``calibrate.drift_gate``).
+    drift: DriftSettings = field(default_factory=DriftSettings)
 
     def __post_init__(self) -> None:
         for s in self.shapes:
@@ -248,7 +256,8 @@ class Campaign:
         self.out.mkdir(parents=True, exist_ok=True)
         now = json.loads(json.dumps(json_safe({
             "shapes": s.shapes, "checks": s.checks, "cores": s.cores, "nice": s.nice,
-            "profile": vars(s.profile), "check": vars(s.check), "speed_gate": vars(s.gate)})))
+            "profile": vars(s.profile), "check": vars(s.check), "speed_gate": vars(s.gate),
+            "drift_gate": vars(s.drift)})))
         changed = changed_measurement_settings(self.out / "settings.json", now)
         if changed:
             # Resumed steps would be measured otherwise than the finished ones, and the
@@ -284,12 +293,7 @@ class Campaign:
         csv = self.profiling_csv(shape)
         if "profile" in todo:
             with self._step(shape, "profile"):
-                self._profile_speed(shape, "before")
-                self._profile_reference(shape, url, "before")
-                asyncio.run(profile_backend(url, csv, s.profile, resume=csv.exists() or meta_path(csv).exists(),
-                                            progress=s.progress))
-                self._profile_reference(shape, url, "after")
-                self._profile_speed(shape, "after")
+                self._profile_until_kept(shape, url)
         if "fit" in todo:
             with self._step(shape, "fit"):
                 profile, _ = fit_profile(csv, f"cpu-{shape}", hardware=s.hardware, polish_nfev=s.fit_replays,
@@ -318,6 +322,77 @@ class Campaign:
                     self.say(f"{shape}: check {k}: largest error {report['max_abs_err'] * 100:.1f}%"
                              + host_drift_note(self.host_vs_profiling(shape, k))
                              + describe_misses(report, TARGET) + warmup_note(report))
+
+    def _profile_until_kept(self, shape: str, url: str) -> None:
+        """Profile ``shape`` between two probes of the host and two timings of the engine; a profiling
+        whose reference requests drifted beyond the drift gate is set aside whole and done again, at
+        most ``settings.drift.tries`` times, then ``ProfilingDrifted`` (``calibrate.drift_gate``).
+
+        An interrupted profiling resumes unit by unit, and its "before" timing is taken again
+        at the resumption: the drift then covers the resumed units only."""
+        s = self.settings
+        csv = self.profiling_csv(shape)
+        drifts = []
+        for attempt in range(1, s.drift.tries + 1):
+            self._profile_speed(shape, "before")
+            self._profile_reference(shape, url, "before")
+            asyncio.run(profile_backend(url, csv, s.profile, resume=csv.exists() or meta_path(csv).exists(),
+                                        progress=s.progress))
+            self._profile_reference(shape, url, "after")
+            self._profile_speed(shape, "after")
+            drift = drift_gate.profiling_drift(read_json(self.profile_reference_json(shape)))
+            judged = drift_gate.verdict(drift, s.drift)
+            folder = self._set_aside_profiling(shape) if judged == "drifted" else None
+            self._record_drift(shape, {"try": attempt, "drift": drift if math.isfinite(drift) else None,
+                                       "max_drift": s.drift.max_drift, "verdict": judged,
+                                       "set_aside_in": folder.name if folder else None, "utc": utc_now()})
+            if folder is None:
+                self.say(f"{shape}: profiling drift gate: the reference requests changed by "
+                         f"{drift_gate.describe(drift)} across profiling ({judged})")
+                return
+            drifts.append(drift)
+            again = (f"profiling again ({attempt + 1} of {s.drift.tries})" if attempt < s.drift.tries
+                     else "no tries left")
+            self.say(f"{shape}: profiling drift gate: the reference requests changed by "
+                     f"{drift_gate.describe(drift)} across profiling, beyond "
+                     f"{steady_gate.percent(s.drift.max_drift)}; its files are set aside in {folder}; {again}")
+        raise drift_gate.ProfilingDrifted(drift_gate.give_up_message(shape, drifts, s.drift))
+
+    def _set_aside_profiling(self, shape: str) -> Path:
+        """Move a drifted profiling's files (rows, provenance, token times, the probes and timings
+        around it) into the shape's next free ``drifted-profiling-K/``; nothing is deleted."""
+        k = 1
+        while (self.shape_dir(shape) / f"drifted-profiling-{k}").exists():
+            k += 1
+        folder = self.shape_dir(shape) / f"drifted-profiling-{k}"
+        folder.mkdir()
+        csv = self.profiling_csv(shape)
+        for path in (csv, meta_path(csv), token_times_path(csv), self.profile_reference_json(shape),
+                     self.profile_speed_json(shape)):
+            if path.exists():
+                path.rename(folder / path.name)
+        return folder
+
+    def profile_drift_json(self, shape: str) -> Path:
+        """Every profiling's drift and what the gate made of it, across resumptions (a list)."""
+        return self.shape_dir(shape) / "profile-drift.json"
+
+    def _record_drift(self, shape: str, entry: dict) -> None:
+        path = self.profile_drift_json(shape)
+        atomic_write_text(path, json.dumps(json_safe(read_json_list(path) + [entry]), indent=2) + "\n")
+
+    def profiling_drift_cell(self, shape: str) -> str:
+        """The kept profiling's drift, and how many were set aside before it ("+3.2%", "-1.0% (2 set
+        aside)"; "none kept (2 set aside, the last at +20.0%)" after a stop); "n/a" without a record."""
+        tries = read_json_list(self.profile_drift_json(shape))
+        if not tries:
+            return "n/a"
+        last = tries[-1]
+        text = drift_gate.describe(last["drift"] if last.get("drift") is not None else math.nan)
+        aside = sum(1 for t in tries if t.get("verdict") == "drifted")
+        if last.get("verdict") == "drifted":
+            return f"none kept ({aside} set aside, the last at {text})"
+        return text + (f" ({aside} set aside)" if aside else "")
 
     def check_minutes(self, shape: str) -> tuple[float, str]:
         """(minutes, on what) of one check's units, simulated on the profile that will set its rates:
@@ -459,7 +534,7 @@ class Campaign:
                     run["host_wander"] = self.host_wander(shape, k)
                     run["speed_gate"] = read_json(self.gate_json(shape, k))
                     runs.append(run)
-            entry: dict = {"runs": runs}
+            entry: dict = {"runs": runs, "profiling_drift": self.profiling_drift_cell(shape)}
             if self.profile_json(shape).is_file():
                 doc = json.loads(self.profile_json(shape).read_text())
                 entry["profile"] = {"coefficients": doc.get("coefficients"), "front_end": doc.get("front_end"),
@@ -468,7 +543,8 @@ class Campaign:
                                     "convergence": doc.get("fit", {}).get("convergence")}
             shapes[shape] = entry
         summary = {"created": utc_now(), "target": TARGET, "shapes": {
-            shape: {"profile": e.get("profile"), "loads": _loads(e["runs"])} for shape, e in shapes.items()}}
+            shape: {"profile": e.get("profile"), "profiling_drift": e["profiling_drift"], "loads": _loads(e["runs"])}
+            for shape, e in shapes.items()}}
         (self.out / "summary.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
         (self.out / "summary.md").write_text(summary_markdown(summary))
         return summary
@@ -496,6 +572,15 @@ def record_around_profiling(path: Path, when: str, measured: dict | None) -> Non
         atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
     else:
         path.unlink(missing_ok=True)
+
+
+def read_json_list(path: Path) -> list:
+    """A JSON list file, or [] where it is missing or unreadable."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return doc if isinstance(doc, list) else []
 
 
 def read_json(path: Path) -> dict | None:
@@ -638,6 +723,9 @@ def summary_markdown(summary: dict) -> str:
         prof = e.get("profile") or {}
         if prof:
             lines += [f"Fit: {prof.get('convergence')}", ""]
+        if e.get("profiling_drift", "n/a") != "n/a":
+            lines += [f"Profiling drift (the engine's reference requests, end of profiling against its start): "
+                      f"{e['profiling_drift']}", ""]
         if not e["loads"]:
             lines += ["(no check yet)", ""]
             continue

@@ -8,6 +8,7 @@ import pytest
 from calibrate.campaign import (Campaign, CampaignSettings, changed_measurement_settings, expected_duration,
                                 host_drift_note, record_input, slowdown)
 from calibrate.check import CheckSettings
+from calibrate.drift_gate import DriftSettings
 from calibrate.profiling import meta_path
 from calibrate.speed_gate import GateSettings
 from calibrate.steady_gate import HostUnsteady, SteadySettings
@@ -36,10 +37,10 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
             yield url
 
     # A wide tolerance and no wait: the emulator's timing on a busy CI machine must not hold the test.
-    # No steadiness gate either: a CI machine's speed may wander more than a measurement's host should.
+    # No steadiness or drift gate either: a CI machine's speed may wander more than a measurement's host should.
     settings = CampaignSettings(shapes=("tiny",), checks=2, profile=SMALL, check=CHECK, progress=False,
                                 fit_replays=60, speed_probe_s=2, gate=GateSettings(tolerance=0.5, max_wait_s=0),
-                                steady=SteadySettings(max_cv=0))
+                                steady=SteadySettings(max_cv=0), drift=DriftSettings(max_drift=0))
     lines = []
     camp = Campaign(tmp_path, settings, server=counting, log=lines.append)
     assert camp.pending("tiny") == ["profile", "fit", "check-1", "check-2"]
@@ -153,6 +154,8 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
         assert record == {"input": "cpu-tiny.json", "sha256": refit}
     steps = [json.loads(x)["step"] for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps[-3:] == ["fit", "check-1", "check-2"]
+    [drift] = json.loads((tmp_path / "tiny" / "profile-drift.json").read_text())
+    assert drift["verdict"] == "gate off" and drift["drift"] is not None  # measured and recorded, not judged
 
 
 def fake_campaign(tmp_path, checks=2):

@@ -241,6 +241,31 @@ def test_campaign_max_wander_reaches_its_steadiness_gate_and_a_bad_one_is_named(
     assert "max_wait_s" in capsys.readouterr().err and not (tmp_path / "c").exists()
 
 
+def test_campaign_profile_drift_options_reach_the_drift_gate_and_bad_ones_are_named(tmp_path, capsys, monkeypatch):
+    import calibrate.campaign
+
+    seen = {}
+
+    def run(self):  # nothing is served
+        seen["drift"] = self.settings.drift
+        self.out.mkdir(parents=True)
+        (self.out / "summary.md").write_text("# Calibration campaign\n")
+
+    monkeypatch.setattr(calibrate.campaign.Campaign, "run", run)
+    monkeypatch.setattr(calibrate.campaign, "set_own_priority", lambda nice: None)
+    assert main(["campaign", "--out", str(tmp_path / "a"), "--shapes", "tiny"]) == 0
+    assert seen["drift"].max_drift == pytest.approx(0.10) and seen["drift"].tries == 3 and seen["drift"].on
+    assert main(["campaign", "--out", str(tmp_path / "b"), "--shapes", "tiny", "--max-profile-drift", "0",
+                 "--profile-tries", "1"]) == 0
+    assert not seen["drift"].on and seen["drift"].tries == 1
+    for bad in ("100", "-3", "ten"):
+        with pytest.raises(SystemExit):
+            main(["campaign", "--out", str(tmp_path / "c"), "--shapes", "tiny", "--max-profile-drift", bad])
+        assert "--max-profile-drift" in capsys.readouterr().err
+    assert main(["campaign", "--out", str(tmp_path / "d"), "--shapes", "tiny", "--profile-tries", "0"]) == 2
+    assert "tries must be >= 1" in capsys.readouterr().err and not (tmp_path / "d").exists()
+
+
 #: Campaigns on an Intel Xeon VM at 480 requests per Poisson load whose fits ship as
 #: cpu-<shape>-xeon-2026-12-<campaign>: each check's recorded largest error. 05h: five of six
 #: within 10%, mid's first misses at Poisson 80%; 05k: mid alone, both within 10%.
