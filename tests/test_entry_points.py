@@ -15,7 +15,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = ["sim", "scenarios", "workload", "results", "predictors", "live", "live.gateway",
-                "live.emulator", "calibrate", "validation"]
+                "live.emulator", "calibrate", "calibrate.evidence", "validation"]
 #: Import names of what the extras add beyond install_requires ([ray], [test]).
 EXTRAS_ONLY = ["ray", "pytest", "_pytest", "hypothesis", "openai", "pytest_timeout", "xdist", "execnet"]
 

@@ -1,0 +1,219 @@
+"""What kept campaigns say about the campaign's gates: how often checks met the target on each side of a line.
+
+Why: the steadiness gate's 6% (``calibrate.steady_gate``) and the drift gate's 10%
+(``calibrate.drift_gate``) were chosen from the kept checks under ``tests/data``. This
+recomputes those splits from the files, so anyone can check the lines, move them, or
+add campaigns from another host and see whether they still hold:
+
+    python -m calibrate.evidence                          # every tests/data/checks-* folder
+    python -m calibrate.evidence runs/calibration-X --wander-lines 4,6,8 --table
+
+For each check it reads ``check.json`` (the raw largest error, and the largest at the
+speed the load's own engine steps ran), the speed probe before it (``host-speed.json``:
+the model core's wander) and its shape's ``profile-reference.json`` (the profiling's
+drift). A campaign's own layout (``OUT/<shape>/check-K/``) and the flattened one kept
+in ``tests/data`` (``<shape>-check-K/``, ``<shape>-profile-reference.json``) are both read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from calibrate.check import TARGET
+from calibrate.drift_gate import profiling_drift
+from calibrate.host_probe import wander_from_report
+from results.jsonsafe import json_safe
+from sim.speed import SpeedWanderError
+
+#: Where kept campaigns live, relative to the repository root.
+DEFAULT_GLOB = "tests/data/checks-*"
+#: The core the campaigns' models ran on (``calibrate campaign --cores 0``).
+MODEL_CORE = 0
+
+
+@dataclass(frozen=True)
+class CheckEvidence:
+    campaign: str
+    shape: str
+    run: int
+    max_abs_err: float
+    #: The largest error with each load replayed at the speed its own engine steps ran (NaN without).
+    max_abs_err_step_speed: float
+    #: The model core's wander in the speed probe before the check (NaN without a probe, inf: stalled).
+    wander: float
+    #: The reference E2EL after profiling over before, less one (NaN without both timings).
+    profiling_drift: float
+
+    @property
+    def met(self) -> bool:
+        return self.max_abs_err <= TARGET
+
+
+def _check_folders(campaign: Path) -> list[tuple[str, int, Path]]:
+    """(shape, run, folder) of every check under ``campaign``, in either layout."""
+    out = []
+    for check in sorted(campaign.rglob("check.json")):
+        folder = check.parent
+        if folder.name.startswith("check-") and folder.name[6:].isdigit():
+            out.append((folder.parent.name, int(folder.name[6:]), folder))
+        elif "-check-" in folder.name:
+            shape, _, run = folder.name.rpartition("-check-")
+            if run.isdigit():
+                out.append((shape, int(run), folder))
+    return out
+
+
+def _reference(campaign: Path, shape: str) -> dict | None:
+    for path in (campaign / shape / "profile-reference.json", campaign / f"{shape}-profile-reference.json"):
+        if path.is_file():
+            return _read(path)
+    return None
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _wander(folder: Path) -> float:
+    report = _read(folder / "host-speed.json")
+    if not report or "per_core" not in (report.get("speed") or {}):
+        return math.nan
+    try:
+        return wander_from_report(report, MODEL_CORE).cv
+    except SpeedWanderError:
+        return math.inf  # a window in which the core did no work
+    except ValueError:
+        return math.nan  # no trace of the model's core
+
+
+def read_campaign(campaign: str | Path) -> list[CheckEvidence]:
+    """Every check of one kept campaign folder; raises ValueError naming a folder without checks."""
+    campaign = Path(campaign)
+    if not campaign.is_dir():
+        raise ValueError(f"{campaign} is not a folder")
+    out = []
+    for shape, run, folder in _check_folders(campaign):
+        report = _read(folder / "check.json")
+        if not report or "max_abs_err" not in report:
+            continue
+        steps = (report.get("step_speed") or {}).get("max_abs_err", math.nan)
+        out.append(CheckEvidence(campaign.name, shape, run, float(report["max_abs_err"]),
+                                 float(steps) if steps is not None else math.nan,
+                                 _wander(folder), profiling_drift(_reference(campaign, shape))))
+    if not out:
+        raise ValueError(f"{campaign} holds no check.json with a largest error (a calibrate campaign's "
+                         "OUT folder, or a tests/data/checks-* folder, is expected)")
+    return out
+
+
+@dataclass(frozen=True)
+class Split:
+    """Checks on either side of a line: those below it (|drift| at most it, for the drift) and the rest."""
+    what: str
+    line: float
+    met_within: int
+    within: int
+    met_beyond: int
+    beyond: int
+
+    def sentence(self) -> str:
+        inside = "below" if self.what == "wander" else "at most"
+        return (f"{self.what} {inside} {self.line:.0%}: {self.met_within} of {self.within} met the target "
+                f"({_share(self.met_within, self.within)}); beyond: {self.met_beyond} of {self.beyond} "
+                f"({_share(self.met_beyond, self.beyond)})")
+
+
+def _share(k: int, n: int) -> str:
+    return f"{k / n:.0%}" if n else "n/a"
+
+
+def split(checks: list[CheckEvidence], what: str, line: float) -> Split:
+    """The target's hit counts on either side of ``line`` for ``what`` ("wander": the probe's cv below
+    the line, as the steadiness gate lets it through; "drift": |drift| at most the line, as the drift
+    gate keeps it). Checks without that measurement are left out."""
+    if what == "wander":
+        known = [c for c in checks if not math.isnan(c.wander)]
+        inside = [c for c in known if c.wander < line]
+    elif what == "drift":
+        known = [c for c in checks if math.isfinite(c.profiling_drift)]
+        inside = [c for c in known if abs(c.profiling_drift) <= line]
+    else:
+        raise ValueError(f"unknown measurement {what!r}; allowed: wander, drift")
+    outside = [c for c in known if c not in inside]
+    return Split(what, line, sum(c.met for c in inside), len(inside), sum(c.met for c in outside), len(outside))
+
+
+def _lines(text: str) -> list[float]:
+    try:
+        values = [float(x) / 100.0 for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected percentages such as 4,6,8, got {text!r}") from None
+    if not values or any(not (0 < v < 1) for v in values):
+        raise argparse.ArgumentTypeError(f"expected percentages in (0, 100), got {text!r}")
+    return values
+
+
+def _cell(value: float, fmt: str) -> str:
+    if math.isinf(value):
+        return "stalled"
+    return fmt.format(value * 100) if math.isfinite(value) else "n/a"
+
+
+def table(checks: list[CheckEvidence]) -> str:
+    rows = ["| campaign | shape | run | largest | at its steps' speed | wander before | profiling drift |",
+            "|---|---|---|---|---|---|---|"]
+    for c in checks:
+        rows.append(f"| {c.campaign} | {c.shape} | {c.run} | {c.max_abs_err * 100:.1f}% | "
+                    f"{_cell(c.max_abs_err_step_speed, '{:.1f}%')} | {_cell(c.wander, '{:.1f}%')} | "
+                    f"{_cell(c.profiling_drift, '{:+.1f}%')} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m calibrate.evidence", description=__doc__.split("\n\n")[0],
+                                epilog="Folders: kept campaigns (a calibrate campaign's OUT, or tests/data/checks-*); "
+                                       f"default: every {DEFAULT_GLOB}. The target is {TARGET:.0%}.")
+    p.add_argument("folders", nargs="*", help=f"campaign folders (default: {DEFAULT_GLOB})")
+    p.add_argument("--wander-lines", type=_lines, default=_lines("4,5,6"), metavar="PERCENTS",
+                   help="steadiness lines to split at, in percent (default: 4,5,6)")
+    p.add_argument("--drift-lines", type=_lines, default=_lines("3,5,10"), metavar="PERCENTS",
+                   help="profiling drift lines to split at, in percent (default: 3,5,10)")
+    p.add_argument("--table", action="store_true", help="also print every check's row")
+    p.add_argument("--json", metavar="FILE", help="also write every check and split to FILE")
+    args = p.parse_args(argv)
+    folders = args.folders or sorted(str(f) for f in Path().glob(DEFAULT_GLOB) if f.is_dir())
+    if not folders:
+        print(f"error: no campaign folders given and none match {DEFAULT_GLOB} here", file=sys.stderr)
+        return 2
+    try:
+        checks = [c for folder in folders for c in read_campaign(folder)]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    met = sum(c.met for c in checks)
+    steps = [c for c in checks if math.isfinite(c.max_abs_err_step_speed)]
+    print(f"{len(checks)} checks in {len(folders)} campaigns; {met} met the {TARGET:.0%} target raw"
+          + (f"; at their own steps' speed {sum(c.max_abs_err_step_speed <= TARGET for c in steps)} of "
+             f"{len(steps)}" if steps else ""))
+    splits = [split(checks, "wander", x) for x in args.wander_lines] + \
+             [split(checks, "drift", x) for x in args.drift_lines]
+    for s in splits:
+        print(s.sentence())
+    if args.table:
+        print(table(checks))
+    if args.json:
+        doc = {"target": TARGET, "checks": [asdict(c) for c in checks], "splits": [asdict(s) for s in splits]}
+        Path(args.json).write_text(json.dumps(json_safe(doc), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
