@@ -77,6 +77,8 @@ EXPECTED_CHECK_FIXED_MINUTES = 1.5
 #: most a check's speed probe, gate and report take; a check's units may take three times
 #: what the profile at hand says (a host that much slower than the one it describes).
 WORST_SETUP_MINUTES = 5 + 15 + 5
+#: Of those, the profiling's budget: the drift gate may profile a shape up to ``DriftSettings.tries`` times.
+WORST_PROFILING_MINUTES = 15
 WORST_CHECK_FIXED_MINUTES = 12
 WORST_CHECK_SLOWDOWN = 3.0
 
@@ -142,14 +144,19 @@ def vllm_server(shape: str, settings: CampaignSettings) -> Iterator[str]:
         yield server.url
 
 
-def expected_duration(shapes: Sequence[str], checks: int, check_minutes: Mapping[str, float]) -> tuple[float, float]:
+def expected_duration(shapes: Sequence[str], checks: int, check_minutes: Mapping[str, float], *,
+                      profile_tries: int = 1, steady_wait_minutes: float = 0.0) -> tuple[float, float]:
     """(expected, worst case) minutes for a campaign over ``shapes``, each checked ``checks`` times,
-    where one check's units last ``check_minutes[shape]`` (``calibrate.check_duration``)."""
+    where one check's units last ``check_minutes[shape]`` (``calibrate.check_duration``). The worst
+    case also lets every profiling drift but the last (``profile_tries``) and the steadiness gate
+    wait its longest (``steady_wait_minutes``) before each profiling and each check."""
     expected = worst = 0.0
     for shape in shapes:
         units = check_minutes[shape]
         expected += EXPECTED_SETUP_MINUTES.get(shape, 30) + checks * (EXPECTED_CHECK_FIXED_MINUTES + units)
-        worst += WORST_SETUP_MINUTES + checks * (WORST_CHECK_FIXED_MINUTES + WORST_CHECK_SLOWDOWN * units)
+        worst += (WORST_SETUP_MINUTES + (profile_tries - 1) * WORST_PROFILING_MINUTES
+                  + (profile_tries + checks) * steady_wait_minutes
+                  + checks * (WORST_CHECK_FIXED_MINUTES + WORST_CHECK_SLOWDOWN * units))
     return expected, worst
 
 
@@ -267,7 +274,10 @@ class Campaign:
         (self.out / "settings.json").write_text(json.dumps(now, indent=2) + "\n")
         left = [sh for sh in s.shapes if self.pending(sh)]
         try:
-            expected, worst = expected_duration(left, s.checks, {sh: self.check_minutes(sh)[0] for sh in left})
+            expected, worst = expected_duration(
+                left, s.checks, {sh: self.check_minutes(sh)[0] for sh in left},
+                profile_tries=s.drift.tries if s.drift.on else 1,
+                steady_wait_minutes=s.steady.max_wait_s / 60.0 if s.steady.on and s.speed_probe_s else 0.0)
             when = f"expected about {expected:.0f} min for what is left (at most {worst:.0f} min)"
         except ValueError as e:  # an estimate only: the steps themselves say what is wrong, if anything
             when = f"no time estimate ({e})"

@@ -275,6 +275,14 @@ def test_the_duration_estimate_grows_with_each_checks_simulated_minutes():
         expected_duration(["tiny"], 2, {"small": 10.0})
 
 
+def test_the_worst_case_allows_for_the_gates_waits_and_profilings_set_aside():
+    base = expected_duration(["small"], 2, {"small": 10.0})
+    # Two more profilings of their 15-min budget, then a 15-min steady wait before each of 3 profilings
+    # and 2 checks; the expected figure assumes neither.
+    gated = expected_duration(["small"], 2, {"small": 10.0}, profile_tries=3, steady_wait_minutes=15.0)
+    assert gated[0] == base[0] and gated[1] - base[1] == pytest.approx(2 * 15 + 5 * 15)
+
+
 def test_a_campaign_estimates_its_checks_on_the_shipped_profile_then_on_its_own_fit(tmp_path):
     camp = Campaign(tmp_path, CampaignSettings(shapes=("tiny",), check=CHECK), log=lambda _m: None)
     shipped, on = camp.check_minutes("tiny")
