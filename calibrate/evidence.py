@@ -23,14 +23,16 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from calibrate.campaign import read_json
 from calibrate.check import TARGET
 from calibrate.drift_gate import profiling_drift
 from calibrate.host_probe import wander_from_report
 from results.jsonsafe import json_safe
 from sim.speed import SpeedWanderError
 
-#: Where kept campaigns live, relative to the repository root.
+#: Where kept campaigns live, relative to the repository root (wherever the command runs from).
 DEFAULT_GLOB = "tests/data/checks-*"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 #: The core the campaigns' models ran on (``calibrate campaign --cores 0``).
 MODEL_CORE = 0
 
@@ -70,20 +72,12 @@ def _check_folders(campaign: Path) -> list[tuple[str, int, Path]]:
 def _reference(campaign: Path, shape: str) -> dict | None:
     for path in (campaign / shape / "profile-reference.json", campaign / f"{shape}-profile-reference.json"):
         if path.is_file():
-            return _read(path)
+            return read_json(path)
     return None
 
 
-def _read(path: Path) -> dict | None:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
-
-
 def _wander(folder: Path) -> float:
-    report = _read(folder / "host-speed.json")
+    report = read_json(folder / "host-speed.json")
     if not report or "per_core" not in (report.get("speed") or {}):
         return math.nan
     try:
@@ -101,7 +95,7 @@ def read_campaign(campaign: str | Path) -> list[CheckEvidence]:
         raise ValueError(f"{campaign} is not a folder")
     out = []
     for shape, run, folder in _check_folders(campaign):
-        report = _read(folder / "check.json")
+        report = read_json(folder / "check.json")
         if not report or "max_abs_err" not in report:
             continue
         steps = (report.get("step_speed") or {}).get("max_abs_err", math.nan)
@@ -189,9 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", action="store_true", help="also print every check's row")
     p.add_argument("--json", metavar="FILE", help="also write every check and split to FILE")
     args = p.parse_args(argv)
-    folders = args.folders or sorted(str(f) for f in Path().glob(DEFAULT_GLOB) if f.is_dir())
+    folders = args.folders or sorted(str(f) for f in REPO_ROOT.glob(DEFAULT_GLOB) if f.is_dir())
     if not folders:
-        print(f"error: no campaign folders given and none match {DEFAULT_GLOB} here", file=sys.stderr)
+        print(f"error: no campaign folders given and none match {REPO_ROOT / DEFAULT_GLOB}", file=sys.stderr)
         return 2
     try:
         checks = [c for folder in folders for c in read_campaign(folder)]

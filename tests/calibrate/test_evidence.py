@@ -65,6 +65,13 @@ def test_a_campaigns_own_layout_is_read_and_missing_measurements_are_left_out(tm
         split([], "speed", 0.1)
 
 
+def test_without_folders_the_command_reads_every_kept_campaign_from_anywhere(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--wander-lines", "6", "--drift-lines", "10"]) == 0
+    kept = sorted(f for f in DATA.glob("checks-*") if f.is_dir())
+    assert f" checks in {len(kept)} campaigns; " in capsys.readouterr().out
+
+
 def test_the_command_prints_the_splits_writes_strict_json_and_names_bad_input(tmp_path, capsys):
     out = tmp_path / "c"
     _write(out / "tiny" / "check-1" / "check.json", {"max_abs_err": 0.08})
