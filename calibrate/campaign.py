@@ -50,7 +50,7 @@ from pathlib import Path
 from calibrate.check import STATS, TARGET, CheckSettings, run_check
 from calibrate.check_duration import check_seconds
 from calibrate.fit import fit_profile
-from calibrate.host_probe import describe, mean_rate, speed_trace, wander_from_report
+from calibrate.host_probe import describe, mean_rate, speed_trace, wander_unless_stalled
 from results.jsonsafe import json_safe
 from results.rundir import atomic_write_text
 from calibrate.machine import BUSY_OTHER_SHARE, OtherCpu, loadavg, utc_now
@@ -62,7 +62,7 @@ from calibrate.drift_gate import DriftSettings
 from calibrate.speed_gate import GateSettings
 from calibrate.steady_gate import SteadySettings
 from calibrate.verdict import count_causes, describe_misses, load_verdicts
-from sim.speed import SpeedWander, SpeedWanderError
+from sim.speed import SpeedWander
 
 #: Where other processes' CPU time cannot be read (not Linux): a step that started with a
 #: one-minute load average above this is flagged instead.
@@ -356,16 +356,16 @@ class Campaign:
             self._record_drift(shape, {"try": attempt, "drift": drift if math.isfinite(drift) else None,
                                        "max_drift": s.drift.max_drift, "verdict": judged,
                                        "set_aside_in": folder.name if folder else None, "utc": utc_now()})
+            changed = (f"{shape}: profiling drift gate: the reference requests changed by "
+                       f"{drift_gate.describe(drift)} across profiling")
             if folder is None:
-                self.say(f"{shape}: profiling drift gate: the reference requests changed by "
-                         f"{drift_gate.describe(drift)} across profiling ({judged})")
+                self.say(f"{changed} ({judged})")
                 return
             drifts.append(drift)
             again = (f"profiling again ({attempt + 1} of {s.drift.tries})" if attempt < s.drift.tries
                      else "no tries left")
-            self.say(f"{shape}: profiling drift gate: the reference requests changed by "
-                     f"{drift_gate.describe(drift)} across profiling, beyond "
-                     f"{steady_gate.percent(s.drift.max_drift)}; its files are set aside in {folder}; {again}")
+            self.say(f"{changed}, beyond {steady_gate.percent(s.drift.max_drift)}; its files are set aside in "
+                     f"{folder}; {again}")
         raise drift_gate.ProfilingDrifted(drift_gate.give_up_message(shape, drifts, s.drift))
 
     def _set_aside_profiling(self, shape: str) -> Path:
@@ -449,12 +449,8 @@ class Campaign:
         return report
 
     def _model_wander(self, report: dict) -> SpeedWander | None:
-        """The wander of the model's core in a probe report with a trace; None where a window did no
-        work at all (the core stalled for a whole window, which no slowdown factor describes)."""
-        try:
-            return wander_from_report(report, self._model_core(report))
-        except SpeedWanderError:
-            return None
+        """The wander of the model's core in a probe report with a trace; None where a window stalled."""
+        return wander_unless_stalled(report, self._model_core(report))
 
     def _model_core(self, report: dict) -> int | None:
         """The core the model's threads run on, where the report traced it (else its first core)."""
@@ -584,21 +580,23 @@ def record_around_profiling(path: Path, when: str, measured: dict | None) -> Non
         path.unlink(missing_ok=True)
 
 
-def read_json_list(path: Path) -> list:
-    """A JSON list file, or [] where it is missing or unreadable."""
+def _parsed(path: Path):
+    """A JSON file's value, or None where it is missing or unreadable (a write cut short)."""
     try:
-        doc = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
-        return []
+        return None
+
+
+def read_json_list(path: Path) -> list:
+    """A JSON list file, or [] where it is missing, unreadable or not a list."""
+    doc = _parsed(path)
     return doc if isinstance(doc, list) else []
 
 
 def read_json(path: Path) -> dict | None:
-    """A JSON object file, or None where it is missing or unreadable (a probe cut short)."""
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    """A JSON object file, or None where it is missing, unreadable (a probe cut short) or not an object."""
+    doc = _parsed(path)
     return doc if isinstance(doc, dict) else None
 
 

@@ -26,9 +26,8 @@ from pathlib import Path
 from calibrate.campaign import read_json
 from calibrate.check import TARGET
 from calibrate.drift_gate import profiling_drift
-from calibrate.host_probe import wander_from_report
+from calibrate.host_probe import wander_unless_stalled
 from results.jsonsafe import json_safe
-from sim.speed import SpeedWanderError
 
 #: Where kept campaigns live, relative to the repository root (wherever the command runs from).
 DEFAULT_GLOB = "tests/data/checks-*"
@@ -81,11 +80,10 @@ def _wander(folder: Path) -> float:
     if not report or "per_core" not in (report.get("speed") or {}):
         return math.nan
     try:
-        return wander_from_report(report, MODEL_CORE).cv
-    except SpeedWanderError:
-        return math.inf  # a window in which the core did no work
+        wander = wander_unless_stalled(report, MODEL_CORE)
     except ValueError:
         return math.nan  # no trace of the model's core
+    return math.inf if wander is None else wander.cv
 
 
 def read_campaign(campaign: str | Path) -> list[CheckEvidence]:

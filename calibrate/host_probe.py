@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from calibrate.machine import loadavg
-from sim.speed import SpeedWander
+from sim.speed import SpeedWander, SpeedWanderError
 
 #: A clock-loop gap longer than this is a stall (a timer interrupt costs a few us).
 STALL_GAP_US = 20.0
@@ -326,6 +326,15 @@ def wander_from_report(report: dict, core: int | None = None) -> SpeedWander:
     if core not in per_core:
         raise ValueError(f"the speed trace has no core {core}; it has cores {sorted(per_core)}")
     return SpeedWander.from_rates(per_core[core], float(trace["window_s"]))
+
+
+def wander_unless_stalled(report: dict, core: int | None = None) -> SpeedWander | None:
+    """``wander_from_report``, or None where a window did no work at all: the core stalled for a
+    whole window, which no slowdown factor describes."""
+    try:
+        return wander_from_report(report, core)
+    except SpeedWanderError:
+        return None
 
 
 def mean_rate(report: dict, core: int | None = None) -> float:
