@@ -358,12 +358,7 @@ def _serve(args) -> int:
         print(" ".join(f"{k}={env[k]}" for k in keys), shlex.join(argv))
         return 0
 
-    def _term(signum, frame):  # SIGTERM: the same clean stop as Ctrl-C
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _term)
-    # A shell starts background jobs with SIGINT ignored; `kill -INT` must still stop us cleanly.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_cleanly_on_signals()
     print(f"starting vLLM ({spec.served_name}) on port {server.port}...", file=sys.stderr, flush=True)
     try:
         server.start(timeout_s=args.startup_timeout)
@@ -378,11 +373,29 @@ def _serve(args) -> int:
         print("stopping vLLM...", file=sys.stderr, flush=True)
         return 0
     finally:
-        # A repeated signal (a parent that signals again while it waits, a second Ctrl-C)
-        # must not cut the stop short: stop() escalates to SIGKILL by itself.
+        # However it ends (vLLM exiting by itself included), no signal may cut the stop short.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         server.stop()
+
+
+def _interrupt_once(signum, frame):
+    # A repeated signal (a parent that signals again while it waits, a second Ctrl-C) must not
+    # cut the servers' stop short; their stop escalates to SIGKILL by itself.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def stop_cleanly_on_signals() -> None:
+    """The first SIGTERM or SIGINT raises KeyboardInterrupt, so the servers this command started
+    stop with it (their context managers, ``VllmServer.start``'s cleanup) and ``main`` exits 130;
+    later ones are ignored while that stop runs.
+
+    Why SIGINT too: a non-interactive shell starts background jobs with SIGINT ignored, and
+    Python keeps an ignored SIGINT ignored, so `kill -INT` did nothing to a backgrounded campaign."""
+    signal.signal(signal.SIGTERM, _interrupt_once)
+    signal.signal(signal.SIGINT, _interrupt_once)
 
 
 def _profile(args) -> int:
@@ -610,6 +623,7 @@ def _campaign(args) -> int:
         if out.exists() and any(out.iterdir()) and not args.resume:
             raise ValueError(f"{out} is not empty; pass --resume to continue that campaign, or choose another --out")
         set_own_priority(args.nice)
+        stop_cleanly_on_signals()
         campaign.run()
     print((out / "summary.md").read_text())
     print(f"wrote {out / 'summary.md'} and {out / 'summary.json'}")

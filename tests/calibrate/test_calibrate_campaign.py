@@ -2,6 +2,12 @@
 import contextlib
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +20,7 @@ from calibrate.speed_gate import GateSettings
 from calibrate.steady_gate import HostUnsteady, SteadySettings
 from live.emulator import spawn
 
+from process_helpers import pid_alive
 from test_calibrate_probe import SMALL
 
 pytestmark = pytest.mark.timeout(600)
@@ -443,3 +450,42 @@ def test_a_probe_window_with_no_work_done_is_waited_out_not_a_crash(tmp_path, mo
     assert tries[0]["stalled"] is True and tries[1]["cv"] == pytest.approx(0.0141, abs=1e-3)
     (d / "check-2" / "host-speed.json").write_text(json.dumps(_speed(100.0, 0.0)))  # kept before the gate
     assert camp.host_wander("tiny", 2) == "stalled"
+
+
+def _children(pid: int) -> list[int]:
+    """The direct children of ``pid`` (Linux /proc)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(x) for x in (task / "children").read_text().split()]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_backgrounded_campaign_stops_cleanly_on_sigterm_or_sigint_and_its_server_with_it(tmp_path, signum):
+    """A shell starts background jobs with SIGINT ignored (so `kill -INT` did nothing), and SIGTERM killed
+    the campaign outright; either signal must now stop it the way Ctrl-C does, with its server."""
+    out = tmp_path / "c"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "calibrate", "campaign", "--shapes", "tiny", "--out", str(out), "--emulate",
+         "cpu-tiny", "--speed-probe-s", "0", "--max-wander", "0", "--max-profile-drift", "0", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))  # as bash does for `cmd &`
+    try:
+        for line in proc.stdout:  # the profiling runs against the emulator from here on
+            if ": profile (load average" in line:
+                break
+        else:
+            pytest.fail(f"the campaign never reached its profiling: {proc.stderr.read()}")
+        servers = _children(proc.pid)
+        assert servers, "the emulator should run as the campaign's child"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    deadline = time.monotonic() + 10
+    while any(pid_alive(p) for p in servers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(pid_alive(p) for p in servers)
