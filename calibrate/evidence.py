@@ -8,8 +8,9 @@ add campaigns from another host and see whether they still hold:
     python -m calibrate.evidence                          # every tests/data/checks-* folder
     python -m calibrate.evidence runs/calibration-X --wander-lines 4,6,8 --table
 
-For each check it reads ``check.json`` (the raw largest error, and the largest at the
-speed the load's own engine steps ran), the speed probe before it (``host-speed.json``:
+For each check it reads ``check.json`` (the raw largest error, the largest at the
+speed the load's own engine steps ran, and the drift of its own reference probes,
+sent to the idle engine before each load and after the last), the speed probe before it (``host-speed.json``:
 the model core's wander) and its shape's ``profile-reference.json`` (the profiling's
 drift). A campaign's own layout (``OUT/<shape>/check-K/``) and the flattened one kept
 in ``tests/data`` (``<shape>-check-K/``, ``<shape>-profile-reference.json``) are both read.
@@ -48,6 +49,9 @@ class CheckEvidence:
     wander: float
     #: The reference E2EL after profiling over before, less one (NaN without both timings).
     profiling_drift: float
+    #: The check's own reference probes: their largest E2EL ratio over the smallest, less one
+    #: (``calibrate.check.reference_speed``; NaN without probes).
+    check_drift: float = math.nan
 
     @property
     def met(self) -> bool:
@@ -86,6 +90,11 @@ def _wander(folder: Path) -> float:
     return math.inf if wander is None else wander.cv
 
 
+def _number(value) -> float:
+    """A recorded measurement as a float; NaN where it is missing (None: written as JSON null)."""
+    return float(value) if isinstance(value, (int, float)) else math.nan
+
+
 def read_campaign(campaign: str | Path) -> list[CheckEvidence]:
     """Every check of one kept campaign folder; raises ValueError naming a folder without checks."""
     campaign = Path(campaign)
@@ -96,19 +105,23 @@ def read_campaign(campaign: str | Path) -> list[CheckEvidence]:
         report = read_json(folder / "check.json")
         if not report or "max_abs_err" not in report:
             continue
-        steps = (report.get("step_speed") or {}).get("max_abs_err", math.nan)
         out.append(CheckEvidence(campaign.name, shape, run, float(report["max_abs_err"]),
-                                 float(steps) if steps is not None else math.nan,
-                                 _wander(folder), profiling_drift(_reference(campaign, shape))))
+                                 _number((report.get("step_speed") or {}).get("max_abs_err")),
+                                 _wander(folder), profiling_drift(_reference(campaign, shape)),
+                                 _number((report.get("reference") or {}).get("drift"))))
     if not out:
         raise ValueError(f"{campaign} holds no check.json with a largest error (a calibrate campaign's "
                          "OUT folder, or a tests/data/checks-* folder, is expected)")
     return out
 
 
+#: The drifts a split can be made on, and the field that holds each.
+DRIFTS = {"drift": "profiling_drift", "check drift": "check_drift"}
+
+
 @dataclass(frozen=True)
 class Split:
-    """Checks on either side of a line: those below it (|drift| at most it, for the drift) and the rest."""
+    """Checks on either side of a line: those below it (|drift| at most it, for either drift) and the rest."""
     what: str
     line: float
     met_within: int
@@ -129,16 +142,17 @@ def _share(k: int, n: int) -> str:
 
 def split(checks: list[CheckEvidence], what: str, line: float) -> Split:
     """The target's hit counts on either side of ``line`` for ``what`` ("wander": the probe's cv below
-    the line, as the steadiness gate lets it through; "drift": |drift| at most the line, as the drift
-    gate keeps it). Checks without that measurement are left out."""
+    the line, as the steadiness gate lets it through; "drift": the profiling's |drift| at most the
+    line, as the drift gate keeps it; "check drift": the check's own reference probes' drift at most
+    the line). Checks without that measurement are left out."""
     if what == "wander":
         known = [c for c in checks if not math.isnan(c.wander)]
         inside = [c for c in known if c.wander < line]
-    elif what == "drift":
-        known = [c for c in checks if math.isfinite(c.profiling_drift)]
-        inside = [c for c in known if abs(c.profiling_drift) <= line]
+    elif what in DRIFTS:
+        known = [c for c in checks if math.isfinite(getattr(c, DRIFTS[what]))]
+        inside = [c for c in known if abs(getattr(c, DRIFTS[what])) <= line]
     else:
-        raise ValueError(f"unknown measurement {what!r}; allowed: wander, drift")
+        raise ValueError(f"unknown measurement {what!r}; allowed: wander, {', '.join(DRIFTS)}")
     outside = [c for c in known if c not in inside]
     return Split(what, line, sum(c.met for c in inside), len(inside), sum(c.met for c in outside), len(outside))
 
@@ -160,12 +174,12 @@ def _cell(value: float, fmt: str) -> str:
 
 
 def table(checks: list[CheckEvidence]) -> str:
-    rows = ["| campaign | shape | run | largest | at its steps' speed | wander before | profiling drift |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| campaign | shape | run | largest | at its steps' speed | wander before | profiling drift "
+            "| check drift |", "|---|---|---|---|---|---|---|---|"]
     for c in checks:
         rows.append(f"| {c.campaign} | {c.shape} | {c.run} | {c.max_abs_err * 100:.1f}% | "
                     f"{_cell(c.max_abs_err_step_speed, '{:.1f}%')} | {_cell(c.wander, '{:.1f}%')} | "
-                    f"{_cell(c.profiling_drift, '{:+.1f}%')} |")
+                    f"{_cell(c.profiling_drift, '{:+.1f}%')} | {_cell(c.check_drift, '{:.1f}%')} |")
     return "\n".join(rows)
 
 
@@ -178,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="steadiness lines to split at, in percent (default: 4,5,6)")
     p.add_argument("--drift-lines", type=_lines, default=_lines("3,5,10"), metavar="PERCENTS",
                    help="profiling drift lines to split at, in percent (default: 3,5,10)")
+    p.add_argument("--check-drift-lines", type=_lines, default=_lines("3,5,10"), metavar="PERCENTS",
+                   help="lines to split the checks' own reference drift at, in percent (default: 3,5,10)")
     p.add_argument("--table", action="store_true", help="also print every check's row")
     p.add_argument("--json", metavar="FILE", help="also write every check and split to FILE")
     args = p.parse_args(argv)
@@ -196,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
           + (f"; at their own steps' speed {sum(c.max_abs_err_step_speed <= TARGET for c in steps)} of "
              f"{len(steps)}" if steps else ""))
     splits = [split(checks, "wander", x) for x in args.wander_lines] + \
-             [split(checks, "drift", x) for x in args.drift_lines]
+             [split(checks, "drift", x) for x in args.drift_lines] + \
+             [split(checks, "check drift", x) for x in args.check_drift_lines]
     for s in splits:
         print(s.sentence())
     if args.table:
