@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from calibrate.speed_gate import GateSettings
 from calibrate.steady_gate import HostUnsteady, SteadySettings
 from live.emulator import spawn
 
-from process_helpers import pid_alive
+from process_helpers import still_alive_after
 from test_calibrate_probe import SMALL
 
 pytestmark = pytest.mark.timeout(600)
@@ -485,7 +484,4 @@ def test_a_backgrounded_campaign_stops_cleanly_on_sigterm_or_sigint_and_its_serv
         proc.kill()
     assert proc.returncode == 130, err
     assert "interrupted" in err
-    deadline = time.monotonic() + 10
-    while any(pid_alive(p) for p in servers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(pid_alive(p) for p in servers)
+    assert still_alive_after(servers) == []

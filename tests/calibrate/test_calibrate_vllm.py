@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -20,7 +19,7 @@ from calibrate.check import CheckSettings, run_check
 from calibrate.fit import fit_profile
 from calibrate.profiling import ProfileSettings, profile_backend
 from calibrate.serve import default_vllm_python
-from process_helpers import pid_alive
+from process_helpers import still_alive_after
 
 pytestmark = pytest.mark.vllm
 
@@ -74,10 +73,7 @@ def vllm_url():
     finally:
         cli.send_signal(signal.SIGINT)
         cli.wait(timeout=60)
-    deadline = time.monotonic() + 20
-    while any(pid_alive(p) for p in group) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not any(pid_alive(p) for p in group), "vLLM processes outlived Ctrl-C"
+    assert still_alive_after(group, timeout_s=20) == [], "vLLM processes outlived Ctrl-C"
     assert cli.returncode == 0
 
 

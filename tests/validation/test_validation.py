@@ -43,7 +43,7 @@ from results.stats import aggregate, rank_strategies
 from results.summary import RunSummary
 from sim.cli import main as sim_main
 from sim.latency import LatencyModel, load_profile
-from process_helpers import pid_alive
+from process_helpers import pid_alive, still_alive_after
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parents[2]
@@ -519,10 +519,7 @@ def test_spawned_servers_are_stopped_on_ctrl_c(tmp_path):
             proc.wait()
     assert proc.returncode == 130, output
     assert "stopped" in output
-    deadline = time.monotonic() + 10
-    while any(pid_alive(pid) for pid in servers) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(pid_alive(pid) for pid in servers)
+    assert still_alive_after(servers) == []
     manifest = json.loads((out / "manifest.json").read_text())
     assert all(u.startswith("http://127.0.0.1:") for u in manifest["live"]["backends"])
 
