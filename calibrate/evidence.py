@@ -9,10 +9,10 @@ add campaigns from another host and see whether they still hold:
     python -m calibrate.evidence runs/calibration-X --wander-lines 4,6,8 --table
 
 For each check it reads ``check.json`` (the raw largest error, the largest at the
-speed the load's own engine steps ran, and the drift of its own reference probes,
-sent to the idle engine before each load and after the last), the speed probe before it (``host-speed.json``:
-the model core's wander) and its shape's ``profile-reference.json`` (the profiling's
-drift). A campaign's own layout (``OUT/<shape>/check-K/``) and the flattened one kept
+speed the load's own engine steps ran, and the drift of its own reference probes, sent
+to the idle engine before each load and after the last), the speed probe before it
+(``host-speed.json``: the model core's wander) and its shape's ``profile-reference.json``
+(the profiling's drift). A campaign's own layout (``OUT/<shape>/check-K/``) and the flattened one kept
 in ``tests/data`` (``<shape>-check-K/``, ``<shape>-profile-reference.json``) are both read.
 """
 from __future__ import annotations
