@@ -103,12 +103,15 @@ def test_a_campaign_serves_profiles_fits_checks_twice_and_resumes(tmp_path):
         assert all(r["speed_gate"].endswith("x") for r in d["runs"]), d["runs"]
     assert sum("as slow as while profiled (matmul probe)" in line for line in lines) == 2
     # Each check found the server's processes by its port and kept, per load, how long they
-    # ran and waited for a core: the emulator is one process that ran in every load.
+    # ran and waited for a core: the emulator is one process that ran in every Poisson load.
     for k in (1, 2):
         runqueue = json.loads((tmp_path / "tiny" / f"check-{k}" / "check.json").read_text())["runqueue"]
         assert set(runqueue) == {"poisson-50", "poisson-80", "burst"}
-        for procs in runqueue.values():
-            assert procs and all(p["run_s"] > 0 and p["wait_s"] >= 0 for p in procs.values()), procs
+        for load, procs in runqueue.items():
+            assert all(p["run_s"] > 0 and p["wait_s"] >= 0 for p in procs.values()), procs
+            # The emulator spends 20-70 ms of CPU on a Poisson level here, and about 15 ms on the
+            # 5-request burst, which a fast host brings under the 10 ms a process must run to be listed.
+            assert procs or load == "burst", (load, runqueue)
     # Every check timed its engine steps: the emulator runs the engine model, so the median
     # decode step ran near the fitted model's duration, and the table shows it per run.
     for d in loads.values():
