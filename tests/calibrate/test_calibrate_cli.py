@@ -278,7 +278,7 @@ SHIPPED_CAMPAIGNS = {("05h", "tiny", 1): 0.081, ("05h", "tiny", 2): 0.098, ("05h
 #: 06d: tiny again on that host; 06e: mid again on that host; 06f: small on that host; 06g: mid on that host, its
 #: fit with a lone decode's own cost (single_row_s); 06h: small on that host, running slow and unsteady;
 #: 07c: tiny (and mid) on an Intel Xeon VM, in a steady spell that the steadiness and drift gates waited for.
-#: 07d: mid, small and tiny on an AMD EPYC VM whose matmul probe read 0.3-1.8% before every step.
+#: 07d: mid, small and tiny on an AMD EPYC VM whose matmul probe read 0.5-1.8% before every step.
 KEPT_CAMPAIGNS = {("05j", "tiny", 1): 0.093, ("05j", "tiny", 2): 0.096, ("05j", "small", 1): 0.091,
                   ("05j", "small", 2): 0.055, ("05j", "mid", 1): 0.077, ("05j", "mid", 2): 0.111,
                   ("05l", "tiny", 1): 0.104, ("05l", "tiny", 2): 0.088, ("05l", "small", 1): 0.113,
