@@ -12,8 +12,9 @@ For each check it reads ``check.json`` (the raw largest error, the largest at th
 speed the load's own engine steps ran, and the drift of its own reference probes, sent
 to the idle engine before each load and after the last), the speed probe before it
 (``host-speed.json``: the model core's wander) and its shape's ``profile-reference.json``
-(the profiling's drift). A campaign's own layout (``OUT/<shape>/check-K/``) and the flattened one kept
-in ``tests/data`` (``<shape>-check-K/``, ``<shape>-profile-reference.json``) are both read.
+(the profiling's drift). A campaign's own layout (``OUT/<shape>/check-K/``) and the
+flattened one kept in ``tests/data`` (``<shape>-check-K/``, ``<shape>-profile-reference.json``)
+are both read.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class CheckEvidence:
     profiling_drift: float
     #: The check's own reference probes: their largest E2EL ratio over the smallest, less one
     #: (``calibrate.check.reference_speed``; NaN without probes).
-    check_drift: float = math.nan
+    check_drift: float
 
     @property
     def met(self) -> bool:

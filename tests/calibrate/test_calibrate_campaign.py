@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,6 +13,7 @@ from calibrate.campaign import (Campaign, CampaignSettings, changed_measurement_
                                 host_drift_note, record_input, slowdown)
 from calibrate.check import CheckSettings
 from calibrate.drift_gate import DriftSettings
+from calibrate.procstat import process_table, tree_pids
 from calibrate.profiling import meta_path
 from calibrate.speed_gate import GateSettings
 from calibrate.steady_gate import HostUnsteady, SteadySettings
@@ -454,14 +454,6 @@ def test_a_probe_window_with_no_work_done_is_waited_out_not_a_crash(tmp_path, mo
     assert camp.host_wander("tiny", 2) == "stalled"
 
 
-def _children(pid: int) -> list[int]:
-    """The direct children of ``pid`` (Linux /proc)."""
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(x) for x in (task / "children").read_text().split()]
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_backgrounded_campaign_stops_cleanly_on_sigterm_or_sigint_and_its_server_with_it(tmp_path, signum):
@@ -479,8 +471,8 @@ def test_a_backgrounded_campaign_stops_cleanly_on_sigterm_or_sigint_and_its_serv
                 break
         else:
             pytest.fail(f"the campaign never reached its profiling: {proc.stderr.read()}")
-        servers = _children(proc.pid)
-        assert servers, "the emulator should run as the campaign's child"
+        servers = [pid for pid in tree_pids(proc.pid, process_table()) if pid != proc.pid]
+        assert servers, "the emulator should run under the campaign"
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
