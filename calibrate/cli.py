@@ -196,6 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "where 30 or more steps spend 10%% of their time on it; the replay fits the overhead, "
                         "the front end and any attention left free around them): let the replay fit the step "
                         "model too (the method before 2026-12-05, for comparison)")
+    f.add_argument("--step-level", choices=("median", "mean"), default="median",
+                   help="where the timed steps' model sits among them: median (default) prices the typical "
+                        "step, as the robust fit centres it; mean scales that model so that the steps' total "
+                        "time is the model's (latency is a sum of steps, and a right tail of stalls makes "
+                        "the total 0-3%% longer than the typical step's; docs/calibration.md, item 9)")
     f.add_argument("--no-single-row", action="store_true",
                    help="fit no separate cost for a step that computes one token (sim.latency's single_row_s; by "
                         "default the timed steps fit it, of either sign, where 30 or more one-token steps and as "
@@ -434,7 +439,8 @@ def _fit(args) -> int:
                                  pin_weight=args.pin_weight, front_end=not args.no_front_end,
                                  measured_bounds=not args.unbounded_front_end,
                                  matmul_floor=not args.no_matmul_floor, engine_overrides=overrides,
-                                 timed_steps=not args.no_timed_steps, single_row=not args.no_single_row)
+                                 timed_steps=not args.no_timed_steps, single_row=not args.no_single_row,
+                                 step_level=args.step_level)
     out = Path(args.out or f"{args.name}.json")
     profile.save(out)
     if args.rows_out:
@@ -457,6 +463,7 @@ def _fit(args) -> int:
               f"({timed['matched_share'] * 100:.1f}% of {timed['steps']} steps matched), knee {st['knee']:g}: "
               f"mean |error| {st['mean_abs_error'] * 100:.1f}%, median real/model "
               + ", ".join(f"{k} {v['median_ratio']:.3f}" for k, v in st["by_kind"].items())
+              + (f", their total over the model's {st['sum_ratio']:.3f}" if "sum_ratio" in st else "")
               + f"; held: {', '.join(fit['stages']['knee']['held'])}"
               + f" ({st['attention_steps']} steps pin the prefill attention)")
         direct = st.get("decode_phase_single_row_s")

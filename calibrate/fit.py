@@ -564,7 +564,7 @@ STEP_HELD = step_fit_mod.STEP_HELD
 
 def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES,
                   decode_steps: Mapping[int, dict] | None = None, steps: pd.DataFrame | None = None,
-                  single_row: bool = True, **kwargs) -> FitResult:
+                  single_row: bool = True, step_level: str = "median", **kwargs) -> FitResult:
     """``fit_replay`` with the matmuls' floor at the knee that explains the data best.
 
     With the knee held, every step time stays linear in the parameters, so each
@@ -586,7 +586,8 @@ def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES,
     (``calibrate.step_fit``), and the prefill attention too where enough steps pin
     it; only that knee is fitted: the replay moves the overhead, the front end and,
     where the steps do not pin it, the prefill attention (then pinned by the idle
-    requests).
+    requests). ``step_level`` "mean" then scales the chosen knee's step model to the
+    steps' total (``calibrate.step_fit.fit_steps``), the held decode attention with it.
     """
     knees = sorted(set(float(k) for k in knees))
     if not knees or knees[0] < 1.0:
@@ -594,6 +595,10 @@ def fit_with_knee(data: pd.DataFrame, engine: EngineDefaults, *, knees=KNEES,
     if steps is not None:
         chosen_fit, errors = step_fit_mod.choose_knee(steps, knees, kwargs.get("decode_attn_s"), single_row)
         chosen = chosen_fit["knee"]
+        if step_level != "median":
+            chosen_fit = step_fit_mod.fit_steps(steps, chosen, kwargs.get("decode_attn_s"), single_row, step_level)
+            if kwargs.get("decode_attn_s") is not None:
+                kwargs["decode_attn_s"] = chosen_fit["coefficients"]["decode_attn_s"]
         names = step_fit_mod.held_coefficients(chosen_fit)
         held = {k: v for k, v in chosen_fit["coefficients"].items() if k in names + SIGNED_TERMS}
         result = fit_replay(data, engine, knee=chosen, held_steps=held, **kwargs)
@@ -869,13 +874,14 @@ def timed_profile_steps(data_path: str | Path, data: pd.DataFrame, engine: Engin
 def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_iter: int = 30,
                 polish_nfev: int = POLISH_REPLAYS, hardware: str = "", pin_weight: float = PIN_WEIGHT,
                 front_end: bool = True, measured_bounds: bool = True, matmul_floor: bool = True,
-                engine_overrides: dict | None = None, timed_steps: bool = True, single_row: bool = True
-                ) -> tuple[LatencyProfile, pd.DataFrame]:
+                engine_overrides: dict | None = None, timed_steps: bool = True, single_row: bool = True,
+                step_level: str = "median") -> tuple[LatencyProfile, pd.DataFrame]:
     """Fit ``data_path`` into a named profile; also return the rows with simulated values.
 
     ``timed_steps``: when profiling kept the loaded units' token times, fit the step model
     to their engine steps and hold it (``calibrate.step_fit``); False: the replay fits it.
-    ``single_row``: let those steps fit the one-token step's correction (``sim.latency``)."""
+    ``single_row``: let those steps fit the one-token step's correction (``sim.latency``).
+    ``step_level``: the timed steps' model at their median or mean (``step_fit.STEP_LEVELS``)."""
     data, meta = load_data(data_path)
     engine = engine_defaults(meta, **(engine_overrides or {}))
     measured = measured_front_end(meta) if measured_bounds else None
@@ -887,7 +893,8 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
     steps, step_record = (timed_profile_steps(data_path, data, engine, measured)
                           if timed_steps else (None, {"used": False, "reason": "not asked for (--no-timed-steps)"}))
     result = fit_with_knee(data, engine, knees=KNEES if matmul_floor else (1.0,),
-                           decode_steps=short_steps, steps=steps, single_row=single_row, max_iter=max_iter,
+                           decode_steps=short_steps, steps=steps, single_row=single_row,
+                           step_level=step_level, max_iter=max_iter,
                            polish_nfev=polish_nfev, pin_weight=pin_weight, front_end=front_end,
                            front_end_bounds=bounds,
                            decode_attn_s=held_attn)
@@ -936,7 +943,9 @@ def fit_profile(data_path: str | Path, name: str, *, description: str = "", max_
                       + ("decode attention held at the long-context decode steps' measurement, " if attention
                          else "")
                       + (f"{', '.join(result.stages['knee']['held'])} fitted to the loaded units' engine steps "
-                         "timed from their tokens and held (calibrate.step_fit), " if steps is not None else "")
+                         "timed from their tokens and held (calibrate.step_fit"
+                         + (", scaled to the steps' total time" if step_level == "mean" else "")
+                         + "), " if steps is not None else "")
                       + "units weighted equally (the decode phase as one unit), line search on the replayed "
                       "cost); polished by least_squares on "
                       "the replayed residuals",

@@ -14,12 +14,21 @@ the guest counting it as stolen, which a quiet guest on a busy host shows. A
 command whose microsecond tails are the figures (a decision-latency benchmark) is
 not evidence when that share is above ``host_probe.UNSTEADY_STALL_SHARE``; the wrapper
 says so (``host_probe.StallWindow``).
+
+SIGTERM, SIGINT and SIGHUP sent to the wrapper are passed on to COMMAND, which runs
+in a process group of its own, and the wrapper still writes its record when COMMAND
+has stopped. Why: a backgrounded campaign is started as ``calibrate.quiet -- python -m
+calibrate campaign ...``, and ``kill`` on the wrapper used to end the wrapper alone:
+the campaign and its server ran on with no one left to record them. The group of its
+own is why a Ctrl-C at the terminal reaches COMMAND once, through the wrapper, and
+not also straight from the terminal.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,6 +75,32 @@ def reap_orphans(wait_s: float = ORPHAN_WAIT_S) -> None:
             time.sleep(0.05)
 
 
+#: Signals the wrapper passes on to its command (``run_passing_signals``).
+PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def run_passing_signals(command: list[str]) -> tuple[int, str | None]:
+    """Run ``command`` to its end, passing ``PASSED_ON`` signals on to it; return its exit
+    status as a shell gives it (128 + N when signal N ended it) and the name of the first
+    signal passed on (None if none was). ``OSError`` when the command cannot start."""
+    child = subprocess.Popen(command, process_group=0)
+    received: list[int] = []
+
+    def pass_on(signum, _frame):
+        received.append(signum)
+        child.send_signal(signum)  # a no-op once the child has been reaped
+
+    previous = {s: signal.signal(s, pass_on) for s in PASSED_ON}
+    try:
+        status = child.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if status < 0:
+        status = 128 - status
+    return status, signal.Signals(received[0]).name if received else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m calibrate.quiet",
@@ -89,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         become_subreaper()
         others = OtherCpu().start()
         try:
-            status = subprocess.call(command)
+            status, passed_on = run_passing_signals(command)
         except OSError as exc:
             print(f"calibrate.quiet: cannot run {command[0]!r}: {exc}", file=sys.stderr)
             return 127
@@ -98,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     share = used["other_cpu_share"]
     busy = share == share and share > BUSY_OTHER_SHARE
     record = {"command": command, "started": started, "finished": utc_now(), "status": status,
+              "signal_passed_on": passed_on,
               "loadavg_before": before, "loadavg_after": loadavg(), **used, "busy": busy,
               "host_stalls_before": host.before, "host_stalls_after": host.after}
     verdict = ("BUSY MACHINE: its timings are not evidence" if busy
@@ -107,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     if host.line:
         record["host_unsteady"] = host.unsteady
         print(f"# {host.line}", file=sys.stderr)
+    if passed_on:
+        print(f"# stopped: {passed_on} passed on to the command, which exited {status}", file=sys.stderr)
     if args.json is not None:
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     return status

@@ -68,6 +68,9 @@ STEP_HELD = ("step_s", "token_s", "seq_s")
 FITTED = COEFFICIENTS + ("single_row_s",)
 #: Fewest one-token steps, and fewest others, for ``single_row_s`` to be fitted (else it is 0).
 MIN_SINGLE_ROW_STEPS = 30
+#: Where the fitted model sits among the steps (``fit_steps``'s ``level``): "median", the typical
+#: step, as the robust fit centres it; "mean", that model scaled so the steps' total is the model's.
+STEP_LEVELS = ("median", "mean")
 
 
 class StepFitError(ValueError):
@@ -98,17 +101,22 @@ def _design(steps: pd.DataFrame, knee: float, floor_side: np.ndarray) -> np.ndar
 
 
 def fit_steps(steps: pd.DataFrame, knee: float = 1.0, decode_attn_s: float | None = None,
-              single_row: bool = True) -> dict:
+              single_row: bool = True, level: str = "median") -> dict:
     """The step coefficients (``FITTED``) that best time ``steps`` (``busy_steps``'s rows), with the floor
     at ``knee``.
 
     ``decode_attn_s`` holds the decode attention (a direct measurement); None fits it.
     ``single_row``: fit the one-token step's correction where ``MIN_SINGLE_ROW_STEPS`` one-token steps
     and as many others pin it; otherwise (or False) it is 0.
+    ``level`` (``STEP_LEVELS``): "mean" multiplies every coefficient, a held ``decode_attn_s`` included,
+    by the robust fit's ``sum_ratio``, so that the model's total over the steps is theirs.
     Returns ``{"coefficients", "knee", "steps", "single_row_steps", "mean_abs_error", "median_ratio",
-    "by_kind", "attention_steps"}``; the last counts the steps that spend ``ATTENTION_SHARE`` or more of
-    their fitted time on prefill attention.
+    "sum_ratio", "level", "scaled_by", "by_kind", "attention_steps"}``, all of the returned model;
+    ``sum_ratio`` is ``level_ratios``'s, ``scaled_by`` what "mean" multiplied by (1 for "median"), and the
+    last counts the steps that spend ``ATTENTION_SHARE`` or more of their fitted time on prefill attention.
     """
+    if level not in STEP_LEVELS:
+        raise StepFitError(f"unknown step level {level!r}; allowed: {', '.join(STEP_LEVELS)}")
     if knee < 1.0:
         raise StepFitError(f"the knee is a count of decodes >= 1, got {knee}")
     if len(steps) < MIN_STEPS:
@@ -150,16 +158,37 @@ def fit_steps(steps: pd.DataFrame, knee: float = 1.0, decode_attn_s: float | Non
             break
         side = new_side
     named = {c: float(v) for c, v in zip(FITTED, coeffs)}
+    scaled_by = 1.0
+    if level == "mean":
+        scaled_by = level_ratios(dur, predicted_durations(model_at_knee(named, knee), steps))["sum_ratio"]
+        named = {c: v * scaled_by for c, v in named.items()}
     model = model_at_knee(named, knee)
-    pred = np.array([model.step_time(int(t), int(s), float(w), int(c)) for t, s, w, c in
-                     zip(steps["tokens"], steps["seqs"], steps["prefill_work"], steps["decode_context"])])
+    pred = predicted_durations(model, steps)
     ratio = dur / pred
     attention_share = named["prefill_attn_s"] * steps["prefill_work"].to_numpy(float) / pred
     by_kind = {k: {"steps": int(m.sum()), "median_ratio": float(np.median(ratio[m]))}
                for k in ("decode", "prefill") if (m := (steps["kind"] == k).to_numpy()).any()}
     return {"coefficients": named, "knee": float(knee), "steps": int(len(steps)), "single_row_steps": singles,
-            "mean_abs_error": float(np.mean(np.abs(ratio - 1.0))), "median_ratio": float(np.median(ratio)),
-            "by_kind": by_kind, "attention_steps": int((attention_share >= ATTENTION_SHARE).sum())}
+            "mean_abs_error": float(np.mean(np.abs(ratio - 1.0))),
+            **level_ratios(dur, pred), "level": level, "scaled_by": float(scaled_by), "by_kind": by_kind, "attention_steps": int((attention_share >= ATTENTION_SHARE).sum())}
+
+
+def predicted_durations(model: LatencyModel, steps: pd.DataFrame) -> np.ndarray:
+    """The model's duration of each step (``busy_steps``'s rows)."""
+    return np.array([model.step_time(int(t), int(s), float(w), int(c)) for t, s, w, c in
+                     zip(steps["tokens"], steps["seqs"], steps["prefill_work"], steps["decode_context"])])
+
+
+def level_ratios(durations: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Where the model sits among the real steps: ``median_ratio``, the typical step's real over
+    model time (what the robust fit centres at 1), and ``sum_ratio``, the steps' total real time
+    over the model's total (what latency, a sum of steps, feels). Steps with a right tail (stalls,
+    a slow stretch) have ``sum_ratio`` above ``median_ratio``: the simulator's steps average the
+    model (its jitter has mean 1), so their total falls short by that much. docs/calibration.md
+    ("The step model's level") measured 1.00-1.03 and why the fit keeps the median."""
+    ratio = np.asarray(durations, float) / np.asarray(predicted, float)
+    return {"median_ratio": float(np.median(ratio)),
+            "sum_ratio": float(np.sum(durations) / np.sum(predicted))}
 
 
 def model_at_knee(coefficients: dict[str, float], knee: float) -> LatencyModel:

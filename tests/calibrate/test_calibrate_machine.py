@@ -122,3 +122,51 @@ def test_an_orphaned_descendant_stays_in_the_tree_under_the_quiet_wrapper(tmp_pa
     # The orphan's 0.8 s are the tree's own (whatever else the machine ran meanwhile):
     # without the subreaper it would be reparented to init and its CPU lost from the tree.
     assert rec["own_cpu_s"] >= 0.7, rec
+
+
+SIGNALLED = """
+import signal, sys, time
+got = []
+signal.signal(signal.SIGTERM, lambda n, f: got.append(n))
+signal.signal(signal.SIGINT, lambda n, f: got.append(n))
+open({ready!r}, "w").close()
+deadline = time.monotonic() + 30
+while not got and time.monotonic() < deadline:
+    time.sleep(0.05)
+time.sleep(0.3)  # a second delivery of the same signal would land here
+open({got!r}, "w").write(",".join(signal.Signals(n).name for n in got))
+sys.exit(130 if got else 0)
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGTERM to the wrapper", "SIGINT to the wrapper", "SIGINT to its process group"])
+def test_the_quiet_wrapper_passes_a_stop_on_to_its_command_once_and_still_records_it(tmp_path, how):
+    """`kill` on a backgrounded `calibrate.quiet -- campaign` used to end the wrapper alone, leaving
+    the campaign running and no record written; the terminal's Ctrl-C (SIGINT to the whole
+    foreground group) must reach the command once, not twice."""
+    import json
+    import signal
+
+    ready, got, out = tmp_path / "ready", tmp_path / "got", tmp_path / "q.json"
+    name = how.split()[0]
+    # Started as bash starts a background job: SIGINT ignored, and in a group of its own.
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "calibrate.quiet", "--json", str(out), "--host-probe-s", "0", "--",
+         sys.executable, "-c", SIGNALLED.format(ready=str(ready), got=str(got))],
+        start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "the command never started"
+        if how.endswith("process group"):
+            os.killpg(wrapper.pid, signal.SIGINT)
+        else:
+            wrapper.send_signal(getattr(signal, name))
+        assert wrapper.wait(timeout=30) == 130
+    finally:
+        if wrapper.poll() is None:
+            os.killpg(wrapper.pid, signal.SIGKILL)
+    assert got.read_text() == name  # exactly once
+    rec = json.loads(out.read_text())
+    assert rec["status"] == 130 and rec["signal_passed_on"] == name

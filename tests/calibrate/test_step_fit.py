@@ -9,7 +9,7 @@ import pytest
 from calibrate.fit import STEP_HELD, fit_with_knee
 from calibrate.profiling import ProfileError, read_unit_token_times, token_times_path
 from calibrate.step_fit import (MIN_ATTENTION_STEPS, MIN_SINGLE_ROW_STEPS, MIN_STEPS, StepFitError, choose_knee,
-                                fit_steps, held_coefficients, model_at_knee)
+                                fit_steps, held_coefficients, level_ratios, model_at_knee)
 from sim.latency import COEFFICIENTS, LatencyModel
 
 from calibrate_synth import ENGINE, TRUE_MODEL, synthetic_rows
@@ -55,6 +55,61 @@ def test_the_step_coefficients_are_recovered_from_timed_steps_despite_stalls():
     assert got["steps"] == 1500 and got["knee"] == 1.0
     assert got["median_ratio"] == pytest.approx(1.0, abs=0.01)
     assert set(got["by_kind"]) == {"decode", "prefill"}
+
+
+def test_the_steps_level_is_their_typical_ratio_and_their_total_over_the_models():
+    got = level_ratios(np.array([1.0, 1.0, 1.0, 4.0]), np.array([1.0, 1.0, 1.0, 1.0]))
+    assert got == {"median_ratio": 1.0, "sum_ratio": 1.75}
+    # the total weighs each step by its time: a long step off by 10% moves it more than a short one
+    assert level_ratios(np.array([1.0, 11.0]), np.array([1.0, 10.0]))["sum_ratio"] == pytest.approx(12 / 11)
+
+
+def test_stalls_leave_the_fitted_typical_step_alone_and_show_in_the_total_over_the_model():
+    """The robust fit centres on the typical step; the steps' total runs over the model's by what
+    the stalls add, which is what latency (a sum of steps) feels."""
+    stalled = timed_steps(LINEAR, outliers=0.05)
+    true = np.array([LINEAR.step_time(t, s, w, c) for t, s, w, c in zip(
+        stalled.tokens, stalled.seqs, stalled.prefill_work, stalled.decode_context)])
+    over = stalled["duration_s"].sum() / true.sum()  # about 1 + 5% of steps x 55% of a stall
+    assert 1.015 < over < 1.045
+    got = fit_steps(stalled)
+    assert got["median_ratio"] == pytest.approx(1.0, abs=0.01)
+    assert got["sum_ratio"] == pytest.approx(over, abs=0.01)
+    steady = fit_steps(timed_steps(LINEAR, outliers=0.0))
+    assert steady["sum_ratio"] == pytest.approx(1.0, abs=0.005)
+
+
+def test_at_the_mean_level_the_model_times_the_steps_total_with_the_typical_steps_shape():
+    stalled = timed_steps(LINEAR, outliers=0.05)
+    typical = fit_steps(stalled, decode_attn_s=LINEAR.decode_attn_s)
+    mean = fit_steps(stalled, decode_attn_s=LINEAR.decode_attn_s, level="mean")
+    model = model_at_knee(mean["coefficients"], 1.0)
+    total = sum(model.step_time(t, s, w, c) for t, s, w, c in zip(
+        stalled.tokens, stalled.seqs, stalled.prefill_work, stalled.decode_context))
+    assert total == pytest.approx(stalled["duration_s"].sum(), rel=1e-9)
+    assert mean["sum_ratio"] == pytest.approx(1.0, rel=1e-9) and mean["level"] == "mean"
+    # the same shape, every coefficient (the held decode attention too) scaled by one factor
+    f = mean["scaled_by"]
+    assert 1.015 < f < 1.045 and typical["scaled_by"] == 1.0 and typical["level"] == "median"
+    for name, value in typical["coefficients"].items():
+        assert mean["coefficients"][name] == pytest.approx(value * f, rel=1e-9), name
+    assert mean["median_ratio"] < typical["median_ratio"] - 0.01  # the typical step now runs under it
+    with pytest.raises(StepFitError, match="unknown step level 'average'; allowed: median, mean"):
+        fit_steps(stalled, level="average")
+
+
+def test_the_replay_fit_holds_the_mean_levels_step_model_and_decode_attention():
+    synth = synthetic_rows()
+    steps = timed_steps(TRUE_MODEL, noise=0.01, outliers=0.05, seed=2)
+    attn = TRUE_MODEL.decode_attn_s
+    res = fit_with_knee(synth, ENGINE, knees=(1.0,), steps=steps, max_iter=4, polish_nfev=0,
+                        decode_attn_s=attn, step_level="mean")
+    f = res.stages["steps"]["scaled_by"]
+    assert f > 1.01 and res.stages["steps"]["level"] == "mean"
+    assert res.model.decode_attn_s == pytest.approx(attn * f, rel=1e-9)
+    typical = fit_steps(steps, decode_attn_s=attn)
+    for name in STEP_HELD:
+        assert getattr(res.model, name) == pytest.approx(typical["coefficients"][name] * f, rel=1e-9), name
 
 
 def test_a_measured_decode_attention_is_held_and_the_rest_fitted_around_it():
