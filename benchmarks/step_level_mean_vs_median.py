@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from calibrate.check import compare, max_unit_error, read_measured, replay_check  # noqa: E402
-from calibrate.fit import fit_profile  # noqa: E402
+from calibrate.fit import FitError, fit_profile  # noqa: E402
 from calibrate.step_fit import STEP_LEVELS  # noqa: E402
 
 LOADS = ("poisson-50", "poisson-80", "burst")
@@ -52,8 +52,11 @@ def main(argv: list[str] | None = None) -> int:
     for check in args.checks:
         if not (check / "check_requests.csv").is_file():
             parser.error(f"{check} holds no check_requests.csv (a check's folder)")
-    profiles = {level: fit_profile(args.profiling, f"step-level-{level}", step_level=level)[0]
-                for level in STEP_LEVELS}
+    try:
+        profiles = {level: fit_profile(args.profiling, f"step-level-{level}", step_level=level)[0]
+                    for level in STEP_LEVELS}
+    except FitError as e:
+        parser.error(str(e))
     steps = profiles["median"].fit.get("stages", {}).get("steps")
     if steps is None:
         raise SystemExit(f"{args.profiling}: the fit used no timed steps (profiled before 2026-12-05?)")

@@ -279,6 +279,7 @@ SHIPPED_CAMPAIGNS = {("05h", "tiny", 1): 0.081, ("05h", "tiny", 2): 0.098, ("05h
 #: fit with a lone decode's own cost (single_row_s); 06h: small on that host, running slow and unsteady;
 #: 07c: tiny (and mid) on an Intel Xeon VM, in a steady spell that the steadiness and drift gates waited for.
 #: 07d: mid, small and tiny on an AMD EPYC VM whose matmul probe read 0.5-1.8% before every step.
+#: 07e: mid (two checks) and small (one: stopped for time) on another AMD EPYC VM; small profiled three times.
 KEPT_CAMPAIGNS = {("05j", "tiny", 1): 0.093, ("05j", "tiny", 2): 0.096, ("05j", "small", 1): 0.091,
                   ("05j", "small", 2): 0.055, ("05j", "mid", 1): 0.077, ("05j", "mid", 2): 0.111,
                   ("05l", "tiny", 1): 0.104, ("05l", "tiny", 2): 0.088, ("05l", "small", 1): 0.113,
@@ -294,14 +295,15 @@ KEPT_CAMPAIGNS = {("05j", "tiny", 1): 0.093, ("05j", "tiny", 2): 0.096, ("05j", 
                   ("06h", "small", 1): 0.3507, ("06h", "small", 2): 0.1599,
                   ("07c", "tiny", 1): 0.0621, ("07c", "tiny", 2): 0.1603,
                   ("07d", "mid", 1): 0.1490, ("07d", "mid", 2): 0.1928, ("07d", "small", 1): 0.1031,
-                  ("07d", "small", 2): 0.1420, ("07d", "tiny", 1): 0.1055, ("07d", "tiny", 2): 0.1060}
+                  ("07d", "small", 2): 0.1420, ("07d", "tiny", 1): 0.1055, ("07d", "tiny", 2): 0.1060,
+                  ("07e", "mid", 1): 0.1223, ("07e", "mid", 2): 0.1155, ("07e", "small", 1): 0.2333}
 #: Campaigns that checked another campaign's fits again (06b: 06a's, three hours later, with warm-ups).
 FITS_OF = {"06b": "06a"}
 #: The requests each campaign's checks sent at half and at 80% of capacity.
 POISSON_REQUESTS = {"05h": (480, 480), "05j": (480, 480), "05k": (480, 480), "05l": (480, 960),
                     "06a": (480, 960), "06b": (480, 960), "06c": (480, 960),
                     "06d": (480, 960), "06e": (480, 960), "06f": (480, 960), "06g": (480, 960),
-                    "06h": (480, 960), "07c": (480, 960), "07d": (480, 960)}
+                    "06h": (480, 960), "07c": (480, 960), "07d": (480, 960), "07e": (480, 960)}
 TESTS_DATA = DATA.parent  # tests/data: the campaigns' folders
 
 
