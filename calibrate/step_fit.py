@@ -158,12 +158,14 @@ def fit_steps(steps: pd.DataFrame, knee: float = 1.0, decode_attn_s: float | Non
             break
         side = new_side
     named = {c: float(v) for c, v in zip(FITTED, coeffs)}
+    pred = predicted_durations(model_at_knee(named, knee), steps)
     scaled_by = 1.0
     if level == "mean":
-        scaled_by = level_ratios(dur, predicted_durations(model_at_knee(named, knee), steps))["sum_ratio"]
+        # A fitted step time is linear in its coefficients (the floor is knee x theirs), so scaling
+        # every coefficient scales every step's time by the same factor.
+        scaled_by = level_ratios(dur, pred)["sum_ratio"]
         named = {c: v * scaled_by for c, v in named.items()}
-    model = model_at_knee(named, knee)
-    pred = predicted_durations(model, steps)
+        pred = pred * scaled_by
     ratio = dur / pred
     attention_share = named["prefill_attn_s"] * steps["prefill_work"].to_numpy(float) / pred
     by_kind = {k: {"steps": int(m.sum()), "median_ratio": float(np.median(ratio[m]))}
